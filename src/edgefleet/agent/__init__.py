@@ -1,0 +1,3 @@
+"""agent stage of edgefleet (see DESIGN.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,69 @@
+"""The ``edgefleet`` command line: one module per command group, thin over the library."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from edgefleet.errors import EdgefleetError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="edgefleet",
+    help="Optimize, sign, roll out and watch ML models on fleets of edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Each module has ``register(app)``; imports of heavy libraries stay inside the commands so that
+# ``edgefleet --help`` is fast on a small device.
+_COMMAND_MODULES = [
+    "_keys",
+    "_bundle",
+    "_registry",
+    "_optimize",
+    "_serve",
+    "_agent",
+    "_server",
+    "_telemetry",
+    "_demo",
+]
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-v info, -vv debug)."),
+) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(f"edgefleet.cli.{_name}")
+    except ModuleNotFoundError as _e:  # a command group whose module is not written yet
+        if _e.name != f"edgefleet.cli.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, printing edgefleet errors as 'error: ... / hint: ...' and exiting 1."""
+    err = Console(stderr=True)
+    try:
+        app(args=argv, standalone_mode=True)
+    except EdgefleetError as e:
+        err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True)
+        if e.hint:
+            err.print(f"[yellow]hint:[/] {e.hint}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,3 @@
+"""optimize stage of edgefleet (see DESIGN.md)."""
+
+__all__: list[str] = []

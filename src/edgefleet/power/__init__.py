@@ -1,0 +1,3 @@
+"""power stage of edgefleet (see DESIGN.md)."""
+
+__all__: list[str] = []

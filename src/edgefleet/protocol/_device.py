@@ -1,0 +1,168 @@
+"""Messages between a device agent and the control plane (director)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "HardwareProfile",
+    "EnrollRequest",
+    "EnrollResponse",
+    "ActiveModel",
+    "Resources",
+    "ModelHealth",
+    "Heartbeat",
+    "ShadowSettings",
+    "GateThresholds",
+    "Assignment",
+    "HeartbeatResponse",
+    "TelemetryBatch",
+    "ErrorBody",
+]
+
+PROTOCOL_VERSION = 1
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HardwareProfile(_Msg):
+    """What a device reports about itself at enrollment and in heartbeats."""
+
+    arch: str
+    cores: int = Field(ge=1)
+    ram_mb: int = Field(ge=0)
+    disk_free_mb: int = Field(ge=0)
+    isa_flags: list[str] = Field(default_factory=list)
+    onnxruntime_version: str | None = None
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    device_class: str = "cpu"
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class EnrollRequest(_Msg):
+    token: str = Field(min_length=8, max_length=256, description="one-time enrollment token")
+    name: str | None = Field(None, max_length=128)
+    hardware: HardwareProfile
+
+
+class EnrollResponse(_Msg):
+    device_id: str
+    device_token: str
+    poll_interval_s: float
+    repository_url: str = Field(description="base URL of the TUF image repository (metadata/, targets/)")
+    root_json_sha256: str | None = Field(
+        None, description="sha256 of the root.json the device should pin; compare with the one it holds"
+    )
+
+
+class ActiveModel(_Msg):
+    name: str
+    version: str
+    variant: str
+    target_path: str
+    sha256: str
+
+
+class Resources(_Msg):
+    cpu_percent: float | None = None
+    rss_mb: float | None = None
+    disk_free_mb: float | None = None
+    temperature_c: float | None = None
+    battery_percent: float | None = None
+
+
+class ModelHealth(_Msg):
+    """Summary of the active model since the last heartbeat; feeds the rollout gates."""
+
+    requests: int = 0
+    errors: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    mean_confidence: float | None = None
+    golden_pass: bool | None = None
+    shadow_agreement: float | None = None
+    drift_score: float | None = None
+
+
+class Heartbeat(_Msg):
+    device_id: str
+    sent_at: datetime = Field(default_factory=_now)
+    protocol_version: int = PROTOCOL_VERSION
+    active: ActiveModel | None = None
+    state: str = Field("idle", description="agent state machine step: idle, downloading, staged, ...")
+    progress: float | None = Field(None, ge=0.0, le=1.0, description="download progress of a pending target")
+    health: ModelHealth = Field(default_factory=ModelHealth)
+    resources: Resources = Field(default_factory=Resources)
+    hardware: HardwareProfile | None = None
+    last_error: str | None = Field(None, max_length=4096)
+    events: list[dict[str, Any]] = Field(default_factory=list, max_length=100)
+
+
+class ShadowSettings(_Msg):
+    sample_rate: float = Field(0.1, ge=0.0, le=1.0)
+    min_samples: int = Field(20, ge=0)
+    min_agreement: float = Field(0.9, ge=0.0, le=1.0)
+
+
+class GateThresholds(_Msg):
+    """Device-side health gate and watch window, sent with each assignment."""
+
+    require_golden: bool = True
+    latency_budget_ms: float | None = None
+    memory_budget_mb: float | None = None
+    watch_window_s: float = 60.0
+    max_error_rate: float = 0.05
+    max_latency_ratio: float = 1.5
+    min_confidence_ratio: float = 0.9
+    crash_loop_failures: int = 3
+    crash_loop_window_s: float = 300.0
+    shadow: ShadowSettings | None = None
+
+
+class Assignment(_Msg):
+    """What the director says a device should run. The device also requires TUF to agree."""
+
+    rollout_id: str | None = None
+    name: str
+    version: str
+    variant: str
+    target_path: str
+    length: int = Field(ge=0)
+    hashes: dict[str, str] = Field(description="e.g. {'sha256': '...'}")
+    gates: GateThresholds = Field(default_factory=GateThresholds)
+    reason: str | None = None
+
+
+class HeartbeatResponse(_Msg):
+    assignment: Assignment | None = None
+    poll_interval_s: float = 60.0
+    commands: list[str] = Field(default_factory=list, description="e.g. 'rollback', 'rollback:1.2.0'")
+    server_time: datetime = Field(default_factory=_now)
+
+
+class TelemetryBatch(_Msg):
+    """An upload of aggregated telemetry windows; ``batch_id`` makes retries idempotent."""
+
+    batch_id: str = Field(min_length=8, max_length=128)
+    device_id: str
+    created: datetime = Field(default_factory=_now)
+    windows: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+    events: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    hint: str | None = None
+    details: dict[str, Any] | None = None
+    kind: Literal["error"] = "error"

@@ -1,0 +1,3 @@
+"""registry stage of edgefleet (see DESIGN.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""runtime stage of edgefleet (see DESIGN.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""server stage of edgefleet (see DESIGN.md)."""
+
+__all__: list[str] = []

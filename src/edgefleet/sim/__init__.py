@@ -1,0 +1,3 @@
+"""sim stage of edgefleet (see DESIGN.md)."""
+
+__all__: list[str] = []
