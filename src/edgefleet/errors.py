@@ -35,6 +35,7 @@ __all__ = [
     "DeadlineExceededError",
     "ModelTimeoutError",
     "CircuitOpenError",
+    "RateLimitedError",
     "AgentError",
     "DownloadError",
     "VerificationError",
@@ -247,6 +248,17 @@ class ModelTimeoutError(InferenceError):
 class CircuitOpenError(InferenceError):
     code = "circuit_open"
     status_code = 503
+
+
+class RateLimitedError(EdgefleetError):
+    """A client sends more requests than its rate limit; retry after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kw: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **kw)
+        self.retry_after = retry_after
 
 
 # --- agent -------------------------------------------------------------------------------------

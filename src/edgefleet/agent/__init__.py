@@ -1,3 +1,59 @@
-"""agent stage of edgefleet (see DESIGN.md)."""
+"""The device agent: enroll, heartbeat, TUF-verified resumable download, stage, health gate, activate,
+watch, commit or roll back, with a journal that survives kill -9 (see DESIGN.md "Device agent").
 
-__all__: list[str] = []
+    from edgefleet.agent import Agent, AgentConfig, enroll
+
+    cfg = AgentConfig(state_dir="/var/lib/edgefleet")
+    enroll(cfg, token="...", root_json="root.json", server_url="http://server:8000")
+    Agent(cfg).run()
+"""
+
+from pathlib import Path
+
+from edgefleet.agent._agent import (
+    Agent,
+    Credentials,
+    agent_status,
+    backoff_delay,
+    enroll,
+    jittered,
+    request_rollback,
+)
+from edgefleet.agent._config import AgentConfig
+from edgefleet.agent._director import DirectorClient, ServerUnreachable
+from edgefleet.agent._fetcher import HttpxFetcher, RateLimiter
+from edgefleet.agent._health import check_health
+from edgefleet.agent._host import RuntimeHost
+from edgefleet.agent._journal import Journal, JournalState, PendingUpdate, WatchState, atomic_write
+from edgefleet.agent._store import ModelStore, StoredModel
+from edgefleet.agent._tuf import TrustedRepository, delta_target_path
+
+#: The systemd unit shipped with the package (see docs/agent.md).
+SYSTEMD_UNIT = Path(__file__).with_name("edgefleet-agent.service")
+
+__all__ = [
+    "SYSTEMD_UNIT",
+    "Agent",
+    "AgentConfig",
+    "Credentials",
+    "DirectorClient",
+    "HttpxFetcher",
+    "Journal",
+    "JournalState",
+    "ModelStore",
+    "PendingUpdate",
+    "RateLimiter",
+    "RuntimeHost",
+    "ServerUnreachable",
+    "StoredModel",
+    "TrustedRepository",
+    "WatchState",
+    "agent_status",
+    "atomic_write",
+    "backoff_delay",
+    "check_health",
+    "delta_target_path",
+    "enroll",
+    "jittered",
+    "request_rollback",
+]

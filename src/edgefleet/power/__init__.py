@@ -1,3 +1,5 @@
-"""power stage of edgefleet (see DESIGN.md)."""
+"""Device probe, feasibility, battery/thermal policies (see DESIGN.md)."""
 
-__all__: list[str] = []
+from edgefleet.power._probe import cpu_flags, device_class, probe
+
+__all__ = ["cpu_flags", "device_class", "probe"]

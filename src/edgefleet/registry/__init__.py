@@ -1,3 +1,45 @@
-"""registry stage of edgefleet (see DESIGN.md)."""
+"""The TUF-signed image repository devices trust (see DESIGN.md, "Trust model").
 
-__all__: list[str] = []
+Keys: ``init_keys`` writes root (N keys, threshold), targets (the publisher's), snapshot and
+timestamp (online, on the server) keys as 0600 PEM files. ``Repository`` is a python-tuf
+repository on disk that any static HTTP server can serve; ``publish`` adds a bundle and deltas from
+earlier versions as signed targets, ``refresh_timestamp`` re-signs the short-lived timestamp,
+``rotate_key`` replaces a key through a new root.
+"""
+
+from __future__ import annotations
+
+from edgefleet.registry._client import RepositoryServer, fetch_bundle, fetch_target
+from edgefleet.registry._config import RegistryConfig
+from edgefleet.registry._keys import ROLES, KeyInfo, KeyStore, init_keys
+from edgefleet.registry._repository import (
+    DeltaTarget,
+    PublishedBundle,
+    PublishResult,
+    RefreshResult,
+    Repository,
+    RotationResult,
+    delta_target_path_for,
+    semver_key,
+    target_path_for,
+)
+
+__all__ = [
+    "ROLES",
+    "DeltaTarget",
+    "KeyInfo",
+    "KeyStore",
+    "PublishResult",
+    "PublishedBundle",
+    "RefreshResult",
+    "RegistryConfig",
+    "Repository",
+    "RepositoryServer",
+    "RotationResult",
+    "delta_target_path_for",
+    "fetch_bundle",
+    "fetch_target",
+    "init_keys",
+    "semver_key",
+    "target_path_for",
+]

@@ -1,0 +1,59 @@
+"""Agent configuration: every limit in one object, each with a documented default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["AgentConfig"]
+
+
+class AgentConfig(BaseSettings):
+    """Settings of the device agent (environment prefix ``EDGEFLEET_AGENT_``).
+
+    Example: ``EDGEFLEET_AGENT_STATE_DIR=/var/lib/edgefleet edgefleet agent run``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_AGENT_", extra="forbid")
+
+    state_dir: Path = Field(Path("/var/lib/edgefleet"), description="all agent state lives here")
+    server_url: str | None = Field(None, description="control plane base URL; taken from credentials if unset")
+
+    # Control loop.
+    poll_interval_s: float = Field(60.0, gt=0, description="used until the server sends its own interval")
+    min_poll_interval_s: float = Field(0.05, gt=0, description="floor on a server-sent interval")
+    jitter: float = Field(0.1, ge=0, le=1, description="poll interval is multiplied by 1 +/- jitter")
+    backoff_initial_s: float = Field(1.0, gt=0, description="first wait after the server was unreachable")
+    backoff_max_s: float = Field(300.0, gt=0, description="longest wait while the server is unreachable")
+    request_timeout_s: float = Field(10.0, gt=0, description="timeout of one control-plane request")
+    mqtt_url: str | None = Field(None, description="mqtt://host:port; a nudge on it makes the agent poll now")
+
+    # Download.
+    max_rate_bytes_per_s: float | None = Field(None, gt=0, description="byte-rate cap for downloads (None: off)")
+    download_retries: int = Field(10, ge=0, description="resumed attempts per download (Mender uses 10)")
+    retry_backoff_s: float = Field(0.5, gt=0, description="first wait between download retries (doubles)")
+    retry_backoff_max_s: float = Field(30.0, gt=0, description="longest wait between download retries")
+    chunk_bytes: int = Field(64 * 1024, ge=1024, description="read size of a streamed download")
+    max_target_bytes: int = Field(2 << 30, gt=0, description="refuse targets larger than this")
+    max_metadata_bytes: int = Field(8 << 20, gt=0, description="refuse TUF metadata larger than this")
+    use_delta: bool = Field(True, description="try a signed delta from the active version first")
+    disk_reserve_mb: float = Field(50.0, ge=0, description="free space to leave after download and unpack")
+    unpack_factor: float = Field(1.5, ge=1, description="unpacked size estimate as a multiple of the archive")
+
+    # Health gate, watch window, crash safety.
+    golden_required: bool = Field(True, description="refuse a bundle without a golden set")
+    latency_runs: int = Field(30, ge=1, description="timed runs on golden inputs for the latency gate")
+    keep_versions: int = Field(3, ge=2, description="verified versions kept for instant rollback")
+    max_step_attempts: int = Field(3, ge=1, description="restarts inside one stage/health/activate step allowed")
+    watch_min_requests: int = Field(20, ge=1, description="live requests needed before comparing rates early")
+    max_failed_targets: int = Field(100, ge=1, description="refused targets remembered (not retried)")
+
+    # Local inference API.
+    api_host: str = Field("127.0.0.1", description="local inference API address")
+    api_port: int | None = Field(None, ge=0, le=65535, description="local API port (None: no API, 0: any)")
+
+    # Outbox and telemetry.
+    telemetry_interval_s: float = Field(60.0, gt=0, description="how often telemetry windows are uploaded")
+    history_events: int = Field(50, ge=1, description="events kept in the journal for `agent status`")

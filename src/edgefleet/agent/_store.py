@@ -1,0 +1,306 @@
+"""Verified model versions on disk and the atomic ``current`` symlink.
+
+Layout under the state directory::
+
+    models/<sha256>/archive.tar   the verified bundle archive (kept for deltas and re-checks)
+    models/<sha256>/bundle/       the unpacked bundle (hashes re-checked against its manifest)
+    models/<sha256>/meta.json     written last: its presence marks the version as verified
+    current -> models/<sha256>    swapped with one rename, never missing
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet.agent._journal import atomic_write, fsync_dir
+from edgefleet.errors import BundleError, DiskSpaceError, IntegrityError, NotFoundError
+
+__all__ = ["ModelStore", "StoredModel", "sha256_file"]
+
+log = logging.getLogger(__name__)
+
+_HEX = set("0123456789abcdef")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _is_sha(s: str) -> bool:
+    return len(s) == 64 and set(s) <= _HEX
+
+
+@dataclass
+class StoredModel:
+    """One verified version in the store."""
+
+    sha256: str
+    path: Path
+    name: str
+    version: str
+    variant: str
+    target_path: str
+    length: int
+    installed_at: float
+    activated_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.path / "bundle"
+
+    @property
+    def archive(self) -> Path:
+        return self.path / "archive.tar"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "name": self.name,
+            "version": self.version,
+            "variant": self.variant,
+            "target_path": self.target_path,
+            "length": self.length,
+            "installed_at": self.installed_at,
+            "activated_at": self.activated_at,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+class ModelStore:
+    """Install verified bundles under ``models/<sha256>/`` and point ``current`` at one of them."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir)
+        self.models = self.root / "models"
+        self.current_link = self.root / "current"
+        self.models.mkdir(parents=True, exist_ok=True)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def get(self, sha256: str) -> StoredModel | None:
+        """The verified version with this archive sha256, or None (missing or never finished)."""
+        if not _is_sha(sha256):
+            return None
+        d = self.models / sha256
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not (d / "bundle").is_dir():
+            return None
+        return StoredModel(
+            sha256=sha256,
+            path=d,
+            name=meta["name"],
+            version=meta["version"],
+            variant=meta["variant"],
+            target_path=meta.get("target_path", ""),
+            length=int(meta.get("length", 0)),
+            installed_at=float(meta.get("installed_at", 0.0)),
+            activated_at=meta.get("activated_at"),
+            extra=meta.get("extra") or {},
+        )
+
+    def list(self) -> list[StoredModel]:
+        """Verified versions, most recently activated (or installed) first."""
+        out = [m for d in self.models.iterdir() if (m := self.get(d.name)) is not None]
+        out.sort(key=lambda m: (m.activated_at or 0.0, m.installed_at), reverse=True)
+        return out
+
+    def current(self) -> StoredModel | None:
+        """The version ``current`` points at, if it is a verified version."""
+        try:
+            target = os.readlink(self.current_link)
+        except OSError:
+            return None
+        return self.get(Path(target).name)
+
+    def find_version(self, version: str, name: str | None = None) -> StoredModel | None:
+        for m in self.list():
+            if m.version == version and (name is None or m.name == name):
+                return m
+        return None
+
+    # --- verification ----------------------------------------------------------------------------
+
+    def verify(self, sha256: str, *, deep: bool = True) -> StoredModel:
+        """Re-check a stored version: archive hash and every unpacked file against its manifest.
+
+        Raises:
+            NotFoundError: no verified version with this sha256.
+            IntegrityError: a file changed on disk.
+        """
+        m = self.get(sha256)
+        if m is None:
+            raise NotFoundError(f"no verified model {sha256[:12]} in {self.models}",
+                                hint="run `edgefleet agent status` to list kept versions")
+        if deep:
+            if m.archive.exists() and sha256_file(m.archive) != sha256:
+                raise IntegrityError(f"archive of {m.version} changed on disk", path=str(m.archive))
+            verify_unpacked(m.bundle_dir)
+        return m
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def install(self, archive: Path, sha256: str, info: dict[str, Any], *, unpack_factor: float = 1.5,
+                reserve_bytes: int = 0) -> StoredModel:
+        """Unpack a verified archive safely into ``models/<sha256>/`` and mark it verified.
+
+        The archive is hard-linked (or copied) in, so a crash leaves it where it was. A leftover staging
+        directory from an earlier crash is removed first.
+        """
+        existing = self.get(sha256)
+        if existing is not None:
+            return existing
+        size = archive.stat().st_size
+        need = int(size * (1 + unpack_factor)) + reserve_bytes
+        free = shutil.disk_usage(self.models).free
+        if free < need:
+            raise DiskSpaceError(
+                f"not enough disk to unpack {info.get('version')}: {free} bytes free, {need} needed",
+                hint="free space in the state directory or lower keep_versions", free=free, needed=need)
+        staging = self.models / f".staging-{sha256}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            try:
+                os.link(archive, staging / "archive.tar")
+            except OSError:
+                shutil.copyfile(archive, staging / "archive.tar")
+            _unpack(staging / "archive.tar", staging / "bundle")
+            manifest = verify_unpacked(staging / "bundle")
+            if manifest.get("name") != info.get("name") or manifest.get("version") != info.get("version"):
+                raise IntegrityError(
+                    f"bundle says {manifest.get('name')} {manifest.get('version')}, the signed target says "
+                    f"{info.get('name')} {info.get('version')}",
+                    hint="the publisher uploaded a mislabelled bundle; publish it again")
+            meta = {"sha256": sha256, "installed_at": time.time(), "activated_at": None, **info}
+            atomic_write(staging / "meta.json", json.dumps(meta, indent=1).encode())
+            _fsync_tree(staging)
+            os.replace(staging, self.models / sha256)
+            fsync_dir(self.models)
+        except OSError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            if e.errno == 28:  # ENOSPC
+                raise DiskSpaceError(f"disk full while unpacking {info.get('version')}",
+                                     hint="free space in the state directory") from e
+            raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        m = self.get(sha256)
+        assert m is not None
+        return m
+
+    def set_current(self, sha256: str) -> StoredModel:
+        """Point ``current`` at a verified version with one atomic rename."""
+        m = self.get(sha256)
+        if m is None:
+            raise NotFoundError(f"cannot activate {sha256[:12]}: not a verified version in the store")
+        tmp = self.root / f".current.tmp-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(os.path.join("models", sha256), tmp)
+        os.replace(tmp, self.current_link)
+        fsync_dir(self.root)
+        self.touch_activated(sha256)
+        return m
+
+    def touch_activated(self, sha256: str) -> None:
+        d = self.models / sha256
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError):
+            return
+        meta["activated_at"] = time.time()
+        atomic_write(d / "meta.json", json.dumps(meta, indent=1).encode())
+
+    def remove(self, sha256: str) -> None:
+        d = self.models / sha256
+        if not d.exists():
+            return
+        # Rename first so a crash mid-delete leaves no half version that looks verified.
+        trash = self.models / f".trash-{sha256}-{os.getpid()}"
+        os.replace(d, trash)
+        fsync_dir(self.models)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def gc(self, keep: int, protect: set[str]) -> list[str]:
+        """Remove all but the ``keep`` most recent verified versions (never one in ``protect``)."""
+        removed = []
+        kept = 0
+        for m in self.list():
+            if m.sha256 in protect or kept < keep:
+                kept += 1
+                continue
+            self.remove(m.sha256)
+            removed.append(m.sha256)
+        return removed
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove staging/trash directories and temp symlinks a crash left behind."""
+        gone = []
+        for d in self.models.iterdir():
+            if d.name.startswith((".staging-", ".trash-")) or (d.is_dir() and self.get(d.name) is None):
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(d.name)
+        for t in self.root.glob(".current.tmp-*"):
+            with contextlib.suppress(OSError):
+                t.unlink()
+        return gone
+
+
+def verify_unpacked(bundle_dir: Path) -> dict[str, Any]:
+    """Check every file the manifest lists (and the model file) against its sha256 and size."""
+    from edgefleet.protocol import Manifest
+
+    mpath = bundle_dir / "manifest.json"
+    try:
+        manifest = Manifest.from_json(mpath.read_bytes())
+    except FileNotFoundError as e:
+        raise BundleError(f"{bundle_dir} has no manifest.json", hint="the bundle is incomplete") from e
+    root = bundle_dir.resolve()
+    for rel, entry in manifest.files.items():
+        p = (bundle_dir / rel).resolve()
+        if root not in p.parents:
+            raise IntegrityError(f"manifest lists {rel!r}, outside the bundle")
+        if not p.is_file() or p.is_symlink():
+            raise IntegrityError(f"bundle file {rel} is missing", path=str(p))
+        if p.stat().st_size != entry.size or sha256_file(p) != entry.sha256:
+            raise IntegrityError(f"bundle file {rel} does not match the manifest's hash", path=str(p),
+                                 hint="the bundle was altered after it was built")
+    if manifest.model_file not in manifest.files:
+        raise IntegrityError(f"manifest does not hash its model file {manifest.model_file}")
+    return manifest.model_dump(mode="json")
+
+
+def _unpack(archive: Path, dest: Path) -> None:
+    """Safe extraction through the bundle package (no traversal, no links, size caps)."""
+    from edgefleet.bundle import safe_extract
+
+    safe_extract(archive, dest)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))

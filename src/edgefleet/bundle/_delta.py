@@ -1,0 +1,274 @@
+"""Binary deltas between two bundle archives (zstd patch-from or bsdiff4), self-describing and verified.
+
+A patch file is a fixed header followed by the payload::
+
+    magic "EFDELTA\\0" | format u8 | method u8 | reserved u16 | zstd window_log u32 |
+    base sha256 (32) | base length u64 | target sha256 (32) | target length u64 | payload sha256 (32)
+
+so ``apply_delta`` refuses a patch made for another base, a corrupted payload, or a patch that does not
+produce the archive the caller trusts (``expected_sha256`` from TUF) before writing anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import struct
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from edgefleet.bundle._config import BundleSettings, settings
+from edgefleet.errors import DeltaError, IntegrityError
+
+__all__ = ["DeltaInfo", "make_delta", "apply_delta", "read_delta_header", "DELTA_MAGIC"]
+
+log = logging.getLogger(__name__)
+
+DELTA_MAGIC = b"EFDELTA\x00"
+_FORMAT = 1
+_HEADER = struct.Struct(">8sBBHI32sQ32sQ32s")
+_METHODS = {"zstd": 1, "bsdiff": 2}
+_METHOD_NAMES = {v: k for k, v in _METHODS.items()}
+_MAX_WINDOW_LOG = 31  # zstd's limit on 64-bit hosts
+
+
+@dataclass(frozen=True)
+class DeltaInfo:
+    """What a patch file says about itself."""
+
+    method: str
+    size: int
+    base_sha256: str
+    base_length: int
+    target_sha256: str
+    target_length: int
+    path: str | None = None
+
+    @property
+    def ratio(self) -> float:
+        """Patch size as a fraction of the target archive."""
+        return self.size / self.target_length if self.target_length else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ratio": self.ratio}
+
+
+def _window_log(*lengths: int) -> int:
+    # patch-from needs a window covering the base (the "dictionary") and the target
+    return min(_MAX_WINDOW_LOG, max(10, math.ceil(math.log2(max(1, *lengths))) + 1))
+
+
+def _zstd_diff(old: bytes, new: bytes, level: int) -> tuple[bytes, int]:
+    import zstandard as zstd
+
+    wlog = _window_log(len(old), len(new))
+    params = zstd.ZstdCompressionParameters.from_level(
+        level, window_log=wlog, enable_ldm=True, source_size=len(new)
+    )
+    cdict = zstd.ZstdCompressionDict(old, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+    return zstd.ZstdCompressor(dict_data=cdict, compression_params=params).compress(new), wlog
+
+
+def _zstd_patch(old: bytes, payload: bytes, wlog: int, target_length: int) -> bytes:
+    import zstandard as zstd
+
+    if wlog > _MAX_WINDOW_LOG:
+        raise DeltaError(
+            f"patch asks for a zstd window of 2^{wlog}", hint="the patch is corrupted or hostile"
+        )
+    ddict = zstd.ZstdCompressionDict(old, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+    dctx = zstd.ZstdDecompressor(dict_data=ddict, max_window_size=1 << wlog)
+    return dctx.decompress(payload, max_output_size=target_length)
+
+
+def make_delta(
+    old_archive: Path,
+    new_archive: Path,
+    out_patch: Path,
+    method: Literal["auto", "zstd", "bsdiff"] = "auto",
+    *,
+    config: BundleSettings | None = None,
+) -> DeltaInfo:
+    """Write a patch that turns ``old_archive`` into ``new_archive``.
+
+    Args:
+        method: ``auto`` uses ``BundleSettings.delta_method`` (zstd; see docs/benchmarks/bundle.md).
+
+    Returns:
+        The patch's header information and size.
+    """
+    cfg = config or settings()
+    m = cfg.delta_method if method == "auto" else method
+    if m not in _METHODS:
+        raise DeltaError(f"unknown delta method {method!r}", hint="use auto, zstd or bsdiff")
+    old_archive, new_archive, out_patch = Path(old_archive), Path(new_archive), Path(out_patch)
+    for p in (old_archive, new_archive):
+        if not p.is_file():
+            raise DeltaError(f"{p} does not exist or is not a file", hint="check the path")
+    old, new = old_archive.read_bytes(), new_archive.read_bytes()
+    if len(new) > cfg.max_patch_target_bytes:
+        raise DeltaError(
+            f"{new_archive} is larger than {cfg.max_patch_target_bytes} bytes",
+            hint="EDGEFLEET_BUNDLE_MAX_PATCH_TARGET_BYTES raises the cap",
+        )
+    wlog = 0
+    if m == "zstd":
+        payload, wlog = _zstd_diff(old, new, cfg.zstd_level)
+    else:
+        import bsdiff4
+
+        payload = bsdiff4.diff(old, new)
+    info = DeltaInfo(
+        method=m,
+        size=_HEADER.size + len(payload),
+        base_sha256=hashlib.sha256(old).hexdigest(),
+        base_length=len(old),
+        target_sha256=hashlib.sha256(new).hexdigest(),
+        target_length=len(new),
+        path=str(out_patch),
+    )
+    header = _HEADER.pack(
+        DELTA_MAGIC,
+        _FORMAT,
+        _METHODS[m],
+        0,
+        wlog,
+        bytes.fromhex(info.base_sha256),
+        info.base_length,
+        bytes.fromhex(info.target_sha256),
+        info.target_length,
+        hashlib.sha256(payload).digest(),
+    )
+    _atomic_write(out_patch, header + payload)
+    log.info(
+        "delta %s -> %s: %d bytes (%.1f%% of target, %s)",
+        old_archive,
+        new_archive,
+        info.size,
+        100 * info.ratio,
+        m,
+    )
+    return info
+
+
+def _parse_header(data: bytes, source: str) -> tuple[DeltaInfo, int, bytes]:
+    if len(data) < _HEADER.size or not data.startswith(DELTA_MAGIC):
+        raise DeltaError(
+            f"{source} is not an edgefleet delta (bad magic or too short)",
+            hint="make patches with `edgefleet bundle diff`",
+        )
+    magic, fmt, method, _res, wlog, base, blen, target, tlen, psha = _HEADER.unpack_from(data)
+    if fmt != _FORMAT:
+        raise DeltaError(
+            f"{source} is delta format {fmt}; this edgefleet reads format {_FORMAT}",
+            hint="upgrade edgefleet, or download the full bundle",
+        )
+    if method not in _METHOD_NAMES:
+        raise DeltaError(f"{source} names an unknown delta method {method}", hint="the patch is corrupted")
+    info = DeltaInfo(_METHOD_NAMES[method], len(data), base.hex(), blen, target.hex(), tlen, source)
+    return info, wlog, psha
+
+
+def read_delta_header(patch: Path) -> DeltaInfo:
+    """Read a patch's header (which base it applies to, which target it produces)."""
+    patch = Path(patch)
+    if not patch.is_file():
+        raise DeltaError(f"patch {patch} does not exist", hint="check the path")
+    with open(patch, "rb") as f:
+        head = f.read(_HEADER.size)
+    info, _, _ = _parse_header(head, str(patch))
+    return DeltaInfo(**(asdict(info) | {"size": patch.stat().st_size}))
+
+
+def apply_delta(
+    old_archive: Path,
+    patch: Path,
+    out: Path,
+    *,
+    expected_sha256: str,
+    expected_length: int | None = None,
+    config: BundleSettings | None = None,
+) -> Path:
+    """Rebuild the new archive from ``old_archive`` and ``patch`` and verify it before it appears at ``out``.
+
+    Args:
+        expected_sha256: sha256 the result must have (from a trusted source, e.g. TUF targets metadata).
+        expected_length: its length, when known.
+
+    Raises:
+        DeltaError: not a patch, corrupted, made for another base or for another target.
+        IntegrityError: the result does not hash to ``expected_sha256``.
+        Nothing is written at ``out`` on any error (an existing file there is left untouched).
+    """
+    cfg = config or settings()
+    old_archive, patch, out = Path(old_archive), Path(patch), Path(out)
+    for p in (old_archive, patch):
+        if not p.is_file():
+            raise DeltaError(f"{p} does not exist or is not a file", hint="check the path")
+    expected_sha256 = expected_sha256.lower()
+    data = patch.read_bytes()
+    info, wlog, psha = _parse_header(data, str(patch))
+    if info.target_sha256 != expected_sha256 or (
+        expected_length is not None and info.target_length != expected_length
+    ):
+        raise DeltaError(
+            f"{patch} produces {info.target_sha256[:16]}... ({info.target_length} bytes), not the expected "
+            f"{expected_sha256[:16]}...",
+            hint="this patch is for another version; download the right patch or the full bundle",
+        )
+    if info.target_length > cfg.max_patch_target_bytes:
+        raise DeltaError(
+            f"{patch} would produce {info.target_length} bytes, more than {cfg.max_patch_target_bytes}",
+            hint="EDGEFLEET_BUNDLE_MAX_PATCH_TARGET_BYTES raises the cap",
+        )
+    payload = data[_HEADER.size :]
+    if hashlib.sha256(payload).digest() != psha:
+        raise DeltaError(f"{patch} is corrupted (payload hash mismatch)", hint="download the patch again")
+    old = old_archive.read_bytes()
+    base_sha = hashlib.sha256(old).hexdigest()
+    if len(old) != info.base_length or base_sha != info.base_sha256:
+        raise DeltaError(
+            f"{patch} applies to base {info.base_sha256[:16]}... ({info.base_length} bytes), but "
+            f"{old_archive.name} is {base_sha[:16]}... ({len(old)} bytes)",
+            hint="apply the patch to the version it was made from, or download the full bundle",
+            base_expected=info.base_sha256,
+            base_actual=base_sha,
+        )
+    try:
+        if info.method == "zstd":
+            new = _zstd_patch(old, payload, wlog, info.target_length)
+        else:
+            import bsdiff4
+
+            new = bsdiff4.patch(old, payload)
+    except DeltaError:
+        raise
+    except Exception as e:  # zstd.ZstdError, bsdiff4's ValueError/RuntimeError
+        raise DeltaError(f"{patch} cannot be applied: {e}", hint="download the full bundle instead") from e
+    new_sha = hashlib.sha256(new).hexdigest()
+    if len(new) != info.target_length or new_sha != expected_sha256:
+        raise IntegrityError(
+            f"applying {patch.name} gave {new_sha[:16]}... ({len(new)} bytes), expected "
+            f"{expected_sha256[:16]}... ({info.target_length} bytes)",
+            hint="download the full bundle instead",
+        )
+    _atomic_write(out, new)
+    return out
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

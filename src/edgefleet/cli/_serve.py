@@ -1,0 +1,106 @@
+"""``edgefleet serve BUNDLE_OR_MODEL``: the on-device runtime over a local HTTP API (or a Unix socket)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import typer
+
+from edgefleet.cli._common import err_console
+from edgefleet.errors import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def _read_token(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise ConfigError(f"cannot read token file {path}: {e.strerror}", hint="create it with mode 0600") from e
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"token file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o})",
+            hint=f"chmod 600 {path}",
+        )
+    token = path.read_text().strip()
+    if not token:
+        raise ConfigError(f"token file {path} is empty", hint="write the token into it")
+    return token
+
+
+def serve(
+    source: Path = typer.Argument(..., help="Bundle archive, extracted bundle directory, or .onnx/.tflite model."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
+    port: int = typer.Option(8080, help="TCP port (0: any free port)."),
+    uds: Path | None = typer.Option(None, help="Serve on this Unix socket (mode 0600) instead of TCP."),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="File (mode 0600) holding the bearer token clients must send."
+    ),
+    token: str | None = typer.Option(
+        None, envvar="EDGEFLEET_API_TOKEN", help="Bearer token (prefer --token-file: argv is visible to others)."
+    ),
+    backup: Path | None = typer.Option(None, help="Backup model or bundle answering when the primary fails."),
+    large: Path | None = typer.Option(None, help="Larger model or bundle for low-confidence escalations."),
+    cloud_url: str | None = typer.Option(None, help="HTTP endpoint for escalations (behind a circuit breaker)."),
+    outbox: Path | None = typer.Option(None, help="SQLite outbox where unsent escalations wait."),
+    threshold: float | None = typer.Option(None, help="Escalate when confidence is below this."),
+    max_batch_size: int | None = typer.Option(None, help="Most rows per model call."),
+    max_delay_ms: float | None = typer.Option(None, help="Longest wait for more rows in a batch."),
+    no_batching: bool = typer.Option(False, "--no-batching", help="Run each request on its own."),
+    cache: bool = typer.Option(False, "--cache", help="Cache answers of repeated inputs."),
+    rate_limit: float | None = typer.Option(None, help="Requests per second allowed per client."),
+    threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads."),
+) -> None:
+    """Serve a model: POST /v1/predict, GET /v1/model, /healthz, /metrics; OpenAPI at /docs."""
+    import logging
+
+    from edgefleet.runtime import ApiServer, Runtime, RuntimeConfig
+
+    cfg = RuntimeConfig()
+    api = cfg.api.model_copy(update={"host": host, "port": port, "uds": str(uds) if uds else None})
+    if token_file is not None:
+        api.token = _read_token(token_file)
+    elif token:
+        api.token = token
+    if rate_limit is not None:
+        api.rate_limit_rps = rate_limit
+    updates: dict = {"api": api}
+    if max_batch_size is not None or max_delay_ms is not None or no_batching:
+        b = cfg.batcher.model_copy()
+        if max_batch_size is not None:
+            b.max_batch_size = max_batch_size
+        if max_delay_ms is not None:
+            b.max_delay_ms = max_delay_ms
+        b.enabled = not no_batching
+        updates["batcher"] = b
+    if cache:
+        updates["cache"] = cfg.cache.model_copy(update={"enabled": True})
+    if threshold is not None:
+        updates["escalation"] = cfg.escalation.model_copy(update={"threshold": threshold})
+    if threads is not None:
+        updates["engine"] = cfg.engine.model_copy(update={"intra_op_threads": threads})
+    cfg = cfg.model_copy(update=updates)
+
+    box = None
+    if outbox is not None:
+        from edgefleet.telemetry import Outbox
+
+        box = Outbox(outbox)
+    rt = Runtime.from_bundle(source, cfg, backup=backup, large=large, cloud_url=cloud_url, outbox=box)
+    try:
+        server = ApiServer(rt, api, log_level="info" if logging.getLogger().level <= logging.INFO else "warning")
+        m = rt.manifest
+        where = server.url
+        err_console.print(f"serving [bold]{m.key}[/] on {where} (OpenAPI at /docs)", highlight=False)
+        if api.token is None and not uds and host not in ("127.0.0.1", "::1", "localhost"):
+            err_console.print("[yellow]warning:[/] no token and not on loopback: anyone on the network can call it")
+        os.environ.pop("EDGEFLEET_API_TOKEN", None)
+        server.run()
+    finally:
+        rt.close()
+        if box is not None:
+            box.close()

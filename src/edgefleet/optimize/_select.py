@@ -1,0 +1,146 @@
+"""Choose a variant from measured figures: budgets first, then the objective, and never a variant
+slower than the baseline (for ``latency``/``balanced``) once repeated interleaved runs say so."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+
+from edgefleet.optimize._bench import Interleaved
+from edgefleet.optimize._report import VariantResult
+from edgefleet.optimize._spec import Budget
+
+__all__ = ["OBJECTIVES", "select", "budget_problems", "objective_score"]
+
+OBJECTIVES = ("latency", "size", "balanced")
+
+
+def budget_problems(r: VariantResult, budget: Budget) -> list[str]:
+    """Why ``r`` does not fit the budget (empty: it fits)."""
+    out = []
+    q = r.quality
+    if q is None:
+        return ["quality not measured"]
+    if q.nonfinite:
+        out.append(f"produces {q.nonfinite} NaN/Inf output values")
+    if r.drop is not None and r.drop > budget.max_drop + 1e-9:
+        out.append(f"quality drop {r.drop:.2f} points > max {budget.max_drop:g}")
+    if budget.min_quality is not None and q.score < budget.min_quality - 1e-9:
+        out.append(f"{q.metric} {q.score:.2f} < required {budget.min_quality:g}")
+    if budget.latency_p95_ms is not None and r.p95 is not None and r.p95 > budget.latency_p95_ms:
+        out.append(f"p95 {r.p95:.3f} ms > budget {budget.latency_p95_ms:g} ms")
+    if budget.ram_mb is not None and r.bench is not None:
+        if r.bench.peak_rss_mb is None:
+            out.append("RAM budget set but peak RSS could not be measured")
+        elif r.bench.peak_rss_mb > budget.ram_mb:
+            out.append(f"peak RSS {r.bench.peak_rss_mb:.1f} MB > budget {budget.ram_mb:g} MB")
+    if budget.size_mb is not None and r.size_bytes is not None and r.size_bytes / 2**20 > budget.size_mb:
+        out.append(f"size {r.size_bytes / 2**20:.2f} MB > budget {budget.size_mb:g} MB")
+    out += [f"device runtime: {i}" for i in r.target_issues]
+    return out
+
+
+def objective_score(r: VariantResult, base: VariantResult, objective: str) -> float:
+    """Lower wins. latency: p50 ms; size: bytes; balanced: sqrt(latency ratio x size ratio)."""
+    if objective == "latency":
+        return float(r.p50 or math.inf)
+    if objective == "size":
+        return float(r.size_bytes or math.inf)
+    lat = (r.p50 or math.inf) / (base.p50 or 1.0)
+    size = (r.size_bytes or math.inf) / (base.size_bytes or 1)
+    return math.sqrt(lat * size)
+
+
+def _describe(r: VariantResult, objective: str) -> str:
+    if objective == "latency":
+        return f"p50 {r.p50:.3f} ms"
+    if objective == "size":
+        return f"{(r.size_bytes or 0) / 1024:.1f} KB"
+    return f"score {r.score:.3f}"
+
+
+def select(
+    results: list[VariantResult],
+    budget: Budget,
+    objective: str,
+    *,
+    baseline: str = "fp32",
+    confirm: Callable[[VariantResult], Interleaved | None] | None = None,
+    noise_floor: float = 0.05,
+) -> tuple[VariantResult | None, str]:
+    """Set ``outcome``/``reason`` on every result and return (chosen or None, why).
+
+    ``confirm(candidate)`` runs the interleaved baseline-vs-candidate check; without it the single
+    measurements are compared with ``noise_floor`` as the tolerance.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}")
+    base = next((r for r in results if r.name == baseline and r.status == "ok" and r.bench), None)
+    eligible: list[VariantResult] = []
+    for r in results:
+        if r.status != "ok":
+            r.outcome = "failed" if r.status == "failed" else "skipped"
+            r.reason = r.reason or (r.error or r.status)
+            continue
+        if base is not None:
+            if r.p50 and base.p50:
+                r.speedup_p50 = base.p50 / r.p50
+            if r.size_bytes and base.size_bytes:
+                r.size_ratio = base.size_bytes / r.size_bytes
+        problems = budget_problems(r, budget)
+        if problems:
+            r.outcome = "rejected"
+            r.reason = "; ".join(problems)
+            continue
+        if base is not None:
+            r.score = objective_score(r, base, objective)
+        eligible.append(r)
+    if base is None:
+        for r in eligible:
+            r.outcome = "rejected"
+            r.reason = "the fp32 baseline could not be measured, so nothing can be compared with it"
+        return None, "the fp32 baseline failed to build or run; no variant can be judged against it"
+    eligible.sort(key=lambda r: (r.score, r.size_bytes or 0, r.p50 or 0))
+    chosen: VariantResult | None = None
+    for cand in eligible:
+        if objective in ("latency", "balanced") and cand is not base:
+            il = confirm(cand) if confirm else None
+            if il is not None:
+                cand.interleaved = il
+                slower = il.verdict == "slower"
+                how = f"p50 x{il.median_ratio:.2f} of the baseline over {il.rounds} interleaved rounds (noise ±{il.tolerance:.0%})"
+            else:
+                ratio = (cand.p50 or math.inf) / (base.p50 or 1.0)
+                slower = ratio > 1 + noise_floor
+                how = f"p50 x{ratio:.2f} of the baseline (noise floor {noise_floor:.0%})"
+            if slower:
+                cand.outcome = "rejected"
+                cand.reason = f"slower than the fp32 baseline: {how}"
+                continue
+            cand.reason = how
+        chosen = cand
+        break
+    if chosen is None:
+        counts = Counter(r.reason.split(";")[0].split(":")[0] for r in results if r.outcome == "rejected")
+        why = "; ".join(f"{n} x {k}" for k, n in counts.most_common(4))
+        return None, f"no variant meets the budget ({why})"
+    chosen.outcome = "chosen"
+    parts = [
+        f"{objective} objective: best of {len([r for r in results if r.outcome != 'rejected' and r.status == 'ok'])} "
+        "variants within budget",
+        f"p50 {chosen.p50:.3f} ms ({chosen.speedup_p50:.2f}x the baseline's speed)",
+        f"{chosen.size_ratio:.2f}x smaller",
+        f"quality {chosen.quality.score:.2f} ({chosen.drop:+.2f} points drop, max {budget.max_drop:g})",  # type: ignore[union-attr]
+    ]
+    if chosen.reason:
+        parts.append(chosen.reason)
+    chosen.reason = "; ".join(parts)
+    for r in eligible:
+        if r is chosen or r.outcome == "rejected":
+            continue
+        r.outcome = "lost"
+        r.reason = f"{_describe(r, objective)} vs {chosen.name} {_describe(chosen, objective)}"
+        if r.interleaved is None and objective in ("latency", "balanced") and r is not base and r.speedup_p50:
+            r.reason += f" (not re-checked; single-run speed-up {r.speedup_p50:.2f}x)"
+    return chosen, chosen.reason

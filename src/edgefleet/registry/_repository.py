@@ -1,0 +1,1022 @@
+"""The TUF image repository: a directory any static HTTP server can serve.
+
+Layout (consistent snapshots, so a client never mixes two repository states)::
+
+    REPO/metadata/1.root.json, N.root.json, root.json (copy of the newest root, for pinning)
+    REPO/metadata/N.targets.json, N.snapshot.json, timestamp.json
+    REPO/targets/<name>/<version>/<sha256>.<variant>.tar
+    REPO/targets/<name>/<version>/<sha256>.<variant>.from-<old>.delta
+    REPO/.edgefleet/  lock, config.json, tmp/ (never read by clients)
+
+Crash safety: every file is written tmp + fsync + rename, in an order where each rename leaves a
+valid repository: target files first, then ``N+1.targets.json`` (the publish is now durable),
+then ``N+1.snapshot.json``, then ``timestamp.json`` (clients see it). The current version of each
+role is the highest version on disk, so the server's next ``refresh_timestamp`` finishes a publish
+that was interrupted (or made on a publisher machine without the online keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.serialization import DeserializationError
+from tuf.api.serialization.json import JSONSerializer
+from tuf.repository import Repository as TufRepository
+
+from edgefleet.errors import (
+    BundleError,
+    KeyStoreError,
+    NotFoundError,
+    RegistryError,
+    VersionExistsError,
+)
+from edgefleet.registry._config import RegistryConfig
+from edgefleet.registry._fs import (
+    atomic_write,
+    clear_dir,
+    copy_hashed,
+    exclusive_lock,
+    file_sha256,
+    install,
+)
+from edgefleet.registry._keys import KeyStore
+
+if TYPE_CHECKING:
+    from edgefleet.protocol import Manifest
+
+__all__ = [
+    "Repository",
+    "PublishResult",
+    "PublishedBundle",
+    "DeltaTarget",
+    "RotationResult",
+    "RefreshResult",
+    "target_path_for",
+    "delta_target_path_for",
+    "semver_key",
+]
+
+log = logging.getLogger(__name__)
+
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_VERSIONED = re.compile(r"^([1-9]\d*)\.(root|targets|snapshot)\.json$")
+_TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
+ROTATABLE = ("targets", "snapshot", "timestamp")
+
+
+# --- naming ----------------------------------------------------------------------------------
+
+
+def _check_ref(name: str, version: str, variant: str) -> None:
+    for label, value in (("name", name), ("variant", variant)):
+        if not _SLUG.match(value or ""):
+            raise RegistryError(
+                f"bundle {label} {value!r} is not valid",
+                hint="use 1-64 lowercase letters, digits, '.', '_' or '-', starting alphanumeric",
+            )
+    if not _SEMVER.match(version or ""):
+        raise RegistryError(f"version {version!r} is not semver", hint="use MAJOR.MINOR.PATCH, e.g. 1.4.0")
+
+
+def target_path_for(name: str, version: str, variant: str) -> str:
+    """TUF target path of a bundle: ``<name>/<version>/<variant>.tar``."""
+    _check_ref(name, version, variant)
+    return f"{name}/{version}/{variant}.tar"
+
+
+def delta_target_path_for(name: str, version: str, variant: str, base_version: str) -> str:
+    """TUF target path of the delta from ``base_version`` to ``version``."""
+    _check_ref(name, version, variant)
+    _check_ref(name, base_version, variant)
+    return f"{name}/{version}/{variant}.from-{base_version}.delta"
+
+
+def semver_key(version: str) -> tuple[Any, ...]:
+    """Sort key that orders versions the semver way (1.10.0 > 1.9.0, 1.0.0-rc.1 < 1.0.0)."""
+    m = _SEMVER.match(version)
+    if not m:
+        raise RegistryError(f"version {version!r} is not semver", hint="use MAJOR.MINOR.PATCH, e.g. 1.4.0")
+    pre = m.group(4)
+    pre_key: tuple[Any, ...] = (
+        (1,)
+        if pre is None
+        else (0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")))
+    )
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), pre_key)
+
+
+def _hashed_path(target_path: str, sha256: str) -> str:
+    dirname, _, basename = target_path.rpartition("/")
+    return f"{dirname}/{sha256}.{basename}" if dirname else f"{sha256}.{basename}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeltaTarget:
+    """A published delta that turns ``base_version`` of a bundle into this version."""
+
+    target_path: str
+    length: int
+    sha256: str
+    base_version: str
+    base_target: str
+    base_sha256: str
+    url_path: str
+    method: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PublishedBundle:
+    """One published name+version+variant, as the targets metadata records it."""
+
+    name: str
+    version: str
+    variant: str
+    target_path: str
+    length: int
+    sha256: str
+    url_path: str
+    manifest_sha256: str | None = None
+    parent_version: str | None = None
+    created: str | None = None
+    published: str | None = None
+    deltas: tuple[DeltaTarget, ...] = ()
+    manifest: Manifest | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.version}/{self.variant}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("manifest", "deltas")}
+        d["deltas"] = [x.to_dict() for x in self.deltas]
+        if self.manifest is not None:
+            d["manifest"] = self.manifest.model_dump(mode="json")
+        return d
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What ``Repository.publish`` did.
+
+    ``unchanged`` is True when the same bytes were already published (nothing was written);
+    ``pending`` is True when this machine has no snapshot/timestamp key, so devices see the new
+    targets after the server's next ``refresh_timestamp``.
+    """
+
+    target_path: str
+    length: int
+    sha256: str
+    delta_target_path: str | None = None
+    delta_length: int | None = None
+    name: str = ""
+    version: str = ""
+    variant: str = ""
+    unchanged: bool = False
+    pending: bool = False
+    targets_version: int = 0
+    deltas: tuple[DeltaTarget, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["deltas"] = [x.to_dict() for x in self.deltas]
+        return d
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """What ``Repository.rotate_key`` did."""
+
+    role: str
+    old_keyids: tuple[str, ...]
+    new_keyid: str
+    root_version: int
+    key_path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """What ``Repository.refresh_timestamp`` signed."""
+
+    timestamp_version: int
+    snapshot_version: int
+    targets_version: int
+    expires: datetime
+    snapshot_resigned: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["expires"] = self.expires.isoformat()
+        return d
+
+
+@dataclass
+class _NewTarget:
+    path: str
+    tmp: Path
+    length: int
+    sha256: str
+    custom: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the repository --------------------------------------------------------------------------
+
+
+class Repository(TufRepository):
+    """A TUF image repository on local disk, built on ``tuf.repository.Repository``.
+
+    Read-only use (``list_versions``, ``show``, ``status``) needs no keys. Writing needs the keys
+    of the roles it signs: ``publish`` the targets key (plus the online snapshot and timestamp keys
+    to make the release visible at once), ``refresh_timestamp`` the timestamp key, ``rotate_key``
+    a threshold of root keys.
+
+    Args:
+        repo_dir: the repository directory (``metadata/`` and ``targets/`` inside).
+        keys: a ``KeyStore`` or a key directory; ``None`` for read-only use.
+        config: settings; default: the ones saved by ``Repository.init``, else the environment.
+    """
+
+    def __init__(
+        self,
+        repo_dir: str | os.PathLike[str],
+        keys: KeyStore | str | os.PathLike[str] | None = None,
+        config: RegistryConfig | None = None,
+    ) -> None:
+        self._setup(repo_dir, keys)
+        if not (self.metadata_dir / "1.root.json").is_file():
+            raise RegistryError(
+                f"no edgefleet repository at {self.repo_dir} ({self.metadata_dir / '1.root.json'} is missing)",
+                hint="create one with `edgefleet registry init REPO --keys KEYS`, or pass the right --repo",
+                repo=str(self.repo_dir),
+            )
+        self.config = config or self._load_config()
+
+    def _setup(self, repo_dir: str | os.PathLike[str], keys: Any) -> None:
+        self.repo_dir = Path(repo_dir)
+        self.metadata_dir = self.repo_dir / "metadata"
+        self.targets_dir = self.repo_dir / "targets"
+        self._state_dir = self.repo_dir / ".edgefleet"
+        self._tmp_dir = self._state_dir / "tmp"
+        self.keys: KeyStore | None = keys if keys is None or isinstance(keys, KeyStore) else KeyStore(keys)
+        self._initializing = False
+        self._extra_signers: dict[str, list[Any]] = {}
+        self._timestamp_expiry: timedelta | None = None
+        self.config = RegistryConfig()
+
+    @property
+    def root_json_path(self) -> Path:
+        """Newest root metadata, the file a device pins at enrollment."""
+        return self.metadata_dir / "root.json"
+
+    def __repr__(self) -> str:
+        return f"Repository({str(self.repo_dir)!r})"
+
+    # --- creation ----------------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        repo_dir: str | os.PathLike[str],
+        keys: KeyStore | str | os.PathLike[str],
+        config: RegistryConfig | None = None,
+    ) -> Repository:
+        """Create a new, empty repository signed with ``keys`` (which must hold every role).
+
+        Writes ``1.root.json`` (all root keys of the key store, its threshold), empty
+        ``1.targets.json``, ``1.snapshot.json`` and ``timestamp.json``.
+        """
+        repo = cls.__new__(cls)
+        repo._setup(repo_dir, keys)
+        repo.config = config or RegistryConfig()
+        store = repo._require_keys()
+        for role in _TOP_ROLES:
+            store.signers(role)  # raises KeyStoreError naming the missing role
+        roots = store.public_keys("root")
+        threshold = store.root_threshold or len(roots)
+        if threshold > len(roots):
+            raise KeyStoreError(
+                f"root threshold is {threshold} but {store.dir} holds only {len(roots)} root keys",
+                hint="create the repository where all root keys are present",
+            )
+        if repo.metadata_dir.is_dir() and any(repo.metadata_dir.glob("*.json")):
+            raise RegistryError(
+                f"{repo.repo_dir} already holds a repository",
+                hint="open it with Repository(REPO) / `edgefleet registry list`, or choose an empty directory",
+                repo=str(repo.repo_dir),
+            )
+        repo.metadata_dir.mkdir(parents=True, exist_ok=True)
+        repo.targets_dir.mkdir(parents=True, exist_ok=True)
+        with repo._locked():
+            atomic_write(
+                repo._state_dir / "config.json", repo.config.model_dump_json(indent=2).encode() + b"\n"
+            )
+            repo._initializing = True
+            try:
+                with repo.edit_root() as root:
+                    root.consistent_snapshot = True
+                    for key in roots:
+                        root.add_key(key, "root")
+                    root.roles["root"].threshold = threshold
+                    for role in ("targets", "snapshot", "timestamp"):
+                        for key in store.public_keys(role):
+                            root.add_key(key, role)
+                with repo.edit_targets():
+                    pass
+                with repo.edit_snapshot() as snapshot:
+                    snapshot.meta = deepcopy(repo.targets_infos)
+                with repo.edit_timestamp() as timestamp:
+                    timestamp.snapshot_meta = deepcopy(repo.snapshot_info)
+            finally:
+                repo._initializing = False
+        log.info(
+            "initialized TUF repository %s (root threshold %d of %d)", repo.repo_dir, threshold, len(roots)
+        )
+        return repo
+
+    def _load_config(self) -> RegistryConfig:
+        p = self._state_dir / "config.json"
+        if not p.is_file():
+            return RegistryConfig()
+        try:
+            return RegistryConfig(**json.loads(p.read_text()))
+        except (OSError, ValueError) as e:
+            raise RegistryError(
+                f"{p} is not a valid registry config: {e}",
+                hint="fix or delete it (defaults are then used)",
+            ) from e
+
+    # --- storage (the tuf.repository.Repository contract) -------------------------------------
+
+    def _versions(self, role: str) -> list[int]:
+        if not self.metadata_dir.is_dir():
+            return []
+        out = []
+        for p in self.metadata_dir.iterdir():
+            m = _VERSIONED.match(p.name)
+            if m and m.group(2) == role:
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def _current_path(self, role: str) -> Path | None:
+        if role == "timestamp":
+            p = self.metadata_dir / "timestamp.json"
+            return p if p.is_file() else None
+        versions = self._versions(role)
+        return self.metadata_dir / f"{versions[-1]}.{role}.json" if versions else None
+
+    def _load(self, path: Path) -> Metadata:
+        try:
+            return Metadata.from_bytes(path.read_bytes())
+        except (OSError, DeserializationError) as e:
+            raise RegistryError(
+                f"cannot read repository metadata {path}: {e}",
+                hint="the repository is damaged; restore metadata/ from a backup",
+                path=str(path),
+            ) from e
+
+    def open(self, role: str) -> Metadata:
+        """Current metadata of ``role`` (a fresh copy the caller may edit)."""
+        if role not in _TOP_ROLES:
+            raise RegistryError(f"unknown role {role!r}", hint="edgefleet uses the four top-level TUF roles")
+        path = self._current_path(role)
+        if path is None:
+            if self._initializing:
+                init = {"root": Root, "targets": Targets, "snapshot": Snapshot, "timestamp": Timestamp}[role]
+                md = Metadata(init())
+                md.signed.version = 0  # close() bumps it to 1
+                return md
+            raise RegistryError(
+                f"{role} metadata is missing from {self.metadata_dir}",
+                hint="the repository is incomplete; restore metadata/ from a backup",
+            )
+        return self._load(path)
+
+    def _expiry(self, role: str) -> timedelta:
+        if role == "timestamp" and self._timestamp_expiry is not None:
+            return self._timestamp_expiry
+        return getattr(self.config, f"{role}_expiry")
+
+    def close(self, role: str, md: Metadata) -> None:
+        """Bump version and expiry, sign with every trusted key we hold, check the threshold, write."""
+        md.signed.version += 1
+        md.signed.expires = _now() + self._expiry(role)
+        md.signatures.clear()
+        for signer in self._signers_for(role, md):
+            md.sign(signer, append=True)
+        self._check_threshold(role, md)
+        data = md.to_bytes(JSONSerializer(compact=False))
+        if role == "timestamp":
+            atomic_write(self.metadata_dir / "timestamp.json", data)
+        else:
+            atomic_write(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
+            if role == "root":
+                atomic_write(self.root_json_path, data)
+        log.debug("wrote %s v%d (expires %s)", role, md.signed.version, md.signed.expires.isoformat())
+
+    def _meta_file(self, role: str) -> MetaFile:
+        path = self._current_path(role)
+        if path is None:
+            return MetaFile(version=0)
+        data = path.read_bytes()
+        version = int(path.name.split(".", 1)[0])
+        return MetaFile(
+            version=version, length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}
+        )
+
+    @property
+    def targets_infos(self) -> dict[str, MetaFile]:
+        return {"targets.json": self._meta_file("targets")}
+
+    @property
+    def snapshot_info(self) -> MetaFile:
+        return self._meta_file("snapshot")
+
+    # --- keys --------------------------------------------------------------------------------
+
+    def _require_keys(self) -> KeyStore:
+        if self.keys is None:
+            raise KeyStoreError(
+                "this operation signs metadata but the repository was opened without keys",
+                hint="pass --keys DIR (Repository(repo, keys=...))",
+            )
+        return self.keys
+
+    def _trusted_ids(self, role: str, md: Metadata | None = None) -> set[str]:
+        ids: set[str] = set()
+        if role == "root" and md is not None:
+            ids |= set(md.signed.roles["root"].keyids)
+        if not (self._initializing and self._current_path("root") is None):
+            ids |= set(self.root().roles[role].keyids)
+        return ids
+
+    def _signers_for(self, role: str, md: Metadata | None = None) -> list[Any]:
+        store = self._require_keys()
+        trusted = self._trusted_ids(role, md)
+        chosen = [
+            s for s in (store.signers(role) if store.has(role) else []) if s.public_key.keyid in trusted
+        ]
+        for s in self._extra_signers.get(role, []):
+            if all(c.public_key.keyid != s.public_key.keyid for c in chosen):
+                chosen.append(s)
+        if not chosen:
+            if not store.has(role):
+                store.signers(role)  # raises the "no <role> key in DIR" error
+            held = ", ".join(s.public_key.keyid[:16] for s in store.signers(role))
+            raise KeyStoreError(
+                f"the {role} key in {store.dir} ({held}) is not one this repository trusts "
+                f"(root trusts {', '.join(k[:16] for k in sorted(trusted)) or 'none'})",
+                hint=f"use the current {role} key, or rotate it with `edgefleet keys rotate {role}`",
+                role=role,
+            )
+        return chosen
+
+    def _can_sign(self, role: str) -> bool:
+        try:
+            self._signers_for(role)
+        except KeyStoreError:
+            return False
+        return True
+
+    def _check_threshold(self, role: str, md: Metadata) -> None:
+        if role == "root":
+            prev = None if self._current_path("root") is None else self.root()
+            result = md.signed.get_root_verification_result(prev, md.signed_bytes, md.signatures)
+            if not result:
+                need = md.signed.roles["root"].threshold
+                raise KeyStoreError(
+                    f"new root metadata needs {need} root signatures but the keys in "
+                    f"{self._require_keys().dir} provide {len(result.signed)}",
+                    hint="bring together enough root keys (the threshold) to sign root changes",
+                    role="root",
+                )
+            return
+        result = self.root().get_verification_result(role, md.signed_bytes, md.signatures)
+        if not result:
+            raise KeyStoreError(
+                f"{role} metadata needs {result.threshold} signatures, got {len(result.signed)}",
+                hint=f"add the missing {role} keys to the key directory",
+                role=role,
+            )
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with exclusive_lock(self._state_dir / "lock", timeout=self.config.lock_timeout):
+            clear_dir(self._tmp_dir)  # leftovers of a writer that died; we hold the lock now
+            try:
+                yield
+            finally:
+                clear_dir(self._tmp_dir)
+
+    # --- publishing --------------------------------------------------------------------------
+
+    def publish(self, archive: str | os.PathLike[str], *, delta: bool = True) -> PublishResult:
+        """Add a bundle archive (and deltas from earlier versions) as signed targets.
+
+        Args:
+            archive: a bundle archive from ``edgefleet.bundle.create_bundle``.
+            delta: also publish a delta from the previous version(s) of the same name+variant.
+
+        Returns:
+            ``PublishResult``; ``unchanged=True`` when the same bytes were already published.
+
+        Raises:
+            VersionExistsError: name+version+variant is published with different bytes.
+            KeyStoreError: the targets key is missing or not trusted.
+            BundleError: the archive is not a readable bundle.
+        """
+        from edgefleet.bundle import read_manifest
+
+        src = Path(archive)
+        if not src.is_file():
+            raise BundleError(
+                f"bundle archive {src} does not exist", hint="pass the .tar that bundle create wrote"
+            )
+        size = src.stat().st_size
+        if size > self.config.max_bundle_bytes:
+            raise RegistryError(
+                f"{src} is {size} bytes, above the {self.config.max_bundle_bytes} allowed",
+                hint="raise EDGEFLEET_REGISTRY_MAX_BUNDLE_BYTES if this is intended",
+            )
+        self._signers_for("targets")  # fail before copying anything
+        with self._locked():
+            # Work on our own copy so the manifest we read and the bytes we sign are the same.
+            tmp = self._tmp_dir / "bundle.tar"
+            self._verify_state()
+            length, sha = copy_hashed(src, tmp)
+            manifest = read_manifest(tmp)
+            tpath = target_path_for(manifest.name, manifest.version, manifest.variant)
+            targets = self.targets()
+            existing = targets.targets.get(tpath)
+            if existing is not None:
+                if existing.length == length and existing.hashes.get("sha256") == sha:
+                    log.info("%s is already published with the same bytes; nothing changed", tpath)
+                    pub = self._published_from(targets).get(
+                        (manifest.name, manifest.version, manifest.variant)
+                    )
+                    deltas = pub.deltas if pub else ()
+                    return PublishResult(
+                        tpath,
+                        length,
+                        sha,
+                        deltas[0].target_path if deltas else None,
+                        deltas[0].length if deltas else None,
+                        manifest.name,
+                        manifest.version,
+                        manifest.variant,
+                        unchanged=True,
+                        pending=self._pending(),
+                        targets_version=targets.version,
+                        deltas=deltas,
+                    )
+                raise VersionExistsError(
+                    f"{tpath} is already published with different content "
+                    f"(sha256 {existing.hashes.get('sha256', '?')[:12]}…, new {sha[:12]}…)",
+                    hint="published versions are immutable; bump the version (e.g. "
+                    f"{_next_patch(manifest.version)}) and rebuild the bundle",
+                    target=tpath,
+                )
+            manifest_sha = hashlib.sha256(manifest.to_json()).hexdigest()
+            published = _now().isoformat()
+            new = [
+                _NewTarget(
+                    tpath,
+                    tmp,
+                    length,
+                    sha,
+                    {
+                        "kind": "bundle",
+                        "name": manifest.name,
+                        "version": manifest.version,
+                        "variant": manifest.variant,
+                        "parent_version": manifest.lineage.parent_version,
+                        "base_target": None,
+                        "base_sha256": None,
+                        "result_sha256": None,
+                        "result_length": None,
+                        "manifest_sha256": manifest_sha,
+                        "created": manifest.created.isoformat(),
+                        "published": published,
+                    },
+                )
+            ]
+            if delta and self.config.delta:
+                new += self._make_deltas(targets, manifest, tmp, length, sha, manifest_sha, published)
+            for t in new:
+                install(t.tmp, self.targets_dir / _hashed_path(t.path, t.sha256))
+            with self.edit_targets() as tmd:
+                for t in new:
+                    tmd.targets[t.path] = TargetFile(
+                        t.length, {"sha256": t.sha256}, t.path, {"custom": {"edgefleet": t.custom}}
+                    )
+            pending = not self._publish_online()
+            deltas = tuple(
+                DeltaTarget(
+                    t.path,
+                    t.length,
+                    t.sha256,
+                    t.custom["parent_version"],
+                    t.custom["base_target"],
+                    t.custom["base_sha256"],
+                    _hashed_path(t.path, t.sha256),
+                    t.custom.get("method"),
+                )
+                for t in new[1:]
+            )
+            log.info(
+                "published %s (%d bytes, %d delta%s)%s",
+                tpath,
+                length,
+                len(deltas),
+                "" if len(deltas) == 1 else "s",
+                "; waiting for the server to sign snapshot/timestamp" if pending else "",
+            )
+            return PublishResult(
+                tpath,
+                length,
+                sha,
+                deltas[0].target_path if deltas else None,
+                deltas[0].length if deltas else None,
+                manifest.name,
+                manifest.version,
+                manifest.variant,
+                pending=pending,
+                targets_version=tmd.version,
+                deltas=deltas,
+            )
+
+    def _make_deltas(
+        self,
+        targets: Any,
+        manifest: Manifest,
+        new_tmp: Path,
+        length: int,
+        sha: str,
+        manifest_sha: str,
+        published: str,
+    ) -> list[_NewTarget]:
+        from edgefleet.bundle import make_delta
+
+        mine = semver_key(manifest.version)
+        earlier = sorted(
+            (
+                p
+                for p in self._published_from(targets).values()
+                if p.name == manifest.name and p.variant == manifest.variant and semver_key(p.version) < mine
+            ),
+            key=lambda p: semver_key(p.version),
+            reverse=True,
+        )[: self.config.delta_bases]
+        out: list[_NewTarget] = []
+        for base in earlier:
+            base_file = self.targets_dir / base.url_path
+            patch = self._tmp_dir / f"from-{base.version}.delta"
+            try:
+                info = make_delta(base_file, new_tmp, patch, method=self.config.delta_method)
+            except (BundleError, OSError) as e:
+                # A missing delta only costs bandwidth: devices fall back to the full bundle.
+                log.warning("no delta from %s to %s: %s", base.version, manifest.version, e)
+                patch.unlink(missing_ok=True)
+                continue
+            d_len, d_sha = file_sha256(patch)
+            if d_len > self.config.delta_max_ratio * length:
+                log.info(
+                    "delta from %s is %d bytes (%.0f%% of the bundle); not publishing it",
+                    base.version,
+                    d_len,
+                    100 * d_len / max(length, 1),
+                )
+                patch.unlink()
+                continue
+            method = getattr(info, "method", None) or (info.get("method") if isinstance(info, dict) else None)
+            out.append(
+                _NewTarget(
+                    delta_target_path_for(manifest.name, manifest.version, manifest.variant, base.version),
+                    patch,
+                    d_len,
+                    d_sha,
+                    {
+                        "kind": "delta",
+                        "name": manifest.name,
+                        "version": manifest.version,
+                        "variant": manifest.variant,
+                        "parent_version": base.version,
+                        "base_target": base.target_path,
+                        "base_sha256": base.sha256,
+                        "result_sha256": sha,
+                        "result_length": length,
+                        "manifest_sha256": manifest_sha,
+                        "method": str(method) if method else None,
+                        "published": published,
+                    },
+                )
+            )
+        return out
+
+    def _publish_online(self) -> bool:
+        """Sign snapshot and timestamp when this machine holds the online keys; False if it does not."""
+        if not (self._can_sign("snapshot") and self._can_sign("timestamp")):
+            return False
+        self.do_snapshot()
+        self.do_timestamp()
+        return True
+
+    def _pending(self) -> bool:
+        snap = self.snapshot()
+        return (
+            snap.meta.get("targets.json") is None
+            or snap.meta["targets.json"].version < self.targets().version
+        )
+
+    # --- online role ------------------------------------------------------------------------
+
+    def refresh_timestamp(self, expires_in: timedelta | None = None) -> RefreshResult:
+        """Re-sign timestamp (and snapshot if targets changed or it expires soon) with the online keys.
+
+        The server calls this well before ``timestamp_expiry`` runs out; a device that keeps seeing
+        an expired timestamp knows the server is frozen or replayed.
+
+        Args:
+            expires_in: lifetime of this timestamp (default ``config.timestamp_expiry``).
+        """
+        store = self._require_keys()
+        store.signers("timestamp")
+        with self._locked():
+            self._verify_state()
+            snap = self.snapshot()
+            soon = _now() + self.config.snapshot_expiry / 2
+            resign = snap.expires <= soon or (
+                snap.meta.get("targets.json") is None
+                or snap.meta["targets.json"].version < self.targets().version
+            )
+            if resign:
+                self.do_snapshot(force=snap.expires <= soon)
+            self._timestamp_expiry = expires_in
+            try:
+                self.do_timestamp(force=True)
+            finally:
+                self._timestamp_expiry = None
+            self._warn_expiry()
+            ts = self.timestamp()
+            return RefreshResult(
+                ts.version,
+                ts.snapshot_meta.version,
+                self.targets().version,
+                ts.expires,
+                snapshot_resigned=resign,
+            )
+
+    def _verify_state(self) -> None:
+        """Refuse to sign on top of metadata the trusted chain does not vouch for (e.g. a dropped-in file)."""
+        versions = self._versions("root")
+        if versions != list(range(1, len(versions) + 1)):
+            raise RegistryError(
+                f"root metadata versions in {self.metadata_dir} are not contiguous: {versions}",
+                hint="the repository is damaged; restore metadata/ from a backup",
+            )
+        prev = None
+        for v in versions:
+            md = self._load(self.metadata_dir / f"{v}.root.json")
+            ok = md.signed.version == v and md.signed.get_root_verification_result(
+                prev, md.signed_bytes, md.signatures
+            )
+            if not ok:
+                raise RegistryError(
+                    f"{v}.root.json is not signed by the root keys that version {v - 1 or 1} trusts",
+                    hint="someone wrote root metadata without the root threshold; remove that file",
+                    path=str(self.metadata_dir / f"{v}.root.json"),
+                )
+            prev = md.signed
+        self._verify_current_targets()
+
+    def _verify_current_targets(self) -> None:
+        md = self.open("targets")
+        try:
+            self.root().verify_delegate("targets", md.signed_bytes, md.signatures)
+        except UnsignedMetadataError as e:
+            raise RegistryError(
+                f"targets metadata v{md.signed.version} is not signed by the key root trusts: {e}",
+                hint="someone wrote targets with a wrong key; remove that file or re-publish with the right key",
+            ) from e
+
+    def _warn_expiry(self) -> None:
+        soon = _now() + self.config.expiry_warning
+        for role in ("root", "targets"):
+            expires = self.open(role).signed.expires
+            if expires <= soon:
+                log.warning(
+                    "%s metadata expires %s; re-sign it (publish, or rotate a key for root)", role, expires
+                )
+
+    # --- key rotation ------------------------------------------------------------------------
+
+    def rotate_key(self, role: str, *, new_signer: Any | None = None) -> RotationResult:
+        """Replace the ``role`` key with a new one in a new root version signed by the root threshold.
+
+        The new private key is saved in the key store first (so a crash never leaves a root that
+        trusts a key nobody holds). When the old key is at hand, the role's metadata is re-signed
+        by old and new key before the new root is written, so devices verify it with either root;
+        the old private key is deleted at the end.
+
+        Args:
+            role: ``targets``, ``snapshot`` or ``timestamp``.
+            new_signer: a securesystemslib signer to use instead of a freshly generated ed25519 key
+                (e.g. a key held elsewhere); it is stored in the key store only if it has private bytes.
+        """
+        from securesystemslib.signer import CryptoSigner
+
+        if role not in ROTATABLE:
+            raise KeyStoreError(
+                f"cannot rotate {role!r} keys here",
+                hint=f"rotatable roles: {', '.join(ROTATABLE)}",
+            )
+        store = self._require_keys()
+        root = self.root()
+        trusted_root = [
+            s
+            for s in (store.signers("root") if store.has("root") else [])
+            if s.public_key.keyid in root.roles["root"].keyids
+        ]
+        if len(trusted_root) < root.roles["root"].threshold:
+            raise KeyStoreError(
+                f"rotating the {role} key needs {root.roles['root'].threshold} root keys; "
+                f"{store.dir} holds {len(trusted_root)} trusted ones",
+                hint="run this where the root keys (at least the threshold) are present",
+                role="root",
+            )
+        # The re-signing after the root change needs the online keys of the roles below ``role``.
+        needed = {"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",), "timestamp": ()}
+        for other in needed[role]:
+            self._signers_for(other)
+        with self._locked():
+            self._verify_state()
+            root = self.root()
+            old_ids = tuple(root.roles[role].keyids)
+            signer = new_signer or CryptoSigner.generate_ed25519()
+            new_id = signer.public_key.keyid
+            if new_id in old_ids or any(new_id in r.keyids for r in root.roles.values()):
+                raise KeyStoreError(
+                    f"key {new_id[:16]} is already used by this repository",
+                    hint="a rotation needs a key no role uses yet",
+                )
+            key_path = store.add(role, signer) if hasattr(signer, "private_bytes") else Path("")
+            old_held = any(s.public_key.keyid in old_ids for s in store.signers(role))
+
+            def resign() -> None:
+                if role == "targets":
+                    with self.edit_targets():
+                        pass
+                if role in ("targets", "snapshot"):
+                    self.do_snapshot(force=True)
+                self.do_timestamp(force=True)
+
+            def new_root() -> None:
+                with self.edit_root() as r:
+                    for kid in old_ids:
+                        r.revoke_key(kid, role)
+                    r.add_key(signer.public_key, role)
+
+            self._extra_signers = {role: [signer]}
+            try:
+                if old_held:
+                    resign()  # signed by old + new key: valid under the current and the next root
+                    new_root()
+                else:
+                    new_root()  # without the old key there is no overlap; devices catch up at next refresh
+                    resign()
+            finally:
+                self._extra_signers = {}
+            for kid in old_ids:
+                store.remove(role, kid)
+            version = self.root().version
+            log.info(
+                "rotated %s key %s -> %s (root v%d)",
+                role,
+                ",".join(k[:16] for k in old_ids),
+                new_id[:16],
+                version,
+            )
+            return RotationResult(role, old_ids, new_id, version, str(key_path))
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _published_from(self, targets: Any) -> dict[tuple[str, str, str], PublishedBundle]:
+        bundles: dict[tuple[str, str, str], dict[str, Any]] = {}
+        deltas: dict[tuple[str, str, str], list[DeltaTarget]] = defaultdict(list)
+        for path, tf in targets.targets.items():
+            custom = tf.custom if isinstance(tf.custom, dict) else {}
+            ef = custom.get("edgefleet")
+            if not isinstance(ef, dict):
+                continue
+            ref = (ef.get("name"), ef.get("version"), ef.get("variant"))
+            sha = tf.hashes.get("sha256", "")
+            if ef.get("kind") == "bundle":
+                bundles[ref] = {
+                    "name": ref[0],
+                    "version": ref[1],
+                    "variant": ref[2],
+                    "target_path": path,
+                    "length": tf.length,
+                    "sha256": sha,
+                    "url_path": _hashed_path(path, sha),
+                    "manifest_sha256": ef.get("manifest_sha256"),
+                    "parent_version": ef.get("parent_version"),
+                    "created": ef.get("created"),
+                    "published": ef.get("published"),
+                }
+            elif ef.get("kind") == "delta":
+                deltas[ref].append(
+                    DeltaTarget(
+                        path,
+                        tf.length,
+                        sha,
+                        ef.get("parent_version"),
+                        ef.get("base_target"),
+                        ef.get("base_sha256"),
+                        _hashed_path(path, sha),
+                        ef.get("method"),
+                    )
+                )
+        return {
+            ref: PublishedBundle(
+                **b, deltas=tuple(sorted(deltas[ref], key=lambda d: semver_key(d.base_version)))
+            )
+            for ref, b in bundles.items()
+        }
+
+    def list_versions(self, name: str | None = None) -> list[PublishedBundle]:
+        """Published bundles (all, or of one name), by name, variant and semver."""
+        found = [p for p in self._published_from(self.targets()).values() if name is None or p.name == name]
+        return sorted(found, key=lambda p: (p.name, p.variant, semver_key(p.version)))
+
+    def show(self, name: str, version: str, variant: str) -> PublishedBundle:
+        """One published bundle with its manifest (read from the stored archive) and deltas."""
+        tpath = target_path_for(name, version, variant)
+        pub = self._published_from(self.targets()).get((name, version, variant))
+        if pub is None:
+            raise NotFoundError(
+                f"{tpath} is not published in {self.repo_dir}",
+                hint="see what is published with `edgefleet registry list`",
+                target=tpath,
+            )
+        archive = self.targets_dir / pub.url_path
+        if not archive.is_file():
+            raise RegistryError(
+                f"{tpath} is listed but its file {archive} is missing",
+                hint="the repository is damaged; restore targets/ from a backup",
+            )
+        from edgefleet.bundle import read_manifest
+
+        return replace(pub, manifest=read_manifest(archive))
+
+    def target_file(self, target_path: str) -> Path:
+        """Local path of a published target (the hash-prefixed file under ``targets/``)."""
+        tf = self.targets().targets.get(target_path)
+        if tf is None:
+            raise NotFoundError(
+                f"{target_path} is not a published target", hint="see `edgefleet registry list`"
+            )
+        return self.targets_dir / _hashed_path(target_path, tf.hashes["sha256"])
+
+    def status(self) -> dict[str, Any]:
+        """Versions and expiry of every role, and whether a publish waits for the online keys."""
+        out: dict[str, Any] = {}
+        for role in _TOP_ROLES:
+            s = self.open(role).signed
+            out[role] = {"version": s.version, "expires": s.expires.isoformat(), "expired": s.is_expired()}
+        out["pending"] = self._pending()
+        out["root_threshold"] = self.root().roles["root"].threshold
+        out["consistent_snapshot"] = bool(self.root().consistent_snapshot)
+        return out
+
+
+def _next_patch(version: str) -> str:
+    m = _SEMVER.match(version)
+    return f"{m.group(1)}.{m.group(2)}.{int(m.group(3)) + 1}" if m else "a higher version"

@@ -1,0 +1,513 @@
+"""The device-facing side: enrollment, heartbeats (the director's answer), telemetry ingest.
+
+A heartbeat is one UPDATE ... RETURNING: it authenticates the device (token hash in the WHERE
+clause), records its report and health counters, and returns what the director decided for it.
+The assignment itself is built from immutable rows (variants, a rollout's device gates) cached in
+memory, so the hot path makes one round trip to the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import case, delete, false, literal, select, update
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+
+from edgefleet.errors import (
+    AuthError,
+    EdgefleetError,
+    ForbiddenError,
+    NotFoundError,
+    ValidationError,
+)
+from edgefleet.protocol import (
+    Assignment,
+    EnrollRequest,
+    EnrollResponse,
+    GateThresholds,
+    Heartbeat,
+    TelemetryBatch,
+)
+from edgefleet.server._auth import DEVICE_PREFIX, hash_token, new_token
+from edgefleet.server._blobs import BlobStore
+from edgefleet.server._config import ServerConfig
+from edgefleet.server._db import Database
+from edgefleet.server._models import (
+    Device,
+    EnrollmentToken,
+    Release,
+    ReleaseVariant,
+    Rollout,
+    TelemetryBatchRow,
+    TelemetryWindowRow,
+)
+from edgefleet.server._rollouts import audit
+from edgefleet.server._schemas import _check_tags
+
+__all__ = ["DeviceService", "failure_of"]
+
+log = logging.getLogger(__name__)
+
+D = Device.__table__
+
+# Agent events that mean "this build failed on the device" (see edgefleet.agent's journal events).
+_FAIL_EVENTS = {
+    "refused",
+    "install_failed",
+    "download_failed",
+    "verification_failed",
+    "health_check_failed",
+    "activation_failed",
+    "rollback_impossible",
+}
+_FAIL_STATES = {"failed", "error", "install_failed"}
+
+
+def failure_of(state: str | None, events: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """What a report says failed: ``(key, reason)``.
+
+    ``key`` is a version, ``sha:<prefix>`` of the build, ``@active`` (the build the device ran before
+    this report: it rolled itself back from it), or ``*`` (a failure state with nothing more said).
+    """
+    for e in reversed(events):
+        kind = str(e.get("event") or e.get("type") or e.get("kind") or "").lower()
+        auto_rollback = kind == "rolled_back" and bool(e.get("auto"))
+        if kind not in _FAIL_EVENTS and not kind.endswith("_failed") and not auto_rollback:
+            continue
+        reason = str(e.get("reason") or e.get("message") or e.get("error") or kind)[:1000]
+        if auto_rollback or kind == "rollback_impossible":
+            return "@active", reason
+        if isinstance(e.get("version"), str):
+            return e["version"][:64], reason
+        sha = e.get("sha256")
+        if isinstance(sha, str) and 8 <= len(sha) <= 64:
+            return "sha:" + sha.lower()[:60], reason
+        return "*", reason
+    if state and state.lower() in _FAIL_STATES:
+        return "*", state
+    return None
+
+
+class DeviceService:
+    """Enrollment, heartbeats and telemetry for one server process."""
+
+    def __init__(
+        self,
+        db: Database,
+        config: ServerConfig,
+        blobs: BlobStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        root_json: Callable[[], Path | None] | None = None,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.blobs = blobs
+        self.clock = clock
+        self._root_json = root_json or (lambda: None)
+        self._assign_cache: dict[tuple[int, str | None], dict[str, Any]] = {}
+        self._cache_lock = threading.Lock()
+        self._rng = random.Random()
+        self._window_cls = _telemetry_window_class()
+
+    # --- enrollment ----------------------------------------------------------------------------
+
+    def enroll(self, req: EnrollRequest, *, repository_url: str) -> EnrollResponse:
+        now = self.clock()
+        hw = req.hardware
+        try:
+            claimed = _check_tags(dict(hw.tags))
+        except ValueError as e:
+            raise ValidationError(f"hardware.tags: {e}", hint="fix the tags the device reports") from e
+        with self.db.write() as s:
+            tok = s.scalars(
+                select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(req.token))
+            ).one_or_none()
+            if tok is None:
+                raise AuthError(
+                    "unknown enrollment token",
+                    hint="ask an operator for one: edgefleet devices tokens create",
+                )
+            if tok.revoked:
+                raise AuthError("this enrollment token was revoked", hint="ask an operator for a new one")
+            if tok.used_at is not None:
+                raise AuthError(
+                    f"this enrollment token was already used (by device {tok.used_by}); tokens are one-time",
+                    hint="create one enrollment token per device",
+                )
+            if tok.expires_at <= now:
+                raise AuthError(
+                    f"this enrollment token expired at {_iso(tok.expires_at)}",
+                    hint="ask an operator for a new one",
+                )
+            for k, v in tok.tags.items():
+                if k in claimed and claimed[k] != v:
+                    raise ForbiddenError(
+                        f"the enrollment token is scoped to {k}={v}, but the device claims {k}={claimed[k]}",
+                        hint="use a token created for this device's group, or fix the device's tags",
+                    )
+            device_id = "dev-" + secrets.token_hex(8)
+            res = s.execute(
+                update(EnrollmentToken)
+                .where(EnrollmentToken.id == tok.id, EnrollmentToken.used_at.is_(None))
+                .values(used_at=now, used_by=device_id)
+            )
+            if res.rowcount != 1:  # another request used it between our read and this write
+                raise AuthError("this enrollment token was already used; tokens are one-time",
+                                hint="create one enrollment token per device")
+            token = new_token(DEVICE_PREFIX)
+            s.add(
+                Device(
+                    id=device_id,
+                    name=req.name,
+                    token_hash=hash_token(token),
+                    revoked=False,
+                    enrollment_token_id=tok.id,
+                    enrolled_at=now,
+                    last_seen=now,
+                    device_class=hw.device_class,
+                    arch=hw.arch,
+                    hardware=hw.model_dump(mode="json", exclude={"tags"}),
+                    tags={**claimed, **tok.tags},
+                    state="enrolled",
+                    h_requests=0,
+                    h_errors=0,
+                    h_lat_sum=0.0,
+                    h_lat_w=0.0,
+                    h_conf_sum=0.0,
+                    h_conf_w=0.0,
+                )
+            )
+            audit(
+                s,
+                "device.enrolled",
+                actor=f"enrollment-token:{tok.id}",
+                now=now,
+                device_id=device_id,
+                device_class=hw.device_class,
+                tags={**claimed, **tok.tags},
+            )
+        return EnrollResponse(
+            device_id=device_id,
+            device_token=token,
+            poll_interval_s=self._poll_interval(),
+            repository_url=self.config.repository_url or repository_url,
+            root_json_sha256=self._root_sha256(),
+        )
+
+    def _root_sha256(self) -> str | None:
+        p = self._root_json()
+        if p is None or not p.is_file():
+            return None
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    def _poll_interval(self) -> float:
+        j = self.config.poll_jitter
+        return round(self.config.poll_interval_s * (1 + self._rng.uniform(-j, j)), 3)
+
+    # --- authentication ------------------------------------------------------------------------
+
+    def _diagnose(self, device_id: str, token: str) -> EdgefleetError:
+        """Why a device token did not authenticate for ``device_id`` (slow path, errors only)."""
+        with self.db.read() as s:
+            owner = s.execute(
+                select(Device.id, Device.revoked).where(Device.token_hash == hash_token(token))
+            ).one_or_none()
+            if owner is not None and owner.id != device_id:
+                return ForbiddenError(
+                    "this device token belongs to another device",
+                    hint="a device may only read and write its own records",
+                )
+            if owner is not None and owner.revoked:
+                return AuthError("this device's token was revoked", hint="re-enroll the device with a new token")
+            exists = s.scalar(select(Device.id).where(Device.id == device_id)) is not None
+        if not exists:
+            return NotFoundError(
+                f"unknown device {device_id!r}",
+                hint="enroll the device first (it may have been removed by an operator)",
+            )
+        return AuthError("invalid device token", hint="re-enroll the device if it lost its credentials")
+
+    def authenticate(self, device_id: str, token: str) -> None:
+        """Check that ``token`` is ``device_id``'s valid token (for reads and telemetry)."""
+        if not token.startswith(DEVICE_PREFIX):
+            raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
+        with self.db.read() as s:
+            ok = s.scalar(
+                select(Device.id).where(
+                    Device.id == device_id,
+                    Device.token_hash == hash_token(token),
+                    Device.revoked.is_(False),
+                )
+            )
+        if ok is None:
+            raise self._diagnose(device_id, token)
+
+    # --- heartbeat -----------------------------------------------------------------------------
+
+    def heartbeat(self, device_id: str, token: str, hb: Heartbeat) -> dict[str, Any]:
+        """Record a heartbeat and return the director's answer (``HeartbeatResponse`` as JSON data)."""
+        if hb.device_id != device_id:
+            raise ValidationError(
+                f"heartbeat is for device {hb.device_id!r} but was sent to {device_id!r}",
+                hint="post each device's heartbeat to its own /v1/devices/{device_id}/heartbeat",
+            )
+        if not token.startswith(DEVICE_PREFIX):
+            raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
+        now = self.clock()
+        a = hb.active
+        h = hb.health
+        key = a.sha256 if a is not None else None
+        same = (D.c.h_key == key) if key is not None else false()
+        req = max(0, h.requests) if key else 0
+        err = max(0, min(h.errors, h.requests)) if key else 0
+        lat_w = float(max(req, 1)) if (key and h.latency_p95_ms is not None) else 0.0
+        lat = (h.latency_p95_ms or 0.0) * lat_w
+        conf_w = float(max(req, 1)) if (key and h.mean_confidence is not None) else 0.0
+        conf = (h.mean_confidence or 0.0) * conf_w
+
+        def latest(col, value):  # noqa: ANN001, ANN202
+            return literal(value) if (key and value is not None) else case((same, col), else_=None)
+
+        values: dict[str, Any] = {
+            "last_seen": now,
+            "state": hb.state[:64],
+            "progress": hb.progress,
+            "last_error": hb.last_error,
+            "resources": hb.resources.model_dump(exclude_none=True),
+            "health": h.model_dump(exclude_none=True),
+            "active_name": a.name[:64] if a else None,
+            "active_version": a.version[:64] if a else None,
+            "active_variant": a.variant[:64] if a else None,
+            "active_target": a.target_path[:512] if a else None,
+            "active_sha256": key[:64] if key else None,
+            "h_key": key[:64] if key else None,
+            "h_since": case((same, D.c.h_since), else_=now),
+            "h_requests": case((same, D.c.h_requests + req), else_=req),
+            "h_errors": case((same, D.c.h_errors + err), else_=err),
+            "h_lat_sum": case((same, D.c.h_lat_sum + lat), else_=lat),
+            "h_lat_w": case((same, D.c.h_lat_w + lat_w), else_=lat_w),
+            "h_conf_sum": case((same, D.c.h_conf_sum + conf), else_=conf),
+            "h_conf_w": case((same, D.c.h_conf_w + conf_w), else_=conf_w),
+            "h_golden": latest(D.c.h_golden, h.golden_pass),
+            "h_shadow": latest(D.c.h_shadow, h.shadow_agreement),
+            "h_drift": latest(D.c.h_drift, h.drift_score),
+        }
+        fail = failure_of(hb.state, hb.events)
+        if fail is not None:
+            fkey, reason = fail
+            if fkey == "*":
+                # A failure *state* counts once, when the device enters it, not on every report.
+                entered = D.c.state.is_distinct_from(hb.state[:64])
+                values["fail_version"] = case((entered, "*"), else_=D.c.fail_version)
+                values["fail_at"] = case((entered, now), else_=D.c.fail_at)
+                values["fail_reason"] = case((entered, reason), else_=D.c.fail_reason)
+            else:
+                values["fail_version"] = D.c.active_version if fkey == "@active" else fkey
+                values["fail_at"] = now
+                values["fail_reason"] = reason
+        if hb.hardware is not None:
+            values["hardware"] = hb.hardware.model_dump(mode="json", exclude={"tags"})
+            values["device_class"] = hb.hardware.device_class[:64]
+            values["arch"] = hb.hardware.arch[:64]
+        stmt = (
+            update(D)
+            .where(D.c.id == device_id, D.c.token_hash == hash_token(token), D.c.revoked.is_(False))
+            .values(**values)
+            .returning(D.c.assigned_variant_id, D.c.assigned_rollout_id, D.c.command, D.c.command_version)
+        )
+        done = False
+        with self.db.write() as s:
+            row = s.execute(stmt).one_or_none()
+            if row is not None and row.command is not None:
+                done = _command_done(row.command_version, a.version if a else None)
+                if done:
+                    s.execute(
+                        update(D).where(D.c.id == device_id, D.c.command == row.command).values(
+                            command=None, command_version=None
+                        )
+                    )
+        if row is None:
+            raise self._diagnose(device_id, token)
+        assignment = None
+        if row.assigned_variant_id is not None:
+            assignment = self._assignment(row.assigned_variant_id, row.assigned_rollout_id)
+        commands = [row.command] if row.command is not None and not done else []
+        return {
+            "assignment": assignment,
+            "poll_interval_s": self._poll_interval(),
+            "commands": commands,
+            "server_time": datetime.fromtimestamp(now, UTC).isoformat(),
+        }
+
+    def _assignment(self, variant_id: int, rollout_id: str | None) -> dict[str, Any] | None:
+        key = (variant_id, rollout_id)
+        cached = self._assign_cache.get(key)
+        if cached is not None:
+            return cached
+        with self.db.read() as s:
+            row = s.execute(
+                select(ReleaseVariant, Release)
+                .join(Release, Release.id == ReleaseVariant.release_id)
+                .where(ReleaseVariant.id == variant_id)
+            ).one_or_none()
+            if row is None:
+                return None
+            v, rel = row
+            gates = GateThresholds()
+            if rollout_id is not None:
+                r = s.get(Rollout, rollout_id)
+                if r is not None and r.device_gates:
+                    gates = GateThresholds.model_validate(r.device_gates)
+            budgets = v.budgets or {}
+            if gates.latency_budget_ms is None and budgets.get("latency_p95_ms") is not None:
+                gates.latency_budget_ms = budgets["latency_p95_ms"]
+            if gates.memory_budget_mb is None and budgets.get("ram_mb") is not None:
+                gates.memory_budget_mb = budgets["ram_mb"]
+            out = Assignment(
+                rollout_id=rollout_id,
+                name=rel.name,
+                version=rel.version,
+                variant=v.variant,
+                target_path=v.target_path,
+                length=v.length,
+                hashes={"sha256": v.sha256},
+                gates=gates,
+                reason=f"rollout {rollout_id}" if rollout_id else "previous release",
+            ).model_dump(mode="json")
+        with self._cache_lock:
+            if len(self._assign_cache) > 10_000:
+                self._assign_cache.clear()
+            self._assign_cache[key] = out
+        return out
+
+    # --- telemetry -----------------------------------------------------------------------------
+
+    def telemetry(self, device_id: str, token: str, batch: TelemetryBatch) -> dict[str, Any]:
+        if batch.device_id != device_id:
+            raise ValidationError(
+                f"telemetry batch is for device {batch.device_id!r} but was sent to {device_id!r}",
+                hint="post each device's telemetry to its own /v1/devices/{device_id}/telemetry",
+            )
+        self.authenticate(device_id, token)
+        now = self.clock()
+        windows = [self._window(w, i, now) for i, w in enumerate(batch.windows)]
+        fail = failure_of(None, batch.events)
+        with self.db.write() as s:
+            existing = s.get(TelemetryBatchRow, (device_id, batch.batch_id))
+            if existing is not None:
+                return {"accepted": existing.windows, "duplicate": True}
+            raw = batch.model_dump_json().encode()
+            sha = self.blobs.put(raw)
+            s.add(
+                TelemetryBatchRow(
+                    device_id=device_id,
+                    batch_id=batch.batch_id,
+                    received_at=now,
+                    windows=len(windows),
+                    blob_sha256=sha,
+                )
+            )
+            for data, start, end in windows:
+                s.add(
+                    TelemetryWindowRow(
+                        device_id=device_id,
+                        batch_id=batch.batch_id,
+                        received_at=now,
+                        start=start,
+                        end=end,
+                        data=data,
+                    )
+                )
+            if fail is not None and fail[0] not in ("*", "@active"):
+                s.execute(
+                    update(D)
+                    .where(D.c.id == device_id)
+                    .values(fail_version=fail[0], fail_at=now, fail_reason=fail[1])
+                )
+            try:
+                s.flush()
+            except SAIntegrityError:  # the same batch_id raced in from a retry
+                s.rollback()
+                return {"accepted": len(windows), "duplicate": True}
+            self._trim(s, device_id)
+        return {"accepted": len(windows), "duplicate": False}
+
+    def _window(self, w: dict[str, Any], i: int, now: float) -> tuple[dict[str, Any], float | None, float | None]:
+        if self._window_cls is not None:
+            try:
+                self._window_cls.from_dict(w, now=now)
+            except EdgefleetError as e:
+                raise type(e)(f"windows[{i}]: {e.message}", hint=e.hint or "fix the window and resend") from e
+        start, end = w.get("start"), w.get("end")
+        start = float(start) if isinstance(start, (int, float)) and not isinstance(start, bool) else None
+        end = float(end) if isinstance(end, (int, float)) and not isinstance(end, bool) else None
+        return w, start, end
+
+    def _trim(self, s, device_id: str) -> None:  # noqa: ANN001
+        keep = self.config.max_windows_per_device
+        cutoff = s.scalar(
+            select(TelemetryWindowRow.id)
+            .where(TelemetryWindowRow.device_id == device_id)
+            .order_by(TelemetryWindowRow.id.desc())
+            .offset(keep)
+            .limit(1)
+        )
+        if cutoff is not None:
+            s.execute(
+                delete(TelemetryWindowRow).where(
+                    TelemetryWindowRow.device_id == device_id, TelemetryWindowRow.id <= cutoff
+                )
+            )
+
+    def windows(self, device_id: str, *, limit: int = 100, since: float | None = None) -> list[dict[str, Any]]:
+        with self.db.read() as s:
+            q = (
+                select(TelemetryWindowRow)
+                .where(TelemetryWindowRow.device_id == device_id)
+                .order_by(TelemetryWindowRow.id.desc())
+                .limit(limit)
+            )
+            if since is not None:
+                q = q.where(TelemetryWindowRow.received_at >= since)
+            return [
+                {"batch_id": w.batch_id, "received_at": w.received_at, "start": w.start, "end": w.end, "window": w.data}
+                for w in s.scalars(q)
+            ]
+
+
+def _command_done(command_version: str | None, active_version: str | None) -> bool:
+    """Is a pending command satisfied by what the device now runs? (``=X``: runs X; ``!X``: not X)."""
+    if not command_version:
+        return False
+    op, v = command_version[0], command_version[1:]
+    if op == "=":
+        return active_version == v
+    if op == "!":
+        return active_version != v
+    return False
+
+
+def _telemetry_window_class() -> Any:
+    """``edgefleet.telemetry.Window`` when the telemetry library provides it (validation of windows)."""
+    try:
+        mod = importlib.import_module("edgefleet.telemetry")
+    except ImportError:  # pragma: no cover
+        return None
+    cls = getattr(mod, "Window", None)
+    return cls if cls is not None and hasattr(cls, "from_dict") else None
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+

@@ -1,0 +1,976 @@
+"""Rollouts: waves with stable hash membership, gates against a control group, transitions, audit.
+
+Every change of a rollout (creation, a tick of the engine, an operator action) runs in one database
+transaction holding the ``rollouts`` lock, and re-reads the rollout's state under that lock. With
+several server processes on one PostgreSQL, a wave therefore opens, passes or fails exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from edgefleet.errors import ConflictError, NotFoundError, RolloutError
+from edgefleet.protocol import GateThresholds
+from edgefleet.server._db import Database
+from edgefleet.server._fit import FitResult, VariantSpec, choose_variant
+from edgefleet.server._models import AuditEntry, Device, Release, ReleaseVariant, Rollout, RolloutDevice
+from edgefleet.server._notify import Notifier, NullNotifier
+from edgefleet.server._schemas import RolloutCreate, RolloutGates
+from edgefleet.server._selector import Selector, device_attrs
+
+__all__ = [
+    "RolloutEngine",
+    "ACTIVE_STATES",
+    "FINAL_STATES",
+    "Aggregate",
+    "member_hash",
+    "wave_size",
+    "audit",
+]
+
+log = logging.getLogger(__name__)
+
+LOCK = "rollouts"
+ACTIVE_STATES = ("running", "waiting_approval", "paused", "halted")
+FINAL_STATES = ("completed", "aborted", "rolled_back")
+ENGINE = "engine"
+
+
+def member_hash(rollout_id: str, device_id: str) -> int:
+    """Stable position of a device in a rollout's order of admission."""
+    return int.from_bytes(hashlib.sha256(f"{rollout_id}:{device_id}".encode()).digest()[:8], "big")
+
+
+def wave_size(eligible: int, percent: float, min_devices: int) -> int:
+    """Devices a wave holds: its share of the eligible devices, and never fewer than the gate needs."""
+    if eligible <= 0:
+        return 0
+    share = math.ceil(eligible * percent / 100.0 - 1e-9)
+    return min(eligible, max(share, min(min_devices, eligible)))
+
+
+def audit(
+    s: Session,
+    action: str,
+    *,
+    actor: str,
+    now: float,
+    rollout_id: str | None = None,
+    device_id: str | None = None,
+    from_state: str | None = None,
+    to_state: str | None = None,
+    **details: Any,
+) -> None:
+    s.add(
+        AuditEntry(
+            at=now,
+            actor=actor,
+            action=action,
+            rollout_id=rollout_id,
+            device_id=device_id,
+            from_state=from_state,
+            to_state=to_state,
+            details=details,
+        )
+    )
+
+
+@dataclass
+class Aggregate:
+    """Health of a group of devices, summed from their per-version counters."""
+
+    devices: int = 0
+    requests: int = 0
+    errors: int = 0
+    lat_sum: float = 0.0
+    lat_w: float = 0.0
+    conf_sum: float = 0.0
+    conf_w: float = 0.0
+    golden_pass: int = 0
+    golden_n: int = 0
+    shadow_sum: float = 0.0
+    shadow_n: int = 0
+    drift_sum: float = 0.0
+    drift_n: int = 0
+
+    @classmethod
+    def of(cls, devices: list[Device]) -> Aggregate:
+        a = cls()
+        for d in devices:
+            a.devices += 1
+            a.requests += d.h_requests or 0
+            a.errors += d.h_errors or 0
+            a.lat_sum += d.h_lat_sum or 0.0
+            a.lat_w += d.h_lat_w or 0.0
+            a.conf_sum += d.h_conf_sum or 0.0
+            a.conf_w += d.h_conf_w or 0.0
+            if d.h_golden is not None:
+                a.golden_n += 1
+                a.golden_pass += int(bool(d.h_golden))
+            if d.h_shadow is not None:
+                a.shadow_n += 1
+                a.shadow_sum += d.h_shadow
+            if d.h_drift is not None:
+                a.drift_n += 1
+                a.drift_sum += d.h_drift
+        return a
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Aggregate | None:
+        if not d:
+            return None
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.get("raw", d).items() if k in names})
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def latency_p95_ms(self) -> float | None:
+        return self.lat_sum / self.lat_w if self.lat_w else None
+
+    @property
+    def mean_confidence(self) -> float | None:
+        return self.conf_sum / self.conf_w if self.conf_w else None
+
+    @property
+    def golden_pass_rate(self) -> float | None:
+        return self.golden_pass / self.golden_n if self.golden_n else None
+
+    @property
+    def shadow_agreement(self) -> float | None:
+        return self.shadow_sum / self.shadow_n if self.shadow_n else None
+
+    @property
+    def drift_score(self) -> float | None:
+        return self.drift_sum / self.drift_n if self.drift_n else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "devices": self.devices,
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": _r(self.error_rate),
+            "latency_p95_ms": _r(self.latency_p95_ms),
+            "mean_confidence": _r(self.mean_confidence),
+            "golden_pass_rate": _r(self.golden_pass_rate),
+            "shadow_agreement": _r(self.shadow_agreement),
+            "drift_score": _r(self.drift_score),
+            "raw": asdict(self),
+        }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+@dataclass
+class _Gate:
+    name: str
+    status: str  # pass | fail | wait | skipped
+    value: float | None = None
+    threshold: float | None = None
+    reference: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class _Release:
+    row: Release
+    variants: list[VariantSpec]
+    by_id: dict[int, ReleaseVariant]
+
+
+@dataclass
+class _Ctx:
+    """What one engine pass reads once and shares between rollouts."""
+
+    s: Session
+    now: float
+    nudges: list[str] = field(default_factory=list)
+    _devices: list[Device] | None = None
+    _releases: dict[int, _Release] = field(default_factory=dict)
+    _by_target: dict[str, int] | None = None
+
+    @property
+    def devices(self) -> list[Device]:
+        if self._devices is None:
+            self._devices = list(self.s.scalars(select(Device).where(Device.revoked.is_(False))))
+        return self._devices
+
+    def by_id(self) -> dict[str, Device]:
+        return {d.id: d for d in self.devices}
+
+    def release(self, release_id: int) -> _Release:
+        if release_id not in self._releases:
+            row = self.s.get(Release, release_id)
+            rows = list(
+                self.s.scalars(
+                    select(ReleaseVariant)
+                    .where(ReleaseVariant.release_id == release_id)
+                    .order_by(ReleaseVariant.id)
+                )
+            )
+            specs = [VariantSpec(v.id, v.variant, tuple(v.device_classes), v.runtime) for v in rows]
+            self._releases[release_id] = _Release(row, specs, {v.id: v for v in rows})
+        return self._releases[release_id]
+
+    def variant_for_target(self, target_path: str | None) -> int | None:
+        if not target_path:
+            return None
+        if self._by_target is None:
+            self._by_target = {
+                t: i for i, t in self.s.execute(select(ReleaseVariant.id, ReleaseVariant.target_path))
+            }
+        return self._by_target.get(target_path)
+
+
+def _hw(d: Device) -> dict[str, Any]:
+    hw = dict(d.hardware or {})
+    hw["device_class"] = d.device_class
+    return hw
+
+
+def _attrs(d: Device) -> dict[str, str | None]:
+    return device_attrs(
+        device_id=d.id,
+        name=d.name,
+        device_class=d.device_class,
+        arch=d.arch,
+        tags=d.tags,
+        active_version=d.active_version,
+        active_name=d.active_name,
+    )
+
+
+def _failed(d: Device, rd: RolloutDevice, version: str) -> bool:
+    """Did the device fail to install (or roll itself back from) ``version`` since it was admitted?"""
+    if d.active_version == version or d.fail_version is None:
+        return False
+    if (d.fail_at or 0.0) < (rd.admitted_at or 0.0):
+        return False
+    return d.fail_version in (version, "*")
+
+
+class RolloutEngine:
+    """Creates rollouts, advances them on ``tick()``, and applies operator actions.
+
+    Args:
+        db: the database.
+        notifier: where nudges go after each committed change.
+        clock: time source (UNIX seconds); tests pass their own.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.notifier = notifier or NullNotifier()
+        self.clock = clock
+        self._late_mark: float | None = None
+
+    # --- creation ------------------------------------------------------------------------------
+
+    def create(self, spec: RolloutCreate, *, actor: str) -> dict[str, Any]:
+        """Validate and start a rollout; wave 1 is admitted at once.
+
+        Raises:
+            NotFoundError: the release is not registered.
+            ConflictError: an active rollout has an overlapping selector (it is named).
+            RolloutError: the selector matches no device, or no selected device fits the release.
+        """
+        sel = Selector.parse(spec.selector)
+        soak = spec.soak_list()
+        now = self.clock()
+        with self.db.write() as s:
+            self.db.lock(s, LOCK)
+            release = s.scalars(
+                select(Release).where(Release.name == spec.name, Release.version == spec.version)
+            ).one_or_none()
+            if release is None:
+                raise NotFoundError(
+                    f"release {spec.name} {spec.version} is not registered",
+                    hint=f"register it first: edgefleet release register {spec.name} {spec.version}",
+                )
+            for other in s.scalars(select(Rollout).where(Rollout.state.in_(ACTIVE_STATES))):
+                if Selector.parse(other.selector).may_overlap(sel):
+                    orel = s.get(Release, other.release_id)
+                    raise ConflictError(
+                        f"rollout {other.id} ({orel.name} {orel.version}, selector {other.selector!r}, "
+                        f"{other.state}) is still active on a selector overlapping {sel.text!r}",
+                        hint=f"let it finish, or abort it (edgefleet rollout abort {other.id}), "
+                        "or choose a disjoint selector",
+                        other=other.id,
+                    )
+            ctx = _Ctx(s, now)
+            rel = ctx.release(release.id)
+            if not rel.variants:
+                raise RolloutError(
+                    f"release {spec.name} {spec.version} has no variants",
+                    hint="publish at least one bundle for it and register it again",
+                )
+            selected = [d for d in ctx.devices if sel.matches(_attrs(d))]
+            if not selected:
+                raise RolloutError(
+                    f"selector {sel.text!r} matches no enrolled device",
+                    hint="check it with: edgefleet devices list --selector '...'",
+                    selector=sel.text,
+                )
+            fits = {d.id: choose_variant(rel.variants, _hw(d)) for d in selected}
+            if not any(f.fits for f in fits.values()):
+                reasons = _group_reasons(fits)
+                raise RolloutError(
+                    f"no selected device fits {spec.name} {spec.version}: {reasons}",
+                    hint="publish a variant for these device classes, or change the selector",
+                    does_not_fit=len(fits),
+                )
+            gates = spec.gates
+            control = self._control(selected, set(), release)
+            r = Rollout(
+                id="ro-" + secrets.token_hex(5),
+                release_id=release.id,
+                selector=sel.text,
+                waves=list(spec.waves),
+                soak_s=soak,
+                policy=spec.policy,
+                on_fail=spec.on_fail,
+                gates=gates.model_dump(),
+                device_gates=(spec.device_gates or GateThresholds()).model_dump(),
+                state="running",
+                wave_index=0,
+                wave_started_at=now,
+                created_at=now,
+                updated_at=now,
+                created_by=actor,
+                baseline=control.to_dict() if control.requests else None,
+            )
+            s.add(r)
+            s.flush()
+            audit(
+                s,
+                "rollout.created",
+                actor=actor,
+                now=now,
+                rollout_id=r.id,
+                to_state="running",
+                release=f"{spec.name} {spec.version}",
+                selector=sel.text,
+                waves=r.waves,
+                soak_s=soak,
+                policy=r.policy,
+                on_fail=r.on_fail,
+                selected=len(selected),
+                does_not_fit=sum(1 for f in fits.values() if not f.fits),
+                baseline=r.baseline,
+            )
+            self._admit(ctx, r, opened=True)
+            r.evaluation = self.evaluate(ctx, r)
+            out = self._describe(s, r)
+        self._send(ctx.nudges)
+        return out
+
+    # --- the engine ----------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> list[dict[str, Any]]:
+        """One pass over the live rollouts: admit devices, evaluate gates, advance, halt or roll back.
+
+        Returns:
+            The transitions made (also in the audit log); empty if another process holds the lock.
+        """
+        now = self.clock() if now is None else now
+        with self.db.write() as s:
+            if not self.db.try_lock(s, LOCK):
+                return []
+            ctx = _Ctx(s, now)
+            rollouts = list(
+                s.scalars(
+                    select(Rollout)
+                    .where(Rollout.state.in_((*ACTIVE_STATES, "completed")))
+                    .order_by(Rollout.created_at)
+                )
+            )
+            transitions: list[dict[str, Any]] = []
+            late = self._late_admission_due(s, rollouts)
+            for r in rollouts:
+                before = (r.state, r.wave_index)
+                if r.state == "running":
+                    self._admit(ctx, r)
+                    ev = self.evaluate(ctx, r)
+                    r.evaluation = ev
+                    if ev["status"] == "fail":
+                        self._gate_failed(ctx, r, ev)
+                    elif ev["status"] == "pass":
+                        self._wave_passed(ctx, r, ev)
+                elif r.state == "completed":
+                    if late:
+                        self._admit_late(ctx, r)
+                else:
+                    r.evaluation = self.evaluate(ctx, r)
+                if (r.state, r.wave_index) != before:
+                    r.updated_at = now
+                    transitions.append(
+                        {"rollout": r.id, "from": before, "to": (r.state, r.wave_index)}
+                    )
+        self._send(ctx.nudges)
+        return transitions
+
+    def _late_admission_due(self, s: Session, rollouts: list[Rollout]) -> bool:
+        """Completed rollouts admit devices enrolled since; only look when someone enrolled."""
+        if not any(r.state == "completed" for r in rollouts):
+            return False
+        mark = s.scalar(select(func.max(Device.enrolled_at)))
+        if mark is None or mark == self._late_mark:
+            return False
+        self._late_mark = mark
+        return True
+
+    # --- admission -----------------------------------------------------------------------------
+
+    def _rows(self, s: Session, r: Rollout) -> dict[str, RolloutDevice]:
+        return {
+            rd.device_id: rd
+            for rd in s.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))
+        }
+
+    def _admit(self, ctx: _Ctx, r: Rollout, *, opened: bool = False) -> None:
+        rel = ctx.release(r.release_id)
+        rows = self._rows(ctx.s, r)
+        sel = Selector.parse(r.selector)
+        candidates: list[tuple[Device, FitResult, RolloutDevice | None]] = []
+        for d in ctx.devices:
+            rd = rows.get(d.id)
+            if rd is not None and rd.status != "does_not_fit":
+                continue
+            if not sel.matches(_attrs(d)):
+                continue
+            fit = choose_variant(rel.variants, _hw(d))
+            if not fit.fits:
+                if rd is None:
+                    rd = RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
+                    ctx.s.add(rd)
+                    rows[d.id] = rd
+                elif rd.reason != fit.reason:
+                    rd.reason = fit.reason
+                continue
+            candidates.append((d, fit, rd))
+        admitted = sum(1 for rd in rows.values() if rd.status == "admitted")
+        gates = RolloutGates(**r.gates)
+        target = wave_size(admitted + len(candidates), r.waves[r.wave_index], gates.min_devices)
+        need = target - admitted
+        if need <= 0:
+            return
+        candidates.sort(key=lambda c: member_hash(r.id, c[0].id))
+        chosen = candidates[:need]
+        for d, fit, rd in chosen:
+            self._admit_device(ctx, r, rel, d, fit, rd)
+        audit(
+            ctx.s,
+            "rollout.wave_opened" if opened else "rollout.devices_admitted",
+            actor=ENGINE,
+            now=ctx.now,
+            rollout_id=r.id,
+            wave=r.wave_index + 1,
+            percent=r.waves[r.wave_index],
+            admitted=len(chosen),
+            wave_size=target,
+            eligible=admitted + len(candidates),
+            devices=[d.id for d, _, _ in chosen][:200],
+        )
+
+    def _admit_device(
+        self, ctx: _Ctx, r: Rollout, rel: _Release, d: Device, fit: FitResult, rd: RolloutDevice | None
+    ) -> None:
+        assert fit.variant is not None
+        if rd is None:
+            rd = RolloutDevice(rollout_id=r.id, device_id=d.id)
+            ctx.s.add(rd)
+        rd.status = "admitted"
+        rd.wave = r.wave_index
+        rd.admitted_at = ctx.now
+        rd.variant_id = fit.variant.id
+        rd.reason = fit.reason
+        rd.prev_version = d.active_version
+        rd.prev_variant_id = ctx.variant_for_target(d.active_target)
+        d.assigned_variant_id = fit.variant.id
+        d.assigned_rollout_id = r.id
+        d.command = None
+        d.command_version = None
+        ctx.nudges.append(d.id)
+
+    def _admit_late(self, ctx: _Ctx, r: Rollout) -> None:
+        rel = ctx.release(r.release_id)
+        rows = self._rows(ctx.s, r)
+        sel = Selector.parse(r.selector)
+        for d in ctx.devices:
+            if d.id in rows or d.assigned_variant_id is not None or not sel.matches(_attrs(d)):
+                continue
+            fit = choose_variant(rel.variants, _hw(d))
+            if not fit.fits:
+                ctx.s.add(RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason))
+                continue
+            self._admit_device(ctx, r, rel, d, fit, None)
+            audit(ctx.s, "rollout.device_admitted", actor=ENGINE, now=ctx.now, rollout_id=r.id, device_id=d.id)
+
+    # --- gates ---------------------------------------------------------------------------------
+
+    def _control(self, selected: list[Device], admitted: set[str], release: Release) -> Aggregate:
+        return Aggregate.of(
+            [
+                d
+                for d in selected
+                if d.id not in admitted
+                and d.active_name == release.name
+                and d.active_version is not None
+                and d.active_version != release.version
+                and d.h_key is not None
+                and d.h_key == d.active_sha256
+            ]
+        )
+
+    def evaluate(self, ctx: _Ctx, r: Rollout) -> dict[str, Any]:
+        """The current wave's gates with the figures behind each verdict."""
+        rel = ctx.release(r.release_id)
+        version = rel.row.version
+        g = RolloutGates(**r.gates)
+        rows = self._rows(ctx.s, r)
+        by_id = ctx.by_id()
+        sel = Selector.parse(r.selector)
+        admitted = {k: rd for k, rd in rows.items() if rd.status == "admitted"}
+        wave = [(by_id[k], rd) for k, rd in admitted.items() if k in by_id]
+        installed = [d for d, _ in wave if d.active_name == rel.row.name and d.active_version == version]
+        failed = [d for d, rd in wave if _failed(d, rd, version)]
+        reporting = [
+            d
+            for d in installed
+            if d.h_key is not None and d.h_key == d.active_sha256 and (d.h_requests > 0 or d.h_golden is not None)
+        ]
+        new = Aggregate.of(reporting)
+        selected = [d for d in ctx.devices if sel.matches(_attrs(d))]
+        control = self._control(selected, set(admitted), rel.row)
+        baseline = Aggregate.from_dict(r.baseline)
+        if control.requests >= g.min_control_requests and control.requests > 0:
+            ref, ref_source = control, "control"
+        elif baseline is not None and baseline.requests >= max(1, g.min_control_requests):
+            ref, ref_source = baseline, "baseline"
+        else:
+            ref, ref_source = None, "none"
+        eligible = len(admitted) + sum(1 for d in selected if d.id not in rows)
+        min_dev = min(g.min_devices, max(1, eligible))
+        enough_devices = len(reporting) >= min_dev
+        enough_requests = new.requests >= g.min_requests
+        judged = enough_devices and enough_requests
+
+        gates: list[_Gate] = []
+        attempted = len(installed) + len(failed)
+        if attempted >= min_dev or (failed and len(failed) > g.max_install_failure_rate * max(len(wave), min_dev)):
+            rate = len(failed) / attempted
+            gates.append(
+                _Gate(
+                    "install_failure_rate",
+                    "fail" if rate > g.max_install_failure_rate else "pass",
+                    rate,
+                    g.max_install_failure_rate,
+                    detail=f"{len(failed)} of {attempted} installs failed",
+                )
+            )
+        else:
+            gates.append(
+                _Gate("install_failure_rate", "wait", detail=f"{attempted} of {min_dev} installs finished")
+            )
+
+        def judge(name: str, value: float | None, threshold: float | None, ok: Callable[[], bool], **kw) -> None:
+            if not judged:
+                gates.append(_Gate(name, "wait", value, threshold, kw.get("reference"), "not enough data yet"))
+            elif value is None or threshold is None:
+                gates.append(_Gate(name, "skipped", value, threshold, kw.get("reference"), kw.get("why", "")))
+            else:
+                gates.append(_Gate(name, "pass" if ok() else "fail", value, threshold, kw.get("reference")))
+
+        er = new.error_rate
+        if ref is not None and ref.error_rate is not None:
+            er_limit = ref.error_rate + g.max_error_rate_increase
+            judge("error_rate", er, er_limit, lambda: er <= er_limit, reference=ref.error_rate)
+        else:
+            judge("error_rate", er, g.max_error_rate, lambda: er <= g.max_error_rate, why="no requests")
+        ratio = _ratio(new.latency_p95_ms, ref.latency_p95_ms if ref else None)
+        judge(
+            "latency_p95_ratio",
+            ratio,
+            g.max_latency_p95_ratio if ratio is not None else None,
+            lambda: ratio <= g.max_latency_p95_ratio,
+            reference=ref.latency_p95_ms if ref else None,
+            why="no latency reported by the wave or the reference",
+        )
+        cratio = _ratio(new.mean_confidence, ref.mean_confidence if ref else None)
+        judge(
+            "confidence_ratio",
+            cratio,
+            g.min_confidence_ratio if cratio is not None else None,
+            lambda: cratio >= g.min_confidence_ratio,
+            reference=ref.mean_confidence if ref else None,
+            why="no confidence reported by the wave or the reference",
+        )
+        gp = new.golden_pass_rate
+        judge("golden_pass_rate", gp, g.min_golden_pass_rate, lambda: gp >= g.min_golden_pass_rate - 1e-12,
+              why="no golden-set results reported")
+        sa = new.shadow_agreement
+        judge("shadow_agreement", sa, g.min_shadow_agreement, lambda: sa >= g.min_shadow_agreement,
+              why="no shadow runs reported")
+        dr = new.drift_score
+        ref_drift = (ref.drift_score if ref is not None else None) or 0.0
+        dr_limit = ref_drift + g.max_drift_increase
+        judge("drift_score", dr, dr_limit, lambda: dr <= dr_limit, reference=ref_drift,
+              why="no drift scores reported")
+
+        soak = r.soak_s[r.wave_index] if r.wave_index < len(r.soak_s) else r.soak_s[-1]
+        elapsed = ctx.now - r.wave_started_at if r.state != "paused" else (r.paused_at or ctx.now) - r.wave_started_at
+        waiting = []
+        if elapsed < soak:
+            waiting.append(f"soak {elapsed:.0f}/{soak:.0f}s")
+        if not enough_devices:
+            waiting.append(f"{len(reporting)}/{min_dev} devices reporting on {version}")
+        if not enough_requests:
+            waiting.append(f"{new.requests}/{g.min_requests} requests served on {version}")
+        waiting += [f"{x.name}: {x.detail}" for x in gates if x.status == "wait" and x.detail != "not enough data yet"]
+        if any(x.status == "fail" for x in gates):
+            status = "fail"
+        elif waiting:
+            status = "wait"
+        else:
+            status = "pass"
+        return {
+            "status": status,
+            "at": ctx.now,
+            "wave": r.wave_index + 1,
+            "percent": r.waves[r.wave_index],
+            "soak_s": soak,
+            "soak_elapsed_s": round(elapsed, 3),
+            "waiting_for": waiting,
+            "failed_gates": [x.name for x in gates if x.status == "fail"],
+            "gates": [asdict(x) for x in gates],
+            "counts": {
+                "eligible": eligible,
+                "admitted": len(admitted),
+                "installed": len(installed),
+                "failed": len(failed),
+                "reporting": len(reporting),
+                "does_not_fit": sum(1 for rd in rows.values() if rd.status == "does_not_fit"),
+                "min_devices": min_dev,
+            },
+            "wave_health": new.to_dict(),
+            "reference": ref.to_dict() if ref is not None else None,
+            "reference_source": ref_source,
+            "control_devices": control.devices,
+        }
+
+    # --- transitions ---------------------------------------------------------------------------
+
+    def _set_state(self, ctx: _Ctx, r: Rollout, state: str, action: str, actor: str, **details: Any) -> None:
+        before = r.state
+        r.state = state
+        r.updated_at = ctx.now
+        if state in FINAL_STATES:
+            r.finished_at = ctx.now
+        audit(ctx.s, action, actor=actor, now=ctx.now, rollout_id=r.id, from_state=before, to_state=state, **details)
+        log.info("rollout %s: %s -> %s (%s)", r.id, before, state, action)
+
+    def _gate_failed(self, ctx: _Ctx, r: Rollout, ev: dict[str, Any]) -> None:
+        reason = "gate failed: " + ", ".join(
+            f"{g['name']}={_fmt(g['value'])} (limit {_fmt(g['threshold'])})" for g in ev["gates"] if g["status"] == "fail"
+        )
+        r.reason = reason
+        audit(
+            ctx.s,
+            "rollout.gate_failed",
+            actor=ENGINE,
+            now=ctx.now,
+            rollout_id=r.id,
+            from_state=r.state,
+            wave=r.wave_index + 1,
+            reason=reason,
+            evaluation=_slim(ev),
+        )
+        if r.on_fail == "rollback":
+            self._rollback(ctx, r, actor=ENGINE, reason=reason)
+        else:
+            self._set_state(ctx, r, "halted", "rollout.halted", ENGINE, reason=reason)
+
+    def _wave_passed(self, ctx: _Ctx, r: Rollout, ev: dict[str, Any]) -> None:
+        audit(
+            ctx.s,
+            "rollout.wave_passed",
+            actor=ENGINE,
+            now=ctx.now,
+            rollout_id=r.id,
+            wave=r.wave_index + 1,
+            percent=r.waves[r.wave_index],
+            evaluation=_slim(ev),
+        )
+        if r.wave_index + 1 >= len(r.waves):
+            r.reason = None
+            self._set_state(ctx, r, "completed", "rollout.completed", ENGINE, waves=len(r.waves))
+        elif r.policy == "auto":
+            self._advance(ctx, r, actor=ENGINE)
+        else:
+            self._set_state(
+                ctx, r, "waiting_approval", "rollout.waiting_approval", ENGINE, next_wave=r.wave_index + 2
+            )
+
+    def _advance(self, ctx: _Ctx, r: Rollout, *, actor: str) -> None:
+        rel = ctx.release(r.release_id)
+        sel = Selector.parse(r.selector)
+        rows = self._rows(ctx.s, r)
+        control = self._control([d for d in ctx.devices if sel.matches(_attrs(d))], set(rows), rel.row)
+        if control.requests >= RolloutGates(**r.gates).min_control_requests and control.requests:
+            r.baseline = control.to_dict()
+        before = r.state
+        r.wave_index += 1
+        r.wave_started_at = ctx.now
+        r.state = "running"
+        r.updated_at = ctx.now
+        audit(
+            ctx.s,
+            "rollout.advanced",
+            actor=actor,
+            now=ctx.now,
+            rollout_id=r.id,
+            from_state=before,
+            to_state="running",
+            wave=r.wave_index + 1,
+            percent=r.waves[r.wave_index],
+        )
+        self._admit(ctx, r, opened=True)
+
+    def _rollback(self, ctx: _Ctx, r: Rollout, *, actor: str, reason: str | None) -> int:
+        rel = ctx.release(r.release_id)
+        version = rel.row.version
+        n = 0
+        for rd in self._rows(ctx.s, r).values():
+            if rd.status != "admitted":
+                continue
+            rd.status = "rolled_back"
+            d = ctx.s.get(Device, rd.device_id)
+            if d is None or d.assigned_rollout_id != r.id:
+                continue
+            d.assigned_variant_id = rd.prev_variant_id
+            d.assigned_rollout_id = None
+            if rd.prev_version and rd.prev_version != version:
+                d.command, d.command_version = f"rollback:{rd.prev_version}", "=" + rd.prev_version
+            else:
+                d.command, d.command_version = "rollback", "!" + version
+            ctx.nudges.append(d.id)
+            n += 1
+        self._set_state(ctx, r, "rolled_back", "rollout.rolled_back", actor, reason=reason, devices=n)
+        return n
+
+    # --- operator actions ----------------------------------------------------------------------
+
+    _ALLOWED = {
+        "pause": ("running", "waiting_approval"),
+        "resume": ("paused",),
+        "approve": ("waiting_approval",),
+        "abort": ACTIVE_STATES,
+        "rollback": (*ACTIVE_STATES, "completed", "aborted"),
+    }
+
+    def act(self, rollout_id: str, action: str, *, actor: str, reason: str | None = None) -> dict[str, Any]:
+        """Apply ``pause``, ``resume``, ``approve``, ``abort`` or ``rollback`` to a rollout."""
+        if action not in self._ALLOWED:
+            raise RolloutError(f"unknown rollout action {action!r}", hint=f"one of {', '.join(self._ALLOWED)}")
+        now = self.clock()
+        with self.db.write() as s:
+            self.db.lock(s, LOCK)
+            r = s.get(Rollout, rollout_id, with_for_update=self.db.dialect == "postgresql")
+            if r is None:
+                raise NotFoundError(f"no rollout {rollout_id!r}", hint="list them with: edgefleet rollout list")
+            if r.state not in self._ALLOWED[action]:
+                raise ConflictError(
+                    f"rollout {r.id} is {r.state}; {action} needs it to be {' or '.join(self._ALLOWED[action])}",
+                    hint="see its state with: edgefleet rollout show " + r.id,
+                    state=r.state,
+                )
+            ctx = _Ctx(s, now)
+            details = {"reason": reason} if reason else {}
+            if action == "pause":
+                r.paused_at = now
+                self._set_state(ctx, r, "paused", "rollout.paused", actor, **details)
+            elif action == "resume":
+                if r.paused_at is not None:
+                    r.wave_started_at += now - r.paused_at  # the soak clock does not run while paused
+                r.paused_at = None
+                self._set_state(ctx, r, "running", "rollout.resumed", actor, **details)
+            elif action == "approve":
+                audit(s, "rollout.approved", actor=actor, now=now, rollout_id=r.id, wave=r.wave_index + 2, **details)
+                self._advance(ctx, r, actor=actor)
+            elif action == "abort":
+                kept = self._abort(ctx, r)
+                self._set_state(ctx, r, "aborted", "rollout.aborted", actor, kept_on_release=kept, **details)
+            elif action == "rollback":
+                r.reason = reason or f"manual rollback by {actor}"
+                self._rollback(ctx, r, actor=actor, reason=r.reason)
+            out = self._describe(s, r)
+        self._send(ctx.nudges)
+        return out
+
+    def _abort(self, ctx: _Ctx, r: Rollout) -> int:
+        """Stop: devices already on the release keep it; admitted ones not yet on it keep their old one."""
+        version = ctx.release(r.release_id).row.version
+        kept = 0
+        for rd in self._rows(ctx.s, r).values():
+            if rd.status != "admitted":
+                continue
+            d = ctx.s.get(Device, rd.device_id)
+            if d is None or d.assigned_rollout_id != r.id:
+                continue
+            if d.active_version == version:
+                kept += 1
+                continue
+            d.assigned_variant_id = rd.prev_variant_id
+            d.assigned_rollout_id = None
+            rd.status = "rolled_back"
+            ctx.nudges.append(d.id)
+        return kept
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def describe(self, rollout_id: str) -> dict[str, Any]:
+        with self.db.read() as s:
+            r = s.get(Rollout, rollout_id)
+            if r is None:
+                raise NotFoundError(f"no rollout {rollout_id!r}", hint="list them with: edgefleet rollout list")
+            return self._describe(s, r, devices=True)
+
+    def list(self, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        with self.db.read() as s:
+            q = select(Rollout).order_by(Rollout.created_at.desc()).limit(limit)
+            if state:
+                q = q.where(Rollout.state == state)
+            return [self._describe(s, r) for r in s.scalars(q)]
+
+    def _describe(self, s: Session, r: Rollout, *, devices: bool = False) -> dict[str, Any]:
+        rel = s.get(Release, r.release_id)
+        counts = dict(
+            s.execute(
+                select(RolloutDevice.status, func.count())
+                .where(RolloutDevice.rollout_id == r.id)
+                .group_by(RolloutDevice.status)
+            ).all()
+        )
+        out: dict[str, Any] = {
+            "id": r.id,
+            "name": rel.name,
+            "version": rel.version,
+            "selector": r.selector,
+            "waves": r.waves,
+            "soak_s": r.soak_s,
+            "policy": r.policy,
+            "on_fail": r.on_fail,
+            "gates": r.gates,
+            "device_gates": r.device_gates,
+            "state": r.state,
+            "wave": r.wave_index + 1,
+            "wave_percent": r.waves[r.wave_index],
+            "wave_started_at": r.wave_started_at,
+            "created_at": r.created_at,
+            "updated_at": r.updated_at,
+            "finished_at": r.finished_at,
+            "created_by": r.created_by,
+            "reason": r.reason,
+            "members": {k: int(v) for k, v in counts.items()},
+            "evaluation": r.evaluation,
+            "baseline": r.baseline,
+        }
+        if devices:
+            rows = s.execute(
+                select(RolloutDevice, ReleaseVariant.variant)
+                .outerjoin(ReleaseVariant, ReleaseVariant.id == RolloutDevice.variant_id)
+                .where(RolloutDevice.rollout_id == r.id)
+                .order_by(RolloutDevice.wave, RolloutDevice.device_id)
+                .limit(1000)
+            ).all()
+            out["devices"] = [
+                {
+                    "device_id": rd.device_id,
+                    "status": rd.status,
+                    "wave": None if rd.wave is None else rd.wave + 1,
+                    "variant": variant,
+                    "prev_version": rd.prev_version,
+                    "admitted_at": rd.admitted_at,
+                    "reason": rd.reason if rd.status == "does_not_fit" else None,
+                }
+                for rd, variant in rows
+            ]
+            out["does_not_fit"] = [
+                {"device_id": x["device_id"], "reason": x["reason"]} for x in out["devices"] if x["status"] == "does_not_fit"
+            ]
+        return out
+
+    def audit_log(self, rollout_id: str | None = None, *, limit: int = 500) -> list[dict[str, Any]]:
+        with self.db.read() as s:
+            q = select(AuditEntry).order_by(AuditEntry.id).limit(limit)
+            if rollout_id:
+                q = q.where(AuditEntry.rollout_id == rollout_id)
+            return [
+                {
+                    "id": a.id,
+                    "at": a.at,
+                    "actor": a.actor,
+                    "action": a.action,
+                    "rollout_id": a.rollout_id,
+                    "device_id": a.device_id,
+                    "from_state": a.from_state,
+                    "to_state": a.to_state,
+                    "details": a.details,
+                }
+                for a in s.scalars(q)
+            ]
+
+    # --- nudges --------------------------------------------------------------------------------
+
+    def _send(self, device_ids: list[str]) -> None:
+        if not device_ids:
+            return
+        try:
+            self.notifier.nudge(dict.fromkeys(device_ids))
+        except Exception:  # a nudge is an optimisation; polling still delivers the change
+            log.exception("sending nudges failed; devices will see the change at their next poll")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else (f"{x:.4g}" if isinstance(x, float) else str(x))
+
+
+def _slim(ev: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in ev.items() if k != "reference" or v is None} | {
+        "reference": {k: v for k, v in (ev.get("reference") or {}).items() if k != "raw"} or None,
+        "wave_health": {k: v for k, v in ev["wave_health"].items() if k != "raw"},
+    }
+
+
+def _group_reasons(fits: dict[str, FitResult]) -> str:
+    groups: dict[str, int] = {}
+    for f in fits.values():
+        if not f.fits:
+            groups[f.reason] = groups.get(f.reason, 0) + 1
+    return "; ".join(f"{n} device{'s' if n != 1 else ''}: {why}" for why, n in list(groups.items())[:5])

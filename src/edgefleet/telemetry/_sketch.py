@@ -1,0 +1,120 @@
+"""DDSketch (``ddsketch`` package) with a compact, validated JSON encoding of its store bins.
+
+The encoding keeps what a merge needs exactly: the relative accuracy (so the key mapping is known), the
+first key and the dense run of bin counts of the positive and negative stores, the zero count, and count,
+sum, min and max.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ddsketch import LogCollapsingLowestDenseDDSketch
+
+from edgefleet.errors import ValidationError
+
+__all__ = ["new_sketch", "sketch_to_dict", "sketch_from_dict", "quantile"]
+
+MAX_SKETCH_BINS = 4096
+
+
+def new_sketch(relative_accuracy: float, bin_limit: int) -> LogCollapsingLowestDenseDDSketch:
+    return LogCollapsingLowestDenseDDSketch(relative_accuracy=relative_accuracy, bin_limit=bin_limit)
+
+
+def _num(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def _store_to(store: Any) -> dict[str, Any] | None:
+    if store.count == 0:
+        return None
+    lo, hi = store.min_key, store.max_key
+    bins = [_num(store.bins[k - store.offset]) for k in range(lo, hi + 1)]
+    return {"k0": int(lo), "c": bins}
+
+
+def sketch_to_dict(s: LogCollapsingLowestDenseDDSketch) -> dict[str, Any]:
+    """Compact JSON-able form (bins as a dense run from the lowest non-empty key)."""
+    d: dict[str, Any] = {
+        "a": s._mapping.relative_accuracy,
+        "n": _num(s.count),
+    }
+    if s.count:
+        d.update(s=float(s.sum), lo=float(s._min), hi=float(s._max))
+    pos = _store_to(s._store)
+    neg = _store_to(s._negative_store)
+    if pos:
+        d["p"] = pos
+    if neg:
+        d["neg"] = neg
+    if s._zero_count:
+        d["z"] = _num(s._zero_count)
+    return d
+
+
+def _bad(where: str, msg: str) -> ValidationError:
+    return ValidationError(f"{where}: {msg}", hint="the window was corrupted or built by an incompatible version")
+
+
+def _nonneg(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise _bad(where, f"expected a non-negative finite number, got {v!r}")
+    return float(v)
+
+
+def _fill(store: Any, d: Any, where: str, bin_limit: int) -> float:
+    if d is None:
+        return 0.0
+    if not isinstance(d, dict) or set(d) != {"k0", "c"}:
+        raise _bad(where, "store must be {k0, c}")
+    k0, c = d["k0"], d["c"]
+    if isinstance(k0, bool) or not isinstance(k0, int) or abs(k0) > 1 << 20:
+        raise _bad(where, "k0 must be a small integer")
+    if not isinstance(c, list) or not 1 <= len(c) <= min(bin_limit, MAX_SKETCH_BINS):
+        raise _bad(where, f"c must hold 1..{min(bin_limit, MAX_SKETCH_BINS)} counts")
+    total = 0.0
+    for i, w in enumerate(c):
+        w = _nonneg(w, f"{where}.c[{i}]")
+        if w:
+            store.add(k0 + i, w)
+            total += w
+    return total
+
+
+def sketch_from_dict(
+    d: Any, *, where: str, relative_accuracy: float, bin_limit: int
+) -> LogCollapsingLowestDenseDDSketch:
+    """Rebuild a sketch, checking every field; the accuracy must equal ``relative_accuracy`` to merge."""
+    if not isinstance(d, dict) or not set(d) <= {"a", "n", "s", "lo", "hi", "p", "neg", "z"}:
+        raise _bad(where, "sketch must be an object with keys a, n, [s, lo, hi, p, neg, z]")
+    a = d.get("a")
+    if not isinstance(a, (int, float)) or not math.isclose(a, relative_accuracy, rel_tol=1e-12):
+        raise _bad(where, f"relative accuracy {a!r} differs from this fleet's {relative_accuracy}")
+    s = new_sketch(relative_accuracy, bin_limit)
+    n = _nonneg(d.get("n"), f"{where}.n")
+    total = _fill(s._store, d.get("p"), f"{where}.p", bin_limit)
+    total += _fill(s._negative_store, d.get("neg"), f"{where}.neg", bin_limit)
+    z = _nonneg(d.get("z", 0), f"{where}.z")
+    total += z
+    if not math.isclose(total, n, rel_tol=1e-9, abs_tol=1e-9):
+        raise _bad(where, f"bins sum to {total} but n is {n}")
+    s._zero_count = z
+    s._count = n
+    if n:
+        for k in ("s", "lo", "hi"):
+            v = d.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise _bad(where, f"{k} must be a finite number")
+        if d["lo"] > d["hi"]:
+            raise _bad(where, "lo > hi")
+        s._sum, s._min, s._max = float(d["s"]), float(d["lo"]), float(d["hi"])
+    return s
+
+
+def quantile(s: LogCollapsingLowestDenseDDSketch, q: float) -> float | None:
+    if s.count == 0:
+        return None
+    v = s.get_quantile_value(q)
+    return None if v is None else float(v)
