@@ -47,6 +47,7 @@ class StandIn:
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -68,6 +69,14 @@ class StandIn:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        # Keep-alive connections outlive the listening socket: cut them, as a crashed server would.
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @property
     def url(self) -> str:
@@ -116,6 +125,19 @@ def _make_handler(s: StandIn) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *a: Any) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with s._lock:
+                s._conns.add(self.connection)
+
+        def finish(self) -> None:
+            with s._lock:
+                s._conns.discard(self.connection)
+            try:
+                super().finish()
+            except OSError:
+                pass
 
         def _json(self, code: int, obj: Any) -> None:
             body = json.dumps(obj).encode()

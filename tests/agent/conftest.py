@@ -54,7 +54,7 @@ def _erroring_model(src: Path, out: Path) -> None:
     onnx.save(m, str(out))
 
 
-def _slow_model(out: Path, width: int = 1024, layers: int = 6) -> None:
+def _slow_model(out: Path, width: int = 384, layers: int = 4) -> None:
     """A real but deliberately heavy MLP-shaped ONNX model (for the latency budget gate)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper

@@ -296,3 +296,12 @@ def test_tflite_bundle(tmp_path, rng):
     )
     with Bundle.open(swapped, tmp_path / "y") as bundle, pytest.raises(GoldenMismatchError):
         bundle.verify()
+
+
+def test_verify_refuses_runtime_outside_the_manifest_range(digits_bundle, tmp_path):
+    def edit(m):
+        m.runtime.onnxruntime = ">=99.0"
+
+    bad = rebuild(digits_bundle, tmp_path / "rt.tar", manifest_edit=edit)
+    with Bundle.open(bad, tmp_path / "x") as b, pytest.raises(ModelLoadError, match="needs onnxruntime >=99.0"):
+        b.verify()

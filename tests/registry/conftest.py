@@ -12,7 +12,14 @@ def _bundle(model: Path, out: Path, version: str, x, variant: str = "cpu") -> Pa
     from edgefleet.bundle import create_bundle
 
     return create_bundle(
-        model, out, name="digits", version=version, variant=variant, inputs_raw=x, preprocess=SCALE, created=CREATED
+        model,
+        out,
+        name="digits",
+        version=version,
+        variant=variant,
+        inputs_raw=x,
+        preprocess=SCALE,
+        created=CREATED,
     )
 
 

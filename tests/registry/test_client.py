@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
+
 from edgefleet.bundle import Bundle, apply_delta, read_manifest
 from edgefleet.errors import NotFoundError, VerificationError
 from edgefleet.registry import RepositoryServer, delta_target_path_for, fetch_bundle, fetch_target
@@ -16,7 +18,7 @@ def test_updater_downloads_and_verifies_a_bundle(world, bundles):
     info = u.get_targetinfo("digits/1.1.0/cpu.tar")
     assert info is not None and info.custom["edgefleet"]["version"] == "1.1.0"
     path = u.download_target(info)
-    assert open(path, "rb").read() == bundles["v2"].read_bytes()
+    assert Path(path).read_bytes() == bundles["v2"].read_bytes()
     # the verified download is a bundle that passes its own golden-set check
     with Bundle.open(path) as b:
         report = b.verify()
@@ -56,7 +58,13 @@ def test_device_applies_delta_from_its_active_version(world, bundles, tmp_path):
 
 def test_fetch_bundle_helper(world, bundles, tmp_path):
     out = fetch_bundle(
-        world.server.url, world.root_v1, "digits", "1.0.0", "cpu", tmp_path / "dl", state_dir=tmp_path / "state"
+        world.server.url,
+        world.root_v1,
+        "digits",
+        "1.0.0",
+        "cpu",
+        tmp_path / "dl",
+        state_dir=tmp_path / "state",
     )
     assert out.read_bytes() == bundles["v1"].read_bytes()
     with pytest.raises(NotFoundError, match="not listed"):

@@ -29,6 +29,10 @@ from edgefleet.registry import _repository as repo_mod
 from edgefleet.registry._fs import file_sha256
 
 
+class Crash(BaseException):
+    """Stands in for the process dying (BaseException: no handler in the code under test catches it)."""
+
+
 def test_init_layout(repo):
     names = sorted(p.name for p in repo.metadata_dir.iterdir())
     assert names == ["1.root.json", "1.snapshot.json", "1.targets.json", "root.json", "timestamp.json"]
@@ -50,6 +54,21 @@ def test_init_refuses_existing_repository(repo, keys):
     assert tree(repo.repo_dir) == before
 
 
+def test_interrupted_init_leaves_no_half_repository(tmp_path, keys, monkeypatch):
+    def die(*a, **k):
+        raise Crash
+
+    monkeypatch.setattr(Repository, "edit_snapshot", die)
+    with pytest.raises(Crash):
+        Repository.init(tmp_path / "r", keys)
+    monkeypatch.undo()
+    assert not (tmp_path / "r" / "metadata").exists()
+    with pytest.raises(RegistryError, match="no edgefleet repository"):
+        Repository(tmp_path / "r")
+    Repository.init(tmp_path / "r", keys)  # a retry starts clean
+    assert Repository(tmp_path / "r").status()["root"]["version"] == 1
+
+
 def test_open_non_repository(tmp_path):
     with pytest.raises(RegistryError, match="no edgefleet repository") as e:
         Repository(tmp_path)
@@ -58,7 +77,12 @@ def test_open_non_repository(tmp_path):
 
 def test_publish_list_show(repo, bundles):
     r1 = repo.publish(bundles["v1"])
-    assert (r1.target_path, r1.name, r1.version, r1.variant) == ("digits/1.0.0/cpu.tar", "digits", "1.0.0", "cpu")
+    assert (r1.target_path, r1.name, r1.version, r1.variant) == (
+        "digits/1.0.0/cpu.tar",
+        "digits",
+        "1.0.0",
+        "cpu",
+    )
     assert (r1.length, r1.sha256) == file_sha256(bundles["v1"])
     assert r1.delta_target_path is None and not r1.unchanged and not r1.pending
     # consistent snapshot layout: hash-prefixed file under targets/
@@ -147,6 +171,30 @@ def test_bad_archive_is_refused_and_nothing_changes(repo, bundles, tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         repo.publish(tmp_path / "missing.tar")
     assert tree(repo.repo_dir) == before
+
+
+@pytest.mark.parametrize("how", ["truncated", "bitflip"])
+def test_damaged_bundle_with_readable_manifest_is_not_signed(repo, bundles, tmp_path, how):
+    """The manifest (first entry) still reads fine; the hash check before signing catches the damage."""
+    data = bytearray(bundles["v2"].read_bytes())
+    read_manifest(bundles["v2"])
+    if how == "truncated":
+        data = data[: len(data) * 2 // 3]
+    else:
+        data[len(data) // 2] ^= 0x01
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    assert read_manifest(bad).version == "1.1.0"
+    before = tree(repo.repo_dir)
+    with pytest.raises(BundleError):
+        repo.publish(bad)
+    assert tree(repo.repo_dir) == before
+    assert not any(repo._tmp_dir.iterdir())
+
+
+def test_golden_check_on_publish(tmp_path, keys, bundles):
+    strict = Repository.init(tmp_path / "r", keys, RegistryConfig(verify_on_publish="golden"))
+    assert strict.publish(bundles["v1"]).length == bundles["v1"].stat().st_size
 
 
 def test_oversized_bundle_is_refused(tmp_path, keys, bundles):
@@ -278,14 +326,18 @@ def test_show_unknown_and_bad_names(repo):
 
 def test_semver_order():
     vs = ["1.10.0", "1.2.0", "1.0.0-rc.1", "1.0.0", "0.9.9", "1.0.0-rc.10", "1.0.0-alpha"]
-    assert sorted(vs, key=semver_key) == ["0.9.9", "1.0.0-alpha", "1.0.0-rc.1", "1.0.0-rc.10", "1.0.0", "1.2.0", "1.10.0"]
+    assert sorted(vs, key=semver_key) == [
+        "0.9.9",
+        "1.0.0-alpha",
+        "1.0.0-rc.1",
+        "1.0.0-rc.10",
+        "1.0.0",
+        "1.2.0",
+        "1.10.0",
+    ]
 
 
 # --- crash safety ----------------------------------------------------------------------------
-
-
-class Crash(BaseException):
-    """Stands in for the process dying (BaseException: no handler in the code under test catches it)."""
 
 
 def test_crash_before_targets_metadata_leaves_repo_as_it_was(repo, bundles, monkeypatch):
@@ -379,9 +431,11 @@ def test_lock_timeout_is_a_clear_error(tmp_path, keys, bundles):
 
     r = Repository.init(tmp_path / "r", keys, RegistryConfig(lock_timeout=0.2))
     before = tree(r.repo_dir)
-    with exclusive_lock(r.repo_dir / ".edgefleet" / "lock", timeout=1):
-        with pytest.raises(RegistryError, match="locked by another writer") as e:
-            r.publish(bundles["v1"])
+    with (
+        exclusive_lock(r.repo_dir / ".edgefleet" / "lock", timeout=1),
+        pytest.raises(RegistryError, match="locked by another writer") as e,
+    ):
+        r.publish(bundles["v1"])
     assert "LOCK_TIMEOUT" in e.value.hint
     assert tree(r.repo_dir) == before
 

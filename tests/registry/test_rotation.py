@@ -24,7 +24,9 @@ def _forge_chain(world, *, targets_signer, snapshot_signer, timestamp_signer) ->
     """Forge targets (+ an extra target) -> snapshot -> timestamp on the mirror with the given keys."""
     cur_t = world.repo.targets().version
     targets = load_md(world.served / "metadata" / f"{cur_t}.targets.json")
-    targets.signed.targets["digits/6.6.6/cpu.tar"] = TargetFile.from_data("digits/6.6.6/cpu.tar", b"x", ["sha256"])
+    targets.signed.targets["digits/6.6.6/cpu.tar"] = TargetFile.from_data(
+        "digits/6.6.6/cpu.tar", b"x", ["sha256"]
+    )
     t_name = f"{cur_t + 1}.targets.json"
     t_data = sign_and_write(targets, [targets_signer], world.served / "metadata" / t_name)
     cur_s = world.repo.snapshot().version
@@ -149,3 +151,12 @@ def test_rotation_needs_root_threshold(world, tmp_path):
 def test_root_is_not_rotatable_here(repo):
     with pytest.raises(KeyStoreError, match="cannot rotate 'root'"):
         repo.rotate_key("root")
+
+
+def test_renew_root_follows_on_devices(world):
+    old_expiry = world.repo.root().expires
+    assert world.repo.renew_root() == 2
+    assert world.repo.root().expires >= old_expiry
+    world.sync()
+    world.client.refresh()
+    assert (world.client.metadata_dir / "root_history" / "2.root.json").exists()

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from edgefleet.errors import InferenceError
 from edgefleet.runtime import Prediction, PredictorMetadata
@@ -17,11 +19,11 @@ from edgefleet.runtime import Prediction, PredictorMetadata
 
 @pytest.fixture(scope="session")
 def big_mlp(tmp_path_factory, digits_split) -> Path:
-    """A larger digits MLP: the 'large' escalation tier and the cloud's model."""
+    """Another digits MLP (trained differently): the escalation tier, the backup and the cloud model."""
     from edgefleet.examples import train_digits_mlp
 
     path = tmp_path_factory.mktemp("models") / "digits_big.onnx"
-    train_digits_mlp(path, hidden=(128,), data=digits_split, seed=3)
+    train_digits_mlp(path, hidden=(32,), data=digits_split, seed=3, max_iter=200)
     return path
 
 
@@ -170,8 +172,6 @@ class CloudApp:
 
     def __init__(self, model_path: Path) -> None:
         import uvicorn
-        from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, PlainTextResponse
 
         from edgefleet.runtime import OrtEngine
 
@@ -206,7 +206,7 @@ class CloudApp:
         sock.listen(64)
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1/predict"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off"))
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", timeout_graceful_shutdown=1))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
         while not self._server.started:

@@ -255,7 +255,15 @@ class Agent:
         try:
             n = 0
             while not self.stop_event.is_set():
-                wait = self.run_once()
+                try:
+                    wait = self.run_once()
+                except Exception as e:  # never let one bad pass stop the device from serving
+                    log.exception("agent loop pass failed")
+                    self.failures += 1
+                    with contextlib.suppress(Exception):
+                        self._error(f"agent loop pass failed: {e!r}")
+                    wait = backoff_delay(self.failures, self.config.backoff_initial_s, self.config.backoff_max_s,
+                                         self.rng)
                 n += 1
                 if max_iterations is not None and n >= max_iterations:
                     break
@@ -543,13 +551,19 @@ class Agent:
                          keep_downloads=not bad_file)
         except (HealthCheckError, BundleError) as e:
             self._refuse(p.sha256, f"refused {p.assignment.version}: {e}", permanent=True)
+        except OSError as e:
+            if e.errno == 28:  # ENOSPC outside the download (journal, unpack): same as a full disk
+                self._refuse(p.sha256, f"refused {p.assignment.version}: disk full ({e})", permanent=False)
+            else:
+                log.exception("update of %s failed", p.assignment.version)
+                self._error(f"update of {p.assignment.version} failed: {e!r}")
         finally:
             self.progress = None
 
     def _refuse(self, sha: str, reason: str, *, permanent: bool, keep_downloads: bool = False) -> None:
         st = self.journal.state
         p = st.pending
-        log.warning("%s", reason)
+        log.log(logging.DEBUG if reason == st.last_error else logging.WARNING, "%s", reason)
         if permanent:
             st.failed[sha] = reason[:1000]
             while len(st.failed) > self.config.max_failed_targets:
@@ -563,7 +577,7 @@ class Agent:
             st.pending = None
         st.last_error = reason
         self.journal.event("refused", sha256=sha[:12], reason=reason[:500], permanent=permanent)
-        self.journal.save()
+        self._save_quietly()
         self._outbox_put("event", {"event": "refused", "sha256": sha, "reason": reason})
 
     def _download(self, info: Any, p: PendingUpdate) -> str:
@@ -863,7 +877,14 @@ class Agent:
         log.warning("%s", msg)
         self.journal.state.last_error = msg[:4096]
         self.journal.event("error", message=msg[:500])
-        self.journal.save()
+        self._save_quietly()
+
+    def _save_quietly(self) -> None:
+        """Save the journal when the disk allows; the one on disk stays a valid older state otherwise."""
+        try:
+            self.journal.save()
+        except OSError as e:
+            log.error("cannot write the journal (%s); keeping the previous one on disk", e)
 
     def _start_mqtt(self) -> None:
         from edgefleet.agent._nudge import start_nudge_listener

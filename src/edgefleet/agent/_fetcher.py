@@ -94,7 +94,7 @@ class HttpxFetcher(FetcherInterface):
         self.bytes_received = 0  # every body byte that came over the wire (for figures)
         self.client = httpx.Client(
             timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=True,
-            headers={"User-Agent": "edgefleet-agent", **(headers or {})},
+            headers={"User-Agent": "edgefleet-agent", "Accept-Encoding": "identity", **(headers or {})},
         )
 
     def close(self) -> None:
@@ -109,7 +109,7 @@ class HttpxFetcher(FetcherInterface):
                 if r.status_code >= 400:
                     raise tuf_exc.DownloadHTTPError(f"GET {url} returned {r.status_code}", r.status_code)
                 chunks, total = [], 0
-                for chunk in r.iter_bytes(self.chunk):
+                for chunk in r.iter_raw():
                     self._account(len(chunk))
                     total += len(chunk)
                     if total > self.max_metadata_bytes:
@@ -195,7 +195,8 @@ class HttpxFetcher(FetcherInterface):
             since_sync = 0
             try:
                 with open(part, mode) as f:
-                    for chunk in r.iter_bytes(self.chunk):
+                    # Raw bytes as they arrive: a buffered chunk would be lost on a reset.
+                    for chunk in r.iter_raw():
                         if self.cancel.is_set():
                             raise _Retry("cancelled")
                         written += len(chunk)

@@ -112,6 +112,7 @@ class TrustedRepository:
         Raises:
             VerificationError: not signed, or length/hashes differ between director and metadata.
         """
+        self.refresh()  # always against the newest signed state (and its expiry)
         info = self.target(a.target_path)
         if info.length != a.length:
             raise VerificationError(

@@ -23,7 +23,7 @@ from edgefleet.bundle._bundle import (
 )
 from edgefleet.bundle._config import BundleSettings
 from edgefleet.bundle._delta import DeltaInfo, apply_delta, make_delta, read_delta_header
-from edgefleet.bundle._model import ModelRunner
+from edgefleet.bundle._model import ModelRunner, check_runtime_requirements
 from edgefleet.bundle._preprocess import STEP_TYPES, Preprocess
 from edgefleet.bundle._reference import (
     REFERENCE_SCHEMA_VERSION,
@@ -50,6 +50,7 @@ __all__ = [
     "PreprocessStep",
     "VerifyReport",
     "apply_delta",
+    "check_runtime_requirements",
     "compare_outputs",
     "compute_reference",
     "confidence_from_outputs",

@@ -28,7 +28,7 @@ from edgefleet.bundle._archive import (
     write_npz,
 )
 from edgefleet.bundle._config import BundleSettings, settings
-from edgefleet.bundle._model import ModelRunner, model_format, onnx_opset
+from edgefleet.bundle._model import ModelRunner, check_runtime_requirements, model_format, onnx_opset
 from edgefleet.bundle._preprocess import Preprocess
 from edgefleet.bundle._reference import compute_reference, softmax, summarize_features
 from edgefleet.errors import (
@@ -336,6 +336,7 @@ class Bundle:
         key = self.manifest.key
         files = verify_files(self.root, self.manifest)
         golden = self.golden
+        check_runtime_requirements(self.manifest)
         runner = self.runner()
         _check_signature(key, self.manifest, runner)
         feeds = self.model_inputs(golden.inputs_raw)

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from edgefleet.errors import InferenceError, ModelLoadError
-from edgefleet.protocol import TensorSpec
+from edgefleet.protocol import Manifest, TensorSpec
 
-__all__ = ["ModelRunner", "model_format", "onnx_opset"]
+__all__ = ["ModelRunner", "check_runtime_requirements", "model_format", "onnx_opset"]
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +177,33 @@ class ModelRunner:
                 hint="check the preprocessing contract produces what the model expects "
                 f"({', '.join(f'{i.name} {i.dtype}{i.shape}' for i in self.inputs)})",
             ) from e
+
+
+def check_runtime_requirements(manifest: Manifest) -> None:
+    """Refuse a bundle whose runtime version range excludes the runtime installed here.
+
+    Raises:
+        ModelLoadError: the installed onnxruntime is outside ``manifest.runtime.onnxruntime``.
+    """
+    if manifest.model_format != "onnx":
+        return
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import Version
+
+    try:
+        spec = SpecifierSet(manifest.runtime.onnxruntime)
+    except InvalidSpecifier as e:
+        raise ModelLoadError(
+            f"bundle {manifest.key} has an invalid onnxruntime requirement {manifest.runtime.onnxruntime!r}",
+            hint="rebuild the bundle with a PEP 440 specifier such as '>=1.17'",
+        ) from e
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ModelLoadError("onnxruntime is not installed", hint="pip install 'edgefleet[agent]'") from e
+    installed = Version(ort.__version__.split("+")[0])
+    if installed not in spec:
+        raise ModelLoadError(
+            f"bundle {manifest.key} needs onnxruntime {spec}, this machine has {installed}",
+            hint="upgrade onnxruntime here, or build a variant for this runtime",
+        )

@@ -170,7 +170,8 @@ def refresh_timestamp(
     """Re-sign timestamp (and snapshot when targets changed); run it periodically on the server."""
     from edgefleet.registry import Repository
 
-    result = Repository(repo, keys).refresh_timestamp(_duration(expires_in))
+    ttl = _duration(expires_in)
+    result = Repository(repo, keys).refresh_timestamp(ttl)
     if json_out:
         print_json(result.to_dict())
         return

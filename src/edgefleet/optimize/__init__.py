@@ -1,3 +1,36 @@
-"""optimize stage of edgefleet (see DESIGN.md)."""
+"""Optimize stage of edgefleet: build model variants, measure them on a device profile, choose one.
 
-__all__: list[str] = []
+``optimize()`` turns an ONNX file, a torch module, a scikit-learn estimator or a .tflite file into the
+variant a device should run (fp32 graph-optimized, fp16, dynamic/static int8, int4 weight-only, pruned),
+with a report of every variant's size, latency, memory and quality and why it won or lost.
+``benchmark()`` measures one model on a device profile.
+"""
+
+from __future__ import annotations
+
+from edgefleet.optimize._bench import BenchResult, Interleaved, LatencyStats, Throughput, benchmark
+from edgefleet.optimize._config import OptimizeSettings
+from edgefleet.optimize._data import Dataset, load_data
+from edgefleet.optimize._optimize import optimize
+from edgefleet.optimize._report import OptimizeReport, QualityFigures, VariantResult
+from edgefleet.optimize._select import select
+from edgefleet.optimize._spec import Budget, DeviceProfile, Variant
+
+__all__ = [
+    "optimize",
+    "benchmark",
+    "select",
+    "load_data",
+    "Variant",
+    "Budget",
+    "DeviceProfile",
+    "OptimizeReport",
+    "VariantResult",
+    "QualityFigures",
+    "BenchResult",
+    "LatencyStats",
+    "Throughput",
+    "Interleaved",
+    "Dataset",
+    "OptimizeSettings",
+]

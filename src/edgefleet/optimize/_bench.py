@@ -354,10 +354,15 @@ def interleaved(
 ) -> Interleaved:
     """Alternate baseline/candidate rounds and judge the p50 ratio against the noise between rounds."""
     rounds = rounds or settings.interleave_rounds
-    runs = runs or settings.interleave_runs
     for _ in range(3):
         baseline.run(feed_base)
         candidate.run(feed_cand)
+    if runs is None:
+        # Each round lasts at least interleave_round_s, so one preemption cannot move a round's median.
+        per_run = max(
+            float(np.median(_timed(baseline, feed_base, 10))), float(np.median(_timed(candidate, feed_cand, 10)))
+        )
+        runs = int(min(100_000, max(settings.interleave_runs, np.ceil(settings.interleave_round_s / max(per_run, 1e-7)))))
     bp, cp = [], []
     for r in range(rounds):
         order = (baseline, candidate) if r % 2 == 0 else (candidate, baseline)

@@ -81,18 +81,27 @@ class _Reader:
         self._it = iter(self._samples[start_index:end_index])
 
 
+def weight_initializers(model: Any) -> dict[str, Any]:
+    """Float initializers of the graph and of its control-flow subgraphs, by name."""
+    from edgefleet.optimize._graph import _iter_graphs
+
+    return {i.name: i for g in _iter_graphs(model.graph) for i in g.initializer if i.data_type == 1}
+
+
 def weight_nodes(model: Any) -> dict[str, list[tuple[str, np.ndarray]]]:
-    """Top-graph nodes that consume float weight initializers: node name -> [(initializer, array)]."""
+    """Nodes (subgraphs included) that consume float weight matrices: node name -> [(initializer, array)]."""
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
+    from edgefleet.optimize._graph import iter_nodes
+
+    inits = weight_initializers(model)
     out: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for node in model.graph.node:
+    for node in iter_nodes(model.graph):
         idx = _PRUNE_OPS.get(node.op_type)
         if idx is None or len(node.input) <= idx:
             continue
         name = node.input[idx]
-        if name in inits and inits[name].data_type == 1 and len(inits[name].dims) >= 2:
+        if name in inits and len(inits[name].dims) >= 2:
             out.setdefault(node.name, []).append((name, numpy_helper.to_array(inits[name])))
     return out
 
@@ -218,6 +227,12 @@ class Builder:
         try:
             quantize_static(str(self.prepared.quant_input), str(dst), _Reader(self.calib.samples), extra_options=extra, **kw)
         except ValueError as e:
+            if "Histogram has not been collected" in str(e):
+                raise OptimizeError(
+                    f"{v.calibration} calibration found no tensors to calibrate"
+                    + (" outside control-flow subgraphs (static quantization skips If/Loop bodies)" if self.facts.has_subgraphs else ""),
+                    hint="use dynamic-int8 for models whose layers live in If/Loop subgraphs",
+                ) from e
             # onnxruntime's int32-bias scale adjustment fails on some per-channel weights; without it
             # the bias just keeps its natural scale.
             log.info("static quantization failed (%s); retrying without the int32-bias weight adjustment", e)
@@ -265,7 +280,7 @@ class Builder:
 
         target = float(v.sparsity or self.settings.prune_sparsity)
         model = onnx.load(str(self.prepared.quant_input))
-        inits = {i.name: i for i in model.graph.initializer}
+        inits = weight_initializers(model)
         pruned_total = pruned_zero = 0
         done: set[str] = set()
         for _node, weights in weight_nodes(model).items():
@@ -286,11 +301,10 @@ class Builder:
                 "no Conv/MatMul/Gemm weight matrices to prune", hint="pruning applies to dense layer weights"
             )
         all_params = all_zero = 0
-        for init in model.graph.initializer:
-            if init.data_type == 1:
-                a = numpy_helper.to_array(init)
-                all_params += a.size
-                all_zero += int(np.count_nonzero(a == 0))
+        for init in weight_initializers(model).values():
+            a = numpy_helper.to_array(init)
+            all_params += a.size
+            all_zero += int(np.count_nonzero(a == 0))
         tmp = self.work / f"{v.name}-unopt.onnx"
         onnx.save_model(model, str(tmp))
         import onnxruntime as ort

@@ -52,7 +52,8 @@ class OptimizeSettings(BaseSettings):
     measure_memory: bool = Field(True, description="measure peak RSS added by a session (subprocess)")
     memory_timeout_s: float = Field(120.0, description="time limit of the memory probe subprocess")
     interleave_rounds: int = Field(7, ge=3, description="alternating rounds of the baseline-vs-candidate check")
-    interleave_runs: int = Field(40, ge=3, description="timed runs per model per interleaved round")
+    interleave_runs: int = Field(40, ge=3, description="least timed runs per model per interleaved round")
+    interleave_round_s: float = Field(0.05, ge=0.0, description="least duration of one model's interleaved round")
     noise_floor: float = Field(
         0.05, ge=0.0, description="relative p50 difference always treated as noise (0.05 = 5 %)"
     )

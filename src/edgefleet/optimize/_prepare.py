@@ -5,8 +5,10 @@ skipped and the report says so."""
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,13 +43,19 @@ class Prepared:
 
 @contextlib.contextmanager
 def quiet_ort_logs():
-    """The quantization tools log chatty warnings at WARNING level through the root logger."""
+    """The quantization tools log chatty warnings through the root logger and print() progress to
+    stdout (which would corrupt ``--json`` output); both are silenced unless debugging."""
     root = logging.getLogger()
     old = root.level
-    if old < logging.ERROR and not log.isEnabledFor(logging.DEBUG):
+    debug = log.isEnabledFor(logging.DEBUG)
+    if old < logging.ERROR and not debug:
         root.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()) if not debug else contextlib.nullcontext():
+                yield
     finally:
         root.setLevel(old)
 

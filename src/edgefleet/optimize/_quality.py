@@ -65,13 +65,15 @@ def infer_task(outputs: list[TensorInfo], ref: dict[str, list[np.ndarray]], has_
         raise InputError(
             "the model has no float outputs to compare", hint="edgefleet scores models through float outputs"
         )
-    for o in cands:
-        chunks = ref[o.name]
-        last = chunks[0].shape[-1] if chunks and chunks[0].ndim >= 1 else 1
-        rank_ok = chunks and chunks[0].ndim >= 2 or (o.shape is not None and len(o.shape) >= 2)
-        if rank_ok and last >= 2 and all(c.shape[-1] == last for c in chunks):
-            return Task("classification", o.name, int(last), "accuracy" if has_labels else "agreement")
-    return Task("regression", cands[0].name, None, "cosine")
+    # The first float output carries the answer (class scores, probabilities, embeddings, ...); later
+    # outputs are usually side results (labels, recurrent state).
+    o = cands[0]
+    chunks = ref[o.name]
+    last = chunks[0].shape[-1] if chunks and chunks[0].ndim >= 1 else 1
+    rank_ok = bool(chunks) and chunks[0].ndim >= 2
+    if rank_ok and last >= 2 and all(c.shape[-1] == last for c in chunks):
+        return Task("classification", o.name, int(last), "accuracy" if has_labels else "agreement")
+    return Task("regression", o.name, None, "cosine")
 
 
 def check_labels(task: Task, labels: np.ndarray | None, ref: dict[str, list[np.ndarray]]) -> None:

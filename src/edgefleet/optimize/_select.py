@@ -4,6 +4,7 @@ slower than the baseline (for ``latency``/``balanced``) once repeated interleave
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Callable
 
@@ -41,20 +42,24 @@ def budget_problems(r: VariantResult, budget: Budget) -> list[str]:
     return out
 
 
-def objective_score(r: VariantResult, base: VariantResult, objective: str) -> float:
-    """Lower wins. latency: p50 ms; size: bytes; balanced: sqrt(latency ratio x size ratio)."""
-    if objective == "latency":
-        return float(r.p50 or math.inf)
-    if objective == "size":
-        return float(r.size_bytes or math.inf)
-    lat = (r.p50 or math.inf) / (base.p50 or 1.0)
+def objective_score(
+    r: VariantResult, base: VariantResult, objective: str, ratio: float | None = None
+) -> float:
+    """Lower wins; relative to the baseline (1.0). latency: p50 ratio; size: size ratio;
+    balanced: sqrt(p50 ratio x size ratio). ``ratio`` (from interleaved runs) replaces the single-run one.
+    """
+    lat = ratio if ratio is not None else (r.p50 or math.inf) / (base.p50 or 1.0)
     size = (r.size_bytes or math.inf) / (base.size_bytes or 1)
+    if objective == "latency":
+        return float(lat)
+    if objective == "size":
+        return float(size)
     return math.sqrt(lat * size)
 
 
 def _describe(r: VariantResult, objective: str) -> str:
     if objective == "latency":
-        return f"p50 {r.p50:.3f} ms"
+        return f"p50 x{r.score:.3f} of the baseline"
     if objective == "size":
         return f"{(r.size_bytes or 0) / 1024:.1f} KB"
     return f"score {r.score:.3f}"
@@ -101,36 +106,59 @@ def select(
             r.outcome = "rejected"
             r.reason = "the fp32 baseline could not be measured, so nothing can be compared with it"
         return None, "the fp32 baseline failed to build or run; no variant can be judged against it"
-    eligible.sort(key=lambda r: (r.score, r.size_bytes or 0, r.p50 or 0))
-    chosen: VariantResult | None = None
-    for cand in eligible:
-        if objective in ("latency", "balanced") and cand is not base:
+    # Speed claims are re-checked against the baseline with interleaved runs; a variant slower than the
+    # baseline beyond noise is never chosen for latency/balanced, and the interleaved ratio replaces the
+    # single-run figure in the score.
+    if objective in ("latency", "balanced"):
+        kept = []
+        for cand in eligible:
+            if cand is base:
+                kept.append(cand)
+                continue
             il = confirm(cand) if confirm else None
             if il is not None:
                 cand.interleaved = il
+                ratio = il.median_ratio
                 slower = il.verdict == "slower"
-                how = f"p50 x{il.median_ratio:.2f} of the baseline over {il.rounds} interleaved rounds (noise ±{il.tolerance:.0%})"
+                how = f"p50 x{ratio:.2f} of the baseline over {il.rounds} interleaved rounds (noise ±{il.tolerance:.0%})"
             else:
                 ratio = (cand.p50 or math.inf) / (base.p50 or 1.0)
                 slower = ratio > 1 + noise_floor
-                how = f"p50 x{ratio:.2f} of the baseline (noise floor {noise_floor:.0%})"
+                how = f"p50 x{ratio:.2f} of the baseline (single runs; noise floor {noise_floor:.0%})"
+            cand.speedup_p50 = 1.0 / ratio if ratio > 0 else None
             if slower:
                 cand.outcome = "rejected"
                 cand.reason = f"slower than the fp32 baseline: {how}"
                 continue
             cand.reason = how
-        chosen = cand
-        break
+            # Within noise means as fast as the baseline: a tie is then decided by size, not by noise.
+            same = il is not None and il.verdict == "same" or il is None and abs(ratio - 1) <= noise_floor
+            cand.score = objective_score(cand, base, objective, 1.0 if same else ratio)
+            kept.append(cand)
+        eligible = kept
+    # Ties (scores equal to 0.1 %) go to the better quality, then to the baseline (the simplest model).
+    eligible.sort(
+        key=lambda r: (
+            round(r.score or math.inf, 3),
+            -(r.quality.score if r.quality else 0.0),
+            r is not base,
+            r.size_bytes or 0,
+        )
+    )
+    chosen: VariantResult | None = eligible[0] if eligible else None
     if chosen is None:
-        counts = Counter(r.reason.split(";")[0].split(":")[0] for r in results if r.outcome == "rejected")
-        why = "; ".join(f"{n} x {k}" for k, n in counts.most_common(4))
-        return None, f"no variant meets the budget ({why})"
+        counts = Counter(
+            re.sub(r"-?\d[\d.]*(e-?\d+)?", "N", r.reason.split(";")[0].split(":")[0])
+            for r in results
+            if r.outcome == "rejected"
+        )
+        why = "; ".join(f"{k} ({n} variants)" for k, n in counts.most_common(4))
+        return None, f"no variant meets the budget: {why}"
     chosen.outcome = "chosen"
     parts = [
-        f"{objective} objective: best of {len([r for r in results if r.outcome != 'rejected' and r.status == 'ok'])} "
-        "variants within budget",
-        f"p50 {chosen.p50:.3f} ms ({chosen.speedup_p50:.2f}x the baseline's speed)",
-        f"{chosen.size_ratio:.2f}x smaller",
+        f"{objective} objective: best of {len(eligible)} variants within budget",
+        f"p50 {chosen.p50:.3f} ms ({chosen.speedup_p50 or 1.0:.2f}x the baseline's speed)",
+        f"{chosen.size_ratio or 1.0:.2f}x smaller",
         f"quality {chosen.quality.score:.2f} ({chosen.drop:+.2f} points drop, max {budget.max_drop:g})",  # type: ignore[union-attr]
     ]
     if chosen.reason:
@@ -140,7 +168,7 @@ def select(
         if r is chosen or r.outcome == "rejected":
             continue
         r.outcome = "lost"
-        r.reason = f"{_describe(r, objective)} vs {chosen.name} {_describe(chosen, objective)}"
-        if r.interleaved is None and objective in ("latency", "balanced") and r is not base and r.speedup_p50:
-            r.reason += f" (not re-checked; single-run speed-up {r.speedup_p50:.2f}x)"
+        r.reason = f"{_describe(r, objective)} vs {chosen.name} {_describe(chosen, objective)}" + (
+            f"; {r.reason}" if r.reason else ""
+        )
     return chosen, chosen.reason

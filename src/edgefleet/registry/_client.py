@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -104,6 +103,7 @@ def fetch_target(
     state = Path(state_dir)
     (state / "metadata").mkdir(parents=True, exist_ok=True)
     base = base_url.rstrip("/")
+    tmp: Path | None = None
     try:
         updater = Updater(
             metadata_dir=str(state / "metadata"),
@@ -128,8 +128,8 @@ def fetch_target(
         os.replace(tmp, out)
         fsync_dir(out.parent)
     except (tuf_exc.RepositoryError, tuf_exc.DownloadError) as e:
-        with contextlib.suppress(NameError, FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise VerificationError(
             f"TUF verification of {target_path} from {base} failed: {type(e).__name__}: {e}",
             hint="the server is stale, frozen or tampered with, or the pinned root is wrong; "

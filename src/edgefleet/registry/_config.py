@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,11 @@ class RegistryConfig(BaseSettings):
     delta_method: str = Field("auto", description="passed to edgefleet.bundle.make_delta")
     delta_max_ratio: float = Field(
         0.9, gt=0, le=1, description="skip a delta whose size is above this fraction of the full bundle"
+    )
+    verify_on_publish: Literal["hashes", "golden", "none"] = Field(
+        "hashes",
+        description="check before signing: every file hash (hashes), also rerun the golden set (golden), or "
+        "read the manifest only (none)",
     )
     max_bundle_bytes: int = Field(4 << 30, gt=0, description="largest bundle archive publish accepts")
     lock_timeout: float = Field(60.0, gt=0, description="seconds to wait for another writer's lock")

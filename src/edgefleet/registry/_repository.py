@@ -51,6 +51,7 @@ from edgefleet.registry._fs import (
     copy_hashed,
     exclusive_lock,
     file_sha256,
+    fsync_dir,
     install,
 )
 from edgefleet.registry._keys import KeyStore
@@ -326,18 +327,23 @@ class Repository(TufRepository):
                 f"root threshold is {threshold} but {store.dir} holds only {len(roots)} root keys",
                 hint="create the repository where all root keys are present",
             )
-        if repo.metadata_dir.is_dir() and any(repo.metadata_dir.glob("*.json")):
+        if repo.metadata_dir.is_dir() and any(repo.metadata_dir.iterdir()):
             raise RegistryError(
                 f"{repo.repo_dir} already holds a repository",
                 hint="open it with Repository(REPO) / `edgefleet registry list`, or choose an empty directory",
                 repo=str(repo.repo_dir),
             )
-        repo.metadata_dir.mkdir(parents=True, exist_ok=True)
         repo.targets_dir.mkdir(parents=True, exist_ok=True)
+        final_metadata = repo.metadata_dir
         with repo._locked():
             atomic_write(
                 repo._state_dir / "config.json", repo.config.model_dump_json(indent=2).encode() + b"\n"
             )
+            # Build the first metadata in a staging directory and rename it into place, so an
+            # interrupted init leaves no half-made repository behind.
+            staging = repo._state_dir / "init-metadata"
+            clear_dir(staging)
+            repo.metadata_dir = staging
             repo._initializing = True
             try:
                 with repo.edit_root() as root:
@@ -354,8 +360,13 @@ class Repository(TufRepository):
                     snapshot.meta = deepcopy(repo.targets_infos)
                 with repo.edit_timestamp() as timestamp:
                     timestamp.snapshot_meta = deepcopy(repo.snapshot_info)
+                if final_metadata.is_dir():
+                    final_metadata.rmdir()  # empty (checked above)
+                os.rename(staging, final_metadata)
+                fsync_dir(repo.repo_dir)
             finally:
                 repo._initializing = False
+                repo.metadata_dir = final_metadata
         log.info(
             "initialized TUF repository %s (root threshold %d of %d)", repo.repo_dir, threshold, len(roots)
         )
@@ -552,8 +563,6 @@ class Repository(TufRepository):
             KeyStoreError: the targets key is missing or not trusted.
             BundleError: the archive is not a readable bundle.
         """
-        from edgefleet.bundle import read_manifest
-
         src = Path(archive)
         if not src.is_file():
             raise BundleError(
@@ -571,7 +580,7 @@ class Repository(TufRepository):
             tmp = self._tmp_dir / "bundle.tar"
             self._verify_state()
             length, sha = copy_hashed(src, tmp)
-            manifest = read_manifest(tmp)
+            manifest = self._check_bundle(tmp)
             tpath = target_path_for(manifest.name, manifest.version, manifest.variant)
             targets = self.targets()
             existing = targets.targets.get(tpath)
@@ -671,6 +680,18 @@ class Repository(TufRepository):
                 targets_version=tmd.version,
                 deltas=deltas,
             )
+
+    def _check_bundle(self, archive: Path) -> Manifest:
+        """Refuse to sign a bundle that does not verify (truncated after the manifest, tampered files...)."""
+        from edgefleet.bundle import Bundle, read_manifest
+
+        mode = self.config.verify_on_publish
+        if mode == "none":
+            return read_manifest(archive)
+        with Bundle.open(archive, extract_to=self._tmp_dir / "check") as b:
+            if mode == "golden":
+                b.verify()
+            return b.manifest
 
     def _make_deltas(
         self,
@@ -832,7 +853,9 @@ class Repository(TufRepository):
             expires = self.open(role).signed.expires
             if expires <= soon:
                 log.warning(
-                    "%s metadata expires %s; re-sign it (publish, or rotate a key for root)", role, expires
+                    "%s metadata expires %s; re-sign it (publish for targets, Repository.renew_root for root)",
+                    role,
+                    expires,
                 )
 
     # --- key rotation ------------------------------------------------------------------------
@@ -924,6 +947,27 @@ class Repository(TufRepository):
                 version,
             )
             return RotationResult(role, old_ids, new_id, version, str(key_path))
+
+    def renew_root(self) -> int:
+        """Re-sign root unchanged with a fresh expiry (needs the root threshold); returns the new version."""
+        store = self._require_keys()
+        root = self.root()
+        held = [
+            s
+            for s in (store.signers("root") if store.has("root") else [])
+            if s.public_key.keyid in root.roles["root"].keyids
+        ]
+        if len(held) < root.roles["root"].threshold:
+            raise KeyStoreError(
+                f"renewing root needs {root.roles['root'].threshold} root keys; {store.dir} holds {len(held)} trusted ones",
+                hint="run this where the root keys (at least the threshold) are present",
+                role="root",
+            )
+        with self._locked():
+            self._verify_state()
+            with self.edit_root():
+                pass
+            return self.root().version
 
     # --- reading -----------------------------------------------------------------------------
 

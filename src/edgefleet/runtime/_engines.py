@@ -193,7 +193,10 @@ class OrtEngine:
         return self._meta
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._output_names, self._session.run(self._output_names, feed), strict=True))
+        session = self._session
+        if session is None:
+            raise InferenceError(f"model {self._meta.name} is closed", hint="it was swapped out; retry")
+        return dict(zip(self._output_names, session.run(self._output_names, feed), strict=True))
 
     def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
         check_deadline(opts.get("deadline"))
@@ -209,6 +212,8 @@ class OrtEngine:
                 out = _run_fixed(self._run, batch, self._fixed)
             else:
                 out = self._run(batch)
+        except InferenceError:
+            raise
         except Exception as e:
             raise InferenceError(
                 f"model {self._meta.name} {self._meta.version} failed: {e}",
@@ -306,6 +311,8 @@ class LiteRtEngine:
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
+            if self._interp is None:
+                raise InferenceError(f"model {self._meta.name} is closed", hint="it was swapped out; retry")
             resized = False
             current = {d["index"]: tuple(d["shape"]) for d in self._interp.get_input_details()}
             for name, idx in self._in_index.items():
@@ -331,6 +338,8 @@ class LiteRtEngine:
                 out = _run_fixed(self._run, batch, self._fixed)
             else:
                 out = self._run(batch)
+        except InferenceError:
+            raise
         except Exception as e:
             raise InferenceError(
                 f"model {self._meta.name} {self._meta.version} failed: {e}",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError as PydanticValidationError
 
 from edgefleet.errors import (
     ConfigError,
@@ -142,17 +143,21 @@ class _Borrowed:
         pass
 
 
+def _is_predictor(obj: Any) -> bool:
+    return callable(getattr(obj, "predict", None)) and hasattr(obj, "metadata")
+
+
 def _slug(text: str) -> str:
     s = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "model"
     return s[:64]
 
 
-def manifest_for_model(path: Path, metadata: PredictorMetadata) -> Manifest:
+def manifest_for_model(path: Path, metadata: PredictorMetadata, version: str = "0.0.0") -> Manifest:
     """A manifest for a bare model file (no contract; postprocess picks the score output)."""
     score = score_output_of(metadata)
     return Manifest(
         name=_slug(path.stem),
-        version="0.0.0",
+        version=version,
         variant="local",
         model_file=path.name,
         model_format="tflite" if path.suffix == ".tflite" else "onnx",
@@ -306,7 +311,8 @@ class Runtime:
         """Load ``source`` and start serving it.
 
         Args:
-            source: a ``Bundle``, a bundle archive, an extracted bundle directory, or a model file.
+            source: a ``Bundle``, a bundle archive, an extracted bundle directory, a model file, or
+                a Predictor (served as is, e.g. an engine wrapped by telemetry).
             config: runtime settings (default: from ``EDGEFLEET_*`` environment variables).
             backup: a fallback model (same inputs): Bundle, path or Predictor.
             large: a larger model to escalate low-confidence answers to: Bundle, path or Predictor.
@@ -362,7 +368,7 @@ class Runtime:
 
     def _side(self, src: Any, tier: str) -> Predictor:
         """A backup or large model from a path, a Bundle or a Predictor."""
-        if hasattr(src, "predict") and hasattr(src, "metadata"):
+        if _is_predictor(src):
             return src
         bundle, owns, manifest, path = self._open(src)
         eng = self._engine(path, manifest, tier)  # type: ignore[arg-type]
@@ -391,9 +397,20 @@ class Runtime:
 
     def _build(self, source: Any) -> _Served:
         cfg = self.config
-        bundle, owns, manifest, path = self._open(source)
+        if _is_predictor(source):  # an engine or a composition built by the caller
+            bundle, owns, manifest, path = None, False, None, None
+        else:
+            bundle, owns, manifest, path = self._open(source)
         try:
-            engine = self._engine(path, manifest, "primary")  # type: ignore[arg-type]
+            if path is None:
+                engine: Predictor = source
+                meta = engine.metadata
+                try:
+                    manifest = manifest_for_model(Path(f"{meta.name}.onnx"), meta, meta.version)
+                except PydanticValidationError:  # a version that is not semver: call it 0.0.0
+                    manifest = manifest_for_model(Path(f"{meta.name}.onnx"), meta)
+            else:
+                engine = self._engine(path, manifest, "primary")
             if manifest is None:
                 manifest = manifest_for_model(path, engine.metadata)  # type: ignore[arg-type]
             contract = None

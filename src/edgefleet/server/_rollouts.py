@@ -254,13 +254,20 @@ def _attrs(d: Device) -> dict[str, str | None]:
     )
 
 
-def _failed(d: Device, rd: RolloutDevice, version: str) -> bool:
-    """Did the device fail to install (or roll itself back from) ``version`` since it was admitted?"""
-    if d.active_version == version or d.fail_version is None:
+def _failed(d: Device, rd: RolloutDevice, version: str, sha256: str | None) -> bool:
+    """Did the device fail to install (or roll itself back from) ``version`` since it was admitted?
+
+    ``fail_version`` holds what the device's report named: a version, ``sha:<prefix>`` of the
+    build (the agent's "refused" event), or ``*`` (a failure state that named nothing).
+    """
+    fv = d.fail_version
+    if d.active_version == version or fv is None:
         return False
     if (d.fail_at or 0.0) < (rd.admitted_at or 0.0):
         return False
-    return d.fail_version in (version, "*")
+    if fv.startswith("sha:"):
+        return bool(sha256) and sha256.startswith(fv[4:])
+    return fv in (version, "*")
 
 
 class RolloutEngine:
@@ -553,7 +560,9 @@ class RolloutEngine:
         admitted = {k: rd for k, rd in rows.items() if rd.status == "admitted"}
         wave = [(by_id[k], rd) for k, rd in admitted.items() if k in by_id]
         installed = [d for d, _ in wave if d.active_name == rel.row.name and d.active_version == version]
-        failed = [d for d, rd in wave if _failed(d, rd, version)]
+        failed = [
+            d for d, rd in wave if _failed(d, rd, version, getattr(rel.by_id.get(rd.variant_id), "sha256", None))
+        ]
         reporting = [
             d
             for d in installed

@@ -42,6 +42,11 @@ class AggregatorConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_TELEMETRY_", extra="ignore")
 
     window_s: float = Field(60.0, gt=0, description="length of one window, seconds")
+    feature_window_s: float = Field(
+        600.0,
+        ge=0,
+        description="feature histograms accumulate this long and ride on the window that closes then (bytes)",
+    )
     flush_rows: int = Field(256, ge=1, description="rows buffered before binning them in bulk")
     max_buffer_bytes: int = Field(1 << 20, ge=1024, description="input bytes buffered before binning")
     max_pending_windows: int = Field(120, ge=1, description="closed windows kept for pull when there is no sink")
@@ -181,6 +186,7 @@ class Aggregator:
             self._primary_tier = getattr(meta, "tier", None)
         self._warned: set[str] = set()
         self._open()
+        self._reset_features()
 
     # --- predictor protocol -------------------------------------------------------------------------
 
@@ -221,6 +227,18 @@ class Aggregator:
         self._tiers: list[tuple[str, ...] | None] = []
         self._buf_rows = 0
         self._buf_bytes = 0
+
+    def _reset_features(self) -> None:
+        self._fc: np.ndarray | None = None
+        self._frows = self._fnonfinite = 0
+        # features start with the window that is open now (reset happens right after _open)
+        self._fstart, self._ft0 = self._w.start, self._t0
+
+    def _attach_features(self, w: Window) -> None:
+        if self._fc is None:
+            return
+        w.feature_counts, w.reference_id = self._fc, self.reference.id
+        w.feature_rows, w.feature_nonfinite, w.feature_start = self._frows, self._fnonfinite, self._fstart
 
     def record(
         self,
@@ -409,14 +427,12 @@ class Aggregator:
                 )
                 return None
         finite = np.isfinite(f).all(axis=1)
-        w = self._w
-        if w.feature_counts is None:
-            w.feature_counts = np.zeros((len(ref.names), ref.width), dtype=np.int64)
-            w.reference_id = ref.id
+        if self._fc is None:
+            self._fc = np.zeros((len(ref.names), ref.width), dtype=np.int64)
         good = f if finite.all() else f[finite]
-        w.feature_counts += ref.bin_matrix(good)
-        w.feature_rows += len(good)
-        w.feature_nonfinite += int((~finite).sum())
+        self._fc += ref.bin_matrix(good)
+        self._frows += len(good)
+        self._fnonfinite += int((~finite).sum())
         # features aligned with score rows only when every request carried its input
         if all(x is not None for x in inputs):
             return f
@@ -447,12 +463,16 @@ class Aggregator:
 
     # --- windows ------------------------------------------------------------------------------------
 
-    def _close_locked(self) -> Window | None:
+    def _close_locked(self, *, final: bool = False) -> Window | None:
         self._flush_locked()
         w = self._w
-        w.end = w.start + max(0.0, self._mono() - self._t0)
+        now = self._mono()
+        w.end = w.start + max(0.0, now - self._t0)
         self._open()
-        if w.requests == 0 and not self.config.emit_empty:
+        if final or now - self._ft0 >= self.config.feature_window_s - 1e-6:
+            self._attach_features(w)
+            self._reset_features()
+        if w.requests == 0 and not self.config.emit_empty and w.feature_counts is None:
             return None
         if self.probe is not None:
             try:
@@ -465,7 +485,9 @@ class Aggregator:
         return w
 
     def _emit(self, w: Window) -> None:
-        if self.reference is not None and self.config.drift_on_close:
+        # Drift is tested when the window carries feature histograms (or the reference has no features).
+        testable = w.feature_counts is not None or not self._features_ok
+        if self.reference is not None and self.config.drift_on_close and testable:
             from edgefleet.telemetry._drift import drift
 
             try:
@@ -496,7 +518,7 @@ class Aggregator:
     def flush_window(self) -> Window | None:
         """Close the current window now (e.g. at shutdown) and emit it; return it."""
         with self._lock:
-            closed = self._close_locked()
+            closed = self._close_locked(final=True)
         if closed is not None:
             self._emit(closed)
         return closed
@@ -507,10 +529,17 @@ class Aggregator:
             self._flush_locked()
             w = self._w.copy()
             w.end = w.start + max(0.0, self._mono() - self._t0)
+            if self._fc is not None:
+                self._attach_features(w)
+                w.feature_counts = self._fc.copy()
             return w
 
     def health(self):
-        """``protocol.ModelHealth`` over the windows closed since the last call plus the open window."""
+        """``protocol.ModelHealth`` over the windows closed since the last call plus the open window.
+
+        The open window is included every time, so two calls within one window overlap: the figures are
+        "the recent past" (rates and quantiles), not disjoint counts.
+        """
         snap = self.snapshot()
         with self._lock:
             done, self._since_health = self._since_health, []

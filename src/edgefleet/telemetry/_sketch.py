@@ -27,6 +27,10 @@ def _num(x: float) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
+def _sig(x: float) -> float:
+    return float(f"{float(x):.7g}")
+
+
 def _store_to(store: Any) -> dict[str, Any] | None:
     if store.count == 0:
         return None
@@ -42,7 +46,8 @@ def sketch_to_dict(s: LogCollapsingLowestDenseDDSketch) -> dict[str, Any]:
         "n": _num(s.count),
     }
     if s.count:
-        d.update(s=float(s.sum), lo=float(s._min), hi=float(s._max))
+        # 7 significant digits: the bins carry the distribution; these only feed mean/min/max
+        d.update(s=_sig(s.sum), lo=_sig(s._min), hi=_sig(s._max))
     pos = _store_to(s._store)
     neg = _store_to(s._negative_store)
     if pos:

@@ -128,6 +128,7 @@ class Window:
     feature_rows: int = 0
     feature_nonfinite: int = 0
     feature_counts: np.ndarray | None = None  # (features, width) counts: under, bins..., over
+    feature_start: float | None = None  # features may cover a longer span than the window (feature_window_s)
     events: dict[str, int] = field(default_factory=dict)
     tiers: dict[str, int] = field(default_factory=dict)
     resources: dict[str, list[float]] = field(default_factory=dict)  # name -> [n, sum, min, max, last]
@@ -248,11 +249,12 @@ class Window:
                 self.feature_counts = other.feature_counts.copy()
                 self.feature_rows = other.feature_rows
                 self.feature_nonfinite = other.feature_nonfinite
+                self.feature_start = other.feature_start
             return
         if self.reference_id != other.reference_id or self.feature_counts.shape[0] != other.feature_counts.shape[0]:
             if on_mismatch == "drop":
                 self.reference_id = "mixed"
-                self.feature_counts = None
+                self.feature_counts = self.feature_start = None
                 self.feature_rows = self.feature_nonfinite = 0
                 return
             raise TelemetryError(
@@ -267,6 +269,9 @@ class Window:
         self.feature_counts = out
         self.feature_rows += other.feature_rows
         self.feature_nonfinite += other.feature_nonfinite
+        if other.feature_start is not None:
+            fs = self.feature_start
+            self.feature_start = other.feature_start if fs is None else min(fs, other.feature_start)
 
     # --- (de)serialization --------------------------------------------------------------------------
 
@@ -295,6 +300,7 @@ class Window:
                 rows.append([int(c) for c in r[: (nz[-1] + 1 if len(nz) else 0)]])
             d["features"] = {
                 "ref": self.reference_id,
+                "start": round(self.start if self.feature_start is None else self.feature_start, 3),
                 "n": self.feature_rows,
                 "nonfinite": self.feature_nonfinite,
                 "counts": rows,
@@ -449,14 +455,15 @@ class Window:
 
     @staticmethod
     def _features_from(w: Window, f: Any, cfg: WindowConfig) -> None:
-        if not isinstance(f, dict) or set(f) != {"ref", "n", "nonfinite", "counts"}:
-            raise _bad("features must be {ref, n, nonfinite, counts}")
+        if not isinstance(f, dict) or set(f) != {"ref", "start", "n", "nonfinite", "counts"}:
+            raise _bad("features must be {ref, start, n, nonfinite, counts}")
         if not isinstance(f["ref"], str) or not _REF_RE.match(f["ref"]):
             raise _bad("features.ref must be 16 hex digits")
+        fstart = _float(f["start"], "features.start")
+        if fstart > w.end or w.end - fstart > cfg.max_span_s:
+            raise _bad("features.start must lie before the window's end, within max_span_s")
         n = _int(f["n"], "features.n")
         nonfinite = _int(f["nonfinite"], "features.nonfinite")
-        if n + nonfinite > w.rows:
-            raise _bad(f"features cover {n + nonfinite} rows but the window has {w.rows}")
         counts = f["counts"]
         if not isinstance(counts, list):
             raise _bad("features.counts must be a list")
@@ -476,6 +483,7 @@ class Window:
             j = int(np.flatnonzero(sums != n)[0])
             raise _bad(f"features.counts[{j}] sums to {int(sums[j])}, expected n={n}")
         w.reference_id, w.feature_rows, w.feature_nonfinite, w.feature_counts = f["ref"], n, nonfinite, m
+        w.feature_start = fstart
 
 
 def _round(x: float) -> float | int:

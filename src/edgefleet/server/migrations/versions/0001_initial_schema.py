@@ -28,7 +28,7 @@ def upgrade() -> None:
     sa.Column('device_id', sa.String(length=64), nullable=True),
     sa.Column('from_state', sa.String(length=32), nullable=True),
     sa.Column('to_state', sa.String(length=32), nullable=True),
-    sa.Column('details', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('details', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('audit', schema=None) as batch_op:
@@ -39,7 +39,7 @@ def upgrade() -> None:
     op.create_table('enrollment_tokens',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('token_hash', sa.String(length=64), nullable=False),
-    sa.Column('tags', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('tags', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('expires_at', sa.Float(), nullable=False),
     sa.Column('created_by', sa.String(length=128), nullable=True),
@@ -71,7 +71,7 @@ def upgrade() -> None:
     )
     op.create_table('server_state',
     sa.Column('key', sa.String(length=64), nullable=False),
-    sa.Column('value', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('value', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('updated_at', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('key')
     )
@@ -82,9 +82,9 @@ def upgrade() -> None:
     sa.Column('target_path', sa.String(length=512), nullable=False),
     sa.Column('length', sa.Integer(), nullable=False),
     sa.Column('sha256', sa.String(length=64), nullable=False),
-    sa.Column('device_classes', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
-    sa.Column('runtime', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
-    sa.Column('budgets', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('device_classes', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('runtime', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('budgets', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.ForeignKeyConstraint(['release_id'], ['releases.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('release_id', 'variant', name='uq_variant_release_variant')
@@ -97,12 +97,12 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('release_id', sa.Integer(), nullable=False),
     sa.Column('selector', sa.String(length=1024), nullable=False),
-    sa.Column('waves', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
-    sa.Column('soak_s', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('waves', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('soak_s', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('policy', sa.String(length=16), nullable=False),
     sa.Column('on_fail', sa.String(length=16), nullable=False),
-    sa.Column('gates', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
-    sa.Column('device_gates', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('gates', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('device_gates', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('state', sa.String(length=32), nullable=False),
     sa.Column('wave_index', sa.Integer(), nullable=False),
     sa.Column('wave_started_at', sa.Float(), nullable=False),
@@ -111,8 +111,8 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.Float(), nullable=False),
     sa.Column('finished_at', sa.Float(), nullable=True),
     sa.Column('created_by', sa.String(length=128), nullable=True),
-    sa.Column('baseline', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True),
-    sa.Column('evaluation', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True),
+    sa.Column('baseline', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('evaluation', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['release_id'], ['releases.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -131,8 +131,8 @@ def upgrade() -> None:
     sa.Column('last_seen', sa.Float(), nullable=False),
     sa.Column('device_class', sa.String(length=64), nullable=False),
     sa.Column('arch', sa.String(length=64), nullable=False),
-    sa.Column('hardware', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
-    sa.Column('tags', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('hardware', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('tags', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('active_name', sa.String(length=64), nullable=True),
     sa.Column('active_version', sa.String(length=64), nullable=True),
     sa.Column('active_variant', sa.String(length=64), nullable=True),
@@ -141,8 +141,8 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=64), nullable=True),
     sa.Column('progress', sa.Float(), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('resources', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True),
-    sa.Column('health', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True),
+    sa.Column('resources', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('health', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('h_key', sa.String(length=64), nullable=True),
     sa.Column('h_since', sa.Float(), nullable=True),
     sa.Column('h_requests', sa.Integer(), nullable=False),
@@ -201,7 +201,7 @@ def upgrade() -> None:
     sa.Column('received_at', sa.Float(), nullable=False),
     sa.Column('start', sa.Float(), nullable=True),
     sa.Column('end', sa.Float(), nullable=True),
-    sa.Column('data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('data', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.ForeignKeyConstraint(['device_id'], ['devices.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )

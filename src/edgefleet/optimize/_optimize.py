@@ -1,0 +1,644 @@
+"""``optimize()``: build every sensible variant, measure it on a device profile, choose under a budget,
+and write the chosen model plus the report. Everything is written into a temporary directory next to
+``out_dir`` and renamed into place at the end, so a failure never leaves a half-written output."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.errors import BudgetNotMetError, ConfigError, EdgefleetError, InputError, OptimizeError
+from edgefleet.optimize._bench import benchmark_runner, interleaved
+from edgefleet.optimize._build import Builder
+from edgefleet.optimize._config import OptimizeSettings
+from edgefleet.optimize._convert import Source, load_source, peek_example
+from edgefleet.optimize._data import Dataset, load_data
+from edgefleet.optimize._graph import analyze, target_runtime_issues
+from edgefleet.optimize._preflight import preflight
+from edgefleet.optimize._prepare import prepare
+from edgefleet.optimize._quality import Task, check_labels, infer_task, measure_quality, run_dataset
+from edgefleet.optimize._report import OptimizeReport, PrepStepResult, QualityFigures, VariantResult
+from edgefleet.optimize._runner import OrtRunner, open_runner
+from edgefleet.optimize._select import OBJECTIVES, select
+from edgefleet.optimize._sensitivity import rank_static, rank_weights
+from edgefleet.optimize._spec import Budget, DeviceProfile, Variant, default_variant_names
+
+__all__ = ["optimize", "Progress"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("edgefleet")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _runtime_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("onnxruntime", "onnx", "onnxconverter-common"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _parse_variants(variants: Sequence[str | Variant] | None) -> list[Variant] | None:
+    if variants is None:
+        return None
+    out = []
+    for v in variants:
+        out.append(v if isinstance(v, Variant) else Variant.parse(str(v)))
+    names = [v.name for v in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"variants listed twice: {sorted(dup)}", hint="name each variant once")
+    return out
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {out} exists and is not a directory", hint="choose another -o path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"output directory {out} already holds files",
+            hint="choose an empty or new directory, or pass overwrite=True (CLI: --force)",
+        )
+
+
+def _finalize(tmp: Path, out: Path) -> None:
+    """Move the finished temp dir into place (replacing an old output only once the new one is complete)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time() * 1000)}")
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _profile(profile: DeviceProfile | str | Path | None) -> DeviceProfile:
+    if profile is None:
+        return DeviceProfile.local()
+    if isinstance(profile, DeviceProfile):
+        return profile
+    return DeviceProfile.from_yaml(profile)
+
+
+def optimize(
+    model: Any,
+    *,
+    calib: Any,
+    eval: Any,  # noqa: A002 - the public name the CLI mirrors (--eval)
+    labels: Any = None,
+    max_drop: float = 1.0,
+    objective: str = "balanced",
+    profile: DeviceProfile | str | Path | None = None,
+    variants: Sequence[str | Variant] | None = None,
+    out_dir: str | Path,
+    min_quality: float | None = None,
+    example_inputs: Any = None,
+    input_names: list[str] | None = None,
+    output: str | None = None,
+    preprocess: Any = None,
+    keep_variants: bool = False,
+    overwrite: bool = False,
+    exclusion: bool = True,
+    bundle: dict[str, Any] | None = None,
+    settings: OptimizeSettings | None = None,
+    progress: Progress | None = None,
+) -> OptimizeReport:
+    """Build variants of ``model``, measure them on ``profile`` and pick one under the budget.
+
+    Args:
+        model: an .onnx/.tflite path, an onnx.ModelProto, a torch nn.Module or a scikit-learn estimator.
+        calib: calibration data (see ``load_data``); its first sample doubles as the export example.
+        eval: evaluation data; ``labels`` (or a ``labels`` array in the .npz) switch quality to accuracy.
+        max_drop: largest quality drop against fp32, in points (accuracy/agreement %, or cosine x 100).
+        objective: ``latency``, ``size`` or ``balanced``.
+        profile: a DeviceProfile or YAML path (threads, providers, ISA flags, budgets); None: this machine.
+        variants: variant names (``Variant.parse``); None builds every sensible one.
+        out_dir: where ``model.onnx`` (or ``.tflite``), ``report.json``, ``report.md`` and ``plot.png`` go.
+        min_quality: absolute floor for the quality metric (points).
+        example_inputs, input_names: for torch/sklearn exports (default: the first calibration sample).
+        output: name of the output to score (default: the first class-score output, else the first float).
+        preprocess: preprocessing steps for image-folder data.
+        keep_variants: also write every variant under ``variants/``.
+        overwrite: replace a non-empty ``out_dir`` (only once the new output is complete).
+        exclusion: re-quantize with the most sensitive nodes in float when a variant misses the budget.
+        bundle: make the winner a bundle: ``{"name": ..., "version": ..., ...}`` passed to create_bundle.
+
+    Returns:
+        The report; ``report.chosen`` names the winner.
+
+    Raises:
+        BudgetNotMetError: nothing meets the budget; the report (chosen = none) is still written and is
+            attached as ``error.report``.
+        InputError / ModelLoadError / ConfigError / OptimizeError: bad inputs, with nothing written.
+    """
+    settings = settings or OptimizeSettings()
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective {objective!r} is unknown", hint=f"use one of {', '.join(OBJECTIVES)}")
+    if max_drop < 0:
+        raise ConfigError(f"max_drop must be >= 0, got {max_drop}", hint="give the allowed drop in points, e.g. 1")
+    prof = _profile(profile)
+    wanted = _parse_variants(variants)
+    budget = Budget.from_profile(prof, max_drop=max_drop, min_quality=min_quality)
+    out = Path(out_dir).resolve()
+    _check_out_dir(out, overwrite)
+    if bundle is not None and not isinstance(bundle, dict):
+        raise ConfigError("bundle must be a dict of create_bundle arguments", hint='e.g. {"name": "digits", "version": "1.0.0"}')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    work = tmp / ".work"
+    work.mkdir()
+    try:
+        report = _run(
+            model, calib, eval, labels, budget, objective, prof, wanted, tmp, work, min_quality,
+            example_inputs, input_names, output, preprocess, keep_variants, exclusion, bundle, settings, progress,
+        )
+        shutil.rmtree(work, ignore_errors=True)
+        _finalize(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if report.chosen is None:
+        err = BudgetNotMetError(
+            f"no variant meets the budget: {report.reason}",
+            hint="relax --max-drop / --min-accuracy or the profile's budgets; see report.md for each variant's figures",
+            report=str(out / "report.md"),
+        )
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    return report
+
+
+def _tick(progress: Progress | None, task: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(task, done, total)
+
+
+def _run(
+    model: Any,
+    calib_src: Any,
+    eval_src: Any,
+    labels: Any,
+    budget: Budget,
+    objective: str,
+    prof: DeviceProfile,
+    wanted: list[Variant] | None,
+    tmp: Path,
+    work: Path,
+    min_quality: float | None,
+    example_inputs: Any,
+    input_names: list[str] | None,
+    output: str | None,
+    preprocess: Any,
+    keep_variants: bool,
+    exclusion: bool,
+    bundle: dict[str, Any] | None,
+    settings: OptimizeSettings,
+    progress: Progress | None,
+) -> OptimizeReport:
+    import onnx
+
+    _tick(progress, "load model", 0, 1)
+    source = load_source(
+        model,
+        work,
+        example_inputs=example_inputs if example_inputs is not None else peek_example(calib_src),
+        input_names=input_names,
+        settings=settings,
+    )
+    probe = open_runner(source.path, threads=prof.cores, providers=prof.execution_providers)
+    inputs, outputs = probe.inputs, probe.outputs
+    probe.close()
+    calib = load_data(
+        calib_src, inputs, what="calibration", limit=settings.max_calib_samples, preprocess=preprocess, settings=settings
+    )
+    evald = load_data(
+        eval_src, inputs, what="evaluation", labels=labels, limit=settings.max_eval_samples,
+        preprocess=preprocess, settings=settings,
+    )
+    _tick(progress, "load model", 1, 1)
+    report = OptimizeReport(
+        edgefleet_version=_version(),
+        source=source.origin,
+        source_format=source.format,
+        source_notes=source.notes,
+        inputs=[{"name": i.name, "dtype": i.dtype.name, "shape": list(i.shape or [])} for i in inputs],
+        outputs=[{"name": o.name, "dtype": o.dtype.name, "shape": list(o.shape or [])} for o in outputs],
+        objective=objective,
+        budget=budget,
+        profile=prof,
+        calib_samples=len(calib),
+        eval_samples=len(evald),
+        data_notes=calib.notes + evald.notes,
+        runtime=_runtime_versions(),
+    )
+    if source.format == "tflite":
+        return _run_tflite(source, evald, report, budget, objective, prof, tmp, output, settings, progress)
+
+    proto = onnx.load(str(source.path))
+    src_opset = analyze(proto).opset
+
+    _tick(progress, "prepare", 0, 1)
+    prepared = prepare(source.path, work, calib.samples[: settings.parity_samples], settings)
+    report.preparation = [PrepStepResult(**s.__dict__) for s in prepared.steps]
+    _tick(progress, "prepare", 1, 1)
+    # What the quantizers see decides what applies (quant_pre_process may fuse MatMul+Add into Gemm).
+    facts = analyze(onnx.load(str(prepared.quant_input)))
+    if wanted is None:
+        wanted = [Variant.parse(n) for n in default_variant_names(
+            matmul_heavy=facts.matmul_share >= settings.matmul_heavy_share,
+            prune_pct=int(round(settings.prune_sparsity * 100)),
+        )]
+    if not any(v.kind == "fp32" for v in wanted):
+        wanted = [Variant.parse("fp32"), *wanted]  # the baseline every figure is compared with
+    wanted = [v for v in wanted if v.kind != "tflite"]
+    report.warnings = [
+        w.model_dump() for w in preflight(proto, dataclasses.replace(facts, opset=src_opset), prof, wanted, settings)
+    ]
+
+    builder = Builder(prepared, calib, work, facts, prof, settings)
+    results: list[VariantResult] = []
+    built_paths: dict[str, Path] = {}
+    ref: dict[str, list[np.ndarray]] | None = None
+    task: Task | None = None
+    base_quality = None
+
+    def evaluate(path: Path) -> dict[str, list[np.ndarray]]:
+        r = OrtRunner(path, threads=prof.cores, providers=prof.execution_providers)
+        try:
+            return run_dataset(r, evald, settings.eval_batch)
+        finally:
+            r.close()
+
+    n = len(wanted)
+    for i, v in enumerate(wanted):
+        _tick(progress, "build and evaluate", i, n)
+        res = VariantResult(name=v.name, variant=v)
+        results.append(res)
+        t0 = time.perf_counter()
+        try:
+            if v.kind == "int4" and facts.matmul_share < settings.matmul_heavy_share:
+                res.notes.append(
+                    f"only {facts.matmul_share:.0%} of the weights are in MatMul nodes; int4 weight-only helps "
+                    "MatMul-heavy models"
+                )
+            built = builder.build(v)
+        except EdgefleetError as e:
+            res.status, res.error = "failed", e.message
+            if v.kind == "fp32":
+                raise
+            continue
+        except Exception as e:  # noqa: BLE001 - one variant failing must not stop the others
+            log.info("variant %s failed", v.name, exc_info=True)
+            res.status, res.error = "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            if v.kind == "fp32":
+                raise OptimizeError(f"the fp32 baseline cannot be built: {res.error}", hint="check the model") from e
+            continue
+        res.build_s = time.perf_counter() - t0
+        res.notes += built.notes
+        res.sparsity = built.details.get("sparsity")
+        res.size_bytes = built.path.stat().st_size
+        built_paths[v.name] = built.path
+        try:
+            outs = evaluate(built.path)
+        except EdgefleetError as e:
+            res.status, res.error = "failed", e.message
+            continue
+        except Exception as e:  # noqa: BLE001
+            res.status, res.error = "failed", f"fails on the evaluation data: {str(e).strip()[:200]}"
+            continue
+        if v.kind == "fp32":
+            ref = outs
+            task = infer_task(outputs, ref, evald.labels is not None, output)
+            check_labels(task, evald.labels, ref)
+            report.task, report.score_output, report.metric = task.kind, task.output, task.metric
+        assert ref is not None and task is not None
+        q = measure_quality(task, ref, outs, evald.labels)
+        res.quality = QualityFigures(**q.__dict__)
+        if v.kind == "fp32":
+            base_quality = q.score
+        res.drop = (base_quality or 0.0) - q.score
+        if prof.onnxruntime:
+            res.target_issues = target_runtime_issues(onnx.load(str(built.path), load_external_data=False), prof.onnxruntime)
+
+        # Sensitive-node exclusion: keep the worst nodes in float until the budget is met.
+        if (
+            exclusion
+            and res.drop > budget.max_drop
+            and v.kind in ("static-int8", "dynamic-int8", "int4")
+            and settings.max_exclusion_rounds > 0
+        ):
+            extra = _exclusion(v, res, builder, prepared.quant_input, built.path, calib, evaluate, task, ref, evald,
+                               base_quality or 0.0, budget, settings, work)
+            if extra is not None:
+                ex_res, ex_path = extra
+                results.append(ex_res)
+                built_paths[ex_res.name] = ex_path
+    _tick(progress, "build and evaluate", n, n)
+
+    # Benchmark every variant that works, on the same real sample.
+    feed = evald.samples[0]
+    ok = [r for r in results if r.status == "ok"]
+    for j, r in enumerate(ok):
+        def prog(_name: str, done: int, total: int, _j: int = j) -> None:
+            _tick(progress, "benchmark", _j * 1000 + int(1000 * done / max(total, 1)), len(ok) * 1000)
+
+        try:
+            r.bench = benchmark_runner(built_paths[r.name], feed, prof, settings, progress=prog)
+        except Exception as e:  # noqa: BLE001
+            r.status, r.error = "failed", f"benchmark failed: {str(e).strip()[:200]}"
+    _tick(progress, "benchmark", len(ok) * 1000, len(ok) * 1000)
+
+    # Choose, re-checking speed claims against the baseline with interleaved runs.
+    base_path = built_paths.get("fp32")
+    checks = 0
+
+    def confirm(cand: VariantResult):
+        nonlocal checks
+        if base_path is None:
+            return None
+        checks += 1
+        _tick(progress, "interleaved check", checks, checks + 1)
+        b = OrtRunner(base_path, threads=prof.cores, providers=prof.execution_providers)
+        c = OrtRunner(built_paths[cand.name], threads=prof.cores, providers=prof.execution_providers)
+        try:
+            return interleaved(b, c, feed, feed, settings)
+        finally:
+            b.close()
+            c.close()
+
+    chosen, why = select(results, budget, objective, baseline="fp32", confirm=confirm, noise_floor=settings.noise_floor)
+    report.variants = results
+    report.reason = why
+    _write_outputs(report, chosen, built_paths, tmp, keep_variants, ".onnx")
+    if chosen is not None and bundle is not None:
+        report.bundle = _make_bundle(report, chosen, tmp / "model.onnx", tmp, evald, bundle, source)
+    _write_reports(report, tmp)
+    return report
+
+
+def _exclusion(
+    v: Variant,
+    res: VariantResult,
+    builder: Builder,
+    float_model: Path,
+    qmodel: Path,
+    calib: Dataset,
+    evaluate: Callable[[Path], dict[str, list[np.ndarray]]],
+    task: Task,
+    ref: dict[str, list[np.ndarray]],
+    evald: Dataset,
+    base_quality: float,
+    budget: Budget,
+    settings: OptimizeSettings,
+    work: Path,
+) -> tuple[VariantResult, Path] | None:
+    """Re-quantize keeping 1, 2, 4, ... of the worst-ranked nodes in float until the budget is met."""
+    try:
+        if v.kind == "static-int8" and v.quant_format == "qdq":
+            ranking = rank_static(float_model, qmodel, calib.samples[: settings.debug_samples], work)
+            method = "qdq_loss_debug activation SQNR"
+        else:
+            bits = 4 if v.kind == "int4" else 8
+            ranking = rank_weights(float_model, bits=bits, block=(v.block_size or settings.int4_block_size) if bits == 4 else None)
+            method = f"{bits}-bit weight SQNR"
+    except Exception as e:  # noqa: BLE001 - ranking is best effort; the variant just stays rejected
+        res.notes.append(f"sensitive-node ranking failed: {str(e)[:160]}")
+        return None
+    names = [n for n, _ in ranking]
+    if not names:
+        res.notes.append("no quantized node to keep in float")
+        return None
+    tried = []
+    k = 1
+    best: tuple[VariantResult, Path] | None = None
+    for rnd in range(settings.max_exclusion_rounds):
+        exclude = names[:k]
+        tag = f"-x{k}"
+        try:
+            built = builder.build(v, exclude=exclude, tag=tag)
+            outs = evaluate(built.path)
+        except Exception as e:  # noqa: BLE001
+            tried.append(f"round {rnd + 1} ({k} nodes): failed {str(e)[:80]}")
+            break
+        q = measure_quality(task, ref, outs, evald.labels)
+        drop = base_quality - q.score
+        tried.append(f"{k} nodes in float -> drop {drop:.2f}")
+        r = VariantResult(
+            name=f"{v.name}{tag}",
+            variant=v,
+            size_bytes=built.path.stat().st_size,
+            quality=QualityFigures(**q.__dict__),
+            drop=drop,
+            excluded_nodes=list(exclude),
+            notes=[*built.notes, f"sensitive nodes ranked by {method}"],
+        )
+        best = (r, built.path)
+        if drop <= budget.max_drop or k >= len(names):
+            break
+        k = min(len(names), k * 2)
+    res.notes.append("sensitive-node exclusion: " + "; ".join(tried))
+    if best is not None:
+        best[0].notes.append("exclusion rounds: " + "; ".join(tried))
+        if best[0].drop is not None and best[0].drop > budget.max_drop:
+            best[0].notes.append(
+                "still over budget" + (" with every ranked node in float" if len(best[0].excluded_nodes) >= len(names) else
+                                       f" after {settings.max_exclusion_rounds} rounds")
+            )
+    return best
+
+
+def _write_outputs(
+    report: OptimizeReport,
+    chosen: VariantResult | None,
+    built_paths: dict[str, Path],
+    tmp: Path,
+    keep_variants: bool,
+    suffix: str,
+) -> None:
+    if keep_variants:
+        vdir = tmp / "variants"
+        vdir.mkdir()
+        for r in report.variants:
+            p = built_paths.get(r.name)
+            if p is not None and r.status == "ok":
+                shutil.copyfile(p, vdir / f"{r.name}{suffix}")
+                r.file = f"variants/{r.name}{suffix}"
+    if chosen is not None:
+        dst = tmp / f"model{suffix}"
+        shutil.copyfile(built_paths[chosen.name], dst)
+        report.chosen = chosen.name
+        report.chosen_file = dst.name
+
+
+def _write_reports(report: OptimizeReport, tmp: Path) -> None:
+    (tmp / "report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
+    (tmp / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+    try:
+        report.plot(tmp / "plot.png")
+    except Exception as e:  # noqa: BLE001 - a plot problem must not lose the run
+        log.warning("plot failed: %s", e)
+
+
+def _run_tflite(
+    source: Source,
+    evald: Dataset,
+    report: OptimizeReport,
+    budget: Budget,
+    objective: str,
+    prof: DeviceProfile,
+    tmp: Path,
+    output: str | None,
+    settings: OptimizeSettings,
+    progress: Progress | None,
+) -> OptimizeReport:
+    """A .tflite model is measured and judged as it is (no conversion): one variant, ``tflite``."""
+    from edgefleet.optimize._runner import TfliteRunner
+
+    v = Variant.parse("tflite")
+    res = VariantResult(name="fp32", variant=v, size_bytes=source.path.stat().st_size)
+    res.notes.append("LiteRT model benchmarked as given; ONNX variants need an ONNX model")
+    r = TfliteRunner(source.path, threads=prof.cores)
+    try:
+        outs = run_dataset(r, evald, settings.eval_batch)
+    finally:
+        r.close()
+    task = infer_task(report_outputs(report), outs, evald.labels is not None, output)
+    check_labels(task, evald.labels, outs)
+    report.task, report.score_output, report.metric = task.kind, task.output, task.metric
+    q = measure_quality(task, outs, outs, evald.labels)
+    res.quality = QualityFigures(**q.__dict__)
+    res.drop = 0.0
+    res.bench = benchmark_runner(
+        source.path, evald.samples[0], prof, settings,
+        progress=lambda n, d, t: _tick(progress, "benchmark", d, t),
+    )
+    chosen, why = select([res], budget, objective, baseline="fp32")
+    report.variants = [res]
+    report.reason = why
+    _write_outputs(report, chosen, {"fp32": source.path}, tmp, False, ".tflite")
+    _write_reports(report, tmp)
+    return report
+
+
+def report_outputs(report: OptimizeReport):
+    from edgefleet.optimize._runner import TensorInfo
+
+    return [TensorInfo(o["name"], np.dtype(o["dtype"]), tuple(o["shape"]) or None) for o in report.outputs]
+
+
+def _make_bundle(
+    report: OptimizeReport,
+    chosen: VariantResult,
+    model_path: Path,
+    tmp: Path,
+    evald: Dataset,
+    opts: dict[str, Any],
+    source: Source,
+) -> str:
+    """Package the winner with its measured figures in the manifest metrics."""
+    try:
+        from edgefleet.bundle import create_bundle
+    except ImportError as e:
+        raise OptimizeError(
+            "bundling needs edgefleet.bundle.create_bundle, which this installation lacks",
+            hint="run without --bundle, then `edgefleet bundle create` on report's model.onnx",
+        ) from e
+    from edgefleet.protocol import LatencyStats, Lineage, Metrics
+
+    q = chosen.quality
+    lat = chosen.bench.latency if chosen.bench else None
+    metrics = Metrics(
+        accuracy=(q.accuracy if q and q.accuracy is not None else None),
+        agreement=(q.agreement if q and q.agreement is not None else None),
+        latency={
+            report.profile.name: LatencyStats(
+                mean_ms=lat.mean_ms, p50_ms=lat.p50_ms, p90_ms=lat.p90_ms, p95_ms=lat.p95_ms, p99_ms=lat.p99_ms
+            )
+        }
+        if lat
+        else {},
+        size_bytes=chosen.size_bytes,
+        extra={
+            k: float(v)
+            for k, v in {
+                "quality_drop": chosen.drop,
+                "speedup_p50": chosen.speedup_p50,
+                "size_ratio": chosen.size_ratio,
+                "peak_rss_mb": chosen.bench.peak_rss_mb if chosen.bench else None,
+                "cosine": q.cosine if q else None,
+            }.items()
+            if v is not None
+        },
+    )
+    lineage = Lineage(
+        optimization={
+            "variant": chosen.name,
+            "objective": report.objective,
+            "max_drop": report.budget.max_drop,
+            "profile": report.profile.name,
+            "excluded_nodes": chosen.excluded_nodes,
+        }
+    )
+    kwargs = dict(opts)
+    name = kwargs.pop("name", None) or "model"
+    version = kwargs.pop("version", None) or "0.1.0"
+    variant = kwargs.pop("variant", None) or f"{report.profile.name}-{chosen.name}".lower()[:64]
+    inputs_raw = kwargs.pop("inputs_raw", None)
+    if inputs_raw is None:
+        names = [i["name"] for i in report.inputs]
+        inputs_raw = {n: np.concatenate([s[n] for s in evald.samples[:8]], axis=0) for n in names} if all(
+            s[n].ndim >= 1 for s in evald.samples[:8] for n in names
+        ) and len(names) == 1 else None
+        if inputs_raw is not None and len(names) == 1:
+            inputs_raw = inputs_raw[names[0]]
+    if inputs_raw is None:
+        raise InputError(
+            "bundling needs raw golden inputs for this model",
+            hint="pass bundle={'inputs_raw': ...} with a few raw samples",
+        )
+    out = tmp / "bundle"
+    out.mkdir()
+    try:
+        path = create_bundle(
+            model_path,
+            out,
+            name=name,
+            version=version,
+            variant=variant,
+            inputs_raw=inputs_raw,
+            metrics=metrics,
+            lineage=lineage,
+            **kwargs,
+        )
+    except EdgefleetError:
+        raise
+    except TypeError as e:
+        raise OptimizeError(f"create_bundle rejected the arguments: {e}", hint="check the bundle options") from e
+    return str(Path(path).relative_to(tmp)) if Path(path).is_relative_to(tmp) else str(path)

@@ -1,0 +1,410 @@
+"""Simulated devices speaking the real HTTP protocol to a real control plane.
+
+A simulated device enrolls with a real enrollment token, sends real ``Heartbeat`` JSON, follows the
+director's assignments and rollback commands, and reports health drawn from the behaviour its
+scenario gives the release it runs. It downloads nothing and runs no model: that is the agent's job
+(``edgefleet.agent``); the simulator exists to put a thousand devices in front of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from edgefleet.errors import ServerError
+
+__all__ = ["ReleaseBehavior", "Scenario", "SimDevice", "Fleet"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReleaseBehavior:
+    """How a release behaves on a simulated device (what its heartbeats report)."""
+
+    error_rate: float = 0.01
+    latency_p95_ms: float = 5.0
+    mean_confidence: float = 0.95
+    golden_pass: bool = True
+    shadow_agreement: float | None = None
+    drift_score: float | None = 0.05
+    requests_per_beat: int = 50
+    install_fails: bool = False
+
+
+@dataclass
+class Scenario:
+    """A fleet's make-up and the behaviour of each release version.
+
+    Args:
+        behaviors: version -> behaviour; versions not listed behave like ``default``.
+        install_delay_s: simulated download + health check time before an assignment is active.
+        poll_interval_s: override the server's advice (scaled-down time for tests and benchmarks).
+        jitter: +/- fraction of jitter on each wait.
+        device_classes: class -> share of the fleet.
+        tags: tags every device reports.
+        ram_mb, onnxruntime_version, isa_flags: hardware profile reported at enrollment.
+    """
+
+    behaviors: dict[str, ReleaseBehavior] = field(default_factory=dict)
+    default: ReleaseBehavior = field(default_factory=ReleaseBehavior)
+    install_delay_s: float = 0.2
+    poll_interval_s: float | None = None
+    jitter: float = 0.2
+    device_classes: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0})
+    tags: dict[str, str] = field(default_factory=dict)
+    ram_mb: int = 1024
+    onnxruntime_version: str = "1.20.0"
+    isa_flags: list[str] = field(default_factory=lambda: ["sse4_2", "avx2"])
+
+    def behavior(self, version: str | None) -> ReleaseBehavior:
+        return self.behaviors.get(version or "", self.default)
+
+
+@dataclass
+class SimDevice:
+    """One simulated device's credentials and state."""
+
+    index: int
+    device_class: str
+    device_id: str = ""
+    token: str = ""
+    active: dict[str, Any] | None = None
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    failed: set[str] = field(default_factory=set)
+    installing: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    poll_interval: float = 60.0
+    nudge: asyncio.Event | None = None
+    beats: int = 0
+    errors: int = 0
+
+    @property
+    def version(self) -> str | None:
+        return self.active["version"] if self.active else None
+
+
+class Fleet:
+    """A fleet of simulated devices against one control plane.
+
+    Args:
+        server_url: the control plane, e.g. ``http://127.0.0.1:8700``.
+        scenario: fleet make-up and release behaviours.
+        size: number of devices.
+        admin_token: an admin operator token (to create enrollment tokens).
+        mqtt_url: subscribe to nudges (``edgefleet/devices/+/nudge``) and poll at once on one.
+        seed: randomness of health figures and jitter.
+        max_connections: HTTP connections shared by all devices.
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        scenario: Scenario,
+        *,
+        size: int,
+        admin_token: str,
+        mqtt_url: str | None = None,
+        seed: int = 0,
+        max_connections: int = 64,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.url = server_url.rstrip("/")
+        self.scenario = scenario
+        self.admin_token = admin_token
+        self.mqtt_url = mqtt_url
+        self.rng = random.Random(seed)
+        self.timeout_s = timeout_s
+        self.max_connections = max_connections
+        classes = list(scenario.device_classes.items())
+        self.devices: list[SimDevice] = []
+        for i in range(size):
+            cls = self._pick_class(classes, i, size)
+            self.devices.append(SimDevice(index=i, device_class=cls))
+        self.by_id: dict[str, SimDevice] = {}
+        self.ever_ran: dict[str, set[str]] = {}
+        self.switches: list[tuple[float, str, str | None, str]] = []  # (t, device, from, to)
+        self.nudges = 0
+        self.heartbeats = 0
+        self.http_errors = 0
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @staticmethod
+    def _pick_class(classes: list[tuple[str, float]], i: int, n: int) -> str:
+        total = sum(w for _, w in classes)
+        pos = (i + 0.5) / n * total
+        acc = 0.0
+        for name, w in classes:
+            acc += w
+            if pos <= acc:
+                return name
+        return classes[-1][0]
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+        return httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, limits=limits)
+
+    async def enroll(self, *, tags_for: Callable[[SimDevice], dict[str, str]] | None = None) -> None:
+        """Create one enrollment token per device and enroll every device."""
+        admin = {"Authorization": f"Bearer {self.admin_token}"}
+        sem = asyncio.Semaphore(self.max_connections)
+        async with self._client() as c:
+
+            async def one(d: SimDevice) -> None:
+                async with sem:
+                    tags = {**self.scenario.tags, **(tags_for(d) if tags_for else {})}
+                    r = await c.post("/v1/enrollment-tokens", json={"tags": tags}, headers=admin)
+                    _check(r, "create enrollment token")
+                    hw = {
+                        "arch": "x86_64",
+                        "cores": 4,
+                        "ram_mb": self.scenario.ram_mb,
+                        "disk_free_mb": 10_000,
+                        "isa_flags": self.scenario.isa_flags,
+                        "onnxruntime_version": self.scenario.onnxruntime_version,
+                        "device_class": d.device_class,
+                        "tags": tags,
+                    }
+                    r = await c.post(
+                        "/v1/enroll", json={"token": r.json()["token"], "name": f"sim-{d.index}", "hardware": hw}
+                    )
+                    _check(r, "enroll")
+                    body = r.json()
+                    d.device_id, d.token = body["device_id"], body["device_token"]
+                    d.poll_interval = body["poll_interval_s"]
+
+            await asyncio.gather(*(one(d) for d in self.devices))
+        self.by_id = {d.device_id: d for d in self.devices}
+
+    def preinstall(self, active: dict[str, Any] | Callable[[SimDevice], dict[str, Any] | None]) -> None:
+        """Start devices on a release (an ``ActiveModel`` dict, or a function of the device)."""
+        for d in self.devices:
+            a = active(d) if callable(active) else active
+            d.active = dict(a) if a else None
+            if d.active:
+                self.ever_ran.setdefault(d.active["version"], set()).add(d.device_id)
+
+    # --- running -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def run(self, *, until: Callable[[Fleet], bool] | None = None, timeout: float = 60.0,
+                  check_every: float = 0.1) -> bool:
+        """Run every device's loop until ``until(fleet)`` is true or ``timeout`` passes.
+
+        Returns:
+            True when ``until`` was met (or none was given and the time ran out normally).
+        """
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for d in self.devices:
+            d.nudge = asyncio.Event()
+        mqtt = self._start_mqtt() if self.mqtt_url else None
+        met = until is None
+        try:
+            async with self._client() as c:
+                tasks = [asyncio.create_task(self._device_loop(c, d)) for d in self.devices]
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and not self._stop.is_set():
+                    if until is not None and until(self):
+                        met = True
+                        break
+                    await asyncio.sleep(check_every)
+                self._stop.set()
+                for d in self.devices:
+                    d.nudge.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            if mqtt is not None:
+                mqtt.loop_stop()
+                mqtt.disconnect()
+        return met
+
+    async def _device_loop(self, c: httpx.AsyncClient, d: SimDevice) -> None:
+        rng = random.Random(self.rng.random())
+        await asyncio.sleep(rng.uniform(0, min(d.poll_interval, self.scenario.poll_interval_s or d.poll_interval)))
+        while not self._stop.is_set():
+            await self._beat(c, d, rng)
+            base = self.scenario.poll_interval_s or d.poll_interval
+            wait = base * (1 + rng.uniform(-self.scenario.jitter, self.scenario.jitter))
+            try:
+                await asyncio.wait_for(d.nudge.wait(), timeout=max(0.01, wait))
+            except TimeoutError:
+                pass
+            d.nudge.clear()
+
+    def heartbeat_body(self, d: SimDevice, rng: random.Random) -> dict[str, Any]:
+        b = self.scenario.behavior(d.version)
+        health: dict[str, Any] = {}
+        if d.active is not None:
+            n = b.requests_per_beat
+            errors = sum(1 for _ in range(n) if rng.random() < b.error_rate) if n <= 200 else round(n * b.error_rate)
+            health = {
+                "requests": n,
+                "errors": errors,
+                "latency_p50_ms": round(b.latency_p95_ms * 0.6, 3),
+                "latency_p95_ms": round(b.latency_p95_ms * rng.uniform(0.9, 1.1), 3),
+                "mean_confidence": round(min(1.0, b.mean_confidence * rng.uniform(0.98, 1.02)), 4),
+                "golden_pass": b.golden_pass,
+            }
+            if b.shadow_agreement is not None:
+                health["shadow_agreement"] = b.shadow_agreement
+            if b.drift_score is not None:
+                health["drift_score"] = round(b.drift_score * rng.uniform(0.8, 1.2), 4)
+        events, d.events = d.events[-100:], []
+        return {
+            "device_id": d.device_id,
+            "active": d.active,
+            "state": "downloading" if d.installing else ("idle" if d.active else "empty"),
+            "health": health,
+            "resources": {"cpu_percent": round(rng.uniform(5, 40), 1), "rss_mb": 80.0},
+            "events": events,
+        }
+
+    async def _beat(self, c: httpx.AsyncClient, d: SimDevice, rng: random.Random) -> None:
+        body = self.heartbeat_body(d, rng)
+        try:
+            r = await c.post(
+                f"/v1/devices/{d.device_id}/heartbeat",
+                content=json.dumps(body),
+                headers={"Authorization": f"Bearer {d.token}", "Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as e:
+            d.errors += 1
+            self.http_errors += 1
+            d.events = body["events"] + d.events  # not delivered: send again next time
+            log.debug("heartbeat of %s failed: %s", d.device_id, e)
+            return
+        if r.status_code != 200:
+            d.errors += 1
+            self.http_errors += 1
+            d.events = body["events"] + d.events
+            return
+        d.beats += 1
+        self.heartbeats += 1
+        resp = r.json()
+        d.poll_interval = resp.get("poll_interval_s", d.poll_interval)
+        for cmd in resp.get("commands", []):
+            self._command(d, cmd)
+        a = resp.get("assignment")
+        if a is not None:
+            self._assigned(d, a)
+
+    def _switch(self, d: SimDevice, new: dict[str, Any] | None) -> None:
+        old = d.version
+        if d.active is not None and new is not None and d.active["sha256"] != new["sha256"]:
+            d.kept = [k for k in d.kept if k["sha256"] != d.active["sha256"]] + [d.active]
+            d.kept = d.kept[-3:]
+        d.active = new
+        if new is not None:
+            self.ever_ran.setdefault(new["version"], set()).add(d.device_id)
+        self.switches.append((time.monotonic(), d.device_id, old, new["version"] if new else None))
+
+    def _command(self, d: SimDevice, cmd: str) -> None:
+        if not (cmd == "rollback" or cmd.startswith("rollback:")):
+            return
+        want = cmd.split(":", 1)[1] if ":" in cmd else None
+        target = None
+        for k in reversed(d.kept):
+            if (want is None and (d.active is None or k["sha256"] != d.active["sha256"])) or k["version"] == want:
+                target = k
+                break
+        if target is None:
+            return
+        if d.active is not None:
+            d.failed.add(d.active["sha256"])
+        d.installing = None
+        self._switch(d, target)
+        d.events.append({"t": time.time(), "event": "rolled_back", "to": target["version"], "auto": False})
+
+    def _assigned(self, d: SimDevice, a: dict[str, Any]) -> None:
+        sha = a["hashes"]["sha256"]
+        if (d.active is not None and d.active["sha256"] == sha) or sha in d.failed or d.installing == sha:
+            return
+        kept = next((k for k in d.kept if k["sha256"] == sha), None)
+        if kept is not None:
+            self._switch(d, kept)
+            return
+        d.installing = sha
+        asyncio.get_running_loop().call_later(self.scenario.install_delay_s, self._installed, d, a)
+
+    def _installed(self, d: SimDevice, a: dict[str, Any]) -> None:
+        sha = a["hashes"]["sha256"]
+        if d.installing != sha:
+            return  # superseded (rollback command, new assignment)
+        d.installing = None
+        if self.scenario.behavior(a["version"]).install_fails:
+            d.failed.add(sha)
+            d.events.append(
+                {"t": time.time(), "event": "refused", "sha256": sha[:12], "reason": "simulated health check failure",
+                 "permanent": True}
+            )
+            return
+        self._switch(
+            d,
+            {"name": a["name"], "version": a["version"], "variant": a["variant"], "target_path": a["target_path"],
+             "sha256": sha},
+        )
+        d.events.append({"t": time.time(), "event": "activated", "version": a["version"], "sha256": sha[:12]})
+        if d.nudge is not None:
+            d.nudge.set()  # report the new version at once, like the agent does after activation
+
+    # --- MQTT ----------------------------------------------------------------------------------
+
+    def _start_mqtt(self) -> Any:
+        import paho.mqtt.client as mqtt
+        from urllib.parse import urlparse
+
+        u = urlparse(self.mqtt_url)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        loop = self._loop
+        ready = threading.Event()
+
+        def on_connect(cl, userdata, flags, rc, props=None):  # noqa: ANN001
+            cl.subscribe("edgefleet/devices/+/nudge", qos=1)
+            ready.set()
+
+        def on_message(cl, userdata, msg):  # noqa: ANN001
+            parts = msg.topic.split("/")
+            d = self.by_id.get(parts[2]) if len(parts) >= 4 else None
+            if d is not None and d.nudge is not None:
+                self.nudges += 1
+                loop.call_soon_threadsafe(d.nudge.set)
+
+        client.on_connect = on_connect
+        client.on_message = on_message
+        try:
+            client.connect(u.hostname or "127.0.0.1", u.port or 1883, keepalive=30)
+        except OSError as e:
+            log.warning("simulated fleet cannot reach the MQTT broker (%s); polling only", e)
+            return None
+        client.loop_start()
+        ready.wait(5)
+        return client
+
+    # --- figures -------------------------------------------------------------------------------
+
+    def count_on(self, version: str | None) -> int:
+        return sum(1 for d in self.devices if d.version == version)
+
+    def ran(self, version: str) -> set[str]:
+        return set(self.ever_ran.get(version, set()))
+
+
+def _check(r: httpx.Response, what: str) -> None:
+    if r.status_code >= 400:
+        raise ServerError(f"{what} failed with HTTP {r.status_code}: {r.text[:300]}", hint="check the server log")
