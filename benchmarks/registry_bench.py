@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -82,9 +83,9 @@ def _save(layers: list[tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
     return path
 
 
-def _bundle(model: Path, out: Path, version: str, x: np.ndarray) -> Path:
+def _bundle(model: Path, out: Path, name: str, version: str, x: np.ndarray) -> Path:
     return create_bundle(
-        model, out, name="bench", version=version, variant="cpu", inputs_raw=x,
+        model, out, name=name, version=version, variant="cpu", inputs_raw=x,
         preprocess=[{"op": "to_float"}], created=CREATED, atol=1e-3, rtol=1e-2,
     )  # fmt: skip
 
@@ -149,6 +150,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="best of N for client timings")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "registry.json")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("edgefleet.registry").setLevel(logging.INFO)
     console = Console(width=150)
     x = np.random.default_rng(0).standard_normal((16, IN_DIM)).astype(np.float32)
     results: dict[str, object] = {
@@ -174,8 +177,9 @@ def main() -> None:
                 m1 = _save(layers, t / f"m{size}-1.onnx")
                 layers[-1] = _weights(size, seed=2)[-1]  # retrained head
                 m2 = _save(layers, t / f"m{size}-2.onnx")
-                b1 = _bundle(m1, t / f"b{size}-1.tar", f"{size}.0.0", x)
-                b2 = _bundle(m2, t / f"b{size}-2.tar", f"{size}.1.0", x)
+                name = f"bench{size}"  # one release line per size: deltas only between its own versions
+                b1 = _bundle(m1, t / f"b{size}-1.tar", name, "1.0.0", x)
+                b2 = _bundle(m2, t / f"b{size}-2.tar", name, "1.1.0", x)
                 progress.advance(task)
 
                 copy_s, _ = _best(lambda b=b1, s=size: _copy_and_hash(b, t / f"copy{s}.tar"), 1)
@@ -193,7 +197,7 @@ def main() -> None:
                     _client_fetch(server.url, root, r1.target_path, t / "dev") for _ in range(args.repeat)
                 ]
                 best = min(fetched, key=lambda f: f["total_s"])
-                url = f"{server.url}/targets/{repo.show('bench', f'{size}.0.0', 'cpu').url_path}"
+                url = f"{server.url}/targets/{repo.show(name, '1.0.0', 'cpu').url_path}"
                 get_s = min(_plain_get(url, t / "plain.tar") for _ in range(args.repeat))
                 results["client"].append({
                     "model_mb": size, "archive_bytes": r1.length, **best,
@@ -207,7 +211,7 @@ def main() -> None:
     for r in results["publish"]:
         pt.add_row(f"{r['model_mb']} MB MLP", f"{r['archive_bytes']:,}", f"{r['copy_hash_s']:.2f}",
                    f"{r['publish_first_s']:.2f}", f"{r['publish_over_copy']:.2f}x",
-                   f"{r['publish_next_with_delta_s']:.2f}", f"{r['delta_bytes'] or 0:,}")  # fmt: skip
+                   f"{r['publish_next_with_delta_s']:.2f}", f"{r['delta_bytes']:,}" if r["delta_bytes"] else "none")  # fmt: skip
     ct = Table("bundle", "archive bytes", "refresh s", "download+verify s", "total s", "plain GET s", "ratio",
                "MB/s", title=f"fresh python-tuf client from 127.0.0.1 (best of {args.repeat})")  # fmt: skip
     for r in results["client"]:

@@ -36,8 +36,13 @@ def digits_bundle(tmp_path_factory, digits_mlp, digits_split) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "digits-1.0.0.tar"
     names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     return create_bundle(
-        digits_mlp, out, name="digits", version="1.0.0", variant="cpu",
-        inputs_raw=digits_split.x_test[:16], preprocess=[{"op": "scale", "factor": 1 / 16}],
+        digits_mlp,
+        out,
+        name="digits",
+        version="1.0.0",
+        variant="cpu",
+        inputs_raw=digits_split.x_test[:16],
+        preprocess=[{"op": "scale", "factor": 1 / 16}],
         postprocess=Postprocess(labels=names),
     )
 
@@ -48,8 +53,13 @@ def digits_bundle_v2(tmp_path_factory, digits_mlp_v2, digits_split) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "digits-1.1.0.tar"
     return create_bundle(
-        digits_mlp_v2, out, name="digits", version="1.1.0", variant="cpu",
-        inputs_raw=digits_split.x_test[:16], preprocess=[{"op": "scale", "factor": 1 / 16}],
+        digits_mlp_v2,
+        out,
+        name="digits",
+        version="1.1.0",
+        variant="cpu",
+        inputs_raw=digits_split.x_test[:16],
+        preprocess=[{"op": "scale", "factor": 1 / 16}],
     )
 
 
@@ -206,7 +216,9 @@ class CloudApp:
         sock.listen(64)
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1/predict"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", timeout_graceful_shutdown=1))
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, log_level="error", lifespan="off", timeout_graceful_shutdown=1)
+        )
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
         while not self._server.started:

@@ -55,10 +55,17 @@ def test_predict_json(served, digits_split, digits_mlp):
 def test_predict_binary_payloads(served, digits_split):
     _, c = served
     x = digits_split.x_test[:4].astype(np.float32)
-    r = c.post("/v1/predict?dtype=float32&shape=4,64&priority=high", content=x.tobytes(),
-               headers={"content-type": "application/octet-stream"})
+    r = c.post(
+        "/v1/predict?dtype=float32&shape=4,64&priority=high",
+        content=x.tobytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
     assert r.status_code == 200, r.text
-    b64 = {"inputs": {"input": {"b64": base64.b64encode(x.tobytes()).decode(), "dtype": "float32", "shape": [4, 64]}}}
+    b64 = {
+        "inputs": {
+            "input": {"b64": base64.b64encode(x.tobytes()).decode(), "dtype": "float32", "shape": [4, 64]}
+        }
+    }
     r2 = c.post("/v1/predict", json=b64)
     buf = io.BytesIO()
     np.savez(buf, input=x)
@@ -74,13 +81,36 @@ def test_predict_binary_payloads(served, digits_split):
         ({"json": [1, 2, 3]}, 422, "validation"),
         ({"json": {"inputs": {"input": [[1, 2]]}}}, 422, "validation"),
         ({"json": {"inputs": {"input": [[1] * 64]}, "surprise": 1}}, 422, "validation"),
-        ({"content": b'{"inputs": {"input": [[NaN' + b", 0" * 63 + b"]]}}", "headers": {"content-type": "application/json"}}, 422, "validation"),
+        (
+            {
+                "content": b'{"inputs": {"input": [[NaN' + b", 0" * 63 + b"]]}}",
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "validation",
+        ),
         ({"json": {"inputs": {"input": [[1] * 64]}, "deadline_ms": 0}}, 504, "deadline_exceeded"),
         ({"json": {"inputs": {"input": [[1] * 64]}, "priority": "whenever"}}, 422, "validation"),
-        ({"json": {"inputs": {"input": {"b64": "!!!", "dtype": "float32", "shape": [1, 64]}}}}, 422, "validation"),
-        ({"json": {"inputs": {"input": {"b64": "AAAA", "dtype": "float32", "shape": [1, 64]}}}}, 422, "validation"),
+        (
+            {"json": {"inputs": {"input": {"b64": "!!!", "dtype": "float32", "shape": [1, 64]}}}},
+            422,
+            "validation",
+        ),
+        (
+            {"json": {"inputs": {"input": {"b64": "AAAA", "dtype": "float32", "shape": [1, 64]}}}},
+            422,
+            "validation",
+        ),
         ({"content": b"abc", "headers": {"content-type": "text/plain"}}, 400, "invalid_input"),
-        ({"content": b"abc", "params": {"dtype": "float32", "shape": "1,64"}, "headers": {"content-type": "application/octet-stream"}}, 422, "validation"),
+        (
+            {
+                "content": b"abc",
+                "params": {"dtype": "float32", "shape": "1,64"},
+                "headers": {"content-type": "application/octet-stream"},
+            },
+            422,
+            "validation",
+        ),
         ({"content": b"not npz", "headers": {"content-type": "application/x-npz"}}, 400, "invalid_input"),
     ],
 )
@@ -121,8 +151,15 @@ def test_model_health_and_metrics(served, digits_split):
     assert m["status"]["serving"] is True
     assert c.get("/healthz").json() == {"status": "ok", "model": "digits/1.0.0/cpu"}
     text = c.get("/metrics").text
-    for name in ("requests_total", "request_seconds_bucket", "batch_size_bucket", "queue_depth",
-                 "fallbacks", "escalations", "model_info"):
+    for name in (
+        "requests_total",
+        "request_seconds_bucket",
+        "batch_size_bucket",
+        "queue_depth",
+        "fallbacks",
+        "escalations",
+        "model_info",
+    ):
         assert f"edgefleet_runtime_{name}" in text
     assert 'edgefleet_runtime_requests_total{outcome="validation",tier="none"} 1.0' in text
     spec = c.get("/openapi.json").json()
@@ -145,7 +182,10 @@ def test_token_auth(digits_bundle, digits_split):
 
 def test_rate_limit_per_client(digits_bundle, digits_split):
     rt = Runtime.from_bundle(digits_bundle)
-    with ApiServer(rt, ApiConfig(port=0, rate_limit_rps=1, rate_limit_burst=3)) as srv, httpx.Client(base_url=srv.url) as c:
+    with (
+        ApiServer(rt, ApiConfig(port=0, rate_limit_rps=1, rate_limit_burst=3)) as srv,
+        httpx.Client(base_url=srv.url) as c,
+    ):
         codes = [c.post("/v1/predict", json=_ok_json(digits_split)).status_code for _ in range(5)]
         assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
         r = c.post("/v1/predict", json=_ok_json(digits_split))

@@ -78,9 +78,9 @@ def test_urgent_requests_are_served_first(engine, doubles, x_test):
         first = threading.Thread(target=call, args=("first", Priority.NORMAL, 0))
         first.start()
         assert gate.entered.wait(5)  # the worker is now stuck on 'first'; the rest queue up
-        threads = [
-            threading.Thread(target=call, args=(f"low{i}", Priority.LOW, i + 1)) for i in range(3)
-        ] + [threading.Thread(target=call, args=("urgent", Priority.URGENT, 9))]
+        threads = [threading.Thread(target=call, args=(f"low{i}", Priority.LOW, i + 1)) for i in range(3)] + [
+            threading.Thread(target=call, args=("urgent", Priority.URGENT, 9))
+        ]
         for t in threads:
             t.start()
             time.sleep(0.02)

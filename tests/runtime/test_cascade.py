@@ -72,7 +72,10 @@ def test_only_unsure_rows_go_to_the_large_model(small, large, doubles, x_test):
     want_small = small.predict({"input": x[sure]})["probabilities"]
     np.testing.assert_allclose(out["probabilities"][sure], want_small, rtol=1e-6)
     assert any(e.kind == "escalated" and e.rows == unsure.size for e in out.events)
-    assert f'edgefleet_runtime_escalations_total{{outcome="sent"}} {float(unsure.size)}' in metrics.exposition().decode()
+    assert (
+        f'edgefleet_runtime_escalations_total{{outcome="sent"}} {float(unsure.size)}'
+        in metrics.exposition().decode()
+    )
 
 
 def test_per_request_flags(small, large, doubles, x_test):
@@ -115,8 +118,11 @@ def test_cloud_down_answers_locally_and_queues_durably_then_resends(
     box = Outbox(path)
     metrics = RuntimeMetrics()
     c = Cascade(
-        small, Breaker(CloudPredictor(dead_url, small.metadata)),
-        config=EscalationConfig(threshold=1.1), outbox=box, metrics=metrics,
+        small,
+        Breaker(CloudPredictor(dead_url, small.metadata)),
+        config=EscalationConfig(threshold=1.1),
+        outbox=box,
+        metrics=metrics,
     )
     outs = [c.predict({"input": x_test[i : i + 1]}) for i in range(3)]
     assert all(o.tiers == ("small",) for o in outs)
@@ -184,7 +190,12 @@ def test_outbox_failure_does_not_fail_the_request(small, dead_url, x_test):
             raise DiskSpaceError("disk full")
 
     metrics = RuntimeMetrics()
-    c = Cascade(small, CloudPredictor(dead_url, small.metadata), config=EscalationConfig(threshold=1.1),
-                outbox=FullDisk(), metrics=metrics)
+    c = Cascade(
+        small,
+        CloudPredictor(dead_url, small.metadata),
+        config=EscalationConfig(threshold=1.1),
+        outbox=FullDisk(),
+        metrics=metrics,
+    )
     assert c.predict({"input": x_test[:1]}).tier == "small"
     assert 'outcome="dropped"' in metrics.exposition().decode()

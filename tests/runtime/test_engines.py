@@ -26,7 +26,9 @@ from ._tflite import write_mlp_tflite
 
 
 def test_prediction_is_a_dict_that_knows_its_tiers():
-    p = Prediction({"y": np.arange(3)}, tiers=["primary", "backup", "primary"], events=[Event("fallback", "x")])
+    p = Prediction(
+        {"y": np.arange(3)}, tiers=["primary", "backup", "primary"], events=[Event("fallback", "x")]
+    )
     assert isinstance(p, dict) and list(p) == ["y"]
     assert p.tier == "mixed"
     assert Prediction({"y": np.arange(2)}, tiers=["cloud", "cloud"]).tier == "cloud"

@@ -45,7 +45,10 @@ def test_failing_primary_falls_back_and_says_so(primary, backup, doubles, x_test
     assert out.tiers == ("backup",) * 4
     assert [(e.kind, e.tier, e.detail) for e in out.events] == [("fallback", "primary", "inference")]
     np.testing.assert_array_equal(out["label"], backup.predict({"input": x_test[:4]})["label"])
-    assert 'edgefleet_runtime_fallbacks_total{reason="inference",tier="primary"} 1.0' in metrics.exposition().decode()
+    assert (
+        'edgefleet_runtime_fallbacks_total{reason="inference",tier="primary"} 1.0'
+        in metrics.exposition().decode()
+    )
 
 
 def test_healthy_primary_answers(primary, backup, x_test):
@@ -54,7 +57,9 @@ def test_healthy_primary_answers(primary, backup, x_test):
 
 
 def test_unexpected_exception_types_also_fall_back(primary, backup, doubles, x_test):
-    out = Fallback(doubles.Raising(primary, RuntimeError("segfault-ish")), backup).predict({"input": x_test[:1]})
+    out = Fallback(doubles.Raising(primary, RuntimeError("segfault-ish")), backup).predict(
+        {"input": x_test[:1]}
+    )
     assert out.tier == "backup"
 
 
@@ -67,7 +72,9 @@ def test_bad_input_does_not_fall_back(primary, backup, doubles, x_test):
 
 
 def test_every_tier_failing_is_one_clear_error(primary, backup, doubles, x_test):
-    fb = Fallback(doubles.Raising(primary, InferenceError("p down")), doubles.Raising(backup, InferenceError("b down")))
+    fb = Fallback(
+        doubles.Raising(primary, InferenceError("p down")), doubles.Raising(backup, InferenceError("b down"))
+    )
     with pytest.raises(InferenceError) as e:
         fb.predict({"input": x_test[:1]})
     assert "p down" in e.value.message and "b down" in e.value.message and e.value.hint
@@ -84,7 +91,9 @@ def test_heuristic_is_the_last_resort(primary, doubles, x_test):
 def test_memory_pressure_skips_the_primary(primary, backup, doubles, x_test):
     rec = doubles.Recording(primary)
     available = {"mb": 50.0}  # a fake RAM probe: the only way to simulate pressure safely
-    fb = Fallback(rec, backup, config=FallbackConfig(min_available_mb=100), memory_probe=lambda: available["mb"])
+    fb = Fallback(
+        rec, backup, config=FallbackConfig(min_available_mb=100), memory_probe=lambda: available["mb"]
+    )
     out = fb.predict({"input": x_test[:1]})
     assert out.tier == "backup" and out.events[0].kind == "memory_pressure" and rec.calls == []
     available["mb"] = 500.0
@@ -162,7 +171,9 @@ def test_breaker_opens_at_the_threshold_backs_off_and_recovers():
 
 def test_breaker_backoff_is_capped_and_jittered():
     clock = Clock()
-    cfg = BreakerConfig(failure_threshold=1, window=1, backoff_s=1, backoff_factor=10, backoff_max_s=5, jitter=0.5)
+    cfg = BreakerConfig(
+        failure_threshold=1, window=1, backoff_s=1, backoff_factor=10, backoff_max_s=5, jitter=0.5
+    )
     periods = []
     for r in (0.0, 1.0):
         br = CircuitBreaker("x", cfg, clock=clock, rng=lambda r=r: r)
@@ -193,7 +204,9 @@ def test_breaker_in_front_of_a_failing_primary_stops_calling_it(primary, backup,
 
 
 def test_breaker_predictor_raises_circuit_open_with_retry_after(primary, doubles, x_test):
-    b = Breaker(doubles.Raising(primary, InferenceError("down")), BreakerConfig(failure_threshold=1, window=1))
+    b = Breaker(
+        doubles.Raising(primary, InferenceError("down")), BreakerConfig(failure_threshold=1, window=1)
+    )
     with pytest.raises(InferenceError):
         b.predict({"input": x_test[:1]})
     with pytest.raises(CircuitOpenError) as e:
@@ -202,7 +215,9 @@ def test_breaker_predictor_raises_circuit_open_with_retry_after(primary, doubles
 
 
 def test_caller_errors_do_not_trip_the_breaker(primary, doubles, x_test):
-    b = Breaker(doubles.Raising(primary, ValidationError("bad")), BreakerConfig(failure_threshold=1, window=1))
+    b = Breaker(
+        doubles.Raising(primary, ValidationError("bad")), BreakerConfig(failure_threshold=1, window=1)
+    )
     for _ in range(3):
         with pytest.raises(ValidationError):
             b.predict({"input": x_test[:1]})

@@ -30,6 +30,28 @@ def fuzz_server(digits_bundle):
     rt.close()
 
 
+def _deadline_of(case_or_body) -> float | None:
+    try:
+        if isinstance(case_or_body, dict):
+            v = case_or_body.get("deadline_ms")
+        else:
+            body = case_or_body.body if isinstance(case_or_body.body, dict) else {}
+            v = body.get("deadline_ms", (case_or_body.query or {}).get("deadline_ms"))
+        return float(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _check(status: int, text: str, deadline_ms: float | None) -> None:
+    if status < 400:
+        return
+    body = json.loads(text)  # every error is JSON
+    assert isinstance(body, dict) and body.get("message"), text
+    if status >= 500:
+        assert status == 504 and body["error"] == "deadline_exceeded", text
+        assert deadline_ms is not None and not deadline_ms > _SHORT_DEADLINE_MS, text
+
+
 def test_openapi_fuzz_no_server_errors(fuzz_server):
     # schemathesis generates valid and invalid requests for every operation in our OpenAPI spec
     # (its pytest plugin does not support pytest 9 yet, so its strategies are drawn directly).
@@ -81,7 +103,9 @@ bodies = st.one_of(
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 def test_arbitrary_json_bodies_never_break_the_server(fuzz_server, body):
     raw = json.dumps(body, allow_nan=True).encode()
-    r = httpx.post(f"{fuzz_server.url}/v1/predict", content=raw, headers={"content-type": "application/json"}, timeout=20)
+    r = httpx.post(
+        f"{fuzz_server.url}/v1/predict", content=raw, headers={"content-type": "application/json"}, timeout=20
+    )
     _check(r.status_code, r.text, _deadline_of(body) if isinstance(body, dict) else None)
 
 

@@ -46,7 +46,9 @@ def test_bundle_raw_inputs_go_through_the_contract(digits_bundle, digits_mlp, di
     assert res.tier == "primary" and (res.model, res.version) == ("digits", "1.0.0")
     body = json.loads(json.dumps(res.to_dict()))
     assert body["predictions"][0] == {
-        "tier": "primary", "class": int(want["label"][0]), "label": res.labels[0],
+        "tier": "primary",
+        "class": int(want["label"][0]),
+        "label": res.labels[0],
         "confidence": pytest.approx(float(res.confidence[0]), abs=1e-6),
     }
 
@@ -213,14 +215,16 @@ def test_hot_swap_under_concurrent_load_drops_nothing(digits_bundle, digits_bund
         assert versions[-1] == "1.0.0"
         with pytest.raises(InferenceError, match="closed"):  # the old pipeline was drained and closed
             old.predict({"input": (raw[:1] / 16).astype(np.float32)})
-        assert 'edgefleet_runtime_swaps_total 2.0' in rt.metrics.exposition().decode()
+        assert "edgefleet_runtime_swaps_total 2.0" in rt.metrics.exposition().decode()
     finally:
         rt.close()
 
 
 def test_swap_drains_in_flight_requests_on_the_old_model(digits_mlp, digits_mlp_v2, doubles, x_test):
     gate = doubles.Gate(OrtEngine(digits_mlp, name="m", version="1.0.0"))
-    rt = Runtime.from_bundle(gate, cfg(batcher=BatcherConfig(enabled=False), fallback=FallbackConfig(timeout_ms=None)))
+    rt = Runtime.from_bundle(
+        gate, cfg(batcher=BatcherConfig(enabled=False), fallback=FallbackConfig(timeout_ms=None))
+    )
     try:
         pool = ThreadPoolExecutor(2)
         slow = pool.submit(rt.predict, x_test[:1])

@@ -62,7 +62,10 @@ def test_valid_batch_passes_and_json_numbers_are_cast_safely(v):
         (lambda b: b.update(pixels=[["a", "b", "c", "d"]] * 2), "text"),
         (lambda b: b.update(pixels=[[None] * 4] * 2), "rectangular array of numbers"),
         (lambda b: b.update(pixels=np.zeros((0, 4), np.float32)), "empty"),
-        (lambda b: b.update(pixels=[[1e300, 0, 0, 0]] * 2, mask=[[1]] * 2, ids=[[1]] * 2), "overflows float32"),
+        (
+            lambda b: b.update(pixels=[[1e300, 0, 0, 0]] * 2, mask=[[1]] * 2, ids=[[1]] * 2),
+            "overflows float32",
+        ),
     ],
 )
 def test_invalid_inputs_say_what_and_where(v, mutate, match):
@@ -87,7 +90,9 @@ def test_non_mapping_is_refused(v):
 
 
 def test_checks_can_be_relaxed(digits_mlp):
-    relaxed = Validator(SPECS, ValidationConfig(check_finite=False, check_range=False, allow_unknown_inputs=True))
+    relaxed = Validator(
+        SPECS, ValidationConfig(check_finite=False, check_range=False, allow_unknown_inputs=True)
+    )
     b = ok_batch()
     b["pixels"][0, 0] = np.nan
     b["pixels"][0, 1] = 7

@@ -72,7 +72,8 @@ def pg_url(postgres_url):
     import sqlalchemy as sa
 
     schema = "ef_t_" + secrets.token_hex(4)
-    eng = sa.create_engine(postgres_url)
+    # no pool: a test may restart PostgreSQL, and teardown needs a fresh connection
+    eng = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
     with eng.begin() as c:
         c.execute(sa.text(f"CREATE SCHEMA {schema}"))
     yield f"{postgres_url}?options=-csearch_path%3D{schema}"

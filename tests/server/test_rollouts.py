@@ -3,40 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from servertools import Harness, active_of, make_harness
-
-GOOD = {"requests": 100, "errors": 1, "latency_p95_ms": 5.0, "mean_confidence": 0.92, "golden_pass": True,
-        "drift_score": 0.05}
-FAST = {"min_devices": 2, "min_requests": 100, "min_control_requests": 100}
-
-
-def fleet_on_v1(h: Harness, n: int = 20, **enroll_kw) -> list[dict]:
-    """``n`` devices running digits 1.0.0 through a completed rollout, reporting healthy figures."""
-    devs = [h.enroll(**enroll_kw) for _ in range(n)]
-    h.register("1.0.0")
-    r = h.rollout("1.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
-    for d in devs:
-        a = h.beat(d)["assignment"]
-        d["v1"] = active_of(a)
-        h.beat(d, active=d["v1"], health=GOOD)
-    h.tick(1)
-    assert h.show(r["id"])["state"] == "completed"
-    return devs
-
-
-def install(h: Harness, devs: list[dict], health: dict, version: str = "2.0.0", others: dict = GOOD) -> list[dict]:
-    """Every device assigned ``version`` installs it and reports ``health`` (the rest ``others``)."""
-    got = []
-    for d in devs:
-        a = h.beat(d, active=d.get("active", d["v1"]))["assignment"]
-        if a["version"] == version:
-            d["active"] = active_of(a)
-            h.beat(d, active=d["active"], health=health)
-            got.append(d)
-        else:
-            h.beat(d, active=d.get("active", d["v1"]), health=others)
-    return got
-
+from servertools import FAST, GOOD, Harness, active_of, fleet_on_v1, install, make_harness
 
 def test_waves_advance_on_passing_gates_and_membership_is_stable(harness):
     h = harness

@@ -16,7 +16,9 @@ def _cfg(**kw):
     return AggregatorConfig(**base)
 
 
-def test_wraps_predictor_and_counts_what_the_model_said(onnx_predictor, digits_mlp, digits_split, digits_reference, clock):
+def test_wraps_predictor_and_counts_what_the_model_said(
+    onnx_predictor, digits_mlp, digits_split, digits_reference, clock
+):
     model = onnx_predictor(digits_mlp)
     agg = Aggregator(
         model, reference=digits_reference, config=_cfg(), monotonic=clock.monotonic, wall=clock.wall
@@ -53,7 +55,9 @@ def test_errors_are_counted_and_reraised(onnx_predictor, digits_mlp, digits_refe
     assert w.latency_ms.count == 1  # latency only for answers
 
 
-def test_windows_close_on_time_and_features_ride_on_the_feature_window(digits_predictor, digits_split, digits_reference, clock, tmp_path):
+def test_windows_close_on_time_and_features_ride_on_the_feature_window(
+    digits_predictor, digits_split, digits_reference, clock, tmp_path
+):
     with Outbox(tmp_path / "outbox.sqlite") as ob:
         agg = Aggregator(
             digits_predictor,
@@ -85,8 +89,12 @@ def test_windows_close_on_time_and_features_ride_on_the_feature_window(digits_pr
 
 
 def test_record_from_outside_the_predict_call(digits_reference, clock):
-    agg = Aggregator(None, reference=digits_reference, config=_cfg(), monotonic=clock.monotonic, wall=clock.wall)
-    agg.record(np.zeros((2, 64)), {"probabilities": np.array([[0.1] * 9 + [0.1], [0.0] * 9 + [1.0]])}, latency_ms=4.0)
+    agg = Aggregator(
+        None, reference=digits_reference, config=_cfg(), monotonic=clock.monotonic, wall=clock.wall
+    )
+    agg.record(
+        np.zeros((2, 64)), {"probabilities": np.array([[0.1] * 9 + [0.1], [0.0] * 9 + [1.0]])}, latency_ms=4.0
+    )
     agg.record(None, None, error="deadline_exceeded")
     agg.record(None, {"label": np.array(["cat", "dog", "cat"])}, latency_ms=1.0)
     w = agg.flush_window()
@@ -121,7 +129,11 @@ def test_runtime_prediction_tiers_and_events_are_counted(clock):
 
 def test_telemetry_failure_never_breaks_inference(digits_predictor, digits_reference, clock, caplog):
     agg = Aggregator(
-        digits_predictor, reference=digits_reference, config=_cfg(), monotonic=clock.monotonic, wall=clock.wall
+        digits_predictor,
+        reference=digits_reference,
+        config=_cfg(),
+        monotonic=clock.monotonic,
+        wall=clock.wall,
     )
 
     def broken_sink(_w):
@@ -135,8 +147,12 @@ def test_telemetry_failure_never_breaks_inference(digits_predictor, digits_refer
     assert "sink failed" in caplog.text
 
 
-def test_mismatched_input_features_disable_histograms_with_a_warning(digits_predictor, digits_reference, clock, caplog):
-    agg = Aggregator(None, reference=digits_reference, config=_cfg(), monotonic=clock.monotonic, wall=clock.wall)
+def test_mismatched_input_features_disable_histograms_with_a_warning(
+    digits_predictor, digits_reference, clock, caplog
+):
+    agg = Aggregator(
+        None, reference=digits_reference, config=_cfg(), monotonic=clock.monotonic, wall=clock.wall
+    )
     agg.record({"input": np.zeros((1, 10))}, {"probabilities": np.array([[1.0, 0.0]])}, latency_ms=1.0)
     w = agg.flush_window()
     assert w.requests == 1 and w.feature_counts is None
@@ -145,7 +161,11 @@ def test_mismatched_input_features_disable_histograms_with_a_warning(digits_pred
 
 def test_health_covers_windows_since_last_call(digits_predictor, digits_reference, clock):
     agg = Aggregator(
-        digits_predictor, reference=digits_reference, config=_cfg(), monotonic=clock.monotonic, wall=clock.wall
+        digits_predictor,
+        reference=digits_reference,
+        config=_cfg(),
+        monotonic=clock.monotonic,
+        wall=clock.wall,
     )
     for step in range(90):
         clock.t = float(step)
@@ -182,9 +202,23 @@ def test_real_runtime_engine_if_present(digits_mlp, digits_reference, clock):
     except ImportError as e:  # the runtime package is written in parallel
         pytest.skip(f"runtime engine not importable: {e}")
     engine = OrtEngine(digits_mlp)
-    agg = Aggregator(engine, reference=digits_reference, config=_cfg(), monotonic=clock.monotonic, wall=clock.wall)
+    agg = Aggregator(
+        engine, reference=digits_reference, config=_cfg(), monotonic=clock.monotonic, wall=clock.wall
+    )
     assert agg.metadata is engine.metadata
     agg.predict({"input": np.zeros((4, 64), np.float32)})
     w = agg.flush_window()
     assert w.rows == 4 and w.tiers.get(engine.metadata.tier) == 4
     agg.close()
+
+
+def test_odd_labels_and_error_codes_still_make_valid_windows(clock):
+    agg = Aggregator(None, config=_cfg(), monotonic=clock.monotonic, wall=clock.wall)
+    agg.record(None, {"label": np.array(["stop sign", "ünïcode", "x" * 500])}, latency_ms=1.0)
+    agg.record(None, None, error="deadline\nexceeded")
+    for i in range(100):
+        agg.record(None, None, error=f"code-{i}")
+    w = agg.flush_window()
+    back = Window.from_dict(w.to_dict(), now=clock.wall())
+    assert back.classes["stop sign"] == 1 and back.classes["ünïcode"] == 1
+    assert back.errors == 101 and back.error_codes["other"] > 0 and len(back.error_codes) <= 64

@@ -41,7 +41,19 @@ def files(tmp_path_factory, digits_predictor, digits_reference, digits_split):
 
 
 def test_drift_command_json(files):
-    r = runner.invoke(app, ["telemetry", "drift", str(files / "mixed.json"), "-r", str(files / "reference.json"), "--by", "region", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "telemetry",
+            "drift",
+            str(files / "mixed.json"),
+            "-r",
+            str(files / "reference.json"),
+            "--by",
+            "region",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     by = {g["group"]["region"]: g for g in doc["groups"]}
@@ -49,10 +61,20 @@ def test_drift_command_json(files):
 
 
 def test_drift_command_table_and_fail_flag(files):
-    r = runner.invoke(app, ["telemetry", "drift", str(files / "good.json"), "-r", str(files / "reference.json")])
+    r = runner.invoke(
+        app, ["telemetry", "drift", str(files / "good.json"), "-r", str(files / "reference.json")]
+    )
     assert r.exit_code == 0 and "no drift" in r.output
     r = runner.invoke(
-        app, ["telemetry", "drift", str(files / "mixed.json"), "-r", str(files / "reference.json"), "--fail-on-drift"]
+        app,
+        [
+            "telemetry",
+            "drift",
+            str(files / "mixed.json"),
+            "-r",
+            str(files / "reference.json"),
+            "--fail-on-drift",
+        ],
     )
     assert r.exit_code == 2 and "DRIFTED" in r.output
 
@@ -62,7 +84,9 @@ def test_drift_command_rejects_bad_files(files, tmp_path):
     bad.write_text('[{"v": 1, "start": "yesterday"}]')
     r = runner.invoke(app, ["telemetry", "drift", str(bad), "-r", str(files / "reference.json")])
     assert r.exit_code != 0 and "window 0" in str(r.exception)
-    r = runner.invoke(app, ["telemetry", "drift", str(tmp_path / "missing.json"), "-r", str(files / "reference.json")])
+    r = runner.invoke(
+        app, ["telemetry", "drift", str(tmp_path / "missing.json"), "-r", str(files / "reference.json")]
+    )
     assert r.exit_code != 0
 
 

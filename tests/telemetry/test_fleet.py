@@ -28,11 +28,17 @@ from edgefleet.telemetry import (
 def _device_window(dev, cls, latency_ms, confidence, *, n=100, errors=0, seed=0):
     rng = np.random.default_rng(seed)
     agg = Aggregator(
-        None, config=AggregatorConfig(resources=False), tags={"device_id": dev, "device_class": cls, "region": "eu"}
+        None,
+        config=AggregatorConfig(resources=False),
+        tags={"device_id": dev, "device_class": cls, "region": "eu"},
     )
     for _ in range(n):
         c = float(np.clip(confidence + rng.normal(0, 0.01), 0.5, 1.0))
-        agg.record(None, {"probabilities": np.array([[c, 1 - c]])}, latency_ms=float(latency_ms * rng.lognormal(0, 0.05)))
+        agg.record(
+            None,
+            {"probabilities": np.array([[c, 1 - c]])},
+            latency_ms=float(latency_ms * rng.lognormal(0, 0.05)),
+        )
     for _ in range(errors):
         agg.record(None, None, error="inference")
     return agg.flush_window()
@@ -106,7 +112,9 @@ def _drift_alert(score=0.9):
 def test_retrain_needs_consecutive_alerts_and_approval():
     fired = []
     t = [0.0]
-    trig = RetrainTrigger(fired.append, model="digits", min_consecutive=3, cooldown_s=3600, clock=lambda: t[0])
+    trig = RetrainTrigger(
+        fired.append, model="digits", min_consecutive=3, cooldown_s=3600, clock=lambda: t[0]
+    )
     assert trig.consider(_drift_alert()) == []
     assert trig.consider(_drift_alert()) == []
     assert trig.consider([]) == []  # streak broken
@@ -143,7 +151,9 @@ def test_command_hook_gets_the_request_on_stdin(tmp_path):
     (req,) = trig.consider(_drift_alert())
     trig.approve(req.id, by="ops")
     assert req.status == "fired" and json.loads(out.read_text())["id"] == req.id
-    bad = RetrainTrigger(CommandHook([sys.executable, "-c", "raise SystemExit(3)"]), model="m", min_consecutive=1)
+    bad = RetrainTrigger(
+        CommandHook([sys.executable, "-c", "raise SystemExit(3)"]), model="m", min_consecutive=1
+    )
     (r2,) = bad.consider(_drift_alert())
     bad.approve(r2.id, by="ops")
     assert r2.status == "failed" and "exited 3" in r2.error

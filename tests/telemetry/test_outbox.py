@@ -212,7 +212,9 @@ def test_drain_failure_keeps_items(tmp_path):
 
 def test_bandwidth_budget_limits_drain(tmp_path):
     clk = FakeClocks()
-    with _ob(tmp_path, clk, bandwidth_bytes_per_s=1000, bandwidth_burst_bytes=2048, upload_max_bytes=2048) as ob:
+    with _ob(
+        tmp_path, clk, bandwidth_bytes_per_s=1000, bandwidth_burst_bytes=2048, upload_max_bytes=2048
+    ) as ob:
         import os as _os
 
         for _ in range(10):
@@ -247,7 +249,9 @@ def test_decode_upload_rejects_bad_bodies():
         decode_upload(z.compress(b'{"format": "other", "items": []}'))
     with pytest.raises(PayloadTooLargeError):
         decode_upload(b"x" * 100, max_body_bytes=10)
-    bomb = z.compress(b'{"format":"edgefleet-outbox/1","batch_id":"x","items":[],"pad":"' + b"a" * 5_000_000 + b'"}')
+    bomb = z.compress(
+        b'{"format":"edgefleet-outbox/1","batch_id":"x","items":[],"pad":"' + b"a" * 5_000_000 + b'"}'
+    )
     assert len(bomb) < 10_000
     with pytest.raises(PayloadTooLargeError):
         decode_upload(bomb, max_raw_bytes=1_000_000)

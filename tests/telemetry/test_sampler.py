@@ -25,7 +25,9 @@ def test_off_unless_enabled():
 
 def test_rates_and_low_confidence_bias():
     got = []
-    cfg = SamplerConfig(enabled=True, rate=0.02, low_confidence_threshold=0.6, low_confidence_rate=0.3, seed=1)
+    cfg = SamplerConfig(
+        enabled=True, rate=0.02, low_confidence_threshold=0.6, low_confidence_rate=0.3, seed=1
+    )
     s = Sampler(cfg, sink=got.append)
     n = 20_000
     conf = np.where(np.arange(n) % 4 == 0, 0.4, 0.95)  # a quarter is low confidence
@@ -98,7 +100,9 @@ def test_outbox_and_sink_are_exclusive(tmp_path):
 
 def test_aggregator_feeds_the_sampler(digits_predictor, digits_reference, digits_split, clock, tmp_path):
     with Outbox(tmp_path / "o.sqlite") as ob:
-        sampler = Sampler(SamplerConfig(enabled=True, rate=0.0, low_confidence_rate=1.0, privacy="hash"), outbox=ob)
+        sampler = Sampler(
+            SamplerConfig(enabled=True, rate=0.0, low_confidence_rate=1.0, privacy="hash"), outbox=ob
+        )
         agg = Aggregator(
             digits_predictor,
             reference=digits_reference,

@@ -26,7 +26,9 @@ def _agg(reference, **kw):
 def _window_of(reference, x, probs, latencies, tags=None, errors=0):
     agg = _agg(reference, tags=tags)
     for i in range(len(x)):
-        agg.record({"input": x[i : i + 1]}, {"probabilities": probs[i : i + 1]}, latency_ms=float(latencies[i]))
+        agg.record(
+            {"input": x[i : i + 1]}, {"probabilities": probs[i : i + 1]}, latency_ms=float(latencies[i])
+        )
     for _ in range(errors):
         agg.record({"input": x[:1]}, None, error="model_timeout")
     return agg.flush_window()
@@ -40,7 +42,14 @@ def parts(digits_split, digits_predictor, digits_reference):
     lat = rng.lognormal(0.5, 0.6, len(x))
     cuts = [0, 130, 300, 420, len(x)]
     ws = [
-        _window_of(digits_reference, x[a:b], probs[a:b], lat[a:b], tags={"device_class": "cpu", "dev": str(i)}, errors=i)
+        _window_of(
+            digits_reference,
+            x[a:b],
+            probs[a:b],
+            lat[a:b],
+            tags={"device_class": "cpu", "dev": str(i)},
+            errors=i,
+        )
         for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))
     ]
     whole = _window_of(digits_reference, x, probs, lat, errors=0)
@@ -87,7 +96,9 @@ def test_feature_histograms_match_numpy(parts, digits_reference):
         expected, _ = np.histogram(f[:, j][(f[:, j] >= edges[0]) & (f[:, j] <= edges[-1])], bins=edges)
         row = whole.feature_counts[j]
         assert row[1 : len(edges)].tolist() == expected.tolist()
-        assert row[0] == int((f[:, j] < edges[0]).sum()) and row[len(edges)] == int((f[:, j] > edges[-1]).sum())
+        assert row[0] == int((f[:, j] < edges[0]).sum()) and row[len(edges)] == int(
+            (f[:, j] > edges[-1]).sum()
+        )
 
 
 def test_round_trip_is_lossless(parts):

@@ -343,8 +343,8 @@ class Agent:
         """Finish or undo whatever the last run was doing when it stopped (kill -9, power loss)."""
         st = self.journal.state
         self.store.clean_leftovers()
-        for t in self.downloads.glob("*.tmp"):
-            t.unlink(missing_ok=True)
+        for t in [*self.downloads.glob("*.tmp"), *self.state_dir.glob(".*.tmp-*")]:
+            t.unlink(missing_ok=True)  # half-written temp files of atomic writes a crash interrupted
         # 1. An interrupted rollback is finished first.
         if st.rollback_to:
             self._finish_rollback(st.rollback_to, st.rollback_reason or "interrupted rollback", auto=False)

@@ -20,7 +20,9 @@ def _read_token(path: Path) -> str:
     try:
         st = path.stat()
     except OSError as e:
-        raise ConfigError(f"cannot read token file {path}: {e.strerror}", hint="create it with mode 0600") from e
+        raise ConfigError(
+            f"cannot read token file {path}: {e.strerror}", hint="create it with mode 0600"
+        ) from e
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             f"token file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o})",
@@ -33,7 +35,9 @@ def _read_token(path: Path) -> str:
 
 
 def serve(
-    source: Path = typer.Argument(..., help="Bundle archive, extracted bundle directory, or .onnx/.tflite model."),
+    source: Path = typer.Argument(
+        ..., help="Bundle archive, extracted bundle directory, or .onnx/.tflite model."
+    ),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
     port: int = typer.Option(8080, help="TCP port (0: any free port)."),
     uds: Path | None = typer.Option(None, help="Serve on this Unix socket (mode 0600) instead of TCP."),
@@ -41,11 +45,15 @@ def serve(
         None, "--token-file", help="File (mode 0600) holding the bearer token clients must send."
     ),
     token: str | None = typer.Option(
-        None, envvar="EDGEFLEET_API_TOKEN", help="Bearer token (prefer --token-file: argv is visible to others)."
+        None,
+        envvar="EDGEFLEET_API_TOKEN",
+        help="Bearer token (prefer --token-file: argv is visible to others).",
     ),
     backup: Path | None = typer.Option(None, help="Backup model or bundle answering when the primary fails."),
     large: Path | None = typer.Option(None, help="Larger model or bundle for low-confidence escalations."),
-    cloud_url: str | None = typer.Option(None, help="HTTP endpoint for escalations (behind a circuit breaker)."),
+    cloud_url: str | None = typer.Option(
+        None, help="HTTP endpoint for escalations (behind a circuit breaker)."
+    ),
     outbox: Path | None = typer.Option(None, help="SQLite outbox where unsent escalations wait."),
     threshold: float | None = typer.Option(None, help="Escalate when confidence is below this."),
     max_batch_size: int | None = typer.Option(None, help="Most rows per model call."),
@@ -92,12 +100,16 @@ def serve(
         box = Outbox(outbox)
     rt = Runtime.from_bundle(source, cfg, backup=backup, large=large, cloud_url=cloud_url, outbox=box)
     try:
-        server = ApiServer(rt, api, log_level="info" if logging.getLogger().level <= logging.INFO else "warning")
+        server = ApiServer(
+            rt, api, log_level="info" if logging.getLogger().level <= logging.INFO else "warning"
+        )
         m = rt.manifest
         where = server.url
         err_console.print(f"serving [bold]{m.key}[/] on {where} (OpenAPI at /docs)", highlight=False)
         if api.token is None and not uds and host not in ("127.0.0.1", "::1", "localhost"):
-            err_console.print("[yellow]warning:[/] no token and not on loopback: anyone on the network can call it")
+            err_console.print(
+                "[yellow]warning:[/] no token and not on loopback: anyone on the network can call it"
+            )
         os.environ.pop("EDGEFLEET_API_TOKEN", None)
         server.run()
     finally:

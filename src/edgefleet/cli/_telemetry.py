@@ -11,7 +11,9 @@ import typer
 from edgefleet.cli._common import console, print_json
 from edgefleet.errors import InputError, NotFoundError, PayloadTooLargeError
 
-telemetry_app = typer.Typer(help="Test windows for drift, merge them, inspect a device's outbox.", no_args_is_help=True)
+telemetry_app = typer.Typer(
+    help="Test windows for drift, merge them, inspect a device's outbox.", no_args_is_help=True
+)
 
 _MAX_WINDOWS_FILE = 256 << 20
 
@@ -28,17 +30,23 @@ def _load_windows(path: Path) -> list[Any]:
         raise InputError(f"{path} does not exist", hint="pass a JSON file of telemetry windows")
     size = path.stat().st_size
     if size > _MAX_WINDOWS_FILE:
-        raise PayloadTooLargeError(f"{path} is {size} bytes, limit {_MAX_WINDOWS_FILE}", hint="split the file")
+        raise PayloadTooLargeError(
+            f"{path} is {size} bytes, limit {_MAX_WINDOWS_FILE}", hint="split the file"
+        )
     try:
         doc = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path} is not JSON: {e}", hint="pass window dicts as written by Window.to_dict()") from e
+        raise InputError(
+            f"{path} is not JSON: {e}", hint="pass window dicts as written by Window.to_dict()"
+        ) from e
     if isinstance(doc, dict) and isinstance(doc.get("windows"), list):
         doc = doc["windows"]
     if isinstance(doc, dict):
         doc = [doc]
     if not isinstance(doc, list) or not doc:
-        raise InputError(f"{path} holds no windows", hint="expected a window, a list of windows or {windows: [...]}")
+        raise InputError(
+            f"{path} holds no windows", hint="expected a window, a list of windows or {windows: [...]}"
+        )
     out = []
     for i, d in enumerate(doc):
         try:
@@ -58,8 +66,12 @@ def _reference(path: Path):
 def drift_cmd(
     windows: Path = typer.Argument(..., help="JSON file: one window, a list, or {windows: [...]}"),
     reference: Path = typer.Option(..., "--reference", "-r", help="the bundle's reference.json"),
-    by: str = typer.Option("", "--by", help="comma-separated tags to test per group, e.g. device_class,region"),
-    alpha: float | None = typer.Option(None, help="family-wise significance (default from EDGEFLEET_DRIFT_ALPHA)"),
+    by: str = typer.Option(
+        "", "--by", help="comma-separated tags to test per group, e.g. device_class,region"
+    ),
+    alpha: float | None = typer.Option(
+        None, help="family-wise significance (default from EDGEFLEET_DRIFT_ALPHA)"
+    ),
     threshold: float | None = typer.Option(None, help="drift score from which a window is drifted"),
     top: int = typer.Option(5, help="tests to show per report"),
     fail_on_drift: bool = typer.Option(False, "--fail-on-drift", help="exit 2 when any report is drifted"),
@@ -81,7 +93,10 @@ def drift_cmd(
             {
                 "reference_id": ref.id,
                 "windows": len(ws),
-                "groups": [{"group": dict(zip(groups or ["all"], k, strict=False)), **r.to_dict()} for k, r in reports.items()],
+                "groups": [
+                    {"group": dict(zip(groups or ["all"], k, strict=False)), **r.to_dict()}
+                    for k, r in reports.items()
+                ],
             }
         )
     else:
@@ -94,7 +109,13 @@ def drift_cmd(
                 t.add_column(col)
             for x in rep.top(top):
                 t.add_row(
-                    x.name, x.test, f"{x.statistic:.3g}", f"{x.p_adjusted:.3g}", f"{x.psi:.3f}", str(x.n), "yes" if x.fired else ""
+                    x.name,
+                    x.test,
+                    f"{x.statistic:.3g}",
+                    f"{x.p_adjusted:.3g}",
+                    f"{x.psi:.3f}",
+                    str(x.n),
+                    "yes" if x.fired else "",
                 )
             console.print(t)
             for s in rep.skipped:
@@ -133,7 +154,9 @@ def _fmt(x: float | None) -> str:
 
 @telemetry_app.command("outbox")
 def outbox_cmd(
-    state: Path = typer.Argument(..., help="agent state directory (holding outbox.sqlite) or the SQLite file"),
+    state: Path = typer.Argument(
+        ..., help="agent state directory (holding outbox.sqlite) or the SQLite file"
+    ),
     peek: int = typer.Option(0, help="also list the next N items in upload order"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
@@ -144,19 +167,36 @@ def outbox_cmd(
 
     path = state / "outbox.sqlite" if state.is_dir() else state
     if not path.is_file():
-        raise NotFoundError(f"no outbox at {path}", hint="pass the agent's --state directory or its outbox.sqlite")
+        raise NotFoundError(
+            f"no outbox at {path}", hint="pass the agent's --state directory or its outbox.sqlite"
+        )
     with Outbox(path) as ob:
         st = ob.stats()
         problems = ob.check()
         items = ob.peek(peek) if peek else []
     if as_json:
         st["problems"] = problems
-        st["next"] = [{"id": i.id, "kind": i.kind, "priority": i.priority, "size": i.size, "created": i.created_wall} for i in items]
+        st["next"] = [
+            {"id": i.id, "kind": i.kind, "priority": i.priority, "size": i.size, "created": i.created_wall}
+            for i in items
+        ]
         print_json(st)
         return
-    console.print(f"{path}: {st['items']} items, {st['bytes']} / {st['max_bytes']} bytes (file {st['file_bytes']} bytes)")
+    console.print(
+        f"{path}: {st['items']} items, {st['bytes']} / {st['max_bytes']} bytes (file {st['file_bytes']} bytes)"
+    )
     t = Table(title="by kind", title_justify="left")
-    for col in ("kind", "queued", "bytes", "oldest (s)", "sent", "evicted", "rejected", "expired", "disk full"):
+    for col in (
+        "kind",
+        "queued",
+        "bytes",
+        "oldest (s)",
+        "sent",
+        "evicted",
+        "rejected",
+        "expired",
+        "disk full",
+    ):
         t.add_column(col)
     kinds = sorted(set(st["by_kind"]) | set(st["counters"]))
     for k in kinds:
@@ -167,7 +207,10 @@ def outbox_cmd(
             str(q.get("items", 0)),
             str(q.get("bytes", 0)),
             str(q.get("oldest_age_s", "-")),
-            *(str(c.get(r, {}).get("items", 0)) for r in ("sent", "evicted", "rejected", "expired", "disk_full")),
+            *(
+                str(c.get(r, {}).get("items", 0))
+                for r in ("sent", "evicted", "rejected", "expired", "disk_full")
+            ),
         )
     console.print(t)
     for i in items:

@@ -9,7 +9,7 @@ tier answered each row and whose ``.events`` lists fallbacks, escalations and ca
 """
 
 from edgefleet.runtime._batcher import Batcher
-from edgefleet.runtime._cache import AnswerCache, CacheTier, Cached
+from edgefleet.runtime._cache import AnswerCache, Cached, CacheTier
 from edgefleet.runtime._cascade import Cascade, EscalationOutbox, confidence, resend_escalations
 from edgefleet.runtime._cloud import CloudPredictor
 from edgefleet.runtime._config import (
@@ -53,6 +53,7 @@ def __getattr__(name: str):
 
         return getattr(_api, name)
     raise AttributeError(f"module 'edgefleet.runtime' has no attribute {name!r}")
+
 
 __all__ = [
     "AnswerCache",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import io
 import json
@@ -78,11 +79,15 @@ class PredictRequest(BaseModel):
 
 def _priority(value: Any) -> int:
     if isinstance(value, bool):
-        raise ValidationError("priority must be a name or an integer", hint="low, normal, high, urgent or 0..3")
+        raise ValidationError(
+            "priority must be a name or an integer", hint="low, normal, high, urgent or 0..3"
+        )
     if isinstance(value, str):
         p = _PRIORITY_NAMES.get(value.lower())
         if p is None:
-            raise ValidationError(f"unknown priority {value!r}", hint="use low, normal, high or urgent (or 0..3)")
+            raise ValidationError(
+                f"unknown priority {value!r}", hint="use low, normal, high or urgent (or 0..3)"
+            )
         return p
     if isinstance(value, int) and min(Priority) <= value <= max(Priority):
         return value
@@ -114,7 +119,9 @@ def _decode_tensor(name: str, obj: dict[str, Any], max_bytes: int) -> np.ndarray
     try:
         raw = base64.b64decode(t.b64, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise ValidationError(f"input {name!r}: b64 is not valid base64", hint="encode with standard base64") from e
+        raise ValidationError(
+            f"input {name!r}: b64 is not valid base64", hint="encode with standard base64"
+        ) from e
     dtype = np.dtype(t.dtype).newbyteorder("<")
     if any(d < 0 for d in t.shape) or int(np.prod(t.shape, dtype=np.float64)) * dtype.itemsize != len(raw):
         raise ValidationError(
@@ -138,7 +145,9 @@ def _decode_value(name: str, value: Any, max_bytes: int) -> Any:
             try:
                 samples.append(base64.b64decode(v["b64"], validate=True))
             except (binascii.Error, ValueError) as e:
-                raise ValidationError(f"input {name!r}: b64 is not valid base64", hint="encode with base64") from e
+                raise ValidationError(
+                    f"input {name!r}: b64 is not valid base64", hint="encode with base64"
+                ) from e
         return samples
     return value
 
@@ -196,7 +205,11 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
 
     cfg = config or runtime.config.api
     limiter = anyio.CapacityLimiter(cfg.max_concurrency)
-    rate = _RateLimiter(cfg.rate_limit_rps, cfg.rate_limit_burst, cfg.max_clients) if cfg.rate_limit_rps else None
+    rate = (
+        _RateLimiter(cfg.rate_limit_rps, cfg.rate_limit_burst, cfg.max_clients)
+        if cfg.rate_limit_rps
+        else None
+    )
     token = cfg.token.encode() if cfg.token else None
     metrics = runtime.metrics if runtime.config.metrics else None
 
@@ -217,7 +230,8 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
                 _reject("auth")
                 raise AuthError(
-                    "missing or wrong bearer token", hint="send 'Authorization: Bearer <token>' (see --token-file)"
+                    "missing or wrong bearer token",
+                    hint="send 'Authorization: Bearer <token>' (see --token-file)",
                 )
         if rate is not None:
             client = request.client.host if request.client else "unix-socket"
@@ -250,7 +264,11 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
     async def _unexpected(_: Request, e: Exception) -> Any:
         log.exception("unexpected error in the HTTP API")
         return JSONResponse(
-            {"error": "internal", "message": f"unexpected error: {type(e).__name__}", "hint": "see the runtime log"},
+            {
+                "error": "internal",
+                "message": f"unexpected error: {type(e).__name__}",
+                "hint": "see the runtime log",
+            },
             status_code=500,
         )
 
@@ -285,13 +303,17 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
         try:
             doc = json.loads(body)
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise InputError(f"request body is not valid JSON: {e}", hint="send a JSON object (see /docs)") from e
+            raise InputError(
+                f"request body is not valid JSON: {e}", hint="send a JSON object (see /docs)"
+            ) from e
         if not isinstance(doc, dict):
             raise ValidationError("request body must be a JSON object", hint='send {"inputs": {...}}')
         try:
             req = PredictRequest.model_validate(doc)
         except PydanticValidationError as e:
-            raise ValidationError(f"invalid request: {_pyd_problems(e)}", hint="see the schema at /docs") from e
+            raise ValidationError(
+                f"invalid request: {_pyd_problems(e)}", hint="see the schema at /docs"
+            ) from e
         inputs: Any = req.inputs
         if isinstance(inputs, dict):
             inputs = {k: _decode_value(k, v, cfg.max_body_bytes) for k, v in inputs.items()}
@@ -305,13 +327,17 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
         }
         return inputs, opts
 
-    def _from_binary(body: bytes, ctype: str, dtype: str | None, shape: str | None, input_name: str | None) -> Any:
+    def _from_binary(
+        body: bytes, ctype: str, dtype: str | None, shape: str | None, input_name: str | None
+    ) -> Any:
         if ctype == "application/x-npz":
             try:
                 with np.load(io.BytesIO(body), allow_pickle=False) as z:
                     return {k: z[k] for k in z.files}
             except Exception as e:  # zipfile/npy format errors of many kinds
-                raise InputError(f"body is not a valid .npz file: {e}", hint="write it with numpy.savez") from e
+                raise InputError(
+                    f"body is not a valid .npz file: {e}", hint="write it with numpy.savez"
+                ) from e
         if dtype is None:
             if not body:
                 raise ValidationError("empty request body", hint="send the sample's bytes (e.g. a PNG)")
@@ -321,9 +347,13 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
                 dt = np.dtype(dtype)
                 dims = [int(d) for d in (shape or "").split(",") if d.strip()]
             except (TypeError, ValueError) as e:
-                raise ValidationError(f"bad dtype or shape: {e}", hint="e.g. ?dtype=float32&shape=1,64") from e
+                raise ValidationError(
+                    f"bad dtype or shape: {e}", hint="e.g. ?dtype=float32&shape=1,64"
+                ) from e
             if dt.kind not in "biuf" or not dims or any(d < 0 for d in dims) or len(dims) > 8:
-                raise ValidationError("dtype must be numeric and shape a list of sizes", hint="e.g. ?dtype=float32&shape=1,64")
+                raise ValidationError(
+                    "dtype must be numeric and shape a list of sizes", hint="e.g. ?dtype=float32&shape=1,64"
+                )
             if int(np.prod(dims, dtype=np.float64)) * dt.itemsize != len(body):
                 raise ValidationError(
                     f"{len(body)} bytes do not make shape {dims} of {dtype}",
@@ -343,7 +373,10 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
         {"name": "input", "in": "query", "required": False, "schema": {"type": "string"}},
     ]
     error_responses = {
-        str(code): {"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        str(code): {
+            "description": desc,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        }
         for code, desc in [
             (400, "malformed request"),
             (401, "missing or wrong token"),
@@ -382,7 +415,9 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
             inputs = _from_binary(body, ctype, q.get("dtype"), q.get("shape"), q.get("input"))
             esc = q.get("escalate")
             if esc is not None and esc.lower() not in ("true", "false", "1", "0"):
-                raise ValidationError("escalate must be true or false", hint="omit it to decide by confidence")
+                raise ValidationError(
+                    "escalate must be true or false", hint="omit it to decide by confidence"
+                )
             dl = q.get("deadline_ms")
             try:
                 dl_ms = float(dl) if dl is not None else None
@@ -436,7 +471,9 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
             return app.openapi_schema
         from fastapi.openapi.utils import get_openapi
 
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
         for model_cls in (PredictRequest, ErrorBody):
             js = model_cls.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -457,7 +494,9 @@ class ApiServer:
     Unix socket gets owner-only permissions (0600) before anyone can connect.
     """
 
-    def __init__(self, runtime: Runtime, config: ApiConfig | None = None, *, log_level: str = "warning") -> None:
+    def __init__(
+        self, runtime: Runtime, config: ApiConfig | None = None, *, log_level: str = "warning"
+    ) -> None:
         import uvicorn
 
         self.runtime = runtime
@@ -494,20 +533,33 @@ class ApiServer:
         sock.listen(2048)
         self._sock = sock
         self._server = uvicorn.Server(
-            uvicorn.Config(self.app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5, lifespan="off")
+            uvicorn.Config(
+                self.app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5, lifespan="off"
+            )
         )
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
-        """Serve in the foreground until interrupted."""
+        """Serve in the foreground until SIGINT or SIGTERM, then shut down gracefully and return."""
+        import signal
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn re-raises the stop signal once it has shut down; a graceful stop is not an error
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: None)
         try:
             self._server.run(sockets=[self._sock])
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self._cleanup()
 
     def start(self, timeout: float = 10.0) -> ApiServer:
         """Serve in a background thread; returns once it accepts connections."""
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
         self._thread.start()
         t0 = time.monotonic()
         while not self._server.started:
@@ -523,10 +575,8 @@ class ApiServer:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._sock.close()
-        except OSError:
-            pass
         if self.config.uds:
             Path(self.config.uds).unlink(missing_ok=True)
 
@@ -535,5 +585,3 @@ class ApiServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-

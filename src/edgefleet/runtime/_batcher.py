@@ -251,8 +251,11 @@ class Batcher:
             self._metrics.batch_size.observe(rows)
         t0 = time.monotonic()
         try:
-            out = as_prediction(self.inner.predict(inputs, priority=priority, deadline=deadline),
-                                self.inner.metadata.tier, rows)
+            out = as_prediction(
+                self.inner.predict(inputs, priority=priority, deadline=deadline),
+                self.inner.metadata.tier,
+                rows,
+            )
         except EdgefleetError as e:
             for r in batch:
                 r.future.set_exception(e)

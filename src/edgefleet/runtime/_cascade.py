@@ -123,7 +123,11 @@ class Cascade:
             if self.score_output is None or self.score_output not in out:
                 return out
             conf = confidence(out[self.score_output], self.config.metric, softmax=self.config.softmax)
-            low = conf > self.config.threshold if self.config.metric == "entropy" else conf < self.config.threshold
+            low = (
+                conf > self.config.threshold
+                if self.config.metric == "entropy"
+                else conf < self.config.threshold
+            )
             rows = np.flatnonzero(low)
         if rows.size == 0:
             return out

@@ -70,7 +70,11 @@ class CloudPredictor:
         timeout = self.config.timeout_s
         if deadline is not None:
             timeout = min(timeout, max(0.001, deadline - time.monotonic()))
-        body = {"inputs": {k: _jsonable(v) for k, v in batch.items()}, "preprocessed": True, "escalate": False}
+        body = {
+            "inputs": {k: _jsonable(v) for k, v in batch.items()},
+            "preprocessed": True,
+            "escalate": False,
+        }
         rows = batch_rows(batch)
         try:
             with self._client.stream("POST", self.url, json=body, timeout=timeout) as resp:

@@ -38,8 +38,10 @@ def _np_dtype(dtype: str) -> np.dtype:
 
 
 def _zeros(spec: TensorSpec, rows: int) -> np.ndarray:
-    shape = [rows if i == 0 and not isinstance(d, int) else (d if isinstance(d, int) else 1)
-             for i, d in enumerate(spec.shape)]
+    shape = [
+        rows if i == 0 and not isinstance(d, int) else (d if isinstance(d, int) else 1)
+        for i, d in enumerate(spec.shape)
+    ]
     if spec.dtype == "string":
         return np.full(shape, "", dtype=object)
     return np.zeros(shape, dtype=_np_dtype(spec.dtype))
@@ -199,7 +201,9 @@ class OrtEngine:
         return dict(zip(self._output_names, session.run(self._output_names, feed), strict=True))
 
     def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
-        check_deadline(opts.get("deadline"))
+        deadline = opts.get("deadline")
+        if deadline is not None:
+            check_deadline(deadline)
         if batch.keys() != self._input_set:
             missing = sorted(self._input_set - batch.keys())
             raise InputError(
@@ -353,9 +357,7 @@ class LiteRtEngine:
             self._interp = None  # type: ignore[assignment]
 
 
-def load_engine(
-    model: str | Path, *, model_format: str | None = None, **kw: Any
-) -> OrtEngine | LiteRtEngine:
+def load_engine(model: str | Path, *, model_format: str | None = None, **kw: Any) -> OrtEngine | LiteRtEngine:
     """Open ``model`` with the engine its format needs (``.tflite`` → LiteRT, otherwise ORT)."""
     fmt = model_format or ("tflite" if str(model).endswith(".tflite") else "onnx")
     return LiteRtEngine(model, **kw) if fmt == "tflite" else OrtEngine(model, **kw)

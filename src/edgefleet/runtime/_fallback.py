@@ -114,7 +114,9 @@ class Fallback:
                     log.debug("tier %s failed (%s); falling back", name, err.code)
                 continue
             return out.with_events(*events) if events else out
-        causes = "; ".join(f"{t.metadata.tier}: {e.message}" for t, e in zip(self.tiers, errors, strict=False))
+        causes = "; ".join(
+            f"{t.metadata.tier}: {e.message}" for t, e in zip(self.tiers, errors, strict=False)
+        )
         raise InferenceError(
             f"every tier failed ({causes})",
             hint="check the runtime log; the models may be broken or the device overloaded",

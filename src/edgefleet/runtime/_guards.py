@@ -40,7 +40,9 @@ class Timeout:
         self.inner = inner
         self.timeout_s = timeout_s
         self.max_stuck = max_stuck
-        self._pool = ThreadPoolExecutor(max_workers=max_stuck + concurrency, thread_name_prefix="edgefleet-call")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_stuck + concurrency, thread_name_prefix="edgefleet-call"
+        )
         self._lock = threading.Lock()
         self._stuck = 0
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["RuntimeMetrics"]
 
@@ -11,35 +17,91 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _BREAKER_STATE = {"closed": 0, "half_open": 1, "open": 2}
 
 
+class _RequestCollector(Collector):
+    """``requests_total`` and ``request_seconds``: the per-request hot path.
+
+    prometheus_client's labelled metrics cost a few microseconds per request (label lookup, a lock
+    per value); here one raw lock guards plain counters, and the families are built at scrape time.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        self.ns = namespace
+        self.lock = threading.Lock()
+        self.outcomes: dict[tuple[str, str], int] = {}
+        self.hist: dict[str, list] = {}  # tier -> [bucket counts..., +Inf count, sum]
+
+    def answered(self, tier: str, seconds: float) -> None:
+        i = bisect_left(_LATENCY_BUCKETS, seconds)
+        with self.lock:
+            h = self.hist.get(tier)
+            if h is None:
+                h = self.hist[tier] = [0] * (len(_LATENCY_BUCKETS) + 1) + [0.0]
+            h[i] += 1
+            h[-1] += seconds
+            key = ("ok", tier)
+            self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+    def refused(self, outcome: str) -> None:
+        with self.lock:
+            key = (outcome, "none")
+            self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+    def collect(self) -> Iterator:
+        with self.lock:
+            outcomes = dict(self.outcomes)
+            hist = {k: list(v) for k, v in self.hist.items()}
+        c = CounterMetricFamily(
+            f"{self.ns}_requests", "Requests answered or refused, by outcome and answering tier",
+            labels=["outcome", "tier"],
+        )
+        for (outcome, tier), n in sorted(outcomes.items()):
+            c.add_metric([outcome, tier], n)
+        yield c
+        h = HistogramMetricFamily(
+            f"{self.ns}_request_seconds", "Request latency through the runtime", labels=["tier"]
+        )
+        for tier, v in sorted(hist.items()):
+            counts, total = v[:-1], v[-1]
+            cum, buckets = 0, []
+            for bound, n in zip([*map(str, _LATENCY_BUCKETS), "+Inf"], counts, strict=True):
+                cum += n
+                buckets.append((bound, cum))
+            h.add_metric([tier], buckets, total)
+        yield h
+
+    def describe(self) -> Iterator:
+        return iter(())
+
+
 class RuntimeMetrics:
     """Counters, histograms and gauges for requests, batches, queue, fallbacks, escalations, breakers."""
 
     def __init__(self, registry: CollectorRegistry | None = None, namespace: str = "edgefleet_runtime"):
         self.registry = registry or CollectorRegistry()
         r, ns = self.registry, namespace
-        self.requests = Counter(
-            f"{ns}_requests", "Requests answered or refused, by outcome and answering tier",
-            ["outcome", "tier"], registry=r,
-        )
-        self.latency = Histogram(
-            f"{ns}_request_seconds", "Request latency through the runtime", ["tier"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )
+        self._req = _RequestCollector(ns)
+        r.register(self._req)
         self.batch_size = Histogram(
             f"{ns}_batch_size", "Rows per model call made by the batcher", buckets=_BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(f"{ns}_queue_depth", "Requests waiting in the batcher", registry=r)
         self.inflight = Gauge(f"{ns}_inflight", "Requests being answered", registry=r)
         self.fallbacks = Counter(
-            f"{ns}_fallbacks", "Times a tier failed and the next tier answered", ["tier", "reason"],
+            f"{ns}_fallbacks",
+            "Times a tier failed and the next tier answered",
+            ["tier", "reason"],
             registry=r,
         )
         self.escalations = Counter(
-            f"{ns}_escalations", "Escalation attempts by outcome (sent, queued, skipped, failed)",
-            ["outcome"], registry=r,
+            f"{ns}_escalations",
+            "Escalation attempts by outcome (sent, queued, skipped, failed)",
+            ["outcome"],
+            registry=r,
         )
         self.breaker_state = Gauge(
-            f"{ns}_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", ["name"],
+            f"{ns}_breaker_state",
+            "Circuit breaker state (0 closed, 1 half-open, 2 open)",
+            ["name"],
             registry=r,
         )
         self.breaker_opens = Counter(f"{ns}_breaker_opens", "Times a breaker opened", ["name"], registry=r)
@@ -48,10 +110,21 @@ class RuntimeMetrics:
             f"{ns}_rejected", "Requests refused before inference, by reason", ["reason"], registry=r
         )
         self.model_info = Gauge(
-            f"{ns}_model_info", "The model being served (value 1)", ["name", "version", "variant"],
+            f"{ns}_model_info",
+            "The model being served (value 1)",
+            ["name", "version", "variant"],
             registry=r,
         )
         self.swaps = Counter(f"{ns}_swaps", "Hot swaps completed", registry=r)
+
+
+    def answered(self, tier: str, seconds: float) -> None:
+        """Count one answered request and its latency (the hot path)."""
+        self._req.answered(tier, seconds)
+
+    def refused(self, outcome: str) -> None:
+        """Count one request that got an error (``outcome`` is the error code)."""
+        self._req.refused(outcome)
 
     def breaker(self, name: str, state: str, opened: bool = False) -> None:
         self.breaker_state.labels(name).set(_BREAKER_STATE[state])

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from edgefleet.errors import (
 )
 from edgefleet.protocol import Manifest, Postprocess
 from edgefleet.runtime._batcher import Batcher
-from edgefleet.runtime._cache import AnswerCache, CacheTier, Cached
+from edgefleet.runtime._cache import AnswerCache, Cached, CacheTier
 from edgefleet.runtime._cascade import Cascade, EscalationOutbox, resend_escalations, score_output_of
 from edgefleet.runtime._cloud import CloudPredictor
 from edgefleet.runtime._config import RuntimeConfig
@@ -57,7 +57,7 @@ __all__ = ["Result", "Runtime"]
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """One answer of the runtime: outputs, where each row came from, and the postprocessed view."""
 
@@ -71,7 +71,6 @@ class Result:
     classes: np.ndarray | None = None
     labels: list[str] | None = None
     confidence: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tier(self) -> str:
@@ -113,10 +112,9 @@ class Result:
 
 
 def _jsonable(v: np.ndarray) -> Any:
-    if v.dtype.kind == "f":
-        # JSON has no NaN/Inf; a model that emits them gets null rather than an invalid document
-        if not np.isfinite(v).all():
-            return np.where(np.isfinite(v), v, None).tolist()
+    # JSON has no NaN/Inf; a model that emits them gets null rather than an invalid document
+    if v.dtype.kind == "f" and not np.isfinite(v).all():
+        return np.where(np.isfinite(v), v, None).tolist()
     return v.tolist()
 
 
@@ -189,7 +187,9 @@ class _Served:
         self.bundle = bundle
         self.owns_bundle = owns_bundle
         self.inflight = 0
-        self.cond = threading.Condition()
+        self.retired = False
+        self.lock = threading.Lock()  # the raw lock: entering it is cheaper than the Condition
+        self.cond = threading.Condition(self.lock)
         self.input_names = [s.name for s in manifest.inputs]
         pp = manifest.postprocess
         self.post = pp if config.postprocess and pp.task == "classification" else None
@@ -216,6 +216,8 @@ class _Served:
                     hint="wrap one example in a list",
                 )
             tensors = {self.input_names[0]: self.contract.apply(raw)}
+        elif type(raw) is dict:
+            tensors = raw.copy()
         elif isinstance(raw, Mapping):
             tensors = dict(raw)
         elif len(self.input_names) == 1:
@@ -227,12 +229,15 @@ class _Served:
             )
         if self.validator is not None:
             return self.validator.check(tensors)
-        return {k: v if isinstance(v, np.ndarray) else to_array(k, v) for k, v in tensors.items()}
+        for k, v in tensors.items():
+            if not isinstance(v, np.ndarray):
+                tensors[k] = to_array(k, v)
+        return tensors
 
     def finish(self, out: Prediction, t0: float) -> Result:
         m = self.manifest
         res = Result(
-            outputs=dict(out),
+            outputs=out,
             tiers=out.tiers,
             events=out.events,
             model=m.name,
@@ -255,6 +260,11 @@ class _Served:
         return res
 
     # --- lifetime ---------------------------------------------------------------------------------
+
+    def retire(self) -> None:
+        """Take no new requests (the ones running finish)."""
+        with self.cond:
+            self.retired = True
 
     def drain(self, timeout: float) -> bool:
         """Wait until no request is running on this model; False on timeout."""
@@ -290,6 +300,8 @@ class Runtime:
         self.config = config or RuntimeConfig()
         self.metrics = metrics or RuntimeMetrics()
         self._m = self.metrics if self.config.metrics else None
+        # read at scrape time, so the request path pays nothing for it
+        self.metrics.inflight.set_function(lambda: self._served.inflight if self._served else 0)
         self._lock = threading.Lock()
         self._swap_lock = threading.Lock()
         self._served: _Served | None = None
@@ -334,7 +346,9 @@ class Runtime:
             return source, False, source.manifest, Path(source.model_path)
         path = Path(source)
         if not path.exists():
-            raise InputError(f"{path} does not exist", hint="pass a bundle archive, a bundle directory or a model file")
+            raise InputError(
+                f"{path} does not exist", hint="pass a bundle archive, a bundle directory or a model file"
+            )
         if path.suffix in (".onnx", ".tflite"):
             return None, False, None, path
         from edgefleet.bundle import Bundle
@@ -439,7 +453,11 @@ class Runtime:
                 large: Predictor = (
                     _Borrowed(self._targets[0])
                     if len(self._targets) == 1
-                    else Fallback(*map(_Borrowed, self._targets), config=cfg.fallback.model_copy(update={"breaker": False}), metrics=self._m)
+                    else Fallback(
+                        *map(_Borrowed, self._targets),
+                        config=cfg.fallback.model_copy(update={"breaker": False}),
+                        metrics=self._m,
+                    )
                 )
                 esc = cfg.escalation
                 updates: dict[str, Any] = {}
@@ -448,14 +466,23 @@ class Runtime:
                 if "softmax" not in esc.model_fields_set and manifest.postprocess.softmax:
                     updates["softmax"] = True
                 pipeline = Cascade(
-                    pipeline, large, config=esc.model_copy(update=updates), outbox=self.outbox, metrics=self._m
+                    pipeline,
+                    large,
+                    config=esc.model_copy(update=updates),
+                    outbox=self.outbox,
+                    metrics=self._m,
                 )
             if self.cache is not None:
                 pipeline = Cached(pipeline, self.cache, metrics=self._m)
             validator = Validator(manifest.inputs, cfg.validation) if cfg.validation.enabled else None
             return _Served(
-                manifest, pipeline, contract=contract, validator=validator, config=cfg,
-                bundle=bundle, owns_bundle=owns,
+                manifest,
+                pipeline,
+                contract=contract,
+                validator=validator,
+                config=cfg,
+                bundle=bundle,
+                owns_bundle=owns,
             )
         except BaseException:
             if owns and bundle is not None:
@@ -496,19 +523,22 @@ class Runtime:
         return served.pipeline
 
     def _acquire(self) -> _Served:
-        with self._lock:
+        # One lock per request: a model retired by swap() is never entered again, so a request that
+        # read the old reference just before the switch retries on the new one.
+        while True:
             served = self._served
-            if served is None or self._closed:
+            if served is None:
                 raise InferenceError("the runtime is not serving", hint="it is closed or has no model")
-            with served.cond:
-                served.inflight += 1
-            return served
+            with served.lock:
+                if not served.retired:
+                    served.inflight += 1
+                    return served
 
     @staticmethod
     def _release(served: _Served) -> None:
-        with served.cond:
+        with served.lock:
             served.inflight -= 1
-            if served.inflight == 0:
+            if served.inflight == 0 and served.retired:
                 served.cond.notify_all()
 
     def predict(
@@ -547,8 +577,6 @@ class Runtime:
             abs_deadline = time.monotonic() + deadline
         served = self._acquire()
         m = self._m
-        if m:
-            m.inflight.inc()
         try:
             tensors = served.prepare(raw_inputs, contract=not preprocessed)
             out = as_prediction(
@@ -562,20 +590,18 @@ class Runtime:
         except Exception as e:  # a bug or a library error: never leak it untyped
             log.exception("unexpected error while answering")
             self._count_error("inference")
-            raise InferenceError(f"unexpected error: {type(e).__name__}: {e}", hint="see the runtime log") from e
+            raise InferenceError(
+                f"unexpected error: {type(e).__name__}: {e}", hint="see the runtime log"
+            ) from e
         finally:
-            if m:
-                m.inflight.dec()
             self._release(served)
         if m:
-            tier = res.tier
-            m.requests.labels("ok", tier).inc()
-            m.latency.labels(tier).observe(res.latency_ms / 1000)
+            m.answered(res.tier, res.latency_ms / 1000)
         return res
 
     def _count_error(self, code: str) -> None:
         if self._m:
-            self._m.requests.labels(code, "none").inc()
+            self._m.refused(code)
 
     # --- hot swap ---------------------------------------------------------------------------------
 
@@ -592,6 +618,8 @@ class Runtime:
             new = self._build(source)
             with self._lock:
                 old, self._served = self._served, new
+            if old is not None:
+                old.retire()
             m = new.manifest
             if self._m:
                 self._m.serving(m.name, m.version, m.variant)
@@ -600,8 +628,11 @@ class Runtime:
             log.info("serving %s", m.key)
             if old is not None:
                 if not old.drain(self.config.drain_timeout_s):
-                    log.warning("old model still has %d requests after %.0f s; closing it anyway",
-                                old.inflight, self.config.drain_timeout_s)
+                    log.warning(
+                        "old model still has %d requests after %.0f s; closing it anyway",
+                        old.inflight,
+                        self.config.drain_timeout_s,
+                    )
                 old.close()
             return m
 
@@ -611,7 +642,9 @@ class Runtime:
         """Send escalations waiting in the outbox to the cloud (when it is reachable again)."""
         if self.outbox is None or self._cloud is None:
             return 0
-        return resend_escalations(self.outbox, self._cloud, kind=self.config.escalation.outbox_kind, limit=limit)
+        return resend_escalations(
+            self.outbox, self._cloud, kind=self.config.escalation.outbox_kind, limit=limit
+        )
 
     def status(self) -> dict[str, Any]:
         """What is served and how the guards stand (for ``GET /v1/model`` and logs)."""
@@ -646,6 +679,7 @@ class Runtime:
                 self._closed = True
                 served, self._served = self._served, None
             if served is not None:
+                served.retire()
                 served.drain(self.config.drain_timeout_s)
                 served.close()
             for p in self._shared:

@@ -126,9 +126,7 @@ class Validator:
     def _dtype(self, name: str, spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
         if spec.dtype == "string":
             if arr.dtype.kind not in "USO":
-                raise ValidationError(
-                    f"input {name!r} must be text, got {arr.dtype}", hint=_HINT, input=name
-                )
+                raise ValidationError(f"input {name!r} must be text, got {arr.dtype}", hint=_HINT, input=name)
             return arr.astype(object)
         want = np.dtype(spec.dtype)
         if arr.dtype == want:
@@ -170,9 +168,7 @@ class Validator:
             return cast
         return arr.astype(want)
 
-    def _shape(
-        self, name: str, spec: TensorSpec, arr: np.ndarray, dims: dict[str, tuple[int, str]]
-    ) -> None:
+    def _shape(self, name: str, spec: TensorSpec, arr: np.ndarray, dims: dict[str, tuple[int, str]]) -> None:
         if arr.ndim != len(spec.shape):
             raise ValidationError(
                 f"input {name!r} has shape {list(arr.shape)}, the model expects {spec.shape}",

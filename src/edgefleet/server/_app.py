@@ -22,8 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.errors import (
     AuthError,
+    ConflictError,
     EdgefleetError,
-    ForbiddenError,
     InputError,
     NotFoundError,
 )
@@ -199,9 +199,16 @@ class _Background:
             self.stop.wait(cfg.engine_tick_s)
 
 
+_last_warned: dict[str, float] = {}
+
+
 def _log_background(what: str, e: Exception) -> None:
     if is_db_unavailable(e):
-        log.warning("%s: database unavailable (%s); retrying", what, type(e).__name__)
+        # once per 10 s: an outage must be visible in the log, not flood it
+        now = time.monotonic()
+        if now - _last_warned.get(what, -1e9) >= 10:
+            _last_warned[what] = now
+            log.warning("%s: database unavailable (%s); retrying every tick", what, type(e).__name__)
     else:
         log.exception("%s failed; retrying at the next tick", what)
 
@@ -778,7 +785,9 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
     @app.post("/v1/repository/refresh", tags=T, responses=_ERRORS, summary="Re-sign timestamp.json now")
     def repository_refresh(_: Admin) -> dict[str, Any]:
         if not ctx.repo.can_refresh():
-            raise ForbiddenError("this server holds no timestamp key", hint="start it with --keys DIR holding the online keys")
+            raise ConflictError(
+                "this server holds no timestamp key", hint="start it with --keys DIR holding the online keys"
+            )
         res = ctx.repo.refresh_if_due(ctx.db, force=True)
         return {"refreshed": res is not None, "result": res}
 

@@ -9,6 +9,7 @@ scenario gives the release it runs. It downloads nothing and runs no model: that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -97,7 +98,8 @@ class Fleet:
     """A fleet of simulated devices against one control plane.
 
     Args:
-        server_url: the control plane, e.g. ``http://127.0.0.1:8700``.
+        server_url: the control plane, e.g. ``http://127.0.0.1:8700``; a list spreads the devices
+            over several server processes.
         scenario: fleet make-up and release behaviours.
         size: number of devices.
         admin_token: an admin operator token (to create enrollment tokens).
@@ -108,7 +110,7 @@ class Fleet:
 
     def __init__(
         self,
-        server_url: str,
+        server_url: str | list[str],
         scenario: Scenario,
         *,
         size: int,
@@ -118,7 +120,9 @@ class Fleet:
         max_connections: int = 64,
         timeout_s: float = 30.0,
     ) -> None:
-        self.url = server_url.rstrip("/")
+        urls = [server_url] if isinstance(server_url, str) else list(server_url)
+        self.urls = [u.rstrip("/") for u in urls]
+        self.url = self.urls[0]
         self.scenario = scenario
         self.admin_token = admin_token
         self.mqtt_url = mqtt_url
@@ -136,6 +140,7 @@ class Fleet:
         self.nudges = 0
         self.heartbeats = 0
         self.http_errors = 0
+        self.status_counts: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -152,9 +157,9 @@ class Fleet:
 
     # --- setup ---------------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self, url: str | None = None) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
-        return httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, limits=limits)
+        return httpx.AsyncClient(base_url=url or self.url, timeout=self.timeout_s, limits=limits)
 
     async def enroll(self, *, tags_for: Callable[[SimDevice], dict[str, str]] | None = None) -> None:
         """Create one enrollment token per device and enroll every device."""
@@ -215,9 +220,14 @@ class Fleet:
             d.nudge = asyncio.Event()
         mqtt = self._start_mqtt() if self.mqtt_url else None
         met = until is None
+        clients = [self._client(u) for u in self.urls]
         try:
-            async with self._client() as c:
-                tasks = [asyncio.create_task(self._device_loop(c, d)) for d in self.devices]
+            async with contextlib.AsyncExitStack() as stack:
+                for c in clients:
+                    await stack.enter_async_context(c)
+                tasks = [
+                    asyncio.create_task(self._device_loop(clients[d.index % len(clients)], d)) for d in self.devices
+                ]
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline and not self._stop.is_set():
                     if until is not None and until(self):
@@ -286,9 +296,11 @@ class Fleet:
         except httpx.HTTPError as e:
             d.errors += 1
             self.http_errors += 1
+            self.status_counts["io_error"] = self.status_counts.get("io_error", 0) + 1
             d.events = body["events"] + d.events  # not delivered: send again next time
             log.debug("heartbeat of %s failed: %s", d.device_id, e)
             return
+        self.status_counts[str(r.status_code)] = self.status_counts.get(str(r.status_code), 0) + 1
         if r.status_code != 200:
             d.errors += 1
             self.http_errors += 1

@@ -10,6 +10,7 @@ Device side::
 
 Server side::
 
+    up = parse_upload(body, device_id=dev, tags=server_tags)  # authenticated, validated, per item
     w = Window.from_dict(doc)           # validated, size-limited, not from the future
     merged = merge_windows(ws)          # exact: counts, sketch bins and histograms add
     drift(merged, reference).score     # KS / chi-square / PSI, Holm-corrected, in [0, 1]
@@ -31,6 +32,7 @@ from edgefleet.telemetry._fleet import (
     evaluate_alerts,
     merge_by,
 )
+from edgefleet.telemetry._ingest import ParsedUpload, parse_upload
 from edgefleet.telemetry._outbox import (
     DEFAULT_PRIORITIES,
     DrainReport,
@@ -63,6 +65,7 @@ __all__ = [
     "OutboxConfig",
     "OutboxItem",
     "Outlier",
+    "ParsedUpload",
     "Reference",
     "ResourceProbe",
     "RetrainHook",
@@ -83,4 +86,5 @@ __all__ = [
     "evaluate_alerts",
     "merge_by",
     "merge_windows",
+    "parse_upload",
 ]

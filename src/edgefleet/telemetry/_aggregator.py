@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.errors import EdgefleetError, TelemetryError
 from edgefleet.telemetry._reference import Reference
+from edgefleet.telemetry._sketch import add_many
 from edgefleet.telemetry._window import RESOURCE_NAMES, Window, WindowConfig, merge_windows
 
 if TYPE_CHECKING:
@@ -49,12 +50,18 @@ class AggregatorConfig(BaseSettings):
     )
     flush_rows: int = Field(256, ge=1, description="rows buffered before binning them in bulk")
     max_buffer_bytes: int = Field(1 << 20, ge=1024, description="input bytes buffered before binning")
-    max_pending_windows: int = Field(120, ge=1, description="closed windows kept for pull when there is no sink")
+    max_pending_windows: int = Field(
+        120, ge=1, description="closed windows kept for pull when there is no sink"
+    )
     max_classes: int = Field(256, ge=1, description="distinct predicted classes per window (rest: __other__)")
     input_name: str | None = Field(None, description="input whose features are summarised (default: first)")
-    scores_output: str | None = Field(None, description="output with class scores (default: probabilities/...)")
+    scores_output: str | None = Field(
+        None, description="output with class scores (default: probabilities/...)"
+    )
     label_output: str | None = Field(None, description="output with labels when there are no scores")
-    softmax: bool | None = Field(None, description="apply softmax to scores; None: detect from the first batch")
+    softmax: bool | None = Field(
+        None, description="apply softmax to scores; None: detect from the first batch"
+    )
     resources: bool = Field(True, description="read CPU, RSS, temperature, battery when a window closes")
     drift_on_close: bool = Field(True, description="test each closed window against the reference")
     emit_empty: bool = Field(False, description="also emit windows without any request")
@@ -179,7 +186,13 @@ class Aggregator:
         self._softmax = self.config.softmax
         self._names_checked = False
         self._features_ok = self.reference is not None and len(self.reference.names) > 0
-        self._labels = list(self.reference.class_labels) if self.reference and self.reference.class_labels else None
+        if self._features_ok:
+            from edgefleet.bundle import summarize_features  # import now, not in the first request
+
+            self._summarize = summarize_features
+        self._labels = (
+            list(self.reference.class_labels) if self.reference and self.reference.class_labels else None
+        )
         self._primary_tier: str | None = None
         meta = getattr(predictor, "metadata", None)
         if meta is not None:
@@ -193,13 +206,17 @@ class Aggregator:
     @property
     def metadata(self) -> Any:
         if self.predictor is None:
-            raise TelemetryError("this Aggregator wraps no predictor", hint="use record() instead of predict()")
+            raise TelemetryError(
+                "this Aggregator wraps no predictor", hint="use record() instead of predict()"
+            )
         return self.predictor.metadata
 
     def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> dict[str, np.ndarray]:
         """Run the wrapped predictor and record latency, outputs, confidence or the error."""
         if self.predictor is None:
-            raise TelemetryError("this Aggregator wraps no predictor", hint="use record() instead of predict()")
+            raise TelemetryError(
+                "this Aggregator wraps no predictor", hint="use record() instead of predict()"
+            )
         t0 = time.perf_counter()
         try:
             out = self.predictor.predict(batch, **opts)
@@ -274,8 +291,10 @@ class Aggregator:
         if error is not None:
             w.errors += 1
             code = error if isinstance(error, str) else getattr(error, "code", None) or type(error).__name__
-            if isinstance(error, EdgefleetError) or isinstance(error, str) or len(w.error_codes) < 32:
-                w.error_codes[code] = w.error_codes.get(code, 0) + 1
+            code = "".join(ch if ch.isprintable() else "_" for ch in str(code))[:128] or "error"
+            if code not in w.error_codes and len(w.error_codes) >= 48:
+                code = "other"  # windows accept at most 64 keys (WindowConfig.max_keys)
+            w.error_codes[code] = w.error_codes.get(code, 0) + 1
             return
         if latency_ms is not None:
             self._lat.append(latency_ms)
@@ -296,13 +315,13 @@ class Aggregator:
         events = getattr(outputs, "events", None)
         if events:
             for ev in events:
-                w.events[ev.kind] = w.events.get(ev.kind, 0) + max(int(getattr(ev, "rows", 0) or 0), 1)
+                _bump(w.events, str(ev.kind), max(int(getattr(ev, "rows", 0) or 0), 1))
         if tiers:
             if len(tiers) == 1 or all(t == tiers[0] for t in tiers):
-                w.tiers[tiers[0]] = w.tiers.get(tiers[0], 0) + len(tiers)
+                _bump(w.tiers, str(tiers[0]), len(tiers))
             else:
                 for t in tiers:
-                    w.tiers[t] = w.tiers.get(t, 0) + 1
+                    _bump(w.tiers, str(t), 1)
         if rows and (self._features_ok or self.sampler is not None):
             x = self._pick_input(inputs) if inputs is not None else None
             if x is not None and x.ndim >= 1 and len(x) == rows:
@@ -348,9 +367,8 @@ class Aggregator:
         """Bin everything buffered into the current window."""
         w = self._w
         lat, self._lat = self._lat, []
-        add = w.latency_ms.add
-        for v in lat:
-            add(v if v > 0 else 0.0)
+        if lat:
+            add_many(w.latency_ms, np.maximum(np.asarray(lat, dtype=np.float64), 0.0))
         scores, self._scores = self._scores, []
         inputs, self._inputs = self._inputs, []
         tiers, self._tiers = self._tiers, []
@@ -359,9 +377,7 @@ class Aggregator:
         conf = cls = None
         if scores:
             conf, cls = self._confidence(scores)
-            cadd = w.confidence.add
-            for v in conf.tolist():
-                cadd(v)
+            add_many(w.confidence, conf)
             w.confidence_hist += Reference.confidence_bins(conf)
             self._count_classes(np.bincount(cls), index=True)
         for lab in labels_buf:
@@ -398,19 +414,18 @@ class Aggregator:
     def _count_named(self, named: Mapping[str, int]) -> None:
         c = self._w.classes
         for k, v in named.items():
+            k = "".join(ch if ch.isprintable() else "_" for ch in k)[:128] or "_"
             if k not in c and len(c) >= self.config.max_classes:
                 k = _OTHER
             c[k] = c.get(k, 0) + v
 
     def _bin_features(self, inputs: list, score_rows: list[int] | None) -> np.ndarray | None:
-        from edgefleet.bundle import summarize_features
-
         ref = self.reference
         assert ref is not None
         xs = [x for x in inputs if x is not None]
         try:
             x = np.concatenate(xs) if len(xs) > 1 else xs[0]
-            names, f = summarize_features(x)
+            names, f = self._summarize(x)
         except Exception as e:  # noqa: BLE001 - a bad input shape must not stop the window
             self._w.telemetry_errors += 1
             self._warn_once("features", "feature summary failed: %s", e)
@@ -455,7 +470,13 @@ class Aggregator:
                 self._labels[i] if self._labels and i < len(self._labels) else str(i) for i in cls.tolist()
             ]
             self.sampler.offer(
-                inputs=x, scores=s, confidence=conf, labels=labels, escalated=esc, features=feats, tags=self.tags
+                inputs=x,
+                scores=s,
+                confidence=conf,
+                labels=labels,
+                escalated=esc,
+                features=feats,
+                tags=self.tags,
             )
         except EdgefleetError as e:
             self._w.telemetry_errors += 1
@@ -560,6 +581,12 @@ class Aggregator:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(msg, *args)
+
+
+def _bump(counter: dict[str, int], key: str, n: int) -> None:
+    if key not in counter and len(counter) >= 48:
+        key = "other"  # windows accept at most 64 keys per counter (WindowConfig.max_keys)
+    counter[key] = counter.get(key, 0) + n
 
 
 class _OutboxSink:

@@ -121,7 +121,11 @@ def detect_outliers(
             for d, v in vals:
                 rz = (v - med) / scale
                 if (bad in ("high", "both") and rz > z) or (bad in ("low", "both") and rz < -z):
-                    out.append(Outlier(d, group, metric, v, med, round(rz, 3), "high" if rz > 0 else "low", len(vals)))
+                    out.append(
+                        Outlier(
+                            d, group, metric, v, med, round(rz, 3), "high" if rz > 0 else "low", len(vals)
+                        )
+                    )
     return out
 
 
@@ -281,7 +285,9 @@ class RetrainHook(Protocol):
 class WebhookHook:
     """POST the request as JSON to ``url``; a non-2xx answer fails the request."""
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 10.0, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.url, self.timeout_s, self.headers = url, timeout_s, dict(headers or {})
 
     def __call__(self, request: RetrainRequest) -> None:
@@ -344,7 +350,11 @@ class RetrainTrigger:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.hook, self.model = hook, model
-        self.require_approval, self.min_consecutive, self.cooldown_s = require_approval, min_consecutive, cooldown_s
+        self.require_approval, self.min_consecutive, self.cooldown_s = (
+            require_approval,
+            min_consecutive,
+            cooldown_s,
+        )
         self._clock = clock
         self._streak: dict[str, int] = {}
         self._last: dict[str, float] = {}
@@ -386,7 +396,9 @@ class RetrainTrigger:
         try:
             req = self.requests[request_id]
         except KeyError:
-            raise NotFoundError(f"no retraining request {request_id}", hint="list the pending requests") from None
+            raise NotFoundError(
+                f"no retraining request {request_id}", hint="list the pending requests"
+            ) from None
         if req.status != "pending":
             raise ConflictError(f"retraining request {request_id} is already {req.status}")
         return req

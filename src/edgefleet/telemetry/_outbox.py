@@ -73,14 +73,20 @@ class OutboxConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_OUTBOX_", extra="ignore")
 
-    max_bytes: int = Field(64 * _MIB, ge=1024, description="byte cap over all queued items (payload + 64 B each)")
+    max_bytes: int = Field(
+        64 * _MIB, ge=1024, description="byte cap over all queued items (payload + 64 B each)"
+    )
     max_item_bytes: int = Field(1 * _MIB, ge=64, description="largest single payload accepted by put()")
-    ttl_s: float = Field(3 * _DAY, gt=0, description="age after which an item is dropped (counted as expired)")
+    ttl_s: float = Field(
+        3 * _DAY, gt=0, description="age after which an item is dropped (counted as expired)"
+    )
     ttl_by_kind: dict[str, float] = Field(default_factory=dict, description="per-kind TTL overrides, seconds")
     priorities: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
     default_priority: int = Field(10, description="priority of kinds not listed in ``priorities``")
     max_offline_credit_s: float = Field(
-        _DAY, ge=0, description="most wall-clock time credited to item ages across a restart (clock-jump guard)"
+        _DAY,
+        ge=0,
+        description="most wall-clock time credited to item ages across a restart (clock-jump guard)",
     )
     upload_max_bytes: int = Field(256 * 1024, ge=1024, description="raw payload bytes per upload batch")
     compression_level: int = Field(3, ge=1, le=22, description="zstd level of upload bodies")
@@ -192,16 +198,25 @@ class TokenBucket:
         return need / self.rate
 
 
-def encode_upload(items: list[OutboxItem], *, batch_id: str, level: int = 3, header: dict | None = None) -> tuple[bytes, int]:
+def encode_upload(
+    items: list[OutboxItem], *, batch_id: str, level: int = 3, header: dict | None = None
+) -> tuple[bytes, int]:
     """Build a zstd-compressed JSON upload body; returns (body, raw JSON size)."""
     import zstandard
 
-    doc = {"format": UPLOAD_FORMAT, "batch_id": batch_id, **(header or {}), "items": [i.wire() for i in items]}
+    doc = {
+        "format": UPLOAD_FORMAT,
+        "batch_id": batch_id,
+        **(header or {}),
+        "items": [i.wire() for i in items],
+    }
     raw = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     return zstandard.ZstdCompressor(level=level).compress(raw), len(raw)
 
 
-def decode_upload(body: bytes, *, max_body_bytes: int = 4 * _MIB, max_raw_bytes: int = 32 * _MIB) -> dict[str, Any]:
+def decode_upload(
+    body: bytes, *, max_body_bytes: int = 4 * _MIB, max_raw_bytes: int = 32 * _MIB
+) -> dict[str, Any]:
     """Server side: decompress and check an upload body without trusting its size claims.
 
     Raises:
@@ -219,7 +234,9 @@ def decode_upload(body: bytes, *, max_body_bytes: int = 4 * _MIB, max_raw_bytes:
         reader = zstandard.ZstdDecompressor().stream_reader(body)
         raw = reader.read(max_raw_bytes + 1)
     except zstandard.ZstdError as e:
-        raise ValidationError(f"upload body is not valid zstd: {e}", hint="compress the JSON body with zstd") from e
+        raise ValidationError(
+            f"upload body is not valid zstd: {e}", hint="compress the JSON body with zstd"
+        ) from e
     if len(raw) > max_raw_bytes:
         raise PayloadTooLargeError(
             f"upload body decompresses to more than {max_raw_bytes} bytes",
@@ -238,7 +255,11 @@ def decode_upload(body: bytes, *, max_body_bytes: int = 4 * _MIB, max_raw_bytes:
     if not isinstance(doc.get("batch_id"), str) or not isinstance(doc.get("items"), list):
         raise ValidationError("upload body needs a string 'batch_id' and a list 'items'")
     for i, it in enumerate(doc["items"]):
-        if not isinstance(it, dict) or not isinstance(it.get("uid"), str) or not isinstance(it.get("kind"), str):
+        if (
+            not isinstance(it, dict)
+            or not isinstance(it.get("uid"), str)
+            or not isinstance(it.get("kind"), str)
+        ):
             raise ValidationError(f"upload item {i} needs string 'uid' and 'kind'")
         if "payload_b64" in it:
             try:
@@ -286,7 +307,10 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=self.config.busy_timeout_ms / 1000
+                str(self.path),
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.config.busy_timeout_ms / 1000,
             )
             self._db.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout_ms)}")
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -406,7 +430,8 @@ class Outbox:
         rows: list[tuple[int, str, int]] = []
         for kind in kinds:
             rows += self._db.execute(
-                "SELECT id, kind, size FROM items WHERE kind=? AND created_clock < ?", (kind, now - self._ttl(kind))
+                "SELECT id, kind, size FROM items WHERE kind=? AND created_clock < ?",
+                (kind, now - self._ttl(kind)),
             ).fetchall()
         if rows:
             log.info("outbox dropped %d expired items", len(rows), extra={"path": str(self.path)})
@@ -448,7 +473,8 @@ class Outbox:
         """
         if not isinstance(kind, str) or not _KIND_RE.match(kind):
             raise ValidationError(
-                f"outbox kind {kind!r} is invalid", hint="use a short lowercase name such as 'telemetry' or 'event'"
+                f"outbox kind {kind!r} is invalid",
+                hint="use a short lowercase name such as 'telemetry' or 'event'",
             )
         if isinstance(payload, (bytes, bytearray, memoryview)):
             blob, encoding = bytes(payload), "bytes"
@@ -507,9 +533,12 @@ class Outbox:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            rows = self._victims(priority, need) or db.execute(
-                "SELECT id, kind, size FROM items WHERE priority <= ? ORDER BY priority, id", (priority,)
-            ).fetchall()
+            rows = (
+                self._victims(priority, need)
+                or db.execute(
+                    "SELECT id, kind, size FROM items WHERE priority <= ? ORDER BY priority, id", (priority,)
+                ).fetchall()
+            )
             self._delete(rows, "evicted")
             db.execute("COMMIT")
         except BaseException:
@@ -545,7 +574,12 @@ class Outbox:
                     self._count(kind, "disk_full" if low_disk else "rejected", 1, size)
                     self._save_clock()
                     db.execute("COMMIT")
-                    log.info("outbox full: rejected %s item of %d bytes", kind, size, extra={"path": str(self.path)})
+                    log.info(
+                        "outbox full: rejected %s item of %d bytes",
+                        kind,
+                        size,
+                        extra={"path": str(self.path)},
+                    )
                     return None
                 self._delete(victims, "evicted")
             cur = db.execute(
@@ -638,7 +672,9 @@ class Outbox:
         if not items:
             return None
         batch_id = hashlib.sha256("\n".join(i.uid for i in items).encode()).hexdigest()[:32]
-        body, raw = encode_upload(items, batch_id=batch_id, level=self.config.compression_level, header=header)
+        body, raw = encode_upload(
+            items, batch_id=batch_id, level=self.config.compression_level, header=header
+        )
         return UploadBatch(batch_id, [i.id for i in items], items, body, raw)
 
     def drain(
@@ -724,7 +760,9 @@ class Outbox:
     def bytes_of(self, kind: str) -> int:
         """Bytes (payload + overhead) of the queued items of one kind."""
         with self._lock:
-            row = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM items WHERE kind=?", (kind,)).fetchone()
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM items WHERE kind=?", (kind,)
+            ).fetchone()
             return int(row[0])
 
     def check(self) -> list[str]:

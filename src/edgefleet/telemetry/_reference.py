@@ -104,7 +104,9 @@ class Reference:
         try:
             size = p.stat().st_size
         except OSError as e:
-            raise ValidationError(f"cannot read reference {p}: {e}", hint="pass the bundle's reference.json") from e
+            raise ValidationError(
+                f"cannot read reference {p}: {e}", hint="pass the bundle's reference.json"
+            ) from e
         if size > max_bytes:
             raise PayloadTooLargeError(f"reference {p} is {size} bytes, limit {max_bytes}")
         try:
@@ -202,13 +204,21 @@ class Reference:
         k = len(self.names)
         if x.ndim != 2 or x.shape[1] != k:
             raise ValidationError(f"feature matrix has shape {list(x.shape)}, reference has {k} features")
-        # number of edges <= value == numpy.searchsorted(edges, value, side="right")
-        idx = (x[:, :, None] >= self.padded[None, :, :]).sum(axis=2)
-        last = self.n_bins + 1  # index of the over-range column
-        on_last_edge = (idx == last[None, :]) & (x == self.padded[np.arange(k), self.n_bins][None, :])
-        idx[on_last_edge] -= 1
-        flat = idx + (np.arange(k) * self.width)[None, :]
-        return np.bincount(flat.ravel(), minlength=k * self.width).reshape(k, self.width)
+        xt = np.ascontiguousarray(x.T)
+        idx = np.empty(xt.shape, dtype=np.int64)
+        for j, e in enumerate(self._right_edges):
+            idx[j] = np.searchsorted(e, xt[j], side="right")  # == number of edges <= value
+        idx += (np.arange(k) * self.width)[:, None]
+        return np.bincount(idx.ravel(), minlength=k * self.width).reshape(k, self.width)
+
+    @property
+    def _right_edges(self) -> tuple[np.ndarray, ...]:
+        # The last edge nudged up by one ulp, so a value equal to it lands in the last bin, not over range.
+        cached = self.__dict__.get("_right_edges_cache")
+        if cached is None:
+            cached = tuple(np.append(e[:-1], np.nextafter(e[-1], np.inf)) for e in self.edges)
+            object.__setattr__(self, "_right_edges_cache", cached)
+        return cached
 
     def feature_counts_with_range(self, j: int) -> np.ndarray:
         """Reference counts of feature ``j`` laid out like a window row (0 under, bins, 0 over)."""

@@ -41,8 +41,12 @@ class SamplerConfig(BaseSettings):
 
     enabled: bool = Field(False, description="opt-in: nothing is sampled unless true")
     rate: float = Field(0.01, ge=0, le=1, description="probability of keeping any row")
-    low_confidence_threshold: float = Field(0.6, ge=0, le=1, description="confidence below which a row is 'low'")
-    low_confidence_rate: float = Field(0.2, ge=0, le=1, description="probability of keeping a low-confidence row")
+    low_confidence_threshold: float = Field(
+        0.6, ge=0, le=1, description="confidence below which a row is 'low'"
+    )
+    low_confidence_rate: float = Field(
+        0.2, ge=0, le=1, description="probability of keeping a low-confidence row"
+    )
     escalated_rate: float = Field(0.5, ge=0, le=1, description="probability of keeping an escalated row")
     privacy: Literal["raw", "hash", "drop"] = Field("hash", description="what is kept of raw inputs")
     hash_key: str = Field("", description="secret key of the input digest (set one per fleet)")

@@ -10,17 +10,42 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from ddsketch import LogCollapsingLowestDenseDDSketch
 
 from edgefleet.errors import ValidationError
 
-__all__ = ["new_sketch", "sketch_to_dict", "sketch_from_dict", "quantile"]
+__all__ = ["new_sketch", "add_many", "sketch_to_dict", "sketch_from_dict", "quantile"]
 
 MAX_SKETCH_BINS = 4096
 
 
 def new_sketch(relative_accuracy: float, bin_limit: int) -> LogCollapsingLowestDenseDDSketch:
     return LogCollapsingLowestDenseDDSketch(relative_accuracy=relative_accuracy, bin_limit=bin_limit)
+
+
+def add_many(s: LogCollapsingLowestDenseDDSketch, values: np.ndarray) -> None:
+    """Add many values at once: keys computed with numpy, one store update per distinct key.
+
+    Same keys as ``DDSketch.add`` (``ceil(log2(v) * multiplier) + offset`` of the logarithmic mapping).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        return
+    m = s._mapping
+    pos = v > m.min_possible
+    neg = v < -m.min_possible
+    for mask, store, sign in ((pos, s._store, 1.0), (neg, s._negative_store, -1.0)):
+        if mask.any():
+            keys = np.ceil(np.log2(sign * v[mask]) * m._multiplier).astype(np.int64) + int(m._offset)
+            uk, counts = np.unique(keys, return_counts=True)
+            for k, c in zip(uk.tolist(), counts.tolist(), strict=True):
+                store.add(k, float(c))
+    s._zero_count += float(v.size - pos.sum() - neg.sum())
+    s._count += float(v.size)
+    s._sum += float(v.sum())
+    s._min = min(s._min, float(v.min()))
+    s._max = max(s._max, float(v.max()))
 
 
 def _num(x: float) -> int | float:
@@ -60,7 +85,9 @@ def sketch_to_dict(s: LogCollapsingLowestDenseDDSketch) -> dict[str, Any]:
 
 
 def _bad(where: str, msg: str) -> ValidationError:
-    return ValidationError(f"{where}: {msg}", hint="the window was corrupted or built by an incompatible version")
+    return ValidationError(
+        f"{where}: {msg}", hint="the window was corrupted or built by an incompatible version"
+    )
 
 
 def _nonneg(v: Any, where: str) -> float:

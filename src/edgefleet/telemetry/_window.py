@@ -97,7 +97,7 @@ def _counter(v: Any, where: str, max_keys: int) -> dict[str, int]:
         raise _bad(f"{where} must be an object with at most {max_keys} entries")
     out = {}
     for k, c in v.items():
-        if not _KEY_RE.match(k):
+        if not 1 <= len(k) <= 128 or not k.isprintable():
             raise _bad(f"{where} has an invalid key {k[:40]!r}")
         out[k] = _int(c, f"{where}[{k!r}]")
     return out
@@ -137,7 +137,11 @@ class Window:
 
     @classmethod
     def empty(
-        cls, start: float | None = None, *, tags: Mapping[str, str] | None = None, config: WindowConfig | None = None
+        cls,
+        start: float | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        config: WindowConfig | None = None,
     ) -> Window:
         cfg = config or WindowConfig()
         t = time.time() if start is None else start
@@ -251,7 +255,10 @@ class Window:
                 self.feature_nonfinite = other.feature_nonfinite
                 self.feature_start = other.feature_start
             return
-        if self.reference_id != other.reference_id or self.feature_counts.shape[0] != other.feature_counts.shape[0]:
+        if (
+            self.reference_id != other.reference_id
+            or self.feature_counts.shape[0] != other.feature_counts.shape[0]
+        ):
             if on_mismatch == "drop":
                 self.reference_id = "mixed"
                 self.feature_counts = self.feature_start = None
@@ -322,7 +329,12 @@ class Window:
 
     @classmethod
     def from_json(
-        cls, data: bytes | str, *, config: WindowConfig | None = None, now: float | None = None, check_time: bool = True
+        cls,
+        data: bytes | str,
+        *,
+        config: WindowConfig | None = None,
+        now: float | None = None,
+        check_time: bool = True,
     ) -> Window:
         """Parse a serialized window, refusing oversized input before parsing it."""
         cfg = config or WindowConfig()
@@ -368,7 +380,16 @@ class Window:
         unknown = set(d) - _TOP_KEYS
         if unknown:
             raise _bad(f"unknown fields {sorted(unknown)[:5]}")
-        for k in ("start", "end", "requests", "rows", "errors", "latency_ms", "confidence", "confidence_hist"):
+        for k in (
+            "start",
+            "end",
+            "requests",
+            "rows",
+            "errors",
+            "latency_ms",
+            "confidence",
+            "confidence_hist",
+        ):
             if k not in d:
                 raise _bad(f"missing field {k!r}")
         start, end = _float(d["start"], "start"), _float(d["end"], "end")
@@ -410,7 +431,9 @@ class Window:
             raise _bad(f"{w.errors} errors in {w.requests} requests")
         classes = d.get("classes", {})
         if isinstance(classes, dict) and len(classes) > cfg.max_classes:
-            raise PayloadTooLargeError(f"telemetry window has {len(classes)} classes, limit {cfg.max_classes}")
+            raise PayloadTooLargeError(
+                f"telemetry window has {len(classes)} classes, limit {cfg.max_classes}"
+            )
         w.classes = _counter(classes, "classes", cfg.max_classes)
         if sum(w.classes.values()) > w.rows:
             raise _bad(f"class counts sum to {sum(w.classes.values())} but the window has {w.rows} rows")
@@ -429,7 +452,9 @@ class Window:
         ch = d["confidence_hist"]
         if not isinstance(ch, list) or len(ch) != 20:
             raise _bad("confidence_hist must hold 20 counts")
-        w.confidence_hist = np.asarray([_int(c, f"confidence_hist[{i}]") for i, c in enumerate(ch)], dtype=np.int64)
+        w.confidence_hist = np.asarray(
+            [_int(c, f"confidence_hist[{i}]") for i, c in enumerate(ch)], dtype=np.int64
+        )
         if int(w.confidence_hist.sum()) != round(w.confidence.count):
             raise _bad("confidence_hist and the confidence sketch disagree on the count")
         if "features" in d:
@@ -468,7 +493,9 @@ class Window:
         if not isinstance(counts, list):
             raise _bad("features.counts must be a list")
         if len(counts) > cfg.max_features:
-            raise PayloadTooLargeError(f"telemetry window has {len(counts)} features, limit {cfg.max_features}")
+            raise PayloadTooLargeError(
+                f"telemetry window has {len(counts)} features, limit {cfg.max_features}"
+            )
         width = 0
         for j, r in enumerate(counts):
             if not isinstance(r, list) or len(r) > cfg.max_feature_width:
@@ -502,7 +529,9 @@ def merge_windows(windows: Iterable[Window], *, on_mismatch: Literal["raise", "d
     try:
         first = next(it)
     except StopIteration:
-        raise TelemetryError("merge_windows needs at least one window", hint="check the query's time range") from None
+        raise TelemetryError(
+            "merge_windows needs at least one window", hint="check the query's time range"
+        ) from None
     cfg_acc = first.latency_ms._mapping.relative_accuracy
     bins = first.latency_ms._store.bin_limit
     out = Window(
