@@ -121,7 +121,10 @@ def _machine() -> str:
 
 def _deltas(t: Path, size: int, only: list[str] | None, methods: list[str], x, ref, progress) -> list[dict]:
     """Base v1.0.0 -> three kinds of v1.1.0, each diffed with every method and applied back."""
-    import zstandard
+    try:
+        from compression import zstd  # Python 3.14+
+    except ImportError:
+        from backports import zstd
 
     t.mkdir()
     base_layers = _mlp_weights(size, seed=1)
@@ -157,7 +160,7 @@ def _deltas(t: Path, size: int, only: list[str] | None, methods: list[str], x, r
     for label in labels:
         target = builders[label]()
         data = target.read_bytes()
-        plain = len(zstandard.ZstdCompressor(level=19).compress(data))
+        plain = len(zstd.compress(data, level=19))
         for method in methods:
             patch = t / f"{method}.delta"
             make_s, info = _timeit(lambda p=patch, m=method, tg=target: make_delta(base, tg, p, method=m), 1)

@@ -16,8 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PROGRESS = ["idle", "assigned", "downloading", "downloaded", "staging", "staged", "health_checked",
-            "activating", "watching", "committed"]
+PROGRESS = [
+    "idle",
+    "assigned",
+    "downloading",
+    "downloaded",
+    "staging",
+    "staged",
+    "health_checked",
+    "activating",
+    "watching",
+    "committed",
+]
 KILL_STEPS = ["downloading", "downloaded", "staging", "staged", "health_checked", "activating", "watching"]
 
 
@@ -61,6 +71,102 @@ def check_valid_active(state: Path, allowed: set[str]) -> str | None:
     return None
 
 
+# A parent that has imported the agent's libraries once and forks a fresh agent process per start: the
+# agent still runs as its own process (own pid, killed with a real SIGKILL), but trials skip the 1-3 s of
+# imports a cold `python -m edgefleet.cli agent run` costs on a small machine.
+_ZYGOTE = r"""
+import json, os, sys
+import numpy, onnxruntime, httpx, tuf.ngclient, fastapi, uvicorn
+import edgefleet.cli, edgefleet.agent, edgefleet.agent._host, edgefleet.agent._health, edgefleet.bundle
+import edgefleet.telemetry, edgefleet.power
+out = os.fdopen(os.dup(1), "w")
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["op"] == "spawn":
+        pid = os.fork()
+        if pid == 0:
+            os.setsid()
+            fd = os.open(cmd["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 2)
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 1)
+            os.dup2(null, 0)
+            os.environ.update(cmd["env"])
+            code = 0
+            try:
+                from edgefleet.cli import main
+                main(cmd["argv"])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        out.write(json.dumps({"pid": pid}) + "\n")
+    elif cmd["op"] == "wait":
+        flags = 0 if cmd.get("block", True) else os.WNOHANG
+        try:
+            p, status = os.waitpid(cmd["pid"], flags)
+            out.write(json.dumps({"done": p != 0, "code": os.waitstatus_to_exitcode(status) if p else None}) + "\n")
+        except ChildProcessError:
+            out.write(json.dumps({"done": True, "code": None}) + "\n")
+    out.flush()
+"""
+
+
+class Zygote:
+    """Forks agent processes from a pre-imported parent (see the note above)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def _ask(self, obj: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def spawn(self, argv: list[str], env: dict[str, str], log: Path) -> _Forked:
+        return _Forked(self, self._ask({"op": "spawn", "argv": argv, "env": env, "log": str(log)})["pid"])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+            self.proc.wait(timeout=30)
+
+
+class _Forked:
+    """The subset of ``subprocess.Popen`` the harness uses, for a process forked by the zygote."""
+
+    def __init__(self, z: Zygote, pid: int) -> None:
+        self.z, self.pid, self.returncode = z, pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            r = self.z._ask({"op": "wait", "pid": self.pid, "block": False})
+            if r["done"]:
+                self.returncode = r["code"] if r["code"] is not None else -1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.01)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+
 @dataclass
 class KillHarness:
     """Runs trials against a stand-in server; ``template`` is an enrolled state dir with the old version."""
@@ -71,14 +177,22 @@ class KillHarness:
     new_sha: str
     env: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 60.0
+    zygote: Zygote | None = None
 
-    def spawn(self, state: Path, log: Path) -> subprocess.Popen:
+    def spawn(self, state: Path, log: Path) -> Any:
+        argv = ["agent", "run", "--state", str(state), "--no-progress"]
+        if self.zygote is not None:
+            return self.zygote.spawn(argv, {"EDGEFLEET_AGENT_STATE_DIR": str(state), **self.env}, log)
         env = {**os.environ, "EDGEFLEET_AGENT_STATE_DIR": str(state), **self.env}
         return subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--state", str(state), "--no-progress"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(log, "ab"), start_new_session=True)
+            [sys.executable, "-m", "edgefleet.cli", *argv],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(log, "ab"),
+            start_new_session=True,
+        )
 
-    def _wait(self, state: Path, pred, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    def _wait(self, state: Path, pred, timeout: float, proc: Any = None) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if pred(progress_of(state, self.new_sha)):
@@ -88,7 +202,9 @@ class KillHarness:
             time.sleep(0.003)
         return False
 
-    def trial(self, i: int, rng: random.Random, *, mode: str | None = None, span_s: float = 3.0) -> dict[str, Any]:
+    def trial(
+        self, i: int, rng: random.Random, *, mode: str | None = None, span_s: float = 3.0
+    ) -> dict[str, Any]:
         state = self.work / f"trial-{i:04d}"
         shutil.rmtree(state, ignore_errors=True)
         shutil.copytree(self.template, state, symlinks=True)
@@ -108,9 +224,15 @@ class KillHarness:
         p.wait()
         killed_after = time.monotonic() - t0
         why = check_valid_active(state, {self.old_sha, self.new_sha})
-        result: dict[str, Any] = {"trial": i, "mode": mode, "target": target if mode == "step" else None,
-                                  "killed_at": at, "killed_after_s": round(killed_after, 3),
-                                  "valid_after_kill": why is None, "error": why}
+        result: dict[str, Any] = {
+            "trial": i,
+            "mode": mode,
+            "target": target if mode == "step" else None,
+            "killed_at": at,
+            "killed_after_s": round(killed_after, 3),
+            "valid_after_kill": why is None,
+            "error": why,
+        }
         p2 = self.spawn(state, log)
         t1 = time.monotonic()
         done = self._wait(state, lambda s: s == "committed", self.timeout_s, p2)

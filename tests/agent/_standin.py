@@ -9,6 +9,7 @@ after N bytes, truncation, bit flips, a slow link, Range ignored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -23,6 +24,11 @@ from typing import Any
 from edgefleet.protocol import Assignment, EnrollRequest, GateThresholds, Heartbeat, TelemetryBatch
 
 ENROLL_TOKEN = "enroll-token-0123456789"
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients killed with SIGKILL or cut by fault injection reset their connections
 
 
 class StandIn:
@@ -53,7 +59,7 @@ class StandIn:
 
     def start(self) -> StandIn:
         handler = _make_handler(self)
-        srv = ThreadingHTTPServer(("127.0.0.1", self.port), handler, bind_and_activate=False)
+        srv = _QuietServer(("127.0.0.1", self.port), handler, bind_and_activate=False)
         srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         srv.server_bind()
         srv.server_activate()
@@ -73,10 +79,8 @@ class StandIn:
         with self._lock:
             conns, self._conns = self._conns, set()
         for c in conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     @property
     def url(self) -> str:
@@ -88,16 +92,33 @@ class StandIn:
 
     # --- helpers for tests -----------------------------------------------------------------------
 
-    def assign(self, target_path: str, *, gates: GateThresholds | None = None, length: int | None = None,
-               sha256: str | None = None, name: str | None = None, version: str | None = None,
-               variant: str | None = None) -> Assignment:
+    def assign(
+        self,
+        target_path: str,
+        *,
+        gates: GateThresholds | None = None,
+        length: int | None = None,
+        sha256: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        variant: str | None = None,
+    ) -> Assignment:
         """Assign a published target, reading its length and sha256 from the signed metadata."""
         info = self.signed_target(target_path)
-        n, ver, var = target_path.split("/")[0], target_path.split("/")[1], target_path.split("/")[2].rsplit(".", 1)[0]
+        n, ver, var = (
+            target_path.split("/")[0],
+            target_path.split("/")[1],
+            target_path.split("/")[2].rsplit(".", 1)[0],
+        )
         a = Assignment(
-            rollout_id="test-rollout", name=name or n, version=version or ver, variant=variant or var,
-            target_path=target_path, length=length if length is not None else info["length"],
-            hashes={"sha256": sha256 or info["hashes"]["sha256"]}, gates=gates or GateThresholds(watch_window_s=0.5),
+            rollout_id="test-rollout",
+            name=name or n,
+            version=version or ver,
+            variant=variant or var,
+            target_path=target_path,
+            length=length if length is not None else info["length"],
+            hashes={"sha256": sha256 or info["hashes"]["sha256"]},
+            gates=gates or GateThresholds(watch_window_s=0.5),
         )
         self.assignment = a.model_dump(mode="json")
         return a
@@ -134,10 +155,8 @@ def _make_handler(s: StandIn) -> type[BaseHTTPRequestHandler]:
         def finish(self) -> None:
             with s._lock:
                 s._conns.discard(self.connection)
-            try:
+            with contextlib.suppress(OSError):
                 super().finish()
-            except OSError:
-                pass
 
         def _json(self, code: int, obj: Any) -> None:
             body = json.dumps(obj).encode()
@@ -170,9 +189,16 @@ def _make_handler(s: StandIn) -> type[BaseHTTPRequestHandler]:
                 s.devices[dev] = tok
                 s.enrollments.append(req.model_dump(mode="json"))
                 root = (s.repo_dir / "metadata" / "1.root.json").read_bytes()
-                return self._json(200, {
-                    "device_id": dev, "device_token": tok, "poll_interval_s": s.poll_interval_s,
-                    "repository_url": s.repository_url, "root_json_sha256": hashlib.sha256(root).hexdigest()})
+                return self._json(
+                    200,
+                    {
+                        "device_id": dev,
+                        "device_token": tok,
+                        "poll_interval_s": s.poll_interval_s,
+                        "repository_url": s.repository_url,
+                        "root_json_sha256": hashlib.sha256(root).hexdigest(),
+                    },
+                )
             m = re.fullmatch(r"/v1/devices/([^/]+)/(heartbeat|telemetry)", path)
             if not m:
                 return self._json(404, {"error": "not_found", "message": path})
@@ -185,8 +211,9 @@ def _make_handler(s: StandIn) -> type[BaseHTTPRequestHandler]:
                 with s._lock:
                     s.heartbeats.append(hb.model_dump(mode="json"))
                     cmds, s.commands = s.commands, []
-                return self._json(200, {"assignment": s.assignment, "poll_interval_s": s.poll_interval_s,
-                                        "commands": cmds})
+                return self._json(
+                    200, {"assignment": s.assignment, "poll_interval_s": s.poll_interval_s, "commands": cmds}
+                )
             batch = TelemetryBatch.model_validate(self._body())
             with s._lock:
                 dup = batch.batch_id in s.batch_ids
@@ -198,7 +225,7 @@ def _make_handler(s: StandIn) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             if not self.path.startswith("/repo/"):
                 return self._json(404, {"error": "not_found", "message": self.path})
-            rel = self.path[len("/repo/"):].split("?", 1)[0]
+            rel = self.path[len("/repo/") :].split("?", 1)[0]
             f = (s.repo_dir / rel).resolve()
             if s.repo_dir.resolve() not in f.parents or not f.is_file():
                 return self._json(404, {"error": "not_found", "message": rel})
@@ -227,7 +254,7 @@ def _make_handler(s: StandIn) -> type[BaseHTTPRequestHandler]:
             if is_target and s.faults.get("flip_at") is not None:
                 i = s.faults["flip_at"] - start
                 if 0 <= i < len(body):
-                    body = body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1:]
+                    body = body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1 :]
                     if s.faults.get("flip_once"):
                         s.faults.pop("flip_at")
             self.send_header("Content-Length", str(len(body)))
@@ -243,7 +270,7 @@ def _make_handler(s: StandIn) -> type[BaseHTTPRequestHandler]:
             chunk = 8192
             pos = start
             while sent < len(body):
-                piece = body[sent:sent + chunk]
+                piece = body[sent : sent + chunk]
                 if cut is not None and pos + len(piece) > cut and pos <= cut:
                     piece = piece[: cut - pos]
                     self.wfile.write(piece)

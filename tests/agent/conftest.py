@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from _standin import ENROLL_TOKEN, StandIn
 
 GOLDEN = 16
@@ -37,20 +36,24 @@ def _erroring_model(src: Path, out: Path) -> None:
     prob = "probabilities"
     for node in g.node:
         node.output[:] = ["probabilities_raw" if o == prob else o for o in node.output]
-    g.initializer.extend([
-        numpy_helper.from_array(np.array([0], dtype=np.int64), "ef_s0"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "ef_s1"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "ef_axis"),
-        numpy_helper.from_array(np.array(50.0, dtype=np.float32), "ef_k"),
-        numpy_helper.from_array(np.zeros(1, dtype=np.float32), "ef_table"),
-    ])
-    g.node.extend([
-        helper.make_node("Slice", ["input", "ef_s0", "ef_s1", "ef_axis"], ["ef_px"]),
-        helper.make_node("Mul", ["ef_px", "ef_k"], ["ef_scaled"]),
-        helper.make_node("Cast", ["ef_scaled"], ["ef_idx"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["ef_table", "ef_idx"], ["ef_zero"], axis=0),
-        helper.make_node("Add", ["probabilities_raw", "ef_zero"], [prob]),
-    ])
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "ef_s0"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "ef_s1"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "ef_axis"),
+            numpy_helper.from_array(np.array(50.0, dtype=np.float32), "ef_k"),
+            numpy_helper.from_array(np.zeros(1, dtype=np.float32), "ef_table"),
+        ]
+    )
+    g.node.extend(
+        [
+            helper.make_node("Slice", ["input", "ef_s0", "ef_s1", "ef_axis"], ["ef_px"]),
+            helper.make_node("Mul", ["ef_px", "ef_k"], ["ef_scaled"]),
+            helper.make_node("Cast", ["ef_scaled"], ["ef_idx"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["ef_table", "ef_idx"], ["ef_zero"], axis=0),
+            helper.make_node("Add", ["probabilities_raw", "ef_zero"], [prob]),
+        ]
+    )
     onnx.save(m, str(out))
 
 
@@ -65,15 +68,23 @@ def _slow_model(out: Path, width: int = 384, layers: int = 4) -> None:
     for i in range(layers):
         w = (rng.standard_normal((dim, width)) / np.sqrt(dim)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]),
-                  helper.make_node("Tanh", [f"h{i}"], [f"a{i}"])]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]),
+            helper.make_node("Tanh", [f"h{i}"], [f"a{i}"]),
+        ]
         prev, dim = f"a{i}", width
     inits.append(numpy_helper.from_array((rng.standard_normal((dim, 10)) * 0.01).astype(np.float32), "wo"))
-    nodes += [helper.make_node("MatMul", [prev, "wo"], ["logits"]),
-              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    nodes += [
+        helper.make_node("MatMul", [prev, "wo"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
     graph = helper.make_graph(
-        nodes, "slow", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])], inits)
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(out))
@@ -112,22 +123,40 @@ def agent_bundles(tmp_path_factory, digits_split, digits_mlp, digits_mlp_v2) -> 
     out: dict[str, Path] = {}
 
     def make(version: str, model: Path) -> None:
-        out[version] = create_bundle(model, d / f"digits-{version}.tar", name="digits", version=version,
-                                     variant="cpu", inputs_raw=x, preprocess=PRE)
+        out[version] = create_bundle(
+            model,
+            d / f"digits-{version}.tar",
+            name="digits",
+            version=version,
+            variant="cpu",
+            inputs_raw=x,
+            preprocess=PRE,
+        )
 
     make("1.0.0", digits_mlp)
     make("1.1.0", digits_mlp_v2)
     make("1.2.0-good", digits_mlp_v2)
     out["1.2.0"] = d / "digits-1.2.0.tar"
-    good = create_bundle(digits_mlp_v2, d / "tmp-1.2.0.tar", name="digits", version="1.2.0", variant="cpu",
-                         inputs_raw=x, preprocess=PRE)
+    good = create_bundle(
+        digits_mlp_v2,
+        d / "tmp-1.2.0.tar",
+        name="digits",
+        version="1.2.0",
+        variant="cpu",
+        inputs_raw=x,
+        preprocess=PRE,
+    )
     rebuild_with_bad_golden(good, out["1.2.0"])
     _slow_model(d / "slow.onnx")
     make("1.3.0", d / "slow.onnx")
     _erroring_model(digits_mlp_v2, d / "erroring.onnx")
     make("1.4.0", d / "erroring.onnx")
-    shifted = DigitsSplit(digits_split.x_train, (digits_split.y_train + 1) % 10, digits_split.x_test,
-                          (digits_split.y_test + 1) % 10)
+    shifted = DigitsSplit(
+        digits_split.x_train,
+        (digits_split.y_train + 1) % 10,
+        digits_split.x_test,
+        (digits_split.y_test + 1) % 10,
+    )
     train_digits_mlp(d / "shifted.onnx", data=shifted, seed=2)
     make("1.5.0", d / "shifted.onnx")
     out.pop("1.2.0-good")
@@ -173,17 +202,30 @@ class World:
     def config(self, **kw: Any):
         from edgefleet.agent import AgentConfig
 
-        base = dict(state_dir=self.state, poll_interval_s=0.2, backoff_initial_s=0.05, backoff_max_s=0.2,
-                    retry_backoff_s=0.01, retry_backoff_max_s=0.05, download_retries=3, latency_runs=5,
-                    disk_reserve_mb=0, request_timeout_s=5)
+        base = dict(
+            state_dir=self.state,
+            poll_interval_s=0.2,
+            backoff_initial_s=0.05,
+            backoff_max_s=0.2,
+            retry_backoff_s=0.01,
+            retry_backoff_max_s=0.05,
+            download_retries=3,
+            latency_runs=5,
+            disk_reserve_mb=0,
+            request_timeout_s=5,
+        )
         base.update(kw)
         return AgentConfig(**base)
 
     def enroll(self) -> None:
         from edgefleet.agent import enroll
 
-        enroll(self.config(), token=ENROLL_TOKEN, root_json=self.repo_dir / "metadata" / "1.root.json",
-               server_url=self.standin.url)
+        enroll(
+            self.config(),
+            token=ENROLL_TOKEN,
+            root_json=self.repo_dir / "metadata" / "1.root.json",
+            server_url=self.standin.url,
+        )
 
     def agent(self, *, start: bool = True, **kw: Any):
         from edgefleet.agent import Agent, RuntimeHost
@@ -219,7 +261,8 @@ def run_until(agent, pred, timeout: float = 30.0, sleep: float = 0.02) -> None:
         time.sleep(sleep)
     raise AssertionError(
         f"condition not met in {timeout}s; state={agent.state_name()} journal="
-        f"{json.dumps(agent.journal.state.model_dump(mode='json'), default=str)[:2000]}")
+        f"{json.dumps(agent.journal.state.model_dump(mode='json'), default=str)[:2000]}"
+    )
 
 
 @pytest.fixture
@@ -244,7 +287,8 @@ def assert_valid_active(state: Path, expect_sha: str | None = None) -> dict[str,
     store.verify(cur.sha256, deep=True)
     j = Journal(state / "journal.json").state
     assert j.active == cur.sha256 or (j.pending is not None and j.pending.step == "activating"), (
-        f"journal active {j.active} but current {cur.sha256}")
+        f"journal active {j.active} but current {cur.sha256}"
+    )
     if expect_sha is not None:
         assert cur.sha256 == expect_sha
     return {"current": cur, "journal": j}

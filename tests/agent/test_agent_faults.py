@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -11,8 +12,8 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from conftest import assert_valid_active, run_until
 
+from conftest import assert_valid_active, run_until
 from edgefleet.protocol import GateThresholds, ShadowSettings
 
 
@@ -212,8 +213,13 @@ def test_target_not_in_signed_metadata_is_refused(world):
 
     a = _v1(world)
     world.standin.assignment = Assignment(
-        name="digits", version="9.9.9", variant="cpu", target_path="digits/9.9.9/cpu.tar", length=100,
-        hashes={"sha256": "ab" * 32}).model_dump(mode="json")
+        name="digits",
+        version="9.9.9",
+        variant="cpu",
+        target_path="digits/9.9.9/cpu.tar",
+        length=100,
+        hashes={"sha256": "ab" * 32},
+    ).model_dump(mode="json")
     _run(a, 2)
     _unchanged_and_reported(world, a, "not in the signed targets metadata")
 
@@ -333,10 +339,8 @@ def test_model_failing_on_live_traffic_is_rolled_back(world):
     assert a.host.model_key == "digits/1.4.0/cpu"  # golden set passed: it was activated
     lit = np.full((1, 64), 8.0, np.float32)
     for _ in range(25):
-        try:
+        with contextlib.suppress(Exception):
             a.host.predict(lit)
-        except Exception:
-            pass
     a.run_once()
     assert a.journal.state.watch is None
     _unchanged_and_reported(world, a, "error rate")

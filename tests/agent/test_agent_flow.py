@@ -7,7 +7,8 @@ import os
 import stat
 
 import numpy as np
-from conftest import assert_valid_active, run_until
+
+from conftest import assert_valid_active
 
 
 def test_enroll_stores_credentials_0600_and_reports_hardware(world):
@@ -18,7 +19,9 @@ def test_enroll_stores_credentials_0600_and_reports_hardware(world):
     hw = world.standin.enrollments[0]["hardware"]
     assert hw["cores"] >= 1 and hw["ram_mb"] > 0 and hw["arch"]
     assert "CPUExecutionProvider" in hw["providers"]
-    assert (world.state / "root.json").read_bytes() == (world.repo_dir / "metadata" / "1.root.json").read_bytes()
+    assert (world.state / "root.json").read_bytes() == (
+        world.repo_dir / "metadata" / "1.root.json"
+    ).read_bytes()
 
 
 def test_first_install_then_delta_update_commit(world):
@@ -82,9 +85,16 @@ def test_keeps_last_three_versions(world):
     raw = x["raw"]
     model = a.store.current().bundle_dir / "model.onnx"
     for v in ["2.0.0", "2.1.0"]:
-        b = create_bundle(model, world.root / f"{v}.tar", name="digits", version=v, variant="cpu",
-                          inputs_raw=raw, preprocess=[{"op": "scale", "factor": 1 / 16}],
-                          lineage=None)
+        b = create_bundle(
+            model,
+            world.root / f"{v}.tar",
+            name="digits",
+            version=v,
+            variant="cpu",
+            inputs_raw=raw,
+            preprocess=[{"op": "scale", "factor": 1 / 16}],
+            lineage=None,
+        )
         repo.publish(b)
         world.install(a, v)
     kept = [m.version for m in a.store.list()]
@@ -98,8 +108,13 @@ def test_status_cli_reads_state_dir(world):
 
     a = world.agent()
     world.install(a, "1.0.0")
-    r = subprocess.run([sys.executable, "-m", "edgefleet.cli", "agent", "status", "--state", str(world.state),
-                        "--json"], capture_output=True, text=True, timeout=60, env={**os.environ})
+    r = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "agent", "status", "--state", str(world.state), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     assert st["active"]["version"] == "1.0.0" and st["enrolled"]

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from _killharness import KillHarness, check_valid_active, progress_of, read_journal
+from _killharness import KillHarness, Zygote, check_valid_active, progress_of, read_journal
 
 from edgefleet.protocol import GateThresholds
 
@@ -28,20 +28,34 @@ def test_kill9_at_random_instants_always_leaves_a_valid_model_and_completes(worl
     old, new = _prepared(world)
     world.standin.poll_interval_s = 0.1
     world.standin.assign(world.target("1.1.0"), gates=GateThresholds(watch_window_s=0.3))
-    h = KillHarness(tmp_path / "trials", world.state, old, new,
-                    env={"EDGEFLEET_AGENT_MAX_RATE_BYTES_PER_S": "150000", "EDGEFLEET_AGENT_LATENCY_RUNS": "5"})
+    h = KillHarness(
+        tmp_path / "trials",
+        world.state,
+        old,
+        new,
+        env={"EDGEFLEET_AGENT_MAX_RATE_BYTES_PER_S": "150000", "EDGEFLEET_AGENT_LATENCY_RUNS": "5"},
+    )
     h.work.mkdir()
+    h.zygote = Zygote()
     rng = random.Random(20261122)
     results = []
-    for i in range(TRIALS):
-        h.env["EDGEFLEET_AGENT_USE_DELTA"] = "true" if i % 2 else "false"
-        results.append(h.trial(i, rng, span_s=2.5))
+    try:
+        for i in range(TRIALS):
+            h.env["EDGEFLEET_AGENT_USE_DELTA"] = "true" if i % 2 else "false"
+            results.append(h.trial(i, rng, span_s=1.5))
+    finally:
+        h.zygote.close()
     bad = [r for r in results if not r["ok"]]
     assert not bad, bad
     steps = {r["killed_at"] for r in results}
     # the kills landed in several different steps of the update, not only before or after it
-    assert len(steps & {"downloading", "staging", "staged", "health_checked", "activating", "watching",
-                        "downloaded"}) >= 3, steps
+    assert (
+        len(
+            steps
+            & {"downloading", "staging", "staged", "health_checked", "activating", "watching", "downloaded"}
+        )
+        >= 3
+    ), steps
 
 
 def _replays(state) -> int:
@@ -51,8 +65,10 @@ def _replays(state) -> int:
 @pytest.mark.slow
 def test_crash_loop_of_new_model_rolls_back(world, tmp_path):
     old, new = _prepared(world)
-    world.standin.assign(world.target("1.1.0"),
-                         gates=GateThresholds(watch_window_s=120, crash_loop_failures=3, crash_loop_window_s=300))
+    world.standin.assign(
+        world.target("1.1.0"),
+        gates=GateThresholds(watch_window_s=120, crash_loop_failures=3, crash_loop_window_s=300),
+    )
     h = KillHarness(tmp_path / "loop", world.state, old, new)
     h.work.mkdir()
     log = tmp_path / "loop.log"

@@ -14,8 +14,8 @@ import time
 
 import pytest
 from _standin import ENROLL_TOKEN, StandIn
-from conftest import assert_valid_active, run_until
 
+from conftest import assert_valid_active, run_until
 from edgefleet.agent import AgentConfig, Journal, backoff_delay, enroll, jittered
 from edgefleet.errors import AuthError, ConfigError, VerificationError
 
@@ -52,15 +52,21 @@ def test_enroll_with_bad_token_writes_nothing(tmp_path, repo_template):
     try:
         cfg = AgentConfig(state_dir=tmp_path / "state")
         with pytest.raises(AuthError):
-            enroll(cfg, token="wrong-token-123", root_json=repo_template / "repo" / "metadata" / "1.root.json",
-                   server_url=s.url)
+            enroll(
+                cfg,
+                token="wrong-token-123",
+                root_json=repo_template / "repo" / "metadata" / "1.root.json",
+                server_url=s.url,
+            )
         assert not (tmp_path / "state" / "credentials.json").exists()
         with pytest.raises(VerificationError, match="not TUF root metadata"):
             enroll(cfg, token=ENROLL_TOKEN, root_json=b'{"signed": {"_type": "root"}}', server_url=s.url)
         # a valid root.json, but not the one the server names: refused before anything is stored
         from edgefleet.registry import Repository, init_keys
 
-        other = Repository.init(tmp_path / "other", init_keys(tmp_path / "okeys", root_keys=1, root_threshold=1))
+        other = Repository.init(
+            tmp_path / "other", init_keys(tmp_path / "okeys", root_keys=1, root_threshold=1)
+        )
         with pytest.raises(VerificationError, match="differs"):
             enroll(cfg, token=ENROLL_TOKEN, root_json=other.root_json_path, server_url=s.url)
     finally:
@@ -92,7 +98,9 @@ def test_mqtt_nudge_makes_the_agent_poll_now(world, mqtt_url):
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         c.connect("127.0.0.1", 1883)
         c.loop_start()
-        c.publish(f"edgefleet/devices/{a.creds.device_id}/nudge", json.dumps({"poll": True}), qos=1).wait_for_publish()
+        c.publish(
+            f"edgefleet/devices/{a.creds.device_id}/nudge", json.dumps({"poll": True}), qos=1
+        ).wait_for_publish()
         deadline = time.monotonic() + 20
         while len(world.standin.heartbeats) == n and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -110,9 +118,13 @@ def test_cli_rollback_asks_the_running_agent(world, tmp_path):
     a.close()
     world.agents.remove(a)
     env = {**os.environ, "EDGEFLEET_AGENT_STATE_DIR": str(world.state)}
-    log = open(tmp_path / "agent.log", "wb")
-    p = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "agent", "run", "--no-progress"], env=env,
-                         stderr=log, start_new_session=True)
+    log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - lives as long as the process
+    p = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--no-progress"],
+        env=env,
+        stderr=log,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -120,13 +132,23 @@ def test_cli_rollback_asks_the_running_agent(world, tmp_path):
             if any(e["event"] == "replayed" for e in j["history"][-3:]):
                 break
             time.sleep(0.05)
-        r = subprocess.run([sys.executable, "-m", "edgefleet.cli", "agent", "rollback", "--version", "1.0.0",
-                            "--json"], env=env, capture_output=True, text=True, timeout=90)
+        r = subprocess.run(
+            [sys.executable, "-m", "edgefleet.cli", "agent", "rollback", "--version", "1.0.0", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["rolled_back_to"] == "1.0.0" and out["via"] == "running agent"
-        r = subprocess.run([sys.executable, "-m", "edgefleet.cli", "agent", "rollback", "--version", "0.0.9"],
-                           env=env, capture_output=True, text=True, timeout=90)
+        r = subprocess.run(
+            [sys.executable, "-m", "edgefleet.cli", "agent", "rollback", "--version", "0.0.9"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert r.returncode == 1 and "not kept" in r.stderr and "Traceback" not in r.stderr
     finally:
         p.send_signal(signal.SIGTERM)
@@ -141,8 +163,12 @@ def test_cli_rollback_without_running_agent(world):
     world.install(a, "1.1.0")
     a.close()
     world.agents.remove(a)
-    r = subprocess.run([sys.executable, "-m", "edgefleet.cli", "agent", "rollback", "--state", str(world.state),
-                        "--json"], capture_output=True, text=True, timeout=90)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "agent", "rollback", "--state", str(world.state), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["via"] == "direct"
     assert_valid_active(world.state, world.sha("1.0.0"))
@@ -154,8 +180,9 @@ def test_cli_rollback_without_running_agent(world):
 def test_systemd_unit_is_shipped_and_sane():
     from edgefleet.agent import SYSTEMD_UNIT
 
-    r = subprocess.run([sys.executable, "-m", "edgefleet.cli", "agent", "unit"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "agent", "unit"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and r.stdout == SYSTEMD_UNIT.read_text()
     cp = configparser.ConfigParser(strict=False, interpolation=None)
     cp.read_string(SYSTEMD_UNIT.read_text())

@@ -303,5 +303,8 @@ def test_verify_refuses_runtime_outside_the_manifest_range(digits_bundle, tmp_pa
         m.runtime.onnxruntime = ">=99.0"
 
     bad = rebuild(digits_bundle, tmp_path / "rt.tar", manifest_edit=edit)
-    with Bundle.open(bad, tmp_path / "x") as b, pytest.raises(ModelLoadError, match="needs onnxruntime >=99.0"):
+    with (
+        Bundle.open(bad, tmp_path / "x") as b,
+        pytest.raises(ModelLoadError, match="needs onnxruntime >=99.0"),
+    ):
         b.verify()

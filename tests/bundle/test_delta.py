@@ -140,3 +140,17 @@ def test_make_delta_bad_input(digits_bundle, tmp_path):
     with pytest.raises(DeltaError, match="unknown delta method"):
         make_delta(digits_bundle, digits_bundle, tmp_path / "p", method="xdelta")  # type: ignore[arg-type]
     assert not (tmp_path / "p").exists()
+
+
+def test_hostile_window_in_header_is_refused(digits_bundle, patch, tmp_path):
+    p, info = patch
+    data = bytearray(p.read_bytes())
+    data[12:16] = (31).to_bytes(4, "big")  # ask the decoder for a 2 GiB window
+    bad = tmp_path / "w.delta"
+    bad.write_bytes(bytes(data))
+    _refused(
+        tmp_path,
+        lambda out: apply_delta(digits_bundle, bad, out, expected_sha256=info.target_sha256),
+        DeltaError,
+        "window",
+    )

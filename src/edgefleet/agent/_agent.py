@@ -91,19 +91,30 @@ class Credentials:
             obj = json.loads(path.read_text())
             return cls(**{k: obj[k] for k in cls.__dataclass_fields__})
         except FileNotFoundError as e:
-            raise ConfigError(f"{state_dir} holds no credentials: this device is not enrolled",
-                              hint="run `edgefleet agent enroll --token ... --root root.json --server URL`") from e
+            raise ConfigError(
+                f"{state_dir} holds no credentials: this device is not enrolled",
+                hint="run `edgefleet agent enroll --token ... --root root.json --server URL`",
+            ) from e
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} is unreadable: {e}", hint="enroll the device again") from e
 
     def save(self, state_dir: Path) -> None:
-        atomic_write(Path(state_dir) / "credentials.json",
-                     json.dumps(self.__dict__, indent=1).encode(), mode=0o600)
+        atomic_write(
+            Path(state_dir) / "credentials.json", json.dumps(self.__dict__, indent=1).encode(), mode=0o600
+        )
 
 
-def enroll(config: AgentConfig, *, token: str, root_json: Path | bytes, server_url: str,
-           name: str | None = None, device_class: str | None = None, tags: dict[str, str] | None = None,
-           transport: Any = None) -> Credentials:
+def enroll(
+    config: AgentConfig,
+    *,
+    token: str,
+    root_json: Path | bytes,
+    server_url: str,
+    name: str | None = None,
+    device_class: str | None = None,
+    tags: dict[str, str] | None = None,
+    transport: Any = None,
+) -> Credentials:
     """Exchange a one-time enrollment token for a device token; pin the repository's root.json.
 
     Raises:
@@ -122,8 +133,10 @@ def enroll(config: AgentConfig, *, token: str, root_json: Path | bytes, server_u
 
         Metadata[Root].from_bytes(root)
     except Exception as e:
-        raise VerificationError(f"the given root.json is not TUF root metadata: {e}",
-                                hint="pass the repository's root.json (from `edgefleet registry init`)") from e
+        raise VerificationError(
+            f"the given root.json is not TUF root metadata: {e}",
+            hint="pass the repository's root.json (from `edgefleet registry init`)",
+        ) from e
     hw = probe(state, device_class_override=device_class, tags=tags)
     client = DirectorClient(server_url, timeout=config.request_timeout_s, transport=transport)
     try:
@@ -135,10 +148,13 @@ def enroll(config: AgentConfig, *, token: str, root_json: Path | bytes, server_u
         raise VerificationError(
             "the server's root.json differs from the one this device was given to pin",
             hint="get root.json from the repository owner over a trusted channel and enroll again",
-            expected=resp.root_json_sha256, got=digest)
+            expected=resp.root_json_sha256,
+            got=digest,
+        )
     atomic_write(state / "root.json", root, mode=0o644)
-    creds = Credentials(resp.device_id, resp.device_token, server_url.rstrip("/"),
-                        resp.repository_url, resp.poll_interval_s)
+    creds = Credentials(
+        resp.device_id, resp.device_token, server_url.rstrip("/"), resp.repository_url, resp.poll_interval_s
+    )
     creds.save(state)
     log.info("enrolled as %s", resp.device_id, extra={"device_id": resp.device_id})
     return creds
@@ -183,16 +199,29 @@ class Agent:
         self.rng = rng or random.Random()
         self.on_progress = on_progress
         self.fetcher = HttpxFetcher(
-            max_rate=config.max_rate_bytes_per_s, retries=config.download_retries,
-            backoff=config.retry_backoff_s, backoff_max=config.retry_backoff_max_s, chunk=config.chunk_bytes,
-            timeout=config.request_timeout_s, transport=fetcher_transport, cancel=self.stop_event,
+            max_rate=config.max_rate_bytes_per_s,
+            retries=config.download_retries,
+            backoff=config.retry_backoff_s,
+            backoff_max=config.retry_backoff_max_s,
+            chunk=config.chunk_bytes,
+            timeout=config.request_timeout_s,
+            transport=fetcher_transport,
+            cancel=self.stop_event,
             max_metadata_bytes=config.max_metadata_bytes,
         )
-        self.repo = TrustedRepository(self.state_dir / "tuf", self.creds.repository_url,
-                                      (self.state_dir / "root.json").read_bytes(), self.fetcher,
-                                      max_metadata_bytes=config.max_metadata_bytes)
-        self.director = DirectorClient(config.server_url or self.creds.server_url, token=self.creds.device_token,
-                                       timeout=config.request_timeout_s, transport=director_transport)
+        self.repo = TrustedRepository(
+            self.state_dir / "tuf",
+            self.creds.repository_url,
+            (self.state_dir / "root.json").read_bytes(),
+            self.fetcher,
+            max_metadata_bytes=config.max_metadata_bytes,
+        )
+        self.director = DirectorClient(
+            config.server_url or self.creds.server_url,
+            token=self.creds.device_token,
+            timeout=config.request_timeout_s,
+            transport=director_transport,
+        )
         self.host = host
         self.health_gate = health_gate
         self.poll_interval = self.creds.poll_interval_s or config.poll_interval_s
@@ -229,7 +258,9 @@ class Agent:
         if self.config.mqtt_url:
             self._start_mqtt()
         self._open_outbox()
-        log.info("agent started", extra={"state": str(self.state_dir), "active": cur.version if cur else None})
+        log.info(
+            "agent started", extra={"state": str(self.state_dir), "active": cur.version if cur else None}
+        )
 
     def close(self) -> None:
         self.stop_event.set()
@@ -262,8 +293,9 @@ class Agent:
                     self.failures += 1
                     with contextlib.suppress(Exception):
                         self._error(f"agent loop pass failed: {e!r}")
-                    wait = backoff_delay(self.failures, self.config.backoff_initial_s, self.config.backoff_max_s,
-                                         self.rng)
+                    wait = backoff_delay(
+                        self.failures, self.config.backoff_initial_s, self.config.backoff_max_s, self.rng
+                    )
                 n += 1
                 if max_iterations is not None and n >= max_iterations:
                     break
@@ -300,7 +332,9 @@ class Agent:
         self._upload_events()
         self._process_requests()
         if resp is None:
-            return backoff_delay(self.failures, self.config.backoff_initial_s, self.config.backoff_max_s, self.rng)
+            return backoff_delay(
+                self.failures, self.config.backoff_initial_s, self.config.backoff_max_s, self.rng
+            )
         wait = jittered(self.poll_interval, self.config.jitter, self.rng)
         w = self.journal.state.watch
         if w is not None:
@@ -319,7 +353,11 @@ class Agent:
                 if req.get("command") != "rollback":
                     raise AgentError(f"unknown local request {req.get('command')!r}")
                 m = self.rollback(req.get("version"), reason="operator command (edgefleet agent rollback)")
-                result: dict[str, Any] = {"rolled_back_to": m.version, "sha256": m.sha256, "via": "running agent"}
+                result: dict[str, Any] = {
+                    "rolled_back_to": m.version,
+                    "sha256": m.sha256,
+                    "via": "running agent",
+                }
             except EdgefleetError as e:
                 result = {"error": e.to_dict()}
             except (OSError, ValueError) as e:
@@ -333,8 +371,10 @@ class Agent:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
             os.close(fd)
-            raise AgentError(f"another agent is running on {self.state_dir}",
-                             hint="stop it first (systemctl stop edgefleet-agent)") from e
+            raise AgentError(
+                f"another agent is running on {self.state_dir}",
+                hint="stop it first (systemctl stop edgefleet-agent)",
+            ) from e
         self._lock_fd = fd
 
     # --- crash recovery --------------------------------------------------------------------------
@@ -361,9 +401,18 @@ class Agent:
             if p.step in ("staging", "staged", "health_checked", "activating"):
                 p.attempts += 1
                 if p.attempts > self.config.max_step_attempts:
-                    self._refuse(p.sha256, f"agent restarted {p.attempts - 1} times during step {p.step}; "
-                                 "the update was abandoned", permanent=True)
-            if st.pending is not None and p.step == "activating" and cur is not None and cur.sha256 == p.sha256:
+                    self._refuse(
+                        p.sha256,
+                        f"agent restarted {p.attempts - 1} times during step {p.step}; "
+                        "the update was abandoned",
+                        permanent=True,
+                    )
+            if (
+                st.pending is not None
+                and p.step == "activating"
+                and cur is not None
+                and cur.sha256 == p.sha256
+            ):
                 self._enter_watch(p, previous=p.previous)  # the swap happened before the crash
         # 4. Crash loop while watching a new version.
         w = st.watch
@@ -373,8 +422,10 @@ class Agent:
             w.boots = [b for b in w.boots if now - b <= gates.crash_loop_window_s] + [now]
             if len(w.boots) >= gates.crash_loop_failures:
                 self.journal.save()
-                self._rollback_watch(f"crash loop: {len(w.boots)} agent restarts within "
-                                     f"{gates.crash_loop_window_s:.0f}s while watching {self._ver(w.sha256)}")
+                self._rollback_watch(
+                    f"crash loop: {len(w.boots)} agent restarts within "
+                    f"{gates.crash_loop_window_s:.0f}s while watching {self._ver(w.sha256)}"
+                )
         self.journal.event("replayed", active=self._ver(st.active), pending=p.step if p else None)
         self.journal.save()
         # Downloads nobody waits for any more.
@@ -431,8 +482,13 @@ class Agent:
         cur = self.store.current()
         active = None
         if cur is not None:
-            active = ActiveModel(name=cur.name, version=cur.version, variant=cur.variant,
-                                 target_path=cur.target_path, sha256=cur.sha256)
+            active = ActiveModel(
+                name=cur.name,
+                version=cur.version,
+                variant=cur.variant,
+                target_path=cur.target_path,
+                sha256=cur.sha256,
+            )
         health = ModelHealth()
         if self.host is not None:
             with contextlib.suppress(Exception):
@@ -444,9 +500,16 @@ class Agent:
         events = [e for e in st.history if e.get("t", 0) > self._events_sent_t][-100:]
         if events:
             self._events_sent_t = events[-1]["t"]
-        return Heartbeat(device_id=self.creds.device_id, active=active, state=self.state_name(),
-                         progress=self.progress, health=health, resources=self._resources(),
-                         last_error=(st.last_error or None) and st.last_error[:4096], events=events)
+        return Heartbeat(
+            device_id=self.creds.device_id,
+            active=active,
+            state=self.state_name(),
+            progress=self.progress,
+            health=health,
+            resources=self._resources(),
+            last_error=(st.last_error or None) and st.last_error[:4096],
+            events=events,
+        )
 
     def state_name(self) -> str:
         st = self.journal.state
@@ -461,8 +524,11 @@ class Agent:
             import psutil
 
             proc = psutil.Process()
-            return Resources(cpu_percent=proc.cpu_percent(None), rss_mb=proc.memory_info().rss / 2**20,
-                             disk_free_mb=shutil.disk_usage(self.state_dir).free / 2**20)
+            return Resources(
+                cpu_percent=proc.cpu_percent(None),
+                rss_mb=proc.memory_info().rss / 2**20,
+                disk_free_mb=shutil.disk_usage(self.state_dir).free / 2**20,
+            )
         except Exception:  # pragma: no cover
             return Resources()
 
@@ -497,8 +563,11 @@ class Agent:
                 return
             self.check_watch(final=False)
             if st.watch is not None:
-                log.info("new assignment %s waits for the watch window of %s", a.version,
-                         self._ver(st.watch.sha256))
+                log.info(
+                    "new assignment %s waits for the watch window of %s",
+                    a.version,
+                    self._ver(st.watch.sha256),
+                )
                 return
         if st.pending is not None and st.pending.sha256 != sha:
             log.info("assignment changed from %s to %s", st.pending.assignment.version, a.version)
@@ -524,17 +593,27 @@ class Agent:
                 info = self.repo.check_assignment(p.assignment)  # refreshes TUF metadata
                 if self.store.get(p.sha256) is None:
                     self.journal.step("downloading")
+                    b0 = self.fetcher.bytes_received
                     p.via = self._download(info, p)
+                    self.journal.event(
+                        "downloaded",
+                        version=p.assignment.version,
+                        via=p.via,
+                        bytes=self.fetcher.bytes_received - b0,
+                    )
                     self.journal.step("downloaded")
                 else:
                     self.journal.step("staged")  # a kept version: nothing to download
             if p.step in ("downloaded", "staging"):
                 self.journal.step("staging")
                 self._stage(p)
+                self.journal.event("staged", version=p.assignment.version)
                 self.journal.step("staged")
             if p.step == "staged":
                 self.last_health = self._health_gate(p)
-                self.journal.event("health_passed", version=p.assignment.version, **_scalars(self.last_health))
+                self.journal.event(
+                    "health_passed", version=p.assignment.version, **_scalars(self.last_health)
+                )
                 self.journal.step("health_checked")
             if p.step in ("health_checked", "activating"):
                 self.journal.step("activating")
@@ -547,8 +626,9 @@ class Agent:
             # Director/repository disagreement or stale metadata may be fixed on their side: not
             # remembered as failed, retried at the next poll. A bad download is dropped, never kept.
             bad_file = (e.details or {}).get("reason") == "hash_mismatch"
-            self._refuse(p.sha256, f"refused {p.assignment.version}: {e}", permanent=False,
-                         keep_downloads=not bad_file)
+            self._refuse(
+                p.sha256, f"refused {p.assignment.version}: {e}", permanent=False, keep_downloads=not bad_file
+            )
         except (HealthCheckError, BundleError) as e:
             self._refuse(p.sha256, f"refused {p.assignment.version}: {e}", permanent=True)
         except OSError as e:
@@ -589,8 +669,11 @@ class Agent:
             except VerificationError:
                 dest.unlink()
         if info.length > self.config.max_target_bytes:
-            raise DiskSpaceError(f"{info.path} is {info.length} bytes, more than max_target_bytes "
-                                 f"({self.config.max_target_bytes})", hint="raise EDGEFLEET_AGENT_MAX_TARGET_BYTES")
+            raise DiskSpaceError(
+                f"{info.path} is {info.length} bytes, more than max_target_bytes "
+                f"({self.config.max_target_bytes})",
+                hint="raise EDGEFLEET_AGENT_MAX_TARGET_BYTES",
+            )
         self._check_disk(info.length)
         cur = self.store.current()
         a = p.assignment
@@ -607,7 +690,9 @@ class Agent:
                 f.unlink(missing_ok=True)
         part = self.downloads / f"{p.sha256}.part"
         for attempt in (1, 2):
-            self.fetcher.download_resumable(self.repo.url(info), part, info.length, self._progress(p, info.length))
+            self.fetcher.download_resumable(
+                self.repo.url(info), part, info.length, self._progress(p, info.length)
+            )
             try:
                 self.repo.verify_file(info, part)
                 break
@@ -625,12 +710,18 @@ class Agent:
         if dinfo is None:
             return False
         c = edgefleet_custom(dinfo)
-        if c.get("kind") != "delta" or c.get("base_sha256") != cur.sha256 or c.get("result_sha256") != p.sha256:
+        if (
+            c.get("kind") != "delta"
+            or c.get("base_sha256") != cur.sha256
+            or c.get("result_sha256") != p.sha256
+        ):
             return False
         if not cur.archive.exists():
             return False
         part = self.downloads / f"{p.sha256}.from-{cur.sha256[:12]}.delta.part"
-        self.fetcher.download_resumable(self.repo.url(dinfo), part, dinfo.length, self._progress(p, dinfo.length))
+        self.fetcher.download_resumable(
+            self.repo.url(dinfo), part, dinfo.length, self._progress(p, dinfo.length)
+        )
         self.repo.verify_file(dinfo, part)
         from edgefleet.bundle import apply_delta
 
@@ -652,6 +743,7 @@ class Agent:
                 resp = self.heartbeat()
                 if resp is not None:
                     self._queued_commands.extend(resp.commands)
+
         return cb
 
     def _check_disk(self, length: int) -> None:
@@ -662,7 +754,9 @@ class Agent:
             raise DiskSpaceError(
                 f"not enough disk for the update: {free / 2**20:.1f} MiB free, {need / 2**20:.1f} MiB needed",
                 hint="free space in the state directory, lower keep_versions or disk_reserve_mb",
-                free=free, needed=need)
+                free=free,
+                needed=need,
+            )
 
     def _stage(self, p: PendingUpdate) -> None:
         if self.store.get(p.sha256) is not None:
@@ -674,10 +768,20 @@ class Agent:
             self.journal.save()
             raise DownloadError(f"downloaded archive of {p.assignment.version} is missing; downloading again")
         a = p.assignment
-        info = {"name": a.name, "version": a.version, "variant": a.variant, "target_path": a.target_path,
-                "length": a.length}
-        self.store.install(archive, p.sha256, info, unpack_factor=self.config.unpack_factor,
-                           reserve_bytes=int(self.config.disk_reserve_mb * 2**20))
+        info = {
+            "name": a.name,
+            "version": a.version,
+            "variant": a.variant,
+            "target_path": a.target_path,
+            "length": a.length,
+        }
+        self.store.install(
+            archive,
+            p.sha256,
+            info,
+            unpack_factor=self.config.unpack_factor,
+            reserve_bytes=int(self.config.disk_reserve_mb * 2**20),
+        )
         archive.unlink(missing_ok=True)
 
     def _health_gate(self, p: PendingUpdate) -> dict[str, Any]:
@@ -711,10 +815,17 @@ class Agent:
         if self.host is not None:
             with contextlib.suppress(Exception):
                 h = self.host.health(reset=True)
-                baseline = {"latency_p95_ms": h.latency_p95_ms, "mean_confidence": h.mean_confidence,
-                            "error_rate": (h.errors / h.requests) if h.requests else None}
-        st.watch = WatchState(sha256=p.sha256, previous=previous if previous != p.sha256 else None,
-                              baseline=baseline, assignment=p.assignment)
+                baseline = {
+                    "latency_p95_ms": h.latency_p95_ms,
+                    "mean_confidence": h.mean_confidence,
+                    "error_rate": (h.errors / h.requests) if h.requests else None,
+                }
+        st.watch = WatchState(
+            sha256=p.sha256,
+            previous=previous if previous != p.sha256 else None,
+            baseline=baseline,
+            assignment=p.assignment,
+        )
         st.active = p.sha256
         st.pending = None
         st.last_error = None
@@ -757,12 +868,15 @@ class Agent:
             if b.get("latency_p95_ms") and h.latency_p95_ms is not None:
                 ratio = h.latency_p95_ms / b["latency_p95_ms"]
                 if ratio > gates.max_latency_ratio:
-                    reasons.append(f"p95 latency {ratio:.2f}x the previous version (> {gates.max_latency_ratio})")
+                    reasons.append(
+                        f"p95 latency {ratio:.2f}x the previous version (> {gates.max_latency_ratio})"
+                    )
             if b.get("mean_confidence") and h.mean_confidence is not None:
                 ratio = h.mean_confidence / b["mean_confidence"]
                 if ratio < gates.min_confidence_ratio:
-                    reasons.append(f"mean confidence {ratio:.2f}x the previous version "
-                                   f"(< {gates.min_confidence_ratio})")
+                    reasons.append(
+                        f"mean confidence {ratio:.2f}x the previous version (< {gates.min_confidence_ratio})"
+                    )
         if reasons:
             self._rollback_watch("watch window failed: " + "; ".join(reasons))
             return "rolled_back"
@@ -813,16 +927,20 @@ class Agent:
         if version:
             m = self.store.find_version(version)
             if m is None:
-                raise NotFoundError(f"version {version} is not kept on this device",
-                                    hint="`edgefleet agent status` lists the kept versions")
+                raise NotFoundError(
+                    f"version {version} is not kept on this device",
+                    hint="`edgefleet agent status` lists the kept versions",
+                )
         else:
             prev = st.watch.previous if st.watch is not None else None
             m = self.store.get(prev) if prev else None
             if m is None:
                 m = next((x for x in self.store.list() if x.sha256 != st.active), None)
             if m is None:
-                raise NotFoundError("no other verified version is kept on this device",
-                                    hint="assign an older release from the control plane")
+                raise NotFoundError(
+                    "no other verified version is kept on this device",
+                    hint="assign an older release from the control plane",
+                )
         if st.pending is not None:
             self._refuse(st.pending.sha256, f"update abandoned: {reason}", permanent=False)
         if st.active and st.active != m.sha256:
@@ -890,7 +1008,9 @@ class Agent:
         from edgefleet.agent._nudge import start_nudge_listener
 
         try:
-            self._mqtt = start_nudge_listener(self.config.mqtt_url or "", self.creds.device_id, self.nudge_event)
+            self._mqtt = start_nudge_listener(
+                self.config.mqtt_url or "", self.creds.device_id, self.nudge_event
+            )
         except Exception as e:  # the broker is optional: polling still works
             log.warning("MQTT nudges disabled: %s", e)
 
@@ -921,8 +1041,12 @@ class Agent:
         windows = [i.wire() for i in items if i.kind == "telemetry"]
         events = [i.wire() for i in items if i.kind != "telemetry"]
         try:
-            self.director.telemetry(self.creds.device_id, TelemetryBatch(
-                batch_id=batch_id, device_id=self.creds.device_id, windows=windows, events=events))
+            self.director.telemetry(
+                self.creds.device_id,
+                TelemetryBatch(
+                    batch_id=batch_id, device_id=self.creds.device_id, windows=windows, events=events
+                ),
+            )
         except EdgefleetError as e:
             log.info("telemetry upload deferred: %s", e)
             return
@@ -942,8 +1066,11 @@ def agent_status(state_dir: Path) -> dict[str, Any]:
     cur = store.current() if store else None
     try:
         creds = Credentials.load(state_dir)
-        device = {"device_id": creds.device_id, "server_url": creds.server_url,
-                  "repository_url": creds.repository_url}
+        device = {
+            "device_id": creds.device_id,
+            "server_url": creds.server_url,
+            "repository_url": creds.repository_url,
+        }
     except ConfigError:
         device = None
     return {
@@ -951,8 +1078,10 @@ def agent_status(state_dir: Path) -> dict[str, Any]:
         "enrolled": device is not None,
         "device": device,
         "active": cur.to_dict() if cur else None,
-        "kept": [m.to_dict() | {"current": cur is not None and m.sha256 == cur.sha256}
-                 for m in (store.list() if store else [])],
+        "kept": [
+            m.to_dict() | {"current": cur is not None and m.sha256 == cur.sha256}
+            for m in (store.list() if store else [])
+        ],
         "pending": st.pending.model_dump(mode="json") if st and st.pending else None,
         "watch": st.watch.model_dump(mode="json", exclude={"assignment"}) if st and st.watch else None,
         "committed": st.committed if st else None,
@@ -960,7 +1089,8 @@ def agent_status(state_dir: Path) -> dict[str, Any]:
         "last_error": st.last_error if st else None,
         "history": st.history[-20:] if st else [],
         "downloads": sorted(f"{f.name} ({f.stat().st_size} B)" for f in (state_dir / "downloads").glob("*"))
-        if (state_dir / "downloads").exists() else [],
+        if (state_dir / "downloads").exists()
+        else [],
         "journal_seq": st.seq if st else 0,
     }
 
@@ -974,7 +1104,9 @@ def request_rollback(state_dir: Path, version: str | None, *, wait_s: float = 30
     d = Path(state_dir) / "requests"
     d.mkdir(exist_ok=True, mode=0o700)
     rid = uuid.uuid4().hex
-    atomic_write(d / f"{rid}.json", json.dumps({"command": "rollback", "version": version}).encode(), mode=0o600)
+    atomic_write(
+        d / f"{rid}.json", json.dumps({"command": "rollback", "version": version}).encode(), mode=0o600
+    )
     done = d / f"{rid}.done"
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -984,9 +1116,12 @@ def request_rollback(state_dir: Path, version: str | None, *, wait_s: float = 30
             if "error" in result:
                 err = result["error"]
                 raise (NotFoundError if err.get("error") == "not_found" else AgentError)(
-                    err.get("message", "rollback failed"), hint=err.get("hint"))
+                    err.get("message", "rollback failed"), hint=err.get("hint")
+                )
             return result
         time.sleep(0.05)
     (d / f"{rid}.json").unlink(missing_ok=True)
-    raise AgentError(f"the agent running on {state_dir} did not answer within {wait_s:.0f}s",
-                     hint="check it is healthy (`systemctl status edgefleet-agent`) and retry")
+    raise AgentError(
+        f"the agent running on {state_dir} did not answer within {wait_s:.0f}s",
+        hint="check it is healthy (`systemctl status edgefleet-agent`) and retry",
+    )

@@ -19,7 +19,9 @@ class AgentConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_AGENT_", extra="forbid")
 
     state_dir: Path = Field(Path("/var/lib/edgefleet"), description="all agent state lives here")
-    server_url: str | None = Field(None, description="control plane base URL; taken from credentials if unset")
+    server_url: str | None = Field(
+        None, description="control plane base URL; taken from credentials if unset"
+    )
 
     # Control loop.
     poll_interval_s: float = Field(60.0, gt=0, description="used until the server sends its own interval")
@@ -31,7 +33,9 @@ class AgentConfig(BaseSettings):
     mqtt_url: str | None = Field(None, description="mqtt://host:port; a nudge on it makes the agent poll now")
 
     # Download.
-    max_rate_bytes_per_s: float | None = Field(None, gt=0, description="byte-rate cap for downloads (None: off)")
+    max_rate_bytes_per_s: float | None = Field(
+        None, gt=0, description="byte-rate cap for downloads (None: off)"
+    )
     download_retries: int = Field(10, ge=0, description="resumed attempts per download (Mender uses 10)")
     retry_backoff_s: float = Field(0.5, gt=0, description="first wait between download retries (doubles)")
     retry_backoff_max_s: float = Field(30.0, gt=0, description="longest wait between download retries")
@@ -46,7 +50,9 @@ class AgentConfig(BaseSettings):
     golden_required: bool = Field(True, description="refuse a bundle without a golden set")
     latency_runs: int = Field(30, ge=1, description="timed runs on golden inputs for the latency gate")
     keep_versions: int = Field(3, ge=2, description="verified versions kept for instant rollback")
-    max_step_attempts: int = Field(3, ge=1, description="restarts inside one stage/health/activate step allowed")
+    max_step_attempts: int = Field(
+        3, ge=1, description="restarts inside one stage/health/activate step allowed"
+    )
     watch_min_requests: int = Field(20, ge=1, description="live requests needed before comparing rates early")
     max_failed_targets: int = Field(100, ge=1, description="refused targets remembered (not retried)")
 

@@ -31,33 +31,49 @@ class ServerUnreachable(AgentError):
 class DirectorClient:
     """Talks the control plane's JSON protocol (``edgefleet.protocol`` types) over httpx."""
 
-    def __init__(self, server_url: str, *, token: str | None = None, timeout: float = 10.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.server_url = server_url.rstrip("/")
         headers = {"User-Agent": "edgefleet-agent"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.client = httpx.Client(base_url=self.server_url, timeout=timeout, headers=headers,
-                                   transport=transport)
+        self.client = httpx.Client(
+            base_url=self.server_url, timeout=timeout, headers=headers, transport=transport
+        )
 
     def close(self) -> None:
         self.client.close()
 
     def _post(self, path: str, body: Any) -> dict[str, Any]:
         try:
-            r = self.client.post(path, content=body.model_dump_json(), headers={"Content-Type": "application/json"})
+            r = self.client.post(
+                path, content=body.model_dump_json(), headers={"Content-Type": "application/json"}
+            )
         except httpx.HTTPError as e:
-            raise ServerUnreachable(f"control plane {self.server_url} unreachable: {e!r}",
-                                    hint="the agent keeps serving the active model and retries") from e
+            raise ServerUnreachable(
+                f"control plane {self.server_url} unreachable: {e!r}",
+                hint="the agent keeps serving the active model and retries",
+            ) from e
         if r.status_code >= 500:
-            raise ServerUnreachable(f"control plane answered {r.status_code} on {path}",
-                                    hint="the agent retries with backoff")
+            raise ServerUnreachable(
+                f"control plane answered {r.status_code} on {path}", hint="the agent retries with backoff"
+            )
         if r.status_code in (401, 403):
-            raise AuthError(f"control plane refused the device credentials on {path} ({r.status_code}): "
-                            f"{_message(r)}", hint="re-enroll the device with a new enrollment token")
+            raise AuthError(
+                f"control plane refused the device credentials on {path} ({r.status_code}): {_message(r)}",
+                hint="re-enroll the device with a new enrollment token",
+            )
         if r.status_code >= 400:
-            raise ServerError(f"control plane refused {path} ({r.status_code}): {_message(r)}",
-                              hint="check the agent and server versions")
+            raise ServerError(
+                f"control plane refused {path} ({r.status_code}): {_message(r)}",
+                hint="check the agent and server versions",
+            )
         try:
             obj = r.json()
         except ValueError as e:

@@ -93,7 +93,9 @@ class HttpxFetcher(FetcherInterface):
         self.cancel = cancel or threading.Event()
         self.bytes_received = 0  # every body byte that came over the wire (for figures)
         self.client = httpx.Client(
-            timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=True,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            follow_redirects=True,
             headers={"User-Agent": "edgefleet-agent", "Accept-Encoding": "identity", **(headers or {})},
         )
 
@@ -114,7 +116,8 @@ class HttpxFetcher(FetcherInterface):
                     total += len(chunk)
                     if total > self.max_metadata_bytes:
                         raise tuf_exc.DownloadLengthMismatchError(
-                            f"GET {url} sent more than {self.max_metadata_bytes} bytes of metadata")
+                            f"GET {url} sent more than {self.max_metadata_bytes} bytes of metadata"
+                        )
                     chunks.append(chunk)
         except httpx.HTTPError as e:
             raise tuf_exc.DownloadError(f"GET {url} failed: {e!r}") from e
@@ -146,8 +149,10 @@ class HttpxFetcher(FetcherInterface):
             if have == length:
                 return part
             if self.cancel.is_set():
-                raise DownloadError(f"download of {url} cancelled at {have}/{length} bytes",
-                                    hint="it resumes from the .part file on the next attempt")
+                raise DownloadError(
+                    f"download of {url} cancelled at {have}/{length} bytes",
+                    hint="it resumes from the .part file on the next attempt",
+                )
             before = have
             try:
                 self._get_range(url, part, have, length, progress)
@@ -159,13 +164,24 @@ class HttpxFetcher(FetcherInterface):
                     failures = 0
                     delay = self.backoff
                 failures += 1
-                log.info("download of %s interrupted at %d/%d bytes (%s); retry %d/%d in %.1fs",
-                         url, now, length, e, failures, self.retries, delay)
+                log.info(
+                    "download of %s interrupted at %d/%d bytes (%s); retry %d/%d in %.1fs",
+                    url,
+                    now,
+                    length,
+                    e,
+                    failures,
+                    self.retries,
+                    delay,
+                )
                 if failures > self.retries:
                     raise DownloadError(
                         f"download of {url} failed {failures} times in a row at {now}/{length} bytes: {e}",
                         hint="check the link to the repository; the .part file is kept and resumes later",
-                        url=url, bytes=now, length=length) from e
+                        url=url,
+                        bytes=now,
+                        length=length,
+                    ) from e
                 if self.cancel.wait(delay):
                     continue
                 delay = min(delay * 2, self.backoff_max)
@@ -178,8 +194,11 @@ class HttpxFetcher(FetcherInterface):
                 part.unlink(missing_ok=True)
                 raise _Retry("server refused the range (416); restarting from zero")
             if r.status_code == 404:
-                raise DownloadError(f"{url} is not on the repository (404)",
-                                    hint="the target was removed; the director should assign another", url=url)
+                raise DownloadError(
+                    f"{url} is not on the repository (404)",
+                    hint="the target was removed; the director should assign another",
+                    url=url,
+                )
             if r.status_code >= 400:
                 raise _Retry(f"server answered {r.status_code}")
             mode = "ab"
@@ -205,7 +224,9 @@ class HttpxFetcher(FetcherInterface):
                             part.unlink(missing_ok=True)
                             raise DownloadError(
                                 f"{url} sent more than the {length} bytes the signed metadata allows",
-                                hint="the repository serves a different file than it signed", url=url)
+                                hint="the repository serves a different file than it signed",
+                                url=url,
+                            )
                         f.write(chunk)
                         self._account(len(chunk))
                         since_sync += len(chunk)
@@ -219,8 +240,10 @@ class HttpxFetcher(FetcherInterface):
                     os.fsync(f.fileno())
             except OSError as e:
                 if e.errno == 28:  # ENOSPC
-                    raise DiskSpaceError(f"disk full while downloading {url} at {written}/{length} bytes",
-                                         hint="free space in the state directory") from e
+                    raise DiskSpaceError(
+                        f"disk full while downloading {url} at {written}/{length} bytes",
+                        hint="free space in the state directory",
+                    ) from e
                 raise
             if written < length:
                 raise _Retry(f"connection closed at {written}/{length} bytes")

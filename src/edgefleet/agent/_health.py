@@ -41,8 +41,12 @@ def top1(outputs: dict[str, np.ndarray], output: str | None = None) -> np.ndarra
     if output and output in outputs:
         arr = np.asarray(outputs[output])
     else:
-        floats = [np.asarray(v) for v in outputs.values() if np.asarray(v).dtype.kind == "f" and np.ndim(v) == 2]
-        ints = [np.asarray(v) for v in outputs.values() if np.asarray(v).dtype.kind in "iu" and np.ndim(v) == 1]
+        floats = [
+            np.asarray(v) for v in outputs.values() if np.asarray(v).dtype.kind == "f" and np.ndim(v) == 2
+        ]
+        ints = [
+            np.asarray(v) for v in outputs.values() if np.asarray(v).dtype.kind in "iu" and np.ndim(v) == 1
+        ]
         arr = floats[0] if floats else (ints[0] if ints else None)
         if arr is None:
             return None
@@ -56,7 +60,9 @@ def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], output: str | 
     return float((ta == tb).mean())
 
 
-def check_health(bundle_dir: Path, gates: GateThresholds, *, host: Any = None, config: Any = None) -> dict[str, Any]:
+def check_health(
+    bundle_dir: Path, gates: GateThresholds, *, host: Any = None, config: Any = None
+) -> dict[str, Any]:
     """Run the health gate on an unpacked bundle; return its figures.
 
     Raises:
@@ -77,15 +83,19 @@ def check_health(bundle_dir: Path, gates: GateThresholds, *, host: Any = None, c
     key = m.key
     if m.golden is None:
         if golden_required:
-            raise HealthCheckError(f"bundle {key} has no golden set and the gate requires one",
-                                   hint="rebuild the bundle with golden inputs")
+            raise HealthCheckError(
+                f"bundle {key} has no golden set and the gate requires one",
+                hint="rebuild the bundle with golden inputs",
+            )
         report["golden_pass"] = None
     else:
         try:
             vr = b.verify()
         except GoldenMismatchError as e:
-            raise HealthCheckError(f"golden set failed for {key}: {e.message}",
-                                   hint="the model does not reproduce its golden outputs here; not activated") from e
+            raise HealthCheckError(
+                f"golden set failed for {key}: {e.message}",
+                hint="the model does not reproduce its golden outputs here; not activated",
+            ) from e
         except EdgefleetError as e:
             raise HealthCheckError(f"{key} cannot run its golden set: {e.message}", hint=e.hint) from e
         report["golden_pass"] = True
@@ -116,12 +126,17 @@ def check_health(bundle_dir: Path, gates: GateThresholds, *, host: Any = None, c
     if budget is not None and p95 > budget:
         raise HealthCheckError(
             f"{key} takes {p95:.2f} ms (p95 on the golden inputs), over its budget of {budget:.2f} ms",
-            hint="this device is too slow for this build; assign a lighter variant", latency_p95_ms=p95)
+            hint="this device is too slow for this build; assign a lighter variant",
+            latency_p95_ms=p95,
+        )
     mem_budget = gates.memory_budget_mb or m.budgets.ram_mb
     report["memory_budget_mb"] = mem_budget
     if mem_budget is not None and mem > mem_budget:
-        raise HealthCheckError(f"{key} needs {mem:.1f} MiB, over its memory budget of {mem_budget:.1f} MiB",
-                               hint="assign a smaller variant to this device class", memory_mb=mem)
+        raise HealthCheckError(
+            f"{key} needs {mem:.1f} MiB, over its memory budget of {mem_budget:.1f} MiB",
+            hint="assign a smaller variant to this device class",
+            memory_mb=mem,
+        )
 
     # Shadow run on live traffic the active model answered.
     if gates.shadow is not None and host is not None and hasattr(host, "shadow_samples"):
@@ -133,7 +148,9 @@ def check_health(bundle_dir: Path, gates: GateThresholds, *, host: Any = None, c
                 try:
                     out = runner.run(b.model_inputs(raw_row))
                 except EdgefleetError as e:
-                    raise HealthCheckError(f"{key} failed on live traffic in the shadow run: {e.message}") from e
+                    raise HealthCheckError(
+                        f"{key} failed on live traffic in the shadow run: {e.message}"
+                    ) from e
                 a = agreement(out, active_out, m.postprocess.output)
                 if a is not None:
                     agree.append(a)
@@ -144,7 +161,8 @@ def check_health(bundle_dir: Path, gates: GateThresholds, *, host: Any = None, c
                     f"{key} agrees with the active model on {score:.0%} of {len(samples)} live requests "
                     f"(needs {gates.shadow.min_agreement:.0%})",
                     hint="the new model answers live traffic differently; check it before assigning it",
-                    shadow_agreement=score)
+                    shadow_agreement=score,
+                )
         else:
             report["shadow_agreement"] = None
             log.info("shadow run skipped: %d live samples, %d needed", len(samples), gates.shadow.min_samples)

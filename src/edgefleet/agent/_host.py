@@ -47,13 +47,21 @@ class RuntimeHost:
         window: most latency/confidence figures kept between two ``health(reset=True)`` calls.
     """
 
-    def __init__(self, *, shadow_rate: float = 0.1, shadow_keep: int = 200, window: int = 10_000,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        shadow_rate: float = 0.1,
+        shadow_keep: int = 200,
+        window: int = 10_000,
+        seed: int | None = None,
+    ) -> None:
         self._model: _Loaded | None = None
         self._lock = threading.Lock()
         self.loaded: Path | None = None
         self.shadow_rate = shadow_rate
-        self._shadow: collections.deque[tuple[Any, dict[str, np.ndarray]]] = collections.deque(maxlen=shadow_keep)
+        self._shadow: collections.deque[tuple[Any, dict[str, np.ndarray]]] = collections.deque(
+            maxlen=shadow_keep
+        )
         self._rng = random.Random(seed)
         self._window = window
         self._reset_stats()
@@ -79,7 +87,9 @@ class RuntimeHost:
             old, self._model = self._model, new
             self.loaded = Path(bundle_dir)
             self._shadow.clear()  # samples were answered by the old model
-        log.info("serving %s", new.key, extra={"bundle": str(bundle_dir), "swapped_from": old.key if old else None})
+        log.info(
+            "serving %s", new.key, extra={"bundle": str(bundle_dir), "swapped_from": old.key if old else None}
+        )
 
     @property
     def model_key(self) -> str | None:
@@ -146,8 +156,9 @@ class RuntimeHost:
         sock.bind((host, port))
         cfg = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(cfg)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True,
-                                        name="edgefleet-local-api")
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="edgefleet-local-api"
+        )
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started and time.monotonic() < deadline:

@@ -126,8 +126,12 @@ class Journal:
             aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
-            log.error("journal %s is unreadable (%s); moved to %s, rebuilding from the model store",
-                      self.path, e, aside)
+            log.error(
+                "journal %s is unreadable (%s); moved to %s, rebuilding from the model store",
+                self.path,
+                e,
+                aside,
+            )
             state = JournalState()
             state.last_error = f"journal was unreadable and was rebuilt: {e}"
             return state

@@ -31,7 +31,9 @@ def start_nudge_listener(url: str, device_id: str, event: threading.Event) -> An
     if u.scheme not in ("mqtt", "tcp", ""):
         raise ValueError(f"unsupported MQTT URL {url!r} (use mqtt://host:port)")
     topic = nudge_topic(device_id)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgefleet-agent-{uuid.uuid4().hex[:8]}")
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgefleet-agent-{uuid.uuid4().hex[:8]}"
+    )
     if u.username:
         client.username_pw_set(u.username, u.password)
 

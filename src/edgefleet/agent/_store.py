@@ -146,8 +146,10 @@ class ModelStore:
         """
         m = self.get(sha256)
         if m is None:
-            raise NotFoundError(f"no verified model {sha256[:12]} in {self.models}",
-                                hint="run `edgefleet agent status` to list kept versions")
+            raise NotFoundError(
+                f"no verified model {sha256[:12]} in {self.models}",
+                hint="run `edgefleet agent status` to list kept versions",
+            )
         if deep:
             if m.archive.exists() and sha256_file(m.archive) != sha256:
                 raise IntegrityError(f"archive of {m.version} changed on disk", path=str(m.archive))
@@ -156,8 +158,15 @@ class ModelStore:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def install(self, archive: Path, sha256: str, info: dict[str, Any], *, unpack_factor: float = 1.5,
-                reserve_bytes: int = 0) -> StoredModel:
+    def install(
+        self,
+        archive: Path,
+        sha256: str,
+        info: dict[str, Any],
+        *,
+        unpack_factor: float = 1.5,
+        reserve_bytes: int = 0,
+    ) -> StoredModel:
         """Unpack a verified archive safely into ``models/<sha256>/`` and mark it verified.
 
         The archive is hard-linked (or copied) in, so a crash leaves it where it was. A leftover staging
@@ -172,7 +181,10 @@ class ModelStore:
         if free < need:
             raise DiskSpaceError(
                 f"not enough disk to unpack {info.get('version')}: {free} bytes free, {need} needed",
-                hint="free space in the state directory or lower keep_versions", free=free, needed=need)
+                hint="free space in the state directory or lower keep_versions",
+                free=free,
+                needed=need,
+            )
         staging = self.models / f".staging-{sha256}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
@@ -187,7 +199,8 @@ class ModelStore:
                 raise IntegrityError(
                     f"bundle says {manifest.get('name')} {manifest.get('version')}, the signed target says "
                     f"{info.get('name')} {info.get('version')}",
-                    hint="the publisher uploaded a mislabelled bundle; publish it again")
+                    hint="the publisher uploaded a mislabelled bundle; publish it again",
+                )
             meta = {"sha256": sha256, "installed_at": time.time(), "activated_at": None, **info}
             atomic_write(staging / "meta.json", json.dumps(meta, indent=1).encode())
             _fsync_tree(staging)
@@ -196,8 +209,10 @@ class ModelStore:
         except OSError as e:
             shutil.rmtree(staging, ignore_errors=True)
             if e.errno == 28:  # ENOSPC
-                raise DiskSpaceError(f"disk full while unpacking {info.get('version')}",
-                                     hint="free space in the state directory") from e
+                raise DiskSpaceError(
+                    f"disk full while unpacking {info.get('version')}",
+                    hint="free space in the state directory",
+                ) from e
             raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -281,8 +296,11 @@ def verify_unpacked(bundle_dir: Path) -> dict[str, Any]:
         if not p.is_file() or p.is_symlink():
             raise IntegrityError(f"bundle file {rel} is missing", path=str(p))
         if p.stat().st_size != entry.size or sha256_file(p) != entry.sha256:
-            raise IntegrityError(f"bundle file {rel} does not match the manifest's hash", path=str(p),
-                                 hint="the bundle was altered after it was built")
+            raise IntegrityError(
+                f"bundle file {rel} does not match the manifest's hash",
+                path=str(p),
+                hint="the bundle was altered after it was built",
+            )
     if manifest.model_file not in manifest.files:
         raise IntegrityError(f"manifest does not hash its model file {manifest.model_file}")
     return manifest.model_dump(mode="json")

@@ -39,8 +39,15 @@ class TrustedRepository:
         fetcher: the network seam shared with target downloads.
     """
 
-    def __init__(self, metadata_dir: Path, repository_url: str, root: bytes, fetcher: HttpxFetcher,
-                 *, max_metadata_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        metadata_dir: Path,
+        repository_url: str,
+        root: bytes,
+        fetcher: HttpxFetcher,
+        *,
+        max_metadata_bytes: int = 8 << 20,
+    ) -> None:
         self.metadata_dir = Path(metadata_dir)
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         self.base = repository_url if repository_url.endswith("/") else repository_url + "/"
@@ -72,10 +79,13 @@ class TrustedRepository:
             raise VerificationError(
                 f"image repository metadata failed verification: {type(e).__name__}: {e}",
                 hint="the repository is stale, tampered or misconfigured; the active model stays",
-                reason=type(e).__name__) from e
+                reason=type(e).__name__,
+            ) from e
         except tuf_exc.DownloadError as e:
-            raise DownloadError(f"cannot fetch repository metadata from {self.base}: {e}",
-                                hint="the repository is unreachable; the agent retries later") from e
+            raise DownloadError(
+                f"cannot fetch repository metadata from {self.base}: {e}",
+                hint="the repository is unreachable; the agent retries later",
+            ) from e
         self._updater = up
 
     def target(self, path: str) -> TargetFile:
@@ -90,14 +100,18 @@ class TrustedRepository:
         try:
             info = self._updater.get_targetinfo(path)
         except tuf_exc.RepositoryError as e:
-            raise VerificationError(f"targets metadata failed verification: {e}", reason=type(e).__name__) from e
+            raise VerificationError(
+                f"targets metadata failed verification: {e}", reason=type(e).__name__
+            ) from e
         except tuf_exc.DownloadError as e:
             raise DownloadError(f"cannot fetch delegated metadata: {e}") from e
         if info is None:
             raise VerificationError(
                 f"target {path} is not in the signed targets metadata",
                 hint="the director assigned something the publisher never signed; it was refused",
-                reason="not_signed", target=path)
+                reason="not_signed",
+                target=path,
+            )
         return info
 
     def find(self, path: str) -> TargetFile | None:
@@ -118,18 +132,21 @@ class TrustedRepository:
             raise VerificationError(
                 f"director says {a.target_path} is {a.length} bytes, signed metadata says {info.length}",
                 hint="director and image repository disagree; the assignment was refused",
-                reason="length_mismatch")
+                reason="length_mismatch",
+            )
         shared = set(info.hashes) & set(a.hashes)
         if "sha256" not in shared:
             raise VerificationError(
                 f"assignment for {a.target_path} has no sha256 that the signed metadata also has",
-                reason="hash_missing")
+                reason="hash_missing",
+            )
         for alg in shared:
             if info.hashes[alg].lower() != a.hashes[alg].lower():
                 raise VerificationError(
                     f"director's {alg} for {a.target_path} differs from the signed metadata",
                     hint="director and image repository disagree; the assignment was refused",
-                    reason="hash_mismatch")
+                    reason="hash_mismatch",
+                )
         return info
 
     def url(self, info: TargetFile) -> str:
@@ -150,9 +167,11 @@ class TrustedRepository:
             with open(path, "rb") as f:
                 info.verify_length_and_hashes(f)
         except tuf_exc.LengthOrHashMismatchError as e:
-            raise VerificationError(f"downloaded {info.path} does not match its signed hashes: {e}",
-                                    hint="corrupted in transit or tampered; it was discarded",
-                                    reason="hash_mismatch") from e
+            raise VerificationError(
+                f"downloaded {info.path} does not match its signed hashes: {e}",
+                hint="corrupted in transit or tampered; it was discarded",
+                reason="hash_mismatch",
+            ) from e
 
     def _consistent_snapshot(self) -> bool:
         try:

@@ -33,7 +33,9 @@ class BundleSettings(BaseSettings):
     delta_method: Literal["zstd", "bsdiff"] = Field(
         "zstd", description="method used by make_delta(method='auto'); see docs/benchmarks/bundle.md"
     )
-    zstd_level: int = Field(19, ge=1, le=22, description="zstd level for patch-from deltas")
+    zstd_level: int = Field(
+        6, ge=1, le=22, description="zstd level for patch-from deltas (size barely depends on it; time does)"
+    )
     reference_sample_size: int = Field(500, description="values kept per feature in reference.json")
     reference_bins: int = Field(10, ge=2, le=20, description="histogram bins per feature")
 

@@ -62,27 +62,44 @@ def _window_log(*lengths: int) -> int:
     return min(_MAX_WINDOW_LOG, max(10, math.ceil(math.log2(max(1, *lengths))) + 1))
 
 
-def _zstd_diff(old: bytes, new: bytes, level: int) -> tuple[bytes, int]:
-    import zstandard as zstd
+def _zstd_module():
+    """zstd with prefix support: the standard library's ``compression.zstd`` (3.14+) or its backport.
 
+    python-zstandard cannot do patch-from: it loads a base as a digested dictionary, which zstd truncates
+    or indexes sparsely past ~16 MB, so a 100 MB base gave no matches at all (docs/benchmarks/bundle.md).
+    """
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from backports import zstd  # type: ignore[no-redef]
+        except ImportError as e:
+            raise DeltaError(
+                "zstd deltas need backports.zstd on Python < 3.14", hint="pip install 'backports.zstd'"
+            ) from e
+    return zstd
+
+
+def _zstd_diff(old: bytes, new: bytes, level: int) -> tuple[bytes, int]:
+    zstd = _zstd_module()
     wlog = _window_log(len(old), len(new))
-    params = zstd.ZstdCompressionParameters.from_level(
-        level, window_log=wlog, enable_ldm=True, source_size=len(new)
-    )
-    cdict = zstd.ZstdCompressionDict(old, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-    return zstd.ZstdCompressor(dict_data=cdict, compression_params=params).compress(new), wlog
+    p = zstd.CompressionParameter
+    options = {p.compression_level: level, p.window_log: wlog, p.enable_long_distance_matching: 1}
+    # patch-from: the base is a raw *prefix* (referenced once, fully indexed by long-distance matching)
+    prefix = zstd.ZstdDict(old, is_raw=True).as_prefix
+    return zstd.compress(new, options=options, zstd_dict=prefix), wlog
 
 
 def _zstd_patch(old: bytes, payload: bytes, wlog: int, target_length: int) -> bytes:
-    import zstandard as zstd
-
-    if wlog > _MAX_WINDOW_LOG:
-        raise DeltaError(
-            f"patch asks for a zstd window of 2^{wlog}", hint="the patch is corrupted or hostile"
-        )
-    ddict = zstd.ZstdCompressionDict(old, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-    dctx = zstd.ZstdDecompressor(dict_data=ddict, max_window_size=1 << wlog)
-    return dctx.decompress(payload, max_output_size=target_length)
+    zstd = _zstd_module()
+    d = zstd.ZstdDecompressor(
+        zstd_dict=zstd.ZstdDict(old, is_raw=True).as_prefix,
+        options={zstd.DecompressionParameter.window_log_max: wlog},
+    )
+    out = d.decompress(payload, max_length=target_length)  # bounded: a hostile patch cannot balloon
+    if not d.eof or d.unused_data:
+        raise DeltaError("patch payload does not end where its header says", hint="the patch is corrupted")
+    return out
 
 
 def make_delta(
@@ -225,6 +242,11 @@ def apply_delta(
             f"{patch} would produce {info.target_length} bytes, more than {cfg.max_patch_target_bytes}",
             hint="EDGEFLEET_BUNDLE_MAX_PATCH_TARGET_BYTES raises the cap",
         )
+    if info.method == "zstd" and wlog != _window_log(info.base_length, info.target_length):
+        raise DeltaError(
+            f"{patch} asks for a zstd window of 2^{wlog}, not what its sizes need",
+            hint="the patch is corrupted or hostile; download the full bundle",
+        )
     payload = data[_HEADER.size :]
     if hashlib.sha256(payload).digest() != psha:
         raise DeltaError(f"{patch} is corrupted (payload hash mismatch)", hint="download the patch again")
@@ -247,7 +269,7 @@ def apply_delta(
             new = bsdiff4.patch(old, payload)
     except DeltaError:
         raise
-    except Exception as e:  # zstd.ZstdError, bsdiff4's ValueError/RuntimeError
+    except Exception as e:  # ZstdError, bsdiff4's ValueError/RuntimeError
         raise DeltaError(f"{patch} cannot be applied: {e}", hint="download the full bundle instead") from e
     new_sha = hashlib.sha256(new).hexdigest()
     if len(new) != info.target_length or new_sha != expected_sha256:

@@ -11,8 +11,9 @@ from edgefleet.cli._common import console, err_console, print_json
 
 agent_app = typer.Typer(help="Device agent: enroll, run, status, rollback.", no_args_is_help=True)
 
-_STATE = typer.Option(None, "--state", "-s", help="State directory (default: $EDGEFLEET_AGENT_STATE_DIR "
-                      "or /var/lib/edgefleet).")
+_STATE = typer.Option(
+    None, "--state", "-s", help="State directory (default: $EDGEFLEET_AGENT_STATE_DIR or /var/lib/edgefleet)."
+)
 
 
 def _config(state: Path | None, **overrides: object):
@@ -27,8 +28,12 @@ def _config(state: Path | None, **overrides: object):
 @agent_app.command("enroll")
 def enroll_cmd(
     server: str = typer.Option(..., "--server", help="Control plane URL, e.g. http://10.0.0.5:8000"),
-    token: str = typer.Option(..., "--token", envvar="EDGEFLEET_ENROLL_TOKEN", help="One-time enrollment token."),
-    root: Path = typer.Option(..., "--root", exists=True, dir_okay=False, help="The repository's root.json to pin."),
+    token: str = typer.Option(
+        ..., "--token", envvar="EDGEFLEET_ENROLL_TOKEN", help="One-time enrollment token."
+    ),
+    root: Path = typer.Option(
+        ..., "--root", exists=True, dir_okay=False, help="The repository's root.json to pin."
+    ),
     state: Path | None = _STATE,
     name: str | None = typer.Option(None, help="Device name shown in the control plane."),
     device_class: str | None = typer.Option(None, "--device-class", help="Override the detected class."),
@@ -46,20 +51,31 @@ def enroll_cmd(
             raise InputError(f"tag {t!r} is not key=value", hint="e.g. --tag region=eu")
         tags[k] = v
     cfg = _config(state)
-    creds = enroll(cfg, token=token, root_json=root, server_url=server, name=name, device_class=device_class,
-                   tags=tags)
-    out = {"device_id": creds.device_id, "state_dir": str(cfg.state_dir), "repository_url": creds.repository_url}
+    creds = enroll(
+        cfg, token=token, root_json=root, server_url=server, name=name, device_class=device_class, tags=tags
+    )
+    out = {
+        "device_id": creds.device_id,
+        "state_dir": str(cfg.state_dir),
+        "repository_url": creds.repository_url,
+    }
     if as_json:
         print_json(out)
     else:
-        console.print(f"enrolled as [bold]{creds.device_id}[/]; credentials in {cfg.state_dir}/credentials.json")
+        console.print(
+            f"enrolled as [bold]{creds.device_id}[/]; credentials in {cfg.state_dir}/credentials.json"
+        )
 
 
 @agent_app.command("run")
 def run_cmd(
     state: Path | None = _STATE,
-    api_port: int | None = typer.Option(None, "--api-port", help="Serve the local inference API on this port."),
-    api_host: str | None = typer.Option(None, "--api-host", help="Address of the local API (default 127.0.0.1)."),
+    api_port: int | None = typer.Option(
+        None, "--api-port", help="Serve the local inference API on this port."
+    ),
+    api_host: str | None = typer.Option(
+        None, "--api-host", help="Address of the local API (default 127.0.0.1)."
+    ),
     mqtt: str | None = typer.Option(None, "--mqtt", help="mqtt://host:port for nudges (poll now)."),
     max_rate: float | None = typer.Option(None, "--max-rate", help="Download byte-rate cap in bytes/s."),
     once: bool = typer.Option(False, "--once", help="Run one loop pass and exit."),
@@ -87,8 +103,14 @@ class _ProgressBar:
     def __init__(self) -> None:
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-        self.p = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                          TransferSpeedColumn(), console=err_console, transient=True)
+        self.p = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err_console,
+            transient=True,
+        )
         self.task = None
 
     def update(self, done: int, total: int) -> None:
@@ -124,13 +146,19 @@ def status_cmd(
     console.print(f"state: {st['state_dir']}  device: {dev['device_id'] if dev else '[red]not enrolled[/]'}")
     t = Table("", "version", "name", "variant", "sha256", "activated")
     for m in st["kept"]:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["activated_at"])) if m["activated_at"] else "-"
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["activated_at"]))
+            if m["activated_at"]
+            else "-"
+        )
         t.add_row("*" if m["current"] else "", m["version"], m["name"], m["variant"], m["sha256"][:12], when)
     console.print(t)
     if st["pending"]:
         p = st["pending"]
-        console.print(f"update in flight: {p['assignment']['version']} step={p['step']} "
-                      f"downloaded={p['bytes_downloaded']}/{p['assignment']['length']}")
+        console.print(
+            f"update in flight: {p['assignment']['version']} step={p['step']} "
+            f"downloaded={p['bytes_downloaded']}/{p['assignment']['length']}"
+        )
     if st["watch"]:
         console.print(f"watching {st['watch']['sha256'][:12]} since {time.ctime(st['watch']['started_at'])}")
     for sha, why in st["failed"].items():
@@ -138,14 +166,19 @@ def status_cmd(
     if st["last_error"]:
         console.print(f"[red]last error:[/] {st['last_error']}")
     for ev in st["history"][-10:]:
-        console.print(f"  {time.strftime('%H:%M:%S', time.localtime(ev['t']))} {ev['event']} "
-                      + " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("t", "event")), highlight=False)
+        console.print(
+            f"  {time.strftime('%H:%M:%S', time.localtime(ev['t']))} {ev['event']} "
+            + " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("t", "event")),
+            highlight=False,
+        )
 
 
 @agent_app.command("rollback")
 def rollback_cmd(
     state: Path | None = _STATE,
-    version: str | None = typer.Option(None, "--version", help="Kept version to switch to (default: previous)."),
+    version: str | None = typer.Option(
+        None, "--version", help="Kept version to switch to (default: previous)."
+    ),
     wait: float = typer.Option(30.0, help="Seconds to wait for a running agent to carry it out."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:

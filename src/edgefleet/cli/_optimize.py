@@ -64,7 +64,7 @@ def _print_report_table(report: Any) -> None:
         ("rss_mb", "RSS MB", "right"),
         ("quality", report.metric, "right"),
         ("drop", "drop", "right"),
-        ("reason", "why", "left"),
+        ("short", "why", "left"),
     ]
     for _, title, just in cols:
         t.add_column(title, justify=just, overflow="fold")  # type: ignore[arg-type]

@@ -330,9 +330,10 @@ def rollout_list(state: str | None = typer.Option(None, "--state"), server: str 
     if json_out:
         print_json(rows)
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    t = Table("id", "release", "selector", "state", "wave", "admitted", "gates")
+    t = Table("release", "selector", "state", "wave", "admitted", "gates")
+    t.columns.insert(0, Column("id", no_wrap=True))
     for r in rows:
         ev = r.get("evaluation") or {}
         t.add_row(r["id"], f"{r['name']} {r['version']}", r["selector"], r["state"],
@@ -441,9 +442,10 @@ def devices_list(
     if json_out:
         print_json(out)
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    t = Table("id", "name", "class", "tags", "status", "seen", "active", "state")
+    t = Table("name", "class", "tags", "status", "seen", "active", "state")
+    t.columns.insert(0, Column("id", no_wrap=True))
     for d in out["devices"]:
         a = d["active"]
         t.add_row(d["id"], d["name"] or "", d["class"], " ".join(f"{k}={v}" for k, v in d["tags"].items()),

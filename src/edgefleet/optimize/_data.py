@@ -480,6 +480,8 @@ def synthetic_feed(inputs: list[TensorInfo], dims: Mapping[str, int] | None = No
     """A random batch-1 feed for benchmarking when no data is given (symbolic dims from ``dims`` or 1)."""
     rng = np.random.default_rng(seed)
     dims = dict(dims or {})
+    # a symbolic dim that is some input's axis 0 (or is called batch) is the batch: size 1
+    batch_names = {i.shape[0] for i in inputs if i.shape and isinstance(i.shape[0], str)}
     feed = {}
     for spec in inputs:
         if spec.shape is None:
@@ -493,7 +495,7 @@ def synthetic_feed(inputs: list[TensorInfo], dims: Mapping[str, int] | None = No
                 shape.append(d)
             elif isinstance(d, str) and d in dims:
                 shape.append(int(dims[d]))
-            elif j == 0:
+            elif j == 0 or d in batch_names or (isinstance(d, str) and "batch" in d.lower()):
                 shape.append(1)
             else:
                 raise InputError(

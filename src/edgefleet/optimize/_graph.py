@@ -47,6 +47,10 @@ CONTRIB_MIN_ORT: dict[str, tuple[int, int]] = {
 }
 
 
+# Ops whose constant inputs (beyond input 0) are learned weights.
+_WEIGHT_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "MatMulNBits"}
+
+
 def iter_nodes(graph: Any) -> Iterator[Any]:
     """Every node of a graph, including nodes inside If/Loop/Scan subgraphs."""
     for node in graph.node:
@@ -80,12 +84,13 @@ class GraphFacts:
     opset: int
     op_counts: dict[str, int]
     params: int  # float weights (initializers and Constant nodes)
-    params_by_op: dict[str, int] = field(default_factory=dict)
+    params_by_op: dict[str, int] = field(default_factory=dict)  # multiply-adds at batch 1 (see analyze)
     has_subgraphs: bool = False
     float_params_bytes: int = 0
 
     def share(self, *ops: str) -> float:
-        return sum(self.params_by_op.get(o, 0) for o in ops) / self.params if self.params else 0.0
+        total = sum(self.params_by_op.values())
+        return sum(self.params_by_op.get(o, 0) for o in ops) / total if total else 0.0
 
     @property
     def matmul_share(self) -> float:
@@ -112,17 +117,49 @@ def _constant_arrays(graph: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _known_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """Static shapes from shape inference (symbolic dims count as 1: batch-1 cost)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - shapes only refine the cost estimate
+        inferred = model
+    out = {}
+    g = inferred.graph
+    for vi in [*g.value_info, *g.output, *g.input]:
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value if d.dim_value > 0 else 1 for d in t.shape.dim)
+    return out
+
+
 def analyze(model: Any) -> GraphFacts:
-    """Op counts and where the float weights are consumed (by op type)."""
+    """Op counts, and where the float weights and the multiply-adds are (by op type).
+
+    ``params_by_op`` counts multiply-accumulates at batch 1 where shapes are known (a Conv weight is
+    used once per output position), else weights: what decides whether a model is conv- or MatMul-heavy.
+    """
     consts = _constant_arrays(model.graph)
+    shapes = _known_shapes(model)
     counts = Counter(n.op_type for n in iter_nodes(model.graph))
     by_op: Counter[str] = Counter()
     seen: set[str] = set()
     for node in iter_nodes(model.graph):
+        if node.op_type not in _WEIGHT_OPS:
+            continue
         for i, name in enumerate(node.input):
-            if name in consts and name not in seen and (i > 0 or node.op_type not in ("MatMul", "Gemm")):
+            if name in consts and name not in seen and i > 0:
                 seen.add(name)
-                by_op[node.op_type] += int(np.prod(consts[name])) if consts[name] else 1
+                w = int(np.prod(consts[name])) if consts[name] else 1
+                reuse = 1
+                out_shape = shapes.get(node.output[0]) if node.output else None
+                if i == 1 and out_shape:
+                    if node.op_type in ("Conv", "ConvTranspose") and len(out_shape) >= 3:
+                        reuse = int(np.prod(out_shape[2:]))
+                    elif node.op_type == "MatMul" and len(out_shape) >= 2:
+                        reuse = int(np.prod(out_shape[:-1]))
+                by_op[node.op_type] += w * reuse
     total = sum(int(np.prod(s)) if s else 1 for s in consts.values())
     has_sub = any(a.g and a.g.node for n in model.graph.node for a in n.attribute) or any(
         a.graphs for n in model.graph.node for a in n.attribute

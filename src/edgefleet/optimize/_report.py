@@ -67,6 +67,15 @@ class PrepStepResult(BaseModel):
     note: str = ""
 
 
+def _short(v: VariantResult) -> str:
+    """The first clause of the verdict, for narrow tables."""
+    if v.outcome == "chosen":
+        return "chosen: best within budget"
+    text = v.reason or v.error or ""
+    first = text.split("; ")[0]
+    return first if len(first) <= 90 else first[:87] + "..."
+
+
 class OptimizeReport(BaseModel):
     """What ``optimize()`` did and why it chose what it chose (``chosen`` is None when nothing fits)."""
 
@@ -131,6 +140,7 @@ class OptimizeReport(BaseModel):
                     "quality": f"{q.score:.2f}" if q else "-",
                     "drop": f"{v.drop:+.2f}" if v.drop is not None else "-",
                     "reason": v.reason or (v.error or ""),
+                    "short": _short(v),
                 }
             )
         return rows

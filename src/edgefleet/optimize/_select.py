@@ -156,7 +156,7 @@ def select(
         return None, f"no variant meets the budget: {why}"
     chosen.outcome = "chosen"
     parts = [
-        f"{objective} objective: best of {len(eligible)} variants within budget",
+        f"{chosen.name} is best for the {objective} objective among {len(eligible)} variants within budget",
         f"p50 {chosen.p50:.3f} ms ({chosen.speedup_p50 or 1.0:.2f}x the baseline's speed)",
         f"{chosen.size_ratio or 1.0:.2f}x smaller",
         f"quality {chosen.quality.score:.2f} ({chosen.drop:+.2f} points drop, max {budget.max_drop:g})",  # type: ignore[union-attr]

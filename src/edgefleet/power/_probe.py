@@ -13,9 +13,29 @@ __all__ = ["probe", "cpu_flags", "device_class"]
 
 # Flags a model build may require; the full /proc/cpuinfo list is long and mostly irrelevant.
 _INTERESTING = {
-    "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd", "asimddp", "fphp", "asimdhp", "sve",
-    "sve2", "i8mm", "bf16",
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "neon",
+    "asimd",
+    "asimddp",
+    "fphp",
+    "asimdhp",
+    "sve",
+    "sve2",
+    "i8mm",
+    "bf16",
 }
 
 
@@ -44,8 +64,12 @@ def device_class(arch: str, providers: list[str]) -> str:
     return "cpu"
 
 
-def probe(disk_path: str | Path = "/", *, device_class_override: str | None = None,
-          tags: dict[str, str] | None = None) -> HardwareProfile:
+def probe(
+    disk_path: str | Path = "/",
+    *,
+    device_class_override: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> HardwareProfile:
     """Describe this machine as a :class:`~edgefleet.protocol.HardwareProfile`.
 
     Args:

@@ -7,8 +7,6 @@ import itertools
 import logging
 import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import numpy as np
@@ -26,24 +24,66 @@ from edgefleet.runtime._predictor import (
     check_deadline,
 )
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "Ticket"]
 
 log = logging.getLogger(__name__)
 
 
-class _Request:
-    __slots__ = ("batch", "rows", "key", "deadline", "future", "enqueued", "priority", "cancelled")
+class Ticket:
+    """The pending answer of one queued request (a one-shot, lock-based future).
+
+    ``concurrent.futures.Future`` costs several microseconds per request (a Condition, callbacks);
+    a pre-acquired lock released by the worker is the cheapest wake-up CPython offers.
+    """
+
+    __slots__ = (
+        "batch", "rows", "key", "deadline", "priority", "enqueued", "cancelled", "_done", "_value", "_error",
+    )
 
     def __init__(self, batch: dict[str, np.ndarray], priority: int, deadline: float | None) -> None:
         self.batch = batch
         self.rows = batch_rows(batch)
         # Only requests whose inputs agree beyond the batch dimension can share a model call.
-        self.key = tuple((k, v.dtype.str, v.shape[1:]) for k, v in batch.items())
+        self.key = tuple([(k, v.dtype.str, v.shape[1:]) for k, v in batch.items()])
         self.priority = priority
         self.deadline = deadline
-        self.future: Future[Prediction] = Future()
         self.enqueued = time.monotonic()
         self.cancelled = False
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._value: Prediction | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._value is not None or self._error is not None
+
+    def set_result(self, value: Prediction) -> None:
+        self._value = value
+        self._done.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once answered; False if ``timeout`` seconds passed first."""
+        if self._done.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self._done.release()  # stay 'done' for any later wait()
+            return True
+        return False
+
+    def result(self, timeout: float | None = None) -> Prediction:
+        """The Prediction (or its error raised); TimeoutError if not answered within ``timeout``."""
+        if not self.wait(timeout):
+            raise TimeoutError("the request is still queued or running")
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.wait(timeout):
+            raise TimeoutError("the request is still queued or running")
+        return self._error
 
 
 class Batcher:
@@ -54,8 +94,8 @@ class Batcher:
     passes while it waits is dropped with DeadlineExceededError and never run; a full queue refuses
     new requests at once with OverloadedError (and a retry-after estimate).
 
-    With ``adaptive_delay`` the batcher does not wait for company when the last batch held a single
-    request and nothing else is queued, so a lone caller pays no batching delay.
+    With ``adaptive_delay`` the batcher waits only for as many rows as the previous batch held (the
+    load it has just seen), never longer than ``max_delay_ms``; a lone caller pays no delay at all.
     """
 
     def __init__(
@@ -75,12 +115,14 @@ class Batcher:
         if fixed is not None and self.config.fixed_batch == "split":
             self._max_rows = min(self._max_rows, fixed)
         self._delay = self.config.max_delay_ms / 1000.0
-        self._heap: list[tuple[int, int, _Request]] = []
+        self._heap: list[tuple[int, int, Ticket]] = []
         self._seq = itertools.count()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
+        self._idle = 0  # workers waiting for work: only then does submit() pay for a notify
         self._closed = False
-        self._last_batch_requests = 1
+        self._last_rows = 1
         self._batch_s = 0.0  # moving average of one model call, for retry-after estimates
+        self._tier = inner.metadata.tier
         self._workers = [
             threading.Thread(target=self._loop, name=f"edgefleet-batcher-{i}", daemon=True)
             for i in range(self.config.workers)
@@ -105,10 +147,11 @@ class Batcher:
         priority: int = Priority.NORMAL,
         deadline: float | None = None,
         **_: Any,
-    ) -> Future[Prediction]:
-        """Queue ``batch`` and return a Future of its Prediction (for async callers)."""
-        check_deadline(deadline, "before it was queued")
-        req = _Request(batch, int(priority), deadline)
+    ) -> Ticket:
+        """Queue ``batch`` and return its Ticket (``.result(timeout)``) without waiting."""
+        if deadline is not None:
+            check_deadline(deadline, "before it was queued")
+        ticket = Ticket(batch, int(priority), deadline)
         with self._cond:
             if self._closed:
                 raise InferenceError("the batcher is closed", hint="the runtime is shutting down; retry")
@@ -121,34 +164,24 @@ class Batcher:
                     hint=f"retry after {retry:.2f} s, or raise EDGEFLEET_BATCHER_MAX_QUEUE",
                     retry_after=retry,
                 )
-            heapq.heappush(self._heap, (-req.priority, next(self._seq), req))
-            if self._metrics:
-                self._metrics.queue_depth.set(len(self._heap))
-            self._cond.notify()
-        return req.future
+            heapq.heappush(self._heap, (-ticket.priority, next(self._seq), ticket))
+            if self._idle:
+                self._cond.notify()
+        return ticket
 
     def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
         deadline = opts.get("deadline")
-        fut = self.submit(batch, **opts)
-        if deadline is None:
-            return fut.result()
-        try:
-            return fut.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            self._cancel(fut)
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                return fut.result()  # finished in the instant between timeout and cancel
-            raise DeadlineExceededError(
-                "request deadline passed while it waited for the model",
-                hint="send a longer deadline, or lower the load on this device",
-            ) from None
-
-    def _cancel(self, fut: Future[Prediction]) -> None:
+        ticket = self.submit(batch, **opts)
+        if ticket.wait(None if deadline is None else deadline - time.monotonic()):
+            return ticket.result()
         with self._cond:
-            for _, _, req in self._heap:
-                if req.future is fut:
-                    req.cancelled = True
-                    break
+            ticket.cancelled = True  # a queued request is skipped; a running one is discarded
+        if ticket.wait(0):
+            return ticket.result()  # finished in the instant between the timeout and the cancel
+        raise DeadlineExceededError(
+            "request deadline passed while it waited for the model",
+            hint="send a longer deadline, or lower the load on this device",
+        )
 
     def _retry_after(self) -> float:
         batches_ahead = len(self._heap) / max(1, self._max_rows) / max(1, self.config.workers)
@@ -156,12 +189,14 @@ class Batcher:
 
     # --- workers ----------------------------------------------------------------------------------
 
-    def _take(self) -> list[_Request] | None:
-        """Wait for work and return the next batch (None when closed and drained). Holds no lock."""
+    def _take(self) -> list[Ticket] | None:
+        """Wait for work and return the next batch (None when closed and drained)."""
         with self._cond:
             while True:
                 while not self._heap and not self._closed:
+                    self._idle += 1
                     self._cond.wait()
+                    self._idle -= 1
                 if not self._heap:
                     return None
                 first = self._pop_live()
@@ -169,54 +204,51 @@ class Batcher:
                     break
             batch = [first]
             rows = first.rows
-            if rows >= self._max_rows:
-                return batch
-            wait = not (self._adaptive and self._last_batch_requests <= 1 and not self._heap)
+            target = self._max_rows
+            if self._adaptive:
+                target = min(target, max(self._last_rows, 1))
             close_at = first.enqueued + self._delay
             while rows < self._max_rows:
-                if self._heap:
-                    held: list[tuple[int, int, _Request]] = []
-                    while self._heap and rows < self._max_rows:
-                        item = heapq.heappop(self._heap)
-                        req = item[2]
-                        if req.cancelled:
-                            continue
-                        if req.key != first.key or rows + req.rows > self._max_rows:
-                            held.append(item)
-                            continue
-                        if self._expired(req):
-                            continue
-                        batch.append(req)
-                        rows += req.rows
-                    for item in held:
-                        heapq.heappush(self._heap, item)
-                    if held:  # the rest cannot join this batch; do not wait for it
-                        break
-                if rows >= self._max_rows or not wait or self._closed:
-                    break
+                held: list[tuple[int, int, Ticket]] = []
+                while self._heap and rows < self._max_rows:
+                    item = heapq.heappop(self._heap)
+                    t = item[2]
+                    if t.cancelled:
+                        continue
+                    if t.key != first.key or rows + t.rows > self._max_rows:
+                        held.append(item)
+                        continue
+                    if self._expired(t):
+                        continue
+                    batch.append(t)
+                    rows += t.rows
+                for item in held:
+                    heapq.heappush(self._heap, item)
+                if held or rows >= target or self._closed:
+                    break  # full enough, or what is left cannot join this batch
                 left = close_at - time.monotonic()
                 if left <= 0:
                     break
+                self._idle += 1
                 self._cond.wait(left)
+                self._idle -= 1
+            self._last_rows = rows
             if self._metrics:
                 self._metrics.queue_depth.set(len(self._heap))
-            self._last_batch_requests = len(batch)
             return batch
 
-    def _pop_live(self) -> _Request | None:
+    def _pop_live(self) -> Ticket | None:
         while self._heap:
-            req = heapq.heappop(self._heap)[2]
-            if req.cancelled:
-                continue
-            if not self._expired(req):
-                return req
+            t = heapq.heappop(self._heap)[2]
+            if not t.cancelled and not self._expired(t):
+                return t
         return None
 
-    def _expired(self, req: _Request) -> bool:
-        if req.deadline is not None and time.monotonic() >= req.deadline:
+    def _expired(self, t: Ticket) -> bool:
+        if t.deadline is not None and time.monotonic() >= t.deadline:
             if self._metrics:
                 self._metrics.rejected.labels("deadline").inc()
-            req.future.set_exception(
+            t.set_exception(
                 DeadlineExceededError(
                     "request deadline passed while it was queued; it was not run",
                     hint="send a longer deadline, or lower the load on this device",
@@ -234,48 +266,45 @@ class Batcher:
                 self._run(batch)
             except BaseException as e:  # never let a worker die with callers waiting
                 log.exception("batcher worker error")
-                for req in batch:
-                    if not req.future.done():
-                        req.future.set_exception(InferenceError(f"batcher failed: {e}"))
+                for t in batch:
+                    if not t.done():
+                        t.set_exception(InferenceError(f"batcher failed: {e}"))
 
-    def _run(self, batch: list[_Request]) -> None:
-        deadlines = [r.deadline for r in batch if r.deadline is not None]
-        priority = max(r.priority for r in batch)
-        deadline = max(deadlines) if len(deadlines) == len(batch) else None
-        if len(batch) == 1:
-            inputs = batch[0].batch
+    def _run(self, batch: list[Ticket]) -> None:
+        n = len(batch)
+        if n == 1:
+            only = batch[0]
+            inputs, rows = only.batch, only.rows
+            priority, deadline = only.priority, only.deadline
         else:
-            inputs = {k: np.concatenate([r.batch[k] for r in batch]) for k in batch[0].batch}
-        rows = sum(r.rows for r in batch)
+            inputs = {k: np.concatenate([t.batch[k] for t in batch]) for k in batch[0].batch}
+            rows = sum(t.rows for t in batch)
+            priority = max(t.priority for t in batch)
+            deadlines = [t.deadline for t in batch if t.deadline is not None]
+            # the latest deadline: an earlier one's caller stops waiting on its own
+            deadline = max(deadlines) if len(deadlines) == n else None
         if self._metrics:
             self._metrics.batch_size.observe(rows)
         t0 = time.monotonic()
         try:
-            out = as_prediction(
-                self.inner.predict(inputs, priority=priority, deadline=deadline),
-                self.inner.metadata.tier,
-                rows,
-            )
-        except EdgefleetError as e:
-            for r in batch:
-                r.future.set_exception(e)
-            return
+            out = as_prediction(self.inner.predict(inputs, priority=priority, deadline=deadline), self._tier, rows)
         except Exception as e:
-            err = InferenceError(f"model call failed: {e}", hint="see the runtime log")
-            for r in batch:
-                r.future.set_exception(err)
+            err = e if isinstance(e, EdgefleetError) else InferenceError(f"model call failed: {e}", hint="see the log")
+            for t in batch:
+                t.set_exception(err)
             return
         finally:
             self._batch_s = 0.8 * self._batch_s + 0.2 * (time.monotonic() - t0)
-        if len(batch) == 1:
-            batch[0].future.set_result(out)
+        if n == 1:
+            batch[0].set_result(out)
             return
         offset = 0
-        for r in batch:
-            sl = slice(offset, offset + r.rows)
-            part = {k: (v[sl] if getattr(v, "ndim", 0) and v.shape[0] == rows else v) for k, v in out.items()}
-            r.future.set_result(Prediction(part, tiers=out.tiers[sl], events=out.events))
-            offset += r.rows
+        items = list(out.items())
+        for t in batch:
+            end = offset + t.rows
+            part = {k: (v[offset:end] if v.ndim and v.shape[0] == rows else v) for k, v in items}
+            t.set_result(Prediction(part, tiers=out.tiers[offset:end], events=out.events))
+            offset = end
 
     def close(self) -> None:
         """Stop taking requests, answer the queued ones, stop the workers; then close ``inner``."""

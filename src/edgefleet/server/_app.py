@@ -42,6 +42,7 @@ from edgefleet.server._blobs import BlobStore, FileBlobStore
 from edgefleet.server._config import ServerConfig
 from edgefleet.server._db import Database, is_db_unavailable
 from edgefleet.server._director import DeviceService
+from edgefleet.server._fleet_api import install_fleet
 from edgefleet.server._models import AuditEntry, Device, EnrollmentToken, OperatorToken, Release, Rollout
 from edgefleet.server._notify import Notifier, make_notifier
 from edgefleet.server._rollouts import RolloutEngine, audit
@@ -286,6 +287,7 @@ def create_app(
     _device_routes(app, ctx)
     _repository_routes(app, ctx)
     _operator_routes(app, ctx)
+    install_fleet(app, ctx)  # /v1/fleet, /dashboard, fleet figures in /metrics
     app.add_middleware(_BodyLimit, default=cfg.max_body_bytes, telemetry=cfg.max_telemetry_bytes)
     return app
 

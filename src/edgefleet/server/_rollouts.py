@@ -479,10 +479,10 @@ class RolloutEngine:
         gates = RolloutGates(**r.gates)
         target = wave_size(admitted + len(candidates), r.waves[r.wave_index], gates.min_devices)
         need = target - admitted
-        if need <= 0:
+        if need <= 0 and not opened:
             return
         candidates.sort(key=lambda c: member_hash(r.id, c[0].id))
-        chosen = candidates[:need]
+        chosen = candidates[: max(need, 0)]
         for d, fit, rd in chosen:
             self._admit_device(ctx, r, rel, d, fit, rd)
         audit(

@@ -136,7 +136,7 @@ class Fleet:
             self.devices.append(SimDevice(index=i, device_class=cls))
         self.by_id: dict[str, SimDevice] = {}
         self.ever_ran: dict[str, set[str]] = {}
-        self.switches: list[tuple[float, str, str | None, str]] = []  # (t, device, from, to)
+        self.switches: list[tuple[float, str, str | None, str | None]] = []  # (wall time, device, from, to)
         self.nudges = 0
         self.heartbeats = 0
         self.http_errors = 0
@@ -324,7 +324,7 @@ class Fleet:
         d.active = new
         if new is not None:
             self.ever_ran.setdefault(new["version"], set()).add(d.device_id)
-        self.switches.append((time.monotonic(), d.device_id, old, new["version"] if new else None))
+        self.switches.append((time.time(), d.device_id, old, new["version"] if new else None))
 
     def _command(self, d: SimDevice, cmd: str) -> None:
         if not (cmd == "rollback" or cmd.startswith("rollback:")):

@@ -1,0 +1,567 @@
+"""Runtime figures, measured side by side in one run.
+
+1. In-process overhead: p50 latency at batch 1 through ``Runtime.predict`` (validation, contract and
+   postprocessing off; metrics on) vs a bare ``InferenceSession.run`` on the same model and input,
+   measured interleaved. Also the raw C++ call (``InferenceSession._sess.run``) and the full default
+   pipeline, for reference.
+2. Batching: 32 concurrent client threads, batch-1 requests in a closed loop, through the default
+   Runtime with the batcher on vs off: throughput and p50/p99 latency.
+3. HTTP: ``edgefleet serve`` vs a minimal hand-rolled FastAPI + ONNX Runtime endpoint, both in their
+   own process, loaded by ``wrk`` (Debian) on loopback: requests/s, p50/p99.
+4. Memory: RSS after 200,000 requests minus RSS after 10,000 (full default pipeline, 4 threads).
+5. Degradation: a primary failing 30% of calls (a fault-injecting wrapper around a real engine), a
+   real backup model: share of requests answered, and failures seen before the breaker opened.
+
+Models are trained here (no downloads): scikit-learn's digits MLP and, when torch is installed, a
+small digits CNN exported to ONNX.
+
+Usage::
+
+    .venv/bin/python benchmarks/runtime_bench.py            # all sections (~5 minutes)
+    .venv/bin/python benchmarks/runtime_bench.py --quick    # smaller sizes
+
+Writes ``benchmarks/results/runtime.json`` and prints rich tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.errors import InferenceError
+from edgefleet.examples import digits, train_digits_mlp
+from edgefleet.runtime import (
+    BatcherConfig,
+    BreakerConfig,
+    FallbackConfig,
+    OrtEngine,
+    Runtime,
+    RuntimeConfig,
+    ValidationConfig,
+)
+
+console = Console()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- models ---------------------------------------------------------------------------------------------
+
+
+def train_cnn(path: Path, data) -> float | None:
+    """A small digits CNN (conv 32, conv 64, pool, dense 128) trained with torch, exported to ONNX."""
+    try:
+        import torch
+        import torch.nn as nn
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    net = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+    xt = torch.tensor(data.x_train / 16, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    yt = torch.tensor(data.y_train)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    for _ in range(8):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            opt.step()
+    net.eval()
+
+    class Flat(nn.Module):  # takes the same [N, 64] input as the MLP; outputs probabilities
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return torch.softmax(self.inner(x.reshape(-1, 1, 8, 8)), dim=1)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Flat(net).eval(), (torch.zeros(1, 64),), str(path), input_names=["input"],
+            output_names=["probabilities"], dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+            dynamo=False,
+        )
+    with torch.no_grad():
+        xs = torch.tensor(data.x_test / 16, dtype=torch.float32).reshape(-1, 1, 8, 8)
+        return float((net(xs).argmax(1).numpy() == data.y_test).mean())
+
+
+def fast_config() -> RuntimeConfig:
+    """Runtime with validation, contract, postprocessing, batcher and timeout off (metrics on)."""
+    return RuntimeConfig(
+        batcher=BatcherConfig(enabled=False),
+        validation=ValidationConfig(enabled=False),
+        fallback=FallbackConfig(timeout_ms=None),
+        preprocess=False,
+        postprocess=False,
+    )
+
+
+def pct(values: list[float] | np.ndarray, q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+# --- 1. overhead --------------------------------------------------------------------------------------
+
+
+def bench_overhead(models: dict[str, Path], x: np.ndarray, rounds: int, per_round: int) -> list[dict]:
+    import onnxruntime as ort
+
+    rows = []
+    for name, path in models.items():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        feed = {"input": x[:1]}
+        names = [o.name for o in sess.get_outputs()]
+        fast = Runtime.from_bundle(path, fast_config())
+        full = Runtime.from_bundle(path, RuntimeConfig())  # defaults: validation, batcher, timeout...
+        calls = {
+            "bare InferenceSession.run": lambda s=sess, f=feed: s.run(None, f),
+            "raw C++ session call": lambda s=sess, f=feed, n=names: s._sess.run(n, f, None),
+            "Runtime.predict (fast path)": lambda r=fast, f=feed: r.predict(f),
+            "Runtime.predict (defaults)": lambda r=full, f=feed: r.predict(f),
+        }
+        samples: dict[str, list[int]] = {k: [] for k in calls}
+        for fn in calls.values():
+            for _ in range(500):
+                fn()
+        for _ in range(rounds):  # interleaved, so machine noise hits every variant alike
+            for k, fn in calls.items():
+                buf = samples[k]
+                for _ in range(per_round):
+                    t = time.perf_counter_ns()
+                    fn()
+                    buf.append(time.perf_counter_ns() - t)
+        fast.close()
+        full.close()
+        bare50 = pct(samples["bare InferenceSession.run"], 50)
+        for k, v in samples.items():
+            rows.append(
+                {
+                    "model": name,
+                    "variant": k,
+                    "p50_us": round(pct(v, 50) / 1000, 2),
+                    "p99_us": round(pct(v, 99) / 1000, 2),
+                    "ratio_p50_vs_bare": round(pct(v, 50) / bare50, 3),
+                    "samples": len(v),
+                }
+            )
+    return rows
+
+
+# --- 2. batching --------------------------------------------------------------------------------------
+
+
+def closed_loop(rt: Runtime, x: np.ndarray, clients: int, seconds: float) -> dict:
+    stop = threading.Event()
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    start = threading.Barrier(clients + 1)
+
+    def client(k: int) -> None:
+        mine = lat[k]
+        i = k
+        start.wait()
+        while not stop.is_set():
+            row = x[i % len(x) : i % len(x) + 1]
+            t = time.perf_counter()
+            try:
+                rt.predict(row)
+            except Exception:
+                errors[k] += 1
+            mine.append(time.perf_counter() - t)
+            i += clients
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0, c0 = time.perf_counter(), time.process_time()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    all_lat = [v for part in lat for v in part]
+    return {
+        "requests": len(all_lat),
+        "errors": sum(errors),
+        "req_per_s": round(len(all_lat) / elapsed, 1),
+        "cpu_us_per_req": round(cpu / max(1, len(all_lat)) * 1e6, 1),
+        "p50_ms": round(pct(all_lat, 50) * 1000, 3),
+        "p99_ms": round(pct(all_lat, 99) * 1000, 3),
+    }
+
+
+def bench_batching(models: dict[str, Path], x: np.ndarray, clients: int, seconds: float) -> list[dict]:
+    rows = []
+    for name, path in models.items():
+        for batching in (False, True):
+            cfg = RuntimeConfig(batcher=BatcherConfig(enabled=batching, max_batch_size=32, max_delay_ms=2))
+            with Runtime.from_bundle(path, cfg) as rt:
+                closed_loop(rt, x, clients, min(1.0, seconds / 3))  # warm-up
+                r = closed_loop(rt, x, clients, seconds)
+                if batching:
+                    text = rt.metrics.exposition().decode()
+                    count = float(re.search(r"batch_size_count (\S+)", text).group(1))
+                    total = float(re.search(r"batch_size_sum (\S+)", text).group(1))
+                    r["mean_batch"] = round(total / max(count, 1), 1)
+            rows.append({"model": name, "batcher": batching, "clients": clients, **r})
+    return rows
+
+
+# --- 3. HTTP ------------------------------------------------------------------------------------------
+
+BASELINE_APP = '''
+import numpy as np, onnxruntime as ort, sys
+from fastapi import FastAPI, Request
+so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
+sess = ort.InferenceSession(sys.argv[1] if len(sys.argv) > 1 else "{model}", so, providers=["CPUExecutionProvider"])
+app = FastAPI()
+
+@app.post("/v1/predict")
+async def predict(request: Request):
+    body = await request.json()
+    x = np.asarray(body["inputs"], dtype=np.float32) / 16.0
+    label, probs = sess.run(None, {{"input": x}})
+    return {{"outputs": {{"label": label.tolist(), "probabilities": probs.tolist()}}}}
+'''
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{body}'
+"""
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _wait_http(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    import httpx
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server did not start")
+
+
+def _parse_wrk(out: str) -> dict:
+    def dur(s: str) -> float:
+        m = re.match(r"([\d.]+)(us|ms|s)", s)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    dist = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": round(dur(dist["50"]), 3),
+        "p99_ms": round(dur(dist["99"]), 3),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(1).strip() if errors else None,
+    }
+
+
+def bench_http(bundle: Path, model: Path, x_raw: np.ndarray, seconds: int, connections: int, tmp: Path) -> list[dict]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        console.print("[yellow]wrk not found (apt-get install -y wrk): HTTP section skipped[/]")
+        return []
+    body = json.dumps({"inputs": x_raw[:1].tolist()}, separators=(",", ":"))
+    lua = tmp / "post.lua"
+    lua.write_text(WRK_LUA.format(body=body))
+    app_file = tmp / "baseline_app.py"
+    app_file.write_text(BASELINE_APP.format(model=model))
+    env = {**os.environ, "PYTHONPATH": str(tmp)}
+    servers = {
+        "edgefleet serve (defaults)": lambda port: [
+            sys.executable, "-m", "edgefleet.cli", "serve", str(bundle), "--port", str(port), "--threads", "1",
+        ],
+        "edgefleet serve --no-batching": lambda port: [
+            sys.executable, "-m", "edgefleet.cli", "serve", str(bundle), "--port", str(port), "--threads", "1",
+            "--no-batching",
+        ],
+        "hand-rolled FastAPI + ORT": lambda port: [
+            sys.executable, "-m", "uvicorn", "baseline_app:app", "--port", str(port), "--log-level", "warning",
+            "--no-access-log",
+        ],
+    }
+    rows = []
+    for name, cmd in servers.items():
+        port = _free_port()
+        proc = subprocess.Popen(cmd(port), cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_http(port, proc)
+            url = f"http://127.0.0.1:{port}/v1/predict"
+            subprocess.run([wrk, "-t1", f"-c{connections}", "-d2s", "-s", str(lua), url], capture_output=True, check=True)
+            out = subprocess.run(
+                [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+                capture_output=True, text=True, check=True,
+            ).stdout
+            rows.append({"server": name, "connections": connections, "seconds": seconds, **_parse_wrk(out)})
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return rows
+
+
+# --- 4. memory ----------------------------------------------------------------------------------------
+
+
+def bench_memory(bundle: Path, x_raw: np.ndarray, first: int, total: int, threads: int = 4) -> dict:
+    import psutil
+
+    proc = psutil.Process()
+    rt = Runtime.from_bundle(bundle)  # every default on: contract, validation, batcher, metrics
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+
+    def drive(n: int) -> None:
+        def worker() -> None:
+            while True:
+                with lock:
+                    i = next(counter)
+                if i >= n:
+                    return
+                j = i % len(x_raw)
+                rt.predict(x_raw[j : j + 1])
+
+        ts = [threading.Thread(target=worker) for _ in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    t0 = time.perf_counter()
+    drive(first)
+    gc.collect()
+    rss_first = proc.memory_info().rss
+    drive(total)
+    gc.collect()
+    rss_total = proc.memory_info().rss
+    elapsed = time.perf_counter() - t0
+    rt.close()
+    return {
+        "requests_first": first,
+        "requests_total": total,
+        "rss_after_first_mb": round(rss_first / 2**20, 2),
+        "rss_after_total_mb": round(rss_total / 2**20, 2),
+        "growth_mb": round((rss_total - rss_first) / 2**20, 2),
+        "seconds": round(elapsed, 1),
+    }
+
+
+# --- 5. degradation -------------------------------------------------------------------------------------
+
+
+class FaultInjectingPredictor:
+    """Fault-injecting wrapper around a real engine: fails ``rate`` of calls (seeded)."""
+
+    def __init__(self, inner: OrtEngine, rate: float, seed: int = 0) -> None:
+        self.inner, self.rate = inner, rate
+        self.rng = np.random.default_rng(seed)
+        self.calls = self.failures = 0
+        self.lock = threading.Lock()
+
+    @property
+    def metadata(self):
+        return self.inner.metadata
+
+    def predict(self, batch, **opts):
+        with self.lock:
+            self.calls += 1
+            fail = self.rng.random() < self.rate
+            self.failures += fail
+        if fail:
+            raise InferenceError("injected failure")
+        return self.inner.predict(batch, **opts)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def bench_degradation(primary: Path, backup: Path, x: np.ndarray, n: int, rate: float) -> dict:
+    faulty = FaultInjectingPredictor(OrtEngine(primary, name="digits", version="1.0.0"), rate)
+    breaker = BreakerConfig(failure_threshold=5, window=20, backoff_s=0.05, backoff_max_s=1.0)
+    cfg = RuntimeConfig(breaker=breaker, batcher=BatcherConfig(enabled=False))
+    rt = Runtime.from_bundle(faulty, cfg, backup=OrtEngine(backup, tier="backup"))
+    answered = failed = 0
+    tiers: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for i in range(n):
+        try:
+            res = rt.predict(x[i % len(x) : i % len(x) + 1])
+            answered += 1
+            tiers[res.tier] = tiers.get(res.tier, 0) + 1
+        except Exception:
+            failed += 1
+    elapsed = time.perf_counter() - t0
+    [br] = [b for b in rt.pipeline.breakers()]
+    opened = br.breaker.failures_when_opened
+    rt.close()
+    return {
+        "requests": n,
+        "failure_rate_injected": rate,
+        "primary_calls": faulty.calls,
+        "primary_failures": faulty.failures,
+        "answered": answered,
+        "answered_pct": round(100 * answered / n, 3),
+        "unanswered": failed,
+        "by_tier": tiers,
+        "breaker_threshold": breaker.failure_threshold,
+        "breaker_window": breaker.window,
+        "breaker_opened": len(opened),
+        "max_failures_in_window_when_opened": max(opened) if opened else None,
+        "seconds": round(elapsed, 2),
+    }
+
+
+# --- main ---------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    model = platform.processor()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        m = re.search(r"Model name:\s+(.*)", out)
+        model = m.group(1).strip() if m else model
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+
+
+def table(title: str, rows: list[dict], cols: list[str]) -> None:
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[str(r.get(c, "")) for c in cols])
+    console.print(t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument("--sections", default="overhead,batching,http,memory,degradation")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    q = args.quick
+    sections = set(args.sections.split(","))
+    results: dict[str, Any] = {"machine": machine(), "command": " ".join(["benchmarks/runtime_bench.py", *sys.argv[1:]])}
+    with tempfile.TemporaryDirectory(prefix="edgefleet-rt-bench-") as td:
+        tmp = Path(td)
+        data = digits()
+        x = (data.x_test / 16).astype(np.float32)
+        with console.status("training models (digits MLP, backup MLP, digits CNN)..."):
+            mlp, backup = tmp / "mlp.onnx", tmp / "backup.onnx"
+            acc = {"mlp": train_digits_mlp(mlp, data=data)}
+            acc["backup"] = train_digits_mlp(backup, hidden=(32,), seed=3, max_iter=200, data=data)
+            cnn = tmp / "cnn.onnx"
+            acc_cnn = train_cnn(cnn, data)
+            models = {"digits MLP": mlp}
+            if acc_cnn is not None:
+                acc["cnn"] = acc_cnn
+                models["digits CNN"] = cnn
+            from edgefleet.bundle import create_bundle
+
+            bundle = create_bundle(
+                mlp, tmp / "digits.tar", name="digits", version="1.0.0", variant="cpu",
+                inputs_raw=data.x_test[:16], preprocess=[{"op": "scale", "factor": 1 / 16}],
+            )
+        results["accuracy"] = {k: round(v, 4) for k, v in acc.items()}
+
+        if "overhead" in sections:
+            with console.status("1/5 in-process overhead..."):
+                rows = bench_overhead(models, x, rounds=10 if q else 40, per_round=200 if q else 500)
+            results["overhead"] = rows
+            table("In-process latency at batch 1 (interleaved)", rows,
+                  ["model", "variant", "p50_us", "p99_us", "ratio_p50_vs_bare"])
+        if "batching" in sections:
+            with console.status("2/5 batching with 32 clients..."):
+                rows = bench_batching(models, x, clients=32, seconds=3 if q else 8)
+            for name in models:
+                off = next(r for r in rows if r["model"] == name and not r["batcher"])
+                on = next(r for r in rows if r["model"] == name and r["batcher"])
+                on["speedup_vs_off"] = round(on["req_per_s"] / off["req_per_s"], 2)
+            results["batching"] = rows
+            table("32 concurrent clients, batch-1 requests (default pipeline)", rows,
+                  ["model", "batcher", "req_per_s", "p50_ms", "p99_ms", "mean_batch", "errors", "speedup_vs_off"])
+        if "http" in sections:
+            with console.status("3/5 HTTP with wrk..."):
+                rows = bench_http(bundle, mlp, data.x_test, seconds=5 if q else 15, connections=32, tmp=tmp)
+            if rows:
+                base = rows[-1]["req_per_s"]
+                for r in rows:
+                    r["ratio_vs_baseline"] = round(r["req_per_s"] / base, 2)
+            results["http"] = rows
+            table("POST /v1/predict on loopback (wrk -t1 -c32)", rows,
+                  ["server", "req_per_s", "p50_ms", "p99_ms", "non_2xx", "ratio_vs_baseline"])
+        if "memory" in sections:
+            with console.status("4/5 memory over many requests..."):
+                r = bench_memory(bundle, data.x_test, first=10_000, total=30_000 if q else 200_000)
+            results["memory"] = r
+            table("RSS growth (full default pipeline, 4 threads)", [r], list(r))
+        if "degradation" in sections:
+            with console.status("5/5 degradation with a 30% failing primary..."):
+                r = bench_degradation(mlp, backup, x, n=5_000 if q else 20_000, rate=0.3)
+            results["degradation"] = r
+            table("Primary failing 30% of calls, backup model behind it", [r],
+                  ["requests", "primary_failures", "answered_pct", "by_tier", "breaker_opened",
+                   "max_failures_in_window_when_opened", "breaker_threshold"])
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Nudges over a real MQTT broker (Mosquitto), and devices falling back to polling when it is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import shutil
+import subprocess
+import time
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from edgefleet.server import MqttNotifier, ServerConfig, free_port, start_server
+from edgefleet.sim import Fleet, Scenario
+
+pytestmark = pytest.mark.mqtt
+
+
+def _subscriber(url: str, topic: str) -> tuple[object, queue.Queue]:
+    import paho.mqtt.client as mqtt
+
+    u = urlparse(url)
+    got: queue.Queue = queue.Queue()
+    ready = queue.Queue()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.on_connect = lambda cl, *a: (cl.subscribe(topic, qos=1), ready.put(True))
+    c.on_message = lambda cl, ud, msg: got.put((msg.topic, msg.payload, msg.qos))
+    c.connect(u.hostname, u.port or 1883)
+    c.loop_start()
+    ready.get(timeout=5)
+    time.sleep(0.2)  # the SUBACK
+    return c, got
+
+
+def test_notifier_publishes_device_and_group_nudges_with_qos1(mqtt_url):
+    prefix = f"edgefleet-test-{time.monotonic_ns()}"
+    sub, got = _subscriber(mqtt_url, f"{prefix}/#")
+    n = MqttNotifier(mqtt_url, prefix=prefix)
+    try:
+        assert n.wait_connected(5)
+        assert n.nudge(["dev-a", "dev-b"]) == 2
+        assert n.nudge_group("region", "eu-west")
+        msgs = sorted(got.get(timeout=5) for _ in range(3))
+    finally:
+        n.close()
+        sub.loop_stop()
+        sub.disconnect()
+    assert [m[0] for m in msgs] == [
+        f"{prefix}/devices/dev-a/nudge",
+        f"{prefix}/devices/dev-b/nudge",
+        f"{prefix}/groups/region/eu-west/nudge",
+    ]
+    assert all(json.loads(m[1]) == {"poll": True} and m[2] == 1 for m in msgs)
+
+
+def test_admitted_devices_are_nudged_when_a_wave_opens(tmp_path, published, mqtt_url):
+    cfg = ServerConfig(data_dir=tmp_path / "s", repo_dir=published / "repo", keys_dir=tmp_path / "nokeys",
+                       mqtt_url=mqtt_url, engine_tick_s=0.1)
+    with start_server(cfg) as srv:
+        api = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.admin_token}"})
+        assert srv.app.state.ctx.notifier.wait_connected(5)
+        fleet = Fleet(srv.url, Scenario(), size=4, admin_token=srv.admin_token)
+        asyncio.run(fleet.enroll())
+        ids = sorted(d.device_id for d in fleet.devices)
+        sub, got = _subscriber(mqtt_url, "edgefleet/devices/+/nudge")
+        try:
+            api.post("/v1/releases", json={"name": "digits", "version": "1.0.0"}).raise_for_status()
+            r = api.post("/v1/rollouts", json={"name": "digits", "version": "1.0.0", "waves": [50, 100],
+                                               "gates": {"min_devices": 2}})
+            assert r.status_code == 201
+            topics = set()
+            deadline = time.monotonic() + 5
+            while len(topics) < 2 and time.monotonic() < deadline:
+                try:
+                    topics.add(got.get(timeout=0.5)[0])
+                except queue.Empty:
+                    pass
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+        nudged = {t.split("/")[2] for t in topics}
+        assert len(nudged) == 2 and nudged <= set(ids)  # exactly the wave's devices
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    """A Mosquitto of our own on a free port, so the test can take it down."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not shutil.os.path.exists(exe):
+        pytest.skip("mosquitto is not installed")
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    import socket
+
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"mqtt://127.0.0.1:{port}", proc
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_broker_down_devices_fall_back_to_polling(tmp_path, published, private_broker):
+    url, broker = private_broker
+    cfg = ServerConfig(data_dir=tmp_path / "s", repo_dir=published / "repo", keys_dir=tmp_path / "nokeys",
+                       mqtt_url=url, engine_tick_s=0.1)
+    with start_server(cfg) as srv:
+        notifier = srv.app.state.ctx.notifier
+        assert notifier.wait_connected(5)
+        poll = 0.5
+        fleet = Fleet(srv.url, Scenario(poll_interval_s=poll, install_delay_s=0.05), size=6,
+                      admin_token=srv.admin_token, mqtt_url=url)
+        asyncio.run(fleet.enroll())
+        broker.terminate()  # the broker goes away before the rollout
+        broker.wait(5)
+        deadline = time.monotonic() + 5
+        while notifier.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not notifier.connected
+        api = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.admin_token}"})
+        api.post("/v1/releases", json={"name": "digits", "version": "1.0.0"}).raise_for_status()
+        r = api.post("/v1/rollouts", json={"name": "digits", "version": "1.0.0", "waves": [100], "soak_s": 0,
+                                           "gates": {"min_devices": 1, "min_requests": 0}})
+        assert r.status_code == 201  # a dead broker does not fail the operator's call
+        t0 = time.monotonic()
+        assert asyncio.run(fleet.run(until=lambda f: f.count_on("1.0.0") == 6, timeout=10 * poll))
+        assert time.monotonic() - t0 <= 3 * poll + 1.0  # polling alone delivered it
+        assert fleet.nudges == 0 and notifier.dropped >= 6
+        assert fleet.status_counts.get("500", 0) == 0

@@ -1,0 +1,77 @@
+"""Simulated fleets against a real server: a bad release is contained, a good one reaches everyone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from edgefleet.sim import Fleet, ReleaseBehavior, Scenario
+
+POLL = 0.5
+
+
+def _api(srv) -> httpx.Client:
+    return httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.admin_token}"}, timeout=10)
+
+
+def _on(api: httpx.Client, version: str) -> dict:
+    """The ActiveModel of a registered release (what a device running it reports)."""
+    rel = api.post("/v1/releases", json={"name": "digits", "version": version})
+    assert rel.status_code in (200, 201), rel.text
+    v = rel.json()["variants"][0]
+    return {"name": "digits", "version": version, "variant": v["variant"], "target_path": v["target_path"],
+            "sha256": v["sha256"]}
+
+
+def test_bad_release_is_contained_and_rolled_back(sim_server):
+    api = _api(sim_server)
+    scenario = Scenario(poll_interval_s=POLL, install_delay_s=0.1,
+                        behaviors={"2.0.0": ReleaseBehavior(error_rate=0.25, mean_confidence=0.5)})
+    fleet = Fleet(sim_server.url, scenario, size=60, admin_token=sim_server.admin_token, seed=1)
+    asyncio.run(fleet.enroll())
+    fleet.preinstall(_on(api, "1.0.0"))
+    _on(api, "2.0.0")
+    asyncio.run(fleet.run(timeout=3 * POLL))  # the control group reports on 1.0.0
+    r = api.post("/v1/rollouts", json={"name": "digits", "version": "2.0.0", "soak_s": 30,
+                                       "gates": {"min_devices": 3, "min_requests": 100}})
+    assert r.status_code == 201, r.text
+    rid, first_wave = r.json()["id"], r.json()["members"]["admitted"]
+
+    def contained(f: Fleet) -> bool:
+        return api.get(f"/v1/rollouts/{rid}").json()["state"] == "rolled_back" and f.count_on("1.0.0") == 60
+
+    assert asyncio.run(fleet.run(until=contained, timeout=60, check_every=0.2))
+    shown = api.get(f"/v1/rollouts/{rid}").json()
+    assert {"error_rate", "confidence_ratio"} <= set(shown["evaluation"]["failed_gates"])
+    assert len(fleet.ran("2.0.0")) <= first_wave + 3  # never beyond the first wave (plus the gate minimum)
+    assert fleet.status_counts.get("500", 0) == 0
+
+
+def test_good_release_reaches_every_device_through_the_default_waves(sim_server):
+    api = _api(sim_server)
+    fleet = Fleet(sim_server.url, Scenario(poll_interval_s=POLL, install_delay_s=0.1), size=30,
+                  admin_token=sim_server.admin_token, seed=2)
+    asyncio.run(fleet.enroll())
+    fleet.preinstall(_on(api, "1.0.0"))
+    _on(api, "1.1.0")
+    asyncio.run(fleet.run(timeout=3 * POLL))
+    r = api.post("/v1/rollouts", json={"name": "digits", "version": "1.1.0", "soak_s": 1.0,
+                                       "gates": {"min_devices": 3, "min_requests": 100}})
+    rid = r.json()["id"]
+    done = asyncio.run(fleet.run(until=lambda f: api.get(f"/v1/rollouts/{rid}").json()["state"] == "completed",
+                                 timeout=90, check_every=0.3))
+    assert done, api.get(f"/v1/rollouts/{rid}").json()["evaluation"]
+    asyncio.run(fleet.run(until=lambda f: f.count_on("1.1.0") == 30, timeout=10 * POLL))
+    assert fleet.count_on("1.1.0") == 30
+    waves = [a["details"] for a in api.get(f"/v1/rollouts/{rid}/audit").json() if a["action"] == "rollout.wave_opened"]
+    assert [w["percent"] for w in waves] == [1, 5, 25, 100]
+    assert [w["wave_size"] for w in waves] == [3, 3, 8, 30]
+
+
+@pytest.mark.parametrize("size", [0])
+def test_empty_fleet_runs_and_stops(sim_server, size):
+    fleet = Fleet(sim_server.url, Scenario(poll_interval_s=POLL), size=size, admin_token=sim_server.admin_token)
+    asyncio.run(fleet.enroll())
+    assert asyncio.run(fleet.run(timeout=0.3)) is True and fleet.heartbeats == 0
