@@ -243,10 +243,10 @@ def bench_batching(models: dict[str, Path], x: np.ndarray, clients: int, seconds
 # --- 3. HTTP ------------------------------------------------------------------------------------------
 
 BASELINE_APP = '''
-import numpy as np, onnxruntime as ort, sys
+import numpy as np, onnxruntime as ort
 from fastapi import FastAPI, Request
 so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
-sess = ort.InferenceSession(sys.argv[1] if len(sys.argv) > 1 else "{model}", so, providers=["CPUExecutionProvider"])
+sess = ort.InferenceSession("{model}", so, providers=["CPUExecutionProvider"])
 app = FastAPI()
 
 @app.post("/v1/predict")

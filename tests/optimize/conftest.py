@@ -96,3 +96,40 @@ def make_linear_onnx(path: Path, *, opset: int = 17, n_in: int = 4, n_out: int =
 def list_dir(p: Path) -> list[str]:
     """Everything under ``p`` (relative), including hidden temp directories."""
     return sorted(str(x.relative_to(p)) for x in p.rglob("*")) if p.exists() else []
+
+
+def make_outlier_mlp(path: Path, seed: int = 0) -> Path:
+    """A 2-layer MLP whose first weight matrix has one huge entry on input feature 0, which the data keeps
+    at zero (see ``outlier_data``): per-tensor int8 then rounds every other weight of ``mm_outlier`` to
+    zero, while activations and ``mm_out`` quantize well. Exactly one sensitive node, to test the
+    ranking and the exclusion."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((16, 64)).astype(np.float32) * 0.3
+    w1[0, 0] = 1000.0
+    w2 = rng.standard_normal((64, 8)).astype(np.float32) * 0.3
+    inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm_outlier"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "W2"], ["y"], name="mm_out"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "outlier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save_model(m, str(path))
+    return path
+
+
+def outlier_data(n: int, seed: int = 1) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
+    x[:, 0] = 0.0
+    return x

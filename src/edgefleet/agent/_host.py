@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.errors import InferenceError, ModelLoadError, NotFoundError
+from edgefleet.errors import DeadlineExceededError, InputError, NotFoundError, OverloadedError
 from edgefleet.protocol import ModelHealth
 
 __all__ = ["RuntimeHost"]
@@ -20,31 +20,31 @@ __all__ = ["RuntimeHost"]
 log = logging.getLogger(__name__)
 
 
-class _Loaded:
-    """One loaded bundle: its contract and a session (runtime engine when available)."""
+class _Instrumented:
+    """The runtime as the local API sees it: every answer (or error) is also counted by the host."""
 
-    def __init__(self, bundle_dir: Path) -> None:
-        from edgefleet.bundle import Bundle
+    def __init__(self, host: RuntimeHost) -> None:
+        self._host = host
 
-        self.bundle = Bundle.from_dir(bundle_dir, check=False)  # the store verified it
-        self.runner = self.bundle.runner()
-        self.key = self.bundle.manifest.key
-        self.output = self.bundle.manifest.postprocess.output
+    def predict(self, raw: Any, **opts: Any) -> Any:
+        return self._host.predict_result(raw, **opts)
 
-    def predict(self, raw: Any) -> dict[str, np.ndarray]:
-        return self.runner.run(self.bundle.model_inputs(raw))
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host._ensure_runtime(), name)
 
 
 class RuntimeHost:
-    """Serves the active bundle; swapping in a new one never drops a request.
+    """Serves the active bundle through ``edgefleet.runtime.Runtime``; a swap never drops a request.
 
-    Requests take a reference to the loaded model under a lock and run outside it, so a swap waits for
-    nobody and requests in flight finish on the model they started with.
+    The runtime hot-swaps (requests in flight finish on the old model); the host counts requests,
+    errors, latency and confidence for heartbeats and the watch window, keeps a sample of live requests
+    for a candidate's shadow run, and serves the runtime's local API (``edgefleet.runtime.create_app``).
 
     Args:
         shadow_rate: fraction of live requests kept (input and answer) for a candidate's shadow run.
         shadow_keep: most samples kept.
         window: most latency/confidence figures kept between two ``health(reset=True)`` calls.
+        runtime_config: ``edgefleet.runtime.RuntimeConfig`` (default: from ``EDGEFLEET_*`` variables).
     """
 
     def __init__(
@@ -54,8 +54,10 @@ class RuntimeHost:
         shadow_keep: int = 200,
         window: int = 10_000,
         seed: int | None = None,
+        runtime_config: Any = None,
     ) -> None:
-        self._model: _Loaded | None = None
+        self.runtime: Any = None
+        self.runtime_config = runtime_config
         self._lock = threading.Lock()
         self.loaded: Path | None = None
         self.shadow_rate = shadow_rate
@@ -80,48 +82,65 @@ class RuntimeHost:
         """Load (or hot swap to) the bundle unpacked at ``bundle_dir``.
 
         Raises:
-            ModelLoadError: the model cannot be loaded; the previous one keeps serving.
+            ModelLoadError, GoldenMismatchError: the model cannot serve; the previous one keeps serving.
         """
-        new = _Loaded(Path(bundle_dir))
+        self._ensure_runtime().swap(Path(bundle_dir))
         with self._lock:
-            old, self._model = self._model, new
             self.loaded = Path(bundle_dir)
             self._shadow.clear()  # samples were answered by the old model
-        log.info(
-            "serving %s", new.key, extra={"bundle": str(bundle_dir), "swapped_from": old.key if old else None}
-        )
+        log.info("serving %s", self.model_key, extra={"bundle": str(bundle_dir)})
+
+    def _ensure_runtime(self) -> Any:
+        if self.runtime is None:
+            from edgefleet.runtime import Runtime
+
+            self.runtime = Runtime(self.runtime_config)
+        return self.runtime
 
     @property
     def model_key(self) -> str | None:
-        m = self._model
-        return m.key if m else None
+        rt = self.runtime
+        if rt is None:
+            return None
+        try:
+            return rt.manifest.key
+        except Exception:  # noqa: BLE001 - closed or not serving
+            return None
 
     def predict(self, raw: Any) -> dict[str, np.ndarray]:
-        """Run the active model on raw inputs (the bundle's contract applies)."""
-        with self._lock:
-            m = self._model
-        if m is None:
+        """Run the active model on raw inputs (the bundle's contract applies); return its outputs."""
+        return self.predict_result(raw).outputs
+
+    def predict_result(self, raw: Any, **opts: Any) -> Any:
+        """Like :meth:`predict` but return the runtime's full ``Result``."""
+        rt = self.runtime
+        if rt is None:
             raise NotFoundError("no model is active on this device yet", hint="wait for the first assignment")
+        loaded = self.loaded
         t0 = time.perf_counter()
         try:
-            out = m.predict(raw)
-        except Exception as e:
+            res = rt.predict(raw, **opts)
+        except (InputError, OverloadedError, DeadlineExceededError):
+            raise  # the caller's fault or back-pressure: not the model's health
+        except Exception:
             with self._lock:
                 self.requests += 1
                 self.errors += 1
-            if isinstance(e, InferenceError | ModelLoadError):
-                raise
-            raise InferenceError(f"model {m.key} failed: {e}") from e
+            raise
         ms = (time.perf_counter() - t0) * 1000
-        conf = _confidence(out, m.output)
+        conf = (
+            float(np.mean(res.confidence)) if res.confidence is not None and np.size(res.confidence) else None
+        )
+        if conf is None:
+            conf = _confidence(res.outputs, None)
         with self._lock:
             self.requests += 1
             self._lat.append(ms)
             if conf is not None:
                 self._conf.append(conf)
-            if self.shadow_rate > 0 and self._rng.random() < self.shadow_rate and m is self._model:
-                self._shadow.append((raw, out))
-        return out
+            if self.shadow_rate > 0 and self._rng.random() < self.shadow_rate and loaded == self.loaded:
+                self._shadow.append((raw, res.outputs))
+        return res
 
     def health(self, *, reset: bool = False) -> ModelHealth:
         """Requests, errors, latency and confidence since the last reset."""
@@ -145,12 +164,14 @@ class RuntimeHost:
     # --- local API -----------------------------------------------------------------------------
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Start the local inference API in a background thread; return the port it listens on."""
+        """Start the runtime's local API in a background thread; return the port it listens on."""
         import socket
 
         import uvicorn
 
-        app = create_local_app(self)
+        from edgefleet.runtime import create_app
+
+        app = create_app(_Instrumented(self), self._ensure_runtime().config.api)  # type: ignore[arg-type]
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -171,8 +192,9 @@ class RuntimeHost:
             if self._thread is not None:
                 self._thread.join(timeout=5)
             self._server = None
-        with self._lock:
-            self._model = None
+        rt, self.runtime = self.runtime, None
+        if rt is not None:
+            rt.close()
 
 
 def _confidence(out: dict[str, np.ndarray], output: str | None) -> float | None:
@@ -183,37 +205,3 @@ def _confidence(out: dict[str, np.ndarray], output: str | None) -> float | None:
     if arr is None or np.ndim(arr) != 2 or not np.size(arr):
         return None
     return float(np.asarray(arr).max(axis=1).mean())
-
-
-def create_local_app(host: RuntimeHost) -> Any:
-    """The agent's local inference API: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``."""
-    from fastapi import Body, FastAPI
-    from fastapi.responses import JSONResponse
-
-    from edgefleet.errors import EdgefleetError
-
-    app = FastAPI(title="edgefleet agent local API", version="1")
-
-    @app.exception_handler(EdgefleetError)
-    async def _err(_req: Any, e: EdgefleetError) -> JSONResponse:
-        return JSONResponse(e.to_dict(), status_code=e.status_code)
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"ok": host.model_key is not None, "model": host.model_key}
-
-    @app.get("/v1/model")
-    def model() -> dict[str, Any]:
-        return {"model": host.model_key, "health": host.health().model_dump()}
-
-    @app.post("/v1/predict")
-    def predict(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        if "inputs" not in body:
-            from edgefleet.errors import InputError
-
-            raise InputError("body must be {'inputs': [...]}", hint="send raw inputs as nested lists")
-        raw = np.asarray(body["inputs"], dtype=np.float32)
-        out = host.predict(raw)
-        return {"model": host.model_key, "outputs": {k: np.asarray(v).tolist() for k, v in out.items()}}
-
-    return app

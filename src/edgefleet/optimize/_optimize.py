@@ -431,15 +431,15 @@ def _exclusion(
     except Exception as e:  # noqa: BLE001 - ranking is best effort; the variant just stays rejected
         res.notes.append(f"sensitive-node ranking failed: {str(e)[:160]}")
         return None
-    names = [n for n, _ in ranking]
-    if not names:
+    groups = [g for g, _ in ranking]
+    if not groups:
         res.notes.append("no quantized node to keep in float")
         return None
     tried = []
     k = 1
     best: tuple[VariantResult, Path] | None = None
     for rnd in range(settings.max_exclusion_rounds):
-        exclude = names[:k]
+        exclude = [n for g in groups[:k] for n in g]
         tag = f"-x{k}"
         try:
             built = builder.build(v, exclude=exclude, tag=tag)
@@ -460,15 +460,15 @@ def _exclusion(
             notes=[*built.notes, f"sensitive nodes ranked by {method}"],
         )
         best = (r, built.path)
-        if drop <= budget.max_drop or k >= len(names):
+        if drop <= budget.max_drop or k >= len(groups):
             break
-        k = min(len(names), k * 2)
+        k = min(len(groups), k * 2)
     res.notes.append("sensitive-node exclusion: " + "; ".join(tried))
     if best is not None:
         best[0].notes.append("exclusion rounds: " + "; ".join(tried))
         if best[0].drop is not None and best[0].drop > budget.max_drop:
             best[0].notes.append(
-                "still over budget" + (" with every ranked node in float" if len(best[0].excluded_nodes) >= len(names) else
+                "still over budget" + (" with every ranked node in float" if k >= len(groups) else
                                        f" after {settings.max_exclusion_rounds} rounds")
             )
     return best
