@@ -8,7 +8,7 @@ import stat
 
 import numpy as np
 
-from conftest import assert_valid_active
+from conftest import assert_valid_active, run_until
 
 
 def test_enroll_stores_credentials_0600_and_reports_hardware(world):
@@ -17,6 +17,11 @@ def test_enroll_stores_credentials_0600_and_reports_hardware(world):
     obj = json.loads(creds.read_text())
     assert obj["device_token"] in world.standin.devices.values()
     hw = world.standin.enrollments[0]["hardware"]
+    a = world.agent()
+    a.run_once()
+    a.run_once()
+    assert world.standin.heartbeats[0]["hardware"]["arch"] == hw["arch"]  # first heartbeat of a run
+    assert world.standin.heartbeats[1]["hardware"] is None
     assert hw["cores"] >= 1 and hw["ram_mb"] > 0 and hw["arch"]
     assert "CPUExecutionProvider" in hw["providers"]
     assert (world.state / "root.json").read_bytes() == (
@@ -119,3 +124,18 @@ def test_status_cli_reads_state_dir(world):
     st = json.loads(r.stdout)
     assert st["active"]["version"] == "1.0.0" and st["enrolled"]
     assert st["history"]
+
+
+def test_director_going_back_during_watch_switches_at_once(world):
+    from edgefleet.protocol import GateThresholds
+
+    a = world.agent()
+    world.install(a, "1.0.0")
+    world.standin.assign(world.target("1.1.0"), gates=GateThresholds(watch_window_s=300))
+    run_until(a, lambda: a.journal.state.watch is not None)
+    sent = world.standin.target_bytes_sent
+    world.standin.assign(world.target("1.0.0"))  # the rollout was halted
+    a.run_once()
+    assert_valid_active(world.state, world.sha("1.0.0"))
+    assert a.journal.state.watch is None and world.standin.target_bytes_sent == sent
+    assert world.sha("1.1.0") not in a.journal.state.failed  # not refused: it may be assigned again

@@ -62,7 +62,7 @@ def digits_encoder(digits_split):
     pytest.importorskip("torch")
     from edgefleet.optimize._zoo import train_digits_encoder
 
-    model, acc = train_digits_encoder(digits_split, d_model=32, heads=2, layers=1, epochs=3)
+    model, acc = train_digits_encoder(digits_split, d_model=32, heads=2, layers=1, epochs=6, lr=4e-3)
     assert acc > 0.5, f"the test encoder did not learn (accuracy {acc:.2f})"
     return model
 

@@ -12,7 +12,7 @@ import pytest
 from edgefleet.errors import BudgetNotMetError, ConfigError, InputError, ModelLoadError
 from edgefleet.optimize import DeviceProfile, optimize
 
-from .conftest import list_dir, make_linear_onnx
+from .conftest import list_dir, make_linear_onnx, make_outlier_mlp, outlier_data
 
 FEW = ["fp32", "dynamic-int8", "static-int8-pt-minmax"]
 
@@ -68,24 +68,45 @@ def test_size_objective_picks_a_small_int8(tmp_path, digits_mlp, mlp_npz, fast, 
     assert rep.chosen_result.size_ratio > 2
 
 
-def test_agreement_without_labels_and_sensitive_node_exclusion(tmp_path, digits_mlp, digits_split, fast, one_core):
-    """With a zero-drop budget, quantized variants that flip any prediction are re-quantized with the
-    worst-ranked nodes kept in float until they agree, or until nothing is left to exclude."""
+def test_agreement_is_the_metric_without_labels(tmp_path, digits_mlp, digits_split, fast, one_core):
     calib = {"input": (digits_split.x_train[:64] / 16).astype(np.float32)}
     ev = {"input": (digits_split.x_test / 16).astype(np.float32)}
-    rep = optimize(digits_mlp, calib=calib, eval=ev, max_drop=0.0, objective="size", profile=one_core,
-                   variants=["fp32", "static-int8-pt-minmax"], out_dir=tmp_path / "o", settings=fast)
-    assert rep.metric == "agreement"
-    q = rep.variant("static-int8-pt-minmax")
-    if q.drop > 0:
-        assert any("sensitive-node exclusion" in n for n in q.notes)
-        excl = [v for v in rep.variants if v.name.startswith("static-int8-pt-minmax-x")]
-        assert excl and excl[0].excluded_nodes
-        assert excl[0].drop <= q.drop
-        # the exclusion really kept those nodes in float: no QDQ pair feeds them any more
-        assert any("qdq_loss_debug" in n for n in excl[0].notes)
-    else:  # the quantized MLP agreed on every sample: nothing to exclude
-        assert not [v for v in rep.variants if "-x" in v.name]
+    rep = optimize(digits_mlp, calib=calib, eval=ev, profile=one_core, variants=["fp32", "dynamic-int8"],
+                   out_dir=tmp_path / "o", settings=fast)
+    assert rep.metric == "agreement" and rep.variant("fp32").quality.score == 100.0
+    assert rep.variant("dynamic-int8").quality.agreement is not None
+
+
+@pytest.mark.parametrize(("variant", "method"), [("static-int8-pt-minmax", "qdq_loss_debug"), ("dynamic-int8", "weight SQNR")])
+def test_sensitive_node_exclusion_finds_the_bad_layer(tmp_path, fast, one_core, variant, method):
+    """One layer that int8 ruins (a weight outlier): the variant misses the budget, the ranking names
+    that layer first, and re-quantizing with it in float meets the budget."""
+    model = make_outlier_mlp(tmp_path / "m.onnx")
+    x = outlier_data(200)
+    rep = optimize(model, calib={"x": x[:64]}, eval={"x": x[64:]}, max_drop=2.0, objective="size", profile=one_core,
+                   variants=["fp32", variant], out_dir=tmp_path / "o", settings=fast)
+    plain = rep.variant(variant)
+    assert plain.drop > 50 and plain.outcome == "rejected"
+    assert any("sensitive-node exclusion" in n for n in plain.notes)
+    fixed = [v for v in rep.variants if v.name.startswith(f"{variant}-x")]
+    assert len(fixed) == 1
+    fixed = fixed[0]
+    assert fixed.excluded_nodes[0] == "mm_outlier"  # the culprit is ranked first
+    assert fixed.drop <= 2.0 and fixed.outcome in ("chosen", "lost")
+    assert any(method in n for n in fixed.notes)
+    # the excluded layer really stayed float: its weight is still a float initializer in the model
+    kept = onnx.load(str(tmp_path / "o" / "model.onnx")) if rep.chosen == fixed.name else None
+    if kept is not None:
+        assert any(i.name == "W1" and i.data_type == onnx.TensorProto.FLOAT for i in kept.graph.initializer)
+
+
+def test_exclusion_can_be_switched_off(tmp_path, fast, one_core):
+    model = make_outlier_mlp(tmp_path / "m.onnx")
+    x = outlier_data(120)
+    rep = optimize(model, calib={"x": x[:64]}, eval={"x": x[64:]}, max_drop=2.0, objective="size", profile=one_core,
+                   variants=["dynamic-int8"], exclusion=False, out_dir=tmp_path / "o", settings=fast)
+    assert [v.name for v in rep.variants] == ["fp32", "dynamic-int8"]  # the baseline is always built
+    assert rep.chosen == "fp32" and rep.variant("dynamic-int8").outcome == "rejected"
 
 
 def test_budget_nothing_meets_writes_the_report_and_raises(tmp_path, digits_mlp, mlp_npz, fast, one_core):

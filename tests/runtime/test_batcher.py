@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from edgefleet.errors import DeadlineExceededError, InferenceError, OverloadedError
+from edgefleet.errors import DeadlineExceededError, InferenceError, ModelTimeoutError, OverloadedError
 from edgefleet.runtime import (
     Batcher,
     BatcherConfig,
@@ -203,3 +203,29 @@ def test_close_answers_queued_requests_then_refuses(engine, doubles, x_test):
     assert all(f.result(1)["label"].shape == (1,) for f in futs)
     with pytest.raises(InferenceError, match="closed"):
         b.submit({"input": x_test[:1]})
+
+
+def test_watchdog_times_out_a_hung_model_without_blocking_the_queue(engine, doubles, x_test):
+    gate = doubles.Gate(engine)
+    b = Batcher(gate, BatcherConfig(max_batch_size=1, max_delay_ms=0), timeout_s=0.1, max_stuck=2)
+    try:
+        for _ in range(2):
+            t0 = time.monotonic()
+            with pytest.raises(ModelTimeoutError) as e:
+                b.predict({"input": x_test[:1]})
+            assert time.monotonic() - t0 < 2 and e.value.status_code == 504
+        assert b.stuck == 2
+        t0 = time.monotonic()
+        with pytest.raises(ModelTimeoutError, match="hung"):  # fails fast once max_stuck calls hang
+            b.predict({"input": x_test[:1]})
+        assert time.monotonic() - t0 < 0.05
+        gate.release()
+        deadline = time.monotonic() + 5
+        while b.stuck and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b.stuck == 0
+        assert b.predict({"input": x_test[:1]})["label"].shape == (1,)  # the replacement worker serves
+        assert sum(t.is_alive() for t in b._workers) == 1  # the recovered hung workers retired
+    finally:
+        gate.release()
+        b.close()

@@ -18,8 +18,15 @@ def _bundle(model: Path, out: Path, version: str, variant: str, x, runtime=None)
     from edgefleet.bundle import create_bundle
 
     return create_bundle(
-        model, out, name="digits", version=version, variant=variant, inputs_raw=x, preprocess=SCALE,
-        runtime=runtime, created=datetime(2025, 1, 2, tzinfo=UTC),
+        model,
+        out,
+        name="digits",
+        version=version,
+        variant=variant,
+        inputs_raw=x,
+        preprocess=SCALE,
+        runtime=runtime,
+        created=datetime(2025, 1, 2, tzinfo=UTC),
     )
 
 

@@ -50,11 +50,20 @@ def build_repo(base: Path, digits_mlp: Path, digits_mlp_v2: Path, digits_split) 
     repo = Repository.init(base / "repo", keys)
     out = base / "bundles"
     out.mkdir()
-    for model, version, variant in ((digits_mlp, "1.0.0", "cpu"), (digits_mlp, "1.0.0", "arm"),
-                                    (digits_mlp_v2, "1.1.0", "cpu")):
+    for model, version, variant in (
+        (digits_mlp, "1.0.0", "cpu"),
+        (digits_mlp, "1.0.0", "arm"),
+        (digits_mlp_v2, "1.1.0", "cpu"),
+    ):
         path = create_bundle(
-            model, out / f"{version}-{variant}.tar", name="digits", version=version, variant=variant,
-            inputs_raw=digits_split.x_test[:8], reference_raw=digits_split.x_train, preprocess=SCALE,
+            model,
+            out / f"{version}-{variant}.tar",
+            name="digits",
+            version=version,
+            variant=variant,
+            inputs_raw=digits_split.x_test[:8],
+            reference_raw=digits_split.x_train,
+            preprocess=SCALE,
             created=datetime(2025, 1, 2, tzinfo=UTC),
         )
         repo.publish(path, delta=False)
@@ -136,7 +145,9 @@ def make_windows(
     agg = Aggregator(
         OrtPredictor(model, delay_s),
         reference=reference,
-        config=AggregatorConfig(window_s=window_s, feature_window_s=window_s, resources=False, drift_on_close=False),
+        config=AggregatorConfig(
+            window_s=window_s, feature_window_s=window_s, resources=False, drift_on_close=False
+        ),
         tags={"model": "digits", "version": version},
         sink=out.append,
         monotonic=clk.mono,
@@ -155,7 +166,11 @@ def make_windows(
 
 
 def upload(h: Harness, dev: dict[str, Any], windows: list, *, expect: int = 200) -> dict[str, Any]:
-    body = {"batch_id": uuid.uuid4().hex, "device_id": dev["device_id"], "windows": [w.to_dict() for w in windows]}
+    body = {
+        "batch_id": uuid.uuid4().hex,
+        "device_id": dev["device_id"],
+        "windows": [w.to_dict() for w in windows],
+    }
     r = h.c.post(f"/v1/devices/{dev['device_id']}/telemetry", json=body, headers=dev["headers"])
     assert r.status_code == expect, r.text
     return r.json()
@@ -215,10 +230,15 @@ def build_fleet(
 
     reference = reference_of(repo_dir)
     now = h.clock()
-    x = digits_split.x_test
+    # traffic from the population the reference describes: only the drifted device's inputs differ
+    x = digits_split.x_train
     for i, (name, _cls, _region, role) in enumerate(layout):
         ws = make_windows(
-            digits_mlp, reference, x, t_end=now - 1, seed=i,
+            digits_mlp,
+            reference,
+            x,
+            t_end=now - 1,
+            seed=i,
             delay_s=SLOW_MS / 1000 if role == "slow" else 0.0,
             shift=SHIFT if role == "drifted" else None,
         )
@@ -227,8 +247,13 @@ def build_fleet(
 
     if second_rollout:
         h.register("1.1.0")
-        r2 = h.rollout("1.1.0", selector="class=cpu", waves=[50, 100], soak_s=0,
-                       gates={"min_devices": 1, "min_requests": 50, "min_control_requests": 50})
+        r2 = h.rollout(
+            "1.1.0",
+            selector="class=cpu",
+            waves=[50, 100],
+            soak_s=[0, 3600],
+            gates={"min_devices": 1, "min_requests": 50, "min_control_requests": 50},
+        )
         fleet.rollout_v11 = r2["id"]
         for d in devices.values():
             a = h.beat(d, active=d["v1"], health=GOOD)["assignment"]
@@ -236,7 +261,7 @@ def build_fleet(
                 d["active"] = active_of(a)
                 h.beat(d, active=d["active"], health=GOOD)
         h.tick(1)
-        # the second wave opens: its devices are assigned 1.1.0 but have not installed it yet
+        # the second wave opens and soaks: its devices are assigned 1.1.0 but have not installed it yet
         for d in devices.values():
             h.beat(d, active=d.get("active", d["v1"]), health=GOOD)
         h.tick(1)
@@ -249,3 +274,16 @@ def viewer_headers(h: Harness) -> dict[str, str]:
 
 def random_name() -> str:
     return "t" + secrets.token_hex(3)
+
+
+_REPOS: dict[str, Path] = {}
+
+
+def shared_repo(tmp_path_factory, digits_mlp: Path, digits_mlp_v2: Path, digits_split) -> Path:
+    """One published repository per test session (treat it as read-only)."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _REPOS:
+        _REPOS[key] = build_repo(
+            tmp_path_factory.mktemp("fleet-published"), digits_mlp, digits_mlp_v2, digits_split
+        )
+    return _REPOS[key]

@@ -23,7 +23,9 @@ class Clock:
         self.t += s
 
 
-def hardware(cls: str = "cpu", *, ram_mb: int = 4096, ort: str | None = "1.20.0", isa=("avx2",), **tags: str) -> dict:
+def hardware(
+    cls: str = "cpu", *, ram_mb: int = 4096, ort: str | None = "1.20.0", isa=("avx2",), **tags: str
+) -> dict:
     return {
         "arch": "aarch64" if cls == "pi4" else "x86_64",
         "cores": 4,
@@ -48,8 +50,11 @@ class Harness:
         self.devices: dict[str, dict[str, Any]] = {}
 
     def token(self, role: str) -> dict[str, str]:
-        r = self.c.post("/v1/operator-tokens", json={"name": f"{role}-{secrets.token_hex(3)}", "role": role},
-                        headers=self.admin)
+        r = self.c.post(
+            "/v1/operator-tokens",
+            json={"name": f"{role}-{secrets.token_hex(3)}", "role": role},
+            headers=self.admin,
+        )
         assert r.status_code == 201, r.text
         return {"Authorization": f"Bearer {r.json()['token']}"}
 
@@ -67,8 +72,16 @@ class Harness:
         self.devices[d["device_id"]] = d
         return d
 
-    def beat(self, dev: dict[str, Any], *, active: dict | None = None, health: dict | None = None,
-             state: str = "idle", events: list | None = None, expect: int = 200) -> dict[str, Any]:
+    def beat(
+        self,
+        dev: dict[str, Any],
+        *,
+        active: dict | None = None,
+        health: dict | None = None,
+        state: str = "idle",
+        events: list | None = None,
+        expect: int = 200,
+    ) -> dict[str, Any]:
         body = {"device_id": dev["device_id"], "state": state, "health": health or {}, "events": events or []}
         if active is not None:
             body["active"] = active
@@ -114,8 +127,14 @@ def active_of(assignment: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_harness(tmp_path: Path, *, db_url: str | None = None, repo_dir: Path | None = None,
-                 keys_dir: Path | None = None, **cfg: Any) -> tuple[TestClient, Clock]:
+def make_harness(
+    tmp_path: Path,
+    *,
+    db_url: str | None = None,
+    repo_dir: Path | None = None,
+    keys_dir: Path | None = None,
+    **cfg: Any,
+) -> tuple[TestClient, Clock]:
     from edgefleet.server import ServerConfig, create_app
 
     clock = Clock()
@@ -131,8 +150,14 @@ def make_harness(tmp_path: Path, *, db_url: str | None = None, repo_dir: Path | 
     return TestClient(app), clock
 
 
-GOOD = {"requests": 100, "errors": 1, "latency_p95_ms": 5.0, "mean_confidence": 0.92, "golden_pass": True,
-        "drift_score": 0.05}
+GOOD = {
+    "requests": 100,
+    "errors": 1,
+    "latency_p95_ms": 5.0,
+    "mean_confidence": 0.92,
+    "golden_pass": True,
+    "drift_score": 0.05,
+}
 FAST = {"min_devices": 2, "min_requests": 100, "min_control_requests": 100}
 
 
@@ -150,7 +175,9 @@ def fleet_on_v1(h: Harness, n: int = 20, **enroll_kw) -> list[dict]:
     return devs
 
 
-def install(h: Harness, devs: list[dict], health: dict, version: str = "2.0.0", others: dict = GOOD) -> list[dict]:
+def install(
+    h: Harness, devs: list[dict], health: dict, version: str = "2.0.0", others: dict = GOOD
+) -> list[dict]:
     """Every device assigned ``version`` installs it and reports ``health`` (the rest ``others``)."""
     got = []
     for d in devs:

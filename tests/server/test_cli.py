@@ -18,7 +18,9 @@ from edgefleet.sim import Fleet, Scenario
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, published):
     d = tmp_path_factory.mktemp("cli")
-    cfg = ServerConfig(data_dir=d / "server", repo_dir=published / "repo", keys_dir=d / "nokeys", engine_tick_s=0.1)
+    cfg = ServerConfig(
+        data_dir=d / "server", repo_dir=published / "repo", keys_dir=d / "nokeys", engine_tick_s=0.1
+    )
     with start_server(cfg) as s:
         fleet = Fleet(s.url, Scenario(), size=4, admin_token=s.admin_token)
         asyncio.run(fleet.enroll(tags_for=lambda dev: {"region": "eu-west" if dev.index < 3 else "us-east"}))
@@ -44,8 +46,20 @@ def test_devices_list_and_show(srv):
 
 def test_enrollment_tokens_from_the_cli(srv, tmp_path):
     out = tmp_path / "tokens.txt"
-    cli(srv, "devices", "tokens", "create", "--tag", "region=eu-west", "--count", "3", "--expires", "1h",
-        "--out", str(out))
+    cli(
+        srv,
+        "devices",
+        "tokens",
+        "create",
+        "--tag",
+        "region=eu-west",
+        "--count",
+        "3",
+        "--expires",
+        "1h",
+        "--out",
+        str(out),
+    )
     lines = out.read_text().split()
     assert len(lines) == 3 and all(t.startswith("efe_") for t in lines)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -59,9 +73,28 @@ def test_release_and_rollout_lifecycle_from_the_cli(srv):
     reg = json.loads(cli(srv, "release", "register", "digits", "1.0.0", "--json").stdout)
     assert reg["variants"][0]["variant"] == "cpu"
     assert "1.0.0" in cli(srv, "release", "list").stdout
-    out = json.loads(cli(srv, "rollout", "create", "digits", "1.0.0", "--selector", "region=eu-*",
-                         "--waves", "50,100", "--soak", "1h", "--min-devices", "1", "--policy", "approval",
-                         "--gate", "max_latency_p95_ratio=1.3", "--json").stdout)
+    out = json.loads(
+        cli(
+            srv,
+            "rollout",
+            "create",
+            "digits",
+            "1.0.0",
+            "--selector",
+            "region=eu-*",
+            "--waves",
+            "50,100",
+            "--soak",
+            "1h",
+            "--min-devices",
+            "1",
+            "--policy",
+            "approval",
+            "--gate",
+            "max_latency_p95_ratio=1.3",
+            "--json",
+        ).stdout
+    )
     rid = out["id"]
     assert out["members"] == {"admitted": 2} and out["gates"]["max_latency_p95_ratio"] == 1.3
     assert out["gates"]["min_devices"] == 1 and out["policy"] == "approval"
@@ -98,21 +131,29 @@ def test_cli_errors_are_edgefleet_errors(srv, args, error):
 
 
 def test_wrong_token_and_unreachable_server(srv):
-    r = CliRunner().invoke(app, ["devices", "list"], env={"EDGEFLEET_SERVER_URL": srv.url,
-                                                          "EDGEFLEET_TOKEN": "efo_wrong"})
+    r = CliRunner().invoke(
+        app, ["devices", "list"], env={"EDGEFLEET_SERVER_URL": srv.url, "EDGEFLEET_TOKEN": "efo_wrong"}
+    )
     assert isinstance(r.exception, AuthError)
-    r = CliRunner().invoke(app, ["devices", "list"], env={"EDGEFLEET_SERVER_URL": "http://127.0.0.1:9",
-                                                          "EDGEFLEET_TOKEN": srv.admin_token})
+    r = CliRunner().invoke(
+        app,
+        ["devices", "list"],
+        env={"EDGEFLEET_SERVER_URL": "http://127.0.0.1:9", "EDGEFLEET_TOKEN": srv.admin_token},
+    )
     assert isinstance(r.exception, ServerError) and "edgefleet server run" in r.exception.hint
 
 
 def test_local_token_create(tmp_path):
-    r = CliRunner().invoke(app, ["server", "token", "create", "--name", "ci", "--role", "viewer", "--data",
-                                 str(tmp_path), "--json"])
+    r = CliRunner().invoke(
+        app,
+        ["server", "token", "create", "--name", "ci", "--role", "viewer", "--data", str(tmp_path), "--json"],
+    )
     assert r.exit_code == 0, r.output
     tok = json.loads(r.stdout)
     assert tok["token"].startswith("efo_") and tok["role"] == "viewer"
     r = CliRunner().invoke(app, ["server", "token", "list", "--data", str(tmp_path), "--json"])
     assert [t["name"] for t in json.loads(r.stdout)] == ["ci"]
-    r = CliRunner().invoke(app, ["server", "token", "create", "--name", "x", "--role", "root", "--data", str(tmp_path)])
+    r = CliRunner().invoke(
+        app, ["server", "token", "create", "--name", "x", "--role", "root", "--data", str(tmp_path)]
+    )
     assert isinstance(r.exception, InputError)

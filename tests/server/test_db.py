@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
-import pytest
 from edgefleet.errors import ConfigError, SchemaVersionError
 from edgefleet.server import Database, ServerConfig, create_app, schema_head
 
@@ -68,6 +68,8 @@ def test_cli_refuses_newer_schema_without_traceback(tmp_path):
         c.exec_driver_sql("UPDATE alembic_version SET version_num = 'zzzz'")
     r = subprocess.run(
         [sys.executable, "-m", "edgefleet.cli", "server", "migrate", "--data", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 1 and "newer edgefleet" in r.stderr and "Traceback" not in r.stderr

@@ -20,11 +20,22 @@ def test_heartbeat_records_report_and_accumulates_health_per_build(harness):
     h = harness
     dev = h.enroll()
     (v1,) = _rollout_v1(h, [dev])
-    resp = h.beat(dev, active=v1, health={"requests": 100, "errors": 2, "latency_p95_ms": 4.0,
-                                          "mean_confidence": 0.9, "golden_pass": True})
+    resp = h.beat(
+        dev,
+        active=v1,
+        health={
+            "requests": 100,
+            "errors": 2,
+            "latency_p95_ms": 4.0,
+            "mean_confidence": 0.9,
+            "golden_pass": True,
+        },
+    )
     assert resp["assignment"]["version"] == "1.0.0" and resp["commands"] == []
     assert 54 <= resp["poll_interval_s"] <= 66  # 60 s with +/-10% jitter advice
-    h.beat(dev, active=v1, health={"requests": 300, "errors": 2, "latency_p95_ms": 8.0, "mean_confidence": 0.8})
+    h.beat(
+        dev, active=v1, health={"requests": 300, "errors": 2, "latency_p95_ms": 8.0, "mean_confidence": 0.8}
+    )
     rec = h.c.get(f"/v1/devices/{dev['device_id']}", headers=h.admin).json()
     t = rec["health_totals"]
     assert (t["requests"], t["errors"]) == (400, 4)
@@ -94,8 +105,11 @@ def test_malformed_heartbeats_are_422_and_change_nothing(harness, body, needle):
     dev = h.enroll()
     before = h.c.get(f"/v1/devices/{dev['device_id']}", headers=h.admin).json()
     body = body.replace(b'"X"', json.dumps(dev["device_id"]).encode())
-    r = h.c.post(HB.format(dev["device_id"]), content=body,
-                 headers={**dev["headers"], "Content-Type": "application/json"})
+    r = h.c.post(
+        HB.format(dev["device_id"]),
+        content=body,
+        headers={**dev["headers"], "Content-Type": "application/json"},
+    )
     assert r.status_code == 422, r.text
     assert needle in r.json()["message"] and r.json()["hint"]
     after = h.c.get(f"/v1/devices/{dev['device_id']}", headers=h.admin).json()
@@ -106,16 +120,26 @@ def test_oversized_requests_are_413(harness):
     h = harness
     dev = h.enroll()
     big = json.dumps({"device_id": dev["device_id"], "last_error": "x" * 300_000}).encode()
-    r = h.c.post(HB.format(dev["device_id"]), content=big, headers={**dev["headers"], "Content-Type": "application/json"})
+    r = h.c.post(
+        HB.format(dev["device_id"]),
+        content=big,
+        headers={**dev["headers"], "Content-Type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
 
     def chunks():  # no Content-Length: the limit is enforced while reading
         for _ in range(40):
             yield b"x" * 10_000
 
-    r = h.c.post(HB.format(dev["device_id"]), content=chunks(), headers={**dev["headers"], "Content-Type": "application/json"})
+    r = h.c.post(
+        HB.format(dev["device_id"]),
+        content=chunks(),
+        headers={**dev["headers"], "Content-Type": "application/json"},
+    )
     assert r.status_code == 413
-    r = h.c.post("/v1/enroll", content=b"{}", headers={"Content-Type": "application/json", "Content-Length": "-5"})
+    r = h.c.post(
+        "/v1/enroll", content=b"{}", headers={"Content-Type": "application/json", "Content-Length": "-5"}
+    )
     assert r.status_code in (400, 413)
     assert h.c.get(f"/v1/devices/{dev['device_id']}", headers=h.admin).json()["state"] == "enrolled"
 
@@ -176,10 +200,15 @@ def test_telemetry_size_limit_and_device_mismatch(tmp_path, published):
 def test_agent_refused_event_in_telemetry_marks_the_build_failed(harness):
     h = harness
     dev = h.enroll()
-    r = h.c.post(f"/v1/devices/{dev['device_id']}/telemetry",
-                 json={"batch_id": "batch-ev-01", "device_id": dev["device_id"],
-                       "events": [{"event": "refused", "sha256": "ab" * 32, "reason": "health check failed"}]},
-                 headers=dev["headers"])
+    r = h.c.post(
+        f"/v1/devices/{dev['device_id']}/telemetry",
+        json={
+            "batch_id": "batch-ev-01",
+            "device_id": dev["device_id"],
+            "events": [{"event": "refused", "sha256": "ab" * 32, "reason": "health check failed"}],
+        },
+        headers=dev["headers"],
+    )
     assert r.status_code == 200
     fail = h.c.get(f"/v1/devices/{dev['device_id']}", headers=h.admin).json()["last_failure"]
     assert fail["build"] == "sha:" + ("ab" * 32)[:60] and "health check" in fail["reason"]

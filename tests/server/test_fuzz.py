@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from servertools import Harness, make_harness
@@ -35,8 +35,13 @@ def _operations(app):
 def test_device_api_never_answers_5xx(fuzz_env, mode):
     dev, other = fuzz_env["dev"], fuzz_env["other"]
     ops = _operations(fuzz_env["app"])
-    assert {op.path for op in ops} >= {"/v1/enroll", "/v1/devices/{device_id}/heartbeat",
-                                       "/v1/devices/{device_id}/telemetry", "/repository/targets/{path}", "/repository/metadata/{path}"}
+    assert {op.path for op in ops} >= {
+        "/v1/enroll",
+        "/v1/devices/{device_id}/heartbeat",
+        "/v1/devices/{device_id}/telemetry",
+        "/repository/targets/{path}",
+        "/repository/metadata/{path}",
+    }
     calls: dict[int, int] = {}
     for op in ops:
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import shutil
@@ -57,8 +58,13 @@ def test_notifier_publishes_device_and_group_nudges_with_qos1(mqtt_url):
 
 
 def test_admitted_devices_are_nudged_when_a_wave_opens(tmp_path, published, mqtt_url):
-    cfg = ServerConfig(data_dir=tmp_path / "s", repo_dir=published / "repo", keys_dir=tmp_path / "nokeys",
-                       mqtt_url=mqtt_url, engine_tick_s=0.1)
+    cfg = ServerConfig(
+        data_dir=tmp_path / "s",
+        repo_dir=published / "repo",
+        keys_dir=tmp_path / "nokeys",
+        mqtt_url=mqtt_url,
+        engine_tick_s=0.1,
+    )
     with start_server(cfg) as srv:
         api = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.admin_token}"})
         assert srv.app.state.ctx.notifier.wait_connected(5)
@@ -68,16 +74,16 @@ def test_admitted_devices_are_nudged_when_a_wave_opens(tmp_path, published, mqtt
         sub, got = _subscriber(mqtt_url, "edgefleet/devices/+/nudge")
         try:
             api.post("/v1/releases", json={"name": "digits", "version": "1.0.0"}).raise_for_status()
-            r = api.post("/v1/rollouts", json={"name": "digits", "version": "1.0.0", "waves": [50, 100],
-                                               "gates": {"min_devices": 2}})
+            r = api.post(
+                "/v1/rollouts",
+                json={"name": "digits", "version": "1.0.0", "waves": [50, 100], "gates": {"min_devices": 2}},
+            )
             assert r.status_code == 201
             topics = set()
             deadline = time.monotonic() + 5
             while len(topics) < 2 and time.monotonic() < deadline:
-                try:
+                with contextlib.suppress(queue.Empty):
                     topics.add(got.get(timeout=0.5)[0])
-                except queue.Empty:
-                    pass
         finally:
             sub.loop_stop()
             sub.disconnect()
@@ -112,14 +118,24 @@ def private_broker(tmp_path):
 
 def test_broker_down_devices_fall_back_to_polling(tmp_path, published, private_broker):
     url, broker = private_broker
-    cfg = ServerConfig(data_dir=tmp_path / "s", repo_dir=published / "repo", keys_dir=tmp_path / "nokeys",
-                       mqtt_url=url, engine_tick_s=0.1)
+    cfg = ServerConfig(
+        data_dir=tmp_path / "s",
+        repo_dir=published / "repo",
+        keys_dir=tmp_path / "nokeys",
+        mqtt_url=url,
+        engine_tick_s=0.1,
+    )
     with start_server(cfg) as srv:
         notifier = srv.app.state.ctx.notifier
         assert notifier.wait_connected(5)
         poll = 0.5
-        fleet = Fleet(srv.url, Scenario(poll_interval_s=poll, install_delay_s=0.05), size=6,
-                      admin_token=srv.admin_token, mqtt_url=url)
+        fleet = Fleet(
+            srv.url,
+            Scenario(poll_interval_s=poll, install_delay_s=0.05),
+            size=6,
+            admin_token=srv.admin_token,
+            mqtt_url=url,
+        )
         asyncio.run(fleet.enroll())
         broker.terminate()  # the broker goes away before the rollout
         broker.wait(5)
@@ -129,8 +145,16 @@ def test_broker_down_devices_fall_back_to_polling(tmp_path, published, private_b
         assert not notifier.connected
         api = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.admin_token}"})
         api.post("/v1/releases", json={"name": "digits", "version": "1.0.0"}).raise_for_status()
-        r = api.post("/v1/rollouts", json={"name": "digits", "version": "1.0.0", "waves": [100], "soak_s": 0,
-                                           "gates": {"min_devices": 1, "min_requests": 0}})
+        r = api.post(
+            "/v1/rollouts",
+            json={
+                "name": "digits",
+                "version": "1.0.0",
+                "waves": [100],
+                "soak_s": 0,
+                "gates": {"min_devices": 1, "min_requests": 0},
+            },
+        )
         assert r.status_code == 201  # a dead broker does not fail the operator's call
         t0 = time.monotonic()
         assert asyncio.run(fleet.run(until=lambda f: f.count_on("1.0.0") == 6, timeout=10 * poll))

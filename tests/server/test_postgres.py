@@ -39,8 +39,12 @@ def test_rollout_flow_on_postgres(tmp_path, published, pg_url):
 
 
 def _audit(url: str, token: str, action: str) -> list[dict]:
-    r = httpx.get(f"{url}/v1/audit", params={"action": action, "limit": 1000},
-                  headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    r = httpx.get(
+        f"{url}/v1/audit",
+        params={"action": action, "limit": 1000},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     r.raise_for_status()
     return r.json()
 
@@ -53,14 +57,24 @@ def _admin_token(*dirs: Path) -> str:
     raise AssertionError("no process wrote the admin token")
 
 
-def test_two_server_processes_advance_waves_and_refresh_the_timestamp_exactly_once(tmp_path, repo_copy, pg_url):
+def test_two_server_processes_advance_waves_and_refresh_the_timestamp_exactly_once(
+    tmp_path, repo_copy, pg_url
+):
     from edgefleet.registry import Repository
 
     # the timestamp is due (30 minutes left, margin 1 hour) when both processes start
     Repository(repo_copy / "repo", repo_copy / "keys").refresh_timestamp(expires_in=timedelta(minutes=30))
     ts_before = Repository(repo_copy / "repo").status()["timestamp"]["version"]
-    common = dict(db_url=pg_url, repo_dir=repo_copy / "repo", keys_dir=repo_copy / "keys", engine_tick_s=0.05,
-                  timestamp_check_s=0.05, timestamp_refresh_margin_s=3600, poll_interval_s=0.3, poll_jitter=0.0)
+    common = dict(
+        db_url=pg_url,
+        repo_dir=repo_copy / "repo",
+        keys_dir=repo_copy / "keys",
+        engine_tick_s=0.05,
+        timestamp_check_s=0.05,
+        timestamp_refresh_margin_s=3600,
+        poll_interval_s=0.3,
+        poll_jitter=0.0,
+    )
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     from edgefleet.server import free_port
 
@@ -71,10 +85,15 @@ def test_two_server_processes_advance_waves_and_refresh_the_timestamp_exactly_on
         import threading
 
         def start(d: Path, port: int) -> None:
-            procs.append(start_server_process(ServerConfig(data_dir=d, **common), port=port,
-                                              log_file=tmp_path / f"{d.name}.log"))
+            procs.append(
+                start_server_process(
+                    ServerConfig(data_dir=d, **common), port=port, log_file=tmp_path / f"{d.name}.log"
+                )
+            )
 
-        threads = [threading.Thread(target=start, args=(d, p)) for d, p in ((a_dir, ports[0]), (b_dir, ports[1]))]
+        threads = [
+            threading.Thread(target=start, args=(d, p)) for d, p in ((a_dir, ports[0]), (b_dir, ports[1]))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -91,22 +110,36 @@ def test_two_server_processes_advance_waves_and_refresh_the_timestamp_exactly_on
         asyncio.run(fleet.enroll())
         api = httpx.Client(base_url=urls[1], headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert api.post("/v1/releases", json={"name": "digits", "version": "1.0.0"}).status_code == 201
-        r = api.post("/v1/rollouts", json={"name": "digits", "version": "1.0.0", "waves": [25, 50, 100],
-                                           "soak_s": 0.5, "gates": {"min_devices": 2, "min_requests": 50}})
+        r = api.post(
+            "/v1/rollouts",
+            json={
+                "name": "digits",
+                "version": "1.0.0",
+                "waves": [25, 50, 100],
+                "soak_s": 0.5,
+                "gates": {"min_devices": 2, "min_requests": 50},
+            },
+        )
         assert r.status_code == 201, r.text
         rid = r.json()["id"]
 
         def done(_f: Fleet) -> bool:
             return api.get(f"/v1/rollouts/{rid}").json()["state"] == "completed"
 
-        assert asyncio.run(fleet.run(until=done, timeout=60, check_every=0.3)), api.get(f"/v1/rollouts/{rid}").json()
+        assert asyncio.run(fleet.run(until=done, timeout=60, check_every=0.3)), api.get(
+            f"/v1/rollouts/{rid}"
+        ).json()
         audit = api.get(f"/v1/rollouts/{rid}/audit").json()
         actions = [a["action"] for a in audit]
         assert actions.count("rollout.wave_passed") == 3
         assert actions.count("rollout.advanced") == 2 and actions.count("rollout.completed") == 1
         assert actions.count("rollout.wave_opened") == 3
-        admitted = sum(a["details"].get("admitted", 0) for a in audit if a["action"].startswith("rollout.wave_opened"))
-        admitted += sum(a["details"].get("admitted", 0) for a in audit if a["action"] == "rollout.devices_admitted")
+        admitted = sum(
+            a["details"].get("admitted", 0) for a in audit if a["action"].startswith("rollout.wave_opened")
+        )
+        admitted += sum(
+            a["details"].get("admitted", 0) for a in audit if a["action"] == "rollout.devices_admitted"
+        )
         assert admitted == 12 and api.get(f"/v1/rollouts/{rid}").json()["members"] == {"admitted": 12}
         assert fleet.count_on("1.0.0") == 12 and fleet.status_counts.get("500", 0) == 0
         # both processes did engine work and served devices: the lock, not luck, made it happen once
@@ -118,26 +151,45 @@ def test_two_server_processes_advance_waves_and_refresh_the_timestamp_exactly_on
 
 def _pg_restart() -> None:
     version = os.listdir("/etc/postgresql")[0]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
 def test_postgres_restart_mid_rollout(tmp_path, published, pg_url):
     if os.geteuid() != 0 or not Path("/etc/postgresql").is_dir():
         pytest.skip("needs root and a local pg_ctlcluster to restart PostgreSQL")
-    cfg = ServerConfig(data_dir=tmp_path / "srv", db_url=pg_url, repo_dir=published / "repo",
-                       keys_dir=tmp_path / "nokeys", engine_tick_s=0.1, poll_interval_s=0.3)
+    cfg = ServerConfig(
+        data_dir=tmp_path / "srv",
+        db_url=pg_url,
+        repo_dir=published / "repo",
+        keys_dir=tmp_path / "nokeys",
+        engine_tick_s=0.1,
+        poll_interval_s=0.3,
+    )
     with start_server(cfg) as srv:
         token = srv.admin_token
-        scenario = Scenario(poll_interval_s=0.3, install_delay_s=0.05,
-                            behaviors={"1.0.0": ReleaseBehavior(error_rate=0.0)})
+        scenario = Scenario(
+            poll_interval_s=0.3, install_delay_s=0.05, behaviors={"1.0.0": ReleaseBehavior(error_rate=0.0)}
+        )
         fleet = Fleet(srv.url, scenario, size=10, admin_token=token)
         asyncio.run(fleet.enroll())
         api = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         api.post("/v1/releases", json={"name": "digits", "version": "1.0.0"}).raise_for_status()
-        r = api.post("/v1/rollouts", json={"name": "digits", "version": "1.0.0", "waves": [30, 100], "soak_s": 3,
-                                           "gates": {"min_devices": 3, "min_requests": 50}})
+        r = api.post(
+            "/v1/rollouts",
+            json={
+                "name": "digits",
+                "version": "1.0.0",
+                "waves": [30, 100],
+                "soak_s": 3,
+                "gates": {"min_devices": 3, "min_requests": 50},
+            },
+        )
         rid = r.json()["id"]
         restarted = []
 
@@ -157,6 +209,3 @@ def test_postgres_restart_mid_rollout(tmp_path, published, pg_url):
         assert fleet.status_counts.get("500", 0) == 0, fleet.status_counts  # 503 while down, never 500
         actions = [a["action"] for a in api.get(f"/v1/rollouts/{rid}/audit").json()]
         assert actions.count("rollout.wave_passed") == 2 and actions.count("rollout.completed") == 1
-
-
-

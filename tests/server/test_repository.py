@@ -69,8 +69,9 @@ def test_enrollment_tells_the_device_which_root_to_pin(harness):
 
 
 def test_timestamp_is_refreshed_when_due_and_only_then(tmp_path, repo_copy):
-    client, clock = make_harness(tmp_path, repo_dir=repo_copy / "repo", keys_dir=repo_copy / "keys",
-                                 timestamp_refresh_margin_s=3600)
+    client, clock = make_harness(
+        tmp_path, repo_dir=repo_copy / "repo", keys_dir=repo_copy / "keys", timestamp_refresh_margin_s=3600
+    )
     with client:
         h = Harness(client, clock)
         repo = h.ctx.repo
@@ -87,7 +88,9 @@ def test_timestamp_is_refreshed_when_due_and_only_then(tmp_path, repo_copy):
         after = json.loads((repo.metadata_dir / "timestamp.json").read_bytes())["signed"]
         assert after["version"] == before["version"] + 1 and after["expires"] > before["expires"]
         assert repo.refresh_if_due(h.ctx.db) is None  # fresh again
-        log = h.c.get("/v1/audit", params={"action": "repository.timestamp_refreshed"}, headers=h.admin).json()
+        log = h.c.get(
+            "/v1/audit", params={"action": "repository.timestamp_refreshed"}, headers=h.admin
+        ).json()
         assert len(log) == 1 and log[0]["details"]["timestamp_version"] == after["version"]
         r = h.c.post("/v1/repository/refresh", headers=h.admin)
         assert r.status_code == 200 and r.json()["result"]["timestamp_version"] == after["version"] + 1

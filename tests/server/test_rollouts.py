@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from servertools import FAST, GOOD, Harness, active_of, fleet_on_v1, install, make_harness
 
+
 def test_waves_advance_on_passing_gates_and_membership_is_stable(harness):
     h = harness
     devs = fleet_on_v1(h, 20)
@@ -63,8 +64,19 @@ def test_halt_policy_keeps_devices_and_install_failures_count(harness):
     assert len(wave) == 3
     sha = h.beat(wave[0], active=wave[0]["v1"])["assignment"]["hashes"]["sha256"]
     for d in wave:  # the agent refuses the build: event as edgefleet.agent sends it
-        h.beat(d, active=d["v1"], events=[{"t": 1.0, "event": "refused", "sha256": sha[:12],
-                                           "reason": "golden set mismatch", "permanent": True}])
+        h.beat(
+            d,
+            active=d["v1"],
+            events=[
+                {
+                    "t": 1.0,
+                    "event": "refused",
+                    "sha256": sha[:12],
+                    "reason": "golden set mismatch",
+                    "permanent": True,
+                }
+            ],
+        )
     h.tick(1)
     shown = h.show(r["id"])
     assert shown["state"] == "halted"
@@ -81,8 +93,19 @@ def test_device_side_auto_rollback_counts_as_failed_install(harness):
     r = h.rollout("2.0.0", waves=[30, 100], soak_s=0, gates={**FAST, "min_devices": 3})
     wave = install(h, devs, GOOD)
     for d in wave:  # the agent's watch window rolled it back to 1.0.0 by itself
-        h.beat(d, active=d["v1"], events=[{"t": 1.0, "event": "rolled_back", "to": "1.0.0", "auto": True,
-                                           "reason": "error rate 0.2 > 0.05"}])
+        h.beat(
+            d,
+            active=d["v1"],
+            events=[
+                {
+                    "t": 1.0,
+                    "event": "rolled_back",
+                    "to": "1.0.0",
+                    "auto": True,
+                    "reason": "error rate 0.2 > 0.05",
+                }
+            ],
+        )
     h.tick(1)
     shown = h.show(r["id"])
     assert shown["state"] == "rolled_back" and "install_failure_rate" in shown["evaluation"]["failed_gates"]
@@ -153,7 +176,9 @@ def test_manual_rollback_of_a_completed_rollout(harness):
         resp = h.beat(d, active=d["active"])
         assert resp["commands"] == ["rollback:1.0.0"] and resp["assignment"]["version"] == "1.0.0"
     rb = [a for a in h.audit(r["id"]) if a["action"] == "rollout.rolled_back"][0]
-    assert rb["actor"] == "operator:admin" and rb["details"]["devices"] == 6 and rb["from_state"] == "completed"
+    assert (
+        rb["actor"] == "operator:admin" and rb["details"]["devices"] == 6 and rb["from_state"] == "completed"
+    )
 
 
 def test_overlapping_active_rollout_is_refused_and_named(harness):
@@ -163,12 +188,16 @@ def test_overlapping_active_rollout_is_refused_and_named(harness):
         h.beat(d)
     h.register("1.0.0")
     first = h.rollout("1.0.0", selector="region=eu-*", waves=[100], soak_s=3600, gates=FAST)
-    r = h.c.post("/v1/rollouts", json={"name": "digits", "version": "1.0.0", "selector": "class=cpu"},
-                 headers=h.admin)
+    r = h.c.post(
+        "/v1/rollouts", json={"name": "digits", "version": "1.0.0", "selector": "class=cpu"}, headers=h.admin
+    )
     assert r.status_code == 409 and first["id"] in r.json()["message"]
     assert r.json()["details"]["other"] == first["id"]
-    r = h.c.post("/v1/rollouts", json={"name": "digits", "version": "1.0.0", "selector": "region=eu-west"},
-                 headers=h.admin)
+    r = h.c.post(
+        "/v1/rollouts",
+        json={"name": "digits", "version": "1.0.0", "selector": "region=eu-west"},
+        headers=h.admin,
+    )
     assert r.status_code == 409
     ok = h.rollout("1.0.0", selector="region=us-*", waves=[100], soak_s=0, gates=FAST)  # disjoint
     assert ok["members"] == {"admitted": 1}
@@ -212,7 +241,12 @@ def test_hardware_fit_picks_variants_and_lists_devices_that_do_not_fit(harness):
     r = h.rollout("2.0.0", waves=[100], soak_s=0, gates=FAST)
     shown = h.show(r["id"])
     reasons = {x["device_id"]: x["reason"] for x in shown["does_not_fit"]}
-    assert set(reasons) == {pi_small["device_id"], pi_old["device_id"], pi_noneon["device_id"], jetson["device_id"]}
+    assert set(reasons) == {
+        pi_small["device_id"],
+        pi_old["device_id"],
+        pi_noneon["device_id"],
+        jetson["device_id"],
+    }
     assert "2048 MB RAM" in reasons[pi_small["device_id"]]
     assert ">=1.17" in reasons[pi_old["device_id"]] and "1.15.0" in reasons[pi_old["device_id"]]
     assert "neon" in reasons[pi_noneon["device_id"]]
@@ -227,8 +261,11 @@ def test_release_with_no_variant_for_the_selected_class_is_refused(harness):
     for _ in range(2):
         h.beat(h.enroll("jetson", tags={"site": "lab"}))
     h.register("1.0.0")
-    r = h.c.post("/v1/rollouts", json={"name": "digits", "version": "1.0.0", "selector": "class=jetson"},
-                 headers=h.admin)
+    r = h.c.post(
+        "/v1/rollouts",
+        json={"name": "digits", "version": "1.0.0", "selector": "class=jetson"},
+        headers=h.admin,
+    )
     assert r.status_code == 400
     assert "no selected device fits" in r.json()["message"] and "jetson" in r.json()["message"]
     assert h.c.get("/v1/rollouts", headers=h.admin).json() == []
@@ -240,8 +277,11 @@ def test_explicit_variant_to_class_mapping(harness):
     h.register("1.0.0", device_classes={"cpu": ["cpu", "jetson"]})
     h.rollout("1.0.0", waves=[100], soak_s=0, gates=FAST)
     assert h.beat(jetson)["assignment"]["variant"] == "cpu"
-    r = h.c.post("/v1/releases", json={"name": "digits", "version": "1.1.0", "device_classes": {"gpu": ["x"]}},
-                 headers=h.admin)
+    r = h.c.post(
+        "/v1/releases",
+        json={"name": "digits", "version": "1.1.0", "device_classes": {"gpu": ["x"]}},
+        headers=h.admin,
+    )
     assert r.status_code == 400 and "not published" in r.json()["message"]
 
 

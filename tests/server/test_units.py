@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+
 from edgefleet.errors import InputError, IntegrityError, NotFoundError
 from edgefleet.server import FileBlobStore, Selector, VariantSpec, choose_variant, member_hash, wave_size
 from edgefleet.server._director import failure_of
@@ -61,13 +62,27 @@ def test_selector_overlap(a, b, overlap):
 
 CPU = VariantSpec(1, "cpu-int8", ("cpu-int8", "cpu"), {"onnxruntime": ">=1.16"})
 CPU_FP32 = VariantSpec(2, "cpu", ("cpu",), {"onnxruntime": ">=1.16", "isa_flags": ["avx512f"]})
-PI = VariantSpec(3, "pi4", ("pi4",), {"onnxruntime": ">=1.17,<2", "min_ram_mb": 2048, "isa_flags": ["neon"],
-                                      "execution_providers": ["CPUExecutionProvider"]})
+PI = VariantSpec(
+    3,
+    "pi4",
+    ("pi4",),
+    {
+        "onnxruntime": ">=1.17,<2",
+        "min_ram_mb": 2048,
+        "isa_flags": ["neon"],
+        "execution_providers": ["CPUExecutionProvider"],
+    },
+)
 
 
 def hw(cls="cpu", ram=4096, ort="1.20.0", isa=("avx2",), providers=("CPUExecutionProvider",)):
-    return {"device_class": cls, "ram_mb": ram, "onnxruntime_version": ort, "isa_flags": list(isa),
-            "providers": list(providers)}
+    return {
+        "device_class": cls,
+        "ram_mb": ram,
+        "onnxruntime_version": ort,
+        "isa_flags": list(isa),
+        "providers": list(providers),
+    }
 
 
 def test_variant_named_like_the_class_is_preferred_when_it_fits():
@@ -117,8 +132,16 @@ def test_member_hash_is_stable_and_spreads():
     [
         ("idle", [], None),
         ("idle", [{"event": "activated", "version": "2.0.0"}], None),
-        ("idle", [{"event": "refused", "sha256": "abcdef012345", "reason": "golden"}], ("sha:abcdef012345", "golden")),
-        ("idle", [{"event": "rolled_back", "to": "1.0.0", "auto": True, "reason": "errors"}], ("@active", "errors")),
+        (
+            "idle",
+            [{"event": "refused", "sha256": "abcdef012345", "reason": "golden"}],
+            ("sha:abcdef012345", "golden"),
+        ),
+        (
+            "idle",
+            [{"event": "rolled_back", "to": "1.0.0", "auto": True, "reason": "errors"}],
+            ("@active", "errors"),
+        ),
         ("idle", [{"event": "rolled_back", "to": "1.0.0", "auto": False}], None),  # the server asked for it
         ("idle", [{"type": "download_failed", "version": "2.0.0"}], ("2.0.0", "download_failed")),
         ("failed", [], ("*", "failed")),
@@ -133,7 +156,10 @@ def test_blob_store_is_content_addressed_and_checks_hashes(tmp_path):
     sha = store.put(b"hello")
     assert store.put(b"hello") == sha and store.get(sha) == b"hello" and store.exists(sha)
     assert store.path(sha).read_bytes() == b"hello"
-    assert store.put_stream(io.BytesIO(b"x" * 3_000_000)) == __import__("hashlib").sha256(b"x" * 3_000_000).hexdigest()
+    assert (
+        store.put_stream(io.BytesIO(b"x" * 3_000_000))
+        == __import__("hashlib").sha256(b"x" * 3_000_000).hexdigest()
+    )
     with pytest.raises(IntegrityError):
         store.put_stream(io.BytesIO(b"abc"), expected_sha256="0" * 64)
     assert not any(p.name.startswith(".incoming") for p in (tmp_path / "blobs").iterdir())

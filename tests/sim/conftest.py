@@ -20,8 +20,16 @@ def sim_repo(tmp_path_factory, digits_mlp, digits_mlp_v2, digits_split) -> Path:
     repo = Repository.init(base / "repo", init_keys(base / "keys", root_keys=1, root_threshold=1))
     x = digits_split.x_test[:8]
     for version, model in (("1.0.0", digits_mlp), ("1.1.0", digits_mlp_v2), ("2.0.0", digits_mlp)):
-        out = create_bundle(model, base / f"{version}.tar", name="digits", version=version, variant="cpu",
-                            inputs_raw=x, preprocess=SCALE, created=datetime(2025, 1, 2, tzinfo=UTC))
+        out = create_bundle(
+            model,
+            base / f"{version}.tar",
+            name="digits",
+            version=version,
+            variant="cpu",
+            inputs_raw=x,
+            preprocess=SCALE,
+            created=datetime(2025, 1, 2, tzinfo=UTC),
+        )
         repo.publish(out, delta=False)
     return base / "repo"
 
@@ -30,7 +38,12 @@ def sim_repo(tmp_path_factory, digits_mlp, digits_mlp_v2, digits_split) -> Path:
 def sim_server(tmp_path, sim_repo):
     from edgefleet.server import ServerConfig, start_server
 
-    cfg = ServerConfig(data_dir=tmp_path / "server", repo_dir=sim_repo, keys_dir=tmp_path / "nokeys",
-                       engine_tick_s=0.1, poll_interval_s=0.5)
+    cfg = ServerConfig(
+        data_dir=tmp_path / "server",
+        repo_dir=sim_repo,
+        keys_dir=tmp_path / "nokeys",
+        engine_tick_s=0.1,
+        poll_interval_s=0.5,
+    )
     with start_server(cfg) as srv:
         yield srv

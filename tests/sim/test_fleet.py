@@ -21,21 +21,36 @@ def _on(api: httpx.Client, version: str) -> dict:
     rel = api.post("/v1/releases", json={"name": "digits", "version": version})
     assert rel.status_code in (200, 201), rel.text
     v = rel.json()["variants"][0]
-    return {"name": "digits", "version": version, "variant": v["variant"], "target_path": v["target_path"],
-            "sha256": v["sha256"]}
+    return {
+        "name": "digits",
+        "version": version,
+        "variant": v["variant"],
+        "target_path": v["target_path"],
+        "sha256": v["sha256"],
+    }
 
 
 def test_bad_release_is_contained_and_rolled_back(sim_server):
     api = _api(sim_server)
-    scenario = Scenario(poll_interval_s=POLL, install_delay_s=0.1,
-                        behaviors={"2.0.0": ReleaseBehavior(error_rate=0.25, mean_confidence=0.5)})
+    scenario = Scenario(
+        poll_interval_s=POLL,
+        install_delay_s=0.1,
+        behaviors={"2.0.0": ReleaseBehavior(error_rate=0.25, mean_confidence=0.5)},
+    )
     fleet = Fleet(sim_server.url, scenario, size=60, admin_token=sim_server.admin_token, seed=1)
     asyncio.run(fleet.enroll())
     fleet.preinstall(_on(api, "1.0.0"))
     _on(api, "2.0.0")
     asyncio.run(fleet.run(timeout=3 * POLL))  # the control group reports on 1.0.0
-    r = api.post("/v1/rollouts", json={"name": "digits", "version": "2.0.0", "soak_s": 30,
-                                       "gates": {"min_devices": 3, "min_requests": 100}})
+    r = api.post(
+        "/v1/rollouts",
+        json={
+            "name": "digits",
+            "version": "2.0.0",
+            "soak_s": 30,
+            "gates": {"min_devices": 3, "min_requests": 100},
+        },
+    )
     assert r.status_code == 201, r.text
     rid, first_wave = r.json()["id"], r.json()["members"]["admitted"]
 
@@ -51,27 +66,50 @@ def test_bad_release_is_contained_and_rolled_back(sim_server):
 
 def test_good_release_reaches_every_device_through_the_default_waves(sim_server):
     api = _api(sim_server)
-    fleet = Fleet(sim_server.url, Scenario(poll_interval_s=POLL, install_delay_s=0.1), size=30,
-                  admin_token=sim_server.admin_token, seed=2)
+    fleet = Fleet(
+        sim_server.url,
+        Scenario(poll_interval_s=POLL, install_delay_s=0.1),
+        size=30,
+        admin_token=sim_server.admin_token,
+        seed=2,
+    )
     asyncio.run(fleet.enroll())
     fleet.preinstall(_on(api, "1.0.0"))
     _on(api, "1.1.0")
     asyncio.run(fleet.run(timeout=3 * POLL))
-    r = api.post("/v1/rollouts", json={"name": "digits", "version": "1.1.0", "soak_s": 1.0,
-                                       "gates": {"min_devices": 3, "min_requests": 100}})
+    r = api.post(
+        "/v1/rollouts",
+        json={
+            "name": "digits",
+            "version": "1.1.0",
+            "soak_s": 1.0,
+            "gates": {"min_devices": 3, "min_requests": 100},
+        },
+    )
     rid = r.json()["id"]
-    done = asyncio.run(fleet.run(until=lambda f: api.get(f"/v1/rollouts/{rid}").json()["state"] == "completed",
-                                 timeout=90, check_every=0.3))
+    done = asyncio.run(
+        fleet.run(
+            until=lambda f: api.get(f"/v1/rollouts/{rid}").json()["state"] == "completed",
+            timeout=90,
+            check_every=0.3,
+        )
+    )
     assert done, api.get(f"/v1/rollouts/{rid}").json()["evaluation"]
     asyncio.run(fleet.run(until=lambda f: f.count_on("1.1.0") == 30, timeout=10 * POLL))
     assert fleet.count_on("1.1.0") == 30
-    waves = [a["details"] for a in api.get(f"/v1/rollouts/{rid}/audit").json() if a["action"] == "rollout.wave_opened"]
+    waves = [
+        a["details"]
+        for a in api.get(f"/v1/rollouts/{rid}/audit").json()
+        if a["action"] == "rollout.wave_opened"
+    ]
     assert [w["percent"] for w in waves] == [1, 5, 25, 100]
     assert [w["wave_size"] for w in waves] == [3, 3, 8, 30]
 
 
 @pytest.mark.parametrize("size", [0])
 def test_empty_fleet_runs_and_stops(sim_server, size):
-    fleet = Fleet(sim_server.url, Scenario(poll_interval_s=POLL), size=size, admin_token=sim_server.admin_token)
+    fleet = Fleet(
+        sim_server.url, Scenario(poll_interval_s=POLL), size=size, admin_token=sim_server.admin_token
+    )
     asyncio.run(fleet.enroll())
     assert asyncio.run(fleet.run(timeout=0.3)) is True and fleet.heartbeats == 0

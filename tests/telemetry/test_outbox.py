@@ -346,3 +346,23 @@ def test_full_disk_evicts_low_priority_and_never_corrupts(tmp_path):
             assert sum(v["items"] for v in dropped.values()) + errors + len(stored) - 1 >= 220
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_failure_inside_a_transaction_rolls_back_and_leaves_the_outbox_usable(tmp_path, monkeypatch):
+    clk = FakeClocks()
+    with _ob(tmp_path, clk, ttl_s=10) as ob:
+        a = ob.put("telemetry", {"a": 1})
+        before = ob.stats()
+
+        def boom(*_a, **_k):
+            raise RuntimeError("crash in the middle")
+
+        monkeypatch.setattr(ob, "_delete", boom)
+        with pytest.raises(RuntimeError):
+            ob.ack([a])
+        clk.advance(60)
+        with pytest.raises(RuntimeError):
+            ob.purge_expired()
+        monkeypatch.undo()
+        assert ob.stats()["items"] == before["items"] and ob.check() == []
+        assert ob.ack([a]) == 1 and len(ob) == 0

@@ -152,6 +152,8 @@ def enroll(
             got=digest,
         )
     atomic_write(state / "root.json", root, mode=0o644)
+    # The profile as enrolled: later heartbeats re-probe but keep the class chosen at enrollment.
+    atomic_write(state / "hardware.json", hw.model_dump_json().encode(), mode=0o644)
     creds = Credentials(
         resp.device_id, resp.device_token, server_url.rstrip("/"), resp.repository_url, resp.poll_interval_s
     )
@@ -236,6 +238,7 @@ class Agent:
         self._outbox: Any = None
         self.api_port: int | None = None
         self._events_sent_t = 0.0
+        self._hardware_sent = False  # the first heartbeat of a run carries the hardware profile
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -474,6 +477,7 @@ class Agent:
             self._beating = False
             self._last_beat = time.monotonic()
         self.failures = 0
+        self._hardware_sent = True
         self.poll_interval = max(self.config.min_poll_interval_s, resp.poll_interval_s)
         return resp
 
@@ -509,7 +513,20 @@ class Agent:
             resources=self._resources(),
             last_error=(st.last_error or None) and st.last_error[:4096],
             events=events,
+            hardware=self._hardware() if not self._hardware_sent else None,
         )
+
+    def _hardware(self) -> Any:
+        from edgefleet.power import probe
+
+        try:
+            enrolled = json.loads((self.state_dir / "hardware.json").read_text())
+        except (OSError, ValueError):
+            enrolled = {}
+        try:
+            return probe(self.state_dir, device_class_override=enrolled.get("device_class"))
+        except Exception:  # noqa: BLE001 - a probe failure must not stop heartbeats
+            return None
 
     def state_name(self) -> str:
         st = self.journal.state
@@ -560,6 +577,11 @@ class Agent:
             return  # refused before; the reason was reported, the director must assign something else
         if st.watch is not None:
             if st.watch.sha256 == sha:
+                return
+            if sha == st.watch.previous and self.store.get(sha) is not None:
+                # The director went back (rollout halted): switch now, the new one is not at fault.
+                self._begin_rollback(sha, f"director assigned {a.version} again")
+                self._finish_rollback(sha, f"director assigned {a.version} again", auto=False)
                 return
             self.check_watch(final=False)
             if st.watch is not None:
@@ -653,12 +675,18 @@ class Agent:
         if not keep_downloads:
             for f in self.downloads.glob(f"{sha}*"):
                 f.unlink(missing_ok=True)
+        version = p.assignment.version if p is not None and p.sha256 == sha else None
         if p is not None and p.sha256 == sha:
             st.pending = None
         st.last_error = reason
-        self.journal.event("refused", sha256=sha[:12], reason=reason[:500], permanent=permanent)
+        self.journal.event(
+            "refused", version=version, sha256=sha[:12], reason=reason[:500], permanent=permanent
+        )
         self._save_quietly()
-        self._outbox_put("event", {"event": "refused", "sha256": sha, "reason": reason})
+        self._outbox_put(
+            "event",
+            {"event": "refused", "version": version, "sha256": sha, "reason": reason, "permanent": permanent},
+        )
 
     def _download(self, info: Any, p: PendingUpdate) -> str:
         dest = self.downloads / f"{p.sha256}.tar"
@@ -801,29 +829,37 @@ class Agent:
         if m is None:
             p.step = "assigned"
             raise DownloadError("staged version vanished before activation; downloading again")
+        baseline = self._baseline()  # the old version's live figures; the new window starts now
         if self.host is not None:
             self.host.load(m.bundle_dir)  # hot swap: requests in flight finish on the old model
         self.store.set_current(p.sha256)
-        self._enter_watch(p, previous=p.previous)
+        self._enter_watch(p, previous=p.previous, baseline=baseline)
         self.journal.save()
         self._outbox_put("event", {"event": "activated", "version": p.assignment.version, "sha256": p.sha256})
         self._gc()
 
-    def _enter_watch(self, p: PendingUpdate, previous: str | None) -> None:
+    def _baseline(self) -> dict[str, float | None]:
+        if self.host is None:
+            return {}
+        try:
+            h = self.host.health(reset=True)
+        except Exception:  # noqa: BLE001 - no figures: the watch compares the error rate only
+            return {}
+        return {
+            "latency_p95_ms": h.latency_p95_ms,
+            "mean_confidence": h.mean_confidence,
+            "error_rate": (h.errors / h.requests) if h.requests else None,
+            "requests": float(h.requests),
+        }
+
+    def _enter_watch(
+        self, p: PendingUpdate, previous: str | None, baseline: dict[str, float | None] | None = None
+    ) -> None:
         st = self.journal.state
-        baseline: dict[str, float | None] = {}
-        if self.host is not None:
-            with contextlib.suppress(Exception):
-                h = self.host.health(reset=True)
-                baseline = {
-                    "latency_p95_ms": h.latency_p95_ms,
-                    "mean_confidence": h.mean_confidence,
-                    "error_rate": (h.errors / h.requests) if h.requests else None,
-                }
         st.watch = WatchState(
             sha256=p.sha256,
             previous=previous if previous != p.sha256 else None,
-            baseline=baseline,
+            baseline=baseline or {},
             assignment=p.assignment,
         )
         st.active = p.sha256

@@ -66,8 +66,11 @@ def _print_report_table(report: Any) -> None:
         ("drop", "drop", "right"),
         ("short", "why", "left"),
     ]
-    for _, title, just in cols:
-        t.add_column(title, justify=just, overflow="fold")  # type: ignore[arg-type]
+    for key, title, just in cols:
+        if key == "variant":
+            t.add_column(title, justify=just, no_wrap=True)  # type: ignore[arg-type]
+        else:
+            t.add_column(title, justify=just, overflow="fold")  # type: ignore[arg-type]
     style = {"chosen": "bold green", "rejected": "red", "failed": "dim red", "lost": ""}
     for row in report.table_rows():
         t.add_row(*[row[k] for k, _, _ in cols], style=style.get(row["outcome"], ""))

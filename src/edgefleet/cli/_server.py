@@ -24,13 +24,20 @@ from edgefleet.errors import (
     ValidationError,
 )
 
-server_app = typer.Typer(help="Run and administer the control plane (local state directory).", no_args_is_help=True)
-token_app = typer.Typer(help="Operator tokens in the local database (bootstrap and recovery).", no_args_is_help=True)
+server_app = typer.Typer(
+    help="Run and administer the control plane (local state directory).", no_args_is_help=True
+)
+token_app = typer.Typer(
+    help="Operator tokens in the local database (bootstrap and recovery).", no_args_is_help=True
+)
 rollout_app = typer.Typer(help="Create and drive gated rollouts.", no_args_is_help=True)
 devices_app = typer.Typer(help="The fleet: devices, their state, enrollment tokens.", no_args_is_help=True)
-dtokens_app = typer.Typer(help="Enrollment tokens (one-time, expiring, scoped to tags).", no_args_is_help=True)
-release_app = typer.Typer(help="Releases the control plane knows (registered from the repository).",
-                          no_args_is_help=True)
+dtokens_app = typer.Typer(
+    help="Enrollment tokens (one-time, expiring, scoped to tags).", no_args_is_help=True
+)
+release_app = typer.Typer(
+    help="Releases the control plane knows (registered from the repository).", no_args_is_help=True
+)
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 
@@ -46,14 +53,26 @@ def register(app: typer.Typer) -> None:
 
 # --- shared options ----------------------------------------------------------------------------
 
-DataOpt = typer.Option(Path("edgefleet-server"), "--data", envvar="EDGEFLEET_SERVER_DATA_DIR",
-                       help="State directory (SQLite database, blobs, admin token).")
-DbOpt = typer.Option(None, "--db", envvar="EDGEFLEET_SERVER_DB_URL",
-                     help="Database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in --data).")
+DataOpt = typer.Option(
+    Path("edgefleet-server"),
+    "--data",
+    envvar="EDGEFLEET_SERVER_DATA_DIR",
+    help="State directory (SQLite database, blobs, admin token).",
+)
+DbOpt = typer.Option(
+    None,
+    "--db",
+    envvar="EDGEFLEET_SERVER_DB_URL",
+    help="Database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in --data).",
+)
 ServerOpt = typer.Option(DEFAULT_URL, "--server", envvar="EDGEFLEET_SERVER_URL", help="Control plane URL.")
 TokenOpt = typer.Option(None, "--token", envvar="EDGEFLEET_TOKEN", help="Operator token (efo_...).")
-TokenFileOpt = typer.Option(None, "--token-file", envvar="EDGEFLEET_TOKEN_FILE",
-                            help="File holding the operator token (default: edgefleet-server/admin-token if present).")
+TokenFileOpt = typer.Option(
+    None,
+    "--token-file",
+    envvar="EDGEFLEET_TOKEN_FILE",
+    help="File holding the operator token (default: edgefleet-server/admin-token if present).",
+)
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 
 
@@ -63,7 +82,9 @@ def _duration(text: str) -> float:
     try:
         v = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
-        raise InputError(f"cannot read duration {text!r}", hint="use e.g. 30s, 10m, 2h or plain seconds") from None
+        raise InputError(
+            f"cannot read duration {text!r}", hint="use e.g. 30s, 10m, 2h or plain seconds"
+        ) from None
     if v < 0:
         raise InputError(f"duration {text!r} is negative", hint="use e.g. 10m")
     return v
@@ -82,8 +103,15 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
 class _Api:
     """A small client of the operator API that turns error bodies into edgefleet errors."""
 
-    _ERRORS = {400: InputError, 401: AuthError, 403: ForbiddenError, 404: NotFoundError, 409: ConflictError,
-               413: PayloadTooLargeError, 422: ValidationError}
+    _ERRORS = {
+        400: InputError,
+        401: AuthError,
+        403: ForbiddenError,
+        404: NotFoundError,
+        409: ConflictError,
+        413: PayloadTooLargeError,
+        422: ValidationError,
+    }
 
     def __init__(self, url: str, token: str | None, token_file: Path | None) -> None:
         import httpx
@@ -98,8 +126,10 @@ class _Api:
         try:
             r = self.client.request(method, path, **kw)
         except httpx.HTTPError as e:
-            raise ServerError(f"cannot reach the control plane at {self.url}: {e}",
-                              hint="start it with `edgefleet server run`, or pass --server URL") from e
+            raise ServerError(
+                f"cannot reach the control plane at {self.url}: {e}",
+                hint="start it with `edgefleet server run`, or pass --server URL",
+            ) from e
         if r.status_code >= 400:
             try:
                 body = r.json()
@@ -146,22 +176,41 @@ def _config(data: Path, db: str | None, **kw: Any):  # noqa: ANN202
 def server_run(
     data: Path = DataOpt,
     db: str | None = DbOpt,
-    repo: Path | None = typer.Option(None, "--repo", help="TUF repository to serve (default: DATA/repository)."),
-    keys: Path | None = typer.Option(None, "--keys", help="Online keys (timestamp, snapshot); default DATA/keys."),
+    repo: Path | None = typer.Option(
+        None, "--repo", help="TUF repository to serve (default: DATA/repository)."
+    ),
+    keys: Path | None = typer.Option(
+        None, "--keys", help="Online keys (timestamp, snapshot); default DATA/keys."
+    ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8700, "--port"),
-    mqtt: str | None = typer.Option(None, "--mqtt", envvar="EDGEFLEET_SERVER_MQTT_URL",
-                                    help="MQTT broker for nudges, e.g. mqtt://127.0.0.1:1883."),
-    poll_interval: float | None = typer.Option(None, "--poll-interval", help="Seconds between device heartbeats."),
-    repository_url: str | None = typer.Option(None, "--repository-url", help="Repository URL sent to devices."),
+    mqtt: str | None = typer.Option(
+        None,
+        "--mqtt",
+        envvar="EDGEFLEET_SERVER_MQTT_URL",
+        help="MQTT broker for nudges, e.g. mqtt://127.0.0.1:1883.",
+    ),
+    poll_interval: float | None = typer.Option(
+        None, "--poll-interval", help="Seconds between device heartbeats."
+    ),
+    repository_url: str | None = typer.Option(
+        None, "--repository-url", help="Repository URL sent to devices."
+    ),
 ) -> None:
     """Run the control plane (migrates the database first; refuses one from a newer edgefleet)."""
     import uvicorn
 
     from edgefleet.server import create_app
 
-    cfg = _config(data, db, repo_dir=repo, keys_dir=keys, mqtt_url=mqtt, poll_interval_s=poll_interval,
-                  repository_url=repository_url)
+    cfg = _config(
+        data,
+        db,
+        repo_dir=repo,
+        keys_dir=keys,
+        mqtt_url=mqtt,
+        poll_interval_s=poll_interval,
+        repository_url=repository_url,
+    )
     app = create_app(cfg)
     console.print(f"edgefleet control plane on http://{host}:{port} (OpenAPI at /docs)")
     console.print(f"database: {app.state.ctx.db.dialect}; admin token file: {cfg.admin_token_path}")
@@ -204,7 +253,9 @@ def token_create(
     database = Database(cfg.database_url)
     database.upgrade()
     with database.write() as s:
-        row, token = create_operator_token(s, name=name, role=Role.parse(role), created_by="cli", now=time.time())
+        row, token = create_operator_token(
+            s, name=name, role=Role.parse(role), created_by="cli", now=time.time()
+        )
         audit(s, "token.created", actor="cli", now=time.time(), token_id=row.id, name=name, role=role)
     if json_out:
         print_json({"id": row.id, "name": name, "role": role, "token": token})
@@ -223,8 +274,10 @@ def token_list(data: Path = DataOpt, db: str | None = DbOpt, json_out: bool = Js
 
     database = Database(_config(data, db).database_url)
     with database.read() as s:
-        rows = [{"id": t.id, "name": t.name, "role": t.role, "revoked": t.revoked_at is not None}
-                for t in s.scalars(select(OperatorToken).order_by(OperatorToken.created_at))]
+        rows = [
+            {"id": t.id, "name": t.name, "role": t.role, "revoked": t.revoked_at is not None}
+            for t in s.scalars(select(OperatorToken).order_by(OperatorToken.created_at))
+        ]
     if json_out:
         print_json(rows)
         return
@@ -244,7 +297,9 @@ def release_register(
     name: str = typer.Argument(...),
     version: str = typer.Argument(...),
     classes: list[str] = typer.Option(None, "--classes", help="variant=class1,class2 (repeatable)."),
-    server: str = ServerOpt, token: str | None = TokenOpt, token_file: Path | None = TokenFileOpt,
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Register a published name+version: the server reads its variants from the TUF targets."""
@@ -258,14 +313,20 @@ def release_register(
     console.print(f"[green]registered[/] {name} {version}:")
     for v in rel["variants"]:
         rt = v["runtime"]
-        console.print(f"  {v['variant']:<12} classes {','.join(v['device_classes']):<16} "
-                      f"onnxruntime {rt.get('onnxruntime')}  ram>={rt.get('min_ram_mb') or '-'}  "
-                      f"isa {','.join(rt.get('isa_flags') or []) or '-'}")
+        console.print(
+            f"  {v['variant']:<12} classes {','.join(v['device_classes']):<16} "
+            f"onnxruntime {rt.get('onnxruntime')}  ram>={rt.get('min_ram_mb') or '-'}  "
+            f"isa {','.join(rt.get('isa_flags') or []) or '-'}"
+        )
 
 
 @release_app.command("list")
-def release_list(server: str = ServerOpt, token: str | None = TokenOpt, token_file: Path | None = TokenFileOpt,
-                 json_out: bool = JsonOpt) -> None:
+def release_list(
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
+    json_out: bool = JsonOpt,
+) -> None:
     """Registered releases."""
     rels = _api(server, token, token_file)("GET", "/v1/releases")
     if json_out:
@@ -275,7 +336,9 @@ def release_list(server: str = ServerOpt, token: str | None = TokenOpt, token_fi
 
     t = Table("name", "version", "variants", "registered")
     for r in rels:
-        t.add_row(r["name"], r["version"], ", ".join(v["variant"] for v in r["variants"]), _ago(r["registered_at"]))
+        t.add_row(
+            r["name"], r["version"], ", ".join(v["variant"] for v in r["variants"]), _ago(r["registered_at"])
+        )
     console.print(t)
 
 
@@ -288,20 +351,32 @@ def rollout_create(
     version: str = typer.Argument(...),
     selector: str = typer.Option("*", "--selector", "-s", help="Devices, e.g. 'class=pi4 region=eu-*'."),
     waves: str = typer.Option("1,5,25,100", "--waves", help="Cumulative percentages, strictly increasing."),
-    soak: str = typer.Option("10m", "--soak", help="Soak time per wave (e.g. 10m), or one per wave: 5m,10m,..."),
-    policy: str = typer.Option("auto", "--policy", help="auto: advance passed waves; approval: wait for approve."),
+    soak: str = typer.Option(
+        "10m", "--soak", help="Soak time per wave (e.g. 10m), or one per wave: 5m,10m,..."
+    ),
+    policy: str = typer.Option(
+        "auto", "--policy", help="auto: advance passed waves; approval: wait for approve."
+    ),
     on_fail: str = typer.Option("rollback", "--on-fail", help="rollback or halt when a gate fails."),
-    min_devices: int | None = typer.Option(None, "--min-devices", help="Devices reporting before a wave passes."),
-    min_requests: int | None = typer.Option(None, "--min-requests", help="Requests served before ML gates judge."),
+    min_devices: int | None = typer.Option(
+        None, "--min-devices", help="Devices reporting before a wave passes."
+    ),
+    min_requests: int | None = typer.Option(
+        None, "--min-requests", help="Requests served before ML gates judge."
+    ),
     gate: list[str] = typer.Option(None, "--gate", help="Any gate setting, e.g. max_latency_p95_ratio=1.3."),
-    server: str = ServerOpt, token: str | None = TokenOpt, token_file: Path | None = TokenFileOpt,
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Start a rollout of NAME VERSION through gated waves."""
     try:
         wave_list = [float(w) for w in waves.split(",") if w.strip()]
     except ValueError:
-        raise InputError(f"--waves {waves!r} is not a list of numbers", hint="e.g. --waves 1,5,25,100") from None
+        raise InputError(
+            f"--waves {waves!r} is not a list of numbers", hint="e.g. --waves 1,5,25,100"
+        ) from None
     soaks = [_duration(x) for x in soak.split(",")]
     gates: dict[str, Any] = {k: float(v) for k, v in _pairs(gate, "gate").items()}
     if min_devices is not None:
@@ -311,20 +386,35 @@ def rollout_create(
     for k in ("min_devices", "min_requests", "min_control_requests"):
         if k in gates:
             gates[k] = int(gates[k])
-    body = {"name": name, "version": version, "selector": selector, "waves": wave_list,
-            "soak_s": soaks[0] if len(soaks) == 1 else soaks, "policy": policy, "on_fail": on_fail, "gates": gates}
+    body = {
+        "name": name,
+        "version": version,
+        "selector": selector,
+        "waves": wave_list,
+        "soak_s": soaks[0] if len(soaks) == 1 else soaks,
+        "policy": policy,
+        "on_fail": on_fail,
+        "gates": gates,
+    }
     out = _api(server, token, token_file)("POST", "/v1/rollouts", json=body)
     if json_out:
         print_json(out)
         return
-    console.print(f"[green]rollout {out['id']}[/] {name} {version} to '{out['selector']}': wave 1 "
-                  f"({out['wave_percent']:g}%) admitted {out['members'].get('admitted', 0)} devices"
-                  + (f", {out['members']['does_not_fit']} do not fit" if out["members"].get("does_not_fit") else ""))
+    console.print(
+        f"[green]rollout {out['id']}[/] {name} {version} to '{out['selector']}': wave 1 "
+        f"({out['wave_percent']:g}%) admitted {out['members'].get('admitted', 0)} devices"
+        + (f", {out['members']['does_not_fit']} do not fit" if out["members"].get("does_not_fit") else "")
+    )
 
 
 @rollout_app.command("list")
-def rollout_list(state: str | None = typer.Option(None, "--state"), server: str = ServerOpt,
-                 token: str | None = TokenOpt, token_file: Path | None = TokenFileOpt, json_out: bool = JsonOpt) -> None:
+def rollout_list(
+    state: str | None = typer.Option(None, "--state"),
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
+    json_out: bool = JsonOpt,
+) -> None:
     """Rollouts, newest first."""
     rows = _api(server, token, token_file)("GET", "/v1/rollouts", params={"state": state} if state else None)
     if json_out:
@@ -336,15 +426,26 @@ def rollout_list(state: str | None = typer.Option(None, "--state"), server: str 
     t.columns.insert(0, Column("id", no_wrap=True))
     for r in rows:
         ev = r.get("evaluation") or {}
-        t.add_row(r["id"], f"{r['name']} {r['version']}", r["selector"], r["state"],
-                  f"{r['wave']}/{len(r['waves'])} ({r['wave_percent']:g}%)", str(r["members"].get("admitted", 0)),
-                  ev.get("status", "-"))
+        t.add_row(
+            r["id"],
+            f"{r['name']} {r['version']}",
+            r["selector"],
+            r["state"],
+            f"{r['wave']}/{len(r['waves'])} ({r['wave_percent']:g}%)",
+            str(r["members"].get("admitted", 0)),
+            ev.get("status", "-"),
+        )
     console.print(t)
 
 
 @rollout_app.command("show")
-def rollout_show(rollout_id: str = typer.Argument(...), server: str = ServerOpt, token: str | None = TokenOpt,
-                 token_file: Path | None = TokenFileOpt, json_out: bool = JsonOpt) -> None:
+def rollout_show(
+    rollout_id: str = typer.Argument(...),
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
+    json_out: bool = JsonOpt,
+) -> None:
     """A rollout's state, the current wave's gates with their figures, and devices that do not fit."""
     r = _api(server, token, token_file)("GET", f"/v1/rollouts/{rollout_id}")
     if json_out:
@@ -352,22 +453,31 @@ def rollout_show(rollout_id: str = typer.Argument(...), server: str = ServerOpt,
         return
     from rich.table import Table
 
-    console.print(f"[bold]{r['id']}[/] {r['name']} {r['version']}  selector '{r['selector']}'  [bold]{r['state']}[/]"
-                  f"  wave {r['wave']}/{len(r['waves'])} ({r['wave_percent']:g}%)  policy {r['policy']}, "
-                  f"on fail {r['on_fail']}")
+    console.print(
+        f"[bold]{r['id']}[/] {r['name']} {r['version']}  selector '{r['selector']}'  [bold]{r['state']}[/]"
+        f"  wave {r['wave']}/{len(r['waves'])} ({r['wave_percent']:g}%)  policy {r['policy']}, "
+        f"on fail {r['on_fail']}"
+    )
     if r.get("reason"):
         console.print(f"reason: {r['reason']}")
     ev = r.get("evaluation") or {}
     if ev:
         c = ev["counts"]
-        console.print(f"devices: {c['admitted']} admitted, {c['installed']} installed, {c['failed']} failed, "
-                      f"{c['reporting']} reporting (need {c['min_devices']}), {c['does_not_fit']} do not fit; "
-                      f"soak {ev['soak_elapsed_s']:.0f}/{ev['soak_s']:.0f}s; reference: {ev['reference_source']}")
+        console.print(
+            f"devices: {c['admitted']} admitted, {c['installed']} installed, {c['failed']} failed, "
+            f"{c['reporting']} reporting (need {c['min_devices']}), {c['does_not_fit']} do not fit; "
+            f"soak {ev['soak_elapsed_s']:.0f}/{ev['soak_s']:.0f}s; reference: {ev['reference_source']}"
+        )
         t = Table("gate", "status", "wave", "reference", "limit")
         for g in ev["gates"]:
             colour = {"pass": "green", "fail": "red", "wait": "yellow"}.get(g["status"], "dim")
-            t.add_row(g["name"], f"[{colour}]{g['status']}[/]", _num(g["value"]), _num(g["reference"]),
-                      _num(g["threshold"]))
+            t.add_row(
+                g["name"],
+                f"[{colour}]{g['status']}[/]",
+                _num(g["value"]),
+                _num(g["reference"]),
+                _num(g["threshold"]),
+            )
         console.print(t)
         if ev.get("waiting_for"):
             console.print("waiting for: " + "; ".join(ev["waiting_for"]))
@@ -380,10 +490,17 @@ def _num(x: Any) -> str:
 
 
 def _action(action: str):  # noqa: ANN202
-    def cmd(rollout_id: str = typer.Argument(...), reason: str | None = typer.Option(None, "--reason"),
-            server: str = ServerOpt, token: str | None = TokenOpt, token_file: Path | None = TokenFileOpt,
-            json_out: bool = JsonOpt) -> None:
-        out = _api(server, token, token_file)("POST", f"/v1/rollouts/{rollout_id}/{action}", json={"reason": reason})
+    def cmd(
+        rollout_id: str = typer.Argument(...),
+        reason: str | None = typer.Option(None, "--reason"),
+        server: str = ServerOpt,
+        token: str | None = TokenOpt,
+        token_file: Path | None = TokenFileOpt,
+        json_out: bool = JsonOpt,
+    ) -> None:
+        out = _api(server, token, token_file)(
+            "POST", f"/v1/rollouts/{rollout_id}/{action}", json={"reason": reason}
+        )
         if json_out:
             print_json(out)
         else:
@@ -404,8 +521,13 @@ for _a in ("pause", "resume", "abort", "rollback", "approve"):
 
 
 @rollout_app.command("audit")
-def rollout_audit(rollout_id: str = typer.Argument(...), server: str = ServerOpt, token: str | None = TokenOpt,
-                  token_file: Path | None = TokenFileOpt, json_out: bool = JsonOpt) -> None:
+def rollout_audit(
+    rollout_id: str = typer.Argument(...),
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
+    json_out: bool = JsonOpt,
+) -> None:
     """Every transition of a rollout, with who did it and the figures behind it."""
     rows = _api(server, token, token_file)("GET", f"/v1/rollouts/{rollout_id}/audit")
     if json_out:
@@ -429,7 +551,9 @@ def devices_list(
     selector: str | None = typer.Option(None, "--selector", "-s"),
     status: str | None = typer.Option(None, "--status", help="online, stale, offline or revoked."),
     limit: int = typer.Option(100, "--limit"),
-    server: str = ServerOpt, token: str | None = TokenOpt, token_file: Path | None = TokenFileOpt,
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Devices, filtered by selector and status."""
@@ -448,15 +572,28 @@ def devices_list(
     t.columns.insert(0, Column("id", no_wrap=True))
     for d in out["devices"]:
         a = d["active"]
-        t.add_row(d["id"], d["name"] or "", d["class"], " ".join(f"{k}={v}" for k, v in d["tags"].items()),
-                  d["status"], _ago(d["last_seen"]), f"{a['name']} {a['version']}" if a else "-", d["state"] or "")
+        t.add_row(
+            d["id"],
+            d["name"] or "",
+            d["class"],
+            " ".join(f"{k}={v}" for k, v in d["tags"].items()),
+            d["status"],
+            _ago(d["last_seen"]),
+            f"{a['name']} {a['version']}" if a else "-",
+            d["state"] or "",
+        )
     console.print(t)
     console.print(f"{out['total']} devices")
 
 
 @devices_app.command("show")
-def devices_show(device_id: str = typer.Argument(...), server: str = ServerOpt, token: str | None = TokenOpt,
-                 token_file: Path | None = TokenFileOpt, json_out: bool = JsonOpt) -> None:
+def devices_show(
+    device_id: str = typer.Argument(...),
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
+    json_out: bool = JsonOpt,
+) -> None:
     """One device: hardware, tags, active model, health, assignment."""
     d = _api(server, token, token_file)("GET", f"/v1/devices/{device_id}")
     if json_out:
@@ -466,28 +603,43 @@ def devices_show(device_id: str = typer.Argument(...), server: str = ServerOpt, 
 
 
 @devices_app.command("revoke")
-def devices_revoke(device_id: str = typer.Argument(...), server: str = ServerOpt, token: str | None = TokenOpt,
-                   token_file: Path | None = TokenFileOpt) -> None:
+def devices_revoke(
+    device_id: str = typer.Argument(...),
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
+) -> None:
     """Revoke a device's token (it must enroll again)."""
     _api(server, token, token_file)("POST", f"/v1/devices/{device_id}/revoke")
     console.print(f"revoked {device_id}")
 
 
 @devices_app.command("tag")
-def devices_tag(device_id: str = typer.Argument(...), tags: list[str] = typer.Argument(..., help="key=value ..."),
-                server: str = ServerOpt, token: str | None = TokenOpt, token_file: Path | None = TokenFileOpt) -> None:
+def devices_tag(
+    device_id: str = typer.Argument(...),
+    tags: list[str] = typer.Argument(..., help="key=value ..."),
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
+) -> None:
     """Replace a device's tags."""
-    d = _api(server, token, token_file)("PATCH", f"/v1/devices/{device_id}", json={"tags": _pairs(tags, "tag")})
+    d = _api(server, token, token_file)(
+        "PATCH", f"/v1/devices/{device_id}", json={"tags": _pairs(tags, "tag")}
+    )
     console.print(f"{device_id}: " + " ".join(f"{k}={v}" for k, v in d["tags"].items()))
 
 
 @dtokens_app.command("create")
 def dtokens_create(
-    tag: list[str] = typer.Option(None, "--tag", help="key=value every device enrolled with it gets (repeatable)."),
+    tag: list[str] = typer.Option(
+        None, "--tag", help="key=value every device enrolled with it gets (repeatable)."
+    ),
     expires: str = typer.Option("24h", "--expires", help="Lifetime, e.g. 1h."),
     count: int = typer.Option(1, "--count", min=1, max=10_000, help="How many tokens (one per device)."),
     out: Path | None = typer.Option(None, "--out", help="Write the tokens to this file (mode 0600)."),
-    server: str = ServerOpt, token: str | None = TokenOpt, token_file: Path | None = TokenFileOpt,
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Create one-time enrollment tokens."""
@@ -508,8 +660,12 @@ def dtokens_create(
 
 
 @dtokens_app.command("list")
-def dtokens_list(server: str = ServerOpt, token: str | None = TokenOpt, token_file: Path | None = TokenFileOpt,
-                 json_out: bool = JsonOpt) -> None:
+def dtokens_list(
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
+    json_out: bool = JsonOpt,
+) -> None:
     """Enrollment tokens and whether they are still usable."""
     rows = _api(server, token, token_file)("GET", "/v1/enrollment-tokens")
     if json_out:
@@ -519,16 +675,23 @@ def dtokens_list(server: str = ServerOpt, token: str | None = TokenOpt, token_fi
 
     t = Table("id", "tags", "usable", "used by", "expires")
     for r in rows:
-        t.add_row(r["id"], " ".join(f"{k}={v}" for k, v in r["tags"].items()), "yes" if r["usable"] else "no",
-                  r["used_by"] or "", _ago(r["expires_at"]).replace(" ago", " ago (expired)") if not r["usable"]
-                  else "")
+        t.add_row(
+            r["id"],
+            " ".join(f"{k}={v}" for k, v in r["tags"].items()),
+            "yes" if r["usable"] else "no",
+            r["used_by"] or "",
+            _ago(r["expires_at"]).replace(" ago", " ago (expired)") if not r["usable"] else "",
+        )
     console.print(t)
 
 
 @dtokens_app.command("revoke")
-def dtokens_revoke(token_id: str = typer.Argument(...), server: str = ServerOpt, token: str | None = TokenOpt,
-                   token_file: Path | None = TokenFileOpt) -> None:
+def dtokens_revoke(
+    token_id: str = typer.Argument(...),
+    server: str = ServerOpt,
+    token: str | None = TokenOpt,
+    token_file: Path | None = TokenFileOpt,
+) -> None:
     """Revoke an unused enrollment token."""
     _api(server, token, token_file)("DELETE", f"/v1/enrollment-tokens/{token_id}")
     console.print(f"revoked {token_id}")
-

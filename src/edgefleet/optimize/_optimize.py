@@ -445,11 +445,11 @@ def _exclusion(
             built = builder.build(v, exclude=exclude, tag=tag)
             outs = evaluate(built.path)
         except Exception as e:  # noqa: BLE001
-            tried.append(f"round {rnd + 1} ({k} nodes): failed {str(e)[:80]}")
+            tried.append(f"round {rnd + 1} ({len(exclude)} nodes): failed {str(e)[:80]}")
             break
         q = measure_quality(task, ref, outs, evald.labels)
         drop = base_quality - q.score
-        tried.append(f"{k} nodes in float -> drop {drop:.2f}")
+        tried.append(f"{len(exclude)} nodes in float -> drop {drop:.2f}")
         r = VariantResult(
             name=f"{v.name}{tag}",
             variant=v,

@@ -147,12 +147,19 @@ def select(
     )
     chosen: VariantResult | None = eligible[0] if eligible else None
     if chosen is None:
-        counts = Counter(
-            re.sub(r"-?\d[\d.]*(e-?\d+)?", "N", r.reason.split(";")[0].split(":")[0])
-            for r in results
-            if r.outcome == "rejected"
+        # Group the rejections by kind (numbers aside) and show one real example of each.
+        first: dict[str, str] = {}
+        counts: Counter[str] = Counter()
+        for r in results:
+            if r.outcome != "rejected":
+                continue
+            text = r.reason.split("; ")[0]
+            key = re.sub(r"-?\d[\d.]*(e-?\d+)?", "N", text.split(":")[0])
+            first.setdefault(key, f"{r.name}: {text}")
+            counts[key] += 1
+        why = "; ".join(
+            first[k] + (f" (and {n - 1} more like it)" if n > 1 else "") for k, n in counts.most_common(4)
         )
-        why = "; ".join(f"{k} ({n} variants)" for k, n in counts.most_common(4))
         return None, f"no variant meets the budget: {why}"
     chosen.outcome = "chosen"
     parts = [

@@ -9,13 +9,25 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["train_digits_cnn", "train_digits_encoder", "synth_speech", "vad_frames"]
+__all__ = ["train_digits_cnn", "train_digits_encoder", "synth_speech", "vad_frames", "vad_dataset"]
 
 
 def _train(model: Any, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int, batch: int = 64) -> Any:
     import torch
 
     torch.manual_seed(seed)
+    # Tiny batches: one thread is several times faster than fighting over shared cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit(model, x, y, epochs, lr, seed, batch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(model: Any, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int, batch: int) -> Any:
+    import torch
+
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     xt = torch.from_numpy(x)
     yt = torch.from_numpy(y)
@@ -68,7 +80,14 @@ def train_digits_cnn(
 
 
 def train_digits_encoder(
-    data: Any, *, d_model: int = 64, heads: int = 4, layers: int = 2, epochs: int = 10, seed: int = 0
+    data: Any,
+    *,
+    d_model: int = 64,
+    heads: int = 4,
+    layers: int = 2,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    seed: int = 0,
 ) -> tuple[Any, float]:
     """A transformer-style encoder on digits: each image is 16 tokens (2x2 patches), a few pre-norm
     attention blocks, mean pooling, a linear head. Input [N, 8, 8] in [0, 1]. MatMul-heavy by design."""
@@ -114,7 +133,7 @@ def train_digits_encoder(
     model = Encoder()
     xtr = (data.x_train / 16.0).reshape(-1, 8, 8).astype(np.float32)
     xte = (data.x_test / 16.0).reshape(-1, 8, 8).astype(np.float32)
-    _train(model, xtr, data.y_train, epochs, 1e-3, seed)
+    _train(model, xtr, data.y_train, epochs, lr, seed)
     return model, _accuracy(model, xte, data.y_test)
 
 
@@ -169,3 +188,26 @@ def vad_frames(audio: np.ndarray, chunk: int = 512, context: int = 64) -> np.nda
         out.append(np.concatenate([prev, c]))
         prev = c[-context:]
     return np.stack(out).astype(np.float32)
+
+
+def vad_dataset(model_path: Any, seconds: float = 12.0, seed: int = 0, sr: int = 16000) -> dict[str, np.ndarray]:
+    """Feeds for a silero-vad ONNX model over synthetic speech, with the real recurrent state: the
+    model runs through the audio once and each sample records the state it was given."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    frames = vad_frames(synth_speech(seconds, sr, seed))
+    state = np.zeros((2, 1, 128), np.float32)
+    xs, states = [], []
+    for f in frames:
+        feed = {"input": f[None], "state": state}
+        if "sr" in names:
+            feed["sr"] = np.array(sr, np.int64)
+        xs.append(f[None])
+        states.append(state)
+        _, state = sess.run(None, feed)
+    out = {"input": np.stack(xs), "state": np.stack(states)}
+    if "sr" in names:
+        out["sr"] = np.full(len(xs), sr, np.int64)
+    return out

@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.errors import DeadlineExceededError, EdgefleetError, InferenceError, OverloadedError
+from edgefleet.errors import (
+    DeadlineExceededError,
+    EdgefleetError,
+    InferenceError,
+    ModelTimeoutError,
+    OverloadedError,
+)
 from edgefleet.runtime._config import BatcherConfig
 from edgefleet.runtime._metrics import RuntimeMetrics
 from edgefleet.runtime._predictor import (
@@ -38,6 +44,7 @@ class Ticket:
 
     __slots__ = (
         "batch", "rows", "key", "deadline", "priority", "enqueued", "cancelled", "_done", "_value", "_error",
+        "_callback",
     )
 
     def __init__(self, batch: dict[str, np.ndarray], priority: int, deadline: float | None) -> None:
@@ -53,17 +60,35 @@ class Ticket:
         self._done.acquire()
         self._value: Prediction | None = None
         self._error: BaseException | None = None
+        self._callback: Any = None
 
     def done(self) -> bool:
         return self._value is not None or self._error is not None
 
     def set_result(self, value: Prediction) -> None:
-        self._value = value
-        self._done.release()
+        if self._error is None and self._value is None:  # the watchdog may have answered first
+            self._value = value
+            self._finish()
 
     def set_exception(self, error: BaseException) -> None:
-        self._error = error
-        self._done.release()
+        if self._error is None and self._value is None:
+            self._error = error
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            self._done.release()
+        except RuntimeError:  # answered twice in a race with the watchdog: the first answer stands
+            return
+        cb = self._callback
+        if cb is not None:
+            cb(self)
+
+    def on_done(self, callback: Any) -> None:
+        """Call ``callback(ticket)`` once answered (at once if it already is), from the answering thread."""
+        self._callback = callback
+        if self.done() and self.wait(0):
+            callback(self)
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once answered; False if ``timeout`` seconds passed first."""
@@ -96,6 +121,10 @@ class Batcher:
 
     With ``adaptive_delay`` the batcher waits only for as many rows as the previous batch held (the
     load it has just seen), never longer than ``max_delay_ms``; a lone caller pays no delay at all.
+
+    With ``timeout_s`` a watchdog fails a model call that runs longer with ModelTimeoutError (so a
+    Fallback can answer) and starts a replacement worker, without a thread hand-off per batch; once
+    ``max_stuck`` calls hang, requests fail at once until one returns.
     """
 
     def __init__(
@@ -105,6 +134,8 @@ class Batcher:
         *,
         metrics: RuntimeMetrics | None = None,
         adaptive_delay: bool = True,
+        timeout_s: float | None = None,
+        max_stuck: int = 4,
     ) -> None:
         self.inner = inner
         self.config = config or BatcherConfig()
@@ -123,12 +154,72 @@ class Batcher:
         self._last_rows = 1
         self._batch_s = 0.0  # moving average of one model call, for retry-after estimates
         self._tier = inner.metadata.tier
-        self._workers = [
-            threading.Thread(target=self._loop, name=f"edgefleet-batcher-{i}", daemon=True)
-            for i in range(self.config.workers)
-        ]
-        for t in self._workers:
-            t.start()
+        self.timeout_s = timeout_s
+        self.max_stuck = max_stuck
+        self._running: dict[int, tuple[float, list[Ticket]]] = {}  # worker id -> (start, its batch)
+        self._stuck: set[int] = set()
+        self._ids = itertools.count()
+        self._workers: list[threading.Thread] = []
+        for _ in range(self.config.workers):
+            self._spawn()
+        self._watchdog: threading.Thread | None = None
+        self._stop = threading.Event()
+        if timeout_s is not None:
+            self._watchdog = threading.Thread(target=self._watch, name="edgefleet-batcher-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _spawn(self) -> None:
+        wid = next(self._ids)
+        t = threading.Thread(target=self._loop, args=(wid,), name=f"edgefleet-batcher-{wid}", daemon=True)
+        self._workers.append(t)
+        t.start()
+
+    @property
+    def stuck(self) -> int:
+        """Model calls abandoned by the watchdog that have not returned yet."""
+        return len(self._stuck)
+
+    def _hung_error(self) -> ModelTimeoutError:
+        return ModelTimeoutError(
+            f"model {self.inner.metadata.name} is hung: {len(self._stuck)} calls have not returned",
+            hint="the runtime falls back until the model recovers or is swapped",
+            tier=self._tier,
+        )
+
+    def _watch(self) -> None:
+        assert self.timeout_s is not None
+        period = min(self.timeout_s / 4, 0.05)
+        while True:
+            hung: list[list[Ticket]] = []
+            drop: list[Ticket] = []
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                for wid, (t0, batch) in list(self._running.items()):
+                    if wid not in self._stuck and now - t0 > self.timeout_s:
+                        self._stuck.add(wid)
+                        hung.append(batch)
+                        if len(self._stuck) < self.max_stuck:
+                            self._spawn()  # keep the queue moving while the hung call lingers
+                if len(self._stuck) >= self.max_stuck:
+                    drop = [item[2] for item in self._heap]
+                    self._heap.clear()
+            if hung:
+                log.warning("model call exceeded %.0f ms; %d stuck", self.timeout_s * 1000, len(self._stuck))
+            for batch in hung:
+                err = ModelTimeoutError(
+                    f"model {self.inner.metadata.name} did not answer within {self.timeout_s * 1000:.0f} ms",
+                    hint="raise EDGEFLEET_FALLBACK_TIMEOUT_MS or configure a backup model",
+                    tier=self._tier,
+                )
+                for t in batch:
+                    t.set_exception(err)
+            if drop:
+                err = self._hung_error()
+                for t in drop:
+                    t.set_exception(err)
+            self._stop.wait(period)  # not on _cond: a notify() meant for a worker must reach it
 
     @property
     def metadata(self) -> PredictorMetadata:
@@ -155,6 +246,8 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise InferenceError("the batcher is closed", hint="the runtime is shutting down; retry")
+            if self._stuck and len(self._stuck) >= self.max_stuck:
+                raise self._hung_error()
             if len(self._heap) >= self.config.max_queue:
                 retry = self._retry_after()
                 if self._metrics:
@@ -257,18 +350,28 @@ class Batcher:
             return True
         return False
 
-    def _loop(self) -> None:
+    def _loop(self, wid: int) -> None:
+        watched = self.timeout_s is not None
         while True:
             batch = self._take()
             if batch is None:
                 return
+            if watched:
+                with self._cond:
+                    self._running[wid] = (time.monotonic(), batch)
             try:
                 self._run(batch)
             except BaseException as e:  # never let a worker die with callers waiting
                 log.exception("batcher worker error")
                 for t in batch:
-                    if not t.done():
-                        t.set_exception(InferenceError(f"batcher failed: {e}"))
+                    t.set_exception(InferenceError(f"batcher failed: {e}"))
+            finally:
+                if watched:
+                    with self._cond:
+                        self._running.pop(wid, None)
+                        if wid in self._stuck:  # replaced while it hung: the replacement serves on
+                            self._stuck.discard(wid)
+                            return
 
     def _run(self, batch: list[Ticket]) -> None:
         n = len(batch)
@@ -308,10 +411,13 @@ class Batcher:
 
     def close(self) -> None:
         """Stop taking requests, answer the queued ones, stop the workers; then close ``inner``."""
+        self._stop.set()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        for t in self._workers:
+            stuck = len(self._stuck)
+        for t in list(self._workers):
             if t is not threading.current_thread():
-                t.join()
+                # a hung model call never returns; do not wait for it beyond its timeout
+                t.join(None if not stuck else (self.timeout_s or 1.0))
         self.inner.close()

@@ -2,7 +2,7 @@
 
 Pipeline built for each served model (each part optional, from ``RuntimeConfig``)::
 
-    Cached( Cascade( Fallback( Batcher(Timeout(primary)), Timeout(backup), CacheTier, Heuristic ),
+    Cached( Cascade( Fallback( Batcher(primary), Timeout(backup), CacheTier, Heuristic ),
                      Fallback( Timeout(large), Breaker(CloudPredictor) ) ) )
 
 Raw inputs go through the bundle's preprocessing contract, then validation against the manifest,
@@ -433,9 +433,14 @@ class Runtime:
             if bundle is not None and cfg.golden_check and manifest.golden is not None:
                 self._golden_check(bundle, engine)
             self._build_shared(engine.metadata)
-            primary: Predictor = self._guard(engine)
-            if cfg.batcher.enabled:
-                primary = Batcher(primary, cfg.batcher, metrics=self._m)
+            fb = cfg.fallback
+            if cfg.batcher.enabled:  # the batcher's watchdog enforces the model timeout
+                timeout_s = fb.timeout_ms / 1000 if fb.timeout_ms else None
+                primary: Predictor = Batcher(
+                    engine, cfg.batcher, metrics=self._m, timeout_s=timeout_s, max_stuck=fb.max_stuck_calls
+                )
+            else:
+                primary = self._guard(engine)
             tiers: list[Predictor] = [primary]
             if self._backup is not None:
                 tiers.append(_Borrowed(self._backup))

@@ -14,7 +14,14 @@ from edgefleet.server._blobs import BlobStore, FileBlobStore
 from edgefleet.server._config import ServerConfig
 from edgefleet.server._db import Database, schema_head
 from edgefleet.server._fit import FitResult, VariantSpec, choose_variant
-from edgefleet.server._notify import MqttNotifier, Notifier, NullNotifier, device_topic, group_topic, make_notifier
+from edgefleet.server._notify import (
+    MqttNotifier,
+    Notifier,
+    NullNotifier,
+    device_topic,
+    group_topic,
+    make_notifier,
+)
 from edgefleet.server._rollouts import RolloutEngine, member_hash, wave_size
 from edgefleet.server._runner import ServerHandle, free_port, start_server, start_server_process
 from edgefleet.server._schemas import DEFAULT_WAVES, RolloutCreate, RolloutGates

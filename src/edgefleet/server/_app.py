@@ -27,7 +27,14 @@ from edgefleet.errors import (
     InputError,
     NotFoundError,
 )
-from edgefleet.protocol import EnrollRequest, EnrollResponse, ErrorBody, Heartbeat, HeartbeatResponse, TelemetryBatch
+from edgefleet.protocol import (
+    EnrollRequest,
+    EnrollResponse,
+    ErrorBody,
+    Heartbeat,
+    HeartbeatResponse,
+    TelemetryBatch,
+)
 from edgefleet.server._auth import (
     DEVICE_PREFIX,
     OPERATOR_PREFIX,
@@ -65,7 +72,7 @@ _bearer = HTTPBearer(auto_error=False, description="device token (efd_...) or op
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _device_token(cred: Bearer) -> str:
+async def _device_token(cred: Bearer) -> str:
     """The bearer token, refused before the body is even validated when it is missing or no device token."""
     token = _token(cred)
     if not token.startswith(DEVICE_PREFIX):
@@ -102,7 +109,9 @@ class _Metrics:
         self.registry = CollectorRegistry()
         self.heartbeats = Counter("edgefleet_heartbeats", "heartbeats accepted", registry=self.registry)
         self.enrollments = Counter("edgefleet_enrollments", "devices enrolled", registry=self.registry)
-        self.telemetry = Counter("edgefleet_telemetry_batches", "telemetry batches accepted", registry=self.registry)
+        self.telemetry = Counter(
+            "edgefleet_telemetry_batches", "telemetry batches accepted", registry=self.registry
+        )
         self.errors = Counter("edgefleet_http_errors", "error responses", ["code"], registry=self.registry)
 
 
@@ -126,11 +135,15 @@ class _BodyLimit:
                 except ValueError:
                     n = -1
                 if n < 0 or n > limit:
-                    body = _too_large(limit) if n >= 0 else {
-                        "error": "invalid_input",
-                        "message": "Content-Length is not a number",
-                        "hint": "send a valid Content-Length header",
-                    }
+                    body = (
+                        _too_large(limit)
+                        if n >= 0
+                        else {
+                            "error": "invalid_input",
+                            "message": "Content-Length is not a number",
+                            "hint": "send a valid Content-Length header",
+                        }
+                    )
                     await _send_json(send, 413 if n >= 0 else 400, body)
                     return
         seen = 0
@@ -247,7 +260,9 @@ def create_app(
     )
     db.upgrade()
     _bootstrap_admin(db, cfg, clock())
-    notifier = notifier or make_notifier(cfg.mqtt_url, prefix=cfg.mqtt_topic_prefix, max_queue=cfg.mqtt_max_queue)
+    notifier = notifier or make_notifier(
+        cfg.mqtt_url, prefix=cfg.mqtt_topic_prefix, max_queue=cfg.mqtt_max_queue
+    )
     repo = RepositoryService(cfg.repo_path, cfg.keys_path, refresh_margin_s=cfg.timestamp_refresh_margin_s)
     blobs = FileBlobStore(cfg.blob_path)
     ctx = ServerContext(
@@ -304,9 +319,9 @@ def _bootstrap_admin(db: Database, cfg: ServerConfig, now: float) -> None:
     with db.write() as s:
         db.lock(s, "bootstrap")
         has_admin = s.scalar(
-            select(func.count()).select_from(OperatorToken).where(
-                OperatorToken.role == "admin", OperatorToken.revoked_at.is_(None)
-            )
+            select(func.count())
+            .select_from(OperatorToken)
+            .where(OperatorToken.role == "admin", OperatorToken.revoked_at.is_(None))
         )
         if has_admin:
             return
@@ -345,7 +360,11 @@ def _errors(app: FastAPI, ctx: ServerContext) -> None:
             "error": "validation",
             "message": "request is invalid: " + "; ".join(problems),
             "hint": "fix the listed fields (the schema is at /docs)",
-            "details": {"errors": [{"loc": [str(p) for p in x.get("loc", ())], "msg": str(x.get("msg"))} for x in errs[:20]]},
+            "details": {
+                "errors": [
+                    {"loc": [str(p) for p in x.get("loc", ())], "msg": str(x.get("msg"))} for x in errs[:20]
+                ]
+            },
         }
         return reply(422, body)
 
@@ -356,7 +375,9 @@ def _errors(app: FastAPI, ctx: ServerContext) -> None:
                 return reply(413, json.loads(e.detail))
             except (TypeError, ValueError):
                 pass
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(e.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            e.status_code, "http_error"
+        )
         hint = "see the API at /docs" if e.status_code in (404, 405) else None
         body = {"error": code, "message": str(e.detail)}
         if hint:
@@ -369,18 +390,29 @@ def _errors(app: FastAPI, ctx: ServerContext) -> None:
             log.warning("database unavailable: %s", type(e.orig).__name__ if e.orig else e)
             return reply(
                 503,
-                {"error": "database_unavailable", "message": "the database is not reachable right now",
-                 "hint": "retry in a few seconds"},
+                {
+                    "error": "database_unavailable",
+                    "message": "the database is not reachable right now",
+                    "hint": "retry in a few seconds",
+                },
                 {"Retry-After": "2"},
             )
         log.exception("database error")
-        return reply(500, {"error": "internal", "message": "internal database error", "hint": "see the server log"})
+        return reply(
+            500, {"error": "internal", "message": "internal database error", "hint": "see the server log"}
+        )
 
     @app.exception_handler(Exception)
     async def _crash(_req: Request, e: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return reply(500, {"error": "internal", "message": f"internal error ({type(e).__name__})",
-                           "hint": "see the server log"})
+        return reply(
+            500,
+            {
+                "error": "internal",
+                "message": f"internal error ({type(e).__name__})",
+                "hint": "see the server log",
+            },
+        )
 
 
 # --- auth helpers ------------------------------------------------------------------------------
@@ -388,7 +420,9 @@ def _errors(app: FastAPI, ctx: ServerContext) -> None:
 
 def _token(cred: HTTPAuthorizationCredentials | None) -> str:
     if cred is None or not cred.credentials:
-        raise AuthError("missing or malformed Authorization header", hint="send 'Authorization: Bearer <token>'")
+        raise AuthError(
+            "missing or malformed Authorization header", hint="send 'Authorization: Bearer <token>'"
+        )
     if len(cred.credentials) > 512:
         raise AuthError("the bearer token is too long to be valid", hint="check the token you send")
     return cred.credentials
@@ -411,7 +445,9 @@ def _status(last_seen: float, now: float, cfg: ServerConfig) -> str:
     return "online"
 
 
-def _device_dict(d: Device, now: float, cfg: ServerConfig, assigned: dict[str, Any] | None = None) -> dict[str, Any]:
+def _device_dict(
+    d: Device, now: float, cfg: ServerConfig, assigned: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "id": d.id,
         "name": d.name,
@@ -478,7 +514,9 @@ def _device_routes(app: FastAPI, ctx: ServerContext) -> None:
         responses=_ERRORS,
         summary="Report status; get the director's assignment, poll interval and commands",
     )
-    def heartbeat(device_id: DeviceId, hb: Heartbeat, token: DeviceToken) -> Response:
+    async def heartbeat(device_id: DeviceId, hb: Heartbeat, token: DeviceToken) -> Response:
+        # Run inline on the event loop: the whole call is one short statement, and a hop to the
+        # thread pool would cost more CPU than the query itself (see docs/benchmarks/server.md).
         out = ctx.devices.heartbeat(device_id, token, hb)
         ctx.metrics.heartbeats.inc()
         return Response(json.dumps(out, separators=(",", ":")).encode(), media_type="application/json")
@@ -506,7 +544,9 @@ def _device_routes(app: FastAPI, ctx: ServerContext) -> None:
         with ctx.db.read() as s:
             d = s.get(Device, device_id)
             if d is None:
-                raise NotFoundError(f"unknown device {device_id!r}", hint="list devices with: edgefleet devices list")
+                raise NotFoundError(
+                    f"unknown device {device_id!r}", hint="list devices with: edgefleet devices list"
+                )
             assigned = None
             if d.assigned_variant_id is not None:
                 assigned = ctx.devices._assignment(d.assigned_variant_id, d.assigned_rollout_id)
@@ -546,7 +586,9 @@ def _repository_routes(app: FastAPI, ctx: ServerContext) -> None:
         headers = {
             "Cache-Control": "no-cache" if kind == "metadata" else "public, max-age=31536000, immutable"
         }
-        resp = FileResponse(p, stat_result=st, headers=headers, media_type=None if kind == "metadata" else "application/x-tar")
+        resp = FileResponse(
+            p, stat_result=st, headers=headers, media_type=None if kind == "metadata" else "application/x-tar"
+        )
         if kind == "metadata":
             resp.headers["content-type"] = "application/json"
         etag = resp.headers.get("etag")
@@ -602,7 +644,12 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
     def healthz() -> dict[str, Any]:
         with ctx.db.read() as s:
             s.execute(select(1))
-        return {"ok": True, "db": ctx.db.dialect, "mqtt": ctx.notifier.connected, "repository": ctx.repo.exists}
+        return {
+            "ok": True,
+            "db": ctx.db.dialect,
+            "mqtt": ctx.notifier.connected,
+            "repository": ctx.repo.exists,
+        }
 
     @app.get("/metrics", tags=T, responses=_ERRORS, summary="Prometheus metrics")
     def metrics(_: Viewer) -> Response:
@@ -619,15 +666,25 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
     def create_op_token(body: OperatorTokenCreate, me: Admin) -> dict[str, Any]:
         now = ctx.clock()
         with ctx.db.write() as s:
-            row, token = create_operator_token(s, name=body.name, role=Role[body.role], created_by=me.actor, now=now)
-            audit(s, "token.created", actor=me.actor, now=now, token_id=row.id, name=body.name, role=body.role)
+            row, token = create_operator_token(
+                s, name=body.name, role=Role[body.role], created_by=me.actor, now=now
+            )
+            audit(
+                s, "token.created", actor=me.actor, now=now, token_id=row.id, name=body.name, role=body.role
+            )
         return {"id": row.id, "name": row.name, "role": row.role, "token": token}
 
     @app.get("/v1/operator-tokens", tags=T, responses=_ERRORS)
     def list_op_tokens(_: Admin) -> list[dict[str, Any]]:
         with ctx.db.read() as s:
             return [
-                {"id": t.id, "name": t.name, "role": t.role, "created_at": t.created_at, "revoked_at": t.revoked_at}
+                {
+                    "id": t.id,
+                    "name": t.name,
+                    "role": t.role,
+                    "created_at": t.created_at,
+                    "revoked_at": t.revoked_at,
+                }
                 for t in s.scalars(select(OperatorToken).order_by(OperatorToken.created_at))
             ]
 
@@ -650,8 +707,15 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
         now = ctx.clock()
         with ctx.db.write() as s:
             row, token = create_enrollment_token(s, tags=body.tags, ttl_s=ttl, created_by=me.actor, now=now)
-            audit(s, "enrollment_token.created", actor=me.actor, now=now, token_id=row.id, tags=body.tags,
-                  expires_at=row.expires_at)
+            audit(
+                s,
+                "enrollment_token.created",
+                actor=me.actor,
+                now=now,
+                token_id=row.id,
+                tags=body.tags,
+                expires_at=row.expires_at,
+            )
         return {"id": row.id, "token": token, "tags": row.tags, "expires_at": row.expires_at}
 
     @app.get("/v1/enrollment-tokens", tags=T, responses=_ERRORS)
@@ -678,7 +742,9 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
         with ctx.db.write() as s:
             t = s.get(EnrollmentToken, token_id)
             if t is None:
-                raise NotFoundError(f"no enrollment token {token_id!r}", hint="list them: edgefleet devices tokens list")
+                raise NotFoundError(
+                    f"no enrollment token {token_id!r}", hint="list them: edgefleet devices tokens list"
+                )
             t.revoked = True
             audit(s, "enrollment_token.revoked", actor=me.actor, now=now, token_id=t.id)
         return {"id": token_id, "revoked": True}
@@ -704,15 +770,25 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
                 if status == "online":
                     q = q.where(Device.last_seen > now - cfg.stale_after_s)
                 elif status == "stale":
-                    q = q.where(Device.last_seen <= now - cfg.stale_after_s, Device.last_seen > now - cfg.offline_after_s)
+                    q = q.where(
+                        Device.last_seen <= now - cfg.stale_after_s,
+                        Device.last_seen > now - cfg.offline_after_s,
+                    )
                 else:
                     q = q.where(Device.last_seen <= now - cfg.offline_after_s)
             matched = [
                 d
                 for d in s.scalars(q)
                 if sel.matches(
-                    device_attrs(device_id=d.id, name=d.name, device_class=d.device_class, arch=d.arch, tags=d.tags,
-                                 active_version=d.active_version, active_name=d.active_name)
+                    device_attrs(
+                        device_id=d.id,
+                        name=d.name,
+                        device_class=d.device_class,
+                        arch=d.arch,
+                        tags=d.tags,
+                        active_version=d.active_version,
+                        active_name=d.active_name,
+                    )
                 )
             ]
             page = matched[offset : offset + limit]
@@ -724,7 +800,9 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
         with ctx.db.write() as s:
             d = s.get(Device, device_id)
             if d is None:
-                raise NotFoundError(f"unknown device {device_id!r}", hint="list devices with: edgefleet devices list")
+                raise NotFoundError(
+                    f"unknown device {device_id!r}", hint="list devices with: edgefleet devices list"
+                )
             changed = {}
             if body.tags is not None:
                 changed["tags"] = {"from": d.tags, "to": body.tags}
@@ -741,7 +819,9 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
         with ctx.db.write() as s:
             d = s.get(Device, device_id)
             if d is None:
-                raise NotFoundError(f"unknown device {device_id!r}", hint="list devices with: edgefleet devices list")
+                raise NotFoundError(
+                    f"unknown device {device_id!r}", hint="list devices with: edgefleet devices list"
+                )
             d.revoked = True
             audit(s, "device.revoked", actor=me.actor, now=now, device_id=d.id)
         return {"id": device_id, "revoked": True}
@@ -750,7 +830,9 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
     def nudge_device(device_id: DeviceId, _: Deployer) -> dict[str, Any]:
         with ctx.db.read() as s:
             if s.get(Device, device_id) is None:
-                raise NotFoundError(f"unknown device {device_id!r}", hint="list devices with: edgefleet devices list")
+                raise NotFoundError(
+                    f"unknown device {device_id!r}", hint="list devices with: edgefleet devices list"
+                )
         return {"sent": ctx.notifier.nudge([device_id])}
 
     # releases
@@ -761,7 +843,9 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
         return out
 
     @app.get("/v1/releases", tags=T, responses=_ERRORS)
-    def list_releases(_: Viewer, name: Annotated[str | None, Query(max_length=64)] = None) -> list[dict[str, Any]]:
+    def list_releases(
+        _: Viewer, name: Annotated[str | None, Query(max_length=64)] = None
+    ) -> list[dict[str, Any]]:
         with ctx.db.read() as s:
             q = select(Release).order_by(Release.registered_at)
             if name:
@@ -773,16 +857,23 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
         name: Annotated[str, Path(max_length=64)], version: Annotated[str, Path(max_length=64)], _: Viewer
     ) -> dict[str, Any]:
         with ctx.db.read() as s:
-            r = s.scalars(select(Release).where(Release.name == name, Release.version == version)).one_or_none()
+            r = s.scalars(
+                select(Release).where(Release.name == name, Release.version == version)
+            ).one_or_none()
             if r is None:
-                raise NotFoundError(f"release {name} {version} is not registered",
-                                    hint=f"register it: edgefleet release register {name} {version}")
+                raise NotFoundError(
+                    f"release {name} {version} is not registered",
+                    hint=f"register it: edgefleet release register {name} {version}",
+                )
             return release_dict(s, r)
 
     @app.get("/v1/repository", tags=T, responses=_ERRORS, summary="Repository status (role versions, expiry)")
     def repository_status(_: Viewer) -> dict[str, Any]:
-        return {**ctx.repo.open().status(), "can_refresh": ctx.repo.can_refresh(),
-                "timestamp_expires": ctx.repo.timestamp_expires()}
+        return {
+            **ctx.repo.open().status(),
+            "can_refresh": ctx.repo.can_refresh(),
+            "timestamp_expires": ctx.repo.timestamp_expires(),
+        }
 
     @app.post("/v1/repository/refresh", tags=T, responses=_ERRORS, summary="Re-sign timestamp.json now")
     def repository_refresh(_: Admin) -> dict[str, Any]:
@@ -814,7 +905,9 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
     def rollout_audit(rollout_id: Annotated[str, Path(max_length=64)], _: Viewer) -> list[dict[str, Any]]:
         with ctx.db.read() as s:
             if s.get(Rollout, rollout_id) is None:
-                raise NotFoundError(f"no rollout {rollout_id!r}", hint="list them with: edgefleet rollout list")
+                raise NotFoundError(
+                    f"no rollout {rollout_id!r}", hint="list them with: edgefleet rollout list"
+                )
         return ctx.engine.audit_log(rollout_id, limit=cfg.page_limit)
 
     @app.post("/v1/rollouts/{rollout_id}/{action}", tags=T, responses=_ERRORS)
@@ -834,11 +927,25 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
         since_id: Annotated[int, Query(ge=0)] = 0,
     ) -> list[dict[str, Any]]:
         with ctx.db.read() as s:
-            q = select(AuditEntry).where(AuditEntry.id > since_id).order_by(AuditEntry.id).limit(min(limit, cfg.page_limit))
+            q = (
+                select(AuditEntry)
+                .where(AuditEntry.id > since_id)
+                .order_by(AuditEntry.id)
+                .limit(min(limit, cfg.page_limit))
+            )
             if action:
                 q = q.where(AuditEntry.action == action)
             return [
-                {"id": a.id, "at": a.at, "actor": a.actor, "action": a.action, "rollout_id": a.rollout_id,
-                 "device_id": a.device_id, "from_state": a.from_state, "to_state": a.to_state, "details": a.details}
+                {
+                    "id": a.id,
+                    "at": a.at,
+                    "actor": a.actor,
+                    "action": a.action,
+                    "rollout_id": a.rollout_id,
+                    "device_id": a.device_id,
+                    "from_state": a.from_state,
+                    "to_state": a.to_state,
+                    "details": a.details,
+                }
                 for a in s.scalars(q)
             ]

@@ -47,9 +47,7 @@ class Role(IntEnum):
         try:
             return cls[value]
         except KeyError:
-            raise InputError(
-                f"unknown role {value!r}", hint="use one of: viewer, deployer, admin"
-            ) from None
+            raise InputError(f"unknown role {value!r}", hint="use one of: viewer, deployer, admin") from None
 
 
 @dataclass(frozen=True)
@@ -87,9 +85,7 @@ def short_id(prefix: str = "") -> str:
 def bearer(authorization: str | None) -> str:
     """The token from an ``Authorization: Bearer <token>`` header."""
     if not authorization:
-        raise AuthError(
-            "missing Authorization header", hint="send 'Authorization: Bearer <token>'"
-        )
+        raise AuthError("missing Authorization header", hint="send 'Authorization: Bearer <token>'")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:

@@ -23,8 +23,12 @@ class ServerConfig(BaseSettings):
     db_url: str | None = Field(
         None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite in data_dir"
     )
-    repo_dir: Path | None = Field(None, description="TUF image repository to serve; default data_dir/repository")
-    keys_dir: Path | None = Field(None, description="online keys (snapshot, timestamp); default data_dir/keys")
+    repo_dir: Path | None = Field(
+        None, description="TUF image repository to serve; default data_dir/repository"
+    )
+    keys_dir: Path | None = Field(
+        None, description="online keys (snapshot, timestamp); default data_dir/keys"
+    )
     blob_dir: Path | None = Field(None, description="content-addressed blob store; default data_dir/blobs")
     repository_url: str | None = Field(
         None, description="repository base URL sent to devices; default this server's /repository/"

@@ -70,7 +70,9 @@ class Database:
             Path(db).parent.mkdir(parents=True, exist_ok=True)
             args = {"timeout": busy_timeout_ms / 1000.0, "check_same_thread": False}
             self.engine = create_engine(self.url, connect_args=args, pool_size=pool_size, max_overflow=20)
-            self.read_engine = create_engine(self.url, connect_args=args, pool_size=pool_size, max_overflow=20)
+            self.read_engine = create_engine(
+                self.url, connect_args=args, pool_size=pool_size, max_overflow=20
+            )
             _sqlite_setup(self.engine, busy_timeout_ms, begin="BEGIN IMMEDIATE")
             _sqlite_setup(self.read_engine, busy_timeout_ms, begin="BEGIN")
         else:
@@ -96,6 +98,12 @@ class Database:
         """A session in one write transaction, committed on success and rolled back on error."""
         with self._write() as s, s.begin():
             yield s
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A Core connection in one write transaction (no ORM session: the heartbeat hot path)."""
+        with self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 import random
 import secrets
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, delete, false, literal, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from edgefleet.errors import (
@@ -98,6 +99,81 @@ def failure_of(state: str | None, events: list[dict[str, Any]]) -> tuple[str, st
     return None
 
 
+def _heartbeat_sql(dialect: str) -> Any:
+    """The heartbeat's single statement, built once per process (parameters only change per call).
+
+    On the right of SET every column is the row's value before the update, so the health counters
+    reset exactly when the reported build (``h_key``) changes. PostgreSQL needs every parameter typed
+    (several are used in more than one place).
+    """
+    pg = dialect == "postgresql"
+    types = {
+        "now": "double precision",
+        "progress": "double precision",
+        "lat": "double precision",
+        "lat_w": "double precision",
+        "conf": "double precision",
+        "conf_w": "double precision",
+        "shadow": "double precision",
+        "drift": "double precision",
+        "req": "integer",
+        "err": "integer",
+        "golden_set": "boolean",
+        "golden": "boolean",
+        "shadow_set": "boolean",
+        "drift_set": "boolean",
+        "hw_set": "boolean",
+        "resources": "jsonb",
+        "health": "jsonb",
+        "hardware": "jsonb",
+        "last_error": "text",
+        "freason": "text",
+    }
+
+    def p(name: str) -> str:
+        return f"CAST(:{name} AS {types.get(name, 'varchar')})" if pg else f":{name}"
+
+    same = f"h_key = {p('key')}"
+    st = f"COALESCE(state, '') <> {p('state')}"
+    return text(
+        f"""
+        UPDATE devices SET
+          last_seen = {p("now")}, state = {p("state")}, progress = {p("progress")},
+          last_error = {p("last_error")}, resources = {p("resources")}, health = {p("health")},
+          active_name = {p("an")}, active_version = {p("av")}, active_variant = {p("avar")},
+          active_target = {p("at")}, active_sha256 = {p("key")}, h_key = {p("key")},
+          h_since = CASE WHEN {same} THEN h_since ELSE {p("now")} END,
+          h_requests = CASE WHEN {same} THEN h_requests + {p("req")} ELSE {p("req")} END,
+          h_errors = CASE WHEN {same} THEN h_errors + {p("err")} ELSE {p("err")} END,
+          h_lat_sum = CASE WHEN {same} THEN h_lat_sum + {p("lat")} ELSE {p("lat")} END,
+          h_lat_w = CASE WHEN {same} THEN h_lat_w + {p("lat_w")} ELSE {p("lat_w")} END,
+          h_conf_sum = CASE WHEN {same} THEN h_conf_sum + {p("conf")} ELSE {p("conf")} END,
+          h_conf_w = CASE WHEN {same} THEN h_conf_w + {p("conf_w")} ELSE {p("conf_w")} END,
+          h_golden = CASE WHEN {p("golden_set")} THEN {p("golden")} WHEN {same} THEN h_golden ELSE NULL END,
+          h_shadow = CASE WHEN {p("shadow_set")} THEN {p("shadow")} WHEN {same} THEN h_shadow ELSE NULL END,
+          h_drift = CASE WHEN {p("drift_set")} THEN {p("drift")} WHEN {same} THEN h_drift ELSE NULL END,
+          fail_version = CASE {p("fkind")}
+            WHEN 'none' THEN fail_version
+            WHEN 'state' THEN (CASE WHEN {st} THEN '*' ELSE fail_version END)
+            WHEN 'active' THEN active_version
+            ELSE {p("fval")} END,
+          fail_at = CASE {p("fkind")}
+            WHEN 'none' THEN fail_at
+            WHEN 'state' THEN (CASE WHEN {st} THEN {p("now")} ELSE fail_at END)
+            ELSE {p("now")} END,
+          fail_reason = CASE {p("fkind")}
+            WHEN 'none' THEN fail_reason
+            WHEN 'state' THEN (CASE WHEN {st} THEN {p("freason")} ELSE fail_reason END)
+            ELSE {p("freason")} END,
+          hardware = CASE WHEN {p("hw_set")} THEN {p("hardware")} ELSE hardware END,
+          device_class = COALESCE({p("dclass")}, device_class),
+          arch = COALESCE({p("arch")}, arch)
+        WHERE id = {p("id")} AND token_hash = {p("th")} AND revoked = FALSE
+        RETURNING assigned_variant_id, assigned_rollout_id, command, command_version
+        """
+    )
+
+
 class DeviceService:
     """Enrollment, heartbeats and telemetry for one server process."""
 
@@ -119,6 +195,7 @@ class DeviceService:
         self._cache_lock = threading.Lock()
         self._rng = random.Random()
         self._window_cls = _telemetry_window_class()
+        self._hb_sql = _heartbeat_sql(db.dialect)
 
     # --- enrollment ----------------------------------------------------------------------------
 
@@ -163,8 +240,10 @@ class DeviceService:
                 .values(used_at=now, used_by=device_id)
             )
             if res.rowcount != 1:  # another request used it between our read and this write
-                raise AuthError("this enrollment token was already used; tokens are one-time",
-                                hint="create one enrollment token per device")
+                raise AuthError(
+                    "this enrollment token was already used; tokens are one-time",
+                    hint="create one enrollment token per device",
+                )
             token = new_token(DEVICE_PREFIX)
             s.add(
                 Device(
@@ -229,7 +308,9 @@ class DeviceService:
                     hint="a device may only read and write its own records",
                 )
             if owner is not None and owner.revoked:
-                return AuthError("this device's token was revoked", hint="re-enroll the device with a new token")
+                return AuthError(
+                    "this device's token was revoked", hint="re-enroll the device with a new token"
+                )
             exists = s.scalar(select(Device.id).where(Device.id == device_id)) is not None
         if not exists:
             return NotFoundError(
@@ -267,75 +348,61 @@ class DeviceService:
         now = self.clock()
         a = hb.active
         h = hb.health
-        key = a.sha256 if a is not None else None
-        same = (D.c.h_key == key) if key is not None else false()
+        key = a.sha256[:64] if a is not None else None
         req = max(0, h.requests) if key else 0
         err = max(0, min(h.errors, h.requests)) if key else 0
         lat_w = float(max(req, 1)) if (key and h.latency_p95_ms is not None) else 0.0
-        lat = (h.latency_p95_ms or 0.0) * lat_w
         conf_w = float(max(req, 1)) if (key and h.mean_confidence is not None) else 0.0
-        conf = (h.mean_confidence or 0.0) * conf_w
-
-        def latest(col, value):  # noqa: ANN001, ANN202
-            return literal(value) if (key and value is not None) else case((same, col), else_=None)
-
-        values: dict[str, Any] = {
-            "last_seen": now,
+        fail = failure_of(hb.state, hb.events)
+        fkind, fval, freason = "none", None, None
+        if fail is not None:
+            fval, freason = fail
+            fkind = {"*": "state", "@active": "active"}.get(fval, "value")
+        hw = hb.hardware
+        params = {
+            "id": device_id,
+            "th": hash_token(token),
+            "now": now,
             "state": hb.state[:64],
             "progress": hb.progress,
             "last_error": hb.last_error,
-            "resources": hb.resources.model_dump(exclude_none=True),
-            "health": h.model_dump(exclude_none=True),
-            "active_name": a.name[:64] if a else None,
-            "active_version": a.version[:64] if a else None,
-            "active_variant": a.variant[:64] if a else None,
-            "active_target": a.target_path[:512] if a else None,
-            "active_sha256": key[:64] if key else None,
-            "h_key": key[:64] if key else None,
-            "h_since": case((same, D.c.h_since), else_=now),
-            "h_requests": case((same, D.c.h_requests + req), else_=req),
-            "h_errors": case((same, D.c.h_errors + err), else_=err),
-            "h_lat_sum": case((same, D.c.h_lat_sum + lat), else_=lat),
-            "h_lat_w": case((same, D.c.h_lat_w + lat_w), else_=lat_w),
-            "h_conf_sum": case((same, D.c.h_conf_sum + conf), else_=conf),
-            "h_conf_w": case((same, D.c.h_conf_w + conf_w), else_=conf_w),
-            "h_golden": latest(D.c.h_golden, h.golden_pass),
-            "h_shadow": latest(D.c.h_shadow, h.shadow_agreement),
-            "h_drift": latest(D.c.h_drift, h.drift_score),
+            "resources": json.dumps(hb.resources.model_dump(exclude_none=True)),
+            "health": json.dumps(h.model_dump(exclude_none=True)),
+            "an": a.name[:64] if a else None,
+            "av": a.version[:64] if a else None,
+            "avar": a.variant[:64] if a else None,
+            "at": a.target_path[:512] if a else None,
+            "key": key,
+            "req": req,
+            "err": err,
+            "lat": (h.latency_p95_ms or 0.0) * lat_w,
+            "lat_w": lat_w,
+            "conf": (h.mean_confidence or 0.0) * conf_w,
+            "conf_w": conf_w,
+            "golden_set": bool(key and h.golden_pass is not None),
+            "golden": bool(h.golden_pass),
+            "shadow_set": bool(key and h.shadow_agreement is not None),
+            "shadow": float(h.shadow_agreement or 0.0),
+            "drift_set": bool(key and h.drift_score is not None),
+            "drift": float(h.drift_score or 0.0),
+            "fkind": fkind,
+            "fval": fval,
+            "freason": freason,
+            "hw_set": hw is not None,
+            "hardware": json.dumps(hw.model_dump(mode="json", exclude={"tags"})) if hw else None,
+            "dclass": hw.device_class[:64] if hw else None,
+            "arch": hw.arch[:64] if hw else None,
         }
-        fail = failure_of(hb.state, hb.events)
-        if fail is not None:
-            fkey, reason = fail
-            if fkey == "*":
-                # A failure *state* counts once, when the device enters it, not on every report.
-                entered = D.c.state.is_distinct_from(hb.state[:64])
-                values["fail_version"] = case((entered, "*"), else_=D.c.fail_version)
-                values["fail_at"] = case((entered, now), else_=D.c.fail_at)
-                values["fail_reason"] = case((entered, reason), else_=D.c.fail_reason)
-            else:
-                values["fail_version"] = D.c.active_version if fkey == "@active" else fkey
-                values["fail_at"] = now
-                values["fail_reason"] = reason
-        if hb.hardware is not None:
-            values["hardware"] = hb.hardware.model_dump(mode="json", exclude={"tags"})
-            values["device_class"] = hb.hardware.device_class[:64]
-            values["arch"] = hb.hardware.arch[:64]
-        stmt = (
-            update(D)
-            .where(D.c.id == device_id, D.c.token_hash == hash_token(token), D.c.revoked.is_(False))
-            .values(**values)
-            .returning(D.c.assigned_variant_id, D.c.assigned_rollout_id, D.c.command, D.c.command_version)
-        )
         done = False
-        with self.db.write() as s:
-            row = s.execute(stmt).one_or_none()
+        with self.db.begin() as conn:
+            row = conn.execute(self._hb_sql, params).one_or_none()
             if row is not None and row.command is not None:
                 done = _command_done(row.command_version, a.version if a else None)
                 if done:
-                    s.execute(
-                        update(D).where(D.c.id == device_id, D.c.command == row.command).values(
-                            command=None, command_version=None
-                        )
+                    conn.execute(
+                        update(D)
+                        .where(D.c.id == device_id, D.c.command == row.command)
+                        .values(command=None, command_version=None)
                     )
         if row is None:
             raise self._diagnose(device_id, token)
@@ -443,7 +510,9 @@ class DeviceService:
             self._trim(s, device_id)
         return {"accepted": len(windows), "duplicate": False}
 
-    def _window(self, w: dict[str, Any], i: int, now: float) -> tuple[dict[str, Any], float | None, float | None]:
+    def _window(
+        self, w: dict[str, Any], i: int, now: float
+    ) -> tuple[dict[str, Any], float | None, float | None]:
         if self._window_cls is not None:
             try:
                 self._window_cls.from_dict(w, now=now)
@@ -470,7 +539,9 @@ class DeviceService:
                 )
             )
 
-    def windows(self, device_id: str, *, limit: int = 100, since: float | None = None) -> list[dict[str, Any]]:
+    def windows(
+        self, device_id: str, *, limit: int = 100, since: float | None = None
+    ) -> list[dict[str, Any]]:
         with self.db.read() as s:
             q = (
                 select(TelemetryWindowRow)
@@ -481,7 +552,13 @@ class DeviceService:
             if since is not None:
                 q = q.where(TelemetryWindowRow.received_at >= since)
             return [
-                {"batch_id": w.batch_id, "received_at": w.received_at, "start": w.start, "end": w.end, "window": w.data}
+                {
+                    "batch_id": w.batch_id,
+                    "received_at": w.received_at,
+                    "start": w.start,
+                    "end": w.end,
+                    "window": w.data,
+                }
                 for w in s.scalars(q)
             ]
 
@@ -510,4 +587,3 @@ def _telemetry_window_class() -> Any:
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
-

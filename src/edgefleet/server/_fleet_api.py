@@ -39,22 +39,33 @@ _CSP = (
 _bearer = HTTPBearer(auto_error=False, description="operator token (efo_...)")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": desc}
-    for code, desc in ((400, "bad query"), (401, "no or unknown token"), (403, "role too low or device token"),
-                       (404, "not found"), (409, "conflict"))
+    for code, desc in (
+        (400, "bad query"),
+        (401, "no or unknown token"),
+        (403, "role too low or device token"),
+        (404, "not found"),
+        (409, "conflict"),
+    )
 }
 
 
 def _operator(role: Role):  # noqa: ANN202
-    def dep(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Operator:
+    def dep(
+        request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Operator:
         if cred is None or not cred.credentials:
-            raise AuthError("missing or malformed Authorization header",
-                            hint="send 'Authorization: Bearer <operator token>'")
+            raise AuthError(
+                "missing or malformed Authorization header",
+                hint="send 'Authorization: Bearer <operator token>'",
+            )
         token = cred.credentials
         if len(token) > 512:
             raise AuthError("the bearer token is too long to be valid", hint="check the token you send")
         if token.startswith(DEVICE_PREFIX):
-            raise ForbiddenError("device tokens cannot read fleet data",
-                                 hint="use an operator token (efo_...) with at least the viewer role")
+            raise ForbiddenError(
+                "device tokens cannot read fleet data",
+                hint="use an operator token (efo_...) with at least the viewer role",
+            )
         with request.app.state.ctx.db.read() as s:
             op = authenticate_operator(s, token)
         op.require(role)
@@ -135,7 +146,12 @@ def fleet_router(view: FleetView, *, background: bool = False) -> APIRouter:
     def q(since: float | None, until: float | None, range_s: float | None, **kw: Any):  # noqa: ANN202
         return view.query(since=since, until=until, range_s=range_s, **kw)
 
-    @r.get("/v1/fleet/overview", tags=T, responses=_ERRORS, summary="Devices by status, version, class, region, health")
+    @r.get(
+        "/v1/fleet/overview",
+        tags=T,
+        responses=_ERRORS,
+        summary="Devices by status, version, class, region, health",
+    )
     def overview(_: Viewer) -> dict[str, Any]:
         return view.overview()
 
@@ -143,67 +159,137 @@ def fleet_router(view: FleetView, *, background: bool = False) -> APIRouter:
     def devices(_: Viewer, limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> list[dict[str, Any]]:
         return view.devices(limit=limit)
 
-    @r.get("/v1/fleet/telemetry", tags=T, responses=_ERRORS,
-           summary="Telemetry windows merged per device / class / region / release over a time range")
+    @r.get(
+        "/v1/fleet/telemetry",
+        tags=T,
+        responses=_ERRORS,
+        summary="Telemetry windows merged per device / class / region / release over a time range",
+    )
     def telemetry(
         _: Viewer,
         by: Annotated[str, Query(max_length=200, description="comma-separated group keys")] = "release",
-        since: Since = None, until: Until = None, range_s: RangeS = None,
-        device_id: Name = None, device_class: Name = None, region: Name = None, release: Name = None,
+        since: Since = None,
+        until: Until = None,
+        range_s: RangeS = None,
+        device_id: Name = None,
+        device_class: Name = None,
+        region: Name = None,
+        release: Name = None,
     ) -> dict[str, Any]:
         keys = view.parse_by(by, ("release",))
-        return view.merged(q(since, until, range_s, device_id=device_id, device_class=device_class, region=region,
-                             release=release), keys)
+        return view.merged(
+            q(
+                since,
+                until,
+                range_s,
+                device_id=device_id,
+                device_class=device_class,
+                region=region,
+                release=release,
+            ),
+            keys,
+        )
 
-    @r.get("/v1/fleet/telemetry/window", tags=T, responses=_ERRORS,
-           summary="Every matching window merged into one (Window.to_dict form)")
+    @r.get(
+        "/v1/fleet/telemetry/window",
+        tags=T,
+        responses=_ERRORS,
+        summary="Every matching window merged into one (Window.to_dict form)",
+    )
     def telemetry_window(
-        _: Viewer, since: Since = None, until: Until = None, range_s: RangeS = None,
-        device_id: Name = None, device_class: Name = None, region: Name = None, release: Name = None,
+        _: Viewer,
+        since: Since = None,
+        until: Until = None,
+        range_s: RangeS = None,
+        device_id: Name = None,
+        device_class: Name = None,
+        region: Name = None,
+        release: Name = None,
     ) -> dict[str, Any]:
-        return view.window(q(since, until, range_s, device_id=device_id, device_class=device_class, region=region,
-                             release=release))
+        return view.window(
+            q(
+                since,
+                until,
+                range_s,
+                device_id=device_id,
+                device_class=device_class,
+                region=region,
+                release=release,
+            )
+        )
 
-    @r.get("/v1/fleet/timeseries", tags=T, responses=_ERRORS, summary="Latency and confidence over time per group")
+    @r.get(
+        "/v1/fleet/timeseries",
+        tags=T,
+        responses=_ERRORS,
+        summary="Latency and confidence over time per group",
+    )
     def timeseries(
         _: Viewer,
         by: Annotated[str, Query(max_length=200)] = "release",
         bucket_s: Annotated[int | None, Query(ge=1)] = None,
-        since: Since = None, until: Until = None, range_s: RangeS = None,
-        device_class: Name = None, region: Name = None, release: Name = None,
+        since: Since = None,
+        until: Until = None,
+        range_s: RangeS = None,
+        device_class: Name = None,
+        region: Name = None,
+        release: Name = None,
     ) -> dict[str, Any]:
-        return view.timeseries(q(since, until, range_s, device_class=device_class, region=region, release=release),
-                               view.parse_by(by, ("release",)), bucket_s)
+        return view.timeseries(
+            q(since, until, range_s, device_class=device_class, region=region, release=release),
+            view.parse_by(by, ("release",)),
+            bucket_s,
+        )
 
-    @r.get("/v1/fleet/outliers", tags=T, responses=_ERRORS, summary="Devices far from their class (robust z-score)")
+    @r.get(
+        "/v1/fleet/outliers",
+        tags=T,
+        responses=_ERRORS,
+        summary="Devices far from their class (robust z-score)",
+    )
     def outliers(
         _: Viewer,
         group_by: Annotated[str, Query(max_length=200)] = "device_class",
         metrics: Annotated[str, Query(max_length=200)] = "latency_p95_ms,mean_confidence,error_rate",
         z: Annotated[float | None, Query(gt=0)] = None,
         min_devices: Annotated[int | None, Query(ge=2)] = None,
-        since: Since = None, until: Until = None, range_s: RangeS = None,
+        since: Since = None,
+        until: Until = None,
+        range_s: RangeS = None,
         release: Name = None,
     ) -> dict[str, Any]:
         return view.outliers(
             q(since, until, range_s, release=release),
             group_by=view.parse_by(group_by, ("device_class",)),
             metrics=[m.strip() for m in metrics.split(",") if m.strip()],
-            z=z, min_devices=min_devices,
+            z=z,
+            min_devices=min_devices,
         )
 
-    @r.get("/v1/fleet/drift", tags=T, responses=_ERRORS,
-           summary="Drift per release and group (class, region) against the bundle's reference statistics")
+    @r.get(
+        "/v1/fleet/drift",
+        tags=T,
+        responses=_ERRORS,
+        summary="Drift per release and group (class, region) against the bundle's reference statistics",
+    )
     def drift(
         _: Viewer,
         by: Annotated[str, Query(max_length=200)] = "device_class,region",
-        since: Since = None, until: Until = None, range_s: RangeS = None,
-        device_class: Name = None, region: Name = None, release: Name = None,
+        since: Since = None,
+        until: Until = None,
+        range_s: RangeS = None,
+        device_class: Name = None,
+        region: Name = None,
+        release: Name = None,
     ) -> dict[str, Any]:
         keys = view.parse_by(by, ("device_class", "region"))
-        return view.drift(q(since, until, range_s, device_class=device_class, region=region, release=release), keys)
+        return view.drift(
+            q(since, until, range_s, device_class=device_class, region=region, release=release), keys
+        )
 
-    @r.get("/v1/fleet/rollouts", tags=T, responses=_ERRORS, summary="Rollout progress with gate figures per wave")
+    @r.get(
+        "/v1/fleet/rollouts", tags=T, responses=_ERRORS, summary="Rollout progress with gate figures per wave"
+    )
     def rollouts(_: Viewer, limit: Annotated[int, Query(ge=1, le=100)] = 10) -> list[dict[str, Any]]:
         return view.rollouts(limit=limit)
 
@@ -236,15 +322,25 @@ def fleet_router(view: FleetView, *, background: bool = False) -> APIRouter:
     ) -> list[dict[str, Any]]:
         return view.retrain_requests(status=status, limit=limit)
 
-    @r.post("/v1/fleet/retrain-requests/{request_id}/{action}", tags=T, responses=_ERRORS,
-            summary="Approve (runs the retraining hook) or reject a pending request")
+    @r.post(
+        "/v1/fleet/retrain-requests/{request_id}/{action}",
+        tags=T,
+        responses=_ERRORS,
+        summary="Approve (runs the retraining hook) or reject a pending request",
+    )
     def retrain_decide(
         request_id: Annotated[str, Depends(_request_id)], action: Literal["approve", "reject"], me: Admin
     ) -> dict[str, Any]:
-        return view.approve(request_id, me.actor) if action == "approve" else view.reject(request_id, me.actor)
+        return (
+            view.approve(request_id, me.actor) if action == "approve" else view.reject(request_id, me.actor)
+        )
 
-    @r.post("/v1/fleet/maintenance", tags=T, responses=_ERRORS,
-            summary="Apply telemetry retention and downsampling now")
+    @r.post(
+        "/v1/fleet/maintenance",
+        tags=T,
+        responses=_ERRORS,
+        summary="Apply telemetry retention and downsampling now",
+    )
     def maintenance(_: Admin) -> dict[str, Any]:
         return view.maintain()
 
@@ -254,8 +350,12 @@ def fleet_router(view: FleetView, *, background: bool = False) -> APIRouter:
         return FileResponse(
             DASHBOARD_DIR / "index.html",
             media_type="text/html; charset=utf-8",
-            headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-                     "Referrer-Policy": "no-referrer"},
+            headers={
+                "Content-Security-Policy": _CSP,
+                "Cache-Control": "no-cache",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
         )
 
     r.add_api_route("/dashboard", page, methods=["GET"], include_in_schema=False)
@@ -266,16 +366,21 @@ def fleet_router(view: FleetView, *, background: bool = False) -> APIRouter:
         media = _ASSETS.get(name)
         if media is None:
             raise NotFoundError(f"no dashboard asset {name!r}", hint="open /dashboard")
-        return FileResponse(DASHBOARD_DIR / name, media_type=media,
-                            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+        return FileResponse(
+            DASHBOARD_DIR / name,
+            media_type=media,
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
 
     return r
 
 
 def _request_id(request_id: str) -> str:
     if not (1 <= len(request_id) <= 32 and request_id.isalnum()):
-        raise InputError(f"{request_id[:40]!r} is not a retraining request id",
-                         hint="list them: GET /v1/fleet/retrain-requests")
+        raise InputError(
+            f"{request_id[:40]!r} is not a retraining request id",
+            hint="list them: GET /v1/fleet/retrain-requests",
+        )
     return request_id
 
 

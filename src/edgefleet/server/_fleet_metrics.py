@@ -40,7 +40,9 @@ class FleetCollector(Collector):
         return []  # figures come from the database: never collect at registration time
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("edgefleet_fleet_up", "1 when the fleet figures could be read from the database")
+        up = GaugeMetricFamily(
+            "edgefleet_fleet_up", "1 when the fleet figures could be read from the database"
+        )
         try:
             families = self._read()
         except Exception as e:  # noqa: BLE001 - a scrape must answer even when the database is down
@@ -56,28 +58,52 @@ class FleetCollector(Collector):
         v = self.view
         cfg = v.ctx.config
         now = v.now()
-        devices = _g("edgefleet_fleet_devices", "enrolled devices by running release, class, region and status",
-                     ["release", "device_class", "region", "status"])
+        devices = _g(
+            "edgefleet_fleet_devices",
+            "enrolled devices by running release, class, region and status",
+            ["release", "device_class", "region", "status"],
+        )
         health = _g("edgefleet_fleet_devices_health", "devices by model health", ["health"])
         online = _g("edgefleet_fleet_devices_online", "devices heard from within the stale limit", [])
         rollouts = _g("edgefleet_fleet_rollouts", "rollouts by state", ["state"])
-        wave = _g("edgefleet_fleet_rollout_wave", "current wave (1-based) of live rollouts",
-                  ["rollout", "release", "state"])
-        gate_value = _g("edgefleet_fleet_rollout_gate_value", "measured figure of a wave gate",
-                        ["rollout", "wave", "gate"])
-        gate_threshold = _g("edgefleet_fleet_rollout_gate_threshold", "threshold of a wave gate",
-                            ["rollout", "wave", "gate"])
-        gate_status = _g("edgefleet_fleet_rollout_gate_status", "1 for the gate's current status",
-                         ["rollout", "wave", "gate", "status"])
-        wave_devices = _g("edgefleet_fleet_rollout_wave_devices", "devices of the current wave by step",
-                          ["rollout", "wave", "step"])
+        wave = _g(
+            "edgefleet_fleet_rollout_wave",
+            "current wave (1-based) of live rollouts",
+            ["rollout", "release", "state"],
+        )
+        gate_value = _g(
+            "edgefleet_fleet_rollout_gate_value",
+            "measured figure of a wave gate",
+            ["rollout", "wave", "gate"],
+        )
+        gate_threshold = _g(
+            "edgefleet_fleet_rollout_gate_threshold", "threshold of a wave gate", ["rollout", "wave", "gate"]
+        )
+        gate_status = _g(
+            "edgefleet_fleet_rollout_gate_status",
+            "1 for the gate's current status",
+            ["rollout", "wave", "gate", "status"],
+        )
+        wave_devices = _g(
+            "edgefleet_fleet_rollout_wave_devices",
+            "devices of the current wave by step",
+            ["rollout", "wave", "step"],
+        )
         tel_batches = _g("edgefleet_fleet_telemetry_batches", "telemetry uploads accepted (stored)", [])
         tel_windows = _g("edgefleet_fleet_telemetry_windows", "telemetry windows stored", ["tier"])
-        tel_recent = _g("edgefleet_fleet_telemetry_windows_last_hour", "telemetry windows received in the last hour", [])
-        drift = _g("edgefleet_fleet_drift_score", "drift score per release, device class and region (last evaluation)",
-                   ["release", "device_class", "region"])
-        drifted = _g("edgefleet_fleet_drifted", "1 when the group is drifted (last evaluation)",
-                     ["release", "device_class", "region"])
+        tel_recent = _g(
+            "edgefleet_fleet_telemetry_windows_last_hour", "telemetry windows received in the last hour", []
+        )
+        drift = _g(
+            "edgefleet_fleet_drift_score",
+            "drift score per release, device class and region (last evaluation)",
+            ["release", "device_class", "region"],
+        )
+        drifted = _g(
+            "edgefleet_fleet_drifted",
+            "1 when the group is drifted (last evaluation)",
+            ["release", "device_class", "region"],
+        )
         alerts = _g("edgefleet_fleet_alerts_open", "open alerts by rule and severity", ["rule", "severity"])
         retrain = _g("edgefleet_fleet_retrain_requests", "retraining requests by status", ["status"])
 
@@ -91,8 +117,13 @@ class FleetCollector(Collector):
                 rel = f"{d.active_name}@{d.active_version}" if d.active_version else "none"
                 key = (rel, d.device_class, str((d.tags or {}).get("region", "-")), st)
                 counts[key] = counts.get(key, 0) + 1
-                h = device_health(d, now, offline_after_s=cfg.offline_after_s, rules=v.rules,
-                                  drift_threshold=v.drift_config.threshold)
+                h = device_health(
+                    d,
+                    now,
+                    offline_after_s=cfg.offline_after_s,
+                    rules=v.rules,
+                    drift_threshold=v.drift_config.threshold,
+                )
                 hcounts[h] = hcounts.get(h, 0) + 1
             for key, n in sorted(counts.items()):
                 devices.add_metric(list(key), n)
@@ -123,7 +154,9 @@ class FleetCollector(Collector):
                         wave_devices.add_metric([rid, w, step], n)
 
             tel_batches.add_metric([], s.scalar(select(func.count()).select_from(TelemetryBatchRow)) or 0)
-            tel_windows.add_metric(["raw"], s.scalar(select(func.count()).select_from(TelemetryWindowRow)) or 0)
+            tel_windows.add_metric(
+                ["raw"], s.scalar(select(func.count()).select_from(TelemetryWindowRow)) or 0
+            )
             tel_windows.add_metric(
                 ["rollup"], s.scalar(select(func.coalesce(func.sum(TelemetryRollup.windows), 0))) or 0
             )
@@ -133,11 +166,16 @@ class FleetCollector(Collector):
                     select(func.count())
                     .select_from(TelemetryWindowRow)
                     .where(TelemetryWindowRow.received_at > now - 3600)
-                ) or 0,
+                )
+                or 0,
             )
             snap = v.drift_snapshot(s) or {}
             for g in snap.get("groups") or []:
-                labels = [str(g.get("release", "-")), str(g.get("device_class", "-")), str(g.get("region", "-"))]
+                labels = [
+                    str(g.get("release", "-")),
+                    str(g.get("device_class", "-")),
+                    str(g.get("region", "-")),
+                ]
                 drift.add_metric(labels, float(g.get("score") or 0.0))
                 drifted.add_metric(labels, 1.0 if g.get("drifted") else 0.0)
             for rule, sev, n in s.execute(
@@ -150,5 +188,21 @@ class FleetCollector(Collector):
                 select(RetrainRequestRow.status, func.count()).group_by(RetrainRequestRow.status)
             ):
                 retrain.add_metric([status], n)
-        return [devices, health, online, rollouts, wave, gate_value, gate_threshold, gate_status, wave_devices,
-                tel_batches, tel_windows, tel_recent, drift, drifted, alerts, retrain]
+        return [
+            devices,
+            health,
+            online,
+            rollouts,
+            wave,
+            gate_value,
+            gate_threshold,
+            gate_status,
+            wave_devices,
+            tel_batches,
+            tel_windows,
+            tel_recent,
+            drift,
+            drifted,
+            alerts,
+            retrain,
+        ]

@@ -26,7 +26,12 @@ class TelemetryRollup(Base):
     __tablename__ = "telemetry_rollups"
     __table_args__ = (
         UniqueConstraint(
-            "device_id", "release", "reference_id", "resolution_s", "bucket", name="uq_telemetry_rollup_bucket"
+            "device_id",
+            "release",
+            "reference_id",
+            "resolution_s",
+            "bucket",
+            name="uq_telemetry_rollup_bucket",
         ),
         Index("ix_telemetry_rollups_bucket", "bucket"),
     )

@@ -88,7 +88,9 @@ class FleetConfig(BaseSettings):
     max_range_s: float = Field(31 * 86400.0, gt=0, description="longest time range a query may cover")
     max_query_windows: int = Field(200_000, ge=1, description="stored windows one query may read")
     window_cache: int = Field(10_000, ge=0, description="parsed windows kept in memory between queries")
-    silent_after_polls: float = Field(5.0, gt=0, description="a device is silent after this many poll intervals")
+    silent_after_polls: float = Field(
+        5.0, gt=0, description="a device is silent after this many poll intervals"
+    )
     reference_cache: int = Field(16, ge=1, description="bundle references kept in memory")
     max_reference_archive_bytes: int = Field(
         512 * 1024 * 1024, gt=0, description="largest bundle archive opened to read its reference.json"
@@ -97,7 +99,9 @@ class FleetConfig(BaseSettings):
     retrain_command: str | None = Field(None, description="or run this command (request JSON on stdin)")
     retrain_require_approval: bool = Field(True, description="an admin approves before the hook runs")
     retrain_min_consecutive: int = Field(3, ge=1, description="drift evaluations in a row before a request")
-    retrain_cooldown_s: float = Field(86400.0, ge=0, description="no new request for the same alert within this")
+    retrain_cooldown_s: float = Field(
+        86400.0, ge=0, description="no new request for the same alert within this"
+    )
     retrain_timeout_s: float = Field(10.0, gt=0, description="webhook/command timeout")
 
     @field_validator("retrain_webhook_url")
@@ -164,14 +168,21 @@ def summarize(w: Window) -> dict[str, Any]:
     }
 
 
-def device_health(d: Device, now: float, *, offline_after_s: float, rules: AlertRules, drift_threshold: float) -> str:
+def device_health(
+    d: Device, now: float, *, offline_after_s: float, rules: AlertRules, drift_threshold: float
+) -> str:
     """One word for a device's model health: healthy, degraded, failing, unknown, offline or revoked."""
     if d.revoked:
         return "revoked"
     if now - d.last_seen >= offline_after_s:
         return "offline"
     state = (d.state or "").lower()
-    if d.h_golden is False or "fail" in state or "rolled_back" in state or (d.last_error and "error" in state):
+    if (
+        d.h_golden is False
+        or "fail" in state
+        or "rolled_back" in state
+        or (d.last_error and "error" in state)
+    ):
         return "failing"
     req = d.h_requests or 0
     if req >= rules.min_requests and (d.h_errors or 0) / req > rules.max_error_rate:
@@ -244,7 +255,10 @@ class _References:
             return None, f"bundle {target_path} is not in the server's repository ({self.targets_dir})"
         size = p.stat().st_size
         if size != length or size > self.max_bytes:
-            return None, f"bundle {target_path} has {size} bytes, registered {length} (limit {self.max_bytes})"
+            return (
+                None,
+                f"bundle {target_path} has {size} bytes, registered {length} (limit {self.max_bytes})",
+            )
         h = hashlib.sha256()
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -297,7 +311,9 @@ class FleetView:
         )
         self.drift_config = drift_config or DriftConfig()
         self.references = _References(
-            ctx.repo.targets_dir, size=self.config.reference_cache, max_bytes=self.config.max_reference_archive_bytes
+            ctx.repo.targets_dir,
+            size=self.config.reference_cache,
+            max_bytes=self.config.max_reference_archive_bytes,
         )
         self._cache: OrderedDict[tuple, Window] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -407,8 +423,10 @@ class FleetView:
         wq = select(TelemetryWindowRow.id, TelemetryWindowRow.device_id, TelemetryWindowRow.data).where(
             TelemetryWindowRow.end > q.since, TelemetryWindowRow.start < q.until
         )
-        cq = select(func.count()).select_from(TelemetryWindowRow).where(
-            TelemetryWindowRow.end > q.since, TelemetryWindowRow.start < q.until
+        cq = (
+            select(func.count())
+            .select_from(TelemetryWindowRow)
+            .where(TelemetryWindowRow.end > q.since, TelemetryWindowRow.start < q.until)
         )
         if filtered:
             rq = rq.where(TelemetryRollup.device_id.in_(ids))
@@ -426,7 +444,8 @@ class FleetView:
         bad = 0
         n_roll = 0
         for row in s.scalars(rq):
-            w = self._parse(("r", row.id, row.updated_at), row.data)
+            # a rollup only grows: its window count versions it (updated_at may repeat under a fixed clock)
+            w = self._parse(("r", row.id, row.windows, row.updated_at), row.data)
             if w is None:
                 bad += 1
                 continue
@@ -481,7 +500,9 @@ class FleetView:
         ws, facts = self.load(q)
         return {"window": merge_windows(ws, on_mismatch="drop").to_dict() if ws else None, "read": facts}
 
-    def timeseries(self, q: Query, by: Sequence[str] = ("release",), bucket_s: int | None = None) -> dict[str, Any]:
+    def timeseries(
+        self, q: Query, by: Sequence[str] = ("release",), bucket_s: int | None = None
+    ) -> dict[str, Any]:
         """Latency and confidence over time, one series per group (release by default)."""
         span = q.until - q.since
         if bucket_s is None:
@@ -514,13 +535,35 @@ class FleetView:
                     }
                 )
             out.append({"group": dict(zip(by, key, strict=True)), "points": points})
-        return {"since": q.since, "until": q.until, "bucket_s": bucket_s, "by": list(by), "series": out, "read": facts}
+        return {
+            "since": q.since,
+            "until": q.until,
+            "bucket_s": bucket_s,
+            "by": list(by),
+            "series": out,
+            "read": facts,
+        }
 
     def per_device(self, ws: Iterable[Window]) -> dict[str, Window]:
         groups: dict[str, list[Window]] = {}
         for w in ws:
             groups.setdefault(w.tags["device_id"], []).append(w)
         return {d: merge_windows(v, on_mismatch="drop") for d, v in groups.items()}
+
+    def _floor(self, metric: str) -> float:
+        c = self.config
+        if metric.startswith("latency"):
+            return c.outlier_floor_latency_ms
+        return {"mean_confidence": c.outlier_floor_confidence, "error_rate": c.outlier_floor_error_rate}.get(
+            metric, 0.0
+        )
+
+    def _keep(self, metric: str, value: float, median: float, robust_z: float, z: float) -> bool:
+        """Apply an absolute floor to the robust scale: sub-millisecond jitter does not make an outlier."""
+        if robust_z == 0:
+            return False
+        scale = max(abs((value - median) / robust_z), self._floor(metric))
+        return abs(value - median) / scale > z
 
     def outliers(
         self,
@@ -534,19 +577,24 @@ class FleetView:
         """Devices whose latency, confidence or error rate sits far from their peers (robust z-score)."""
         bad = [m for m in metrics if m not in _OUTLIER_METRICS]
         if bad or not metrics:
-            raise InputError(f"unknown outlier metrics {bad}", hint=f"use some of {', '.join(_OUTLIER_METRICS)}")
+            raise InputError(
+                f"unknown outlier metrics {bad}", hint=f"use some of {', '.join(_OUTLIER_METRICS)}"
+            )
         ws, facts = self.load(q)
         per = self.per_device(ws)
+        z = self.rules.outlier_z if z is None else z
         found = detect_outliers(
             per,
             group_by=group_by,
             metrics=metrics,
-            z=self.rules.outlier_z if z is None else z,
+            z=z,
             min_devices=self.rules.outlier_min_devices if min_devices is None else min_devices,
             min_requests=self.rules.min_requests,
         )
         out = []
         for o in found:
+            if not self._keep(o.metric, o.value, o.median, o.robust_z, z):
+                continue
             w = per[o.device_id]
             out.append(
                 {
@@ -563,8 +611,15 @@ class FleetView:
                     "release": w.tags.get("release", "-"),
                 }
             )
-        return {"since": q.since, "until": q.until, "group_by": list(group_by), "metrics": list(metrics),
-                "devices": len(per), "outliers": out, "read": facts}
+        return {
+            "since": q.since,
+            "until": q.until,
+            "group_by": list(group_by),
+            "metrics": list(metrics),
+            "devices": len(per),
+            "outliers": out,
+            "read": facts,
+        }
 
     def _release_refs(self, s: Session, label: str) -> tuple[list[_VariantRef], str | None]:
         nv = _split_release(label)
@@ -574,7 +629,9 @@ class FleetView:
         if rel is None:
             return [], f"release {nv[0]} {nv[1]} is not registered on this server"
         out = []
-        for v in s.scalars(select(ReleaseVariant).where(ReleaseVariant.release_id == rel.id).order_by(ReleaseVariant.id)):
+        for v in s.scalars(
+            select(ReleaseVariant).where(ReleaseVariant.release_id == rel.id).order_by(ReleaseVariant.id)
+        ):
             ref, err = self.references.get(v.target_path, v.sha256, v.length)
             out.append(_VariantRef(v.variant, tuple(v.device_classes or ()), ref, err))
         if not any(x.reference for x in out):
@@ -626,14 +683,26 @@ class FleetView:
                     "devices": n_dev,
                     **rep.to_dict(tests=False),
                     "top": [
-                        {"name": t.name, "kind": t.kind, "psi": _r(t.psi), "p_adjusted": _r(t.p_adjusted, 8),
-                         "fired": t.fired}
+                        {
+                            "name": t.name,
+                            "kind": t.kind,
+                            "psi": _r(t.psi),
+                            "p_adjusted": _r(t.p_adjusted, 8),
+                            "fired": t.fired,
+                        }
                         for t in rep.top(3)
                     ],
                 }
             )
-        return {"since": q.since, "until": q.until, "by": list(by), "threshold": self.drift_config.threshold,
-                "groups": groups, "skipped": skipped, "read": facts}
+        return {
+            "since": q.since,
+            "until": q.until,
+            "by": list(by),
+            "threshold": self.drift_config.threshold,
+            "groups": groups,
+            "skipped": skipped,
+            "read": facts,
+        }
 
     @staticmethod
     def _pick_ref(w: Window, usable: list[_VariantRef]) -> int:
@@ -652,7 +721,9 @@ class FleetView:
         """Counts for the fleet page: devices by status, version, class, region, health and agent state."""
         now = self.now()
         cfg = self.ctx.config
-        by: dict[str, dict[str, int]] = {k: {} for k in ("status", "version", "class", "region", "health", "state")}
+        by: dict[str, dict[str, int]] = {
+            k: {} for k in ("status", "version", "class", "region", "health", "state")
+        }
 
         def bump(kind: str, key: str) -> None:
             by[kind][key] = by[kind].get(key, 0) + 1
@@ -666,29 +737,54 @@ class FleetView:
                 bump("version", f"{d.active_name}@{d.active_version}" if d.active_version else "none")
                 bump("class", d.device_class)
                 bump("region", str((d.tags or {}).get("region", "-")))
-                bump("health", device_health(d, now, offline_after_s=cfg.offline_after_s, rules=self.rules,
-                                             drift_threshold=self.drift_config.threshold))
+                bump(
+                    "health",
+                    device_health(
+                        d,
+                        now,
+                        offline_after_s=cfg.offline_after_s,
+                        rules=self.rules,
+                        drift_threshold=self.drift_config.threshold,
+                    ),
+                )
                 bump("state", d.state or "-")
             rollouts = dict(s.execute(select(Rollout.state, func.count()).group_by(Rollout.state)).all())
             raw = s.scalar(select(func.count()).select_from(TelemetryWindowRow)) or 0
-            recent = s.scalar(
-                select(func.count()).select_from(TelemetryWindowRow).where(TelemetryWindowRow.received_at > now - 3600)
-            ) or 0
+            recent = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(TelemetryWindowRow)
+                    .where(TelemetryWindowRow.received_at > now - 3600)
+                )
+                or 0
+            )
             batches = s.scalar(select(func.count()).select_from(TelemetryBatchRow)) or 0
             rollups = s.scalar(select(func.count()).select_from(TelemetryRollup)) or 0
             alerts = dict(
                 s.execute(
-                    select(FleetAlert.rule, func.count()).where(FleetAlert.state == "open").group_by(FleetAlert.rule)
+                    select(FleetAlert.rule, func.count())
+                    .where(FleetAlert.state == "open")
+                    .group_by(FleetAlert.rule)
                 ).all()
             )
-            pending = s.scalar(
-                select(func.count()).select_from(RetrainRequestRow).where(RetrainRequestRow.status == "pending")
-            ) or 0
+            pending = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(RetrainRequestRow)
+                    .where(RetrainRequestRow.status == "pending")
+                )
+                or 0
+            )
         return {
             "now": now,
             "devices": {"total": len(devices), **{f"by_{k}": dict(sorted(v.items())) for k, v in by.items()}},
             "rollouts": {"by_state": {k: int(v) for k, v in rollouts.items()}},
-            "telemetry": {"windows_raw": raw, "windows_last_hour": recent, "batches": batches, "rollups": rollups},
+            "telemetry": {
+                "windows_raw": raw,
+                "windows_last_hour": recent,
+                "batches": batches,
+                "rollups": rollups,
+            },
             "alerts": {"open": sum(alerts.values()), "by_rule": {k: int(v) for k, v in alerts.items()}},
             "retrain": {"pending": pending},
         }
@@ -707,8 +803,13 @@ class FleetView:
                     "region": (d.tags or {}).get("region", "-"),
                     "version": f"{d.active_name}@{d.active_version}" if d.active_version else None,
                     "status": _status(d, now, cfg.stale_after_s, cfg.offline_after_s),
-                    "health": device_health(d, now, offline_after_s=cfg.offline_after_s, rules=self.rules,
-                                            drift_threshold=self.drift_config.threshold),
+                    "health": device_health(
+                        d,
+                        now,
+                        offline_after_s=cfg.offline_after_s,
+                        rules=self.rules,
+                        drift_threshold=self.drift_config.threshold,
+                    ),
                     "state": d.state,
                     "last_seen_s_ago": round(now - d.last_seen, 1),
                 }
@@ -756,19 +857,38 @@ class FleetView:
                         "counts": ev.get("counts") or {},
                         "waiting_for": ev.get("waiting_for") or [],
                         "gates": [
-                            {k: g.get(k) for k in ("name", "status", "value", "threshold", "reference", "detail")}
+                            {
+                                k: g.get(k)
+                                for k in ("name", "status", "value", "threshold", "reference", "detail")
+                            }
                             for g in ev.get("gates") or []
                         ],
                     }
                 )
             out.append(
-                {k: r.get(k) for k in ("id", "name", "version", "selector", "state", "wave", "policy", "reason",
-                                       "created_at", "updated_at", "members")}
+                {
+                    k: r.get(k)
+                    for k in (
+                        "id",
+                        "name",
+                        "version",
+                        "selector",
+                        "state",
+                        "wave",
+                        "policy",
+                        "reason",
+                        "created_at",
+                        "updated_at",
+                        "members",
+                    )
+                }
                 | {"waves": waves}
             )
         return out
 
-    def events(self, *, limit: int = 50, prefix: str | None = None, before_id: int | None = None) -> list[dict[str, Any]]:
+    def events(
+        self, *, limit: int = 50, prefix: str | None = None, before_id: int | None = None
+    ) -> list[dict[str, Any]]:
         """Recent audit entries (rollout transitions, alerts, retraining), newest first."""
         with self.db.read() as s:
             q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
@@ -777,10 +897,18 @@ class FleetView:
             if before_id is not None:
                 q = q.where(AuditEntry.id < before_id)
             return [
-                {"id": a.id, "at": a.at, "actor": a.actor, "action": a.action, "rollout_id": a.rollout_id,
-                 "device_id": a.device_id, "from_state": a.from_state, "to_state": a.to_state,
-                 "message": (a.details or {}).get("message") or (a.details or {}).get("reason"),
-                 "details": a.details}
+                {
+                    "id": a.id,
+                    "at": a.at,
+                    "actor": a.actor,
+                    "action": a.action,
+                    "rollout_id": a.rollout_id,
+                    "device_id": a.device_id,
+                    "from_state": a.from_state,
+                    "to_state": a.to_state,
+                    "message": (a.details or {}).get("message") or (a.details or {}).get("reason"),
+                    "details": a.details,
+                }
                 for a in s.scalars(q)
             ]
 
@@ -806,7 +934,9 @@ class FleetView:
         q = Query(now - self.config.lookback_s, now)
         with self.db.read() as s:
             ws, _ = self.load(q, s=s)
-            last_seen = {d.id: d.last_seen for d in s.scalars(select(Device).where(Device.revoked.is_(False)))}
+            last_seen = {
+                d.id: d.last_seen for d in s.scalars(select(Device).where(Device.revoked.is_(False)))
+            }
         per = self.per_device(ws)
         by = ("release", "device_class", "region")
         group_drift = {}
@@ -815,12 +945,31 @@ class FleetView:
             results, _, _ = self._drift_reports(q, by, ws)
             for _label, variant, key, rep, n_dev in results:
                 group_drift[key] = rep
-                drift_rows.append({**dict(zip(by, key, strict=True)), "variant": variant, "score": round(rep.score, 4),
-                                   "drifted": rep.drifted, "rows": rep.rows, "devices": n_dev})
+                drift_rows.append(
+                    {
+                        **dict(zip(by, key, strict=True)),
+                        "variant": variant,
+                        "score": round(rep.score, 4),
+                        "drifted": rep.drifted,
+                        "rows": rep.rows,
+                        "devices": n_dev,
+                    }
+                )
         found = evaluate_alerts(
-            device_windows=per, group_drift=group_drift, group_by=by, last_seen=last_seen, now=now, rules=self.rules
+            device_windows=per,
+            group_drift=group_drift,
+            group_by=by,
+            last_seen=last_seen,
+            now=now,
+            rules=self.rules,
         )
-        found = {a.key: a for a in found}
+        found = {
+            a.key: a
+            for a in found
+            if a.rule != "outlier"
+            or self._keep(a.evidence["metric"], a.evidence["value"], a.evidence["median"], a.evidence["robust_z"],
+                          self.rules.outlier_z)
+        }
         raised, resolved, created = [], [], []
         with self.db.write() as s:
             self.db.lock(s, "fleet-alerts")
@@ -829,13 +978,32 @@ class FleetView:
                 row = current.get(key)
                 if row is None:
                     row = FleetAlert(
-                        key=key[:256], rule=a.rule, severity=a.severity, state="open", message=a.message,
-                        subject=dict(a.subject), value=_r(a.value, 6), threshold=a.threshold,
-                        evidence=_jsonable(a.evidence), first_at=now, last_at=now, evaluations=1,
+                        key=key[:256],
+                        rule=a.rule,
+                        severity=a.severity,
+                        state="open",
+                        message=a.message,
+                        subject=dict(a.subject),
+                        value=_r(a.value, 6),
+                        threshold=a.threshold,
+                        evidence=_jsonable(a.evidence),
+                        first_at=now,
+                        last_at=now,
+                        evaluations=1,
                     )
                     s.add(row)
-                    _audit(s, "alert.raised", now, device_id=a.subject.get("device_id"), key=key, rule=a.rule,
-                           severity=a.severity, message=a.message, value=_r(a.value, 6), subject=dict(a.subject))
+                    _audit(
+                        s,
+                        "alert.raised",
+                        now,
+                        device_id=a.subject.get("device_id"),
+                        key=key,
+                        rule=a.rule,
+                        severity=a.severity,
+                        message=a.message,
+                        value=_r(a.value, 6),
+                        subject=dict(a.subject),
+                    )
                     raised.append(key)
                 else:
                     row.severity, row.message, row.value = a.severity, a.message, _r(a.value, 6)
@@ -844,22 +1012,39 @@ class FleetView:
             for key, row in current.items():
                 if key not in found:
                     row.state, row.resolved_at = "resolved", now
-                    _audit(s, "alert.resolved", now, device_id=(row.subject or {}).get("device_id"), key=key,
-                           rule=row.rule, message=f"resolved: {row.message}")
+                    _audit(
+                        s,
+                        "alert.resolved",
+                        now,
+                        device_id=(row.subject or {}).get("device_id"),
+                        key=key,
+                        rule=row.rule,
+                        message=f"resolved: {row.message}",
+                    )
                     resolved.append(key)
             s.flush()
-            for row in s.scalars(select(FleetAlert).where(FleetAlert.state == "open", FleetAlert.rule == "drift")):
+            for row in s.scalars(
+                select(FleetAlert).where(FleetAlert.state == "open", FleetAlert.rule == "drift")
+            ):
                 req = self._propose(s, row, now)
                 if req is not None:
                     created.append(req)
             s.merge(ServerState(key=_DRIFT_STATE, value={"at": now, "groups": drift_rows}, updated_at=now))
-            n_open = s.scalar(select(func.count()).select_from(FleetAlert).where(FleetAlert.state == "open")) or 0
+            n_open = (
+                s.scalar(select(func.count()).select_from(FleetAlert).where(FleetAlert.state == "open")) or 0
+            )
         fired = []
         if not self.config.retrain_require_approval:
             for rid in created:
                 fired.append(self._fire(rid, _ACTOR))
-        return {"at": now, "raised": raised, "resolved": resolved, "open": n_open, "retrain_requests": created,
-                "fired": fired}
+        return {
+            "at": now,
+            "raised": raised,
+            "resolved": resolved,
+            "open": n_open,
+            "retrain_requests": created,
+            "fired": fired,
+        }
 
     def _propose(self, s: Session, alert: FleetAlert, now: float) -> str | None:
         if alert.evaluations < self.config.retrain_min_consecutive:
@@ -873,15 +1058,31 @@ class FleetView:
         rid = secrets.token_hex(8)
         s.add(
             RetrainRequestRow(
-                id=rid, created_at=now, model=(rel[0] if rel else "-")[:64], alert_key=alert.key, reason=alert.message,
+                id=rid,
+                created_at=now,
+                model=(rel[0] if rel else "-")[:64],
+                alert_key=alert.key,
+                reason=alert.message,
                 subject=dict(alert.subject or {}),
-                evidence={"alert_id": alert.id, "score": alert.value, "consecutive": alert.evaluations,
-                          **{k: v for k, v in (alert.evidence or {}).items() if k != "tests"}},
-                status="pending", hook=self._hook_name(),
+                evidence={
+                    "alert_id": alert.id,
+                    "score": alert.value,
+                    "consecutive": alert.evaluations,
+                    **{k: v for k, v in (alert.evidence or {}).items() if k != "tests"},
+                },
+                status="pending",
+                hook=self._hook_name(),
             )
         )
-        _audit(s, "retrain.requested", now, request_id=rid, key=alert.key, message=f"retraining proposed: {alert.message}",
-               requires_approval=self.config.retrain_require_approval)
+        _audit(
+            s,
+            "retrain.requested",
+            now,
+            request_id=rid,
+            key=alert.key,
+            message=f"retraining proposed: {alert.message}",
+            requires_approval=self.config.retrain_require_approval,
+        )
         log.info("retraining proposed for %s (%s)", alert.key, rid)
         return rid
 
@@ -918,17 +1119,23 @@ class FleetView:
         with self.db.write() as s:
             row = self._pending(s, request_id)
             row.status, row.decided_by, row.decided_at = "rejected", actor, now
-            _audit(s, "retrain.rejected", now, request_id=request_id, by=actor, message=f"rejected by {actor}")
+            _audit(
+                s, "retrain.rejected", now, request_id=request_id, by=actor, message=f"rejected by {actor}"
+            )
             return _request_dict(row)
 
     def _pending(self, s: Session, request_id: str) -> RetrainRequestRow:
         row = s.get(RetrainRequestRow, request_id)
         if row is None:
-            raise NotFoundError(f"no retraining request {request_id!r}",
-                                hint="list them: GET /v1/fleet/retrain-requests?status=pending")
+            raise NotFoundError(
+                f"no retraining request {request_id!r}",
+                hint="list them: GET /v1/fleet/retrain-requests?status=pending",
+            )
         if row.status != "pending":
-            raise ConflictError(f"retraining request {request_id} is already {row.status}",
-                                hint="only pending requests can be approved or rejected")
+            raise ConflictError(
+                f"retraining request {request_id} is already {row.status}",
+                hint="only pending requests can be approved or rejected",
+            )
         return row
 
     def _fire(self, request_id: str, actor: str) -> dict[str, Any]:
@@ -937,10 +1144,19 @@ class FleetView:
             row = self._pending(s, request_id)
             row.status, row.decided_by, row.decided_at = "approved", actor, now
             row.hook = self._hook_name()
-            _audit(s, "retrain.approved", now, request_id=request_id, by=actor, message=f"approved by {actor}")
+            _audit(
+                s, "retrain.approved", now, request_id=request_id, by=actor, message=f"approved by {actor}"
+            )
             req = RetrainRequest(
-                id=row.id, created=row.created_at, model=row.model, reason=row.reason, subject=dict(row.subject),
-                evidence=dict(row.evidence), status="approved", decided_by=actor, decided_at=now,
+                id=row.id,
+                created=row.created_at,
+                model=row.model,
+                reason=row.reason,
+                subject=dict(row.subject),
+                evidence=dict(row.evidence),
+                status="approved",
+                decided_by=actor,
+                decided_at=now,
             )
         hook = self._hook()
         if hook is None:
@@ -956,8 +1172,14 @@ class FleetView:
         with self.db.write() as s:
             row = s.get(RetrainRequestRow, request_id)
             row.status, row.fired_at, row.error = ("failed" if error else "fired"), done, error
-            _audit(s, "retrain.failed" if error else "retrain.fired", done, request_id=request_id, hook=row.hook,
-                   message=error or f"retraining started via {row.hook}")
+            _audit(
+                s,
+                "retrain.failed" if error else "retrain.fired",
+                done,
+                request_id=request_id,
+                hook=row.hook,
+                message=error or f"retraining started via {row.hook}",
+            )
             return _request_dict(row)
 
     def _get_request(self, request_id: str) -> dict[str, Any]:
@@ -991,7 +1213,9 @@ class FleetView:
                 if not rows:
                     break
                 last_id = rows[-1][0]
-                devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_({r[1] for r in rows})))}
+                devices = {
+                    d.id: d for d in s.scalars(select(Device).where(Device.id.in_({r[1] for r in rows})))
+                }
                 groups: dict[tuple[str, str, str, float], list[Window]] = {}
                 done: list[int] = []
                 for wid, dev_id, data in rows:
@@ -1008,8 +1232,10 @@ class FleetView:
                 for (dev_id, rel, ref, bucket), ws in groups.items():
                     row = s.scalars(
                         select(TelemetryRollup).where(
-                            TelemetryRollup.device_id == dev_id, TelemetryRollup.release == rel,
-                            TelemetryRollup.reference_id == ref, TelemetryRollup.resolution_s == res,
+                            TelemetryRollup.device_id == dev_id,
+                            TelemetryRollup.release == rel,
+                            TelemetryRollup.reference_id == ref,
+                            TelemetryRollup.resolution_s == res,
                             TelemetryRollup.bucket == bucket,
                         )
                     ).one_or_none()
@@ -1019,11 +1245,28 @@ class FleetView:
                     m = merge_windows(parts, on_mismatch="drop")
                     n = len(ws) + (row.windows if row is not None else 0)
                     if row is None:
-                        s.add(TelemetryRollup(device_id=dev_id, release=rel, reference_id=ref, resolution_s=res,
-                                              bucket=bucket, start=m.start, end=m.end, windows=n, updated_at=now,
-                                              data=m.to_dict()))
+                        s.add(
+                            TelemetryRollup(
+                                device_id=dev_id,
+                                release=rel,
+                                reference_id=ref,
+                                resolution_s=res,
+                                bucket=bucket,
+                                start=m.start,
+                                end=m.end,
+                                windows=n,
+                                updated_at=now,
+                                data=m.to_dict(),
+                            )
+                        )
                     else:
-                        row.start, row.end, row.windows, row.updated_at, row.data = m.start, m.end, n, now, m.to_dict()
+                        row.start, row.end, row.windows, row.updated_at, row.data = (
+                            m.start,
+                            m.end,
+                            n,
+                            now,
+                            m.to_dict(),
+                        )
                     report["rollups_written"] += 1
                 if done:
                     s.execute(delete(TelemetryWindowRow).where(TelemetryWindowRow.id.in_(done)))
@@ -1037,8 +1280,13 @@ class FleetView:
             ).rowcount
             report["rollups_deleted"] = int(gone or 0)
             if report["rolled_up"] or report["rollups_deleted"]:
-                _audit(s, "telemetry.maintained", now, **report,
-                       message=f"{report['rolled_up']} raw windows rolled up, {report['rollups_deleted']} rollups expired")
+                _audit(
+                    s,
+                    "telemetry.maintained",
+                    now,
+                    **report,
+                    message=f"{report['rolled_up']} raw windows rolled up, {report['rollups_deleted']} rollups expired",
+                )
         if report["rolled_up"] or report["rollups_deleted"]:
             log.info("telemetry retention: %s", report)
         return report
@@ -1062,16 +1310,36 @@ def _jsonable(v: Any) -> Any:
 
 def _alert_dict(a: FleetAlert) -> dict[str, Any]:
     return {
-        "id": a.id, "key": a.key, "rule": a.rule, "severity": a.severity, "state": a.state, "message": a.message,
-        "subject": a.subject, "value": a.value, "threshold": a.threshold, "first_at": a.first_at,
-        "last_at": a.last_at, "resolved_at": a.resolved_at, "evaluations": a.evaluations, "evidence": a.evidence,
+        "id": a.id,
+        "key": a.key,
+        "rule": a.rule,
+        "severity": a.severity,
+        "state": a.state,
+        "message": a.message,
+        "subject": a.subject,
+        "value": a.value,
+        "threshold": a.threshold,
+        "first_at": a.first_at,
+        "last_at": a.last_at,
+        "resolved_at": a.resolved_at,
+        "evaluations": a.evaluations,
+        "evidence": a.evidence,
     }
 
 
 def _request_dict(r: RetrainRequestRow) -> dict[str, Any]:
     return {
-        "id": r.id, "created_at": r.created_at, "model": r.model, "alert_key": r.alert_key, "reason": r.reason,
-        "subject": r.subject, "evidence": r.evidence, "status": r.status, "decided_by": r.decided_by,
-        "decided_at": r.decided_at, "fired_at": r.fired_at, "hook": r.hook, "error": r.error,
+        "id": r.id,
+        "created_at": r.created_at,
+        "model": r.model,
+        "alert_key": r.alert_key,
+        "reason": r.reason,
+        "subject": r.subject,
+        "evidence": r.evidence,
+        "status": r.status,
+        "decided_by": r.decided_by,
+        "decided_at": r.decided_at,
+        "fired_at": r.fired_at,
+        "hook": r.hook,
+        "error": r.error,
     }
-

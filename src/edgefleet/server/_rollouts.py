@@ -430,9 +430,7 @@ class RolloutEngine:
                     r.evaluation = self.evaluate(ctx, r)
                 if (r.state, r.wave_index) != before:
                     r.updated_at = now
-                    transitions.append(
-                        {"rollout": r.id, "from": before, "to": (r.state, r.wave_index)}
-                    )
+                    transitions.append({"rollout": r.id, "from": before, "to": (r.state, r.wave_index)})
         self._send(ctx.nudges)
         return transitions
 
@@ -468,7 +466,9 @@ class RolloutEngine:
             fit = choose_variant(rel.variants, _hw(d))
             if not fit.fits:
                 if rd is None:
-                    rd = RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
+                    rd = RolloutDevice(
+                        rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason
+                    )
                     ctx.s.add(rd)
                     rows[d.id] = rd
                 elif rd.reason != fit.reason:
@@ -528,10 +528,14 @@ class RolloutEngine:
                 continue
             fit = choose_variant(rel.variants, _hw(d))
             if not fit.fits:
-                ctx.s.add(RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason))
+                ctx.s.add(
+                    RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
+                )
                 continue
             self._admit_device(ctx, r, rel, d, fit, None)
-            audit(ctx.s, "rollout.device_admitted", actor=ENGINE, now=ctx.now, rollout_id=r.id, device_id=d.id)
+            audit(
+                ctx.s, "rollout.device_admitted", actor=ENGINE, now=ctx.now, rollout_id=r.id, device_id=d.id
+            )
 
     # --- gates ---------------------------------------------------------------------------------
 
@@ -561,12 +565,16 @@ class RolloutEngine:
         wave = [(by_id[k], rd) for k, rd in admitted.items() if k in by_id]
         installed = [d for d, _ in wave if d.active_name == rel.row.name and d.active_version == version]
         failed = [
-            d for d, rd in wave if _failed(d, rd, version, getattr(rel.by_id.get(rd.variant_id), "sha256", None))
+            d
+            for d, rd in wave
+            if _failed(d, rd, version, getattr(rel.by_id.get(rd.variant_id), "sha256", None))
         ]
         reporting = [
             d
             for d in installed
-            if d.h_key is not None and d.h_key == d.active_sha256 and (d.h_requests > 0 or d.h_golden is not None)
+            if d.h_key is not None
+            and d.h_key == d.active_sha256
+            and (d.h_requests > 0 or d.h_golden is not None)
         ]
         new = Aggregate.of(reporting)
         selected = [d for d in ctx.devices if sel.matches(_attrs(d))]
@@ -586,7 +594,9 @@ class RolloutEngine:
 
         gates: list[_Gate] = []
         attempted = len(installed) + len(failed)
-        if attempted >= min_dev or (failed and len(failed) > g.max_install_failure_rate * max(len(wave), min_dev)):
+        if attempted >= min_dev or (
+            failed and len(failed) > g.max_install_failure_rate * max(len(wave), min_dev)
+        ):
             rate = len(failed) / attempted
             gates.append(
                 _Gate(
@@ -602,9 +612,13 @@ class RolloutEngine:
                 _Gate("install_failure_rate", "wait", detail=f"{attempted} of {min_dev} installs finished")
             )
 
-        def judge(name: str, value: float | None, threshold: float | None, ok: Callable[[], bool], **kw) -> None:
+        def judge(
+            name: str, value: float | None, threshold: float | None, ok: Callable[[], bool], **kw
+        ) -> None:
             if not judged:
-                gates.append(_Gate(name, "wait", value, threshold, kw.get("reference"), "not enough data yet"))
+                gates.append(
+                    _Gate(name, "wait", value, threshold, kw.get("reference"), "not enough data yet")
+                )
             elif value is None or threshold is None:
                 gates.append(_Gate(name, "skipped", value, threshold, kw.get("reference"), kw.get("why", "")))
             else:
@@ -635,19 +649,39 @@ class RolloutEngine:
             why="no confidence reported by the wave or the reference",
         )
         gp = new.golden_pass_rate
-        judge("golden_pass_rate", gp, g.min_golden_pass_rate, lambda: gp >= g.min_golden_pass_rate - 1e-12,
-              why="no golden-set results reported")
+        judge(
+            "golden_pass_rate",
+            gp,
+            g.min_golden_pass_rate,
+            lambda: gp >= g.min_golden_pass_rate - 1e-12,
+            why="no golden-set results reported",
+        )
         sa = new.shadow_agreement
-        judge("shadow_agreement", sa, g.min_shadow_agreement, lambda: sa >= g.min_shadow_agreement,
-              why="no shadow runs reported")
+        judge(
+            "shadow_agreement",
+            sa,
+            g.min_shadow_agreement,
+            lambda: sa >= g.min_shadow_agreement,
+            why="no shadow runs reported",
+        )
         dr = new.drift_score
         ref_drift = (ref.drift_score if ref is not None else None) or 0.0
         dr_limit = ref_drift + g.max_drift_increase
-        judge("drift_score", dr, dr_limit, lambda: dr <= dr_limit, reference=ref_drift,
-              why="no drift scores reported")
+        judge(
+            "drift_score",
+            dr,
+            dr_limit,
+            lambda: dr <= dr_limit,
+            reference=ref_drift,
+            why="no drift scores reported",
+        )
 
         soak = r.soak_s[r.wave_index] if r.wave_index < len(r.soak_s) else r.soak_s[-1]
-        elapsed = ctx.now - r.wave_started_at if r.state != "paused" else (r.paused_at or ctx.now) - r.wave_started_at
+        elapsed = (
+            ctx.now - r.wave_started_at
+            if r.state != "paused"
+            else (r.paused_at or ctx.now) - r.wave_started_at
+        )
         waiting = []
         if elapsed < soak:
             waiting.append(f"soak {elapsed:.0f}/{soak:.0f}s")
@@ -655,7 +689,9 @@ class RolloutEngine:
             waiting.append(f"{len(reporting)}/{min_dev} devices reporting on {version}")
         if not enough_requests:
             waiting.append(f"{new.requests}/{g.min_requests} requests served on {version}")
-        waiting += [f"{x.name}: {x.detail}" for x in gates if x.status == "wait" and x.detail != "not enough data yet"]
+        waiting += [
+            f"{x.name}: {x.detail}" for x in gates if x.status == "wait" and x.detail != "not enough data yet"
+        ]
         if any(x.status == "fail" for x in gates):
             status = "fail"
         elif waiting:
@@ -695,12 +731,23 @@ class RolloutEngine:
         r.updated_at = ctx.now
         if state in FINAL_STATES:
             r.finished_at = ctx.now
-        audit(ctx.s, action, actor=actor, now=ctx.now, rollout_id=r.id, from_state=before, to_state=state, **details)
+        audit(
+            ctx.s,
+            action,
+            actor=actor,
+            now=ctx.now,
+            rollout_id=r.id,
+            from_state=before,
+            to_state=state,
+            **details,
+        )
         log.info("rollout %s: %s -> %s (%s)", r.id, before, state, action)
 
     def _gate_failed(self, ctx: _Ctx, r: Rollout, ev: dict[str, Any]) -> None:
         reason = "gate failed: " + ", ".join(
-            f"{g['name']}={_fmt(g['value'])} (limit {_fmt(g['threshold'])})" for g in ev["gates"] if g["status"] == "fail"
+            f"{g['name']}={_fmt(g['value'])} (limit {_fmt(g['threshold'])})"
+            for g in ev["gates"]
+            if g["status"] == "fail"
         )
         r.reason = reason
         audit(
@@ -800,13 +847,17 @@ class RolloutEngine:
     def act(self, rollout_id: str, action: str, *, actor: str, reason: str | None = None) -> dict[str, Any]:
         """Apply ``pause``, ``resume``, ``approve``, ``abort`` or ``rollback`` to a rollout."""
         if action not in self._ALLOWED:
-            raise RolloutError(f"unknown rollout action {action!r}", hint=f"one of {', '.join(self._ALLOWED)}")
+            raise RolloutError(
+                f"unknown rollout action {action!r}", hint=f"one of {', '.join(self._ALLOWED)}"
+            )
         now = self.clock()
         with self.db.write() as s:
             self.db.lock(s, LOCK)
             r = s.get(Rollout, rollout_id, with_for_update=self.db.dialect == "postgresql")
             if r is None:
-                raise NotFoundError(f"no rollout {rollout_id!r}", hint="list them with: edgefleet rollout list")
+                raise NotFoundError(
+                    f"no rollout {rollout_id!r}", hint="list them with: edgefleet rollout list"
+                )
             if r.state not in self._ALLOWED[action]:
                 raise ConflictError(
                     f"rollout {r.id} is {r.state}; {action} needs it to be {' or '.join(self._ALLOWED[action])}",
@@ -824,7 +875,15 @@ class RolloutEngine:
                 r.paused_at = None
                 self._set_state(ctx, r, "running", "rollout.resumed", actor, **details)
             elif action == "approve":
-                audit(s, "rollout.approved", actor=actor, now=now, rollout_id=r.id, wave=r.wave_index + 2, **details)
+                audit(
+                    s,
+                    "rollout.approved",
+                    actor=actor,
+                    now=now,
+                    rollout_id=r.id,
+                    wave=r.wave_index + 2,
+                    **details,
+                )
                 self._advance(ctx, r, actor=actor)
             elif action == "abort":
                 kept = self._abort(ctx, r)
@@ -861,7 +920,9 @@ class RolloutEngine:
         with self.db.read() as s:
             r = s.get(Rollout, rollout_id)
             if r is None:
-                raise NotFoundError(f"no rollout {rollout_id!r}", hint="list them with: edgefleet rollout list")
+                raise NotFoundError(
+                    f"no rollout {rollout_id!r}", hint="list them with: edgefleet rollout list"
+                )
             return self._describe(s, r, devices=True)
 
     def list(self, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -925,7 +986,9 @@ class RolloutEngine:
                 for rd, variant in rows
             ]
             out["does_not_fit"] = [
-                {"device_id": x["device_id"], "reason": x["reason"]} for x in out["devices"] if x["status"] == "does_not_fit"
+                {"device_id": x["device_id"], "reason": x["reason"]}
+                for x in out["devices"]
+                if x["status"] == "does_not_fit"
             ]
         return out
 

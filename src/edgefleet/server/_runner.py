@@ -31,8 +31,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerHandle:
     """A running control plane: ``url``, ``admin_token`` and ``stop()`` (also a context manager)."""
 
-    def __init__(self, url: str, config: ServerConfig, *, server: Any = None, thread: Any = None,
-                 process: subprocess.Popen | None = None, app: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        config: ServerConfig,
+        *,
+        server: Any = None,
+        thread: Any = None,
+        process: subprocess.Popen | None = None,
+        app: Any = None,
+    ) -> None:
         self.url = url
         self.config = config
         self.app = app
@@ -69,20 +77,30 @@ def _wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = N
     last: Exception | None = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise ServerError(f"server process exited with code {process.returncode} during start",
-                              hint="run it by hand to see its log")
+            raise ServerError(
+                f"server process exited with code {process.returncode} during start",
+                hint="run it by hand to see its log",
+            )
         try:
             if httpx.get(url + "/healthz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError as e:
             last = e
         time.sleep(0.1)
-    raise ServerError(f"server at {url} did not become healthy within {timeout:g}s ({last})",
-                      hint="check the database URL and the server log")
+    raise ServerError(
+        f"server at {url} did not become healthy within {timeout:g}s ({last})",
+        hint="check the database URL and the server log",
+    )
 
 
-def start_server(config: ServerConfig | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 timeout: float = 30.0, **app_kwargs: Any) -> ServerHandle:
+def start_server(
+    config: ServerConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout: float = 30.0,
+    **app_kwargs: Any,
+) -> ServerHandle:
     """Run the control plane in a background thread of this process (for the demo and tests)."""
     import uvicorn
 
@@ -91,8 +109,9 @@ def start_server(config: ServerConfig | None = None, *, host: str = "127.0.0.1",
     cfg = config or ServerConfig()
     app = create_app(cfg, **app_kwargs)
     port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
-                                           access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
+    )
     thread = threading.Thread(target=server.run, name="edgefleet-server", daemon=True)
     thread.start()
     url = f"http://{host}:{port}"
@@ -100,9 +119,15 @@ def start_server(config: ServerConfig | None = None, *, host: str = "127.0.0.1",
     return ServerHandle(url, cfg, server=server, thread=thread, app=app)
 
 
-def start_server_process(config: ServerConfig, *, host: str = "127.0.0.1", port: int = 0,
-                         timeout: float = 60.0, log_file: Path | None = None,
-                         extra_env: dict[str, str] | None = None) -> ServerHandle:
+def start_server_process(
+    config: ServerConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout: float = 60.0,
+    log_file: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> ServerHandle:
     """Run the control plane as a real ``uvicorn`` subprocess configured through EDGEFLEET_SERVER_*."""
     port = port or free_port(host)
     env = dict(os.environ)
@@ -111,9 +136,23 @@ def start_server_process(config: ServerConfig, *, host: str = "127.0.0.1", port:
     env.update(extra_env or {})
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "edgefleet.server:app_from_env", "--host", host,
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
-        env=env, stdout=out, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "edgefleet.server:app_from_env",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://{host}:{port}"
     try:

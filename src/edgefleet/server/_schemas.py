@@ -34,7 +34,9 @@ class RolloutGates(_In):
     baseline recorded when the rollout started, or use the absolute limit where one exists.
     """
 
-    min_devices: int = Field(3, ge=1, description="devices on the new release reporting health before a wave passes")
+    min_devices: int = Field(
+        3, ge=1, description="devices on the new release reporting health before a wave passes"
+    )
     min_requests: int = Field(
         100, ge=0, description="requests the wave must have served before the ML gates judge it"
     )
@@ -46,7 +48,9 @@ class RolloutGates(_In):
     max_error_rate: float = Field(0.05, ge=0, le=1, description="absolute limit when there is no reference")
     max_latency_p95_ratio: float = Field(1.5, gt=0, description="wave p95 latency / control p95 latency")
     min_confidence_ratio: float = Field(0.9, ge=0, description="wave mean confidence / control's")
-    min_golden_pass_rate: float = Field(1.0, ge=0, le=1, description="share of devices passing the golden set")
+    min_golden_pass_rate: float = Field(
+        1.0, ge=0, le=1, description="share of devices passing the golden set"
+    )
     min_shadow_agreement: float = Field(0.9, ge=0, le=1, description="mean agreement of shadow runs")
     max_drift_increase: float = Field(0.2, ge=0, description="wave drift score minus control's")
 
@@ -59,8 +63,12 @@ class RolloutCreate(_In):
     soak_s: float | list[float] = Field(
         600.0, description="seconds each wave soaks before it can pass (one value, or one per wave)"
     )
-    policy: Literal["auto", "approval"] = Field("auto", description="advance passed waves, or wait for approve")
-    on_fail: Literal["rollback", "halt"] = Field("rollback", description="what a failed gate does to the wave")
+    policy: Literal["auto", "approval"] = Field(
+        "auto", description="advance passed waves, or wait for approve"
+    )
+    on_fail: Literal["rollback", "halt"] = Field(
+        "rollback", description="what a failed gate does to the wave"
+    )
     gates: RolloutGates = Field(default_factory=RolloutGates)
     device_gates: GateThresholds | None = Field(
         None, description="device-side health gate sent with each assignment (default: GateThresholds())"
@@ -145,6 +153,10 @@ def _check_tags(v: dict[str, Any]) -> dict[str, str]:
     for k, val in v.items():
         if not re.match(_TAG_KEY, k):
             raise ValueError(f"tag key {k!r} must be 1-64 of letters, digits, '_', '.', '-', '/'")
-        if not isinstance(val, str) or not 0 < len(val) <= 256 or any(c.isspace() or c in "=!,*?[" for c in val):
+        if (
+            not isinstance(val, str)
+            or not 0 < len(val) <= 256
+            or any(c.isspace() or c in "=!,*?[" for c in val)
+        ):
             raise ValueError(f"tag {k!r} needs a value of 1-256 characters without spaces or = ! , * ? [")
     return v

@@ -86,7 +86,9 @@ class RepositoryService:
                         if ks.has("timestamp"):
                             self._keys = ks
                         else:
-                            log.warning("no timestamp key in %s: timestamp.json will not be refreshed", self.keys_dir)
+                            log.warning(
+                                "no timestamp key in %s: timestamp.json will not be refreshed", self.keys_dir
+                            )
                     except Exception as e:  # the server still serves the repository without its keys
                         log.warning("cannot load online keys from %s: %s", self.keys_dir, e)
             return self._keys
@@ -104,7 +106,9 @@ class RepositoryService:
 
         return Repository(self.repo_dir, self._keystore() if keys else None)
 
-    def refresh_if_due(self, db: Database, *, now: float | None = None, force: bool = False) -> dict[str, Any] | None:
+    def refresh_if_due(
+        self, db: Database, *, now: float | None = None, force: bool = False
+    ) -> dict[str, Any] | None:
         """Re-sign timestamp (and a pending snapshot) when due, once across all server processes.
 
         Returns:
@@ -132,12 +136,16 @@ class RepositoryService:
                 pending_publish=pending,
                 **res,
             )
-            log.info("timestamp.json re-signed: version %s, expires %s", res["timestamp_version"], res["expires"])
+            log.info(
+                "timestamp.json re-signed: version %s, expires %s", res["timestamp_version"], res["expires"]
+            )
             return res
 
     # --- releases ------------------------------------------------------------------------------
 
-    def register(self, db: Database, spec: ReleaseRegister, *, actor: str, now: float) -> tuple[dict[str, Any], bool]:
+    def register(
+        self, db: Database, spec: ReleaseRegister, *, actor: str, now: float
+    ) -> tuple[dict[str, Any], bool]:
         """Register name+version from the published targets; returns (release, created).
 
         Registering again is idempotent and picks up variants published since.
@@ -148,8 +156,11 @@ class RepositoryService:
             versions = sorted({b.version for b in repo.list_versions(spec.name)})
             raise NotFoundError(
                 f"{spec.name} {spec.version} is not published in the repository",
-                hint=(f"published versions of {spec.name}: {', '.join(versions)}" if versions
-                      else f"publish it first: edgefleet publish BUNDLE.tar --repo {self.repo_dir}"),
+                hint=(
+                    f"published versions of {spec.name}: {', '.join(versions)}"
+                    if versions
+                    else f"publish it first: edgefleet publish BUNDLE.tar --repo {self.repo_dir}"
+                ),
             )
         names = {b.variant for b in found}
         unknown = set(spec.device_classes or {}) - names
@@ -159,9 +170,8 @@ class RepositoryService:
                 hint=f"published variants of {spec.name} {spec.version}: {', '.join(sorted(names))}",
             )
         pending = bool(repo.status().get("pending"))
-        if pending:
-            if self.refresh_if_due(db, now=now, force=True) is None and not self.can_refresh():
-                log.warning("%s %s is published but not yet in a signed snapshot", spec.name, spec.version)
+        if pending and self.refresh_if_due(db, now=now, force=True) is None and not self.can_refresh():
+            log.warning("%s %s is published but not yet in a signed snapshot", spec.name, spec.version)
         variants = []
         for b in found:
             m = repo.show(b.name, b.version, b.variant).manifest
@@ -189,12 +199,19 @@ class RepositoryService:
                 rel = Release(name=spec.name, version=spec.version, registered_at=now, registered_by=actor)
                 s.add(rel)
                 s.flush()
-            have = {v.variant: v for v in s.scalars(select(ReleaseVariant).where(ReleaseVariant.release_id == rel.id))}
+            have = {
+                v.variant: v
+                for v in s.scalars(select(ReleaseVariant).where(ReleaseVariant.release_id == rel.id))
+            }
             added = []
             for v in variants:
                 old = have.get(v["variant"])
                 if old is not None:
-                    if (old.sha256, old.length, old.target_path) != (v["sha256"], v["length"], v["target_path"]):
+                    if (old.sha256, old.length, old.target_path) != (
+                        v["sha256"],
+                        v["length"],
+                        v["target_path"],
+                    ):
                         raise ConflictError(
                             f"{spec.name} {spec.version} variant {v['variant']} was registered with other bytes",
                             hint="published versions are immutable; publish a new version",

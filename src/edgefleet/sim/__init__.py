@@ -9,7 +9,17 @@ Used by the containment tests and ``benchmarks/server_bench.py``; ``run_heartbea
 load generator the throughput benchmark runs in its own process.
 """
 
+from edgefleet.sim._demo import run_demo
 from edgefleet.sim._fleet import Fleet, ReleaseBehavior, Scenario, SimDevice
 from edgefleet.sim._loadgen import LoadResult, heartbeat_body, run_heartbeat_load
 
-__all__ = ["Fleet", "LoadResult", "ReleaseBehavior", "Scenario", "SimDevice", "heartbeat_body", "run_heartbeat_load"]
+__all__ = [
+    "Fleet",
+    "LoadResult",
+    "ReleaseBehavior",
+    "Scenario",
+    "SimDevice",
+    "heartbeat_body",
+    "run_demo",
+    "run_heartbeat_load",
+]

@@ -158,7 +158,9 @@ class Fleet:
     # --- setup ---------------------------------------------------------------------------------
 
     def _client(self, url: str | None = None) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+        limits = httpx.Limits(
+            max_connections=self.max_connections, max_keepalive_connections=self.max_connections
+        )
         return httpx.AsyncClient(base_url=url or self.url, timeout=self.timeout_s, limits=limits)
 
     async def enroll(self, *, tags_for: Callable[[SimDevice], dict[str, str]] | None = None) -> None:
@@ -183,7 +185,8 @@ class Fleet:
                         "tags": tags,
                     }
                     r = await c.post(
-                        "/v1/enroll", json={"token": r.json()["token"], "name": f"sim-{d.index}", "hardware": hw}
+                        "/v1/enroll",
+                        json={"token": r.json()["token"], "name": f"sim-{d.index}", "hardware": hw},
                     )
                     _check(r, "enroll")
                     body = r.json()
@@ -207,8 +210,9 @@ class Fleet:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
 
-    async def run(self, *, until: Callable[[Fleet], bool] | None = None, timeout: float = 60.0,
-                  check_every: float = 0.1) -> bool:
+    async def run(
+        self, *, until: Callable[[Fleet], bool] | None = None, timeout: float = 60.0, check_every: float = 0.1
+    ) -> bool:
         """Run every device's loop until ``until(fleet)`` is true or ``timeout`` passes.
 
         Returns:
@@ -226,7 +230,8 @@ class Fleet:
                 for c in clients:
                     await stack.enter_async_context(c)
                 tasks = [
-                    asyncio.create_task(self._device_loop(clients[d.index % len(clients)], d)) for d in self.devices
+                    asyncio.create_task(self._device_loop(clients[d.index % len(clients)], d))
+                    for d in self.devices
                 ]
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline and not self._stop.is_set():
@@ -246,15 +251,15 @@ class Fleet:
 
     async def _device_loop(self, c: httpx.AsyncClient, d: SimDevice) -> None:
         rng = random.Random(self.rng.random())
-        await asyncio.sleep(rng.uniform(0, min(d.poll_interval, self.scenario.poll_interval_s or d.poll_interval)))
+        await asyncio.sleep(
+            rng.uniform(0, min(d.poll_interval, self.scenario.poll_interval_s or d.poll_interval))
+        )
         while not self._stop.is_set():
             await self._beat(c, d, rng)
             base = self.scenario.poll_interval_s or d.poll_interval
             wait = base * (1 + rng.uniform(-self.scenario.jitter, self.scenario.jitter))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(d.nudge.wait(), timeout=max(0.01, wait))
-            except TimeoutError:
-                pass
             d.nudge.clear()
 
     def heartbeat_body(self, d: SimDevice, rng: random.Random) -> dict[str, Any]:
@@ -262,7 +267,11 @@ class Fleet:
         health: dict[str, Any] = {}
         if d.active is not None:
             n = b.requests_per_beat
-            errors = sum(1 for _ in range(n) if rng.random() < b.error_rate) if n <= 200 else round(n * b.error_rate)
+            errors = (
+                sum(1 for _ in range(n) if rng.random() < b.error_rate)
+                if n <= 200
+                else round(n * b.error_rate)
+            )
             health = {
                 "requests": n,
                 "errors": errors,
@@ -332,7 +341,9 @@ class Fleet:
         want = cmd.split(":", 1)[1] if ":" in cmd else None
         target = None
         for k in reversed(d.kept):
-            if (want is None and (d.active is None or k["sha256"] != d.active["sha256"])) or k["version"] == want:
+            if (want is None and (d.active is None or k["sha256"] != d.active["sha256"])) or k[
+                "version"
+            ] == want:
                 target = k
                 break
         if target is None:
@@ -362,14 +373,24 @@ class Fleet:
         if self.scenario.behavior(a["version"]).install_fails:
             d.failed.add(sha)
             d.events.append(
-                {"t": time.time(), "event": "refused", "sha256": sha[:12], "reason": "simulated health check failure",
-                 "permanent": True}
+                {
+                    "t": time.time(),
+                    "event": "refused",
+                    "sha256": sha[:12],
+                    "reason": "simulated health check failure",
+                    "permanent": True,
+                }
             )
             return
         self._switch(
             d,
-            {"name": a["name"], "version": a["version"], "variant": a["variant"], "target_path": a["target_path"],
-             "sha256": sha},
+            {
+                "name": a["name"],
+                "version": a["version"],
+                "variant": a["variant"],
+                "target_path": a["target_path"],
+                "sha256": sha,
+            },
         )
         d.events.append({"t": time.time(), "event": "activated", "version": a["version"], "sha256": sha[:12]})
         if d.nudge is not None:
@@ -378,8 +399,9 @@ class Fleet:
     # --- MQTT ----------------------------------------------------------------------------------
 
     def _start_mqtt(self) -> Any:
-        import paho.mqtt.client as mqtt
         from urllib.parse import urlparse
+
+        import paho.mqtt.client as mqtt
 
         u = urlparse(self.mqtt_url)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -419,4 +441,6 @@ class Fleet:
 
 def _check(r: httpx.Response, what: str) -> None:
     if r.status_code >= 400:
-        raise ServerError(f"{what} failed with HTTP {r.status_code}: {r.text[:300]}", hint="check the server log")
+        raise ServerError(
+            f"{what} failed with HTTP {r.status_code}: {r.text[:300]}", hint="check the server log"
+        )

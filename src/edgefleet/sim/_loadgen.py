@@ -152,7 +152,13 @@ async def run_heartbeat_load(
         u = urlparse(url)
         mine = devices[w::concurrency] or devices
         reqs = [
-            _request(u.hostname or "127.0.0.1", u.port or 80, d, t, heartbeat_body(d, version=version, sha256=sha256))
+            _request(
+                u.hostname or "127.0.0.1",
+                u.port or 80,
+                d,
+                t,
+                heartbeat_body(d, version=version, sha256=sha256),
+            )
             for d, t in mine
         ]
         workers.append(_worker(url, reqs, stop_at, measure_from, latencies, status))
@@ -179,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     args = argv if argv is not None else sys.argv[1:]
-    spec = json.loads(open(args[0]).read())
+    with open(args[0]) as f:
+        spec = json.load(f)
     res = asyncio.run(
         run_heartbeat_load(
             spec["urls"],

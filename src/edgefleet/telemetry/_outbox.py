@@ -340,9 +340,11 @@ class Outbox:
                 " kind TEXT NOT NULL, priority INTEGER NOT NULL, created_clock REAL NOT NULL,"
                 " created_wall REAL NOT NULL, encoding TEXT NOT NULL, size INTEGER NOT NULL, payload BLOB NOT NULL)"
             )
-            db.execute("CREATE INDEX IF NOT EXISTS items_evict ON items(priority, id)")
+            db.execute("CREATE INDEX IF NOT EXISTS items_evict ON items(priority, id, kind, size)")
             db.execute("CREATE INDEX IF NOT EXISTS items_age ON items(created_clock)")
             db.execute("CREATE INDEX IF NOT EXISTS items_kind ON items(kind, size)")
+            # upload order (most important first, then oldest), covering: no payload is read to plan a batch
+            db.execute("CREATE INDEX IF NOT EXISTS items_upload ON items(priority DESC, id ASC, kind, size)")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS counters (kind TEXT NOT NULL, reason TEXT NOT NULL,"
                 " items INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (kind, reason))"
@@ -426,13 +428,15 @@ class Outbox:
 
     def _purge_expired(self) -> int:
         now = self.clock()
-        kinds = [r[0] for r in self._db.execute("SELECT DISTINCT kind FROM items")]
-        rows: list[tuple[int, str, int]] = []
-        for kind in kinds:
-            rows += self._db.execute(
-                "SELECT id, kind, size FROM items WHERE kind=? AND created_clock < ?",
-                (kind, now - self._ttl(kind)),
-            ).fetchall()
+        shortest = min([self.config.ttl_s, *self.config.ttl_by_kind.values()])
+        # candidates through the age index, then each kind's own TTL
+        rows = [
+            (id_, kind, size)
+            for id_, kind, size, created in self._db.execute(
+                "SELECT id, kind, size, created_clock FROM items WHERE created_clock < ?", (now - shortest,)
+            )
+            if created < now - self._ttl(kind)
+        ]
         if rows:
             log.info("outbox dropped %d expired items", len(rows), extra={"path": str(self.path)})
         return self._delete(rows, "expired")
@@ -603,14 +607,14 @@ class Outbox:
             out.append(OutboxItem(id_, uid, kind, prio, wall, size, payload))
         return out
 
-    def _select(self, kinds: Iterable[str] | None) -> sqlite3.Cursor:
-        q = "SELECT id, uid, kind, priority, created_wall, encoding, size, payload FROM items"
+    def _select(self, kinds: Iterable[str] | None, limit: int) -> sqlite3.Cursor:
+        q = "SELECT id, uid, kind, priority, created_wall, encoding, size, payload FROM items INDEXED BY items_upload"
         args: list[Any] = []
         if kinds is not None:
             kinds = list(kinds)
             q += f" WHERE kind IN ({','.join('?' * len(kinds))})"
             args += kinds
-        return self._db.execute(q + " ORDER BY priority DESC, id ASC", args)
+        return self._db.execute(q + " ORDER BY priority DESC, id ASC LIMIT ?", [*args, int(limit)])
 
     def purge_expired(self) -> int:
         """Drop items older than their TTL now (puts and batches do this too); return bytes freed."""
@@ -622,26 +626,37 @@ class Outbox:
                 self._db.execute("COMMIT")
                 return freed
             except BaseException:
-                self._self._rollback()
+                self._rollback()
                 raise
 
     def peek(self, limit: int = 100, kinds: Iterable[str] | None = None) -> list[OutboxItem]:
         """Up to ``limit`` items in upload order (highest priority first, then oldest); nothing is removed."""
         with self._lock:
-            cur = self._select(kinds)
-            return self._rows_to_items(cur.fetchmany(limit))
+            return self._rows_to_items(self._select(kinds, limit).fetchall())
 
     def batch(self, max_bytes: int | None = None, kinds: Iterable[str] | None = None) -> list[OutboxItem]:
         """Items in upload order up to ``max_bytes`` of payload (at least one item when any is queued)."""
         max_bytes = self.config.upload_max_bytes if max_bytes is None else max_bytes
         self.purge_expired()
+        wanted = None if kinds is None else set(kinds)
         with self._lock:
-            rows, total = [], 0
-            for row in self._select(kinds):
-                if rows and total + row[6] > max_bytes:
+            ids, total = [], 0
+            # plan on the covering index, then read only the chosen payloads
+            for id_, kind, size in self._db.execute(
+                "SELECT id, kind, size FROM items INDEXED BY items_upload ORDER BY priority DESC, id ASC"
+            ):
+                if wanted is not None and kind not in wanted:
+                    continue
+                if ids and total + size > max_bytes:
                     break
-                rows.append(row)
-                total += row[6]
+                ids.append(id_)
+                total += size
+            if not ids:
+                return []
+            q = "SELECT id, uid, kind, priority, created_wall, encoding, size, payload FROM items WHERE id IN"
+            rows = self._db.execute(f"{q} ({','.join('?' * len(ids))})", ids).fetchall()
+            order = {id_: i for i, id_ in enumerate(ids)}
+            rows.sort(key=lambda r: order[r[0]])
             return self._rows_to_items(rows)
 
     def ack(self, ids: Iterable[int]) -> int:
@@ -661,7 +676,7 @@ class Outbox:
                 self._db.execute("COMMIT")
                 return len(rows)
             except BaseException:
-                self._self._rollback()
+                self._rollback()
                 raise
 
     def next_upload(

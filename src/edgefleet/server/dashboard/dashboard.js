@@ -52,9 +52,11 @@
   const empty = (text) => h("div", { class: "empty" }, text);
   function table(headers, rows, opts) {
     const num = new Set((opts && opts.num) || []);
+    const nowrap = new Set((opts && opts.nowrap) || []);
     return h("table", { class: (opts && opts.cls) || "" },
       h("thead", {}, h("tr", {}, headers.map((x, i) => h("th", { class: num.has(i) ? "num" : "" }, x)))),
-      h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c, i) => h("td", { class: num.has(i) ? "num" : "" }, c))))));
+      h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c, i) => h("td", {
+        class: [num.has(i) ? "num" : "", nowrap.has(i) ? "nowrap" : ""].join(" ").trim() }, c))))));
   }
 
   // --- charts ---------------------------------------------------------------------------------------
@@ -186,7 +188,7 @@
             ], { num: [1] }))),
         card("Devices", h("div", { class: "scroll" }, table(
           ["device", "class", "region", "version", "status", "health", "state", "last seen"],
-          devs.map((x) => [x.name || x.id, x.class, x.region, x.version || "none", pill(x.status), pill(x.health),
+          devs.slice().sort((a, b) => (a.name || a.id).localeCompare(b.name || b.id)).map((x) => [x.name || x.id, x.class, x.region, x.version || "none", pill(x.status), pill(x.health),
             x.state || "–", x.last_seen_s_ago + " s ago"])))),
       ];
     },
@@ -232,7 +234,7 @@
           card("Mean confidence", lineChart(series("mean_confidence"), opts("mean confidence per release", { yMax: 1 }))),
           card("Latency p50 (ms)", lineChart(series("latency_p50_ms"), opts("latency p50 per release", { yLabel: "ms", yMin: 0 }))),
           card("Requests per bucket", lineChart(series("requests"), opts("requests per release", { yMin: 0 })))),
-        card(`Per release over the range (bucket ${ts.bucket_s} s)`, merged.groups.length ? table(
+        card("Per release over the whole range", merged.groups.length ? table(
           ["release", "devices", "requests", "error rate", "latency p50", "latency p95", "latency p99", "mean confidence"],
           merged.groups.map((g) => [g.group.release, g.devices, fmt(g.requests), pct(g.error_rate),
             fmt(g.latency_p50_ms) + " ms", fmt(g.latency_p95_ms) + " ms", fmt(g.latency_p99_ms) + " ms", fmt(g.mean_confidence)]),
@@ -295,7 +297,7 @@
       return [
         h("h1", {}, "Alerts and events"),
         card(`Open alerts (${alerts.length})`, alerts.length ? table(["severity", "rule", "alert", "since", "seen"],
-          alerts.map((a) => [pill(a.severity), a.rule, a.message, ago(a.first_at), a.evaluations + "×"]))
+          alerts.map((a) => [pill(a.severity), a.rule, a.message, ago(a.first_at), a.evaluations + "×"]), { nowrap: [3] })
           : empty("no open alerts")),
         card("Retraining requests", reqs.length ? table(["status", "model", "reason", "created", "decision"],
           reqs.map((r) => [pill(r.status), r.model, r.reason, ago(r.created_at),
@@ -306,7 +308,7 @@
           : empty("no retraining requests")),
         card("Recent events", evs.length ? h("div", { class: "scroll" }, table(["when", "event", "by", "subject", "what"],
           evs.map((e) => [ago(e.at), e.action, e.actor, e.rollout_id || e.device_id || "–",
-            e.message || (e.to_state ? `${e.from_state || ""} → ${e.to_state}` : "")])))
+            e.message || (e.to_state ? `${e.from_state || ""} → ${e.to_state}` : "")]), { nowrap: [0, 1] }))
           : empty("no events yet")),
       ];
     },

@@ -36,7 +36,12 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["device_id"], ["devices.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint(
-            "device_id", "release", "reference_id", "resolution_s", "bucket", name="uq_telemetry_rollup_bucket"
+            "device_id",
+            "release",
+            "reference_id",
+            "resolution_s",
+            "bucket",
+            name="uq_telemetry_rollup_bucket",
         ),
     )
     with op.batch_alter_table("telemetry_rollups", schema=None) as batch_op:

@@ -1,0 +1,53 @@
+"""``edgefleet demo``: the whole flow on this machine (see ``edgefleet.sim._demo``)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edgefleet.cli._common import console, err_console, print_json
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        dir: Path = typer.Option(Path("edgefleet-demo"), "--dir", help="State directory, left behind to explore."),  # noqa: A002
+        devices: int = typer.Option(8, "--devices", min=2, max=32, help="Agent processes to run."),
+        keep_running: bool = typer.Option(
+            False, "--keep-running", help="Keep server, agents and traffic running until Ctrl-C."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of training, traffic and the bad release."),
+        json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON (narration to stderr)."),
+    ) -> None:
+        """Train, optimize, sign and roll out three releases to real agents on loopback; the bad one is halted.
+
+        Runs on embedded defaults (SQLite, no MQTT) in a few minutes and leaves DIR to explore.
+        """
+        from edgefleet.sim._demo import DemoConfig, RichNarrator, run_demo
+
+        # SIGTERM ends the demo like Ctrl-C does: every process it started is stopped.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        out = err_console if json_out else console
+        narrator = RichNarrator(out)
+
+        def ready(summary: dict[str, Any], cmds: list[str]) -> None:
+            if json_out:
+                print_json(summary)
+            verdict = "[bold green]the story went as planned[/]" if summary["ok"] else "[bold red]unexpected end[/]"
+            out.print(f"\n{verdict} in {summary['duration_s']:.0f}s; state kept in {summary['dir']}")
+            out.print("explore it:")
+            for c in cmds:
+                out.print(f"  {c}", highlight=False, soft_wrap=True)
+            if keep_running:
+                out.print(f"dashboard: {summary['dashboard']} (operator token: {summary['server']['admin_token_file']})")
+                out.print("[bold]server, agents and traffic keep running; Ctrl-C stops them[/]")
+
+        cfg = DemoConfig(dir=dir, devices=devices, keep_running=keep_running, seed=seed)
+        summary = run_demo(cfg, narrator=narrator, on_ready=ready)
+        if not summary["ok"]:
+            raise typer.Exit(1)
