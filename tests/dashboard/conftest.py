@@ -5,26 +5,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 # the fleet builders live with the server tests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 
-from fleettools import build_fleet, shared_repo  # noqa: E402
+from fleettools import LiveClient, build_fleet, shared_repo  # noqa: E402
 from servertools import Clock, Harness  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-class LiveClient(httpx.Client):
-    """An HTTP client of a running server that also exposes its app (what the test harness expects)."""
-
-    def __init__(self, url: str, app) -> None:
-        super().__init__(base_url=url, timeout=60)
-        self.app = app
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,9 @@ def live_fleet(tmp_path_factory, digits_mlp, digits_mlp_v2, digits_split):
     repo = shared_repo(tmp_path_factory, digits_mlp, digits_mlp_v2, digits_split)
     base = tmp_path_factory.mktemp("dashboard-server")
     clock = Clock()
-    cfg = ServerConfig(data_dir=base / "server", repo_dir=repo, keys_dir=base / "no-keys", engine_enabled=False)
+    cfg = ServerConfig(
+        data_dir=base / "server", repo_dir=repo, keys_dir=base / "no-keys", engine_enabled=False
+    )
     with start_server(cfg, clock=clock) as srv, LiveClient(srv.url, srv.app) as client:
         h = Harness(client, clock)
         fleet = build_fleet(h, repo, digits_mlp, digits_split)

@@ -23,7 +23,9 @@ def write_dense_tflite(path: Path, layers: list[tuple[np.ndarray, np.ndarray]], 
     sub = s.SubGraphT()
     sub.tensors, sub.operators = [], []
 
-    def tensor(name: str, shape: list[int], data: np.ndarray | None = None, dynamic_batch: bool = False) -> int:
+    def tensor(
+        name: str, shape: list[int], data: np.ndarray | None = None, dynamic_batch: bool = False
+    ) -> int:
         t = s.TensorT()
         t.name = name
         t.shape = shape

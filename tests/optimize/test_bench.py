@@ -16,7 +16,9 @@ from .conftest import make_linear_onnx
 
 
 def test_benchmark_reports_every_figure(digits_mlp, fast, one_core, digits_split):
-    res = benchmark(digits_mlp, one_core, data={"input": (digits_split.x_test[:3] / 16).astype(np.float32)}, settings=fast)
+    res = benchmark(
+        digits_mlp, one_core, data={"input": (digits_split.x_test[:3] / 16).astype(np.float32)}, settings=fast
+    )
     assert res.size_bytes == digits_mlp.stat().st_size
     assert 0 < res.compressed_bytes <= res.size_bytes * 1.01
     assert res.threads == 1 and res.providers[0] == "CPUExecutionProvider"
@@ -98,7 +100,9 @@ def test_tflite_models_run_through_litert(tmp_path, fast, one_core, digits_split
 
     from ._tflite import write_dense_tflite
 
-    clf = MLPClassifier((32,), random_state=0, max_iter=50).fit(digits_split.x_train / 16, digits_split.y_train)
+    clf = MLPClassifier((32,), random_state=0, max_iter=50).fit(
+        digits_split.x_train / 16, digits_split.y_train
+    )
     path = write_dense_tflite(tmp_path / "m.tflite", list(zip(clf.coefs_, clf.intercepts_, strict=True)), 64)
     res = benchmark(path, one_core, settings=fast)
     assert res.format == "tflite" and res.runtime.startswith("ai-edge-litert")

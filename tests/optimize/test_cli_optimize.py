@@ -23,7 +23,12 @@ FAST_ENV = {
 def _run(*args, cwd=None):
     env = {**os.environ, **FAST_ENV}
     return subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli", *map(str, args)], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
+        [sys.executable, "-m", "edgefleet.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
     )
 
 
@@ -37,19 +42,55 @@ def profile_yaml(tmp_path):
 def test_optimize_cli_writes_outputs_and_json(tmp_path, digits_mlp, mlp_npz, profile_yaml):
     calib, ev = mlp_npz
     out = tmp_path / "out"
-    r = _run("optimize", digits_mlp, "--calib", calib, "--eval", ev, "--max-drop", "1", "--profile", profile_yaml,
-             "-o", out, "--variants", "fp32,dynamic-int8", "--no-memory", "--json")
+    r = _run(
+        "optimize",
+        digits_mlp,
+        "--calib",
+        calib,
+        "--eval",
+        ev,
+        "--max-drop",
+        "1",
+        "--profile",
+        profile_yaml,
+        "-o",
+        out,
+        "--variants",
+        "fp32,dynamic-int8",
+        "--no-memory",
+        "--json",
+        "--bundle",
+        "--name",
+        "digits",
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)  # stdout holds only the JSON (progress goes to stderr)
     assert rep["chosen"] in ("fp32", "dynamic-int8") and rep["profile"]["name"] == "cli-test"
-    assert {p.name for p in out.iterdir()} == {"model.onnx", "report.json", "report.md", "plot.png"}
+    tar = f"digits-0.1.0-cli-test-{rep['chosen']}.tar"
+    assert rep["bundle"] == tar
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "report.json", "report.md", "plot.png", tar}
 
 
 def test_optimize_cli_budget_not_met_exits_nonzero(tmp_path, digits_mlp, mlp_npz):
     calib, ev = mlp_npz
     out = tmp_path / "out"
-    r = _run("optimize", digits_mlp, "--calib", calib, "--eval", ev, "-o", out, "--variants", "fp32",
-             "--add-variant", "static-int8-pt-minmax-qop", "--min-accuracy", "100.5", "--no-memory")
+    r = _run(
+        "optimize",
+        digits_mlp,
+        "--calib",
+        calib,
+        "--eval",
+        ev,
+        "-o",
+        out,
+        "--variants",
+        "fp32",
+        "--add-variant",
+        "static-int8-pt-minmax-qop",
+        "--min-accuracy",
+        "100.5",
+        "--no-memory",
+    )
     assert r.returncode == 1
     err = " ".join(r.stderr.split())  # rich wraps long lines
     assert "error:" in err and "no variant meets the budget" in err and "hint:" in err
@@ -82,7 +123,18 @@ def test_optimize_cli_bad_profile(tmp_path, digits_mlp, mlp_npz):
 
 
 def test_bench_cli(tmp_path, digits_mlp, profile_yaml):
-    r = _run("bench", digits_mlp, "--profile", profile_yaml, "--runs", "10", "--batch", "1,4", "--no-memory", "--json")
+    r = _run(
+        "bench",
+        digits_mlp,
+        "--profile",
+        profile_yaml,
+        "--runs",
+        "10",
+        "--batch",
+        "1,4",
+        "--no-memory",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["threads"] == 1 and res["latency"]["runs"] == 10

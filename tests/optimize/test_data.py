@@ -177,7 +177,12 @@ def test_image_folder_with_declarative_steps(tmp_path, digits_split):
     for i in range(4):
         img = (digits_split.x_test[i].reshape(8, 8) * 255 / 16).astype(np.uint8)
         Image.fromarray(img).save(tmp_path / f"{i}.png")
-    steps = [{"op": "decode_image", "mode": "L"}, {"op": "to_float"}, {"op": "scale", "factor": 1 / 255}, {"op": "reshape", "shape": [64]}]
+    steps = [
+        {"op": "decode_image", "mode": "L"},
+        {"op": "to_float"},
+        {"op": "scale", "factor": 1 / 255},
+        {"op": "reshape", "shape": [64]},
+    ]
     try:
         ds = load_data(tmp_path, INPUTS, preprocess=steps)
     except Exception as e:  # the step vocabulary belongs to the bundle package

@@ -21,10 +21,23 @@ def test_mlp_end_to_end(tmp_path, digits_mlp, mlp_npz, fast, one_core, digits_sp
     calib, ev = mlp_npz
     out = tmp_path / "out"
     rep = optimize(
-        digits_mlp, calib=calib, eval=ev, max_drop=1.0, profile=one_core, variants=[*FEW, "fp16", "pruned-50"],
-        out_dir=out, keep_variants=True, settings=fast,
+        digits_mlp,
+        calib=calib,
+        eval=ev,
+        max_drop=1.0,
+        profile=one_core,
+        variants=[*FEW, "fp16", "pruned-50"],
+        out_dir=out,
+        keep_variants=True,
+        settings=fast,
     )
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "plot.png", "report.json", "report.md", "variants"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.onnx",
+        "plot.png",
+        "report.json",
+        "report.md",
+        "variants",
+    ]
     assert rep.chosen and rep.metric == "accuracy" and rep.score_output == "probabilities"
     # The written model is the chosen variant and runs.
     chosen_bytes = (out / "variants" / f"{rep.chosen}.onnx").read_bytes()
@@ -54,7 +67,11 @@ def test_mlp_end_to_end(tmp_path, digits_mlp, mlp_npz, fast, one_core, digits_sp
     data = json.loads((out / "report.json").read_text())
     assert data["chosen"] == rep.chosen and len(data["variants"]) == len(rep.variants)
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
-    assert [s.name for s in rep.preparation] == ["opset upgrade", "quant_pre_process", "ORT offline optimization"]
+    assert [s.name for s in rep.preparation] == [
+        "opset upgrade",
+        "quant_pre_process",
+        "ORT offline optimization",
+    ]
     # Never slower than the baseline beyond noise for the balanced objective.
     if rep.chosen != "fp32":
         assert rep.chosen_result.interleaved is not None and rep.chosen_result.interleaved.verdict != "slower"
@@ -62,8 +79,16 @@ def test_mlp_end_to_end(tmp_path, digits_mlp, mlp_npz, fast, one_core, digits_sp
 
 def test_size_objective_picks_a_small_int8(tmp_path, digits_mlp, mlp_npz, fast, one_core):
     calib, ev = mlp_npz
-    rep = optimize(digits_mlp, calib=calib, eval=ev, objective="size", profile=one_core, variants=FEW,
-                   out_dir=tmp_path / "o", settings=fast)
+    rep = optimize(
+        digits_mlp,
+        calib=calib,
+        eval=ev,
+        objective="size",
+        profile=one_core,
+        variants=FEW,
+        out_dir=tmp_path / "o",
+        settings=fast,
+    )
     assert rep.chosen in ("dynamic-int8", "static-int8-pt-minmax")
     assert rep.chosen_result.size_ratio > 2
 
@@ -71,20 +96,38 @@ def test_size_objective_picks_a_small_int8(tmp_path, digits_mlp, mlp_npz, fast, 
 def test_agreement_is_the_metric_without_labels(tmp_path, digits_mlp, digits_split, fast, one_core):
     calib = {"input": (digits_split.x_train[:64] / 16).astype(np.float32)}
     ev = {"input": (digits_split.x_test / 16).astype(np.float32)}
-    rep = optimize(digits_mlp, calib=calib, eval=ev, profile=one_core, variants=["fp32", "dynamic-int8"],
-                   out_dir=tmp_path / "o", settings=fast)
+    rep = optimize(
+        digits_mlp,
+        calib=calib,
+        eval=ev,
+        profile=one_core,
+        variants=["fp32", "dynamic-int8"],
+        out_dir=tmp_path / "o",
+        settings=fast,
+    )
     assert rep.metric == "agreement" and rep.variant("fp32").quality.score == 100.0
     assert rep.variant("dynamic-int8").quality.agreement is not None
 
 
-@pytest.mark.parametrize(("variant", "method"), [("static-int8-pt-minmax", "qdq_loss_debug"), ("dynamic-int8", "weight SQNR")])
+@pytest.mark.parametrize(
+    ("variant", "method"), [("static-int8-pt-minmax", "qdq_loss_debug"), ("dynamic-int8", "weight SQNR")]
+)
 def test_sensitive_node_exclusion_finds_the_bad_layer(tmp_path, fast, one_core, variant, method):
     """One layer that int8 ruins (a weight outlier): the variant misses the budget, the ranking names
     that layer first, and re-quantizing with it in float meets the budget."""
     model = make_outlier_mlp(tmp_path / "m.onnx")
     x = outlier_data(200)
-    rep = optimize(model, calib={"x": x[:64]}, eval={"x": x[64:]}, max_drop=2.0, objective="size", profile=one_core,
-                   variants=["fp32", variant], out_dir=tmp_path / "o", settings=fast)
+    rep = optimize(
+        model,
+        calib={"x": x[:64]},
+        eval={"x": x[64:]},
+        max_drop=2.0,
+        objective="size",
+        profile=one_core,
+        variants=["fp32", variant],
+        out_dir=tmp_path / "o",
+        settings=fast,
+    )
     plain = rep.variant(variant)
     assert plain.drop > 50 and plain.outcome == "rejected"
     assert any("sensitive-node exclusion" in n for n in plain.notes)
@@ -103,8 +146,18 @@ def test_sensitive_node_exclusion_finds_the_bad_layer(tmp_path, fast, one_core, 
 def test_exclusion_can_be_switched_off(tmp_path, fast, one_core):
     model = make_outlier_mlp(tmp_path / "m.onnx")
     x = outlier_data(120)
-    rep = optimize(model, calib={"x": x[:64]}, eval={"x": x[64:]}, max_drop=2.0, objective="size", profile=one_core,
-                   variants=["dynamic-int8"], exclusion=False, out_dir=tmp_path / "o", settings=fast)
+    rep = optimize(
+        model,
+        calib={"x": x[:64]},
+        eval={"x": x[64:]},
+        max_drop=2.0,
+        objective="size",
+        profile=one_core,
+        variants=["dynamic-int8"],
+        exclusion=False,
+        out_dir=tmp_path / "o",
+        settings=fast,
+    )
     assert [v.name for v in rep.variants] == ["fp32", "dynamic-int8"]  # the baseline is always built
     assert rep.chosen == "fp32" and rep.variant("dynamic-int8").outcome == "rejected"
 
@@ -113,8 +166,16 @@ def test_budget_nothing_meets_writes_the_report_and_raises(tmp_path, digits_mlp,
     calib, ev = mlp_npz
     out = tmp_path / "out"
     with pytest.raises(BudgetNotMetError) as e:
-        optimize(digits_mlp, calib=calib, eval=ev, min_quality=100.5, profile=one_core, variants=FEW,
-                 out_dir=out, settings=fast)
+        optimize(
+            digits_mlp,
+            calib=calib,
+            eval=ev,
+            min_quality=100.5,
+            profile=one_core,
+            variants=FEW,
+            out_dir=out,
+            settings=fast,
+        )
     rep = e.value.report
     assert rep.chosen is None and "no variant meets the budget" in rep.reason
     assert all(v.outcome == "rejected" and "< required 100.5" in v.reason for v in rep.variants)
@@ -128,7 +189,15 @@ def test_device_profile_no_variant_fits(tmp_path, digits_mlp, mlp_npz, fast):
     calib, ev = mlp_npz
     prof = DeviceProfile(name="tiny", cores=1, latency_budget_ms=1e-6, size_budget_mb=0.001)
     with pytest.raises(BudgetNotMetError) as e:
-        optimize(digits_mlp, calib=calib, eval=ev, profile=prof, variants=FEW, out_dir=tmp_path / "o", settings=fast)
+        optimize(
+            digits_mlp,
+            calib=calib,
+            eval=ev,
+            profile=prof,
+            variants=FEW,
+            out_dir=tmp_path / "o",
+            settings=fast,
+        )
     for v in e.value.report.variants:
         assert "p95" in v.reason and "size" in v.reason
 
@@ -138,8 +207,15 @@ def test_old_device_runtime_rejects_new_opsets(tmp_path, fast):
     model = make_linear_onnx(tmp_path / "lin.onnx", opset=17)
     prof = DeviceProfile(name="old", cores=1, onnxruntime="1.11")  # runs opsets <= 16
     with pytest.raises(BudgetNotMetError) as e:
-        optimize(model, calib=calib, eval=calib, profile=prof, variants=["fp32", "dynamic-int8"],
-                 out_dir=tmp_path / "o", settings=fast)
+        optimize(
+            model,
+            calib=calib,
+            eval=calib,
+            profile=prof,
+            variants=["fp32", "dynamic-int8"],
+            out_dir=tmp_path / "o",
+            settings=fast,
+        )
     rep = e.value.report
     assert any(w["code"] == "target_runtime" for w in rep.warnings)
     assert all("device runtime: opset 17 needs onnxruntime newer than 1.11" in v.reason for v in rep.variants)
@@ -148,8 +224,16 @@ def test_old_device_runtime_rejects_new_opsets(tmp_path, fast):
 def test_old_opset_is_upgraded_with_parity_checked(tmp_path, fast, one_core):
     model = make_linear_onnx(tmp_path / "old.onnx", opset=11)
     x = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
-    rep = optimize(model, calib={"x": x}, eval={"x": x}, profile=one_core, objective="size",
-                   variants=["fp32", "static-int8-pc-minmax"], out_dir=tmp_path / "o", settings=fast)
+    rep = optimize(
+        model,
+        calib={"x": x},
+        eval={"x": x},
+        profile=one_core,
+        objective="size",
+        variants=["fp32", "static-int8-pc-minmax"],
+        out_dir=tmp_path / "o",
+        settings=fast,
+    )
     step = rep.preparation[0]
     assert step.name == "opset upgrade" and step.applied and "11 -> 17" in step.note
     assert step.max_abs_err is not None and step.max_abs_err < 1e-5
@@ -239,13 +323,24 @@ def test_bad_calibration_data(tmp_path, digits_mlp, mlp_npz, fast, one_core, cal
         (np.full(540, 12), "has 10 classes"),
     ],
 )
-def test_labels_that_do_not_match_the_outputs(tmp_path, digits_mlp, mlp_npz, fast, one_core, digits_split, labels, fragment):
+def test_labels_that_do_not_match_the_outputs(
+    tmp_path, digits_mlp, mlp_npz, fast, one_core, digits_split, labels, fragment
+):
     calib, _ = mlp_npz
     ev = {"input": (digits_split.x_test / 16).astype(np.float32)}
     assert len(digits_split.x_test) == 540
     out = tmp_path / "out"
     with pytest.raises(InputError) as e:
-        optimize(digits_mlp, calib=calib, eval=ev, labels=labels, profile=one_core, variants=FEW, out_dir=out, settings=fast)
+        optimize(
+            digits_mlp,
+            calib=calib,
+            eval=ev,
+            labels=labels,
+            profile=one_core,
+            variants=FEW,
+            out_dir=out,
+            settings=fast,
+        )
     assert fragment in e.value.message
     _no_leftovers(tmp_path, out)
 
@@ -256,8 +351,16 @@ def test_labels_for_a_model_without_class_scores(tmp_path, fast, one_core):
     model = make_linear_onnx(tmp_path / "lin.onnx", n_out=1)
     x = {"x": np.zeros((4, 4), np.float32)}
     with pytest.raises(InputError, match="not class scores"):
-        optimize(model, calib=x, eval=x, labels=np.zeros(4, np.int64), profile=one_core, variants=["fp32"],
-                 out_dir=tmp_path / "out", settings=fast)
+        optimize(
+            model,
+            calib=x,
+            eval=x,
+            labels=np.zeros(4, np.int64),
+            profile=one_core,
+            variants=["fp32"],
+            out_dir=tmp_path / "out",
+            settings=fast,
+        )
     assert onnx  # imported for the fixture model
 
 
@@ -270,10 +373,27 @@ def test_existing_output_is_kept_until_a_run_succeeds(tmp_path, digits_mlp, mlp_
         optimize(digits_mlp, calib=calib, eval=ev, profile=one_core, variants=FEW, out_dir=out, settings=fast)
     # A failing run with overwrite=True must not touch the old output either.
     with pytest.raises(InputError):
-        optimize(digits_mlp, calib={"input": np.zeros((2, 3), np.float32)}, eval=ev, profile=one_core,
-                 variants=FEW, out_dir=out, overwrite=True, settings=fast)
+        optimize(
+            digits_mlp,
+            calib={"input": np.zeros((2, 3), np.float32)},
+            eval=ev,
+            profile=one_core,
+            variants=FEW,
+            out_dir=out,
+            overwrite=True,
+            settings=fast,
+        )
     assert [p.name for p in out.iterdir()] == ["precious.txt"]
-    optimize(digits_mlp, calib=calib, eval=ev, profile=one_core, variants=["fp32"], out_dir=out, overwrite=True, settings=fast)
+    optimize(
+        digits_mlp,
+        calib=calib,
+        eval=ev,
+        profile=one_core,
+        variants=["fp32"],
+        out_dir=out,
+        overwrite=True,
+        settings=fast,
+    )
     assert not (out / "precious.txt").exists() and (out / "model.onnx").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
@@ -297,13 +417,22 @@ def test_sklearn_estimator_is_converted_and_checked(tmp_path, digits_split, fast
     clf = LogisticRegression(max_iter=300).fit(digits_split.x_train / 16, digits_split.y_train)
     calib = {"input": (digits_split.x_train[:64] / 16).astype(np.float32)}
     ev = {"input": (digits_split.x_test / 16).astype(np.float32), "labels": digits_split.y_test}
-    rep = optimize(clf, calib=calib, eval=ev, profile=one_core, variants=["fp32", "dynamic-int8"],
-                   out_dir=tmp_path / "o", settings=fast)
+    rep = optimize(
+        clf,
+        calib=calib,
+        eval=ev,
+        profile=one_core,
+        variants=["fp32", "dynamic-int8"],
+        out_dir=tmp_path / "o",
+        settings=fast,
+    )
     assert rep.source == "scikit-learn LogisticRegression"
     assert any("skl2onnx" in n for n in rep.source_notes)
     fp32 = rep.variant("fp32")
     n = rep.eval_samples
-    assert fp32.quality.accuracy == pytest.approx(clf.score(digits_split.x_test[:n] / 16, digits_split.y_test[:n]), abs=0.005)
+    assert fp32.quality.accuracy == pytest.approx(
+        clf.score(digits_split.x_test[:n] / 16, digits_split.y_test[:n]), abs=0.005
+    )
 
 
 def test_tflite_model_is_measured_and_chosen_as_is(tmp_path, digits_split, fast, one_core):
@@ -312,7 +441,9 @@ def test_tflite_model_is_measured_and_chosen_as_is(tmp_path, digits_split, fast,
 
     from ._tflite import write_dense_tflite
 
-    clf = MLPClassifier((32,), random_state=0, max_iter=200).fit(digits_split.x_train / 16, digits_split.y_train)
+    clf = MLPClassifier((32,), random_state=0, max_iter=200).fit(
+        digits_split.x_train / 16, digits_split.y_train
+    )
     path = write_dense_tflite(tmp_path / "m.tflite", list(zip(clf.coefs_, clf.intercepts_, strict=True)), 64)
     ev = {"input": (digits_split.x_test / 16).astype(np.float32), "labels": digits_split.y_test}
     out = tmp_path / "o"
@@ -323,4 +454,12 @@ def test_tflite_model_is_measured_and_chosen_as_is(tmp_path, digits_split, fast,
     want = clf.score(digits_split.x_test[:n] / 16, digits_split.y_test[:n]) * 100
     assert rep.chosen_result.quality.score == pytest.approx(want, abs=0.5)
     with pytest.raises(InputError, match="has 10 classes"):
-        optimize(path, calib=ev, eval=ev, labels=np.full(540, 10), profile=one_core, out_dir=tmp_path / "o2", settings=fast)
+        optimize(
+            path,
+            calib=ev,
+            eval=ev,
+            labels=np.full(540, 10),
+            profile=one_core,
+            out_dir=tmp_path / "o2",
+            settings=fast,
+        )

@@ -4,23 +4,60 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.optimize import Budget, Interleaved, OptimizeReport, QualityFigures, Variant, VariantResult, select
+from edgefleet.optimize import (
+    Budget,
+    Interleaved,
+    OptimizeReport,
+    QualityFigures,
+    Variant,
+    VariantResult,
+    select,
+)
 from edgefleet.optimize._bench import BenchResult, LatencyStats
 
 
 def _bench(p50: float, p95: float | None = None, rss: float | None = 5.0) -> BenchResult:
     lat = LatencyStats(
-        runs=10, mean_ms=p50, std_ms=0.01, min_ms=p50, p50_ms=p50, p90_ms=p50, p95_ms=p95 or p50, p99_ms=p95 or p50, max_ms=p95 or p50
+        runs=10,
+        mean_ms=p50,
+        std_ms=0.01,
+        min_ms=p50,
+        p50_ms=p50,
+        p90_ms=p50,
+        p95_ms=p95 or p50,
+        p99_ms=p95 or p50,
+        max_ms=p95 or p50,
     )
     return BenchResult(
-        model="m.onnx", format="onnx", runtime="onnxruntime", profile="t", threads=1, providers=["CPUExecutionProvider"],
-        size_bytes=1, compressed_bytes=1, init_ms=1, first_inference_ms=1, warmup_runs=1, warmup_ms=1,
-        latency=lat, peak_rss_mb=rss,
+        model="m.onnx",
+        format="onnx",
+        runtime="onnxruntime",
+        profile="t",
+        threads=1,
+        providers=["CPUExecutionProvider"],
+        size_bytes=1,
+        compressed_bytes=1,
+        init_ms=1,
+        first_inference_ms=1,
+        warmup_runs=1,
+        warmup_ms=1,
+        latency=lat,
+        peak_rss_mb=rss,
     )
 
 
-def _res(name: str, *, p50: float, size: int, quality: float, base_quality: float = 95.0, p95=None, rss=5.0) -> VariantResult:
-    kind = "fp32" if name == "fp32" else "static-int8" if name.startswith("static") else "dynamic-int8" if name.startswith("dyn") else "fp16"
+def _res(
+    name: str, *, p50: float, size: int, quality: float, base_quality: float = 95.0, p95=None, rss=5.0
+) -> VariantResult:
+    kind = (
+        "fp32"
+        if name == "fp32"
+        else "static-int8"
+        if name.startswith("static")
+        else "dynamic-int8"
+        if name.startswith("dyn")
+        else "fp16"
+    )
     v = Variant.parse(name) if kind != "fp16" else Variant.parse("fp16")
     if kind == "static-int8" and name.count("-") < 3:
         v = Variant.parse("static-int8-pt-minmax")
@@ -36,8 +73,14 @@ def _res(name: str, *, p50: float, size: int, quality: float, base_quality: floa
 
 def _il(ratio: float, verdict: str) -> Interleaved:
     return Interleaved(
-        rounds=5, runs_per_round=10, baseline_p50_ms=[1.0] * 5, candidate_p50_ms=[ratio] * 5, ratios=[ratio] * 5,
-        median_ratio=ratio, tolerance=0.05, verdict=verdict,
+        rounds=5,
+        runs_per_round=10,
+        baseline_p50_ms=[1.0] * 5,
+        candidate_p50_ms=[ratio] * 5,
+        ratios=[ratio] * 5,
+        median_ratio=ratio,
+        tolerance=0.05,
+        verdict=verdict,
     )
 
 
@@ -47,7 +90,9 @@ def test_refuses_a_variant_the_interleaved_runs_find_slower():
     fake_fast = _res("static-int8-pt-minmax", p50=0.5, size=1000, quality=95.0)
     honest = _res("dynamic-int8", p50=0.9, size=1100, quality=94.8)
     verdicts = {"static-int8-pt-minmax": _il(1.3, "slower"), "dynamic-int8": _il(0.9, "faster")}
-    chosen, why = select([fp32, fake_fast, honest], Budget(max_drop=1), "balanced", confirm=lambda r: verdicts[r.name])
+    chosen, why = select(
+        [fp32, fake_fast, honest], Budget(max_drop=1), "balanced", confirm=lambda r: verdicts[r.name]
+    )
     assert chosen is honest
     assert fake_fast.outcome == "rejected" and "slower than the fp32 baseline" in fake_fast.reason
     assert "x1.30" in fake_fast.reason and fake_fast.interleaved is not None
@@ -59,7 +104,9 @@ def test_size_objective_may_take_a_slower_variant():
     fp32 = _res("fp32", p50=1.0, size=4000, quality=95.0)
     small = _res("static-int8-pt-minmax", p50=1.4, size=1000, quality=94.5)
     calls = []
-    chosen, _ = select([fp32, small], Budget(max_drop=1), "size", confirm=lambda r: calls.append(r) or _il(1.4, "slower"))
+    chosen, _ = select(
+        [fp32, small], Budget(max_drop=1), "size", confirm=lambda r: calls.append(r) or _il(1.4, "slower")
+    )
     assert chosen is small and calls == []  # size does not need the speed re-check
 
 
@@ -78,7 +125,9 @@ def test_latency_objective_prefers_the_fastest_within_budget():
 def test_within_noise_is_a_tie_decided_by_size_then_quality():
     fp32 = _res("fp32", p50=1.0, size=4000, quality=95.0)
     same_speed_smaller = _res("static-int8-pt-minmax", p50=1.02, size=1000, quality=95.0)
-    chosen, _ = select([fp32, same_speed_smaller], Budget(max_drop=1), "balanced", confirm=lambda r: _il(1.02, "same"))
+    chosen, _ = select(
+        [fp32, same_speed_smaller], Budget(max_drop=1), "balanced", confirm=lambda r: _il(1.02, "same")
+    )
     assert chosen is same_speed_smaller
     # an identical-size variant that is no faster never displaces the baseline
     fp32b = _res("fp32", p50=1.0, size=4000, quality=95.0)
@@ -111,7 +160,9 @@ def test_failed_variants_keep_their_error_and_nan_outputs_are_rejected():
     broken = VariantResult(name="fp16", variant=Variant.parse("fp16"), status="failed", error="cannot load")
     nan = _res("dynamic-int8", p50=0.5, size=1000, quality=95.0)
     nan.quality.nonfinite = 3
-    chosen, _ = select([fp32, broken, nan], Budget(max_drop=1), "balanced", confirm=lambda r: _il(0.5, "faster"))
+    chosen, _ = select(
+        [fp32, broken, nan], Budget(max_drop=1), "balanced", confirm=lambda r: _il(0.5, "faster")
+    )
     assert chosen is fp32
     assert broken.outcome == "failed" and broken.reason == "cannot load"
     assert nan.outcome == "rejected" and "NaN/Inf" in nan.reason
@@ -121,7 +172,9 @@ def test_without_interleaved_runs_the_noise_floor_applies():
     fp32 = _res("fp32", p50=1.0, size=4000, quality=95.0)
     slightly_slower = _res("static-int8-pt-minmax", p50=1.03, size=1000, quality=95.0)
     clearly_slower = _res("dynamic-int8", p50=1.5, size=900, quality=95.0)
-    chosen, _ = select([fp32, slightly_slower, clearly_slower], Budget(max_drop=1), "balanced", noise_floor=0.05)
+    chosen, _ = select(
+        [fp32, slightly_slower, clearly_slower], Budget(max_drop=1), "balanced", noise_floor=0.05
+    )
     assert chosen is slightly_slower
     assert clearly_slower.outcome == "rejected"
 
@@ -132,8 +185,15 @@ def test_report_lists_every_variant_with_its_reason(tmp_path):
     chosen, why = select([fp32, q], Budget(max_drop=1), "balanced", confirm=lambda r: _il(0.8, "faster"))
     from edgefleet.optimize import DeviceProfile
 
-    rep = OptimizeReport(source="m.onnx", source_format="onnx", budget=Budget(), profile=DeviceProfile(), variants=[fp32, q],
-                         chosen=chosen.name, reason=why)
+    rep = OptimizeReport(
+        source="m.onnx",
+        source_format="onnx",
+        budget=Budget(),
+        profile=DeviceProfile(),
+        variants=[fp32, q],
+        chosen=chosen.name,
+        reason=why,
+    )
     md = rep.to_markdown()
     assert "| fp32 | lost |" in md and "| static-int8-pt-minmax | chosen |" in md
     assert "x0.80 of the baseline" in md

@@ -25,8 +25,17 @@ def test_silero_vad_stateful_model(tmp_path, fast, one_core):
     data = vad_dataset(model, seconds=6)
     calib = {k: v[::4] for k, v in data.items()}
     ev = {k: v[1::2] for k, v in data.items()}
-    rep = optimize(model, calib=calib, eval=ev, profile=one_core, objective="size", max_drop=1.0,
-                   variants=["fp32", "dynamic-int8", "static-int8-pt-entropy"], out_dir=tmp_path / "o", settings=fast)
+    rep = optimize(
+        model,
+        calib=calib,
+        eval=ev,
+        profile=one_core,
+        objective="size",
+        max_drop=1.0,
+        variants=["fp32", "dynamic-int8", "static-int8-pt-entropy"],
+        out_dir=tmp_path / "o",
+        settings=fast,
+    )
     # the first output (speech probability) is scored by cosine similarity; the state output is a side result
     assert rep.task == "regression" and rep.score_output == "output" and rep.metric == "cosine"
     assert any(w["code"] == "subgraphs" for w in rep.warnings)

@@ -31,7 +31,9 @@ def test_int4_and_pruned_parameters():
     assert Variant.parse("pruned-70").sparsity == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize("bad", ["int8", "static-int8", "static-int8-pc-kl", "int4-b20", "pruned-0", "pruned-100", ""])
+@pytest.mark.parametrize(
+    "bad", ["int8", "static-int8", "static-int8-pc-kl", "int4-b20", "pruned-0", "pruned-100", ""]
+)
 def test_unknown_variant_names_are_refused_with_the_known_forms(bad):
     with pytest.raises(ConfigError) as e:
         Variant.parse(bad)

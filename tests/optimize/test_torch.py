@@ -36,8 +36,16 @@ def test_cnn_export_matches_torch(tmp_path, digits_cnn, digits_split, fast):
 
 def test_cnn_optimized_with_conv_warning(tmp_path, digits_cnn, digits_split, fast, one_core):
     calib, ev = _cnn_data(digits_split)
-    rep = optimize(digits_cnn, calib=calib, eval=ev, profile=one_core, objective="size",
-                   variants=["fp32", "dynamic-int8", "static-int8-pc-minmax"], out_dir=tmp_path / "o", settings=fast)
+    rep = optimize(
+        digits_cnn,
+        calib=calib,
+        eval=ev,
+        profile=one_core,
+        objective="size",
+        variants=["fp32", "dynamic-int8", "static-int8-pc-minmax"],
+        out_dir=tmp_path / "o",
+        settings=fast,
+    )
     assert rep.source == "torch Sequential" and any("max abs error vs torch" in n for n in rep.source_notes)
     assert any(w["code"] == "dynamic_on_conv" for w in rep.warnings)
     st = rep.variant("static-int8-pc-minmax")
@@ -48,10 +56,23 @@ def test_cnn_optimized_with_conv_warning(tmp_path, digits_cnn, digits_split, fas
 
 def test_encoder_gets_int4_as_matmul_heavy(tmp_path, digits_encoder, digits_split, fast, one_core):
     calib = {"input": (digits_split.x_train[:64] / 16).reshape(-1, 8, 8).astype(np.float32)}
-    ev = {"input": (digits_split.x_test / 16).reshape(-1, 8, 8).astype(np.float32), "labels": digits_split.y_test}
+    ev = {
+        "input": (digits_split.x_test / 16).reshape(-1, 8, 8).astype(np.float32),
+        "labels": digits_split.y_test,
+    }
     out = tmp_path / "o"
-    rep = optimize(digits_encoder, calib=calib, eval=ev, profile=one_core, objective="size", max_drop=5,
-                   variants=None, out_dir=out, keep_variants=True, settings=fast)
+    rep = optimize(
+        digits_encoder,
+        calib=calib,
+        eval=ev,
+        profile=one_core,
+        objective="size",
+        max_drop=5,
+        variants=None,
+        out_dir=out,
+        keep_variants=True,
+        settings=fast,
+    )
     names = [v.name for v in rep.variants]
     assert "int4" in names  # built by default because MatMul weights dominate
     int4 = rep.variant("int4")
@@ -81,6 +102,8 @@ def test_export_needs_example_inputs(tmp_path, digits_cnn, fast):
 
 def test_module_that_cannot_run_on_the_example(tmp_path, digits_cnn, fast):
     with pytest.raises(Exception) as e:  # torch itself rejects the shape; nothing is written
-        load_source(digits_cnn, tmp_path / "w", example_inputs=np.ones((1, 3, 8, 8), np.float32), settings=fast)
+        load_source(
+            digits_cnn, tmp_path / "w", example_inputs=np.ones((1, 3, 8, 8), np.float32), settings=fast
+        )
     assert "channels" in str(e.value) or "size" in str(e.value)
     assert not (tmp_path / "w" / "source.onnx").exists()

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from servertools import GOOD, Harness, active_of
 
@@ -39,6 +40,14 @@ LAYOUT = [
     ("arm-us-2", "arm", "us", None),
     ("arm-us-3", "arm", "us", None),
 ]
+
+
+class LiveClient(httpx.Client):
+    """An HTTP client of a running server that also exposes its app (what the test harness expects)."""
+
+    def __init__(self, url: str, app: Any) -> None:
+        super().__init__(base_url=url, timeout=60)
+        self.app = app
 
 
 def build_repo(base: Path, digits_mlp: Path, digits_mlp_v2: Path, digits_split) -> Path:

@@ -92,7 +92,7 @@ def test_failure_state_is_counted_once_when_entered(harness):
     ("body", "needle"),
     [
         (b"{not json", "JSON"),
-        (b"[]", "valid dictionary"),
+        (b"[]", "should be an object"),
         (json.dumps({"device_id": "X", "health": {"requests": "many"}}).encode(), "health.requests"),
         (json.dumps({"device_id": "X", "progress": 2}).encode(), "progress"),
         (json.dumps({"device_id": "X", "unknown": 1}).encode(), "unknown"),

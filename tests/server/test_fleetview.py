@@ -139,7 +139,9 @@ def test_an_absolute_floor_keeps_small_latency_differences_from_being_outliers(f
         assert body["outliers"] == []
     finally:
         view.config = old
-    assert slow in [o["device_id"] for o in _get(fleet, "/v1/fleet/outliers", metrics="latency_p95_ms")["outliers"]]
+    assert slow in [
+        o["device_id"] for o in _get(fleet, "/v1/fleet/outliers", metrics="latency_p95_ms")["outliers"]
+    ]
 
 
 def test_timeseries_per_release(fleet):

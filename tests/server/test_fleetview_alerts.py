@@ -22,7 +22,9 @@ def small(tmp_path, tmp_path_factory, digits_mlp, digits_mlp_v2, digits_split):
     repo = shared_repo(tmp_path_factory, digits_mlp, digits_mlp_v2, digits_split)
     client, clock = make_harness(tmp_path, repo_dir=repo)
     with client:
-        yield build_fleet(Harness(client, clock), repo, digits_mlp, digits_split, layout=SMALL, second_rollout=False)
+        yield build_fleet(
+            Harness(client, clock), repo, digits_mlp, digits_split, layout=SMALL, second_rollout=False
+        )
 
 
 class Receiver:
@@ -143,14 +145,25 @@ def test_metrics_expose_fleet_devices_rollouts_gates_telemetry_drift_and_alerts(
 
     assert one("edgefleet_fleet_up") == 1
     assert sum(s.value for s in samples["edgefleet_fleet_devices"]) == len(SMALL)
-    assert one("edgefleet_fleet_devices", release="digits@1.0.0", device_class="cpu", region="us",
-               status="online") == 1
+    assert (
+        one(
+            "edgefleet_fleet_devices",
+            release="digits@1.0.0",
+            device_class="cpu",
+            region="us",
+            status="online",
+        )
+        == 1
+    )
     assert one("edgefleet_fleet_devices_online") == len(SMALL)
     assert one("edgefleet_fleet_rollouts", state="completed") == 1
     assert one("edgefleet_fleet_rollouts", state="running") == 1
     assert one("edgefleet_fleet_rollout_wave", rollout=ro["id"]) == 1
     assert one("edgefleet_fleet_rollout_gate_threshold", rollout=ro["id"], gate="golden_pass_rate") == 1.0
-    assert one("edgefleet_fleet_rollout_gate_status", rollout=ro["id"], gate="error_rate", status="wait") in (0, 1)
+    assert one("edgefleet_fleet_rollout_gate_status", rollout=ro["id"], gate="error_rate", status="wait") in (
+        0,
+        1,
+    )
     assert one("edgefleet_fleet_telemetry_windows", tier="raw") == sum(len(v) for v in f.windows.values())
     assert one("edgefleet_fleet_telemetry_batches") == len(SMALL)
     assert one("edgefleet_fleet_drift_score", release="digits@1.0.0", device_class="cpu", region="us") >= 0.2
@@ -187,8 +200,10 @@ def test_retraining_waits_for_approval_then_fires_the_webhook(small, receiver):
     assert sent["subject"] == {"release": "digits@1.0.0", "device_class": "cpu", "region": "us"}
     assert c.post(path, headers=f.h.admin).status_code == 409
     assert c.post(f"/v1/fleet/retrain-requests/{created[0]}/reject", headers=f.h.admin).status_code == 409
-    actions = [e["action"] for e in c.get("/v1/fleet/events", params={"prefix": "retrain."},
-                                           headers=f.h.admin).json()]
+    actions = [
+        e["action"]
+        for e in c.get("/v1/fleet/events", params={"prefix": "retrain."}, headers=f.h.admin).json()
+    ]
     assert actions[:3] == ["retrain.fired", "retrain.approved", "retrain.requested"]
 
 
@@ -237,12 +252,15 @@ def test_retraining_hook_configuration_is_checked(small):
     with pytest.raises(PydanticValidationError, match="http"):
         FleetConfig(retrain_webhook_url="ftp://example/retrain")
     with pytest.raises(ConfigError) as e:
-        FleetView(small.h.ctx, FleetConfig(retrain_webhook_url="http://127.0.0.1:9/x", retrain_command="true"))
+        FleetView(
+            small.h.ctx, FleetConfig(retrain_webhook_url="http://127.0.0.1:9/x", retrain_command="true")
+        )
     assert e.value.hint
 
 
-def test_the_background_loop_evaluates_alerts(tmp_path, tmp_path_factory, monkeypatch, digits_mlp, digits_mlp_v2,
-                                              digits_split):
+def test_the_background_loop_evaluates_alerts(
+    tmp_path, tmp_path_factory, monkeypatch, digits_mlp, digits_mlp_v2, digits_split
+):
     from fastapi.testclient import TestClient
     from servertools import Clock
 
@@ -251,8 +269,13 @@ def test_the_background_loop_evaluates_alerts(tmp_path, tmp_path_factory, monkey
     repo = shared_repo(tmp_path_factory, digits_mlp, digits_mlp_v2, digits_split)
     monkeypatch.setenv("EDGEFLEET_FLEET_ALERT_INTERVAL_S", "0.2")
     clock = Clock()
-    cfg = ServerConfig(data_dir=tmp_path / "server", repo_dir=repo, keys_dir=tmp_path / "no-keys",
-                       engine_enabled=True, engine_tick_s=0.5)
+    cfg = ServerConfig(
+        data_dir=tmp_path / "server",
+        repo_dir=repo,
+        keys_dir=tmp_path / "no-keys",
+        engine_enabled=True,
+        engine_tick_s=0.5,
+    )
     with TestClient(create_app(cfg, clock=clock)) as c:
         h = Harness(c, clock)
         dev = h.enroll("cpu", tags={"region": "eu"})

@@ -23,8 +23,9 @@ def env(tmp_path, tmp_path_factory, digits_mlp, digits_mlp_v2, digits_split):
         ref = reference_of(repo)
 
         def windows(t_end, n, seed, window_s=900.0):
-            return make_windows(digits_mlp, ref, digits_split.x_train, t_end=t_end, windows=n, window_s=window_s,
-                                seed=seed)
+            return make_windows(
+                digits_mlp, ref, digits_split.x_train, t_end=t_end, windows=n, window_s=window_s, seed=seed
+            )
 
         yield h, dev, windows
 
@@ -68,7 +69,9 @@ def test_old_windows_roll_up_per_hour_and_every_figure_survives(env):
     assert read["raw"] == 2 and read["rolled_up"] == len(hours)
     _same(after, before)
     # the drift view still has its features over the downsampled range
-    drift = h.c.get("/v1/fleet/drift", params={"since": since, "until": now - 2 * DAY}, headers=h.admin).json()
+    drift = h.c.get(
+        "/v1/fleet/drift", params={"since": since, "until": now - 2 * DAY}, headers=h.admin
+    ).json()
     assert drift["groups"] and drift["groups"][0]["rows"] == sum(w.rows for w in old)
     assert not any(s.startswith("features") for s in drift["groups"][0].get("skipped", []))
     assert _maintain(h)["rolled_up"] == 0  # nothing left to do
@@ -134,3 +137,32 @@ def test_retention_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("EDGEFLEET_FLEET_ROLLUP_S", "5")
     with pytest.raises(ValueError, match="rollup_s"):
         FleetConfig()
+
+
+@pytest.mark.postgres
+def test_fleet_queries_alerts_and_retention_on_postgres(
+    tmp_path, tmp_path_factory, pg_url, digits_mlp, digits_mlp_v2, digits_split
+):
+    from fleettools import build_fleet
+
+    repo = shared_repo(tmp_path_factory, digits_mlp, digits_mlp_v2, digits_split)
+    client, clock = make_harness(tmp_path, db_url=pg_url, repo_dir=repo)
+    with client:
+        h = Harness(client, clock)
+        assert h.ctx.db.dialect == "postgresql"
+        layout = [("cpu-eu-1", "cpu", "eu", None), ("cpu-us-1", "cpu", "us", "drifted")]
+        f = build_fleet(h, repo, digits_mlp, digits_split, layout=layout, second_rollout=False)
+        drift = h.c.get("/v1/fleet/drift", headers=h.admin).json()
+        assert [g["group"]["region"] for g in drift["groups"] if g["drifted"]] == ["us"]
+        assert (
+            "drift:digits@1.0.0/cpu/us"
+            in h.c.post("/v1/fleet/alerts/evaluate", headers=h.admin).json()["raised"]
+        )
+        before, _ = _whole(h, clock() - DAY, clock())
+        h.clock.advance(3 * DAY)
+        rep = _maintain(h)
+        assert rep["rolled_up"] == sum(len(v) for v in f.windows.values()) and rep["unreadable"] == 0
+        after, read = _whole(h, clock() - 4 * DAY, clock())
+        assert read["raw"] == 0 and read["rolled_up"] == rep["rollups_written"]
+        _same(after, before)
+        assert "edgefleet_fleet_up 1.0" in h.c.get("/metrics", headers=h.admin).text

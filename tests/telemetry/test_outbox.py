@@ -226,11 +226,21 @@ def test_bandwidth_budget_limits_drain(tmp_path):
         assert len(ob) == 8
 
 
+def test_token_bucket_waiting_the_answer_always_suffices():
+    t = [86_400.123456789]  # large clock values make float rounding bite
+    b = TokenBucket(50_000, 256 * 1024, clock=lambda: t[0])
+    for n in (200_000, 123_457, 300_000, 99_999, 256 * 1024):
+        wait = b.try_consume(n)
+        if wait:
+            t[0] += wait
+            assert b.try_consume(n) == 0.0
+
+
 def test_token_bucket_rate():
     t = [0.0]
     b = TokenBucket(100, 200, clock=lambda: t[0])
     assert b.try_consume(150) == 0.0
-    assert b.try_consume(100) == pytest.approx(0.5)
+    assert b.try_consume(100) == pytest.approx(0.5, abs=1e-5)
     t[0] += 0.5
     assert b.try_consume(100) == 0.0
     with pytest.raises(ValidationError):

@@ -114,9 +114,9 @@ class RuntimeHost:
     def predict_result(self, raw: Any, **opts: Any) -> Any:
         """Like :meth:`predict` but return the runtime's full ``Result``."""
         rt = self.runtime
-        if rt is None:
-            raise NotFoundError("no model is active on this device yet", hint="wait for the first assignment")
         loaded = self.loaded
+        if rt is None or loaded is None:  # the local API starts before the first model: not a model error
+            raise NotFoundError("no model is active on this device yet", hint="wait for the first assignment")
         t0 = time.perf_counter()
         try:
             res = rt.predict(raw, **opts)

@@ -32,6 +32,7 @@ _COMMAND_MODULES = [
     "_agent",
     "_server",
     "_telemetry",
+    "_fleet",
     "_demo",
 ]
 

@@ -16,13 +16,17 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        dir: Path = typer.Option(Path("edgefleet-demo"), "--dir", help="State directory, left behind to explore."),  # noqa: A002
+        dir: Path = typer.Option(
+            Path("edgefleet-demo"), "--dir", help="State directory, left behind to explore."
+        ),  # noqa: A002
         devices: int = typer.Option(8, "--devices", min=2, max=32, help="Agent processes to run."),
         keep_running: bool = typer.Option(
             False, "--keep-running", help="Keep server, agents and traffic running until Ctrl-C."
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of training, traffic and the bad release."),
-        json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON (narration to stderr)."),
+        json_out: bool = typer.Option(
+            False, "--json", help="Print the final summary as JSON (narration to stderr)."
+        ),
     ) -> None:
         """Train, optimize, sign and roll out three releases to real agents on loopback; the bad one is halted.
 
@@ -35,19 +39,35 @@ def register(app: typer.Typer) -> None:
         out = err_console if json_out else console
         narrator = RichNarrator(out)
 
-        def ready(summary: dict[str, Any], cmds: list[str]) -> None:
-            if json_out:
-                print_json(summary)
-            verdict = "[bold green]the story went as planned[/]" if summary["ok"] else "[bold red]unexpected end[/]"
+        def explore(summary: dict[str, Any], cmds: list[str]) -> None:
+            verdict = (
+                "[bold green]the story went as planned[/]" if summary["ok"] else "[bold red]unexpected end[/]"
+            )
             out.print(f"\n{verdict} in {summary['duration_s']:.0f}s; state kept in {summary['dir']}")
             out.print("explore it:")
             for c in cmds:
                 out.print(f"  {c}", highlight=False, soft_wrap=True)
-            if keep_running:
-                out.print(f"dashboard: {summary['dashboard']} (operator token: {summary['server']['admin_token_file']})")
-                out.print("[bold]server, agents and traffic keep running; Ctrl-C stops them[/]")
+
+        def ready(summary: dict[str, Any], cmds: list[str]) -> None:
+            if not keep_running:
+                return  # printed once every process has stopped
+            if json_out:
+                print_json(summary)
+            explore(summary, cmds)
+            out.print(
+                f"dashboard: {summary['dashboard']} (operator token in {summary['server']['admin_token_file']})"
+            )
+            out.print("[bold]server, agents and traffic keep running; Ctrl-C stops them[/]")
 
         cfg = DemoConfig(dir=dir, devices=devices, keep_running=keep_running, seed=seed)
-        summary = run_demo(cfg, narrator=narrator, on_ready=ready)
+        try:
+            summary = run_demo(cfg, narrator=narrator, on_ready=ready)
+        except KeyboardInterrupt:
+            out.print(f"interrupted; every process the demo started is stopped (state kept in {dir})")
+            raise typer.Exit(130) from None
+        if not keep_running:
+            if json_out:
+                print_json(summary)
+            explore(summary, summary["explore"])
         if not summary["ok"]:
             raise typer.Exit(1)

@@ -52,7 +52,9 @@ class _Bars:
 def _print_report_table(report: Any) -> None:
     from rich.table import Table
 
-    t = Table(title=f"variants ({report.objective}, max drop {report.budget.max_drop:g} {report.metric} points)")
+    t = Table(
+        title=f"variants ({report.objective}, max drop {report.budget.max_drop:g} {report.metric} points)"
+    )
     cols = [
         ("variant", "variant", "left"),
         ("outcome", "outcome", "left"),
@@ -88,7 +90,9 @@ def _load_steps(path: Path | None) -> Any:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"preprocessing contract {path} cannot be read: {e}", hint="give a JSON/YAML list of steps") from e
+        raise ConfigError(
+            f"preprocessing contract {path} cannot be read: {e}", hint="give a JSON/YAML list of steps"
+        ) from e
     if isinstance(data, dict) and "preprocess" in data:
         data = data["preprocess"]
     if not isinstance(data, list):
@@ -103,24 +107,52 @@ def register(app: typer.Typer) -> None:
     @app.command("optimize")
     def optimize_cmd(
         model: Path = typer.Argument(..., help="Model file: .onnx or .tflite."),
-        calib: Path = typer.Option(..., "--calib", help="Calibration data: .npz (one array per input), .npy or image folder."),
-        eval_: Path = typer.Option(..., "--eval", help="Evaluation data (a 'labels' array in the .npz enables accuracy)."),
-        out: Path = typer.Option(..., "-o", "--out", help="Output directory (must be new or empty unless --force)."),
-        labels: Path | None = typer.Option(None, "--labels", help="Integer labels (.npy) for the evaluation data."),
+        calib: Path = typer.Option(
+            ..., "--calib", help="Calibration data: .npz (one array per input), .npy or image folder."
+        ),
+        eval_: Path = typer.Option(
+            ..., "--eval", help="Evaluation data (a 'labels' array in the .npz enables accuracy)."
+        ),
+        out: Path = typer.Option(
+            ..., "-o", "--out", help="Output directory (must be new or empty unless --force)."
+        ),
+        labels: Path | None = typer.Option(
+            None, "--labels", help="Integer labels (.npy) for the evaluation data."
+        ),
         max_drop: float = typer.Option(1.0, "--max-drop", help="Largest quality drop vs fp32, in points."),
-        min_accuracy: float | None = typer.Option(None, "--min-accuracy", help="Absolute quality floor, in points."),
+        min_accuracy: float | None = typer.Option(
+            None, "--min-accuracy", help="Absolute quality floor, in points."
+        ),
         objective: str = typer.Option("balanced", "--objective", help="latency | size | balanced."),
         profile: Path | None = typer.Option(None, "--profile", help=_PROFILE_HELP),
-        variants: str | None = typer.Option(None, "--variants", help="Comma-separated variants to build instead of all."),
-        add_variant: list[str] = typer.Option([], "--add-variant", help="Extra variant by name (repeatable), e.g. static-int8-pt-minmax-qop."),
-        output: str | None = typer.Option(None, "--output", help="Model output to score (default: first float output)."),
-        preprocess: Path | None = typer.Option(None, "--preprocess", help="Preprocessing contract (JSON/YAML list) for image folders."),
-        keep_variants: bool = typer.Option(False, "--keep-variants", help="Also write every variant under variants/."),
-        force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory (after success)."),
-        no_exclusion: bool = typer.Option(False, "--no-exclusion", help="Do not re-quantize with sensitive nodes in float."),
-        runs: int | None = typer.Option(None, "--runs", help="Timed runs per variant at batch 1 (default 200)."),
+        variants: str | None = typer.Option(
+            None, "--variants", help="Comma-separated variants to build instead of all."
+        ),
+        add_variant: list[str] = typer.Option(
+            [], "--add-variant", help="Extra variant by name (repeatable), e.g. static-int8-pt-minmax-qop."
+        ),
+        output: str | None = typer.Option(
+            None, "--output", help="Model output to score (default: first float output)."
+        ),
+        preprocess: Path | None = typer.Option(
+            None, "--preprocess", help="Preprocessing contract (JSON/YAML list) for image folders."
+        ),
+        keep_variants: bool = typer.Option(
+            False, "--keep-variants", help="Also write every variant under variants/."
+        ),
+        force: bool = typer.Option(
+            False, "--force", help="Replace a non-empty output directory (after success)."
+        ),
+        no_exclusion: bool = typer.Option(
+            False, "--no-exclusion", help="Do not re-quantize with sensitive nodes in float."
+        ),
+        runs: int | None = typer.Option(
+            None, "--runs", help="Timed runs per variant at batch 1 (default 200)."
+        ),
         no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-RSS measurement."),
-        bundle: bool = typer.Option(False, "--bundle", help="Make the winner a bundle (figures in the manifest)."),
+        bundle: bool = typer.Option(
+            False, "--bundle", help="Make the winner a bundle (figures in the manifest)."
+        ),
         name: str | None = typer.Option(None, "--name", help="Bundle name (with --bundle)."),
         version: str = typer.Option("0.1.0", "--version", help="Bundle version (with --bundle)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -145,9 +177,10 @@ def register(app: typer.Typer) -> None:
         steps = _load_steps(preprocess)
         bundle_opts = None
         if bundle:
-            bundle_opts = {"name": name or model.stem.lower().replace(" ", "-"), "version": version}
-            if steps is not None:
-                bundle_opts["preprocess"] = steps
+            bundle_opts = {
+                "name": name or model.stem.lower().replace(" ", "-").replace("_", "-"),
+                "version": version,
+            }
         report = None
         try:
             with _Bars(enabled=True) as bars:
@@ -183,16 +216,22 @@ def register(app: typer.Typer) -> None:
             print_json(json.loads(report.model_dump_json()))
             return
         _print_report_table(report)
-        console.print(f"wrote {out}/model{'.tflite' if report.source_format == 'tflite' else '.onnx'}, "
-                      f"report.json, report.md, plot.png" + (f", {report.bundle}" if report.bundle else ""),
-                      highlight=False)
+        console.print(
+            f"wrote {out}/model{'.tflite' if report.source_format == 'tflite' else '.onnx'}, "
+            f"report.json, report.md, plot.png" + (f", {report.bundle}" if report.bundle else ""),
+            highlight=False,
+        )
 
     @app.command("bench")
     def bench_cmd(
         model: Path = typer.Argument(..., help="Model file: .onnx or .tflite."),
         profile: Path | None = typer.Option(None, "--profile", help=_PROFILE_HELP),
-        data: Path | None = typer.Option(None, "--data", help="Real input (.npz/.npy); the first sample is timed."),
-        dim: list[str] = typer.Option([], "--dim", help="Size of a symbolic dim for random inputs: name=N (repeatable)."),
+        data: Path | None = typer.Option(
+            None, "--data", help="Real input (.npz/.npy); the first sample is timed."
+        ),
+        dim: list[str] = typer.Option(
+            [], "--dim", help="Size of a symbolic dim for random inputs: name=N (repeatable)."
+        ),
         runs: int | None = typer.Option(None, "--runs", help="Timed runs at batch 1 (default 200)."),
         warmup: int | None = typer.Option(None, "--warmup", help="Warm-up runs (default 10)."),
         batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes for throughput, comma-separated."),
@@ -211,7 +250,9 @@ def register(app: typer.Typer) -> None:
         try:
             sizes = tuple(int(b) for b in batch.split(",") if b.strip())
         except ValueError as e:
-            raise ConfigError(f"--batch {batch!r} must be integers separated by commas", hint="e.g. --batch 1,8,32") from e
+            raise ConfigError(
+                f"--batch {batch!r} must be integers separated by commas", hint="e.g. --batch 1,8,32"
+            ) from e
         if not sizes or min(sizes) < 1:
             raise ConfigError("--batch sizes must be >= 1", hint="e.g. --batch 1,8,32")
         with _Bars(enabled=True) as bars:
@@ -231,23 +272,34 @@ def register(app: typer.Typer) -> None:
             return
         from rich.table import Table
 
-        t = Table(title=f"{model.name} on {res.profile} ({res.threads} threads, {', '.join(res.providers)}, {res.runtime})")
+        t = Table(
+            title=f"{model.name} on {res.profile} ({res.threads} threads, {', '.join(res.providers)}, {res.runtime})"
+        )
         t.add_column("measure")
         t.add_column("value", justify="right")
         lat = res.latency
         rows = [
-            ("file size", f"{res.size_bytes / 1024:.1f} KB (compressed {res.compressed_bytes / 1024:.1f} KB)"),
+            (
+                "file size",
+                f"{res.size_bytes / 1024:.1f} KB (compressed {res.compressed_bytes / 1024:.1f} KB)",
+            ),
             ("session init", f"{res.init_ms:.2f} ms"),
             ("first inference", f"{res.first_inference_ms:.3f} ms"),
             ("warm-up", f"{res.warmup_runs} runs, {res.warmup_ms:.2f} ms"),
             ("latency mean ± std", f"{lat.mean_ms:.4f} ± {lat.std_ms:.4f} ms ({lat.runs} runs)"),
             ("p50 / p90", f"{lat.p50_ms:.4f} / {lat.p90_ms:.4f} ms"),
             ("p95 / p99", f"{lat.p95_ms:.4f} / {lat.p99_ms:.4f} ms"),
-            ("peak RSS added", f"{res.peak_rss_mb:.1f} MB" if res.peak_rss_mb is not None else (res.rss_note or "-")),
+            (
+                "peak RSS added",
+                f"{res.peak_rss_mb:.1f} MB" if res.peak_rss_mb is not None else (res.rss_note or "-"),
+            ),
         ]
         for tp in res.throughput:
             rows.append(
-                (f"throughput batch {tp.batch}", f"{tp.samples_per_s:.1f} samples/s" if tp.samples_per_s else (tp.note or "-"))
+                (
+                    f"throughput batch {tp.batch}",
+                    f"{tp.samples_per_s:.1f} samples/s" if tp.samples_per_s else (tp.note or "-"),
+                )
             )
         for k, v in rows:
             t.add_row(k, v)

@@ -149,7 +149,9 @@ def measure_rss(
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(profile.cores))
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=settings.memory_timeout_s, env=env)
+            r = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=settings.memory_timeout_s, env=env
+            )
         except subprocess.TimeoutExpired:
             return None, f"memory probe timed out after {settings.memory_timeout_s:.0f} s"
         if r.returncode != 0:
@@ -360,9 +362,15 @@ def interleaved(
     if runs is None:
         # Each round lasts at least interleave_round_s, so one preemption cannot move a round's median.
         per_run = max(
-            float(np.median(_timed(baseline, feed_base, 10))), float(np.median(_timed(candidate, feed_cand, 10)))
+            float(np.median(_timed(baseline, feed_base, 10))),
+            float(np.median(_timed(candidate, feed_cand, 10))),
         )
-        runs = int(min(100_000, max(settings.interleave_runs, np.ceil(settings.interleave_round_s / max(per_run, 1e-7)))))
+        runs = int(
+            min(
+                100_000,
+                max(settings.interleave_runs, np.ceil(settings.interleave_round_s / max(per_run, 1e-7))),
+            )
+        )
     bp, cp = [], []
     for r in range(rounds):
         order = (baseline, candidate) if r % 2 == 0 else (candidate, baseline)

@@ -142,7 +142,9 @@ class Builder:
                 return self._int4(v, dst, exclude)
             if v.kind == "pruned":
                 return self._pruned(v, dst)
-        raise OptimizeError(f"variant kind {v.kind} cannot be built for an ONNX model", hint="pick another variant")
+        raise OptimizeError(
+            f"variant kind {v.kind} cannot be built for an ONNX model", hint="pick another variant"
+        )
 
     # --- fp16 ---------------------------------------------------------------------------------
     def _fp16(self, dst: Path) -> Built:
@@ -153,8 +155,22 @@ class Builder:
         half = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
         onnx.save_model(half, str(dst))
         notes = ["weights and activations in float16, inputs/outputs kept float32"]
+        try:
+            self._check_loads(dst)
+        except Exception as e:  # noqa: BLE001
+            if "Cast" not in str(e):
+                raise
+            # onnxconverter-common retypes the outputs of Cast(to=float) nodes; keeping Casts in fp32 fixes it.
+            half = float16.convert_float_to_float16(
+                model, keep_io_types=True, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "Cast"]
+            )
+            onnx.save_model(half, str(dst))
+            self._check_loads(dst)
+            notes.append("Cast nodes kept in float32 (the converter mistyped them)")
         if not ({"f16c", "avx512_fp16", "asimdhp"} & set(self.profile.flags)):
-            notes.append("no native fp16 arithmetic on this CPU: onnxruntime casts back to fp32 around many ops")
+            notes.append(
+                "no native fp16 arithmetic on this CPU: onnxruntime casts back to fp32 around many ops"
+            )
         return Built(dst, notes)
 
     # --- dynamic int8 ---------------------------------------------------------------------------
@@ -184,7 +200,9 @@ class Builder:
                 extra_options=extra,
             )
             self._check_loads(dst)
-            notes.append(f"int8 weights did not load ({str(e).strip().splitlines()[-1][:120]}); used uint8 weights")
+            notes.append(
+                f"int8 weights did not load ({str(e).strip().splitlines()[-1][:120]}); used uint8 weights"
+            )
         if exclude:
             notes.append(f"{len(exclude)} sensitive nodes kept in float")
         return Built(dst, notes, {"excluded_nodes": exclude})
@@ -225,19 +243,35 @@ class Builder:
             calibration_cache_path=str(cache),
         )
         try:
-            quantize_static(str(self.prepared.quant_input), str(dst), _Reader(self.calib.samples), extra_options=extra, **kw)
+            quantize_static(
+                str(self.prepared.quant_input),
+                str(dst),
+                _Reader(self.calib.samples),
+                extra_options=extra,
+                **kw,
+            )
         except ValueError as e:
             if "Histogram has not been collected" in str(e):
                 raise OptimizeError(
                     f"{v.calibration} calibration found no tensors to calibrate"
-                    + (" outside control-flow subgraphs (static quantization skips If/Loop bodies)" if self.facts.has_subgraphs else ""),
+                    + (
+                        " outside control-flow subgraphs (static quantization skips If/Loop bodies)"
+                        if self.facts.has_subgraphs
+                        else ""
+                    ),
                     hint="use dynamic-int8 for models whose layers live in If/Loop subgraphs",
                 ) from e
             # onnxruntime's int32-bias scale adjustment fails on some per-channel weights; without it
             # the bias just keeps its natural scale.
             log.info("static quantization failed (%s); retrying without the int32-bias weight adjustment", e)
             extra["QDQDisableWeightAdjustForInt32Bias"] = True
-            quantize_static(str(self.prepared.quant_input), str(dst), _Reader(self.calib.samples), extra_options=extra, **kw)
+            quantize_static(
+                str(self.prepared.quant_input),
+                str(dst),
+                _Reader(self.calib.samples),
+                extra_options=extra,
+                **kw,
+            )
             notes.append("int32-bias weight-scale adjustment disabled (onnxruntime failed on it)")
         self._check_loads(dst)
         if exclude:
@@ -268,7 +302,9 @@ class Builder:
                 hint="int4 applies to MatMul-heavy models (transformers); Gemm/Conv weights are not covered",
             )
         self._check_loads(dst)
-        notes = [f"{n} MatMul weights in 4 bits (block {block}, symmetric), compute in int8 (accuracy_level 4)"]
+        notes = [
+            f"{n} MatMul weights in 4 bits (block {block}, symmetric), compute in int8 (accuracy_level 4)"
+        ]
         if exclude:
             notes.append(f"{len(exclude)} sensitive nodes kept in float")
         return Built(dst, notes, {"excluded_nodes": exclude, "matmulnbits": n})

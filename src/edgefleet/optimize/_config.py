@@ -39,9 +39,13 @@ class OptimizeSettings(BaseSettings):
     matmul_heavy_share: float = Field(
         0.5, description="share of weights in MatMul nodes above which int4 weight-only is built"
     )
-    conv_heavy_share: float = Field(0.5, description="share of weights in Conv above which a model is conv-heavy")
+    conv_heavy_share: float = Field(
+        0.5, description="share of weights in Conv above which a model is conv-heavy"
+    )
     prune_sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="sparsity of the default pruned variant")
-    max_exclusion_rounds: int = Field(6, ge=0, description="re-quantization rounds of sensitive-node exclusion")
+    max_exclusion_rounds: int = Field(
+        6, ge=0, description="re-quantization rounds of sensitive-node exclusion"
+    )
     debug_samples: int = Field(16, ge=1, description="samples used to rank nodes by quantization error")
 
     # --- measurement -------------------------------------------------------------------------
@@ -51,9 +55,13 @@ class OptimizeSettings(BaseSettings):
     throughput_runs: int = Field(20, ge=1, description="timed runs per throughput batch size")
     measure_memory: bool = Field(True, description="measure peak RSS added by a session (subprocess)")
     memory_timeout_s: float = Field(120.0, description="time limit of the memory probe subprocess")
-    interleave_rounds: int = Field(7, ge=3, description="alternating rounds of the baseline-vs-candidate check")
+    interleave_rounds: int = Field(
+        7, ge=3, description="alternating rounds of the baseline-vs-candidate check"
+    )
     interleave_runs: int = Field(40, ge=3, description="least timed runs per model per interleaved round")
-    interleave_round_s: float = Field(0.05, ge=0.0, description="least duration of one model's interleaved round")
+    interleave_round_s: float = Field(
+        0.05, ge=0.0, description="least duration of one model's interleaved round"
+    )
     noise_floor: float = Field(
         0.05, ge=0.0, description="relative p50 difference always treated as noise (0.05 = 5 %)"
     )

@@ -46,7 +46,9 @@ def _is_torch_module(obj: Any) -> bool:
 
 
 def _is_sklearn(obj: Any) -> bool:
-    return any((c.__module__ or "").startswith("sklearn") for c in type(obj).__mro__) and hasattr(obj, "predict")
+    return any((c.__module__ or "").startswith("sklearn") for c in type(obj).__mro__) and hasattr(
+        obj, "predict"
+    )
 
 
 def peek_example(data: Any, labels_key: str = "labels") -> dict[str, np.ndarray] | None:
@@ -219,7 +221,8 @@ def _example_dict(example_inputs: Any, input_names: list[str] | None) -> dict[st
     names = input_names or (["input"] if len(items) == 1 else [f"input_{i}" for i in range(len(items))])
     if len(names) != len(items):
         raise InputError(
-            f"{len(items)} example inputs but {len(names)} input names", hint="give one name per example input"
+            f"{len(items)} example inputs but {len(names)} input names",
+            hint="give one name per example input",
         )
     return {n: _to_numpy(v) for n, v in zip(names, items, strict=True)}
 
@@ -388,5 +391,9 @@ def _export_sklearn(
     err = _compare(ref[: len(out_names)], [got[n] for n in out_names][: len(ref)], settings.export_atol)
     runner.close()
     return Source(
-        dst, "onnx", f"scikit-learn {type(est).__name__}", [f"converted with skl2onnx; max abs error {err:.2e}"], err
+        dst,
+        "onnx",
+        f"scikit-learn {type(est).__name__}",
+        [f"converted with skl2onnx; max abs error {err:.2e}"],
+        err,
     )

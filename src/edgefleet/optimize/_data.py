@@ -71,6 +71,18 @@ def _read_npy(path: Path, what: str) -> np.ndarray:
         ) from e
 
 
+def image_files(path: Path) -> tuple[list[tuple[Path, int | None]], list[Path]]:
+    """Image files of a folder, with class indices when it holds one subfolder per class (sorted)."""
+    subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files: list[tuple[Path, int | None]] = []
+    if subdirs:  # one folder per class, sorted by name: ImageFolder convention
+        for ci, d in enumerate(subdirs):
+            files += [(f, ci) for f in sorted(d.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+    else:
+        files = [(f, None) for f in sorted(path.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+    return files, subdirs
+
+
 def _image_folder(
     path: Path, inputs: list[TensorInfo], preprocess: Any, what: str, limit: int, max_bytes: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None, list[str]]:
@@ -84,13 +96,7 @@ def _image_folder(
             f"{what} data {path} is an image folder but no preprocessing contract was given",
             hint="pass preprocess=[{'op': 'decode_image'}, ...] (CLI: --preprocess steps.json)",
         )
-    subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files: list[tuple[Path, int | None]] = []
-    if subdirs:  # one folder per class, sorted by name: ImageFolder convention
-        for ci, d in enumerate(subdirs):
-            files += [(f, ci) for f in sorted(d.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
-    else:
-        files = [(f, None) for f in sorted(path.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+    files, subdirs = image_files(path)
     if not files:
         raise InputError(
             f"{what} data folder {path} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))})",
@@ -157,7 +163,9 @@ def load_labels(labels: Any, what: str = "evaluation") -> np.ndarray:
             f"{what} labels have dtype {arr.dtype}, expected integers", hint="pass class indices 0..C-1"
         )
     if arr.size and arr.min() < 0:
-        raise InputError(f"{what} labels contain negative values ({int(arr.min())})", hint="use indices 0..C-1")
+        raise InputError(
+            f"{what} labels contain negative values ({int(arr.min())})", hint="use indices 0..C-1"
+        )
     return arr.astype(np.int64)
 
 
@@ -206,7 +214,9 @@ def load_data(
                 hint="give a .npz with one array per model input, a .npy, or a folder of images",
             )
         if p.is_dir():
-            arrays, found_labels, n = _image_folder(p, inputs, preprocess, what, limit, settings.max_data_bytes)
+            arrays, found_labels, n = _image_folder(
+                p, inputs, preprocess, what, limit, settings.max_data_bytes
+            )
             arrays_or_items = arrays
             notes += n
         else:
@@ -391,7 +401,11 @@ def _check_sample(
             if spec.dtype == np.float32 and x.dtype in (np.float64, np.float16):
                 notes.add(f"{what} input {spec.name!r}: cast {x.dtype} to float32")
                 x = x.astype(np.float32)
-            elif spec.dtype.kind in "iu" and x.dtype.kind in "iu" and np.can_cast(x.dtype, spec.dtype, "same_kind"):
+            elif (
+                spec.dtype.kind in "iu"
+                and x.dtype.kind in "iu"
+                and np.can_cast(x.dtype, spec.dtype, "same_kind")
+            ):
                 if x.size and (x.min() < np.iinfo(spec.dtype).min or x.max() > np.iinfo(spec.dtype).max):
                     raise InputError(
                         f"{what} input {spec.name!r} sample {idx}: values do not fit {spec.dtype}",
@@ -476,7 +490,9 @@ def iter_batches(
         yield flush()
 
 
-def synthetic_feed(inputs: list[TensorInfo], dims: Mapping[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_feed(
+    inputs: list[TensorInfo], dims: Mapping[str, int] | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
     """A random batch-1 feed for benchmarking when no data is given (symbolic dims from ``dims`` or 1)."""
     rng = np.random.default_rng(seed)
     dims = dict(dims or {})

@@ -80,7 +80,9 @@ def main(argv: list[str]) -> int:
     for _ in range(int(runs)):
         runner.run(feed)
     peak = (_status_kb("VmHWM") if how == "VmHWM" else None) or _maxrss_kb()
-    print(json.dumps({"base_kb": base, "peak_kb": peak, "added_mb": max(0, peak - base) / 1024.0, "how": how}))
+    print(
+        json.dumps({"base_kb": base, "peak_kb": peak, "added_mb": max(0, peak - base) / 1024.0, "how": how})
+    )
     return 0
 
 

@@ -4,9 +4,11 @@ and write the chosen model plus the report. Everything is written into a tempora
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.errors import BudgetNotMetError, ConfigError, EdgefleetError, InputError, OptimizeError
+from edgefleet.errors import BudgetNotMetError, ConfigError, EdgefleetError, OptimizeError
 from edgefleet.optimize._bench import benchmark_runner, interleaved
 from edgefleet.optimize._build import Builder
 from edgefleet.optimize._config import OptimizeSettings
@@ -53,10 +55,8 @@ def _runtime_versions() -> dict[str, str]:
 
     out = {}
     for pkg in ("onnxruntime", "onnx", "onnxconverter-common"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -162,22 +162,42 @@ def optimize(
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective {objective!r} is unknown", hint=f"use one of {', '.join(OBJECTIVES)}")
     if max_drop < 0:
-        raise ConfigError(f"max_drop must be >= 0, got {max_drop}", hint="give the allowed drop in points, e.g. 1")
+        raise ConfigError(
+            f"max_drop must be >= 0, got {max_drop}", hint="give the allowed drop in points, e.g. 1"
+        )
     prof = _profile(profile)
     wanted = _parse_variants(variants)
     budget = Budget.from_profile(prof, max_drop=max_drop, min_quality=min_quality)
     out = Path(out_dir).resolve()
     _check_out_dir(out, overwrite)
-    if bundle is not None and not isinstance(bundle, dict):
-        raise ConfigError("bundle must be a dict of create_bundle arguments", hint='e.g. {"name": "digits", "version": "1.0.0"}')
+    if bundle is not None:
+        _check_bundle_identity(bundle)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     work = tmp / ".work"
     work.mkdir()
     try:
         report = _run(
-            model, calib, eval, labels, budget, objective, prof, wanted, tmp, work, min_quality,
-            example_inputs, input_names, output, preprocess, keep_variants, exclusion, bundle, settings, progress,
+            model,
+            calib,
+            eval,
+            labels,
+            budget,
+            objective,
+            prof,
+            wanted,
+            tmp,
+            work,
+            min_quality,
+            example_inputs,
+            input_names,
+            output,
+            preprocess,
+            keep_variants,
+            exclusion,
+            bundle,
+            settings,
+            progress,
         )
         shutil.rmtree(work, ignore_errors=True)
         _finalize(tmp, out)
@@ -186,13 +206,45 @@ def optimize(
         raise
     if report.chosen is None:
         err = BudgetNotMetError(
-            f"no variant meets the budget: {report.reason}",
+            report.reason,
             hint="relax --max-drop / --min-accuracy or the profile's budgets; see report.md for each variant's figures",
             report=str(out / "report.md"),
         )
         err.report = report  # type: ignore[attr-defined]
         raise err
     return report
+
+
+def _check_bundle_identity(bundle: Any) -> None:
+    """Refuse a bad bundle name/version before any work (the bundle is built last)."""
+    if not isinstance(bundle, dict):
+        raise ConfigError(
+            "bundle must be a dict of create_bundle arguments",
+            hint='e.g. {"name": "digits", "version": "1.0.0"}',
+        )
+    from pydantic import ValidationError as PydValidationError
+
+    from edgefleet.protocol import Manifest
+
+    try:
+        Manifest(
+            name=str(bundle.get("name") or "model"),
+            version=str(bundle.get("version") or "0.1.0"),
+            variant=str(bundle.get("variant") or "cpu"),
+            inputs=[],
+            outputs=[],
+        )
+    except PydValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(
+            f"invalid bundle identity: {problems}",
+            hint="name: lowercase slug like 'digits'; version: semver like 1.4.0",
+        ) from e
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
+    return (s or "cpu")[:64]
 
 
 def _tick(progress: Progress | None, task: str, done: int, total: int) -> None:
@@ -236,11 +288,21 @@ def _run(
     inputs, outputs = probe.inputs, probe.outputs
     probe.close()
     calib = load_data(
-        calib_src, inputs, what="calibration", limit=settings.max_calib_samples, preprocess=preprocess, settings=settings
+        calib_src,
+        inputs,
+        what="calibration",
+        limit=settings.max_calib_samples,
+        preprocess=preprocess,
+        settings=settings,
     )
     evald = load_data(
-        eval_src, inputs, what="evaluation", labels=labels, limit=settings.max_eval_samples,
-        preprocess=preprocess, settings=settings,
+        eval_src,
+        inputs,
+        what="evaluation",
+        labels=labels,
+        limit=settings.max_eval_samples,
+        preprocess=preprocess,
+        settings=settings,
     )
     _tick(progress, "load model", 1, 1)
     report = OptimizeReport(
@@ -259,7 +321,21 @@ def _run(
         runtime=_runtime_versions(),
     )
     if source.format == "tflite":
-        return _run_tflite(source, evald, report, budget, objective, prof, tmp, output, settings, progress)
+        report = _run_tflite(source, evald, report, budget, objective, prof, tmp, output, settings, progress)
+        if report.chosen is not None and bundle is not None:
+            report.bundle = _make_bundle(
+                report,
+                report.variant(report.chosen),
+                tmp / "model.tflite",
+                tmp,
+                evald,
+                bundle,
+                source,
+                eval_src,
+                preprocess,
+            )
+        _write_reports(report, tmp)
+        return report
 
     proto = onnx.load(str(source.path))
     src_opset = analyze(proto).opset
@@ -271,15 +347,19 @@ def _run(
     # What the quantizers see decides what applies (quant_pre_process may fuse MatMul+Add into Gemm).
     facts = analyze(onnx.load(str(prepared.quant_input)))
     if wanted is None:
-        wanted = [Variant.parse(n) for n in default_variant_names(
-            matmul_heavy=facts.matmul_share >= settings.matmul_heavy_share,
-            prune_pct=int(round(settings.prune_sparsity * 100)),
-        )]
+        wanted = [
+            Variant.parse(n)
+            for n in default_variant_names(
+                matmul_heavy=facts.matmul_share >= settings.matmul_heavy_share,
+                prune_pct=int(round(settings.prune_sparsity * 100)),
+            )
+        ]
     if not any(v.kind == "fp32" for v in wanted):
         wanted = [Variant.parse("fp32"), *wanted]  # the baseline every figure is compared with
     wanted = [v for v in wanted if v.kind != "tflite"]
     report.warnings = [
-        w.model_dump() for w in preflight(proto, dataclasses.replace(facts, opset=src_opset), prof, wanted, settings)
+        w.model_dump()
+        for w in preflight(proto, dataclasses.replace(facts, opset=src_opset), prof, wanted, settings)
     ]
 
     builder = Builder(prepared, calib, work, facts, prof, settings)
@@ -316,9 +396,14 @@ def _run(
             continue
         except Exception as e:  # noqa: BLE001 - one variant failing must not stop the others
             log.info("variant %s failed", v.name, exc_info=True)
-            res.status, res.error = "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            res.status, res.error = (
+                "failed",
+                f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}",
+            )
             if v.kind == "fp32":
-                raise OptimizeError(f"the fp32 baseline cannot be built: {res.error}", hint="check the model") from e
+                raise OptimizeError(
+                    f"the fp32 baseline cannot be built: {res.error}", hint="check the model"
+                ) from e
             continue
         res.build_s = time.perf_counter() - t0
         res.notes += built.notes
@@ -345,7 +430,9 @@ def _run(
             base_quality = q.score
         res.drop = (base_quality or 0.0) - q.score
         if prof.onnxruntime:
-            res.target_issues = target_runtime_issues(onnx.load(str(built.path), load_external_data=False), prof.onnxruntime)
+            res.target_issues = target_runtime_issues(
+                onnx.load(str(built.path), load_external_data=False), prof.onnxruntime
+            )
 
         # Sensitive-node exclusion: keep the worst nodes in float until the budget is met.
         if (
@@ -354,8 +441,22 @@ def _run(
             and v.kind in ("static-int8", "dynamic-int8", "int4")
             and settings.max_exclusion_rounds > 0
         ):
-            extra = _exclusion(v, res, builder, prepared.quant_input, built.path, calib, evaluate, task, ref, evald,
-                               base_quality or 0.0, budget, settings, work)
+            extra = _exclusion(
+                v,
+                res,
+                builder,
+                prepared.quant_input,
+                built.path,
+                calib,
+                evaluate,
+                task,
+                ref,
+                evald,
+                base_quality or 0.0,
+                budget,
+                settings,
+                work,
+            )
             if extra is not None:
                 ex_res, ex_path = extra
                 results.append(ex_res)
@@ -366,11 +467,19 @@ def _run(
     feed = evald.samples[0]
     ok = [r for r in results if r.status == "ok"]
     for j, r in enumerate(ok):
+
         def prog(_name: str, done: int, total: int, _j: int = j) -> None:
             _tick(progress, "benchmark", _j * 1000 + int(1000 * done / max(total, 1)), len(ok) * 1000)
 
         try:
-            r.bench = benchmark_runner(built_paths[r.name], feed, prof, settings, progress=prog)
+            r.bench = benchmark_runner(
+                built_paths[r.name],
+                feed,
+                prof,
+                settings,
+                progress=prog,
+                measure_memory=settings.measure_memory or budget.ram_mb is not None,  # a RAM budget needs it
+            )
         except Exception as e:  # noqa: BLE001
             r.status, r.error = "failed", f"benchmark failed: {str(e).strip()[:200]}"
     _tick(progress, "benchmark", len(ok) * 1000, len(ok) * 1000)
@@ -393,12 +502,16 @@ def _run(
             b.close()
             c.close()
 
-    chosen, why = select(results, budget, objective, baseline="fp32", confirm=confirm, noise_floor=settings.noise_floor)
+    chosen, why = select(
+        results, budget, objective, baseline="fp32", confirm=confirm, noise_floor=settings.noise_floor
+    )
     report.variants = results
     report.reason = why
     _write_outputs(report, chosen, built_paths, tmp, keep_variants, ".onnx")
     if chosen is not None and bundle is not None:
-        report.bundle = _make_bundle(report, chosen, tmp / "model.onnx", tmp, evald, bundle, source)
+        report.bundle = _make_bundle(
+            report, chosen, tmp / "model.onnx", tmp, evald, bundle, source, eval_src, preprocess
+        )
     _write_reports(report, tmp)
     return report
 
@@ -426,7 +539,11 @@ def _exclusion(
             method = "qdq_loss_debug activation SQNR"
         else:
             bits = 4 if v.kind == "int4" else 8
-            ranking = rank_weights(float_model, bits=bits, block=(v.block_size or settings.int4_block_size) if bits == 4 else None)
+            ranking = rank_weights(
+                float_model,
+                bits=bits,
+                block=(v.block_size or settings.int4_block_size) if bits == 4 else None,
+            )
             method = f"{bits}-bit weight SQNR"
     except Exception as e:  # noqa: BLE001 - ranking is best effort; the variant just stays rejected
         res.notes.append(f"sensitive-node ranking failed: {str(e)[:160]}")
@@ -468,8 +585,12 @@ def _exclusion(
         best[0].notes.append("exclusion rounds: " + "; ".join(tried))
         if best[0].drop is not None and best[0].drop > budget.max_drop:
             best[0].notes.append(
-                "still over budget" + (" with every ranked node in float" if k >= len(groups) else
-                                       f" after {settings.max_exclusion_rounds} rounds")
+                "still over budget"
+                + (
+                    " with every ranked node in float"
+                    if k >= len(groups)
+                    else f" after {settings.max_exclusion_rounds} rounds"
+                )
             )
     return best
 
@@ -536,14 +657,17 @@ def _run_tflite(
     res.quality = QualityFigures(**q.__dict__)
     res.drop = 0.0
     res.bench = benchmark_runner(
-        source.path, evald.samples[0], prof, settings,
+        source.path,
+        evald.samples[0],
+        prof,
+        settings,
+        measure_memory=settings.measure_memory or budget.ram_mb is not None,
         progress=lambda n, d, t: _tick(progress, "benchmark", d, t),
     )
     chosen, why = select([res], budget, objective, baseline="fp32")
     report.variants = [res]
     report.reason = why
     _write_outputs(report, chosen, {"fp32": source.path}, tmp, False, ".tflite")
-    _write_reports(report, tmp)
     return report
 
 
@@ -561,84 +685,104 @@ def _make_bundle(
     evald: Dataset,
     opts: dict[str, Any],
     source: Source,
+    eval_src: Any = None,
+    preprocess: Any = None,
 ) -> str:
-    """Package the winner with its measured figures in the manifest metrics."""
+    """Package the winner as a bundle archive, with its measured figures in the manifest metrics."""
     try:
         from edgefleet.bundle import create_bundle
-    except ImportError as e:
+    except ImportError as e:  # pragma: no cover - the bundle package ships with edgefleet
         raise OptimizeError(
             "bundling needs edgefleet.bundle.create_bundle, which this installation lacks",
-            hint="run without --bundle, then `edgefleet bundle create` on report's model.onnx",
+            hint="run without --bundle, then bundle the written model.onnx",
         ) from e
-    from edgefleet.protocol import LatencyStats, Lineage, Metrics
+    from edgefleet.optimize._data import iter_batches
+    from edgefleet.optimize._runner import TensorInfo
+    from edgefleet.protocol import Budgets, LatencyStats, Lineage, Metrics, RuntimeRequirements
 
     q = chosen.quality
     lat = chosen.bench.latency if chosen.bench else None
+    extra = {
+        "quality_drop": chosen.drop,
+        "speedup_p50": chosen.speedup_p50,
+        "size_ratio": chosen.size_ratio,
+        "peak_rss_mb": chosen.bench.peak_rss_mb if chosen.bench else None,
+        "cosine": q.cosine if q else None,
+        "max_abs_err": q.max_abs_err if q else None,
+    }
     metrics = Metrics(
-        accuracy=(q.accuracy if q and q.accuracy is not None else None),
-        agreement=(q.agreement if q and q.agreement is not None else None),
+        accuracy=q.accuracy if q else None,
+        agreement=q.agreement if q else None,
         latency={
             report.profile.name: LatencyStats(
-                mean_ms=lat.mean_ms, p50_ms=lat.p50_ms, p90_ms=lat.p90_ms, p95_ms=lat.p95_ms, p99_ms=lat.p99_ms
+                mean_ms=lat.mean_ms,
+                p50_ms=lat.p50_ms,
+                p90_ms=lat.p90_ms,
+                p95_ms=lat.p95_ms,
+                p99_ms=lat.p99_ms,
             )
         }
         if lat
         else {},
         size_bytes=chosen.size_bytes,
-        extra={
-            k: float(v)
-            for k, v in {
-                "quality_drop": chosen.drop,
-                "speedup_p50": chosen.speedup_p50,
-                "size_ratio": chosen.size_ratio,
-                "peak_rss_mb": chosen.bench.peak_rss_mb if chosen.bench else None,
-                "cosine": q.cosine if q else None,
-            }.items()
-            if v is not None
-        },
+        extra={k: float(v) for k, v in extra.items() if v is not None},
     )
     lineage = Lineage(
         optimization={
             "variant": chosen.name,
             "objective": report.objective,
             "max_drop": report.budget.max_drop,
+            "metric": report.metric,
             "profile": report.profile.name,
             "excluded_nodes": chosen.excluded_nodes,
+            "source": source.origin,
         }
     )
     kwargs = dict(opts)
-    name = kwargs.pop("name", None) or "model"
-    version = kwargs.pop("version", None) or "0.1.0"
-    variant = kwargs.pop("variant", None) or f"{report.profile.name}-{chosen.name}".lower()[:64]
-    inputs_raw = kwargs.pop("inputs_raw", None)
-    if inputs_raw is None:
-        names = [i["name"] for i in report.inputs]
-        inputs_raw = {n: np.concatenate([s[n] for s in evald.samples[:8]], axis=0) for n in names} if all(
-            s[n].ndim >= 1 for s in evald.samples[:8] for n in names
-        ) and len(names) == 1 else None
-        if inputs_raw is not None and len(names) == 1:
-            inputs_raw = inputs_raw[names[0]]
-    if inputs_raw is None:
-        raise InputError(
-            "bundling needs raw golden inputs for this model",
-            hint="pass bundle={'inputs_raw': ...} with a few raw samples",
-        )
-    out = tmp / "bundle"
-    out.mkdir()
+    name = str(kwargs.pop("name", None) or "model")
+    version = str(kwargs.pop("version", None) or "0.1.0")
+    variant = str(kwargs.pop("variant", None) or _slug(f"{report.profile.name}-{chosen.name}"))
+    kwargs.setdefault(
+        "budgets",
+        Budgets(latency_p95_ms=report.profile.latency_budget_ms, ram_mb=report.profile.ram_budget_mb),
+    )
+    kwargs.setdefault(
+        "runtime", RuntimeRequirements(execution_providers=list(report.profile.execution_providers))
+    )
+    if (
+        "inputs_raw" not in kwargs
+        and preprocess is not None
+        and isinstance(eval_src, (str, Path))
+        and Path(eval_src).is_dir()
+    ):
+        # Image folders: the golden inputs are the raw image files, run through the same contract.
+        from edgefleet.optimize._data import image_files
+
+        kwargs["inputs_raw"] = [f.read_bytes() for f, _ in image_files(Path(eval_src))[0][:8]]
+        kwargs.setdefault("preprocess", preprocess)
+    if "inputs_raw" not in kwargs:
+        # Golden inputs: the first evaluation batch, as model inputs (no contract to re-apply).
+        specs = [
+            TensorInfo(i["name"], np.dtype(i["dtype"]), tuple(i["shape"]) or None) for i in report.inputs
+        ]
+        feed, _n = next(iter_batches(evald.head(8), specs, 8))
+        kwargs["inputs_raw"] = next(iter(feed.values())) if len(feed) == 1 else feed
+        kwargs.pop("preprocess", None)
+    suffix = model_path.suffix
+    out = tmp / f"{name}-{version}-{variant}.tar"
     try:
-        path = create_bundle(
-            model_path,
+        create_bundle(
+            model_path.with_suffix(suffix),
             out,
             name=name,
             version=version,
             variant=variant,
-            inputs_raw=inputs_raw,
             metrics=metrics,
             lineage=lineage,
             **kwargs,
         )
-    except EdgefleetError:
-        raise
     except TypeError as e:
-        raise OptimizeError(f"create_bundle rejected the arguments: {e}", hint="check the bundle options") from e
-    return str(Path(path).relative_to(tmp)) if Path(path).is_relative_to(tmp) else str(path)
+        raise OptimizeError(
+            f"create_bundle rejected the bundle options: {e}", hint="check the bundle options"
+        ) from e
+    return out.name

@@ -69,7 +69,9 @@ def preflight(
         )
     if profile.onnxruntime:
         for issue in target_runtime_issues(model, profile.onnxruntime):
-            out.append(Warning_(code="target_runtime", message=f"device onnxruntime {profile.onnxruntime}: {issue}"))
+            out.append(
+                Warning_(code="target_runtime", message=f"device onnxruntime {profile.onnxruntime}: {issue}")
+            )
         if "int4" in kinds:
             parts = profile.onnxruntime.split(".")
             if (int(parts[0]), int(parts[1])) < (1, 17):

@@ -90,7 +90,9 @@ def compare_outputs(
     return True, worst, ""
 
 
-def _outputs(path: Path, feeds: list[dict[str, np.ndarray]], optimization: str = "all") -> list[dict[str, np.ndarray]]:
+def _outputs(
+    path: Path, feeds: list[dict[str, np.ndarray]], optimization: str = "all"
+) -> list[dict[str, np.ndarray]]:
     r = OrtRunner(path, threads=1, optimization=optimization)
     try:
         return [r.run(f) for f in feeds]
@@ -118,14 +120,20 @@ def prepare(
 
             up = version_converter.convert_version(model, settings.upgrade_opset)
             onnx.save_model(up, str(dst))
-            ok, err, why = compare_outputs(ref, _outputs(dst, feeds), settings.parity_rtol, settings.parity_atol)
+            ok, err, why = compare_outputs(
+                ref, _outputs(dst, feeds), settings.parity_rtol, settings.parity_atol
+            )
             if ok:
-                steps.append(PrepStep("opset upgrade", True, err, f"opset {opset} -> {settings.upgrade_opset}"))
+                steps.append(
+                    PrepStep("opset upgrade", True, err, f"opset {opset} -> {settings.upgrade_opset}")
+                )
                 current, opset = dst, settings.upgrade_opset
             else:
                 steps.append(PrepStep("opset upgrade", False, err, f"skipped: outputs changed ({why})"))
         except Exception as e:  # noqa: BLE001 - the converter fails on many real models; keep the original
-            steps.append(PrepStep("opset upgrade", False, None, f"skipped: {type(e).__name__}: {str(e)[:160]}"))
+            steps.append(
+                PrepStep("opset upgrade", False, None, f"skipped: {type(e).__name__}: {str(e)[:160]}")
+            )
     else:
         steps.append(PrepStep("opset upgrade", False, None, f"not needed (opset {opset})"))
 
@@ -144,7 +152,9 @@ def prepare(
         try:
             with quiet_ort_logs():
                 quant_pre_process(str(current), str(dst), **kw)
-            ok, err, why = compare_outputs(ref, _outputs(dst, feeds), settings.parity_rtol, settings.parity_atol)
+            ok, err, why = compare_outputs(
+                ref, _outputs(dst, feeds), settings.parity_rtol, settings.parity_atol
+            )
         except Exception as e:  # noqa: BLE001 - symbolic shape inference fails on odd models: fall back
             failures.append(f"{label}: {type(e).__name__}: {str(e).strip()[:160]}")
             continue
@@ -171,12 +181,16 @@ def prepare(
         so.optimized_model_filepath = str(baseline)
         so.log_severity_level = 3
         ort.InferenceSession(str(quant_input), so, providers=["CPUExecutionProvider"])
-        ok, err, why = compare_outputs(ref, _outputs(baseline, feeds), settings.parity_rtol, settings.parity_atol)
+        ok, err, why = compare_outputs(
+            ref, _outputs(baseline, feeds), settings.parity_rtol, settings.parity_atol
+        )
         if ok:
             steps.append(PrepStep("ORT offline optimization", True, err, "level: extended"))
         else:
             shutil.copyfile(quant_input, baseline)
-            steps.append(PrepStep("ORT offline optimization", False, err, f"skipped: outputs changed ({why})"))
+            steps.append(
+                PrepStep("ORT offline optimization", False, err, f"skipped: outputs changed ({why})")
+            )
     except Exception as e:  # noqa: BLE001
         shutil.copyfile(quant_input, baseline)
         steps.append(PrepStep("ORT offline optimization", False, None, f"skipped: {str(e)[:160]}"))

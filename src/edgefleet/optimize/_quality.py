@@ -50,7 +50,9 @@ def _rows(chunks: list[np.ndarray], c: int) -> np.ndarray:
     return np.concatenate([np.asarray(x).reshape(-1, c) for x in chunks], axis=0)
 
 
-def infer_task(outputs: list[TensorInfo], ref: dict[str, list[np.ndarray]], has_labels: bool, output: str | None = None) -> Task:
+def infer_task(
+    outputs: list[TensorInfo], ref: dict[str, list[np.ndarray]], has_labels: bool, output: str | None = None
+) -> Task:
     """Pick the output that carries the answer and decide how to score it."""
     cands = [o for o in outputs if o.dtype.kind == "f"]
     if output is not None:

@@ -136,7 +136,9 @@ class OptimizeReport(BaseModel):
                     "p95_ms": f"{v.p95:.3f}" if v.p95 is not None else "-",
                     "speedup": f"{v.speedup_p50:.2f}x" if v.speedup_p50 else "-",
                     "thr8": f"{thr8:.0f}" if thr8 else "-",
-                    "rss_mb": f"{v.bench.peak_rss_mb:.1f}" if v.bench and v.bench.peak_rss_mb is not None else "-",
+                    "rss_mb": f"{v.bench.peak_rss_mb:.1f}"
+                    if v.bench and v.bench.peak_rss_mb is not None
+                    else "-",
                     "quality": f"{q.score:.2f}" if q else "-",
                     "drop": f"{v.drop:+.2f}" if v.drop is not None else "-",
                     "reason": v.reason or (v.error or ""),
@@ -160,7 +162,7 @@ class OptimizeReport(BaseModel):
             + (f", size <= {b.size_mb} MB" if b.size_mb else ""),
             f"- device profile: {self.profile.name} ({self.profile.cores} threads, "
             f"{', '.join(self.profile.execution_providers)}, flags: {', '.join(self.profile.flags) or 'none'})",
-            f"- runtime: " + ", ".join(f"{k} {v}" for k, v in self.runtime.items()),
+            "- runtime: " + ", ".join(f"{k} {v}" for k, v in self.runtime.items()),
             "",
             f"## Chosen: {self.chosen or 'none'}",
             "",
@@ -201,7 +203,11 @@ class OptimizeReport(BaseModel):
                     f"(noise tolerance ±{il.tolerance:.1%}) -> {il.verdict}"
                 )
             if v.excluded_nodes:
-                extra.append("kept in float: " + ", ".join(v.excluded_nodes[:12]) + (" ..." if len(v.excluded_nodes) > 12 else ""))
+                extra.append(
+                    "kept in float: "
+                    + ", ".join(v.excluded_nodes[:12])
+                    + (" ..." if len(v.excluded_nodes) > 12 else "")
+                )
             if v.target_issues:
                 extra.append("device runtime: " + "; ".join(v.target_issues))
             if v.bench:
@@ -245,7 +251,9 @@ class OptimizeReport(BaseModel):
                     edgecolors="black" if v.outcome == "chosen" else "none",
                     linewidths=2 if v.outcome == "chosen" else 0,
                 )
-                ax.annotate(v.name, (v.p50, v.quality.score), fontsize=7, xytext=(4, 4), textcoords="offset points")  # type: ignore[arg-type,union-attr]
+                ax.annotate(
+                    v.name, (v.p50, v.quality.score), fontsize=7, xytext=(4, 4), textcoords="offset points"
+                )  # type: ignore[arg-type,union-attr]
             base = next((v for v in pts if v.name == self.baseline), None)
             if base and base.quality:
                 ax.axhline(base.quality.score - self.budget.max_drop, color="tab:red", ls="--", lw=0.8)

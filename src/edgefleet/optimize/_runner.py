@@ -58,7 +58,11 @@ class TensorInfo:
         return bool(self.shape) and not isinstance(self.shape[0], int)
 
     def describe(self) -> str:
-        dims = "?" if self.shape is None else "[" + ", ".join(str(d) if d is not None else "?" for d in self.shape) + "]"
+        dims = (
+            "?"
+            if self.shape is None
+            else "[" + ", ".join(str(d) if d is not None else "?" for d in self.shape) + "]"
+        )
         return f"{self.name}: {self.dtype.name}{dims}"
 
 
@@ -82,14 +86,21 @@ class Runner:
 def _map_ort_error(path: Path, e: Exception) -> ModelLoadError:
     text = str(e)
     low = text.lower()
-    if "protobuf parsing failed" in low or "invalid_protobuf" in low or "failed to load model" in low and "parse" in low:
+    if (
+        "protobuf parsing failed" in low
+        or "invalid_protobuf" in low
+        or "failed to load model" in low
+        and "parse" in low
+    ):
         return ModelLoadError(
             f"{path.name} is not a valid ONNX model (truncated or corrupted file?)",
             hint="re-export the model or copy the file again; check its size against the original",
             path=str(path),
         )
     m = re.search(r"opset (\d+)", low)
-    if ("under development" in low or "not supported" in low or "unsupported" in low) and ("opset" in low or "ir version" in low):
+    if ("under development" in low or "not supported" in low or "unsupported" in low) and (
+        "opset" in low or "ir version" in low
+    ):
         import onnxruntime as ort
 
         return ModelLoadError(
@@ -232,7 +243,9 @@ class TfliteRunner(Runner):
 def _tfl_dims(d: dict[str, Any]) -> tuple[int | str | None, ...]:
     sig = d.get("shape_signature")
     shape = sig if sig is not None and len(sig) else d["shape"]
-    return tuple("batch" if (i == 0 and int(s) < 0) else (int(s) if int(s) >= 0 else None) for i, s in enumerate(shape))
+    return tuple(
+        "batch" if (i == 0 and int(s) < 0) else (int(s) if int(s) >= 0 else None) for i, s in enumerate(shape)
+    )
 
 
 def open_runner(

@@ -46,7 +46,10 @@ def channel_sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
         return sqnr_db(ref, got)
     if ref.ndim == 2:
         ref, got = ref.T, got.T
-    per = [sqnr_db(r, g) for r, g in zip(ref.reshape(ref.shape[0], -1), got.reshape(got.shape[0], -1), strict=True)]
+    per = [
+        sqnr_db(r, g)
+        for r, g in zip(ref.reshape(ref.shape[0], -1), got.reshape(got.shape[0], -1), strict=True)
+    ]
     return float(np.median(per))
 
 

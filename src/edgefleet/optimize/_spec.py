@@ -256,7 +256,9 @@ class DeviceProfile(BaseModel):
         try:
             size = p.stat().st_size
         except OSError as e:
-            raise ConfigError(f"device profile {p} cannot be read: {e.strerror}", hint="check the path") from e
+            raise ConfigError(
+                f"device profile {p} cannot be read: {e.strerror}", hint="check the path"
+            ) from e
         if size > _MAX_PROFILE_BYTES:
             raise ConfigError(
                 f"device profile {p} is {size} bytes; a profile is a few lines of YAML",

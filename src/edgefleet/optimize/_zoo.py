@@ -12,7 +12,9 @@ import numpy as np
 __all__ = ["train_digits_cnn", "train_digits_encoder", "synth_speech", "vad_frames", "vad_dataset"]
 
 
-def _train(model: Any, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int, batch: int = 64) -> Any:
+def _train(
+    model: Any, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int, batch: int = 64
+) -> Any:
     import torch
 
     torch.manual_seed(seed)
@@ -137,7 +139,13 @@ def train_digits_encoder(
     return model, _accuracy(model, xte, data.y_test)
 
 
-_VOWELS = {"a": (730, 1090, 2440), "e": (530, 1840, 2480), "i": (270, 2290, 3010), "o": (570, 840, 2410), "u": (300, 870, 2240)}
+_VOWELS = {
+    "a": (730, 1090, 2440),
+    "e": (530, 1840, 2480),
+    "i": (270, 2290, 3010),
+    "o": (570, 840, 2410),
+    "u": (300, 870, 2240),
+}
 
 
 def synth_speech(seconds: float = 12.0, sr: int = 16000, seed: int = 0) -> np.ndarray:
@@ -190,7 +198,9 @@ def vad_frames(audio: np.ndarray, chunk: int = 512, context: int = 64) -> np.nda
     return np.stack(out).astype(np.float32)
 
 
-def vad_dataset(model_path: Any, seconds: float = 12.0, seed: int = 0, sr: int = 16000) -> dict[str, np.ndarray]:
+def vad_dataset(
+    model_path: Any, seconds: float = 12.0, seed: int = 0, sr: int = 16000
+) -> dict[str, np.ndarray]:
     """Feeds for a silero-vad ONNX model over synthetic speech, with the real recurrent state: the
     model runs through the audio once and each sample records the state it was given."""
     import onnxruntime as ort

@@ -435,7 +435,7 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
                 f"unsupported content type {ctype!r}",
                 hint="send application/json, application/octet-stream or application/x-npz",
             )
-        result = await anyio.to_thread.run_sync(lambda: runtime.predict(inputs, **opts), limiter=limiter)
+        result = await runtime.apredict(inputs, limiter=limiter, **opts)
         return JSONResponse(result.to_dict())
 
     @app.get("/v1/model", dependencies=[Depends(guard)], summary="The served model's manifest and state")

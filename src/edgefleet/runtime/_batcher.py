@@ -160,6 +160,7 @@ class Batcher:
         self._stuck: set[int] = set()
         self._ids = itertools.count()
         self._workers: list[threading.Thread] = []
+        self._active = self.config.workers  # workers not stuck in a model call
         for _ in range(self.config.workers):
             self._spawn()
         self._watchdog: threading.Thread | None = None
@@ -169,6 +170,7 @@ class Batcher:
             self._watchdog.start()
 
     def _spawn(self) -> None:
+        self._workers = [t for t in self._workers if t.is_alive()]
         wid = next(self._ids)
         t = threading.Thread(target=self._loop, args=(wid,), name=f"edgefleet-batcher-{wid}", daemon=True)
         self._workers.append(t)
@@ -199,8 +201,10 @@ class Batcher:
                 for wid, (t0, batch) in list(self._running.items()):
                     if wid not in self._stuck and now - t0 > self.timeout_s:
                         self._stuck.add(wid)
+                        self._active -= 1
                         hung.append(batch)
                         if len(self._stuck) < self.max_stuck:
+                            self._active += 1
                             self._spawn()  # keep the queue moving while the hung call lingers
                 if len(self._stuck) >= self.max_stuck:
                     drop = [item[2] for item in self._heap]
@@ -267,14 +271,18 @@ class Batcher:
         ticket = self.submit(batch, **opts)
         if ticket.wait(None if deadline is None else deadline - time.monotonic()):
             return ticket.result()
-        with self._cond:
-            ticket.cancelled = True  # a queued request is skipped; a running one is discarded
+        self.cancel(ticket)
         if ticket.wait(0):
             return ticket.result()  # finished in the instant between the timeout and the cancel
         raise DeadlineExceededError(
             "request deadline passed while it waited for the model",
             hint="send a longer deadline, or lower the load on this device",
         )
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Give up on ``ticket``: skipped if still queued, its answer discarded if running."""
+        with self._cond:
+            ticket.cancelled = True
 
     def _retry_after(self) -> float:
         batches_ahead = len(self._heap) / max(1, self._max_rows) / max(1, self.config.workers)
@@ -369,9 +377,11 @@ class Batcher:
                 if watched:
                     with self._cond:
                         self._running.pop(wid, None)
-                        if wid in self._stuck:  # replaced while it hung: the replacement serves on
+                        if wid in self._stuck:
                             self._stuck.discard(wid)
-                            return
+                            if self._active >= self.config.workers:
+                                return  # replaced while it hung: the replacement serves on
+                            self._active += 1
 
     def _run(self, batch: list[Ticket]) -> None:
         n = len(batch)

@@ -145,6 +145,11 @@ def _is_predictor(obj: Any) -> bool:
     return callable(getattr(obj, "predict", None)) and hasattr(obj, "metadata")
 
 
+def _settle(fut: Any) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def _slug(text: str) -> str:
     s = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "model"
     return s[:64]
@@ -191,6 +196,9 @@ class _Served:
         self.lock = threading.Lock()  # the raw lock: entering it is cheaper than the Condition
         self.cond = threading.Condition(self.lock)
         self.input_names = [s.name for s in manifest.inputs]
+        self.tier = pipeline.metadata.tier
+        # the HTTP API awaits this batcher directly when nothing else is stacked on it
+        self.batcher = pipeline if isinstance(pipeline, Batcher) else None
         pp = manifest.postprocess
         self.post = pp if config.postprocess and pp.task == "classification" else None
         self.score = None
@@ -546,6 +554,25 @@ class Runtime:
             if served.inflight == 0 and served.retired:
                 served.cond.notify_all()
 
+    def _deadline(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        if deadline <= 0:
+            self._count_error("deadline_exceeded")
+            raise DeadlineExceededError(
+                f"deadline of {deadline * 1000:.0f} ms has already passed; the request was not run",
+                hint="send a positive deadline in the future",
+            )
+        return time.monotonic() + deadline
+
+    def _failed(self, e: BaseException) -> EdgefleetError:
+        if isinstance(e, EdgefleetError):
+            self._count_error(e.code)
+            return e
+        log.error("unexpected error while answering", exc_info=e)  # a bug or a library error
+        self._count_error("inference")
+        return InferenceError(f"unexpected error: {type(e).__name__}: {e}", hint="see the runtime log")
+
     def predict(
         self,
         raw_inputs: Any,
@@ -571,37 +598,101 @@ class Runtime:
             OverloadedError, DeadlineExceededError, InferenceError: the runtime could not answer.
         """
         t0 = time.perf_counter()
-        abs_deadline = None
-        if deadline is not None:
-            if deadline <= 0:
-                self._count_error("deadline_exceeded")
-                raise DeadlineExceededError(
-                    f"deadline of {deadline * 1000:.0f} ms has already passed; the request was not run",
-                    hint="send a positive deadline in the future",
-                )
-            abs_deadline = time.monotonic() + deadline
+        abs_deadline = self._deadline(deadline)
         served = self._acquire()
-        m = self._m
         try:
             tensors = served.prepare(raw_inputs, contract=not preprocessed)
             out = as_prediction(
                 served.pipeline.predict(tensors, priority=priority, deadline=abs_deadline, escalate=escalate),
-                served.pipeline.metadata.tier,
+                served.tier,
             )
             res = served.finish(out, t0)
-        except EdgefleetError as e:
-            self._count_error(e.code)
-            raise
-        except Exception as e:  # a bug or a library error: never leak it untyped
-            log.exception("unexpected error while answering")
-            self._count_error("inference")
-            raise InferenceError(
-                f"unexpected error: {type(e).__name__}: {e}", hint="see the runtime log"
-            ) from e
+        except Exception as e:
+            err = self._failed(e)
+            if err is e:
+                raise
+            raise err from e
         finally:
             self._release(served)
-        if m:
-            m.answered(res.tier, res.latency_ms / 1000)
+        if self._m:
+            self._m.answered(res.tier, res.latency_ms / 1000)
+        return res
+
+    async def apredict(
+        self,
+        raw_inputs: Any,
+        *,
+        priority: int = Priority.NORMAL,
+        deadline: float | None = None,
+        escalate: bool | None = None,
+        preprocessed: bool = False,
+        limiter: Any = None,
+    ) -> Result:
+        """:meth:`predict` for asyncio callers (the HTTP API), with the same behaviour.
+
+        When the pipeline is just the batcher, the request is queued from the event loop and awaited
+        without occupying a thread; otherwise the whole call runs in a worker thread (``limiter``: an
+        ``anyio.CapacityLimiter`` bounding those threads).
+        """
+        import asyncio
+
+        served = self._served
+        if served is None or served.batcher is None:
+            import functools
+
+            import anyio
+
+            call = functools.partial(
+                self.predict, raw_inputs, priority=priority, deadline=deadline, escalate=escalate,
+                preprocessed=preprocessed,
+            )
+            return await anyio.to_thread.run_sync(call, limiter=limiter)
+        t0 = time.perf_counter()
+        abs_deadline = self._deadline(deadline)
+        served = self._acquire()
+        try:
+            batcher = served.batcher
+            if batcher is None:  # swapped to a pipeline without a bare batcher meanwhile
+                out = served.pipeline.predict(
+                    served.prepare(raw_inputs, contract=not preprocessed),
+                    priority=priority, deadline=abs_deadline, escalate=escalate,
+                )
+            else:
+                tensors = served.prepare(raw_inputs, contract=not preprocessed)
+                ticket = batcher.submit(tensors, priority=priority, deadline=abs_deadline)
+                loop = asyncio.get_running_loop()
+                fut = loop.create_future()
+
+                def wake(_: Any) -> None:
+                    try:
+                        loop.call_soon_threadsafe(_settle, fut)
+                    except RuntimeError:  # the loop is closing; the caller is gone
+                        pass
+
+                ticket.on_done(wake)
+                try:
+                    if abs_deadline is None:
+                        await fut
+                    else:
+                        await asyncio.wait_for(fut, max(0.0, abs_deadline - time.monotonic()))
+                except TimeoutError:
+                    batcher.cancel(ticket)
+                    if not ticket.wait(0):
+                        raise DeadlineExceededError(
+                            "request deadline passed while it waited for the model",
+                            hint="send a longer deadline, or lower the load on this device",
+                        ) from None
+                out = ticket.result(0)
+            res = served.finish(as_prediction(out, served.tier), t0)
+        except Exception as e:
+            err = self._failed(e)
+            if err is e:
+                raise
+            raise err from e
+        finally:
+            self._release(served)
+        if self._m:
+            self._m.answered(res.tier, res.latency_ms / 1000)
         return res
 
     def _count_error(self, code: str) -> None:

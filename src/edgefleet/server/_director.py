@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from edgefleet.errors import (
@@ -130,13 +130,12 @@ def _heartbeat_sql(dialect: str) -> Any:
         "freason": "text",
     }
 
-    def p(name: str) -> str:
-        return f"CAST(:{name} AS {types.get(name, 'varchar')})" if pg else f":{name}"
+    def p(name: str) -> str:  # the drivers' own parameter styles: psycopg %(name)s, sqlite3 :name
+        return f"CAST(%({name})s AS {types.get(name, 'varchar')})" if pg else f":{name}"
 
     same = f"h_key = {p('key')}"
     st = f"COALESCE(state, '') <> {p('state')}"
-    return text(
-        f"""
+    return f"""
         UPDATE devices SET
           last_seen = {p("now")}, state = {p("state")}, progress = {p("progress")},
           last_error = {p("last_error")}, resources = {p("resources")}, health = {p("health")},
@@ -171,7 +170,12 @@ def _heartbeat_sql(dialect: str) -> Any:
         WHERE id = {p("id")} AND token_hash = {p("th")} AND revoked = FALSE
         RETURNING assigned_variant_id, assigned_rollout_id, command, command_version
         """
-    )
+
+
+def _clear_command_sql(dialect: str) -> str:
+    if dialect == "postgresql":
+        return "UPDATE devices SET command = NULL, command_version = NULL WHERE id = %(id)s AND command = %(cmd)s"
+    return "UPDATE devices SET command = NULL, command_version = NULL WHERE id = :id AND command = :cmd"
 
 
 class DeviceService:
@@ -196,6 +200,7 @@ class DeviceService:
         self._rng = random.Random()
         self._window_cls = _telemetry_window_class()
         self._hb_sql = _heartbeat_sql(db.dialect)
+        self._clear_sql = _clear_command_sql(db.dialect)
 
     # --- enrollment ----------------------------------------------------------------------------
 
@@ -393,23 +398,24 @@ class DeviceService:
             "dclass": hw.device_class[:64] if hw else None,
             "arch": hw.arch[:64] if hw else None,
         }
-        done = False
-        with self.db.begin() as conn:
-            row = conn.execute(self._hb_sql, params).one_or_none()
-            if row is not None and row.command is not None:
-                done = _command_done(row.command_version, a.version if a else None)
+        active_version = a.version if a else None
+
+        def run(cur: Any) -> tuple[Any, bool]:
+            cur.execute(self._hb_sql, params)
+            row = cur.fetchone()
+            done = False
+            if row is not None and row[2] is not None:
+                done = _command_done(row[3], active_version)
                 if done:
-                    conn.execute(
-                        update(D)
-                        .where(D.c.id == device_id, D.c.command == row.command)
-                        .values(command=None, command_version=None)
-                    )
+                    cur.execute(self._clear_sql, {"id": device_id, "cmd": row[2]})
+            return row, done
+
+        row, done = self.db.hot(run)
         if row is None:
             raise self._diagnose(device_id, token)
-        assignment = None
-        if row.assigned_variant_id is not None:
-            assignment = self._assignment(row.assigned_variant_id, row.assigned_rollout_id)
-        commands = [row.command] if row.command is not None and not done else []
+        variant_id, rollout_id, command, _ = row
+        assignment = self._assignment(variant_id, rollout_id) if variant_id is not None else None
+        commands = [command] if command is not None and not done else []
         return {
             "assignment": assignment,
             "poll_interval_s": self._poll_interval(),

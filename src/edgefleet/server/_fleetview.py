@@ -54,6 +54,7 @@ from edgefleet.telemetry import (
     RetrainRequest,
     WebhookHook,
     Window,
+    WindowConfig,
     detect_outliers,
     drift_by_group,
     evaluate_alerts,
@@ -91,6 +92,11 @@ class FleetConfig(BaseSettings):
     silent_after_polls: float = Field(
         5.0, gt=0, description="a device is silent after this many poll intervals"
     )
+    outlier_floor_latency_ms: float = Field(
+        1.0, ge=0, description="latency spread below which no device is an outlier (scheduler jitter)"
+    )
+    outlier_floor_confidence: float = Field(0.01, ge=0, description="same for mean confidence")
+    outlier_floor_error_rate: float = Field(0.005, ge=0, description="same for error rate")
     reference_cache: int = Field(16, ge=1, description="bundle references kept in memory")
     max_reference_archive_bytes: int = Field(
         512 * 1024 * 1024, gt=0, description="largest bundle archive opened to read its reference.json"
@@ -315,6 +321,7 @@ class FleetView:
             size=self.config.reference_cache,
             max_bytes=self.config.max_reference_archive_bytes,
         )
+        self._window_config = WindowConfig()  # built once: settings objects read the environment
         self._cache: OrderedDict[tuple, Window] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -369,15 +376,18 @@ class FleetView:
             )
         return tuple(keys)
 
+    def _cached(self, key: tuple) -> Window | None:
+        if not self.config.window_cache:
+            return None
+        with self._cache_lock:
+            w = self._cache.get(key)
+            if w is not None:
+                self._cache.move_to_end(key)
+            return w
+
     def _parse(self, key: tuple, data: Any) -> Window | None:
-        if self.config.window_cache:
-            with self._cache_lock:
-                w = self._cache.get(key)
-                if w is not None:
-                    self._cache.move_to_end(key)
-                    return w
         try:
-            w = Window.from_dict(data, check_time=False)
+            w = Window.from_dict(data, config=self._window_config, check_time=False)
         except EdgefleetError as e:
             log.warning("stored telemetry window %s is unreadable: %s", key, e.message)
             return None
@@ -420,44 +430,53 @@ class FleetView:
             TelemetryRollup.end > q.since,
             TelemetryRollup.start < q.until,
         )
-        wq = select(TelemetryWindowRow.id, TelemetryWindowRow.device_id, TelemetryWindowRow.data).where(
+        wq = select(TelemetryWindowRow.id, TelemetryWindowRow.device_id).where(
             TelemetryWindowRow.end > q.since, TelemetryWindowRow.start < q.until
-        )
-        cq = (
-            select(func.count())
-            .select_from(TelemetryWindowRow)
-            .where(TelemetryWindowRow.end > q.since, TelemetryWindowRow.start < q.until)
         )
         if filtered:
             rq = rq.where(TelemetryRollup.device_id.in_(ids))
             wq = wq.where(TelemetryWindowRow.device_id.in_(ids))
-            cq = cq.where(TelemetryWindowRow.device_id.in_(ids))
         if q.release is not None:
             rq = rq.where(TelemetryRollup.release == q.release)
-        n_raw = s.scalar(cq) or 0
-        if n_raw > self.config.max_query_windows:
-            raise InputError(
-                f"the query covers {n_raw} stored windows, limit {self.config.max_query_windows}",
-                hint="narrow the time range or filter by device class, region or device",
-            )
         out: list[Window] = []
         bad = 0
         n_roll = 0
         for row in s.scalars(rq):
             # a rollup only grows: its window count versions it (updated_at may repeat under a fixed clock)
-            w = self._parse(("r", row.id, row.windows, row.updated_at), row.data)
+            key = ("r", row.id, row.windows, row.updated_at)
+            w = self._cached(key) or self._parse(key, row.data)
             if w is None:
                 bad += 1
                 continue
             n_roll += 1
             out.append(self._tagged(w, devices.get(row.device_id), row.device_id, row.release))
-        for wid, dev_id, data in s.execute(wq):
-            w = self._parse(("w", wid), data)
+        # ids first: the limit is checked before any window is read, and cached windows are not decoded again
+        rows = s.execute(wq).all()
+        n_raw = len(rows)
+        if n_raw > self.config.max_query_windows:
+            raise InputError(
+                f"the query covers {n_raw} stored windows, limit {self.config.max_query_windows}",
+                hint="narrow the time range or filter by device class, region or device",
+            )
+        got: dict[int, Window | None] = {}
+        for wid, _ in rows:
+            w = self._cached(("w", wid))
+            if w is not None:
+                got[wid] = w
+        missing = [wid for wid, _ in rows if wid not in got]
+        for i in range(0, len(missing), 500):
+            chunk = missing[i : i + 500]
+            q_data = select(TelemetryWindowRow.id, TelemetryWindowRow.data).where(
+                TelemetryWindowRow.id.in_(chunk)
+            )
+            for wid, data in s.execute(q_data):
+                got[wid] = self._parse(("w", wid), data)
+        for wid, dev_id in rows:
+            w = got.get(wid)
             if w is None:
                 bad += 1
                 continue
-            d = devices.get(dev_id)
-            tw = self._tagged(w, d, dev_id, None)
+            tw = self._tagged(w, devices.get(dev_id), dev_id, None)
             if q.release is not None and tw.tags["release"] != q.release:
                 continue
             out.append(tw)
@@ -967,8 +986,13 @@ class FleetView:
             a.key: a
             for a in found
             if a.rule != "outlier"
-            or self._keep(a.evidence["metric"], a.evidence["value"], a.evidence["median"], a.evidence["robust_z"],
-                          self.rules.outlier_z)
+            or self._keep(
+                a.evidence["metric"],
+                a.evidence["value"],
+                a.evidence["median"],
+                a.evidence["robust_z"],
+                self.rules.outlier_z,
+            )
         }
         raised, resolved, created = [], [], []
         with self.db.write() as s:
@@ -1220,7 +1244,7 @@ class FleetView:
                 done: list[int] = []
                 for wid, dev_id, data in rows:
                     try:
-                        w = Window.from_dict(data, check_time=False)
+                        w = Window.from_dict(data, config=self._window_config, check_time=False)
                     except EdgefleetError as e:
                         log.warning("telemetry window %s is unreadable, left in place: %s", wid, e.message)
                         report["unreadable"] += 1
@@ -1241,7 +1265,9 @@ class FleetView:
                     ).one_or_none()
                     parts = list(ws)
                     if row is not None:
-                        parts.insert(0, Window.from_dict(row.data, check_time=False))
+                        parts.insert(
+                            0, Window.from_dict(row.data, config=self._window_config, check_time=False)
+                        )
                     m = merge_windows(parts, on_mismatch="drop")
                     n = len(ws) + (row.windows if row is not None else 0)
                     if row is None:

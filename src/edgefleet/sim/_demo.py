@@ -74,7 +74,7 @@ class DemoConfig(BaseSettings):
     watch_window_s: float = Field(4.0, gt=0, description="device-side watch window before commit")
     device_latency_ratio: float = Field(5.0, gt=0, description="device-side watch latency limit (noise)")
 
-    optimize_runs: int = Field(40, ge=3, description="timed runs per variant in the optimizer")
+    optimize_runs: int = Field(20, ge=3, description="timed runs per variant in the optimizer")
     start_timeout_s: float = Field(90.0, gt=0, description="longest wait for the server or an agent to start")
     phase_timeout_s: float = Field(150.0, gt=0, description="longest wait for one rollout to finish")
     stop_timeout_s: float = Field(10.0, gt=0, description="wait after SIGTERM before SIGKILL")
@@ -189,7 +189,9 @@ class _Supervisor:
         self.children: list[_Child] = []
         self.stop_timeout_s = stop_timeout_s
 
-    def spawn(self, name: str, argv: list[str], log_path: Path, extra_env: dict[str, str] | None = None) -> _Child:
+    def spawn(
+        self, name: str, argv: list[str], log_path: Path, extra_env: dict[str, str] | None = None
+    ) -> _Child:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
@@ -265,7 +267,9 @@ class _Api:
         try:
             r = self.client.request(method, path, **kw)
         except httpx.HTTPError as e:
-            raise ServerError(f"control plane at {self.url} unreachable: {e}", hint="see logs/server.log") from e
+            raise ServerError(
+                f"control plane at {self.url} unreachable: {e}", hint="see logs/server.log"
+            ) from e
         if r.status_code >= 400:
             try:
                 body = r.json()
@@ -333,6 +337,14 @@ class _Traffic:
         url = f"http://127.0.0.1:{self.ports[name]}/v1/predict"
         period = 1.0 / self.rate
         st = self.stats[name]
+        health = f"http://127.0.0.1:{self.ports[name]}/healthz"
+        while not self._stop.is_set():  # a client waits for the service to be healthy before using it
+            try:
+                if (await client.get(health)).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.3)
         await asyncio.sleep(float(rng.uniform(0, period)))
         while not self._stop.is_set():
             t0 = time.monotonic()
@@ -379,7 +391,11 @@ class _Traffic:
                     "last_version": st.last_version,
                     "last_error": st.last_error,
                     "by_version": {
-                        v: {"requests": int(n), "accuracy": round(c / n, 4), "mean_confidence": round(s / n, 4)}
+                        v: {
+                            "requests": int(n),
+                            "accuracy": round(c / n, 4),
+                            "mean_confidence": round(s / n, 4),
+                        }
                         for v, (n, c, s) in st.by_version.items()
                         if n
                     },
@@ -532,7 +548,15 @@ class _Demo:
             )
             if small is None:
                 rows = [
-                    [r["variant"], r["outcome"], r["size_kb"], r["p50_ms"], r["quality"], r["drop"], r["short"]]
+                    [
+                        r["variant"],
+                        r["outcome"],
+                        r["size_kb"],
+                        r["p50_ms"],
+                        r["quality"],
+                        r["drop"],
+                        r["short"],
+                    ]
                     for r in rep.table_rows()
                 ]
                 self.n.table(
@@ -543,8 +567,14 @@ class _Demo:
                 small = rep.chosen or "fp32"
                 self.summary["optimize"] = {
                     "variants": [
-                        {"variant": r["variant"], "outcome": r["outcome"], "size_kb": r["size_kb"],
-                         "p50_ms": r["p50_ms"], "accuracy": r["quality"], "drop": r["drop"]}
+                        {
+                            "variant": r["variant"],
+                            "outcome": r["outcome"],
+                            "size_kb": r["size_kb"],
+                            "p50_ms": r["p50_ms"],
+                            "accuracy": r["quality"],
+                            "drop": r["drop"],
+                        }
                         for r in rep.table_rows()
                     ],
                     "chosen_for_sensor": small,
@@ -556,7 +586,9 @@ class _Demo:
                 "profile": rep.profile.name,
             }
             if small is not None and version != GOOD:
-                self.n.note(f"v{version}: fp32 and {small} built and measured (accuracy {rep.variant(small).quality.score:.2f})")
+                self.n.note(
+                    f"v{version}: fp32 and {small} built and measured (accuracy {rep.variant(small).quality.score:.2f})"
+                )
         self.small = small
 
     def _publish(self, data: Any) -> None:
@@ -571,8 +603,12 @@ class _Demo:
         Repository.init(repo_dir, staging)
         # Split the keys the way DESIGN.md's trust model places them: root offline, the targets key on
         # the publisher's machine, snapshot and timestamp online on the server.
-        places = {"root": keys / "offline-root", "targets": keys / "publisher", "snapshot": self.dir / "server" / "keys",
-                  "timestamp": self.dir / "server" / "keys"}
+        places = {
+            "root": keys / "offline-root",
+            "targets": keys / "publisher",
+            "snapshot": self.dir / "server" / "keys",
+            "timestamp": self.dir / "server" / "keys",
+        }
         for info in staging.key_files():
             dst = places[info.role]
             dst.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -584,8 +620,8 @@ class _Demo:
         shutil.rmtree(staging.dir)
         repo = Repository(repo_dir, KeyStore(keys / "publisher"))
         self.n.note(
-            f"root keys (3, threshold 2) in keys/offline-root, targets key in keys/publisher, "
-            f"snapshot+timestamp keys in server/keys"
+            "root keys (3, threshold 2) in keys/offline-root, targets key in keys/publisher, "
+            "snapshot+timestamp keys in server/keys"
         )
 
         dataset_sha = hashlib.sha256(data.x_train.tobytes() + data.y_train.tobytes()).hexdigest()
@@ -598,8 +634,17 @@ class _Demo:
                 lat = res.bench.latency if res.bench else None
                 metrics = Metrics(
                     accuracy=res.quality.accuracy if res.quality else None,
-                    latency={opt["profile"]: LatencyStats(mean_ms=lat.mean_ms, p50_ms=lat.p50_ms, p90_ms=lat.p90_ms,
-                                                          p95_ms=lat.p95_ms, p99_ms=lat.p99_ms)} if lat else {},
+                    latency={
+                        opt["profile"]: LatencyStats(
+                            mean_ms=lat.mean_ms,
+                            p50_ms=lat.p50_ms,
+                            p90_ms=lat.p90_ms,
+                            p95_ms=lat.p95_ms,
+                            p99_ms=lat.p99_ms,
+                        )
+                    }
+                    if lat
+                    else {},
                     size_bytes=res.size_bytes,
                 )
                 lineage = Lineage(
@@ -621,15 +666,28 @@ class _Demo:
                     lineage=lineage,
                 )
                 pub = repo.publish(archive)
-                rows.append([version, variant, f"{pub.length / 1024:.1f}",
-                             f"{pub.delta_length / 1024:.1f}" if pub.delta_length else "-",
-                             f"{res.quality.score:.1f}" if res.quality else "-"])
+                rows.append(
+                    [
+                        version,
+                        variant,
+                        f"{(res.size_bytes or 0) / 1024:.1f}",
+                        f"{pub.length / 1024:.1f}",
+                        f"{pub.delta_length / 1024:.1f}" if pub.delta_length else "-",
+                        f"{res.quality.score:.1f}" if res.quality else "-",
+                    ]
+                )
                 self.releases[version].setdefault("variants", {})[cls] = {
-                    "variant": variant, "target": pub.target_path, "bytes": pub.length, "sha256": pub.sha256,
+                    "variant": variant,
+                    "target": pub.target_path,
+                    "bytes": pub.length,
+                    "sha256": pub.sha256,
                 }
             parent = version
-        self.n.table("published targets (signed by the publisher; snapshot/timestamp pending for the server)",
-                     ["version", "variant", "KB", "delta KB", "accuracy"], rows)
+        self.n.table(
+            "published targets (the server signs snapshot and timestamp when it registers them)",
+            ["version", "variant", "model KB", "bundle KB", "delta KB", "accuracy"],
+            rows,
+        )
 
     def _start_server(self) -> None:
         from edgefleet.server import free_port
@@ -637,9 +695,25 @@ class _Demo:
         self.n.step("Starting the control plane (SQLite, no MQTT: devices poll)")
         port = free_port()
         data = self.dir / "server"
-        argv = [sys.executable, "-m", "edgefleet.cli", "server", "run", "--data", str(data),
-                "--repo", str(self.dir / "repository"), "--keys", str(data / "keys"), "--host", "127.0.0.1",
-                "--port", str(port), "--poll-interval", str(self.cfg.poll_interval_s)]
+        argv = [
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            "server",
+            "run",
+            "--data",
+            str(data),
+            "--repo",
+            str(self.dir / "repository"),
+            "--keys",
+            str(data / "keys"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--poll-interval",
+            str(self.cfg.poll_interval_s),
+        ]
         env = {
             "EDGEFLEET_SERVER_ENGINE_TICK_S": str(self.cfg.engine_tick_s),
             "EDGEFLEET_SERVER_STALE_AFTER_S": str(max(10.0, 10 * self.cfg.poll_interval_s)),
@@ -647,7 +721,9 @@ class _Demo:
         }
         self.sup.spawn("server", argv, self.dir / "logs" / "server.log", env)
         self.url = f"http://127.0.0.1:{port}"
-        self._wait(lambda: self._healthy(), self.cfg.start_timeout_s, "the control plane to start", {"server"})
+        self._wait(
+            lambda: self._healthy(), self.cfg.start_timeout_s, "the control plane to start", {"server"}
+        )
         token_file = data / "admin-token"
         self.api = _Api(self.url, token_file.read_text().strip())
         self.n.note(f"{self.url} (OpenAPI at {self.url}/docs); admin token in {token_file}")
@@ -663,8 +739,10 @@ class _Demo:
         while not ok():
             self.sup.check(watch)
             if time.monotonic() > deadline:
-                raise ServerError(f"timed out after {timeout:g}s waiting for {what}",
-                                  hint=f"see the logs in {self.dir / 'logs'}")
+                raise ServerError(
+                    f"timed out after {timeout:g}s waiting for {what}",
+                    hint=f"see the logs in {self.dir / 'logs'}",
+                )
             time.sleep(0.2)
 
     def _healthy(self) -> bool:
@@ -690,9 +768,17 @@ class _Demo:
             counters[(cls, region)] = counters.get((cls, region), 0) + 1
             name = f"{cls}-{region}-{counters[(cls, region)]}"
             dev = _Device(name, cls, region, self.dir / "devices" / name, free_port())
-            tok = self.api("POST", "/v1/enrollment-tokens", json={"tags": {"region": region}, "expires_in_s": 3600})
-            creds = enroll(AgentConfig(state_dir=dev.state_dir), token=tok["token"], root_json=root,
-                           server_url=self.url, name=name, device_class=cls)
+            tok = self.api(
+                "POST", "/v1/enrollment-tokens", json={"tags": {"region": region}, "expires_in_s": 3600}
+            )
+            creds = enroll(
+                AgentConfig(state_dir=dev.state_dir),
+                token=tok["token"],
+                root_json=root,
+                server_url=self.url,
+                name=name,
+                device_class=cls,
+            )
             dev.device_id = creds.device_id
             self.devices.append(dev)
         env = {
@@ -701,25 +787,50 @@ class _Demo:
             "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "10",
         }
         for dev in self.devices:
-            argv = [sys.executable, "-m", "edgefleet.cli", "-v", "agent", "run", "--state", str(dev.state_dir),
-                    "--api-port", str(dev.port), "--no-progress"]
+            argv = [
+                sys.executable,
+                "-m",
+                "edgefleet.cli",
+                "-v",
+                "agent",
+                "run",
+                "--state",
+                str(dev.state_dir),
+                "--api-port",
+                str(dev.port),
+                "--no-progress",
+            ]
             self.sup.spawn(dev.name, argv, self.dir / "logs" / f"{dev.name}.log", env)
         ids = {d.device_id for d in self.devices}
         self._wait(
             lambda: ids <= {d["id"] for d in self._fleet() if d["state"] not in ("enrolled", None)},
-            self.cfg.start_timeout_s, "every agent's first heartbeat",
+            self.cfg.start_timeout_s,
+            "every agent's first heartbeat",
         )
         self.n.note(", ".join(f"{d.name} ({d.device_id})" for d in self.devices))
         self.summary["devices"] = [
-            {"name": d.name, "id": d.device_id, "class": d.device_class, "region": d.region,
-             "state_dir": str(d.state_dir), "api_port": d.port}
+            {
+                "name": d.name,
+                "id": d.device_id,
+                "class": d.device_class,
+                "region": d.region,
+                "state_dir": str(d.state_dir),
+                "api_port": d.port,
+            }
             for d in self.devices
         ]
 
     def _start_traffic(self, data: Any) -> None:
-        self.n.step(f"Sending digits test samples to every agent's local API ({self.cfg.request_rate:g} requests/s each)")
-        self.traffic = _Traffic({d.name: d.port for d in self.devices}, data.x_test, data.y_test,
-                                self.cfg.request_rate, self.cfg.seed)
+        self.n.step(
+            f"Sending digits test samples to every agent's local API ({self.cfg.request_rate:g} requests/s each)"
+        )
+        self.traffic = _Traffic(
+            {d.name: d.port for d in self.devices},
+            data.x_test,
+            data.y_test,
+            self.cfg.request_rate,
+            self.cfg.seed,
+        )
         self.traffic.start()
 
     # --- rollouts --------------------------------------------------------------------------------
@@ -727,39 +838,64 @@ class _Demo:
     def _device_gates(self) -> dict[str, Any]:
         # The device-side watch window stays on for errors and latency; its confidence check is off so
         # that the fleet-level gate (the wave against the control group) is what decides in this demo.
-        return {"watch_window_s": self.cfg.watch_window_s, "max_latency_ratio": self.cfg.device_latency_ratio,
-                "min_confidence_ratio": 0.0}
+        return {
+            "watch_window_s": self.cfg.watch_window_s,
+            "max_latency_ratio": self.cfg.device_latency_ratio,
+            "min_confidence_ratio": 0.0,
+        }
 
     def _gates(self) -> dict[str, Any]:
-        return {"min_devices": self.cfg.min_devices, "min_requests": self.cfg.min_requests,
-                "min_control_requests": self.cfg.min_requests,
-                "max_latency_p95_ratio": self.cfg.max_latency_p95_ratio}
+        return {
+            "min_devices": self.cfg.min_devices,
+            "min_requests": self.cfg.min_requests,
+            "min_control_requests": self.cfg.min_requests,
+            "max_latency_p95_ratio": self.cfg.max_latency_p95_ratio,
+        }
 
     def _create(self, version: str, waves: list[float], soak: float, gates: dict[str, Any]) -> dict[str, Any]:
         assert self.api is not None
-        body = {"name": self.cfg.name, "version": version, "selector": "*", "waves": waves, "soak_s": soak,
-                "policy": "auto", "on_fail": "rollback", "gates": gates, "device_gates": self._device_gates()}
+        body = {
+            "name": self.cfg.name,
+            "version": version,
+            "selector": "*",
+            "waves": waves,
+            "soak_s": soak,
+            "policy": "auto",
+            "on_fail": "rollback",
+            "gates": gates,
+            "device_gates": self._device_gates(),
+        }
         r = self.api("POST", "/v1/rollouts", json=body)
-        self.n.note(f"rollout {r['id']}: {self.cfg.name} {version}, waves {', '.join(f'{w:g}%' for w in waves)}, "
-                    f"soak {soak:g}s per wave; wave 1 admitted {r['members'].get('admitted', 0)} devices")
+        self.n.note(
+            f"rollout {r['id']}: {self.cfg.name} {version}, waves {', '.join(f'{w:g}%' for w in waves)}, "
+            f"soak {soak:g}s per wave; wave 1 admitted {r['members'].get('admitted', 0)} devices"
+        )
         return r
 
     def _rollout_everyone(self) -> None:
         self.n.step(f"Rolling out v{GOOD} to every device (one wave)")
-        r = self._create(GOOD, [100.0], 0.0, {"min_devices": 1, "min_requests": 0})
+        r = self._create(
+            GOOD, [100.0], 0.0, {"min_devices": self.cfg.min_devices, "min_requests": self.cfg.min_requests}
+        )
         t0 = time.time()
-        self._follow(r["id"], GOOD, lambda ro, f: ro["state"] == "completed" and self._all_on(f, GOOD))
+        self._follow(r["id"], GOOD, lambda ro, f: _completed(ro) and self._all_on(f, GOOD))
         self._record(r["id"], GOOD, t0)
 
     def _rollout_good(self) -> None:
-        self.n.step(f"Rolling out v{NEW} through waves; ML gates compare each wave with the control group on v{GOOD}")
+        self.n.step(
+            f"Rolling out v{NEW} through waves; ML gates compare each wave with the control group on v{GOOD}"
+        )
         r = self._create(NEW, self.cfg.waves, self.cfg.soak_s, self._gates())
         t0 = time.time()
-        self._follow(r["id"], NEW, lambda ro, f: ro["state"] == "completed" and self._all_on(f, NEW, idle=True))
+        self._follow(r["id"], NEW, lambda ro, f: _completed(ro) and self._all_on(f, NEW, idle=True))
         self._record(r["id"], NEW, t0)
 
     def _rollout_bad(self) -> None:
         self.n.step(f"Rolling out v{BAD} (labels shuffled at training: its confidence collapses)")
+        self.n.note(
+            "device-side watch windows check errors and latency only here, so the fleet-level gate "
+            "(the wave against the control group) is what decides"
+        )
         r = self._create(BAD, self.cfg.waves, self.cfg.soak_s, self._gates())
         t0 = time.time()
         restored: dict[str, float] = {}
@@ -789,7 +925,9 @@ class _Demo:
         assert self.api is not None
         return self.api("GET", "/v1/devices", params={"limit": 1000})["devices"]
 
-    def _follow(self, rollout_id: str, version: str, done: Callable[[dict[str, Any], list[dict[str, Any]]], bool]) -> None:
+    def _follow(
+        self, rollout_id: str, version: str, done: Callable[[dict[str, Any], list[dict[str, Any]]], bool]
+    ) -> None:
         assert self.api is not None
         deadline = time.monotonic() + self.cfg.phase_timeout_s
         last_state = None
@@ -801,8 +939,10 @@ class _Demo:
             self._render(ro, fleet)
             if ro["wave"] != seen_wave or ro["state"] != last_state:
                 if ro["wave"] != seen_wave and ro["state"] == "running":
-                    self.n.note(f"wave {ro['wave']}/{len(ro['waves'])} ({ro['wave_percent']:g}%) open: "
-                                f"{ro['members'].get('admitted', 0)} devices admitted")
+                    self.n.note(
+                        f"wave {ro['wave']}/{len(ro['waves'])} ({ro['wave_percent']:g}%) open: "
+                        f"{ro['members'].get('admitted', 0)} devices admitted"
+                    )
                 if ro["state"] != last_state and ro["state"] != "running":
                     self.n.note(f"rollout {ro['state']}" + (f": {ro['reason']}" if ro.get("reason") else ""))
                 seen_wave, last_state = ro["wave"], ro["state"]
@@ -840,13 +980,23 @@ class _Demo:
             d = by_id.get(dev.device_id) or {}
             t = traffic.get(dev.name, {})
             acc, conf = t.get("accuracy"), t.get("confidence")
-            rows.append([
-                dev.name, dev.device_class, dev.region, (d.get("active") or {}).get("version") or "-",
-                d.get("state") or "-", str(t.get("requests", 0)),
-                f"{acc:.0%}" if acc is not None else "-", f"{conf:.2f}" if conf is not None else "-",
-            ])
-        self.n.live(header, ["device", "class", "region", "version", "agent", "served", "accuracy", "confidence"],
-                    rows)
+            rows.append(
+                [
+                    dev.name,
+                    dev.device_class,
+                    dev.region,
+                    (d.get("active") or {}).get("version") or "-",
+                    d.get("state") or "-",
+                    str(t.get("requests", 0)),
+                    f"{acc:.0%}" if acc is not None else "-",
+                    f"{conf:.2f}" if conf is not None else "-",
+                ]
+            )
+        self.n.live(
+            header,
+            ["device", "class", "region", "version", "agent", "served", "accuracy", "confidence"],
+            rows,
+        )
 
     def _record(self, rollout_id: str, version: str, t0: float, restored_at: float | None = None) -> None:
         assert self.api is not None
@@ -878,13 +1028,15 @@ class _Demo:
             entry["gate_failed_at"] = failed["at_s"]
         if restored_at is not None and failed is not None:
             gate_t = t0 + failed["at_s"]
-            entry["restored_observed_s"] = round(restored_at - gate_t, 2)
+            entry["all_back_seen_by_server_s"] = round(restored_at - gate_t, 2)
         self.summary["rollouts"].append(entry)
         if failed:
             self.n.note(f"[red]gate failed[/] in wave {failed['wave']}: {failed.get('reason')}")
         else:
-            self.n.note(f"v{version} reached {ro['wave_percent']:g}% of the fleet in {entry['duration_s']:.0f}s "
-                        f"({len(waves)} wave{'s' if len(waves) != 1 else ''} passed)")
+            self.n.note(
+                f"v{version} reached {ro['wave_percent']:g}% of the fleet in {entry['duration_s']:.0f}s "
+                f"({len(waves)} wave{'s' if len(waves) != 1 else ''} passed)"
+            )
 
     # --- the end ---------------------------------------------------------------------------------
 
@@ -895,25 +1047,34 @@ class _Demo:
         fleet = {d["id"]: d for d in self._fleet()}
         traffic = self.traffic.snapshot() if self.traffic else {}
         bad = next((r for r in self.summary["rollouts"] if r["version"] == BAD), None)
-        gate_t = (self.t0 if bad is None else 0.0)
         ever_bad, rolled_back_t = [], []
         devices = []
         for dev in self.devices:
             st = agent_status(dev.state_dir)
             hist = st["history"]
-            ran = sorted({e.get("version") for e in hist if e.get("event") == "activated" and e.get("version")})
+            ran = sorted(
+                {e.get("version") for e in hist if e.get("event") == "activated" and e.get("version")}
+            )
             served = sorted(traffic.get(dev.name, {}).get("by_version", {}))
             if BAD in ran or BAD in served:
                 ever_bad.append(dev.name)
-                rolled_back_t += [e["t"] for e in hist if e.get("event") == "rolled_back" and e.get("to") == NEW]
+                rolled_back_t += [
+                    e["t"] for e in hist if e.get("event") == "rolled_back" and e.get("to") == NEW
+                ]
             d = fleet.get(dev.device_id) or {}
-            devices.append({
-                "name": dev.name, "id": dev.device_id, "class": dev.device_class, "region": dev.region,
-                "final_version": (d.get("active") or {}).get("version"),
-                "variant": (d.get("active") or {}).get("variant"),
-                "versions_activated": ran,
-                "served": traffic.get(dev.name, {}).get("by_version", {}),
-            })
+            devices.append(
+                {
+                    "name": dev.name,
+                    "id": dev.device_id,
+                    "class": dev.device_class,
+                    "region": dev.region,
+                    "state_dir": str(dev.state_dir),
+                    "final_version": (d.get("active") or {}).get("version"),
+                    "variant": (d.get("active") or {}).get("variant"),
+                    "versions_activated": ran,
+                    "served": traffic.get(dev.name, {}).get("by_version", {}),
+                }
+            )
         self.summary["devices"] = devices
         self.summary["final_versions"] = {d["name"]: d["final_version"] for d in devices}
         if bad is not None:
@@ -928,7 +1089,6 @@ class _Demo:
             if gate_abs is not None and rolled_back_t:
                 bad["time_to_roll_back_s"] = round(max(rolled_back_t) - gate_abs, 2)
             bad["devices_on_bad_at_end"] = sum(1 for d in devices if d["final_version"] == BAD)
-        del gate_t
         by_rollout = {r["version"]: r for r in self.summary["rollouts"]}
         good = by_rollout.get(NEW, {})
         self.summary["ok"] = bool(
@@ -948,29 +1108,49 @@ class _Demo:
         for r in self.summary["rollouts"]:
             waves = []
             for w in r["wave_results"]:
-                g = w["gates"]
-                figs = ", ".join(
-                    f"{k} {_fmt(g[k]['value'])} (limit {_fmt(g[k]['threshold'])}"
-                    + (f", control {_fmt(g[k]['reference'])}" if g[k].get("reference") is not None else "") + ")"
-                    for k in ("confidence_ratio", "latency_p95_ratio", "error_rate") if k in g
-                    and g[k]["status"] in ("pass", "fail")
+                figs = _gate_figures(w["gates"])
+                waves.append(
+                    f"w{w['wave']} {w['percent']:g}% {w['result']} ({w['devices']} dev){': ' + figs if figs else ''}"
                 )
-                waves.append(f"w{w['wave']} {w['percent']:g}% {w['result']} ({w['devices']} dev){': ' + figs if figs else ''}")
             extra = ""
             if r["version"] == BAD:
-                extra = (f"ran it: {len(r.get('devices_ever_ran', []))} device(s) "
-                         f"({', '.join(r.get('devices_ever_ran', [])) or '-'}); "
-                         f"rolled back in {_fmt(r.get('time_to_roll_back_s'))}s after the gate failed")
-            rows.append([r["version"], r["id"], r["state"], "\n".join(waves) or "-", f"{r['duration_s']:.0f}s", extra])
-        self.n.table("rollouts", ["release", "rollout", "final state", "waves and the gate figures that decided",
-                                  "took", "bad release"], rows)
+                extra = (
+                    f"ran it: {len(r.get('devices_ever_ran', []))} device(s) "
+                    f"({', '.join(r.get('devices_ever_ran', [])) or '-'}); "
+                    f"rolled back in {_fmt(r.get('time_to_roll_back_s'))}s after the gate failed"
+                )
+            rows.append(
+                [r["version"], r["id"], r["state"], "\n".join(waves) or "-", f"{r['duration_s']:.0f}s", extra]
+            )
+        self.n.table(
+            "rollouts",
+            [
+                "release",
+                "rollout",
+                "final state",
+                "waves and the gate figures that decided",
+                "took",
+                "bad release",
+            ],
+            rows,
+        )
         self.n.table(
             "devices",
             ["device", "class", "region", "final", "variant", "activated", "served (accuracy)"],
-            [[d["name"], d["class"], d["region"], d["final_version"] or "-", d["variant"] or "-",
-              ", ".join(d["versions_activated"]),
-              ", ".join(f"{v}: {s['requests']} ({s['accuracy']:.0%})" for v, s in sorted(d["served"].items()))]
-             for d in devices],
+            [
+                [
+                    d["name"],
+                    d["class"],
+                    d["region"],
+                    d["final_version"] or "-",
+                    d["variant"] or "-",
+                    ", ".join(d["versions_activated"]),
+                    ", ".join(
+                        f"{v}: {s['requests']} ({s['accuracy']:.0%})" for v, s in sorted(d["served"].items())
+                    ),
+                ]
+                for d in devices
+            ],
         )
 
     def explore(self, keep_running: bool) -> list[str]:
@@ -981,8 +1161,10 @@ class _Demo:
         server = f"--server {self.url}" if keep_running else "--server http://127.0.0.1:8700"
         cmds = []
         if not keep_running:
-            cmds.append(f"edgefleet server run --data {d / 'server'} --repo {d / 'repository'} "
-                        f"--keys {d / 'server' / 'keys'} --port 8700 &")
+            cmds.append(
+                f"edgefleet server run --data {d / 'server'} --repo {d / 'repository'} "
+                f"--keys {d / 'server' / 'keys'} --port 8700 &"
+            )
         cmds += [
             f"edgefleet rollout list {server} {tok}",
             f"edgefleet rollout audit {bad} {server} {tok}",
@@ -992,6 +1174,16 @@ class _Demo:
             f"less {d / 'optimize' / GOOD / 'report.md'}",
         ]
         return cmds
+
+
+def _completed(ro: dict[str, Any]) -> bool:
+    """True once a good release's rollout completed; raises if it ended any other way."""
+    if ro["state"] in ("rolled_back", "aborted", "halted"):
+        raise RolloutError(
+            f"rollout {ro['id']} of the good release {ro['version']} ended {ro['state']}: {ro.get('reason')}",
+            hint=f"see `edgefleet rollout audit {ro['id']}` and the logs in the demo directory",
+        )
+    return ro["state"] == "completed"
 
 
 def _wave_entry(det: dict[str, Any], result: str, at: float, t0: float) -> dict[str, Any]:
@@ -1008,9 +1200,30 @@ def _wave_entry(det: dict[str, Any], result: str, at: float, t0: float) -> dict[
         "control_devices": ev.get("control_devices"),
         "failed_gates": ev.get("failed_gates") or [],
         "gates": {
-            g["name"]: {k: g.get(k) for k in ("status", "value", "threshold", "reference")} for g in ev.get("gates") or []
+            g["name"]: {k: g.get(k) for k in ("status", "value", "threshold", "reference")}
+            for g in ev.get("gates") or []
         },
     }
+
+
+def _gate_figures(gates: dict[str, dict[str, Any]]) -> str:
+    """The judged ML gates of one wave in words: value, limit and the control group's figure."""
+    out = []
+    g = gates.get("confidence_ratio")
+    if g and g["status"] in ("pass", "fail"):
+        ref = f"; control mean confidence {g['reference']:.2f}" if g.get("reference") is not None else ""
+        out.append(f"confidence ratio {g['value']:.2f} (min {g['threshold']:g}{ref})")
+    g = gates.get("latency_p95_ratio")
+    if g and g["status"] in ("pass", "fail"):
+        ref = f"; control p95 {g['reference']:.2f} ms" if g.get("reference") is not None else ""
+        out.append(f"p95 latency ratio {g['value']:.2f} (max {g['threshold']:g}{ref})")
+    g = gates.get("error_rate")
+    if g and g["status"] in ("pass", "fail"):
+        out.append(f"error rate {g['value']:.1%} (max {g['threshold']:.1%})")
+    g = gates.get("golden_pass_rate")
+    if g and g["status"] in ("pass", "fail"):
+        out.append(f"golden set passed on {g['value']:.0%}")
+    return ", ".join(out)
 
 
 def _fmt(x: Any) -> str:

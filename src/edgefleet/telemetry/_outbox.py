@@ -191,11 +191,12 @@ class TokenBucket:
     def try_consume(self, n: int) -> float:
         """Take ``n`` tokens; return 0.0 on success, else the seconds to wait before trying again."""
         self._refill()
-        if self._tokens >= n or self._tokens >= self.burst:
+        # a hundredth of a byte of slack: waiting exactly need/rate must succeed despite float rounding
+        if self._tokens + 0.01 >= min(n, self.burst):
             self._tokens -= n
             return 0.0
         need = min(n, self.burst) - self._tokens
-        return need / self.rate
+        return need / self.rate + 1e-6
 
 
 def encode_upload(
