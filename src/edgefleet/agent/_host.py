@@ -29,6 +29,9 @@ class _Instrumented:
     def predict(self, raw: Any, **opts: Any) -> Any:
         return self._host.predict_result(raw, **opts)
 
+    async def apredict(self, raw: Any, **opts: Any) -> Any:
+        return await self._host.apredict_result(raw, **opts)  # the local API awaits this one
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._host._ensure_runtime(), name)
 
@@ -113,20 +116,45 @@ class RuntimeHost:
 
     def predict_result(self, raw: Any, **opts: Any) -> Any:
         """Like :meth:`predict` but return the runtime's full ``Result``."""
-        rt = self.runtime
-        loaded = self.loaded
-        if rt is None or loaded is None:  # the local API starts before the first model: not a model error
-            raise NotFoundError("no model is active on this device yet", hint="wait for the first assignment")
+        rt, loaded = self._serving()
         t0 = time.perf_counter()
         try:
             res = rt.predict(raw, **opts)
         except (InputError, OverloadedError, DeadlineExceededError):
             raise  # the caller's fault or back-pressure: not the model's health
         except Exception:
-            with self._lock:
-                self.requests += 1
-                self.errors += 1
+            self._count_error()
             raise
+        self._count(raw, res, t0, loaded)
+        return res
+
+    async def apredict_result(self, raw: Any, **opts: Any) -> Any:
+        """:meth:`predict_result` for asyncio callers (the runtime's ``apredict``), counted the same way."""
+        rt, loaded = self._serving()
+        t0 = time.perf_counter()
+        try:
+            res = await rt.apredict(raw, **opts)
+        except (InputError, OverloadedError, DeadlineExceededError):
+            raise
+        except Exception:
+            self._count_error()
+            raise
+        self._count(raw, res, t0, loaded)
+        return res
+
+    def _serving(self) -> tuple[Any, Path]:
+        rt = self.runtime
+        loaded = self.loaded
+        if rt is None or loaded is None:  # the local API starts before the first model: not a model error
+            raise NotFoundError("no model is active on this device yet", hint="wait for the first assignment")
+        return rt, loaded
+
+    def _count_error(self) -> None:
+        with self._lock:
+            self.requests += 1
+            self.errors += 1
+
+    def _count(self, raw: Any, res: Any, t0: float, loaded: Path) -> None:
         ms = (time.perf_counter() - t0) * 1000
         conf = (
             float(np.mean(res.confidence)) if res.confidence is not None and np.size(res.confidence) else None
@@ -140,7 +168,6 @@ class RuntimeHost:
                 self._conf.append(conf)
             if self.shadow_rate > 0 and self._rng.random() < self.shadow_rate and loaded == self.loaded:
                 self._shadow.append((raw, res.outputs))
-        return res
 
     def health(self, *, reset: bool = False) -> ModelHealth:
         """Requests, errors, latency and confidence since the last reset."""

@@ -145,9 +145,50 @@ def _is_predictor(obj: Any) -> bool:
     return callable(getattr(obj, "predict", None)) and hasattr(obj, "metadata")
 
 
-def _settle(fut: Any) -> None:
-    if not fut.done():
-        fut.set_result(None)
+class _LoopWaker:
+    """Wakes an event loop once per batch, not once per request.
+
+    The batcher answers a batch's tickets one after the other from its worker thread; each
+    ``call_soon_threadsafe`` is a write to the loop's self-pipe, so the futures to settle are
+    collected and settled by a single scheduled callback.
+    """
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.pending: list[Any] = []
+
+    def add(self, fut: Any) -> None:
+        with self.lock:
+            self.pending.append(fut)
+            first = len(self.pending) == 1
+        if first:
+            try:
+                self.loop.call_soon_threadsafe(self.flush)
+            except RuntimeError:  # the loop is closing; its callers are gone
+                pass
+
+    def flush(self) -> None:
+        with self.lock:
+            futs, self.pending = self.pending, []
+        for fut in futs:
+            if not fut.done():
+                fut.set_result(None)
+
+
+_WAKERS: dict[int, _LoopWaker] = {}
+_WAKERS_LOCK = threading.Lock()
+
+
+def _waker(loop: Any, fut: Any) -> Any:
+    key = id(loop)
+    w = _WAKERS.get(key)
+    if w is None or w.loop is not loop:
+        with _WAKERS_LOCK:
+            w = _WAKERS.get(key)
+            if w is None or w.loop is not loop:
+                w = _WAKERS[key] = _LoopWaker(loop)
+    return lambda _ticket: w.add(fut)
 
 
 def _slug(text: str) -> str:
@@ -223,6 +264,9 @@ class _Served:
                     f"raw input must be a batch (a list or an array), not {type(raw).__name__}",
                     hint="wrap one example in a list",
                 )
+            if isinstance(raw, list | tuple) and raw and not isinstance(raw[0], bytes | bytearray | memoryview):
+                # JSON numbers: one C-level conversion lets the contract run vectorised over the batch
+                raw = to_array(self.input_names[0], raw)
             tensors = {self.input_names[0]: self.contract.apply(raw)}
         elif type(raw) is dict:
             tensors = raw.copy()
@@ -662,14 +706,7 @@ class Runtime:
                 ticket = batcher.submit(tensors, priority=priority, deadline=abs_deadline)
                 loop = asyncio.get_running_loop()
                 fut = loop.create_future()
-
-                def wake(_: Any) -> None:
-                    try:
-                        loop.call_soon_threadsafe(_settle, fut)
-                    except RuntimeError:  # the loop is closing; the caller is gone
-                        pass
-
-                ticket.on_done(wake)
+                ticket.on_done(_waker(loop, fut))
                 try:
                     if abs_deadline is None:
                         await fut

@@ -300,13 +300,15 @@ def create_app(
         version="1",
         description="Fleet registry, director (assignments), gated rollouts and the TUF image repository.",
         lifespan=lifespan,
+        # No OpenTelemetry: /metrics is the server's telemetry, and the per-request check costs CPU.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.ctx = ctx
     _errors(app, ctx)
     _device_routes(app, ctx)
     _repository_routes(app, ctx)
     _operator_routes(app, ctx)
-    install_fleet(app, ctx)  # /v1/fleet, /dashboard, fleet figures in /metrics
+    install_fleet(app, ctx, background=run_bg)  # /v1/fleet, /dashboard, fleet figures in /metrics
     app.add_middleware(_BodyLimit, default=cfg.max_body_bytes, telemetry=cfg.max_telemetry_bytes)
     return app
 

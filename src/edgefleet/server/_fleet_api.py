@@ -102,8 +102,9 @@ class _Loop:
 
     def _run(self) -> None:
         cfg = self.view.config
-        next_alerts = time.monotonic() + min(cfg.alert_interval_s, 5.0)
-        next_maintain = time.monotonic() + min(cfg.maintain_interval_s, 30.0)
+        # first run after one full interval: a freshly started server has nothing to judge yet
+        next_alerts = time.monotonic() + cfg.alert_interval_s
+        next_maintain = time.monotonic() + cfg.maintain_interval_s
         while not self.stop.is_set():
             t = time.monotonic()
             if t >= next_alerts:
@@ -384,15 +385,19 @@ def _request_id(request_id: str) -> str:
     return request_id
 
 
-def install_fleet(app: FastAPI, ctx: Any, config: FleetConfig | None = None) -> FleetView:
+def install_fleet(
+    app: FastAPI, ctx: Any, config: FleetConfig | None = None, *, background: bool | None = None
+) -> FleetView:
     """Add fleet queries, the dashboard and fleet metrics to a control-plane app; returns the view.
 
-    The background loop runs when both ``FleetConfig.background`` and the server's ``engine_enabled`` are on.
+    Args:
+        background: run the alert/retention loop (default: the server's ``engine_enabled``); it runs only
+            when ``FleetConfig.background`` is on too.
     """
     view = FleetView(ctx, config)
     app.state.fleet = view
-    background = view.config.background and bool(getattr(ctx.config, "engine_enabled", False))
-    app.include_router(fleet_router(view, background=background))
+    server_bg = bool(getattr(ctx.config, "engine_enabled", False)) if background is None else background
+    app.include_router(fleet_router(view, background=view.config.background and server_bg))
     registry = getattr(getattr(ctx, "metrics", None), "registry", None)
     if registry is not None:
         registry.register(FleetCollector(view))

@@ -134,6 +134,8 @@ def start_server_process(
     for k, v in config.model_dump(exclude_none=True).items():
         env[f"EDGEFLEET_SERVER_{k.upper()}"] = str(v)
     env.update(extra_env or {})
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [
