@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-console = Console()
+console = Console(width=150)
 
 ENDPOINTS = [
     ("overview", "GET", "/v1/fleet/overview", None),
@@ -50,7 +50,13 @@ ENDPOINTS = [
     ("evaluate alerts", "POST", "/v1/fleet/alerts/evaluate", None),
     ("/metrics scrape", "GET", "/metrics", None),
 ]
-PARSES = {"telemetry by class,region", "timeseries by release", "drift by class,region", "outliers", "evaluate alerts"}
+PARSES = {
+    "telemetry by class,region",
+    "timeseries by release",
+    "drift by class,region",
+    "outliers",
+    "evaluate alerts",
+}
 
 
 class _Clock:
@@ -88,8 +94,15 @@ def _hour_of_windows(model: Path, reference: dict, x: np.ndarray, t_end: float) 
     rng = np.random.default_rng(0)
     clk = _Clock(t_end - 3600)
     out: list = []
-    agg = Aggregator(_Ort(model), reference=reference, config=AggregatorConfig(resources=False, drift_on_close=False),
-                     tags={"model": "digits", "version": "1.0.0"}, sink=out.append, monotonic=clk.mono, wall=clk.wall)
+    agg = Aggregator(
+        _Ort(model),
+        reference=reference,
+        config=AggregatorConfig(resources=False, drift_on_close=False),
+        tags={"model": "digits", "version": "1.0.0"},
+        sink=out.append,
+        monotonic=clk.mono,
+        wall=clk.wall,
+    )
     for i in range(36_000):
         clk.t = i * 0.1
         agg.predict({"input": (x[rng.integers(0, len(x), 1)] / 16.0).astype(np.float32)})
@@ -108,9 +121,17 @@ def _setup(base: Path):
     train_digits_mlp(model, data=ds)
     keys = init_keys(base / "keys", root_keys=1, root_threshold=1)
     repo = Repository.init(base / "repo", keys)
-    tar = create_bundle(model, base / "digits-1.0.0-cpu.tar", name="digits", version="1.0.0", variant="cpu",
-                        inputs_raw=ds.x_test[:8], reference_raw=ds.x_train, preprocess=[{"op": "scale", "factor": 1 / 16}],
-                        created=datetime(2025, 1, 2, tzinfo=UTC))
+    tar = create_bundle(
+        model,
+        base / "digits-1.0.0-cpu.tar",
+        name="digits",
+        version="1.0.0",
+        variant="cpu",
+        inputs_raw=ds.x_test[:8],
+        reference_raw=ds.x_train,
+        preprocess=[{"op": "scale", "factor": 1 / 16}],
+        created=datetime(2025, 1, 2, tzinfo=UTC),
+    )
     repo.publish(tar, delta=False)
     with Bundle.open(tar) as b:
         ref = b.reference
@@ -123,21 +144,34 @@ def _fleet(base: Path, n: int, repo: Path, windows: list[dict], now: float):
     from edgefleet.server import ServerConfig, create_app
     from edgefleet.server._models import TelemetryWindowRow
 
-    cfg = ServerConfig(data_dir=base / f"server-{n}", repo_dir=repo, keys_dir=base / "no-keys", engine_enabled=False)
+    cfg = ServerConfig(
+        data_dir=base / f"server-{n}", repo_dir=repo, keys_dir=base / "no-keys", engine_enabled=False
+    )
     app = create_app(cfg, clock=lambda: now)
     client = TestClient(app)
     client.__enter__()
     admin = {"Authorization": "Bearer " + cfg.admin_token_path.read_text().strip()}
-    assert client.post("/v1/releases", json={"name": "digits", "version": "1.0.0"}, headers=admin).status_code in (
-        200, 201)
+    assert client.post(
+        "/v1/releases", json={"name": "digits", "version": "1.0.0"}, headers=admin
+    ).status_code in (200, 201)
     ids = []
     regions = ("eu", "us", "ap")
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"enrolling {n} devices", total=n)
         for i in range(n):
-            tok = client.post("/v1/enrollment-tokens", json={"tags": {"region": regions[i % 3]}}, headers=admin).json()
-            hw = {"arch": "x86_64", "cores": 4, "ram_mb": 4096, "disk_free_mb": 10_000, "isa_flags": ["avx2"],
-                  "onnxruntime_version": "1.20.0", "device_class": "cpu" if i % 2 else "arm", "tags": {}}
+            tok = client.post(
+                "/v1/enrollment-tokens", json={"tags": {"region": regions[i % 3]}}, headers=admin
+            ).json()
+            hw = {
+                "arch": "x86_64",
+                "cores": 4,
+                "ram_mb": 4096,
+                "disk_free_mb": 10_000,
+                "isa_flags": ["avx2"],
+                "onnxruntime_version": "1.20.0",
+                "device_class": "cpu" if i % 2 else "arm",
+                "tags": {},
+            }
             r = client.post("/v1/enroll", json={"token": tok["token"], "hardware": hw})
             ids.append(r.json()["device_id"])
             prog.advance(task)
@@ -145,8 +179,9 @@ def _fleet(base: Path, n: int, repo: Path, windows: list[dict], now: float):
     with db.write() as s:
         for dev in ids:
             s.add_all(
-                TelemetryWindowRow(device_id=dev, batch_id="bench", received_at=now, start=w["start"], end=w["end"],
-                                   data=w)
+                TelemetryWindowRow(
+                    device_id=dev, batch_id="bench", received_at=now, start=w["start"], end=w["end"], data=w
+                )
                 for w in windows
             )
     return client, admin, app.state.fleet
@@ -177,20 +212,32 @@ def main() -> None:
         windows = _hour_of_windows(model, ref, ds.x_train, now - 1)
         results["windows_per_device"] = len(windows)
         results["window_bytes_mean"] = int(statistics.mean(len(json.dumps(w)) for w in windows))
-        console.print(f"one device-hour: {len(windows)} windows, {results['window_bytes_mean']} B mean JSON "
-                      f"({time.perf_counter() - t:.1f} s to produce)")
+        console.print(
+            f"one device-hour: {len(windows)} windows, {results['window_bytes_mean']} B mean JSON "
+            f"({time.perf_counter() - t:.1f} s to produce)"
+        )
         for n in sizes:
             client, admin, view = _fleet(base, n, repo, windows, now)
             for name, method, path, params in ENDPOINTS:
                 view._cache.clear()
                 cold = _time(client, admin, method, path, params)
                 warm = statistics.median(_time(client, admin, method, path, params) for _ in range(3))
-                results["endpoints"].setdefault(name, {})[str(n)] = {"cold_ms": round(cold * 1e3, 1),
-                                                                      "warm_ms": round(warm * 1e3, 1)}
+                results["endpoints"].setdefault(name, {})[str(n)] = {
+                    "cold_ms": round(cold * 1e3, 1),
+                    "warm_ms": round(warm * 1e3, 1),
+                }
             client.__exit__(None, None, None)
-    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name'"], capture_output=True, text=True).stdout.strip()
-    results["machine"] = {"cpu": cpu, "python": platform.python_version(), "note": "2 cores shared with parallel work"}
-    t = Table(title=f"dashboard API latency, one hour of telemetry per device ({results['windows_per_device']} windows)")
+    cpu = subprocess.run(
+        ["sh", "-c", "lscpu | grep 'Model name'"], capture_output=True, text=True
+    ).stdout.strip()
+    results["machine"] = {
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "note": "2 cores shared with parallel work",
+    }
+    t = Table(
+        title=f"dashboard API latency, one hour of telemetry per device ({results['windows_per_device']} windows)"
+    )
     t.add_column("endpoint")
     for n in sizes:
         t.add_column(f"N={n} cold ms", justify="right")

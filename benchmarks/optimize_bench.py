@@ -167,10 +167,21 @@ def _plain_dynamic(
     try:
         with quiet_ort_logs():
             quantize_dynamic(str(source), str(out))
-        plain = OrtRunner(out, threads=prof.cores)
-    except Exception as e:  # noqa: BLE001 - the common first attempt can produce an unloadable model
+    except Exception as e:  # noqa: BLE001 - the common first attempt can fail outright
         res["error"] = str(e).strip().splitlines()[-1][:200]
         return res
+    try:
+        return _measure_plain(out, baseline, ev, prof, st, res)
+    except Exception as e:  # noqa: BLE001 - report what the user would hit
+        res["size_bytes"] = out.stat().st_size
+        res["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        return res
+
+
+def _measure_plain(
+    out: Path, baseline: Path, ev: Any, prof: DeviceProfile, st: OptimizeSettings, res: dict
+) -> dict:
+    plain = OrtRunner(out, threads=prof.cores)
     base = OrtRunner(baseline, threads=prof.cores)
     ds = load_data(ev, base.inputs, what="evaluation", limit=st.max_eval_samples)
     ref = run_dataset(base, ds, st.eval_batch)
@@ -179,7 +190,13 @@ def _plain_dynamic(
     q_base = measure_quality(task, ref, ref, ds.labels)
     q = measure_quality(task, ref, got, ds.labels)
     il = interleaved(base, plain, ds.samples[0], ds.samples[0], st)
-    bres = benchmark(out, prof, data=ds.head(1), settings=st)
+    try:
+        bres = benchmark(out, prof, data=ds.head(1), settings=st)
+    except Exception as e:  # noqa: BLE001 - e.g. the ONNX checker refuses the file onnxruntime still runs
+        res["checker"] = str(e).strip().splitlines()[0][:200]
+        from edgefleet.optimize._bench import benchmark_runner
+
+        bres = benchmark_runner(out, ds.samples[0], prof, st)
     res.update(
         size_bytes=out.stat().st_size,
         p50_ms=bres.latency.p50_ms,

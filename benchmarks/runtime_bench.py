@@ -187,7 +187,7 @@ def pct(values: list[float] | np.ndarray, q: float) -> float:
 # --- 1. overhead --------------------------------------------------------------------------------------
 
 
-def bench_overhead(models: dict[str, Path], x: np.ndarray, rounds: int, per_round: int) -> list[dict]:
+def bench_overhead(models: dict[str, Path], x: np.ndarray, max_calls: int, budget_s: float) -> list[dict]:
     import onnxruntime as ort
 
     rows = []
@@ -208,16 +208,22 @@ def bench_overhead(models: dict[str, Path], x: np.ndarray, rounds: int, per_roun
             "Runtime.predict (defaults)": lambda r=full, f=feed: r.predict(f),
         }
         samples: dict[str, list[int]] = {k: [] for k in calls}
-        for fn in calls.values():
-            for _ in range(500):
+        fns = list(calls.items())
+        for _, fn in fns:
+            for _ in range(200):
                 fn()
-        for _ in range(rounds):  # interleaved, so machine noise hits every variant alike
-            for k, fn in calls.items():
-                buf = samples[k]
-                for _ in range(per_round):
-                    t = time.perf_counter_ns()
-                    fn()
-                    buf.append(time.perf_counter_ns() - t)
+        t = time.perf_counter()
+        for _, fn in fns:
+            fn()
+        per_round = time.perf_counter() - t
+        n = int(min(max_calls, max(300, budget_s / per_round)))
+        perf = time.perf_counter_ns
+        for i in range(n):  # round-robin, one call each, order rotated: noise hits all variants alike
+            for j in range(len(fns)):
+                k, fn = fns[(i + j) % len(fns)]
+                t0 = perf()
+                fn()
+                samples[k].append(perf() - t0)
         fast.close()
         full.close()
         bare50 = pct(samples["bare InferenceSession.run"], 50)
@@ -676,7 +682,7 @@ def main() -> None:
 
         if "overhead" in sections:
             with console.status("1/5 in-process overhead..."):
-                rows = bench_overhead(models, x, rounds=10 if q else 40, per_round=200 if q else 500)
+                rows = bench_overhead(models, x, max_calls=5_000 if q else 30_000, budget_s=8 if q else 40)
             results["overhead"] = rows
             table(
                 "In-process latency at batch 1 (interleaved)",

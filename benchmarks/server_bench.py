@@ -93,8 +93,15 @@ def build_repo(base: Path) -> Path:
     train_digits_mlp(model, data=data)
     repo = Repository.init(base / "repo", init_keys(base / "keys", root_keys=1, root_threshold=1))
     for v in ("1.0.0", "1.1.0", "2.0.0"):
-        out = create_bundle(model, base / f"{v}.tar", name="digits", version=v, variant="cpu",
-                            inputs_raw=data.x_test[:8], preprocess=[{"op": "scale", "factor": 1 / 16}])
+        out = create_bundle(
+            model,
+            base / f"{v}.tar",
+            name="digits",
+            version=v,
+            variant="cpu",
+            inputs_raw=data.x_test[:8],
+            preprocess=[{"op": "scale", "factor": 1 / 16}],
+        )
         repo.publish(out, delta=False)
     return base / "repo"
 
@@ -121,22 +128,42 @@ def throughput(db: str, devices: int, duration: float, concurrency: int, work: P
             procs = start(n, base, schema.url if schema else None)
             try:
                 spec = base / f"load-{n}.json"
-                spec.write_text(json.dumps({"urls": [p.url for p in procs], "devices": creds,
-                                            "concurrency": concurrency, "duration_s": duration, "warmup_s": 3}))
+                spec.write_text(
+                    json.dumps(
+                        {
+                            "urls": [p.url for p in procs],
+                            "devices": creds,
+                            "concurrency": concurrency,
+                            "duration_s": duration,
+                            "warmup_s": 3,
+                        }
+                    )
+                )
                 c0 = cpu_seconds(procs)
                 t0 = time.monotonic()
-                r = subprocess.run([sys.executable, "-m", "edgefleet.sim._loadgen", str(spec)],
-                                   capture_output=True, text=True, timeout=duration + 120)
+                r = subprocess.run(
+                    [sys.executable, "-m", "edgefleet.sim._loadgen", str(spec)],
+                    capture_output=True,
+                    text=True,
+                    timeout=duration + 120,
+                )
                 wall = time.monotonic() - t0
                 c1 = cpu_seconds(procs)
                 res = json.loads(r.stdout)
                 # CPU spent over the whole run (warm-up included), per heartbeat sent in it
                 sent = res["requests"] * wall / duration
-                res.update(db=db, processes=n, devices=devices, concurrency=concurrency,
-                           server_cpu_us_per_heartbeat=round((c1 - c0) / max(sent, 1) * 1e6, 1))
+                res.update(
+                    db=db,
+                    processes=n,
+                    devices=devices,
+                    concurrency=concurrency,
+                    server_cpu_us_per_heartbeat=round((c1 - c0) / max(sent, 1) * 1e6, 1),
+                )
                 rows.append(res)
-                console.print(f"  {db} x{n}: {res['per_s']:.0f}/s  p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms"
-                              f"  errors {res['errors']}  server CPU {res['server_cpu_us_per_heartbeat']} us/hb")
+                console.print(
+                    f"  {db} x{n}: {res['per_s']:.0f}/s  p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms"
+                    f"  errors {res['errors']}  server CPU {res['server_cpu_us_per_heartbeat']} us/hb"
+                )
             finally:
                 for p in procs:
                     p.stop()
@@ -153,8 +180,13 @@ def _active(api: httpx.Client, version: str) -> dict:
     rel = api.post("/v1/releases", json={"name": "digits", "version": version})
     rel.raise_for_status()
     v = rel.json()["variants"][0]
-    return {"name": "digits", "version": version, "variant": v["variant"], "target_path": v["target_path"],
-            "sha256": v["sha256"]}
+    return {
+        "name": "digits",
+        "version": version,
+        "variant": v["variant"],
+        "target_path": v["target_path"],
+        "sha256": v["sha256"],
+    }
 
 
 def containment(repo: Path, size: int, poll: float, mqtt: str | None, work: Path) -> dict:
@@ -166,21 +198,35 @@ def containment(repo: Path, size: int, poll: float, mqtt: str | None, work: Path
         api = httpx.Client(base_url=procs[0].url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         bad = ReleaseBehavior(error_rate=0.3, mean_confidence=0.45, latency_p95_ms=9.0)
         scenario = Scenario(poll_interval_s=poll, install_delay_s=1.0, behaviors={"2.0.0": bad})
-        fleet = Fleet(procs[0].url, scenario, size=size, admin_token=token, mqtt_url=mqtt, max_connections=128)
+        fleet = Fleet(
+            procs[0].url, scenario, size=size, admin_token=token, mqtt_url=mqtt, max_connections=128
+        )
         asyncio.run(fleet.enroll())
         fleet.preinstall(_active(api, "1.0.0"))
         _active(api, "2.0.0")
-        asyncio.run(fleet.run(timeout=2 * poll))  # the control group reports on 1.0.0
         gates = {"min_devices": 5, "min_requests": 200}
-        r = api.post("/v1/rollouts", json={"name": "digits", "version": "2.0.0", "soak_s": 60, "gates": gates})
-        r.raise_for_status()
-        rid, first_wave = r.json()["id"], r.json()["members"]["admitted"]
-        created = time.time()
+        state: dict = {}
+        start_at = time.monotonic() + 2 * poll  # the control group reports on 1.0.0 first
 
-        def back(f: Fleet) -> bool:
-            return f.count_on("1.0.0") == size and api.get(f"/v1/rollouts/{rid}").json()["state"] == "rolled_back"
+        def step(f: Fleet) -> bool:
+            if "rid" not in state:  # the rollout starts while every device is running (and subscribed)
+                if time.monotonic() < start_at:
+                    return False
+                r = api.post(
+                    "/v1/rollouts", json={"name": "digits", "version": "2.0.0", "soak_s": 60, "gates": gates}
+                )
+                r.raise_for_status()
+                state.update(
+                    rid=r.json()["id"], first_wave=r.json()["members"]["admitted"], created=time.time()
+                )
+                return False
+            return (
+                f.count_on("1.0.0") == size
+                and api.get(f"/v1/rollouts/{state['rid']}").json()["state"] == "rolled_back"
+            )
 
-        ok = asyncio.run(fleet.run(until=back, timeout=30 * poll, check_every=0.25))
+        ok = asyncio.run(fleet.run(until=step, timeout=40 * poll, check_every=0.25))
+        rid, first_wave, created = state["rid"], state["first_wave"], state["created"]
         audit = api.get(f"/v1/rollouts/{rid}/audit").json()
         failed = next(a for a in audit if a["action"] == "rollout.gate_failed")
         last_back = max(t for t, _, old, new in fleet.switches if old == "2.0.0" and new == "1.0.0")
@@ -212,22 +258,43 @@ def good_release(repo: Path, size: int, poll: float, soak: float, work: Path) ->
     try:
         token = admin_token(base)
         api = httpx.Client(base_url=procs[0].url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        fleet = Fleet(procs[0].url, Scenario(poll_interval_s=poll, install_delay_s=1.0), size=size,
-                      admin_token=token, max_connections=128)
+        fleet = Fleet(
+            procs[0].url,
+            Scenario(poll_interval_s=poll, install_delay_s=1.0),
+            size=size,
+            admin_token=token,
+            max_connections=128,
+        )
         asyncio.run(fleet.enroll())
         fleet.preinstall(_active(api, "1.0.0"))
         _active(api, "1.1.0")
-        asyncio.run(fleet.run(timeout=2 * poll))
-        r = api.post("/v1/rollouts", json={"name": "digits", "version": "1.1.0", "soak_s": soak,
-                                           "gates": {"min_devices": 5, "min_requests": 200}})
-        r.raise_for_status()
-        rid = r.json()["id"]
-        t0 = time.time()
-        ok = asyncio.run(fleet.run(until=lambda f: f.count_on("1.1.0") == size, timeout=40 * poll + 8 * soak,
-                                   check_every=0.25))
-        all_on = time.time()
-        asyncio.run(fleet.run(until=lambda f: api.get(f"/v1/rollouts/{rid}").json()["state"] == "completed",
-                              timeout=4 * poll + 2 * soak, check_every=0.5))
+        state: dict = {}
+        start_at = time.monotonic() + 2 * poll
+
+        def step(f: Fleet) -> bool:
+            if "rid" not in state:
+                if time.monotonic() < start_at:
+                    return False
+                r = api.post(
+                    "/v1/rollouts",
+                    json={
+                        "name": "digits",
+                        "version": "1.1.0",
+                        "soak_s": soak,
+                        "gates": {"min_devices": 5, "min_requests": 200},
+                    },
+                )
+                r.raise_for_status()
+                state.update(rid=r.json()["id"], t0=time.time())
+                return False
+            if "all_on" not in state and f.count_on("1.1.0") == size:
+                state["all_on"] = time.time()
+            return (
+                "all_on" in state and api.get(f"/v1/rollouts/{state['rid']}").json()["state"] == "completed"
+            )
+
+        ok = asyncio.run(fleet.run(until=step, timeout=40 * poll + 8 * soak, check_every=0.25))
+        rid, t0, all_on = state["rid"], state["t0"], state.get("all_on", time.time())
         audit = api.get(f"/v1/rollouts/{rid}/audit").json()
         opened = [a for a in audit if a["action"] == "rollout.wave_opened"]
         completed = next((a["at"] for a in audit if a["action"] == "rollout.completed"), None)
@@ -262,7 +329,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgefleet-server-bench-"))
     out: dict = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or _cpu_name(), "cores": os.cpu_count(), "loadavg_at_start": load},
+        "machine": {
+            "cpu": platform.processor() or _cpu_name(),
+            "cores": os.cpu_count(),
+            "loadavg_at_start": load,
+        },
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     console.print(f"[bold]edgefleet server benchmark[/] ({os.cpu_count()} cores, load average {load[0]:.1f})")
@@ -296,9 +367,10 @@ def main() -> None:
 
 def _cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return "unknown"
@@ -307,13 +379,29 @@ def _cpu_name() -> str:
 def report(out: dict) -> None:
     if out.get("throughput"):
         t = Table(title="heartbeats (load generator in its own process, 32 connections)")
-        for c in ("database", "processes", "heartbeats/s", "p50 ms", "p99 ms", "errors", "server CPU us/hb",
-                  "vs SQLite x1"):
+        for c in (
+            "database",
+            "processes",
+            "heartbeats/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "server CPU us/hb",
+            "vs SQLite x1",
+        ):
             t.add_column(c, justify="right")
         ref = out["throughput"][0]["per_s"] or 1
         for r in out["throughput"]:
-            t.add_row(r["db"], str(r["processes"]), f"{r['per_s']:.0f}", f"{r['p50_ms']}", f"{r['p99_ms']}",
-                      str(r["errors"]), f"{r['server_cpu_us_per_heartbeat']:.0f}", f"{r['per_s'] / ref:.2f}")
+            t.add_row(
+                r["db"],
+                str(r["processes"]),
+                f"{r['per_s']:.0f}",
+                f"{r['p50_ms']}",
+                f"{r['p99_ms']}",
+                str(r["errors"]),
+                f"{r['server_cpu_us_per_heartbeat']:.0f}",
+                f"{r['per_s'] / ref:.2f}",
+            )
         console.print(t)
     for c in out.get("containment", []):
         console.print(

@@ -301,3 +301,18 @@ def test_config_from_environment(monkeypatch):
 
     with pytest.raises(PydanticValidationError, match="max_batch_size"):
         RuntimeConfig()
+
+
+def test_wrap_observes_every_served_model(digits_mlp, digits_mlp_v2, doubles, x_test):
+    seen = []
+
+    def observe(p):
+        rec = doubles.Recording(p)
+        seen.append(rec)
+        return rec
+
+    with Runtime.from_bundle(digits_mlp, wrap=observe) as rt:
+        rt.predict(x_test[:2])
+        rt.swap(digits_mlp_v2)
+        rt.predict(x_test[:1])
+    assert [len(r.calls) for r in seen] == [1, 1]

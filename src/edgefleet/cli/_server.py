@@ -214,7 +214,7 @@ def server_run(
     app = create_app(cfg)
     console.print(f"edgefleet control plane on http://{host}:{port} (OpenAPI at /docs)")
     console.print(f"database: {app.state.ctx.db.dialect}; admin token file: {cfg.admin_token_path}")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=30)
 
 
 @server_app.command("migrate")

@@ -371,20 +371,37 @@ def interleaved(
                 max(settings.interleave_runs, np.ceil(settings.interleave_round_s / max(per_run, 1e-7))),
             )
         )
-    bp, cp = [], []
-    for r in range(rounds):
-        order = (baseline, candidate) if r % 2 == 0 else (candidate, baseline)
-        res = {}
-        for who in order:
-            f = feed_base if who is baseline else feed_cand
-            res[id(who)] = float(np.median(_timed(who, f, runs))) * 1000.0
-        bp.append(res[id(baseline)])
-        cp.append(res[id(candidate)])
+    bp: list[float] = []
+    cp: list[float] = []
+
+    def play(n: int) -> None:
+        for _ in range(n):
+            order = (baseline, candidate) if len(bp) % 2 == 0 else (candidate, baseline)
+            res = {}
+            for who in order:
+                f = feed_base if who is baseline else feed_cand
+                res[id(who)] = float(np.median(_timed(who, f, runs))) * 1000.0
+            bp.append(res[id(baseline)])
+            cp.append(res[id(candidate)])
+
+    def judge() -> tuple[float, float, str]:
+        ratios = np.asarray(cp) / np.asarray(bp)
+        med = float(np.median(ratios))
+        q1, q3 = np.percentile(ratios, [25, 75])
+        # Two standard errors of the median (sigma estimated robustly from the IQR), never below the floor.
+        se = 1.2533 * float(q3 - q1) / 1.349 / np.sqrt(len(ratios))
+        tol = max(settings.noise_floor, 2.0 * se)
+        verdict = "slower" if med > 1 + tol else ("faster" if med < 1 - tol else "same")
+        return med, tol, verdict
+
+    play(rounds)
+    med, tol, verdict = judge()
+    # Inconclusive (a difference above the floor that the noise hides): more rounds, up to 3x.
+    while verdict == "same" and abs(med - 1) > settings.noise_floor and len(bp) < 3 * rounds:
+        play(rounds)
+        med, tol, verdict = judge()
+    rounds = len(bp)
     ratios = [c / b for b, c in zip(bp, cp, strict=True)]
-    med = float(np.median(ratios))
-    q1, q3 = np.percentile(ratios, [25, 75])
-    tol = max(settings.noise_floor, float(q3 - q1))
-    verdict = "slower" if med > 1 + tol else ("faster" if med < 1 - tol else "same")
     return Interleaved(
         rounds=rounds,
         runs_per_round=runs,

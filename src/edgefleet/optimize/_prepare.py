@@ -45,9 +45,13 @@ class Prepared:
 def quiet_ort_logs():
     """The quantization tools log chatty warnings through the root logger and print() progress to
     stdout (which would corrupt ``--json`` output); both are silenced unless debugging."""
+    import onnxruntime as ort
+
     root = logging.getLogger()
     old = root.level
     debug = log.isEnabledFor(logging.DEBUG)
+    if not debug:
+        ort.set_default_logger_severity(3)  # sessions the tools create inside log C++ warnings
     if old < logging.ERROR and not debug:
         root.setLevel(logging.ERROR)
     try:
@@ -58,6 +62,8 @@ def quiet_ort_logs():
                 yield
     finally:
         root.setLevel(old)
+        if not debug:
+            ort.set_default_logger_severity(2)  # onnxruntime's default
 
 
 def compare_outputs(

@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,8 +348,10 @@ class Runtime:
         outbox: EscalationOutbox | None = None,
         heuristic: Any = None,
         metrics: RuntimeMetrics | None = None,
+        wrap: Callable[[Predictor], Predictor] | None = None,
     ) -> None:
         self.config = config or RuntimeConfig()
+        self._wrap = wrap
         self.metrics = metrics or RuntimeMetrics()
         self._m = self.metrics if self.config.metrics else None
         # read at scrape time, so the request path pays nothing for it
@@ -383,6 +385,7 @@ class Runtime:
             cloud_url: an HTTP endpoint to escalate to (behind a circuit breaker).
             outbox: where escalations wait when they cannot be sent (``telemetry.Outbox``).
             heuristic: a last-resort answer: a mapping of output name to one row, or ``fn(batch)``.
+            wrap: ``fn(pipeline) -> predictor`` applied to each served model's pipeline (observers).
         """
         rt = cls(config, **kw)
         try:
@@ -531,6 +534,8 @@ class Runtime:
                 )
             if self.cache is not None:
                 pipeline = Cached(pipeline, self.cache, metrics=self._m)
+            if self._wrap is not None:  # e.g. telemetry's Aggregator; applied again to every swapped-in model
+                pipeline = self._wrap(pipeline)
             validator = Validator(manifest.inputs, cfg.validation) if cfg.validation.enabled else None
             return _Served(
                 manifest,

@@ -983,7 +983,7 @@ class FleetView:
             rules=self.rules,
         )
         found = {
-            a.key: a
+            _alert_key(a.key): a
             for a in found
             if a.rule != "outlier"
             or self._keep(
@@ -1002,7 +1002,7 @@ class FleetView:
                 row = current.get(key)
                 if row is None:
                     row = FleetAlert(
-                        key=key[:256],
+                        key=key,
                         rule=a.rule,
                         severity=a.severity,
                         state="open",
@@ -1320,6 +1320,13 @@ class FleetView:
     def drift_snapshot(self, s: Session) -> dict[str, Any] | None:
         row = s.get(ServerState, _DRIFT_STATE)
         return row.value if row is not None else None
+
+
+def _alert_key(key: str) -> str:
+    """Alert keys fit the column: long ones keep a readable head and a hash of the whole."""
+    if len(key) <= 256:
+        return key
+    return key[:239] + "#" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _jsonable(v: Any) -> Any:

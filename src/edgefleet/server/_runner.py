@@ -110,7 +110,15 @@ def start_server(
     app = create_app(cfg, **app_kwargs)
     port = port or free_port(host)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            timeout_keep_alive=30,
+        )
     )
     thread = threading.Thread(target=server.run, name="edgefleet-server", daemon=True)
     thread.start()
@@ -151,6 +159,8 @@ def start_server_process(
             "--log-level",
             "warning",
             "--no-access-log",
+            "--timeout-keep-alive",
+            "30",
         ],
         env=env,
         stdout=out,

@@ -171,30 +171,45 @@ class Fleet:
 
             async def one(d: SimDevice) -> None:
                 async with sem:
-                    tags = {**self.scenario.tags, **(tags_for(d) if tags_for else {})}
-                    r = await c.post("/v1/enrollment-tokens", json={"tags": tags}, headers=admin)
-                    _check(r, "create enrollment token")
-                    hw = {
-                        "arch": "x86_64",
-                        "cores": 4,
-                        "ram_mb": self.scenario.ram_mb,
-                        "disk_free_mb": 10_000,
-                        "isa_flags": self.scenario.isa_flags,
-                        "onnxruntime_version": self.scenario.onnxruntime_version,
-                        "device_class": d.device_class,
-                        "tags": tags,
-                    }
-                    r = await c.post(
-                        "/v1/enroll",
-                        json={"token": r.json()["token"], "name": f"sim-{d.index}", "hardware": hw},
-                    )
-                    _check(r, "enroll")
-                    body = r.json()
-                    d.device_id, d.token = body["device_id"], body["device_token"]
-                    d.poll_interval = body["poll_interval_s"]
+                    for attempt in range(3):  # a keep-alive connection closed under us: a fresh token
+                        try:
+                            await self._enroll_one(c, d, admin, tags_for)
+                            return
+                        except httpx.TransportError:
+                            if attempt == 2:
+                                raise
+                            await asyncio.sleep(0.2)
 
             await asyncio.gather(*(one(d) for d in self.devices))
         self.by_id = {d.device_id: d for d in self.devices}
+
+    async def _enroll_one(
+        self,
+        c: httpx.AsyncClient,
+        d: SimDevice,
+        admin: dict[str, str],
+        tags_for: Callable[[SimDevice], dict[str, str]] | None,
+    ) -> None:
+        tags = {**self.scenario.tags, **(tags_for(d) if tags_for else {})}
+        r = await c.post("/v1/enrollment-tokens", json={"tags": tags}, headers=admin)
+        _check(r, "create enrollment token")
+        hw = {
+            "arch": "x86_64",
+            "cores": 4,
+            "ram_mb": self.scenario.ram_mb,
+            "disk_free_mb": 10_000,
+            "isa_flags": self.scenario.isa_flags,
+            "onnxruntime_version": self.scenario.onnxruntime_version,
+            "device_class": d.device_class,
+            "tags": tags,
+        }
+        r = await c.post(
+            "/v1/enroll", json={"token": r.json()["token"], "name": f"sim-{d.index}", "hardware": hw}
+        )
+        _check(r, "enroll")
+        body = r.json()
+        d.device_id, d.token = body["device_id"], body["device_token"]
+        d.poll_interval = body["poll_interval_s"]
 
     def preinstall(self, active: dict[str, Any] | Callable[[SimDevice], dict[str, Any] | None]) -> None:
         """Start devices on a release (an ``ActiveModel`` dict, or a function of the device)."""
@@ -410,7 +425,9 @@ class Fleet:
 
         def on_connect(cl, userdata, flags, rc, props=None):  # noqa: ANN001
             cl.subscribe("edgefleet/devices/+/nudge", qos=1)
-            ready.set()
+
+        def on_subscribe(cl, userdata, mid, reason_codes, props=None):  # noqa: ANN001
+            ready.set()  # nudges published from now on reach us
 
         def on_message(cl, userdata, msg):  # noqa: ANN001
             parts = msg.topic.split("/")
@@ -420,6 +437,7 @@ class Fleet:
                 loop.call_soon_threadsafe(d.nudge.set)
 
         client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
         client.on_message = on_message
         try:
             client.connect(u.hostname or "127.0.0.1", u.port or 1883, keepalive=30)

@@ -76,7 +76,9 @@ def parse_upload(
         )
     items = doc["items"]
     if len(items) > max_items:
-        raise ValidationError(f"upload holds {len(items)} items, limit {max_items}", hint="send smaller batches")
+        raise ValidationError(
+            f"upload holds {len(items)} items, limit {max_items}", hint="send smaller batches"
+        )
     out = ParsedUpload(batch_id=doc["batch_id"], device_id=device_id)
     seen: set[str] = set()
     server_tags = {"device_id": device_id, **(tags or {})}

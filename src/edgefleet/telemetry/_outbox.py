@@ -88,6 +88,11 @@ class OutboxConfig(BaseSettings):
         ge=0,
         description="most wall-clock time credited to item ages across a restart (clock-jump guard)",
     )
+    upload_interval_s: float = Field(
+        300.0,
+        gt=0,
+        description="how often the agent drains the outbox (>= 300 s keeps telemetry under 20 KB/h)",
+    )
     upload_max_bytes: int = Field(256 * 1024, ge=1024, description="raw payload bytes per upload batch")
     compression_level: int = Field(3, ge=1, le=22, description="zstd level of upload bodies")
     bandwidth_bytes_per_s: float | None = Field(

@@ -60,8 +60,19 @@ def _store_to(store: Any) -> dict[str, Any] | None:
     if store.count == 0:
         return None
     lo, hi = store.min_key, store.max_key
-    bins = [_num(store.bins[k - store.offset]) for k in range(lo, hi + 1)]
-    return {"k0": int(lo), "c": bins}
+    # counts from k0 upward; a run of k empty bins is written as -k (latency tails are sparse)
+    out: list[int | float] = []
+    zeros = 0
+    for k in range(lo, hi + 1):
+        c = store.bins[k - store.offset]
+        if c == 0:
+            zeros += 1
+            continue
+        if zeros:
+            out.append(-zeros)
+            zeros = 0
+        out.append(_num(c))
+    return {"k0": int(lo), "c": out}
 
 
 def sketch_to_dict(s: LogCollapsingLowestDenseDDSketch) -> dict[str, Any]:
@@ -104,14 +115,21 @@ def _fill(store: Any, d: Any, where: str, bin_limit: int) -> float:
     k0, c = d["k0"], d["c"]
     if isinstance(k0, bool) or not isinstance(k0, int) or abs(k0) > 1 << 20:
         raise _bad(where, "k0 must be a small integer")
-    if not isinstance(c, list) or not 1 <= len(c) <= min(bin_limit, MAX_SKETCH_BINS):
-        raise _bad(where, f"c must hold 1..{min(bin_limit, MAX_SKETCH_BINS)} counts")
-    total = 0.0
+    limit = min(bin_limit, MAX_SKETCH_BINS)
+    if not isinstance(c, list) or not 1 <= len(c) <= limit:
+        raise _bad(where, f"c must hold 1..{limit} entries")
+    total, key = 0.0, k0
     for i, w in enumerate(c):
-        w = _nonneg(w, f"{where}.c[{i}]")
-        if w:
-            store.add(k0 + i, w)
-            total += w
+        if isinstance(w, int) and not isinstance(w, bool) and w < 0:  # a run of -w empty bins
+            key -= w
+        else:
+            w = _nonneg(w, f"{where}.c[{i}]")
+            if w:
+                store.add(key, w)
+                total += w
+            key += 1
+        if key - k0 > limit:
+            raise _bad(where, f"bins span more than {limit} keys")
     return total
 
 

@@ -514,7 +514,8 @@ class Window:
 
 
 def _round(x: float) -> float | int:
-    return int(x) if float(x).is_integer() else round(float(x), 4)
+    # readings (CPU %, MB, degrees, battery %) need no more than a tenth
+    return int(x) if float(x).is_integer() else round(float(x), 1)
 
 
 def merge_windows(windows: Iterable[Window], *, on_mismatch: Literal["raise", "drop"] = "raise") -> Window:
