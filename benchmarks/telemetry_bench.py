@@ -540,7 +540,8 @@ def report(r: dict) -> None:
     raw_z = b["raw_logs_zstd_bytes_per_hour"]
     for k, v in b["upload_intervals"].items():
         t.add_row(
-            f"windows, zstd batches every {k} s",
+            f"windows, zstd batches every {k} s"
+            + (" (default)" if float(k) == OutboxConfig().upload_interval_s else ""),
             f"{v['compressed_bytes_per_hour']:,}",
             f"{raw_z / v['compressed_bytes_per_hour']:.0f}x smaller",
         )
@@ -609,7 +610,8 @@ def report(r: dict) -> None:
 
     for name, v in r["outbox"].items():
         t = Table(
-            title=f"4. Outbox: {v['hours_offline']:.0f} h offline, cap {v['cap_bytes']:,} B ({name}), then reconnect"
+            title=f"4. Outbox: {v['hours_offline']:.0f} h offline (wall clock +1 day at half time, TTL "
+            f"{v['ttl_s'] / 3600:.0f} h), cap {v['cap_bytes']:,} B ({name}), then reconnect"
         )
         for c in ("kind", "produced", "queued at reconnect", "arrived", "dropped (reason: items)"):
             t.add_column(c)

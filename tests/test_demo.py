@@ -25,7 +25,9 @@ def _processes_under(path: Path) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline", "status"]):
         try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and any(str(path) in a for a in p.info["cmdline"] or []):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and any(
+                str(path) in a for a in p.info["cmdline"] or []
+            ):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -94,7 +96,9 @@ def test_state_directory_agrees_with_the_summary(demo_run):
         assert st["active"]["version"] == "1.1.0", dev["name"]
         if any(e.get("event") == "activated" and e.get("version") == "1.2.0" for e in st["history"]):
             ran_bad.add(dev["name"])
-    assert ran_bad and ran_bad <= set(next(r for r in s["rollouts"] if r["version"] == "1.2.0")["devices_ever_ran"])
+    assert ran_bad and ran_bad <= set(
+        next(r for r in s["rollouts"] if r["version"] == "1.2.0")["devices_ever_ran"]
+    )
 
 
 def test_every_process_is_gone(demo_run):
@@ -112,7 +116,10 @@ def test_existing_directory_that_is_no_demo_is_refused(tmp_path):
     d.mkdir()
     (d / "data.txt").write_text("keep me")
     r = subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli", "demo", "--dir", str(d)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "edgefleet.cli", "demo", "--dir", str(d)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 1
     assert "not an edgefleet demo directory" in r.stderr

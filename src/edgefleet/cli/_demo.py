@@ -34,8 +34,9 @@ def register(app: typer.Typer) -> None:
         """
         from edgefleet.sim._demo import DemoConfig, RichNarrator, run_demo
 
-        # SIGTERM ends the demo like Ctrl-C does: every process it started is stopped.
+        # SIGTERM and SIGHUP end the demo like Ctrl-C does: every process it started is stopped.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, signal.default_int_handler)
         out = err_console if json_out else console
         narrator = RichNarrator(out)
 

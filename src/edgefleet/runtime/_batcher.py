@@ -43,7 +43,16 @@ class Ticket:
     """
 
     __slots__ = (
-        "batch", "rows", "key", "deadline", "priority", "enqueued", "cancelled", "_done", "_value", "_error",
+        "batch",
+        "rows",
+        "key",
+        "deadline",
+        "priority",
+        "enqueued",
+        "cancelled",
+        "_done",
+        "_value",
+        "_error",
         "_callback",
     )
 
@@ -166,7 +175,9 @@ class Batcher:
         self._watchdog: threading.Thread | None = None
         self._stop = threading.Event()
         if timeout_s is not None:
-            self._watchdog = threading.Thread(target=self._watch, name="edgefleet-batcher-watchdog", daemon=True)
+            self._watchdog = threading.Thread(
+                target=self._watch, name="edgefleet-batcher-watchdog", daemon=True
+            )
             self._watchdog.start()
 
     def _spawn(self) -> None:
@@ -373,15 +384,20 @@ class Batcher:
                 log.exception("batcher worker error")
                 for t in batch:
                     t.set_exception(InferenceError(f"batcher failed: {e}"))
-            finally:
-                if watched:
-                    with self._cond:
-                        self._running.pop(wid, None)
-                        if wid in self._stuck:
-                            self._stuck.discard(wid)
-                            if self._active >= self.config.workers:
-                                return  # replaced while it hung: the replacement serves on
-                            self._active += 1
+            if watched and self._retire(wid):
+                return  # replaced while it hung: the replacement serves on
+
+    def _retire(self, wid: int) -> bool:
+        """After a model call: True when this worker was replaced while it hung and should exit."""
+        with self._cond:
+            self._running.pop(wid, None)
+            if wid not in self._stuck:
+                return False
+            self._stuck.discard(wid)
+            if self._active >= self.config.workers:
+                return True
+            self._active += 1
+            return False
 
     def _run(self, batch: list[Ticket]) -> None:
         n = len(batch)
@@ -400,9 +416,15 @@ class Batcher:
             self._metrics.batch_size.observe(rows)
         t0 = time.monotonic()
         try:
-            out = as_prediction(self.inner.predict(inputs, priority=priority, deadline=deadline), self._tier, rows)
+            out = as_prediction(
+                self.inner.predict(inputs, priority=priority, deadline=deadline), self._tier, rows
+            )
         except Exception as e:
-            err = e if isinstance(e, EdgefleetError) else InferenceError(f"model call failed: {e}", hint="see the log")
+            err = (
+                e
+                if isinstance(e, EdgefleetError)
+                else InferenceError(f"model call failed: {e}", hint="see the log")
+            )
             for t in batch:
                 t.set_exception(err)
             return

@@ -137,7 +137,9 @@ class OrtEngine:
         # The public run() re-checks input names in Python (~µs per call); the runtime checks them
         # itself, so it calls the C++ session directly when this onnxruntime exposes it.
         inner = getattr(self._session, "_sess", None)
-        self._call = inner.run if inner is not None and callable(getattr(inner, "run", None)) else self._session.run
+        self._call = (
+            inner.run if inner is not None and callable(getattr(inner, "run", None)) else self._session.run
+        )
         own_in = [self._spec(i) for i in self._session.get_inputs()]
         own_out = [self._spec(o) for o in self._session.get_outputs()]
         self._input_names = [s.name for s in own_in]

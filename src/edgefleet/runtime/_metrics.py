@@ -51,7 +51,8 @@ class _RequestCollector(Collector):
             outcomes = dict(self.outcomes)
             hist = {k: list(v) for k, v in self.hist.items()}
         c = CounterMetricFamily(
-            f"{self.ns}_requests", "Requests answered or refused, by outcome and answering tier",
+            f"{self.ns}_requests",
+            "Requests answered or refused, by outcome and answering tier",
             labels=["outcome", "tier"],
         )
         for (outcome, tier), n in sorted(outcomes.items()):
@@ -116,7 +117,6 @@ class RuntimeMetrics:
             registry=r,
         )
         self.swaps = Counter(f"{ns}_swaps", "Hot swaps completed", registry=r)
-
 
     def answered(self, tier: str, seconds: float) -> None:
         """Count one answered request and its latency (the hot path)."""

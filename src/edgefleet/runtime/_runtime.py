@@ -11,6 +11,7 @@ then the pipeline, then the manifest's postprocessing (softmax, argmax, labels).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -163,10 +164,8 @@ class _LoopWaker:
             self.pending.append(fut)
             first = len(self.pending) == 1
         if first:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closing; its callers are gone
                 self.loop.call_soon_threadsafe(self.flush)
-            except RuntimeError:  # the loop is closing; its callers are gone
-                pass
 
     def flush(self) -> None:
         with self.lock:
@@ -264,7 +263,11 @@ class _Served:
                     f"raw input must be a batch (a list or an array), not {type(raw).__name__}",
                     hint="wrap one example in a list",
                 )
-            if isinstance(raw, list | tuple) and raw and not isinstance(raw[0], bytes | bytearray | memoryview):
+            if (
+                isinstance(raw, list | tuple)
+                and raw
+                and not isinstance(raw[0], bytes | bytearray | memoryview)
+            ):
                 # JSON numbers: one C-level conversion lets the contract run vectorised over the batch
                 raw = to_array(self.input_names[0], raw)
             tensors = {self.input_names[0]: self.contract.apply(raw)}
@@ -692,7 +695,11 @@ class Runtime:
             import anyio
 
             call = functools.partial(
-                self.predict, raw_inputs, priority=priority, deadline=deadline, escalate=escalate,
+                self.predict,
+                raw_inputs,
+                priority=priority,
+                deadline=deadline,
+                escalate=escalate,
                 preprocessed=preprocessed,
             )
             return await anyio.to_thread.run_sync(call, limiter=limiter)
@@ -704,7 +711,9 @@ class Runtime:
             if batcher is None:  # swapped to a pipeline without a bare batcher meanwhile
                 out = served.pipeline.predict(
                     served.prepare(raw_inputs, contract=not preprocessed),
-                    priority=priority, deadline=abs_deadline, escalate=escalate,
+                    priority=priority,
+                    deadline=abs_deadline,
+                    escalate=escalate,
                 )
             else:
                 tensors = served.prepare(raw_inputs, contract=not preprocessed)

@@ -78,6 +78,7 @@ class Database:
             )
             _sqlite_setup(self.engine, busy_timeout_ms, begin="BEGIN IMMEDIATE")
             _sqlite_setup(self.read_engine, busy_timeout_ms, begin="BEGIN")
+            self.hot_engine = self.engine
         else:
             if self.url.drivername == "postgresql":
                 self.url = self.url.set(drivername="postgresql+psycopg")
@@ -90,6 +91,21 @@ class Database:
                 connect_args={"connect_timeout": max(1, int(connect_timeout_s))},
             )
             self.read_engine = self.engine
+            # The heartbeat path: no pre-ping round trip on every checkout (a dead connection is
+            # handled in hot()), and no wait for the WAL flush: a heartbeat is soft state that the
+            # device sends again, so losing the last fraction of a second of them in a database
+            # crash costs nothing. Rollout decisions go through the main engine, fully durable.
+            self.hot_engine = create_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=False,
+                pool_recycle=1800,
+                connect_args={
+                    "connect_timeout": max(1, int(connect_timeout_s)),
+                    "options": _merge_options(self.url, "-c synchronous_commit=off"),
+                },
+            )
         self._write = sessionmaker(self.engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
         self._prefix_lock = threading.Lock()
@@ -109,44 +125,43 @@ class Database:
             yield conn
 
     def hot(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(cursor)`` in one write transaction on a raw driver connection from the pool.
+        """Run ``fn(cursor)`` on a raw driver connection in autocommit mode: each statement commits.
 
-        For the heartbeat: SQLAlchemy's execution layer costs several times what the statement
-        itself costs there. Errors come out as SQLAlchemy's ``DBAPIError`` (a dropped connection is
-        invalidated, so the pool replaces it), exactly as on the normal path.
+        For the heartbeat, whose statements are each atomic on their own: SQLAlchemy's execution
+        layer costs several times what the statement costs, and an explicit transaction would add
+        two round trips (BEGIN, COMMIT) to PostgreSQL. A dropped connection (database restarted) is
+        discarded with the rest of the small pool and the call retried once on a new one; errors
+        come out as SQLAlchemy's ``DBAPIError``, as on the normal path.
         """
-        fairy = self.engine.raw_connection()
-        cur = None
-        sqlite = self.dialect == "sqlite"
-        try:
-            cur = fairy.cursor()
-            if sqlite:
-                cur.execute("BEGIN IMMEDIATE")
-            out = fn(cur)
-            if sqlite:
-                cur.execute("COMMIT")
-            else:
-                fairy.commit()
-            return out
-        except BaseException as e:
-            dbapi = self.engine.dialect.loaded_dbapi
-            gone = isinstance(e, dbapi.Error) and self.engine.dialect.is_disconnect(
-                e, fairy.dbapi_connection, cur
-            )
-            if not gone:
-                with suppress(Exception):
-                    if sqlite:
-                        if fairy.dbapi_connection.in_transaction:
-                            fairy.dbapi_connection.execute("ROLLBACK")
-                    else:
-                        fairy.rollback()
-            else:
-                fairy.invalidate(e)
-            if isinstance(e, dbapi.Error):
+        dbapi = self.hot_engine.dialect.loaded_dbapi
+        pg = self.dialect == "postgresql"
+        for attempt in (0, 1):
+            fairy = self.hot_engine.raw_connection()
+            raw = fairy.dbapi_connection
+            cur = None
+            gone = False
+            try:
+                if pg:
+                    raw.autocommit = True
+                cur = fairy.cursor()
+                return fn(cur)
+            except dbapi.Error as e:
+                gone = self.hot_engine.dialect.is_disconnect(e, raw, cur)
+                if gone:
+                    fairy.invalidate(e)
+                    self.hot_engine.dispose(close=False)  # the others are as dead as this one
+                    if attempt == 0:
+                        continue
                 raise DBAPIError.instance(None, None, e, dbapi.Error, connection_invalidated=gone) from e
-            raise
-        finally:
-            fairy.close()
+            finally:
+                if cur is not None:
+                    with suppress(Exception):
+                        cur.close()
+                if pg and not gone:
+                    with suppress(Exception):
+                        raw.autocommit = False
+                fairy.close()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -155,9 +170,8 @@ class Database:
             yield s
 
     def dispose(self) -> None:
-        self.engine.dispose()
-        if self.read_engine is not self.engine:
-            self.read_engine.dispose()
+        for e in {id(x): x for x in (self.engine, self.read_engine, self.hot_engine)}.values():
+            e.dispose()
 
     # --- locks ---------------------------------------------------------------------------------
 
@@ -267,6 +281,13 @@ def _sqlite_setup(engine: Engine, busy_timeout_ms: int, *, begin: str) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
         conn.exec_driver_sql(begin)
+
+
+def _merge_options(url: Any, extra: str) -> str:
+    """libpq ``options`` of the URL (e.g. a search_path) plus ``extra``."""
+    given = url.query.get("options")
+    given = given[-1] if isinstance(given, tuple) else given
+    return f"{given} {extra}" if given else extra
 
 
 def is_db_unavailable(exc: BaseException) -> bool:

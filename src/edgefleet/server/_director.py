@@ -402,7 +402,8 @@ class DeviceService:
 
         def run(cur: Any) -> tuple[Any, bool]:
             cur.execute(self._hb_sql, params)
-            row = cur.fetchone()
+            rows = cur.fetchall()  # exhausted, so SQLite finishes (commits) the statement now
+            row = rows[0] if rows else None
             done = False
             if row is not None and row[2] is not None:
                 done = _command_done(row[3], active_version)

@@ -472,12 +472,22 @@ class _Demo:
 
     def _prepare_dir(self) -> None:
         d = self.dir
+        if d.exists() and not d.is_dir():
+            raise ConfigError(
+                f"{d} is a file, not a directory", hint="pass --dir with a new or empty directory"
+            )
         if d.exists() and any(d.iterdir()):
             if not (d / MARKER).exists():
                 raise ConfigError(
                     f"{d} exists and is not an edgefleet demo directory",
                     hint="pass --dir with a new or empty directory (a previous demo's directory is replaced)",
                 )
+            for lock in d.glob("devices/*/agent.lock"):
+                if _locked(lock):
+                    raise ConfigError(
+                        f"a demo is still running in {d} (an agent holds {lock})",
+                        hint="stop it (Ctrl-C in its terminal) or pass another --dir",
+                    )
             shutil.rmtree(d)
         d.mkdir(parents=True, exist_ok=True)
         (d / MARKER).write_text("state of `edgefleet demo`; replaced by the next run with this --dir\n")
@@ -589,7 +599,6 @@ class _Demo:
                 self.n.note(
                     f"v{version}: fp32 and {small} built and measured (accuracy {rep.variant(small).quality.score:.2f})"
                 )
-        self.small = small
 
     def _publish(self, data: Any) -> None:
         from edgefleet.bundle import create_bundle
@@ -974,17 +983,23 @@ class _Demo:
             f"gates: {', '.join(gates) or 'waiting for data'}"
         )
         by_id = {d["id"]: d for d in fleet}
+        members = {m["device_id"]: m for m in ro.get("devices") or []}
         traffic = self.traffic.snapshot() if self.traffic else {}
         rows = []
         for dev in self.devices:
             d = by_id.get(dev.device_id) or {}
             t = traffic.get(dev.name, {})
             acc, conf = t.get("accuracy"), t.get("confidence")
+            m = members.get(dev.device_id) or {}
+            wave = {"admitted": f"wave {m.get('wave')}", "rolled_back": "rolled back"}.get(
+                m.get("status"), "control"
+            )
             rows.append(
                 [
                     dev.name,
                     dev.device_class,
                     dev.region,
+                    wave,
                     (d.get("active") or {}).get("version") or "-",
                     d.get("state") or "-",
                     str(t.get("requests", 0)),
@@ -994,7 +1009,7 @@ class _Demo:
             )
         self.n.live(
             header,
-            ["device", "class", "region", "version", "agent", "served", "accuracy", "confidence"],
+            ["device", "class", "region", "rollout", "version", "agent", "served", "accuracy", "confidence"],
             rows,
         )
 
@@ -1174,6 +1189,23 @@ class _Demo:
             f"less {d / 'optimize' / GOOD / 'report.md'}",
         ]
         return cmds
+
+
+def _locked(path: Path) -> bool:
+    """Does a running process hold the agent's lock file (flock)?"""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _completed(ro: dict[str, Any]) -> bool:

@@ -89,9 +89,10 @@ class OutboxConfig(BaseSettings):
         description="most wall-clock time credited to item ages across a restart (clock-jump guard)",
     )
     upload_interval_s: float = Field(
-        300.0,
+        900.0,
         gt=0,
-        description="how often the agent drains the outbox (>= 300 s keeps telemetry under 20 KB/h)",
+        description="how often the agent drains the outbox; 900 s keeps 60 s windows under 20 KB per hour "
+        "(heartbeats carry per-minute health in between)",
     )
     upload_max_bytes: int = Field(256 * 1024, ge=1024, description="raw payload bytes per upload batch")
     compression_level: int = Field(3, ge=1, le=22, description="zstd level of upload bodies")
