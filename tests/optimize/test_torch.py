@@ -80,6 +80,10 @@ def test_encoder_gets_int4_as_matmul_heavy(tmp_path, digits_encoder, digits_spli
     m = onnx.load(str(out / "variants" / "int4.onnx"))
     assert any(n.op_type == "MatMulNBits" for n in m.graph.node)
     assert int4.size_ratio > rep.variant("dynamic-int8").size_ratio * 0.9
+    # fp16 of a torch-exported encoder needs the converter's Cast workaround; it must still load and run
+    fp16 = rep.variant("fp16")
+    assert fp16.status == "ok", fp16.error
+    assert fp16.quality.agreement > 0.95
 
 
 def test_export_that_disagrees_with_torch_is_refused(tmp_path, fast):
