@@ -12,8 +12,12 @@ from edgefleet.telemetry import Aggregator, AggregatorConfig, Outbox, parse_uplo
 def _outbox_with_traffic(tmp_path, clock, device_tag="dev-1"):
     ob = Outbox(tmp_path / "o.sqlite", monotonic=clock.monotonic, wall=clock.wall)
     agg = Aggregator(
-        None, config=AggregatorConfig(resources=False), outbox=ob, tags={"device_id": device_tag, "region": "x"},
-        monotonic=clock.monotonic, wall=clock.wall,
+        None,
+        config=AggregatorConfig(resources=False),
+        outbox=ob,
+        tags={"device_id": device_tag, "region": "x"},
+        monotonic=clock.monotonic,
+        wall=clock.wall,
     )
     agg.record(None, {"probabilities": np.array([[0.2, 0.8]])}, latency_ms=2.0)
     agg.flush_window()
@@ -26,7 +30,9 @@ def _outbox_with_traffic(tmp_path, clock, device_tag="dev-1"):
 def test_valid_upload_splits_by_kind_and_server_tags_win(tmp_path, clock):
     with _outbox_with_traffic(tmp_path, clock) as ob:
         up = ob.next_upload(header={"device_id": "dev-1"})
-        p = parse_upload(up.body, device_id="dev-1", tags={"device_class": "pi", "region": "eu"}, now=clock.wall())
+        p = parse_upload(
+            up.body, device_id="dev-1", tags={"device_class": "pi", "region": "eu"}, now=clock.wall()
+        )
         assert p.batch_id == up.batch_id and p.rejected == []
         assert len(p.windows) == len(p.events) == len(p.samples) == len(p.other) == 1
         w = p.windows[0][1]
@@ -34,7 +40,9 @@ def test_valid_upload_splits_by_kind_and_server_tags_win(tmp_path, clock):
         assert p.other[0][1:] == ("escalation", b"\x00raw")
         assert sorted(p.uids) == sorted(i.uid for i in up.items)
         # a retry is byte-for-byte the same batch: the server recognises it by batch_id and uids
-        again = parse_upload(ob.next_upload(header={"device_id": "dev-1"}).body, device_id="dev-1", now=clock.wall())
+        again = parse_upload(
+            ob.next_upload(header={"device_id": "dev-1"}).body, device_id="dev-1", now=clock.wall()
+        )
         assert again.batch_id == p.batch_id and sorted(again.uids) == sorted(p.uids)
 
 
