@@ -50,6 +50,7 @@ class StandIn:
         self.target_bytes_sent = 0
         self.target_requests: list[tuple[str, str | None]] = []
         self.heartbeat_status = 200
+        self.telemetry_status = 200  # anything else: the telemetry endpoint fails with that status
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -214,6 +215,8 @@ def _make_handler(s: StandIn) -> type[BaseHTTPRequestHandler]:
                 return self._json(
                     200, {"assignment": s.assignment, "poll_interval_s": s.poll_interval_s, "commands": cmds}
                 )
+            if s.telemetry_status != 200:
+                return self._json(s.telemetry_status, {"error": "server", "message": "injected"})
             batch = TelemetryBatch.model_validate(self._body())
             with s._lock:
                 dup = batch.batch_id in s.batch_ids

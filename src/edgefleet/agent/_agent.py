@@ -238,6 +238,7 @@ class Agent:
         self._outbox: Any = None
         self.api_port: int | None = None
         self._events_sent_t = 0.0
+        self._telemetry_sent_t = time.monotonic()  # first telemetry upload one interval after start
         self._hardware_sent = False  # the first heartbeat of a run carries the hardware profile
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -249,7 +250,7 @@ class Agent:
         if self.host is None:
             from edgefleet.agent._host import RuntimeHost
 
-            self.host = RuntimeHost()
+            self.host = RuntimeHost(telemetry_config=self._telemetry_config())
         cur = self.store.current()
         if cur is not None:
             try:
@@ -272,6 +273,8 @@ class Agent:
                 self._mqtt.loop_stop()
                 self._mqtt.disconnect()
         if self.host is not None:
+            with contextlib.suppress(Exception):
+                self._collect_telemetry(final=True)  # the open window is queued, uploaded next run
             with contextlib.suppress(Exception):
                 self.host.close()
         if self._outbox is not None:
@@ -320,6 +323,7 @@ class Agent:
         Returns:
             Seconds to wait before the next pass (poll interval with jitter, or backoff).
         """
+        self._collect_telemetry()
         resp = self.heartbeat()
         if resp is not None:
             for cmd in [*self._queued_commands, *resp.commands]:
@@ -1064,29 +1068,63 @@ class Agent:
         with contextlib.suppress(Exception):
             self._outbox.put(kind, {**payload, "t": time.time()})
 
+    def _telemetry_config(self) -> Any:
+        """``AggregatorConfig`` for the host's per-bundle aggregator (``telemetry_window_s`` applied)."""
+        from edgefleet.telemetry import AggregatorConfig
+
+        w = self.config.telemetry_window_s
+        return AggregatorConfig() if w is None else AggregatorConfig(window_s=w, feature_window_s=w)
+
+    def _collect_telemetry(self, *, final: bool = False) -> None:
+        """Close due telemetry windows of the host and queue them in the outbox (kind ``telemetry``)."""
+        collect = getattr(self.host, "telemetry_windows", None)
+        if collect is None or self._outbox is None:
+            return
+        try:
+            windows = collect(final=final)
+        except Exception as e:  # noqa: BLE001 - telemetry never stops the loop
+            log.warning("telemetry windows lost: %s", e)
+            return
+        for w in windows:
+            w.tags["device_id"] = self.creds.device_id
+            with contextlib.suppress(Exception):  # full or broken outbox: the window is dropped (counted)
+                self._outbox.put("telemetry", w.to_dict())
+
     def _upload_events(self) -> None:
+        """Upload queued events every pass, telemetry windows when the upload interval is due.
+
+        The interval is the shorter of ``AgentConfig.telemetry_interval_s`` and the outbox's
+        ``upload_interval_s``; items are acked only after a 2xx, so they survive an unreachable server.
+        """
         if self._outbox is None or self.failures:
             return
-        try:
-            items = self._outbox.batch()
-        except Exception:  # pragma: no cover
-            return
-        if not items:
-            return
-        batch_id = hashlib.sha256("\n".join(i.uid for i in items).encode()).hexdigest()[:32]
-        windows = [i.wire() for i in items if i.kind == "telemetry"]
-        events = [i.wire() for i in items if i.kind != "telemetry"]
-        try:
-            self.director.telemetry(
-                self.creds.device_id,
-                TelemetryBatch(
-                    batch_id=batch_id, device_id=self.creds.device_id, windows=windows, events=events
-                ),
-            )
-        except EdgefleetError as e:
-            log.info("telemetry upload deferred: %s", e)
-            return
-        self._outbox.ack([i.id for i in items])
+        interval = min(self.config.telemetry_interval_s, self._outbox.config.upload_interval_s)
+        due = time.monotonic() - self._telemetry_sent_t >= interval
+        kinds = None if due else ["event"]
+        for _ in range(10):  # bounded: one pass never blocks the loop for long
+            try:
+                items = self._outbox.batch(kinds=kinds)
+            except Exception:  # pragma: no cover
+                return
+            if not items:
+                break
+            batch_id = hashlib.sha256("\n".join(i.uid for i in items).encode()).hexdigest()[:32]
+            # the control plane validates each window as a telemetry Window document (the item's payload)
+            windows = [i.payload for i in items if i.kind == "telemetry" and isinstance(i.payload, dict)]
+            events = [i.wire() for i in items if i.kind != "telemetry"]
+            try:
+                self.director.telemetry(
+                    self.creds.device_id,
+                    TelemetryBatch(
+                        batch_id=batch_id, device_id=self.creds.device_id, windows=windows, events=events
+                    ),
+                )
+            except EdgefleetError as e:
+                log.info("telemetry upload deferred: %s", e)
+                return
+            self._outbox.ack([i.id for i in items])
+        if due:
+            self._telemetry_sent_t = time.monotonic()
 
 
 def _scalars(d: dict[str, Any]) -> dict[str, Any]:

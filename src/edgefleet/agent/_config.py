@@ -61,5 +61,17 @@ class AgentConfig(BaseSettings):
     api_port: int | None = Field(None, ge=0, le=65535, description="local API port (None: no API, 0: any)")
 
     # Outbox and telemetry.
-    telemetry_interval_s: float = Field(60.0, gt=0, description="how often telemetry windows are uploaded")
+    telemetry_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="how often queued telemetry windows are uploaded; the outbox's own "
+        "upload_interval_s (EDGEFLEET_OUTBOX_UPLOAD_INTERVAL_S, 900 s) applies when it is shorter",
+    )
+    telemetry_window_s: float | None = Field(
+        None,
+        gt=0,
+        description="length of one telemetry window, also the period of feature histograms (so drift is "
+        "tested every window); None: AggregatorConfig (EDGEFLEET_TELEMETRY_WINDOW_S, 60 s windows, "
+        "features every 600 s)",
+    )
     history_events: int = Field(50, ge=1, description="events kept in the journal for `agent status`")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import random
 import threading
@@ -48,6 +49,8 @@ class RuntimeHost:
         shadow_keep: most samples kept.
         window: most latency/confidence figures kept between two ``health(reset=True)`` calls.
         runtime_config: ``edgefleet.runtime.RuntimeConfig`` (default: from ``EDGEFLEET_*`` variables).
+        telemetry_config: ``edgefleet.telemetry.AggregatorConfig`` of the per-bundle aggregator that
+            builds telemetry windows and drift (default: from ``EDGEFLEET_TELEMETRY_*`` variables).
     """
 
     def __init__(
@@ -58,9 +61,14 @@ class RuntimeHost:
         window: int = 10_000,
         seed: int | None = None,
         runtime_config: Any = None,
+        telemetry_config: Any = None,
     ) -> None:
         self.runtime: Any = None
         self.runtime_config = runtime_config
+        self.telemetry_config = telemetry_config
+        self.aggregator: Any = None  # edgefleet.telemetry.Aggregator of the loaded bundle
+        self._pre: Any = None  # the bundle's preprocessing: drift is measured on model inputs
+        self._closed_windows: list[Any] = []  # windows of swapped-out aggregators, not yet collected
         self._lock = threading.Lock()
         self.loaded: Path | None = None
         self.shadow_rate = shadow_rate
@@ -88,10 +96,61 @@ class RuntimeHost:
             ModelLoadError, GoldenMismatchError: the model cannot serve; the previous one keeps serving.
         """
         self._ensure_runtime().swap(Path(bundle_dir))
+        agg, pre = self._new_aggregator(Path(bundle_dir))
         with self._lock:
             self.loaded = Path(bundle_dir)
             self._shadow.clear()  # samples were answered by the old model
+            old, self.aggregator, self._pre = self.aggregator, agg, pre
+        self._retire(old)
         log.info("serving %s", self.model_key, extra={"bundle": str(bundle_dir)})
+
+    def _new_aggregator(self, bundle_dir: Path) -> tuple[Any, Any]:
+        """A telemetry aggregator (and the preprocessing) for the bundle now served; (None, None) on error."""
+        try:
+            from edgefleet.bundle import Preprocess
+            from edgefleet.telemetry import Aggregator
+
+            man = self.runtime.manifest
+            ref = bundle_dir / "reference.json"
+            agg = Aggregator(
+                None,
+                reference=str(ref) if ref.is_file() else None,
+                config=self.telemetry_config,
+                tags={"model": man.name, "version": man.version, "variant": man.variant},
+            )
+            return agg, Preprocess(man.preprocess)
+        except Exception as e:  # noqa: BLE001 - telemetry must never stop a model from serving
+            log.warning("telemetry disabled for %s: %s", bundle_dir, e)
+            return None, None
+
+    def _retire(self, agg: Any) -> None:
+        """Close the old bundle's open window; its windows wait for :meth:`telemetry_windows`."""
+        if agg is None:
+            return
+        try:
+            agg.flush_window()
+            done = agg.drain_windows()
+        except Exception as e:  # noqa: BLE001
+            log.warning("telemetry window of the previous model lost: %s", e)
+            return
+        with self._lock:
+            self._closed_windows.extend(done)
+            del self._closed_windows[:-1000]  # bounded if nobody collects
+
+    def telemetry_windows(self, *, final: bool = False) -> list[Any]:
+        """Close the current window if its time is up (or now, if ``final``); return closed windows.
+
+        Returns ``edgefleet.telemetry.Window`` objects, oldest first; each is returned once.
+        """
+        agg = self.aggregator
+        if agg is not None:
+            with contextlib.suppress(Exception):
+                agg.flush_window() if final else agg.tick()
+        with self._lock:
+            out, self._closed_windows = self._closed_windows, []
+        if agg is not None:
+            out += agg.drain_windows()
+        return out
 
     def _ensure_runtime(self) -> Any:
         if self.runtime is None:
@@ -153,6 +212,9 @@ class RuntimeHost:
         with self._lock:
             self.requests += 1
             self.errors += 1
+            agg = self.aggregator
+        if agg is not None:
+            agg.record(None, None, error="model_error")
 
     def _count(self, raw: Any, res: Any, t0: float, loaded: Path) -> None:
         ms = (time.perf_counter() - t0) * 1000
@@ -168,6 +230,9 @@ class RuntimeHost:
                 self._conf.append(conf)
             if self.shadow_rate > 0 and self._rng.random() < self.shadow_rate and loaded == self.loaded:
                 self._shadow.append((raw, res.outputs))
+            agg, pre = (self.aggregator, self._pre) if loaded == self.loaded else (None, None)
+        if agg is not None:
+            agg.record(_model_inputs(raw, pre), res.outputs, latency_ms=ms)
 
     def health(self, *, reset: bool = False) -> ModelHealth:
         """Requests, errors, latency and confidence since the last reset."""
@@ -182,6 +247,9 @@ class RuntimeHost:
             )
             if reset:
                 self._reset_stats()
+            agg = self.aggregator
+        if agg is not None and agg.last_drift is not None:
+            h.drift_score = agg.last_drift.score  # drift of the last window that carried features
         return h
 
     def shadow_samples(self) -> list[tuple[Any, dict[str, np.ndarray]]]:
@@ -222,6 +290,21 @@ class RuntimeHost:
         rt, self.runtime = self.runtime, None
         if rt is not None:
             rt.close()
+
+
+def _model_inputs(raw: Any, pre: Any) -> Any:
+    """What the model saw (the reference describes model inputs): the contract re-applied to ``raw``.
+
+    Model-input dicts pass through; anything the contract cannot redo cheaply gives None (no features).
+    """
+    if pre is None or isinstance(raw, dict) and not len(pre):
+        return raw if isinstance(raw, dict) else None
+    if isinstance(raw, dict):  # raw inputs by name: the contract takes the (only) first input
+        raw = next(iter(raw.values()), None)
+    try:
+        return pre.apply(raw) if len(pre) else np.asarray(raw)
+    except Exception:  # noqa: BLE001 - the runtime accepted it; telemetry just skips its features
+        return None
 
 
 def _confidence(out: dict[str, np.ndarray], output: str | None) -> float | None:
