@@ -379,3 +379,27 @@ def test_second_agent_on_same_state_dir_is_refused(world):
     world.agent()
     with pytest.raises(AgentError, match="another agent"):
         world.agent()
+
+
+def test_heartbeat_health_counts_are_per_heartbeat_and_survive_a_lost_beat(world):
+    """ModelHealth.requests means 'since the last delivered heartbeat': the server adds them up."""
+    a = _v1(world)
+    a.run_once()
+    x = np.zeros((1, 64), np.float32)
+    for _ in range(5):
+        a.host.predict(x)
+    a.run_once()
+    first = world.standin.last_heartbeat()["health"]["requests"]
+    for _ in range(3):
+        a.host.predict(x)
+    port = world.standin.port
+    world.standin.stop()
+    a.run_once()  # this beat is lost: its requests must be carried into the next one
+    world.standin.port = port
+    world.standin.start()
+    for _ in range(2):
+        a.host.predict(x)
+    a.run_once()
+    second = world.standin.last_heartbeat()["health"]["requests"]
+    assert first == 5
+    assert second == 5  # 3 before the outage + 2 after, not the cumulative 10

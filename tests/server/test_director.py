@@ -98,6 +98,8 @@ def test_failure_state_is_counted_once_when_entered(harness):
         (json.dumps({"device_id": "X", "unknown": 1}).encode(), "unknown"),
         (json.dumps({"device_id": "X", "events": [{}] * 101}).encode(), "events"),
         (json.dumps({"device_id": "X", "sent_at": "yesterday"}).encode(), "sent_at"),
+        (b'{"device_id": "X", "health": {"latency_p95_ms": Infinity}}', "not a finite number"),
+        (b'{"device_id": "X", "resources": {"cpu_percent": NaN}}', "not a finite number"),
     ],
 )
 def test_malformed_heartbeats_are_422_and_change_nothing(harness, body, needle):
@@ -195,6 +197,12 @@ def test_telemetry_size_limit_and_device_mismatch(tmp_path, published):
         assert r.status_code == 422 and "was sent to" in r.json()["message"]
         r = h.c.post(url, json={"batch_id": "short", "device_id": dev["device_id"]}, headers=dev["headers"])
         assert r.status_code == 422
+        nan = (
+            b'{"batch_id": "batch-nan-01", "device_id": "%s", "events": [{"x": NaN}]}'
+            % dev["device_id"].encode()
+        )
+        r = h.c.post(url, content=nan, headers={**dev["headers"], "Content-Type": "application/json"})
+        assert r.status_code == 422 and "non-finite" in r.json()["message"]
 
 
 def test_agent_refused_event_in_telemetry_marks_the_build_failed(harness):

@@ -133,3 +133,41 @@ def test_no_repository_is_a_clear_error(tmp_path):
         assert r.status_code == 400 and "no TUF repository" in r.json()["message"]
         assert h.c.get("/repository/metadata/root.json").status_code == 404
         assert h.enroll()["root_json_sha256"] is None
+
+
+def test_registering_a_release_published_without_online_keys_signs_it(
+    tmp_path, repo_copy, digits_mlp, digits_split
+):
+    """The publisher holds root and targets keys only; the server's online keys make the release visible."""
+    import shutil
+
+    from edgefleet.bundle import create_bundle
+    from edgefleet.registry import Repository
+
+    publisher = tmp_path / "publisher-keys"
+    publisher.mkdir(mode=0o700)
+    for f in (repo_copy / "keys").iterdir():
+        if not f.name.startswith(("snapshot-", "timestamp-")):
+            shutil.copy2(f, publisher / f.name)
+    bundle = create_bundle(
+        digits_mlp,
+        tmp_path / "v3.tar",
+        name="digits",
+        version="3.0.0",
+        variant="cpu",
+        inputs_raw=digits_split.x_test[:8],
+        preprocess=[{"op": "scale", "factor": 1 / 16}],
+    )
+    assert Repository(repo_copy / "repo", publisher).publish(bundle, delta=False).pending
+    client, clock = make_harness(tmp_path, repo_dir=repo_copy / "repo", keys_dir=repo_copy / "keys")
+    with client:
+        h = Harness(client, clock)
+        assert h.c.get("/v1/repository", headers=h.admin).json()["pending"] is True
+        rel = h.register("3.0.0")
+        assert rel["variants"][0]["target_path"] == "digits/3.0.0/cpu.tar"
+        status = h.c.get("/v1/repository", headers=h.admin).json()
+        assert status["pending"] is False  # snapshot and timestamp now list the new targets
+        log = h.c.get(
+            "/v1/audit", params={"action": "repository.timestamp_refreshed"}, headers=h.admin
+        ).json()
+        assert log and log[-1]["details"]["pending_publish"] is True

@@ -238,6 +238,10 @@ class Agent:
         self._outbox: Any = None
         self.api_port: int | None = None
         self._events_sent_t = 0.0
+        # ModelHealth counts are "since the last heartbeat" (the server adds them up); the host's
+        # counters are cumulative, so remember what the last delivered heartbeat covered.
+        self._health_sent = (0, 0)
+        self._health_pending = (0, 0)
         self._telemetry_sent_t = time.monotonic()  # first telemetry upload one interval after start
         self._hardware_sent = False  # the first heartbeat of a run carries the hardware profile
 
@@ -482,6 +486,7 @@ class Agent:
             self._last_beat = time.monotonic()
         self.failures = 0
         self._hardware_sent = True
+        self._health_sent = self._health_pending
         self.poll_interval = max(self.config.min_poll_interval_s, resp.poll_interval_s)
         return resp
 
@@ -501,6 +506,12 @@ class Agent:
         if self.host is not None:
             with contextlib.suppress(Exception):
                 health = self.host.health()
+        cum_req, cum_err = health.requests, health.errors
+        base_req, base_err = self._health_sent
+        if cum_req < base_req or cum_err < base_err:  # the host's counters were reset (new baseline)
+            base_req = base_err = 0
+        health.requests, health.errors = cum_req - base_req, cum_err - base_err
+        self._health_pending = (cum_req, cum_err)
         if self.last_health.get("golden_pass") is not None and health.golden_pass is None:
             health.golden_pass = self.last_health["golden_pass"]
         if self.last_health.get("shadow_agreement") is not None and health.shadow_agreement is None:

@@ -120,8 +120,16 @@ class _Metrics:
         self.errors = Counter("edgefleet_http_errors", "error responses", ["code"], registry=self.registry)
 
 
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 that is not itself an escaped backslash
+
+
 class _BodyLimit:
-    """Refuses request bodies above the configured limits before (or while) they are read."""
+    """Reads each request body up to its limit before the app sees it, and refuses bad ones early.
+
+    Too large (by Content-Length or by what arrives): 413. A NUL character anywhere in the body,
+    query or path: 422, because PostgreSQL cannot store it in text or JSON and a device or operator
+    never needs one.
+    """
 
     def __init__(self, app: Any, *, default: int, telemetry: int) -> None:
         self.app = app
@@ -132,6 +140,9 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            await _send_json(send, 422, _nul_body("the URL"))
+            return
         limit = self.telemetry if scope["path"].endswith("/telemetry") else self.default
         for k, v in scope.get("headers", ()):
             if k == b"content-length":
@@ -139,30 +150,58 @@ class _BodyLimit:
                     n = int(v)
                 except ValueError:
                     n = -1
-                if n < 0 or n > limit:
-                    body = (
-                        _too_large(limit)
-                        if n >= 0
-                        else {
-                            "error": "invalid_input",
-                            "message": "Content-Length is not a number",
-                            "hint": "send a valid Content-Length header",
-                        }
-                    )
-                    await _send_json(send, 413 if n >= 0 else 400, body)
+                if n < 0:
+                    body = {
+                        "error": "invalid_input",
+                        "message": "Content-Length is not a number",
+                        "hint": "send a valid Content-Length header",
+                    }
+                    await _send_json(send, 400, body)
                     return
-        seen = 0
-
-        async def limited() -> dict[str, Any]:
-            nonlocal seen
+                if n > limit:
+                    await _send_json(send, 413, _too_large(limit))
+                    return
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        chunks, seen = [], 0
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:
-                    raise StarletteHTTPException(413, json.dumps(_too_large(limit)))
-            return msg
+            if msg["type"] != "http.request":
+                await self.app(scope, _replay([msg], receive), send)  # the client went away
+                return
+            chunk = msg.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
+                await _send_json(send, 413, _too_large(limit))
+                return
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if b"\\u0000" in body and _NUL_ESCAPE.search(body):
+            await _send_json(send, 422, _nul_body("the body"))
+            return
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
-        await self.app(scope, limited, send)
+
+def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
+    pending = list(messages)
+
+    async def replay() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+def _nul_body(where: str) -> dict[str, Any]:
+    return {
+        "error": "validation",
+        "message": f"{where} contains a NUL character (\\u0000)",
+        "hint": "remove it; no field accepts NUL characters",
+    }
 
 
 def _too_large(limit: int) -> dict[str, Any]:

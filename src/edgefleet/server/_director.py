@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import random
 import secrets
 import threading
@@ -350,6 +351,8 @@ class DeviceService:
             )
         if not token.startswith(DEVICE_PREFIX):
             raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
+        _finite(hb.health.model_dump(), "health")
+        _finite(hb.resources.model_dump(), "resources")
         now = self.clock()
         a = hb.active
         h = hb.health
@@ -475,6 +478,14 @@ class DeviceService:
             )
         self.authenticate(device_id, token)
         now = self.clock()
+        for name in ("windows", "events"):
+            try:
+                json.dumps(getattr(batch, name), allow_nan=False)
+            except ValueError:
+                raise ValidationError(
+                    f"telemetry {name} hold a non-finite number (NaN or Infinity)",
+                    hint="send finite numbers only; JSON has no NaN or Infinity",
+                ) from None
         windows = [self._window(w, i, now) for i, w in enumerate(batch.windows)]
         fail = failure_of(None, batch.events)
         with self.db.write() as s:
@@ -568,6 +579,16 @@ class DeviceService:
                 }
                 for w in s.scalars(q)
             ]
+
+
+def _finite(values: dict[str, Any], where: str) -> None:
+    """Gates cannot compare NaN or infinity, and JSON columns cannot store them: refuse them."""
+    for k, v in values.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValidationError(
+                f"heartbeat {where}.{k} is {v}, not a finite number",
+                hint="report finite figures, or leave the field out when there is none",
+            )
 
 
 def _command_done(command_version: str | None, active_version: str | None) -> bool:
