@@ -209,3 +209,59 @@ def test_postgres_restart_mid_rollout(tmp_path, published, pg_url):
         assert fleet.status_counts.get("500", 0) == 0, fleet.status_counts  # 503 while down, never 500
         actions = [a["action"] for a in api.get(f"/v1/rollouts/{rid}/audit").json()]
         assert actions.count("rollout.wave_passed") == 2 and actions.count("rollout.completed") == 1
+
+
+def test_hostile_input_on_postgres_is_refused_not_a_5xx(tmp_path, published, pg_url):
+    """What PostgreSQL cannot store (NUL characters, NaN, numbers beyond 64 bits) is a 4xx, never a 5xx."""
+    client, clock = make_harness(tmp_path, db_url=pg_url, repo_dir=published / "repo")
+    with client:
+        h = Harness(client, clock)
+        dev = h.enroll()
+        hb = f"/v1/devices/{dev['device_id']}/heartbeat"
+        js = {**dev["headers"], "Content-Type": "application/json"}
+        d = dev["device_id"].encode()
+        nasty = [
+            (hb, b'{"device_id": "%s", "state": "idle\\u0000"}' % d),
+            (hb, b'{"device_id": "%s", "last_error": "\\u0000"}' % d),
+            (hb, b'{"device_id": "%s", "health": {"latency_p95_ms": NaN}}' % d),
+            (hb, b'{"device_id": "%s", "health": {"requests": 100000000000000000000000}}' % d),
+            (hb, b'{"device_id": "%s", "health": {"requests": 5, "errors": 9}}' % d),
+            (hb, b'{"device_id": "%s", "events": [{"event": "refused", "reason": "\\u0000"}]}' % d),
+            (
+                "/v1/enroll",
+                b'{"token": "efe_%s", "name": "a\\u0000b", "hardware": {"arch": "x", "cores": 1,'
+                b' "ram_mb": 1, "disk_free_mb": 1}}' % b"x" * 1,
+            ),
+        ]
+        for url, body in nasty:
+            r = h.c.post(url, content=body, headers=js)
+            assert 400 <= r.status_code < 500, (body, r.text)
+            assert r.json()["message"]
+        r = h.c.post(
+            "/v1/rollouts",
+            json={"name": "digits", "version": "1.0.0", "selector": "a=\u0000"},
+            headers=h.admin,
+        )
+        assert r.status_code == 422
+        r = h.c.get("/v1/audit", params={"since_id": 10**30}, headers=h.admin)
+        assert r.status_code == 422
+        r = h.c.get("/v1/devices", params={"selector": "name=%00"}, headers=h.admin)
+        assert 400 <= r.status_code < 500
+        r = h.c.post(
+            hb,
+            json={
+                "device_id": dev["device_id"],
+                "state": "ok",
+                "health": {"requests": 10**9, "errors": 10**9},
+            },
+            headers=dev["headers"],
+        )
+        assert r.status_code == 200
+        r = h.c.post(
+            hb,
+            json={"device_id": dev["device_id"], "state": "ok", "health": {"requests": 10**9, "errors": 0}},
+            headers=dev["headers"],
+        )
+        assert r.status_code == 200  # the counters are 64-bit: 2e9 requests summed
+        rec = h.c.get(f"/v1/devices/{dev['device_id']}", headers=h.admin).json()
+        assert rec["state"] == "ok"

@@ -182,7 +182,9 @@ class _BodyLimit:
         if b"\\u0000" in body and _NUL_ESCAPE.search(body):
             await _send_json(send, 422, _nul_body("the body"))
             return
-        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
+        await self.app(
+            scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send
+        )
 
 
 def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
@@ -862,8 +864,8 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
         _: Viewer,
         selector: Annotated[str | None, Query(max_length=1024)] = None,
         status: Annotated[Literal["online", "stale", "offline", "revoked"] | None, Query()] = None,
-        limit: Annotated[int, Query(ge=1)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     ) -> dict[str, Any]:
         sel = Selector.parse(selector)
         limit = min(limit, cfg.page_limit)
@@ -1031,7 +1033,7 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
         _: Viewer,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
         action: Annotated[str | None, Query(max_length=64)] = None,
-        since_id: Annotated[int, Query(ge=0)] = 0,
+        since_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> list[dict[str, Any]]:
         with ctx.db.read() as s:
             q = (

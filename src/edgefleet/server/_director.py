@@ -73,6 +73,7 @@ _FAIL_EVENTS = {
     "rollback_impossible",
 }
 _FAIL_STATES = {"failed", "error", "install_failed"}
+MAX_REQUESTS_PER_BEAT = 10**9  # far above any device; keeps the counters' sums exact
 
 
 def failure_of(state: str | None, events: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -117,8 +118,8 @@ def _heartbeat_sql(dialect: str) -> Any:
         "conf_w": "double precision",
         "shadow": "double precision",
         "drift": "double precision",
-        "req": "integer",
-        "err": "integer",
+        "req": "bigint",
+        "err": "bigint",
         "golden_set": "boolean",
         "golden": "boolean",
         "shadow_set": "boolean",
@@ -352,6 +353,12 @@ class DeviceService:
         if not token.startswith(DEVICE_PREFIX):
             raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
         _finite(hb.health.model_dump(), "health")
+        if not 0 <= hb.health.errors <= hb.health.requests <= MAX_REQUESTS_PER_BEAT:
+            raise ValidationError(
+                f"heartbeat health has requests={hb.health.requests}, errors={hb.health.errors}; "
+                f"need 0 <= errors <= requests <= {MAX_REQUESTS_PER_BEAT}",
+                hint="report the requests and errors since the previous heartbeat",
+            )
         _finite(hb.resources.model_dump(), "resources")
         now = self.clock()
         a = hb.active

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -69,8 +80,8 @@ class Device(Base):
 
     h_key: Mapped[str | None] = mapped_column(String(64))
     h_since: Mapped[float | None] = mapped_column(Float)
-    h_requests: Mapped[int] = mapped_column(Integer, default=0)
-    h_errors: Mapped[int] = mapped_column(Integer, default=0)
+    h_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    h_errors: Mapped[int] = mapped_column(BigInteger, default=0)
     h_lat_sum: Mapped[float] = mapped_column(Float, default=0.0)
     h_lat_w: Mapped[float] = mapped_column(Float, default=0.0)
     h_conf_sum: Mapped[float] = mapped_column(Float, default=0.0)
@@ -140,7 +151,7 @@ class ReleaseVariant(Base):
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
     variant: Mapped[str] = mapped_column(String(64))
     target_path: Mapped[str] = mapped_column(String(512), index=True)
-    length: Mapped[int] = mapped_column(Integer)
+    length: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     device_classes: Mapped[list[str]] = mapped_column(JSONType)
     runtime: Mapped[dict[str, Any]] = mapped_column(JSONType)
