@@ -229,8 +229,8 @@ def test_hostile_input_on_postgres_is_refused_not_a_5xx(tmp_path, published, pg_
             (hb, b'{"device_id": "%s", "events": [{"event": "refused", "reason": "\\u0000"}]}' % d),
             (
                 "/v1/enroll",
-                b'{"token": "efe_%s", "name": "a\\u0000b", "hardware": {"arch": "x", "cores": 1,'
-                b' "ram_mb": 1, "disk_free_mb": 1}}' % b"x" * 1,
+                b'{"token": "efe_xxxxxxxx", "name": "a\\u0000b", "hardware": {"arch": "x", "cores": 1,'
+                b' "ram_mb": 1, "disk_free_mb": 1}}',
             ),
         ]
         for url, body in nasty:
@@ -245,8 +245,8 @@ def test_hostile_input_on_postgres_is_refused_not_a_5xx(tmp_path, published, pg_
         assert r.status_code == 422
         r = h.c.get("/v1/audit", params={"since_id": 10**30}, headers=h.admin)
         assert r.status_code == 422
-        r = h.c.get("/v1/devices", params={"selector": "name=%00"}, headers=h.admin)
-        assert 400 <= r.status_code < 500
+        r = h.c.get("/v1/devices?selector=name%3D%00", headers=h.admin)
+        assert r.status_code == 422 and "NUL" in r.json()["message"]
         r = h.c.post(
             hb,
             json={

@@ -918,7 +918,9 @@ class Agent:
             b = w.baseline
             if b.get("latency_p95_ms") and h.latency_p95_ms is not None:
                 ratio = h.latency_p95_ms / b["latency_p95_ms"]
-                if ratio > gates.max_latency_ratio:
+                # A tiny model's p95 is scheduler noise: a ratio counts only past an absolute slack.
+                slower_ms = h.latency_p95_ms - b["latency_p95_ms"]
+                if ratio > gates.max_latency_ratio and slower_ms > self.config.watch_latency_slack_ms:
                     reasons.append(
                         f"p95 latency {ratio:.2f}x the previous version (> {gates.max_latency_ratio})"
                     )

@@ -53,6 +53,12 @@ class AgentConfig(BaseSettings):
     max_step_attempts: int = Field(
         3, ge=1, description="restarts inside one stage/health/activate step allowed"
     )
+    watch_latency_slack_ms: float = Field(
+        5.0,
+        ge=0,
+        description="p95 increase (ms) tolerated in the watch window before the latency ratio counts; "
+        "a 10 µs model's p95 is dominated by scheduling noise on a busy device",
+    )
     watch_min_requests: int = Field(20, ge=1, description="live requests needed before comparing rates early")
     max_failed_targets: int = Field(100, ge=1, description="refused targets remembered (not retried)")
 
