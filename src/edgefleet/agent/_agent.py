@@ -847,6 +847,9 @@ class Agent:
         baseline = self._baseline()  # the old version's live figures; the new window starts now
         if self.host is not None:
             self.host.load(m.bundle_dir)  # hot swap: requests in flight finish on the old model
+            # Requests that waited on the swap belong to neither version: the watch starts after it.
+            with contextlib.suppress(Exception):
+                self.host.health(reset=True)
         self.store.set_current(p.sha256)
         self._enter_watch(p, previous=p.previous, baseline=baseline)
         self.journal.save()
@@ -922,7 +925,8 @@ class Agent:
                 slower_ms = h.latency_p95_ms - b["latency_p95_ms"]
                 if ratio > gates.max_latency_ratio and slower_ms > self.config.watch_latency_slack_ms:
                     reasons.append(
-                        f"p95 latency {ratio:.2f}x the previous version (> {gates.max_latency_ratio})"
+                        f"p95 latency {ratio:.2f}x the previous version (> {gates.max_latency_ratio}; "
+                        f"{h.latency_p95_ms:.2f} ms vs {b['latency_p95_ms']:.2f} ms)"
                     )
             if b.get("mean_confidence") and h.mean_confidence is not None:
                 ratio = h.mean_confidence / b["mean_confidence"]
