@@ -64,3 +64,15 @@ def test_unknown_field_names_where():
 def test_name_path_traversal_is_refused():
     with pytest.raises(ValueError):
         _manifest(name="../etc")
+
+
+@pytest.mark.parametrize(
+    "bad", [{"requests": -1}, {"errors": -5}, {"latency_p95_ms": float("nan")}, {"mean_confidence": float("inf")}]
+)
+def test_model_health_refuses_negative_counts_and_non_finite_figures(bad):
+    from pydantic import ValidationError
+
+    from edgefleet.protocol import ModelHealth
+
+    with pytest.raises(ValidationError):
+        ModelHealth(**bad)

@@ -84,8 +84,10 @@ class Resources(_Msg):
 class ModelHealth(_Msg):
     """Summary of the active model since the last heartbeat; feeds the rollout gates."""
 
-    requests: int = 0
-    errors: int = 0
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    requests: int = Field(0, ge=0)
+    errors: int = Field(0, ge=0)
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     mean_confidence: float | None = None
