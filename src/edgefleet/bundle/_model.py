@@ -15,7 +15,8 @@ __all__ = ["ModelRunner", "check_runtime_requirements", "model_format", "onnx_op
 
 log = logging.getLogger(__name__)
 
-_ORT_TYPES = {
+# onnxruntime type strings -> manifest dtype names; the runtime reads models with the same table.
+ORT_TYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
     "tensor(double)": "float64",
@@ -109,7 +110,7 @@ class ModelRunner:
 
     @staticmethod
     def _spec(arg: Any, prefix: str) -> TensorSpec:
-        dtype = _ORT_TYPES.get(arg.type)
+        dtype = ORT_TYPES.get(arg.type)
         if dtype is None:
             raise ModelLoadError(
                 f"model tensor {arg.name!r} has type {arg.type}, which bundles do not support",

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.bundle._model import ORT_TYPES
 from edgefleet.errors import InferenceError, InputError, ModelLoadError
 from edgefleet.protocol import TensorSpec
 from edgefleet.runtime._config import EngineConfig
@@ -19,18 +20,7 @@ __all__ = ["LiteRtEngine", "OrtEngine", "load_engine"]
 
 log = logging.getLogger(__name__)
 
-_ORT_DTYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(int16)": "int16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(bool)": "bool",
-    "tensor(string)": "string",
-}
+_ORT_DTYPES = ORT_TYPES
 
 
 def _np_dtype(dtype: str) -> np.dtype:
