@@ -337,3 +337,25 @@ def test_control_group_is_the_reference_not_an_absolute_limit(harness):
     shown = h.show(r["id"])
     assert shown["state"] == "rolled_back"  # no control left: the baseline recorded at wave 2 judges
     assert shown["evaluation"]["reference_source"] == "baseline"
+
+
+def test_rollback_a_device_cannot_do_ends_when_it_says_so(harness):
+    """A failed first-ever rollout asks its devices to roll back; one with nothing to go back to says so."""
+    h = harness
+    devs = [h.enroll() for _ in range(4)]
+    h.register("1.0.0")
+    r = h.rollout("1.0.0", waves=[100], soak_s=600, gates=FAST)
+    bad = {**GOOD, "errors": 30}
+    for d in devs:
+        d["active"] = active_of(h.beat(d)["assignment"])
+        h.beat(d, active=d["active"], health=bad)
+    h.tick(1)
+    assert h.show(r["id"])["state"] == "rolled_back"
+    d = devs[0]
+    first = h.beat(d, active=d["active"])["commands"]
+    assert first and first[0].startswith("rollback")  # the server asks
+    impossible = {"t": 2.0, "event": "rollback_impossible", "reason": "no earlier version is kept"}
+    h.beat(d, active=d["active"], events=[impossible])
+    assert h.beat(d, active=d["active"])["commands"] == []  # and stops asking once told it cannot
+    other = devs[1]
+    assert h.beat(other, active=other["active"])["commands"] == first  # the rest are still asked

@@ -409,6 +409,9 @@ class DeviceService:
             "arch": hw.arch[:64] if hw else None,
         }
         active_version = a.version if a else None
+        # A device with no earlier version cannot carry out a rollback: asking again on every beat
+        # would loop forever, so its report of that ends the command.
+        impossible = any(str(e.get("event") or "").lower() == "rollback_impossible" for e in hb.events)
 
         def run(cur: Any) -> tuple[Any, bool]:
             cur.execute(self._hb_sql, params)
@@ -416,7 +419,7 @@ class DeviceService:
             row = rows[0] if rows else None
             done = False
             if row is not None and row[2] is not None:
-                done = _command_done(row[3], active_version)
+                done = _command_done(row[3], active_version) or impossible
                 if done:
                     cur.execute(self._clear_sql, {"id": device_id, "cmd": row[2]})
             return row, done
