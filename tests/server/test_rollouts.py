@@ -359,3 +359,21 @@ def test_rollback_a_device_cannot_do_ends_when_it_says_so(harness):
     assert h.beat(d, active=d["active"])["commands"] == []  # and stops asking once told it cannot
     other = devs[1]
     assert h.beat(other, active=other["active"])["commands"] == first  # the rest are still asked
+
+
+def test_drift_reported_by_the_wave_fails_its_gate_against_the_control_group(harness):
+    """Drift measured on devices (heartbeat drift_score) feeds the rollout gates."""
+    h = harness
+    devs = fleet_on_v1(h, 20)
+    for d in devs:  # the control group on 1.0.0 sees the inputs it was trained for
+        h.beat(d, active=d["v1"], health={**GOOD, "drift_score": 0.05})
+    h.register("2.0.0")
+    r = h.rollout("2.0.0", soak_s=600, gates=FAST)
+    wave = install(h, devs, {**GOOD, "drift_score": 0.9}, others={**GOOD, "drift_score": 0.05})
+    assert wave
+    h.tick(1)
+    shown = h.show(r["id"])
+    assert shown["state"] == "rolled_back"
+    assert shown["evaluation"]["failed_gates"] == ["drift_score"]
+    gate = {g["name"]: g for g in shown["evaluation"]["gates"]}["drift_score"]
+    assert gate["value"] == pytest.approx(0.9) and gate["reference"] == pytest.approx(0.05)
