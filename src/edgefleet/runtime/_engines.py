@@ -47,6 +47,23 @@ def _fixed_batch(specs: Sequence[TensorSpec]) -> int | None:
     return None
 
 
+def _answer(run: Any, batch: dict[str, np.ndarray], fixed: int | None, meta: Any, tier: str) -> Prediction:
+    """Run an engine's session on a validated batch (padding to a fixed batch size when the model has one)."""
+    try:
+        out = (
+            _run_fixed(run, batch, fixed) if fixed is not None and batch_rows(batch) != fixed else run(batch)
+        )
+    except InferenceError:
+        raise
+    except Exception as e:
+        raise InferenceError(
+            f"model {meta.name} {meta.version} failed: {e}",
+            hint="check the input shapes and dtypes against GET /v1/model",
+            tier=tier,
+        ) from e
+    return Prediction(out, tiers=(tier,) * batch_rows(out or batch))
+
+
 def _run_fixed(
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
     batch: dict[str, np.ndarray],
@@ -207,20 +224,7 @@ class OrtEngine:
                 + (f"; missing {missing}" if missing else ""),
                 hint="send exactly the inputs listed by GET /v1/model",
             )
-        try:
-            if self._fixed is not None and batch_rows(batch) != self._fixed:
-                out = _run_fixed(self._run, batch, self._fixed)
-            else:
-                out = self._run(batch)
-        except InferenceError:
-            raise
-        except Exception as e:
-            raise InferenceError(
-                f"model {self._meta.name} {self._meta.version} failed: {e}",
-                hint="check the input shapes and dtypes against GET /v1/model",
-                tier=self._tier,
-            ) from e
-        return Prediction(out, tiers=(self._tier,) * batch_rows(out or batch))
+        return _answer(self._run, batch, self._fixed, self._meta, self._tier)
 
     def close(self) -> None:
         # ORT frees the session when the last reference goes; drop ours.
@@ -334,20 +338,7 @@ class LiteRtEngine:
                 f"inputs {sorted(batch)} do not match the model's {sorted(self._in_index)}",
                 hint="send exactly the inputs listed by GET /v1/model",
             )
-        try:
-            if self._fixed is not None and batch_rows(batch) != self._fixed:
-                out = _run_fixed(self._run, batch, self._fixed)
-            else:
-                out = self._run(batch)
-        except InferenceError:
-            raise
-        except Exception as e:
-            raise InferenceError(
-                f"model {self._meta.name} {self._meta.version} failed: {e}",
-                hint="check the input shapes and dtypes against GET /v1/model",
-                tier=self._tier,
-            ) from e
-        return Prediction(out, tiers=(self._tier,) * batch_rows(out or batch))
+        return _answer(self._run, batch, self._fixed, self._meta, self._tier)
 
     def close(self) -> None:
         with self._lock:
