@@ -1044,17 +1044,4 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
             )
             if action:
                 q = q.where(AuditEntry.action == action)
-            return [
-                {
-                    "id": a.id,
-                    "at": a.at,
-                    "actor": a.actor,
-                    "action": a.action,
-                    "rollout_id": a.rollout_id,
-                    "device_id": a.device_id,
-                    "from_state": a.from_state,
-                    "to_state": a.to_state,
-                    "details": a.details,
-                }
-                for a in s.scalars(q)
-            ]
+            return [a.to_dict() for a in s.scalars(q)]

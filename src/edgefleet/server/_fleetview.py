@@ -917,16 +917,8 @@ class FleetView:
                 q = q.where(AuditEntry.id < before_id)
             return [
                 {
-                    "id": a.id,
-                    "at": a.at,
-                    "actor": a.actor,
-                    "action": a.action,
-                    "rollout_id": a.rollout_id,
-                    "device_id": a.device_id,
-                    "from_state": a.from_state,
-                    "to_state": a.to_state,
+                    **a.to_dict(),
                     "message": (a.details or {}).get("message") or (a.details or {}).get("reason"),
-                    "details": a.details,
                 }
                 for a in s.scalars(q)
             ]

@@ -215,6 +215,20 @@ class AuditEntry(Base):
     to_state: Mapped[str | None] = mapped_column(String(32))
     details: Mapped[dict[str, Any]] = mapped_column(JSONType)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape every audit listing (API, CLI, dashboard) uses."""
+        return {
+            "id": self.id,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "rollout_id": self.rollout_id,
+            "device_id": self.device_id,
+            "from_state": self.from_state,
+            "to_state": self.to_state,
+            "details": self.details,
+        }
+
 
 class TelemetryBatchRow(Base):
     """An accepted telemetry upload; the raw body lives in the blob store under ``blob_sha256``."""

@@ -997,20 +997,7 @@ class RolloutEngine:
             q = select(AuditEntry).order_by(AuditEntry.id).limit(limit)
             if rollout_id:
                 q = q.where(AuditEntry.rollout_id == rollout_id)
-            return [
-                {
-                    "id": a.id,
-                    "at": a.at,
-                    "actor": a.actor,
-                    "action": a.action,
-                    "rollout_id": a.rollout_id,
-                    "device_id": a.device_id,
-                    "from_state": a.from_state,
-                    "to_state": a.to_state,
-                    "details": a.details,
-                }
-                for a in s.scalars(q)
-            ]
+            return [a.to_dict() for a in s.scalars(q)]
 
     # --- nudges --------------------------------------------------------------------------------
 
