@@ -377,3 +377,41 @@ def test_drift_reported_by_the_wave_fails_its_gate_against_the_control_group(har
     assert shown["evaluation"]["failed_gates"] == ["drift_score"]
     gate = {g["name"]: g for g in shown["evaluation"]["gates"]}["drift_score"]
     assert gate["value"] == pytest.approx(0.9) and gate["reference"] == pytest.approx(0.05)
+
+
+def test_error_rate_a_little_over_the_limit_waits_for_evidence_instead_of_failing(harness):
+    """8 errors in 200 requests against a 1 % control is over the 3 % limit but could be chance: the wave
+    waits; once its estimate falls back under the limit it passes. A clear excess fails at once."""
+    from edgefleet.server._rollouts import error_rate_excess_pvalue
+
+    h = harness
+    devs = fleet_on_v1(h, 20)
+    h.register("2.0.0")
+    r = h.rollout("2.0.0", waves=[10, 100], soak_s=0, gates=FAST)
+    wave = install(h, devs, {**GOOD, "errors": 4})  # 2 devices x 4/100: 4 % against a 3 % limit
+    assert len(wave) == 2
+    h.tick(1)
+    shown = h.show(r["id"])
+    assert shown["state"] == "running" and shown["wave"] == 1
+    gate = {g["name"]: g for g in shown["evaluation"]["gates"]}["error_rate"]
+    assert gate["status"] == "wait" and gate["value"] == pytest.approx(0.04)
+    assert "binomial" in gate["detail"] and any("error_rate" in w for w in shown["evaluation"]["waiting_for"])
+    for d in wave:  # more requests, fewer errors: 8 + 2 errors in 600 requests = 1.7 %
+        h.beat(d, active=d["active"], health={**GOOD, "requests": 200, "errors": 1})
+    h.tick(1)
+    assert h.show(r["id"])["wave"] == 2
+
+    assert error_rate_excess_pvalue(8, 200, 0.03) > 0.01  # chance
+    assert error_rate_excess_pvalue(30, 200, 0.03) < 1e-6  # not chance
+    assert error_rate_excess_pvalue(0, 0, 0.03) == 1.0
+
+
+def test_error_rate_alpha_of_one_fails_on_the_point_estimate(harness):
+    h = harness
+    devs = fleet_on_v1(h, 20)
+    h.register("2.0.0")
+    r = h.rollout("2.0.0", waves=[10, 100], soak_s=0, gates={**FAST, "error_rate_alpha": 1.0})
+    install(h, devs, {**GOOD, "errors": 4})
+    h.tick(1)
+    shown = h.show(r["id"])
+    assert shown["state"] == "rolled_back" and shown["evaluation"]["failed_gates"] == ["error_rate"]

@@ -94,7 +94,8 @@ def test_good_release_reaches_every_device_through_the_default_waves(sim_server)
             check_every=0.3,
         )
     )
-    assert done, api.get(f"/v1/rollouts/{rid}").json()["evaluation"]
+    ev = api.get(f"/v1/rollouts/{rid}").json()["evaluation"]
+    assert done, (ev["failed_gates"], ev["waiting_for"], ev["gates"])
     asyncio.run(fleet.run(until=lambda f: f.count_on("1.1.0") == 30, timeout=10 * POLL))
     assert fleet.count_on("1.1.0") == 30
     waves = [

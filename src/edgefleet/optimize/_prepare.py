@@ -156,8 +156,11 @@ def prepare(
     failures = []
     for label, kw in attempts:
         try:
-            with quiet_ort_logs():
-                quant_pre_process(str(current), str(dst), **kw)
+            # onnxruntime's symbolic shape inference saves "sym_shape_infer_temp.onnx" into the working
+            # directory when it gives up: run it inside our work folder, never the user's.
+            src_abs, dst_abs = str(Path(current).resolve()), str(dst.resolve())
+            with quiet_ort_logs(), contextlib.chdir(work):
+                quant_pre_process(src_abs, dst_abs, **kw)
             ok, err, why = compare_outputs(
                 ref, _outputs(dst, feeds), settings.parity_rtol, settings.parity_atol
             )

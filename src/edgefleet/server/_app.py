@@ -713,15 +713,16 @@ def _repository_routes(app: FastAPI, ctx: ServerContext) -> None:
         return serve("targets", path, request)
 
     for kind, route in (("metadata", metadata), ("targets", targets)):
-        app.add_api_route(
-            f"/repository/{kind}/{{path:path}}",
-            route,
-            methods=["GET", "HEAD"],
-            tags=["repository"],
-            responses={404: {"model": ErrorBody}},
-            summary=f"TUF {kind} file (HTTP Range and ETag supported)",
-            name=f"repository_{kind}",
-        )
+        for method in ("GET", "HEAD"):  # one route each: a shared one gives both the same operation id
+            app.add_api_route(
+                f"/repository/{kind}/{{path:path}}",
+                route,
+                methods=[method],
+                tags=["repository"],
+                responses={404: {"model": ErrorBody}},
+                summary=f"TUF {kind} file (HTTP Range and ETag supported)",
+                name=f"repository_{kind}_{method.lower()}",
+            )
 
 
 # --- operator routes ---------------------------------------------------------------------------

@@ -626,10 +626,29 @@ class RolloutEngine:
 
         er = new.error_rate
         if ref is not None and ref.error_rate is not None:
-            er_limit = ref.error_rate + g.max_error_rate_increase
-            judge("error_rate", er, er_limit, lambda: er <= er_limit, reference=ref.error_rate)
+            er_limit = min(1.0, ref.error_rate + g.max_error_rate_increase)
+            er_ref: float | None = ref.error_rate
         else:
-            judge("error_rate", er, g.max_error_rate, lambda: er <= g.max_error_rate, why="no requests")
+            er_limit, er_ref = g.max_error_rate, None
+        if judged and er is not None and er > er_limit:
+            # Above the limit: fail only once the excess is more than sampling noise; until then the
+            # wave keeps soaking and collecting requests (a good release's estimate falls back under).
+            p = error_rate_excess_pvalue(new.errors, new.requests, er_limit)
+            gates.append(
+                _Gate(
+                    "error_rate",
+                    "fail" if p < g.error_rate_alpha else "wait",
+                    er,
+                    er_limit,
+                    er_ref,
+                    f"{new.errors} errors in {new.requests} requests is above {er_limit:.4f}; "
+                    f"one-sided binomial p={p:.3g} "
+                    + ("<" if p < g.error_rate_alpha else ">=")
+                    + f" alpha {g.error_rate_alpha}",
+                )
+            )
+        else:
+            judge("error_rate", er, er_limit, lambda: er <= er_limit, reference=er_ref, why="no requests")
         ratio = _ratio(new.latency_p95_ms, ref.latency_p95_ms if ref else None)
         judge(
             "latency_p95_ratio",
@@ -1008,6 +1027,18 @@ class RolloutEngine:
             self.notifier.nudge(dict.fromkeys(device_ids))
         except Exception:  # a nudge is an optimisation; polling still delivers the change
             log.exception("sending nudges failed; devices will see the change at their next poll")
+
+
+def error_rate_excess_pvalue(errors: int, requests: int, limit: float) -> float:
+    """P-value of a one-sided binomial test of "the true error rate is at most ``limit``".
+
+    Small: ``errors`` out of ``requests`` is too many to be a release within the limit having bad luck.
+    """
+    from scipy.stats import binomtest
+
+    if requests <= 0 or limit >= 1.0:
+        return 1.0
+    return float(binomtest(int(errors), int(requests), max(0.0, limit), alternative="greater").pvalue)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -46,6 +46,13 @@ class RolloutGates(_In):
     max_install_failure_rate: float = Field(0.2, ge=0, le=1, description="failed installs / attempted")
     max_error_rate_increase: float = Field(0.02, ge=0, le=1, description="wave error rate minus control's")
     max_error_rate: float = Field(0.05, ge=0, le=1, description="absolute limit when there is no reference")
+    error_rate_alpha: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="an error rate above its limit fails the gate once a one-sided binomial test says the "
+        "excess is not chance at this level; until then the wave waits for more requests (1 = fail at once)",
+    )
     max_latency_p95_ratio: float = Field(1.5, gt=0, description="wave p95 latency / control p95 latency")
     min_confidence_ratio: float = Field(0.9, ge=0, description="wave mean confidence / control's")
     min_golden_pass_rate: float = Field(
