@@ -142,7 +142,6 @@ def test_director_going_back_during_watch_switches_at_once(world):
     assert world.sha("1.1.0") not in a.journal.state.failed  # not refused: it may be assigned again
 
 
-
 @pytest.mark.parametrize(
     ("slack_fraction", "expect"),
     [(1.0, None), (0.5, "rolled_back")],
@@ -154,7 +153,9 @@ def test_watch_latency_ratio_counts_only_past_the_absolute_slack(world, slack_fr
 
     a = world.agent(watch_min_requests=5)
     world.install(a, "1.0.0")
-    world.standin.assign(world.target("1.1.0"), gates=GateThresholds(watch_window_s=300, max_latency_ratio=1.5))
+    world.standin.assign(
+        world.target("1.1.0"), gates=GateThresholds(watch_window_s=300, max_latency_ratio=1.5)
+    )
     run_until(a, lambda: a.journal.state.watch is not None)
     x = np.zeros((1, 64), np.float32)
     for _ in range(10):

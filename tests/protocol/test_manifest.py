@@ -67,7 +67,8 @@ def test_name_path_traversal_is_refused():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"requests": -1}, {"errors": -5}, {"latency_p95_ms": float("nan")}, {"mean_confidence": float("inf")}]
+    "bad",
+    [{"requests": -1}, {"errors": -5}, {"latency_p95_ms": float("nan")}, {"mean_confidence": float("inf")}],
 )
 def test_model_health_refuses_negative_counts_and_non_finite_figures(bad):
     from pydantic import ValidationError

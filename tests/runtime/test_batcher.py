@@ -95,7 +95,8 @@ def test_urgent_requests_are_served_first(engine, doubles, x_test):
     # The order the model ran them in (callers may wake up in any order after their answers).
     rows = {0: "first", 1: "low0", 2: "low1", 3: "low2", 9: "urgent"}
     served = [
-        next(tag for i, tag in rows.items() if np.array_equal(call["input"][0], x_test[i])) for call in gate.calls
+        next(tag for i, tag in rows.items() if np.array_equal(call["input"][0], x_test[i]))
+        for call in gate.calls
     ]
     assert served[0] == "first"
     assert served[1] == "urgent"

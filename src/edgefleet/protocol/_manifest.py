@@ -31,14 +31,10 @@ __all__ = [
 MANIFEST_SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 1 << 20  # a manifest is metadata; anything larger is refused before parsing
 
-_SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
-)
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
-DType = Literal[
-    "float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool", "string"
-]
+DType = Literal["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool", "string"]
 
 
 class _Strict(BaseModel):
@@ -216,7 +212,9 @@ class Manifest(_Strict):
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors()
             )
-            raise ManifestError(f"manifest is invalid: {problems}", hint="fix the manifest and rebuild") from e
+            raise ManifestError(
+                f"manifest is invalid: {problems}", hint="fix the manifest and rebuild"
+            ) from e
 
 
 def manifest_json_schema() -> dict[str, Any]:
