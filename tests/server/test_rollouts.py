@@ -382,7 +382,7 @@ def test_drift_reported_by_the_wave_fails_its_gate_against_the_control_group(har
 def test_error_rate_a_little_over_the_limit_waits_for_evidence_instead_of_failing(harness):
     """8 errors in 200 requests against a 1 % control is over the 3 % limit but could be chance: the wave
     waits; once its estimate falls back under the limit it passes. A clear excess fails at once."""
-    from edgefleet.server._rollouts import error_rate_excess_pvalue
+    from edgefleet.server._rollouts import error_rate_verdict
 
     h = harness
     devs = fleet_on_v1(h, 20)
@@ -401,9 +401,11 @@ def test_error_rate_a_little_over_the_limit_waits_for_evidence_instead_of_failin
     h.tick(1)
     assert h.show(r["id"])["wave"] == 2
 
-    assert error_rate_excess_pvalue(8, 200, 0.03) > 0.01  # chance
-    assert error_rate_excess_pvalue(30, 200, 0.03) < 1e-6  # not chance
-    assert error_rate_excess_pvalue(0, 0, 0.03) == 1.0
+    assert error_rate_verdict(8, 200, 0.03, 0.01)[0] == "wait"  # could be chance
+    verdict, p = error_rate_verdict(30, 200, 0.03, 0.01)
+    assert verdict == "fail" and p < 1e-6  # is not
+    assert error_rate_verdict(6, 200, 0.03, 0.01) == ("pass", 1.0)  # 3 % is within a 3 % limit
+    assert error_rate_verdict(0, 0, 0.03, 0.01)[0] == "pass"
 
 
 def test_error_rate_alpha_of_one_fails_on_the_point_estimate(harness):

@@ -631,19 +631,17 @@ class RolloutEngine:
         else:
             er_limit, er_ref = g.max_error_rate, None
         if judged and er is not None and er > er_limit:
-            # Above the limit: fail only once the excess is more than sampling noise; until then the
-            # wave keeps soaking and collecting requests (a good release's estimate falls back under).
-            p = error_rate_excess_pvalue(new.errors, new.requests, er_limit)
+            verdict, p = error_rate_verdict(new.errors, new.requests, er_limit, g.error_rate_alpha)
             gates.append(
                 _Gate(
                     "error_rate",
-                    "fail" if p < g.error_rate_alpha else "wait",
+                    verdict,
                     er,
                     er_limit,
                     er_ref,
                     f"{new.errors} errors in {new.requests} requests is above {er_limit:.4f}; "
                     f"one-sided binomial p={p:.3g} "
-                    + ("<" if p < g.error_rate_alpha else ">=")
+                    + ("<" if verdict == "fail" else ">=")
                     + f" alpha {g.error_rate_alpha}",
                 )
             )
@@ -1027,6 +1025,19 @@ class RolloutEngine:
             self.notifier.nudge(dict.fromkeys(device_ids))
         except Exception:  # a nudge is an optimisation; polling still delivers the change
             log.exception("sending nudges failed; devices will see the change at their next poll")
+
+
+def error_rate_verdict(errors: int, requests: int, limit: float, alpha: float) -> tuple[str, float]:
+    """The error-rate gate: ``("pass" | "wait" | "fail", p-value)``.
+
+    Within the limit it passes. Above it, it fails only once the excess is more than sampling noise
+    (p < ``alpha``); until then it waits, and the wave keeps collecting requests: a good release's
+    estimate falls back under the limit, a bad one's p-value keeps shrinking.
+    """
+    if requests <= 0 or errors / requests <= limit:
+        return "pass", 1.0
+    p = error_rate_excess_pvalue(errors, requests, limit)
+    return ("fail" if p < alpha else "wait"), p
 
 
 def error_rate_excess_pvalue(errors: int, requests: int, limit: float) -> float:
