@@ -7,8 +7,8 @@ import logging
 import sys
 
 import typer
-from rich.console import Console
 
+from edgefleet.cli._common import err_console
 from edgefleet.errors import EdgefleetError
 
 __all__ = ["app", "main"]
@@ -57,7 +57,7 @@ for _name in _COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, printing edgefleet errors as 'error: ... / hint: ...' and exiting 1."""
-    err = Console(stderr=True)
+    err = err_console
     try:
         app(args=argv, standalone_mode=True)
     except EdgefleetError as e:

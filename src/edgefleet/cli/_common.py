@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
+import sys
+from typing import Any, TextIO
 
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _width(stream: TextIO) -> int | None:
+    """The terminal's width; 160 columns when writing to a pipe or a file (rich would wrap wide tables
+    at 80), unless COLUMNS says otherwise."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return None if tty or os.environ.get("COLUMNS") else 160
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 
 def print_json(obj: Any) -> None:
