@@ -28,6 +28,20 @@ def test_npz_with_labels_and_batch_axis(tmp_path, rng):
     assert ds.labels.tolist() == (np.arange(10) % 3).tolist()
 
 
+def test_npz_with_one_unnamed_array_feeds_a_single_input_model(tmp_path, rng):
+    p = tmp_path / "d.npz"
+    x = rng.random((5, 64), dtype=np.float32)
+    np.savez(p, x, labels=np.arange(5))  # np.savez names a positional array arr_0
+    ds = load_data(p, INPUTS, what="evaluation")
+    assert len(ds) == 5 and np.array_equal(ds.samples[4]["input"][0], x[4])
+    assert ds.labels.tolist() == [0, 1, 2, 3, 4]
+    assert any("arr_0" in n for n in ds.notes)
+    two = tmp_path / "two.npz"
+    np.savez(two, x, x)  # two unnamed arrays: which is which cannot be guessed
+    with pytest.raises(InputError, match="arr_1"):
+        load_data(two, INPUTS)
+
+
 def test_limit_keeps_the_first_samples_and_says_so(tmp_path, rng):
     p = tmp_path / "d.npz"
     x = rng.random((10, 64), dtype=np.float32)

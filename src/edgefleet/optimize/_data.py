@@ -230,6 +230,10 @@ def load_data(
                 arrays = _read_npz(p, what)
                 if labels_key in arrays:
                     found_labels = arrays.pop(labels_key)
+                if len(inputs) == 1 and list(arrays) == ["arr_0"]:
+                    # np.savez(path, x) names its one array arr_0: a single-input model takes it as is
+                    arrays = {inputs[0].name: arrays.pop("arr_0")}
+                    notes.append(f"{what} data: the unnamed array arr_0 feeds input {inputs[0].name!r}")
             elif p.suffix == ".npy":
                 if len(inputs) != 1:
                     raise InputError(
