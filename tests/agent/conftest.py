@@ -6,10 +6,8 @@ copied per test so a test can tamper with it freely.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tarfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _standin import ENROLL_TOKEN, StandIn
-
-GOLDEN = 16
-PRE = [{"op": "scale", "factor": 1 / 16}]
-
+from agenttools import GOLDEN, PRE, run_until
 
 # --- models ---------------------------------------------------------------------------------------
 
@@ -252,19 +247,6 @@ class World:
         self.standin.stop()
 
 
-def run_until(agent, pred, timeout: float = 30.0, sleep: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        agent.run_once()
-        if pred():
-            return
-        time.sleep(sleep)
-    raise AssertionError(
-        f"condition not met in {timeout}s; state={agent.state_name()} journal="
-        f"{json.dumps(agent.journal.state.model_dump(mode='json'), default=str)[:2000]}"
-    )
-
-
 @pytest.fixture
 def world(tmp_path, repo_template, agent_bundles):
     shutil.copytree(repo_template / "keys", tmp_path / "keys")
@@ -274,21 +256,3 @@ def world(tmp_path, repo_template, agent_bundles):
     w.enroll()
     yield w
     w.close()
-
-
-def assert_valid_active(state: Path, expect_sha: str | None = None) -> dict[str, Any]:
-    """The invariant every fault must keep: `current` -> a verified version whose files match its hashes,
-    and a journal that agrees."""
-    from edgefleet.agent import Journal, ModelStore
-
-    store = ModelStore(state)
-    cur = store.current()
-    assert cur is not None, f"`current` does not point at a verified version: {list(state.iterdir())}"
-    store.verify(cur.sha256, deep=True)
-    j = Journal(state / "journal.json").state
-    assert j.active == cur.sha256 or (j.pending is not None and j.pending.step == "activating"), (
-        f"journal active {j.active} but current {cur.sha256}"
-    )
-    if expect_sha is not None:
-        assert cur.sha256 == expect_sha
-    return {"current": cur, "journal": j}

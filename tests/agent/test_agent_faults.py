@@ -12,8 +12,8 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from agenttools import assert_valid_active, run_until
 
-from conftest import assert_valid_active, run_until
 from edgefleet.protocol import GateThresholds, ShadowSettings
 
 

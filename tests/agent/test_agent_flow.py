@@ -8,8 +8,7 @@ import stat
 
 import numpy as np
 import pytest
-
-from conftest import assert_valid_active, run_until
+from agenttools import assert_valid_active, run_until
 
 
 def test_enroll_stores_credentials_0600_and_reports_hardware(world):

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-
-from conftest import GOLDEN, PRE, run_until
+from agenttools import GOLDEN, PRE, run_until
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import time
 
 import pytest
 from _standin import ENROLL_TOKEN, StandIn
+from agenttools import assert_valid_active, run_until
 
-from conftest import assert_valid_active, run_until
 from edgefleet.agent import AgentConfig, Journal, backoff_delay, enroll, jittered
 from edgefleet.errors import AuthError, ConfigError, VerificationError
 

@@ -144,6 +144,7 @@ class Journal:
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Append an event to the history (saved with the next :meth:`save`)."""
         ev = {"t": round(time.time(), 3), "event": kind, **fields}
+        log.info("%s%s", kind, "".join(f" {k}={v}" for k, v in fields.items() if v is not None))
         self.state.history.append(ev)
         del self.state.history[: max(0, len(self.state.history) - self._history)]
         return ev

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from edgefleet.cli._common import console, err_console, print_json
+from edgefleet.cli._common import console, daemon_logging, err_console, print_json
 
 agent_app = typer.Typer(help="Device agent: enroll, run, status, rollback.", no_args_is_help=True)
 
@@ -86,6 +86,7 @@ def run_cmd(
 
     from edgefleet.agent import Agent
 
+    daemon_logging()
     cfg = _config(state, api_port=api_port, api_host=api_host, mqtt_url=mqtt, max_rate_bytes_per_s=max_rate)
     bar = _ProgressBar() if progress and err_console.is_terminal else None
     agent = Agent(cfg, on_progress=bar.update if bar else None)

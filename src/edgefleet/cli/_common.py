@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any, TextIO
@@ -27,3 +28,8 @@ err_console = Console(stderr=True, width=_width(sys.stderr))
 def print_json(obj: Any) -> None:
     """Machine-readable output for ``--json``: plain JSON on stdout, nothing else."""
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def daemon_logging() -> None:
+    """Long-running commands (agent run, server run) log edgefleet's INFO lines unless -v asked for more."""
+    logging.getLogger("edgefleet").setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from edgefleet.cli._common import console, print_json
+from edgefleet.cli._common import console, daemon_logging, print_json
 from edgefleet.errors import (
     AuthError,
     ConflictError,
@@ -202,6 +202,7 @@ def server_run(
 
     from edgefleet.server import create_app
 
+    daemon_logging()
     cfg = _config(
         data,
         db,
