@@ -57,14 +57,13 @@ for _name in _COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, printing edgefleet errors as 'error: ... / hint: ...' and exiting 1."""
-    err = err_console
     try:
         app(args=argv, standalone_mode=True)
     except EdgefleetError as e:
-        err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True)
+        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True)
         if e.hint:
-            err.print(f"[yellow]hint:[/] {e.hint}", highlight=False)
+            err_console.print(f"[yellow]hint:[/] {e.hint}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err_console.print("interrupted")
         sys.exit(130)

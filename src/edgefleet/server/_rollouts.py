@@ -1030,26 +1030,17 @@ class RolloutEngine:
 def error_rate_verdict(errors: int, requests: int, limit: float, alpha: float) -> tuple[str, float]:
     """The error-rate gate: ``("pass" | "wait" | "fail", p-value)``.
 
-    Within the limit it passes. Above it, it fails only once the excess is more than sampling noise
-    (p < ``alpha``); until then it waits, and the wave keeps collecting requests: a good release's
+    Within the limit it passes. Above it, a one-sided binomial test of "the true error rate is at most
+    ``limit``" decides: it fails once p < ``alpha`` (too many errors to be a release within the limit
+    having bad luck); until then it waits and the wave keeps collecting requests: a good release's
     estimate falls back under the limit, a bad one's p-value keeps shrinking.
     """
     if requests <= 0 or errors / requests <= limit:
         return "pass", 1.0
-    p = error_rate_excess_pvalue(errors, requests, limit)
-    return ("fail" if p < alpha else "wait"), p
-
-
-def error_rate_excess_pvalue(errors: int, requests: int, limit: float) -> float:
-    """P-value of a one-sided binomial test of "the true error rate is at most ``limit``".
-
-    Small: ``errors`` out of ``requests`` is too many to be a release within the limit having bad luck.
-    """
     from scipy.stats import binomtest
 
-    if requests <= 0 or limit >= 1.0:
-        return 1.0
-    return float(binomtest(int(errors), int(requests), max(0.0, limit), alternative="greater").pvalue)
+    p = float(binomtest(int(errors), int(requests), limit, alternative="greater").pvalue)
+    return ("fail" if p < alpha else "wait"), p
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
