@@ -143,12 +143,15 @@ class Gate(Recording):
         super().__init__(inner)
         self.open = threading.Event()
         self.entered = threading.Event()
+        self.entries = 0  # calls that reached the model (hung or not)
         self.hang_s = hang_s
 
     def release(self) -> None:
         self.open.set()
 
     def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
+        with self.lock:
+            self.entries += 1
         self.entered.set()
         self.open.wait(self.hang_s)
         return super().predict(batch, **opts)

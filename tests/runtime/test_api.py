@@ -7,6 +7,7 @@ import io
 import os
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,6 +18,7 @@ from edgefleet.runtime import (
     ApiConfig,
     ApiServer,
     BatcherConfig,
+    FallbackConfig,
     OrtEngine,
     Runtime,
     RuntimeConfig,
@@ -195,14 +197,20 @@ def test_rate_limit_per_client(digits_bundle, digits_split):
 
 def test_overload_is_503_with_retry_after(digits_mlp, doubles, digits_split):
     gate = doubles.Gate(OrtEngine(digits_mlp))
-    cfg = RuntimeConfig(batcher=BatcherConfig(max_batch_size=1, max_delay_ms=0, max_queue=2))
+    # no model-call timeout: the stuck call must stay stuck however slowly the requests arrive
+    cfg = RuntimeConfig(
+        batcher=BatcherConfig(max_batch_size=1, max_delay_ms=0, max_queue=2),
+        fallback=FallbackConfig(timeout_ms=None),
+    )
     rt = Runtime.from_bundle(gate, cfg)
     try:
-        with ApiServer(rt, ApiConfig(port=0)) as srv, httpx.Client(base_url=srv.url, timeout=20) as c:
+        with ApiServer(rt, ApiConfig(port=0)) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
             x = {"inputs": {"input": (digits_split.x_test[:1] / 16).tolist()}}
             with ThreadPoolExecutor(3) as ex:
                 pending = [ex.submit(c.post, "/v1/predict", json=x) for _ in range(3)]
+                waited = time.monotonic() + 60
                 while rt.pipeline.queue_depth < 2:  # one running (stuck), two queued
+                    assert time.monotonic() < waited, [p.result() for p in pending if p.done()]
                     threading.Event().wait(0.01)
                 r = c.post("/v1/predict", json=x)
                 assert r.status_code == 503 and r.json()["error"] == "overloaded"

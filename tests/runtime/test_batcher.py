@@ -221,11 +221,10 @@ def test_watchdog_times_out_a_hung_model_without_blocking_the_queue(engine, doub
             with pytest.raises(ModelTimeoutError) as e:
                 b.predict({"input": x_test[:1]})
             assert time.monotonic() - t0 < 2 and e.value.status_code == 504
-        assert b.stuck == 2
-        t0 = time.monotonic()
+        assert b.stuck == 2 and gate.entries == 2
         with pytest.raises(ModelTimeoutError, match="hung"):  # fails fast once max_stuck calls hang
             b.predict({"input": x_test[:1]})
-        assert time.monotonic() - t0 < 0.05
+        assert gate.entries == 2  # the model was not called again
         gate.release()
         deadline = time.monotonic() + 5
         while b.stuck and time.monotonic() < deadline:

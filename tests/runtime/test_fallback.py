@@ -110,11 +110,10 @@ def test_hung_model_times_out_and_falls_back(primary, backup, doubles, x_test):
     assert out.tier == "backup" and out.events[0].detail == "model_timeout"
     with pytest.raises(ModelTimeoutError):
         guarded.predict({"input": x_test[:1]})
-    assert guarded.stuck == 2
-    t0 = time.monotonic()
+    assert guarded.stuck == 2 and gate.entries == 2
     with pytest.raises(ModelTimeoutError, match="hung"):  # fails fast: no more threads piled up
         guarded.predict({"input": x_test[:1]})
-    assert time.monotonic() - t0 < 0.05
+    assert gate.entries == 2  # the model was not called again
     gate.release()
     deadline = time.monotonic() + 5
     while guarded.stuck and time.monotonic() < deadline:
