@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
@@ -59,7 +60,7 @@ from edgefleet.runtime import (
     ValidationConfig,
 )
 
-console = Console()
+console = Console(width=170)
 ALL_SECTIONS = "overhead,batching,http,memory,degradation"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -286,35 +287,64 @@ def closed_loop(rt: Runtime, x: np.ndarray, clients: int, seconds: float) -> dic
     }
 
 
+class BareSession:
+    """Reference for the batching table: one ORT session shared by every client thread, no runtime."""
+
+    def __init__(self, path: Path) -> None:
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def predict(self, row: np.ndarray) -> list:
+        return self.session.run(None, {self.input: row})
+
+    def close(self) -> None:
+        pass
+
+
 def bench_batching(
     models: dict[str, Path], x: np.ndarray, clients: int, seconds: float, rounds: int
 ) -> list[dict]:
-    """Default Runtime with the batcher off vs on, alternating short runs; medians over the rounds."""
+    """Default Runtime with the batcher off vs on, alternating short runs; medians over the rounds.
+
+    Reference rows run in the same rotation: the Runtime with neither batcher nor model-call timeout
+    (no thread hand-off at all), from all clients and from a single client thread, and a bare ORT
+    session shared by the client threads.
+    """
     rows = []
     for name, path in models.items():
-        rts = {
-            on: Runtime.from_bundle(path, RuntimeConfig(batcher=BatcherConfig(enabled=on, max_batch_size=32)))
-            for on in (False, True)
+        fast = RuntimeConfig(batcher=BatcherConfig(enabled=False), fallback=FallbackConfig(timeout_ms=None))
+        rts: dict[str, Any] = {
+            "off": Runtime.from_bundle(
+                path, RuntimeConfig(batcher=BatcherConfig(enabled=False, max_batch_size=32))
+            ),
+            "on": Runtime.from_bundle(
+                path, RuntimeConfig(batcher=BatcherConfig(enabled=True, max_batch_size=32))
+            ),
+            "off, no timeout": Runtime.from_bundle(path, fast),
+            "off, no timeout, 1 client": Runtime.from_bundle(path, fast),
+            "bare ORT session": BareSession(path),
         }
-        runs: dict[bool, list[dict]] = {False: [], True: []}
+        threads = {k: 1 if k.endswith("1 client") else clients for k in rts}
+        runs: dict[str, list[dict]] = {k: [] for k in rts}
         try:
-            for rt in rts.values():
-                closed_loop(rt, x, clients, 0.5)  # warm-up
+            for key, rt in rts.items():
+                closed_loop(rt, x, threads[key], 0.5)  # warm-up
             for _ in range(rounds):
-                for on, rt in rts.items():
-                    runs[on].append(closed_loop(rt, x, clients, seconds))
-            text = rts[True].metrics.exposition().decode()
+                for key, rt in rts.items():
+                    runs[key].append(closed_loop(rt, x, threads[key], seconds))
+            text = rts["on"].metrics.exposition().decode()
             count = float(re.search(r"batch_size_count (\S+)", text).group(1))
             total = float(re.search(r"batch_size_sum (\S+)", text).group(1))
         finally:
             for rt in rts.values():
                 rt.close()
-        for on in (False, True):
-            rs = runs[on]
+        for key in rts:
+            rs = runs[key]
+            on = key == "on"
             row = {
                 "model": name,
-                "batcher": on,
-                "clients": clients,
+                "batcher": key,
+                "clients": threads[key],
                 "rounds": len(rs),
                 "requests": sum(r["requests"] for r in rs),
                 "errors": sum(r["errors"] for r in rs),
@@ -694,10 +724,11 @@ def main() -> None:
             with console.status("2/5 batching with 32 clients..."):
                 rows = bench_batching(models, x, clients=32, seconds=2, rounds=2 if q else 5)
             for name in models:
-                off = next(r for r in rows if r["model"] == name and not r["batcher"])
-                on = next(r for r in rows if r["model"] == name and r["batcher"])
-                on["speedup_vs_off"] = round(on["req_per_s"] / off["req_per_s"], 2)
-                on["cpu_saving_vs_off"] = round(off["cpu_us_per_req"] / on["cpu_us_per_req"], 2)
+                off = next(r for r in rows if r["model"] == name and r["batcher"] == "off")
+                for r in rows:
+                    if r["model"] == name and r is not off:
+                        r["speedup_vs_off"] = round(r["req_per_s"] / off["req_per_s"], 2)
+                        r["cpu_saving_vs_off"] = round(off["cpu_us_per_req"] / r["cpu_us_per_req"], 2)
             results["batching"] = rows
             table(
                 "32 concurrent clients, batch-1 requests (default pipeline, median of rounds)",
