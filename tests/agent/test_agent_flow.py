@@ -167,3 +167,20 @@ def test_watch_latency_ratio_counts_only_past_the_absolute_slack(world, slack_fr
     assert a.check_watch() == expect
     want = "1.0.0" if expect == "rolled_back" else "1.1.0"
     assert_valid_active(world.state, world.sha(want))
+
+
+def test_agent_follows_root_and_targets_key_rotation(world):
+    """The operator replaces the root keys and the targets key; the device, pinned to root v1, follows."""
+    from tuf.api.metadata import Metadata
+
+    a = world.agent()
+    world.install(a, "1.0.0")
+    repo = world.repository()
+    old_root_ids = set(repo.root().roles["root"].keyids)
+    repo.rotate_key("root")
+    repo.rotate_key("targets")
+    assert repo.root().version == 3 and not old_root_ids & set(repo.root().roles["root"].keyids)
+    world.install(a, "1.1.0")  # verified under root v3: new root keys, new targets key
+    assert_valid_active(world.state, world.sha("1.1.0"))
+    trusted = [Metadata.from_bytes(p.read_bytes()) for p in world.state.rglob("root.json")]
+    assert trusted and max(md.signed.version for md in trusted) == 3

@@ -54,8 +54,13 @@ def test_cli_end_to_end(tmp_path, bundles):
     assert ts["targets_version"] == 3
     rot = json.loads(ef("keys", "rotate", "targets", "--keys", keys, "--repo", repo, "--json").stdout)
     assert rot["root_version"] == 2
+    rot_root = json.loads(ef("keys", "rotate", "root", "--keys", keys, "--repo", repo, "--json").stdout)
+    assert rot_root["root_version"] == 3 and not set(rot_root["new_keyids"]) & set(rot_root["old_keyids"])
     shown_keys = json.loads(ef("keys", "show", keys, "--repo", repo, "--json").stdout)
     assert all(k["trusted"] for k in shown_keys["keys"])
+    assert {k["keyid"] for k in shown_keys["keys"] if k["role"] == "root"} == set(rot_root["new_keyids"])
+    renewed = ef("keys", "rotate", "root", "--keys", keys, "--repo", repo)
+    assert "rotated root key" in renewed.stdout and "(root v4)" in renewed.stdout
 
     with RepositoryServer(repo) as srv:
         got = json.loads(

@@ -92,14 +92,18 @@ def _print_keys(store: KeyStore, trusted: dict[str, str] | None) -> None:
 
 @keys_app.command("rotate")
 def rotate(
-    role: str = typer.Argument(..., help="targets, snapshot or timestamp."),
+    role: str = typer.Argument(..., help="root, targets, snapshot or timestamp."),
     keys: Path = typer.Option(
         ..., "--keys", help="Key directory with the root keys (threshold) and online keys."
     ),
     repo: Path = typer.Option(..., "--repo", help="Repository directory."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Replace a role's key: new key saved, new root signed by the root threshold, metadata re-signed."""
+    """Replace a role's key: new key saved, new root signed by the root threshold, metadata re-signed.
+
+    `root` replaces every root key at once (same count and threshold): the new root is signed by the old
+    threshold and the new keys, so devices follow the chain; the old root keys are deleted here.
+    """
     from edgefleet.registry import Repository
 
     result = Repository(repo, keys).rotate_key(role)
@@ -107,7 +111,12 @@ def rotate(
         print_json(result.to_dict())
         return
     console.print(
-        f"[green]rotated[/] {role} key {', '.join(k[:16] for k in result.old_keyids)} -> {result.new_keyid[:16]} "
-        f"(root v{result.root_version}); new key: {result.key_path}. Old private key deleted; "
-        f"copy the new one where the {role} role signs."
+        f"[green]rotated[/] {role} key {', '.join(k[:16] for k in result.old_keyids)} -> "
+        f"{', '.join(k[:16] for k in result.new_keyids)} (root v{result.root_version}); "
+        f"new key{'s' if len(result.key_paths) > 1 else ''}: {', '.join(result.key_paths)}. Old private key{'s' if len(result.old_keyids) > 1 else ''} deleted; "
+        + (
+            "keep the new root keys offline, apart from each other."
+            if role == "root"
+            else f"copy the new one where the {role} role signs."
+        )
     )

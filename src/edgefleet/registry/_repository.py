@@ -77,7 +77,7 @@ _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _VERSIONED = re.compile(r"^([1-9]\d*)\.(root|targets|snapshot)\.json$")
 _TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
-ROTATABLE = ("targets", "snapshot", "timestamp")
+ROTATABLE = ("root", "targets", "snapshot", "timestamp")
 
 
 # --- naming ----------------------------------------------------------------------------------
@@ -214,9 +214,9 @@ class RotationResult:
 
     role: str
     old_keyids: tuple[str, ...]
-    new_keyid: str
+    new_keyids: tuple[str, ...]
     root_version: int
-    key_path: str
+    key_paths: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -868,8 +868,10 @@ class Repository(TufRepository):
         by old and new key before the new root is written, so devices verify it with either root;
         the old private key is deleted at the end.
 
+        ``root`` is rotated by :meth:`rotate_root` (every root key at once).
+
         Args:
-            role: ``targets``, ``snapshot`` or ``timestamp``.
+            role: ``root``, ``targets``, ``snapshot`` or ``timestamp``.
             new_signer: a securesystemslib signer to use instead of a freshly generated ed25519 key
                 (e.g. a key held elsewhere); it is stored in the key store only if it has private bytes.
         """
@@ -880,20 +882,14 @@ class Repository(TufRepository):
                 f"cannot rotate {role!r} keys here",
                 hint=f"rotatable roles: {', '.join(ROTATABLE)}",
             )
-        store = self._require_keys()
-        root = self.root()
-        trusted_root = [
-            s
-            for s in (store.signers("root") if store.has("root") else [])
-            if s.public_key.keyid in root.roles["root"].keyids
-        ]
-        if len(trusted_root) < root.roles["root"].threshold:
-            raise KeyStoreError(
-                f"rotating the {role} key needs {root.roles['root'].threshold} root keys; "
-                f"{store.dir} holds {len(trusted_root)} trusted ones",
-                hint="run this where the root keys (at least the threshold) are present",
-                role="root",
-            )
+        if role == "root":
+            if new_signer is not None:
+                raise KeyStoreError(
+                    "a root rotation replaces every root key; pass them to rotate_root(new_signers=...)",
+                    hint="call Repository.rotate_root",
+                )
+            return self.rotate_root()
+        store = self._require_root_threshold(f"rotating the {role} key")
         # The re-signing after the root change needs the online keys of the roles below ``role``.
         needed = {"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",), "timestamp": ()}
         for other in needed[role]:
@@ -946,23 +942,84 @@ class Repository(TufRepository):
                 new_id[:16],
                 version,
             )
-            return RotationResult(role, old_ids, new_id, version, str(key_path))
+            return RotationResult(role, old_ids, (new_id,), version, (str(key_path),))
 
-    def renew_root(self) -> int:
-        """Re-sign root unchanged with a fresh expiry (needs the root threshold); returns the new version."""
+    def _require_root_threshold(self, what: str) -> KeyStore:
+        """The key store, once it is known to hold the current root threshold."""
         store = self._require_keys()
         root = self.root()
-        held = [
+        trusted_root = [
             s
             for s in (store.signers("root") if store.has("root") else [])
             if s.public_key.keyid in root.roles["root"].keyids
         ]
-        if len(held) < root.roles["root"].threshold:
+        if len(trusted_root) < root.roles["root"].threshold:
             raise KeyStoreError(
-                f"renewing root needs {root.roles['root'].threshold} root keys; {store.dir} holds {len(held)} trusted ones",
+                f"{what} needs {root.roles['root'].threshold} root keys; "
+                f"{store.dir} holds {len(trusted_root)} trusted ones",
                 hint="run this where the root keys (at least the threshold) are present",
                 role="root",
             )
+        return store
+
+    def rotate_root(self, *, new_signers: list[Any] | None = None) -> RotationResult:
+        """Replace every root key with a fresh one (same count, same threshold) in a new root version.
+
+        The new root is signed by the threshold of the old root keys *and* by the new keys, so a
+        device that trusts the old root verifies it and moves on to the new keys (TUF's root chain);
+        from then on, old root keys alone cannot sign a root any device accepts. The new private keys
+        are saved before the new root is written; the old ones held here are deleted at the end. The
+        other roles' keys and metadata are untouched.
+
+        Args:
+            new_signers: securesystemslib signers to use instead of fresh ed25519 keys (one per
+                current root key, or at least the threshold); stored only if they have private bytes.
+        """
+        from securesystemslib.signer import CryptoSigner
+
+        store = self._require_root_threshold("rotating the root keys")
+        with self._locked():
+            self._verify_state()
+            root = self.root()
+            old_ids = tuple(root.roles["root"].keyids)
+            threshold = root.roles["root"].threshold
+            signers = list(new_signers or [CryptoSigner.generate_ed25519() for _ in old_ids])
+            new_ids = tuple(s.public_key.keyid for s in signers)
+            in_use = {k for r in root.roles.values() for k in r.keyids}
+            if len(set(new_ids)) != len(new_ids) or in_use & set(new_ids):
+                raise KeyStoreError(
+                    "a root rotation needs distinct keys that no role uses yet",
+                    hint="generate fresh keys for the new root",
+                )
+            if len(signers) < threshold:
+                raise KeyStoreError(
+                    f"the root threshold is {threshold} but only {len(signers)} new root keys were given",
+                    hint=f"pass at least {threshold} new root keys",
+                )
+            paths = tuple(str(store.add("root", s)) if hasattr(s, "private_bytes") else "" for s in signers)
+            self._extra_signers = {"root": signers}
+            try:
+                with self.edit_root() as r:
+                    for kid in old_ids:
+                        r.revoke_key(kid, "root")
+                    for s in signers:
+                        r.add_key(s.public_key, "root")
+            finally:
+                self._extra_signers = {}
+            for kid in old_ids:
+                store.remove("root", kid)
+            version = self.root().version
+            log.info(
+                "rotated root keys %s -> %s (root v%d)",
+                ",".join(k[:16] for k in old_ids),
+                ",".join(k[:16] for k in new_ids),
+                version,
+            )
+            return RotationResult("root", old_ids, new_ids, version, paths)
+
+    def renew_root(self) -> int:
+        """Re-sign root unchanged with a fresh expiry (needs the root threshold); returns the new version."""
+        self._require_root_threshold("renewing root")
         with self._locked():
             self._verify_state()
             with self.edit_root():
