@@ -314,9 +314,7 @@ def bench_batching(
     for name, path in models.items():
         fast = RuntimeConfig(batcher=BatcherConfig(enabled=False), fallback=FallbackConfig(timeout_ms=None))
         rts: dict[str, Any] = {
-            "off": Runtime.from_bundle(
-                path, RuntimeConfig(batcher=BatcherConfig(enabled=False, max_batch_size=32))
-            ),
+            "off": Runtime.from_bundle(path, RuntimeConfig(batcher=BatcherConfig(enabled=False))),
             "on": Runtime.from_bundle(
                 path, RuntimeConfig(batcher=BatcherConfig(enabled=True, max_batch_size=32))
             ),

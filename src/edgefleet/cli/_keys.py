@@ -110,13 +110,12 @@ def rotate(
     if json_out:
         print_json(result.to_dict())
         return
+    if role == "root":
+        where = "keep the new root keys offline, apart from each other"
+    else:
+        where = f"copy the new key where the {role} role signs"
     console.print(
         f"[green]rotated[/] {role} key {', '.join(k[:16] for k in result.old_keyids)} -> "
         f"{', '.join(k[:16] for k in result.new_keyids)} (root v{result.root_version}); "
-        f"new key{'s' if len(result.key_paths) > 1 else ''}: {', '.join(result.key_paths)}. Old private key{'s' if len(result.old_keyids) > 1 else ''} deleted; "
-        + (
-            "keep the new root keys offline, apart from each other."
-            if role == "root"
-            else f"copy the new one where the {role} role signs."
-        )
+        f"saved as {', '.join(result.key_paths)}; the rotated-out private keys are deleted; {where}."
     )

@@ -613,8 +613,13 @@ class RolloutEngine:
             )
 
         def judge(
-            name: str, value: float | None, threshold: float | None, ok: Callable[[], bool], **kw
+            name: str,
+            value: float | None,
+            threshold: float | None,
+            ok: Callable[[], bool | tuple[str, str]],
+            **kw,
         ) -> None:
+            """``ok`` says pass (True) or fail (False), or returns its own ``(status, detail)``."""
             if not judged:
                 gates.append(
                     _Gate(name, "wait", value, threshold, kw.get("reference"), "not enough data yet")
@@ -622,7 +627,9 @@ class RolloutEngine:
             elif value is None or threshold is None:
                 gates.append(_Gate(name, "skipped", value, threshold, kw.get("reference"), kw.get("why", "")))
             else:
-                gates.append(_Gate(name, "pass" if ok() else "fail", value, threshold, kw.get("reference")))
+                said = ok()
+                status, detail = said if isinstance(said, tuple) else ("pass" if said else "fail", "")
+                gates.append(_Gate(name, status, value, threshold, kw.get("reference"), detail))
 
         er = new.error_rate
         if ref is not None and ref.error_rate is not None:
@@ -630,23 +637,17 @@ class RolloutEngine:
             er_ref: float | None = ref.error_rate
         else:
             er_limit, er_ref = g.max_error_rate, None
-        if judged and er is not None and er > er_limit:
+
+        def error_rate_ok() -> tuple[str, str]:
             verdict, p = error_rate_verdict(new.errors, new.requests, er_limit, g.error_rate_alpha)
-            gates.append(
-                _Gate(
-                    "error_rate",
-                    verdict,
-                    er,
-                    er_limit,
-                    er_ref,
-                    f"{new.errors} errors in {new.requests} requests is above {er_limit:.4f}; "
-                    f"one-sided binomial p={p:.3g} "
-                    + ("<" if verdict == "fail" else ">=")
-                    + f" alpha {g.error_rate_alpha}",
-                )
+            if verdict == "pass":
+                return verdict, ""
+            return verdict, (
+                f"{new.errors} errors in {new.requests} requests is above {er_limit:.4f}; "
+                f"one-sided binomial p={p:.3g} {'<' if verdict == 'fail' else '>='} alpha {g.error_rate_alpha}"
             )
-        else:
-            judge("error_rate", er, er_limit, lambda: er <= er_limit, reference=er_ref, why="no requests")
+
+        judge("error_rate", er, er_limit, error_rate_ok, reference=er_ref, why="no requests")
         ratio = _ratio(new.latency_p95_ms, ref.latency_p95_ms if ref else None)
         judge(
             "latency_p95_ratio",
