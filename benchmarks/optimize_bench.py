@@ -30,7 +30,7 @@ from rich.table import Table
 
 from edgefleet.errors import BudgetNotMetError
 from edgefleet.examples import digits, train_digits_mlp
-from edgefleet.optimize import DeviceProfile, OptimizeSettings, benchmark, optimize
+from edgefleet.optimize import DeviceProfile, OptimizeConfig, benchmark, optimize
 from edgefleet.optimize._bench import interleaved
 from edgefleet.optimize._data import load_data
 from edgefleet.optimize._quality import infer_task, measure_quality, run_dataset
@@ -155,7 +155,7 @@ def _silero_models(quick: bool) -> list[dict[str, Any]]:
 
 
 def _plain_dynamic(
-    source: Path, baseline: Path, ev: Any, work: Path, prof: DeviceProfile, st: OptimizeSettings
+    source: Path, baseline: Path, ev: Any, work: Path, prof: DeviceProfile, st: OptimizeConfig
 ) -> dict:
     """What `quantize_dynamic(model, out)` with defaults gives, measured like the variants."""
     from onnxruntime.quantization import quantize_dynamic
@@ -179,7 +179,7 @@ def _plain_dynamic(
 
 
 def _measure_plain(
-    out: Path, baseline: Path, ev: Any, prof: DeviceProfile, st: OptimizeSettings, res: dict
+    out: Path, baseline: Path, ev: Any, prof: DeviceProfile, st: OptimizeConfig, res: dict
 ) -> dict:
     plain = OrtRunner(out, threads=prof.cores)
     base = OrtRunner(baseline, threads=prof.cores)
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", type=int, default=1, help="threads of the device profile (default 1)")
     args = ap.parse_args(argv)
     only = {x.strip() for x in args.only.split(",") if x.strip()}
-    st = OptimizeSettings(runs=60 if args.quick else 300, interleave_rounds=5 if args.quick else 9)
+    st = OptimizeConfig(runs=60 if args.quick else 300, interleave_rounds=5 if args.quick else 9)
     prof = DeviceProfile(name=f"bench-{args.cores}core", cores=args.cores)
     machine = _machine()
     console.print(

@@ -87,7 +87,8 @@ def _slow_model(out: Path, width: int = 384, layers: int = 4) -> None:
 
 def rebuild_with_bad_golden(good: Path, out: Path) -> None:
     """A well-formed, correctly hashed bundle whose golden expectations the model does not reproduce."""
-    from edgefleet.bundle._archive import sha256_file, write_archive, write_npz
+    from edgefleet._fs import sha256_file
+    from edgefleet.bundle._archive import write_archive, write_npz
     from edgefleet.protocol import FileEntry, Manifest
 
     work = out.parent / (out.name + ".work")

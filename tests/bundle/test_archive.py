@@ -9,7 +9,7 @@ import tarfile
 import pytest
 from bundletools import read_entries, rebuild, tree, write_tar
 
-from edgefleet.bundle import Bundle, BundleSettings, read_manifest, safe_extract
+from edgefleet.bundle import Bundle, BundleConfig, read_manifest, safe_extract
 from edgefleet.errors import (
     BundleError,
     IntegrityError,
@@ -170,7 +170,7 @@ def test_oversized_manifest_refused_before_parsing(digits_bundle, tmp_path):
         read_manifest(bad)
     # the cap is configurable, and checked against the tar header before any byte is read
     with pytest.raises(ManifestError, match=r"manifest.json is \d+ bytes, more than the 100 allowed"):
-        read_manifest(digits_bundle, config=BundleSettings(max_manifest_bytes=100))
+        read_manifest(digits_bundle, config=BundleConfig(max_manifest_bytes=100))
 
 
 def _hostile(digits_bundle, tmp_path, extra):
@@ -215,11 +215,11 @@ def test_hostile_entries_refused(digits_bundle, tmp_path, private_tmp, case):
 
 def test_count_and_size_caps(digits_bundle, tmp_path):
     with pytest.raises(UnsafeArchiveError, match="more than 2 entries"):
-        safe_extract(digits_bundle, tmp_path / "a", config=BundleSettings(max_entries=2))
+        safe_extract(digits_bundle, tmp_path / "a", config=BundleConfig(max_entries=2))
     with pytest.raises(UnsafeArchiveError, match=r"entry '[a-z.]+' is \d+ bytes, more than 5000"):
-        safe_extract(digits_bundle, tmp_path / "b", config=BundleSettings(max_entry_bytes=5000))
+        safe_extract(digits_bundle, tmp_path / "b", config=BundleConfig(max_entry_bytes=5000))
     with pytest.raises(UnsafeArchiveError, match="add up to more than 30000"):
-        safe_extract(digits_bundle, tmp_path / "c", config=BundleSettings(max_total_bytes=30000))
+        safe_extract(digits_bundle, tmp_path / "c", config=BundleConfig(max_total_bytes=30000))
     assert not any((tmp_path / d).exists() for d in "abc")
 
 

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from edgefleet.bundle import BundleSettings, apply_delta, make_delta, read_delta_header
+from edgefleet.bundle import BundleConfig, apply_delta, make_delta, read_delta_header
 from edgefleet.errors import DeltaError
 
 
@@ -34,7 +34,7 @@ def test_round_trip(digits_bundle, digits_bundle_v2, tmp_path, method):
 
 def test_auto_uses_configured_method(digits_bundle, digits_bundle_v2, tmp_path):
     assert make_delta(digits_bundle, digits_bundle_v2, tmp_path / "a").method == "zstd"
-    cfg = BundleSettings(delta_method="bsdiff")
+    cfg = BundleConfig(delta_method="bsdiff")
     assert make_delta(digits_bundle, digits_bundle_v2, tmp_path / "b", config=cfg).method == "bsdiff"
 
 
@@ -125,7 +125,7 @@ def test_existing_output_is_left_untouched_on_failure(digits_bundle_v2, patch, t
 
 def test_target_cap(digits_bundle, patch, tmp_path):
     p, info = patch
-    cfg = BundleSettings(max_patch_target_bytes=1000)
+    cfg = BundleConfig(max_patch_target_bytes=1000)
     _refused(
         tmp_path,
         lambda out: apply_delta(digits_bundle, p, out, expected_sha256=info.target_sha256, config=cfg),

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.optimize import DeviceProfile, OptimizeSettings
+from edgefleet.optimize import DeviceProfile, OptimizeConfig
 
 
 @pytest.fixture(scope="session")
-def fast() -> OptimizeSettings:
+def fast() -> OptimizeConfig:
     """Few timed runs: the tests check behaviour, not speed."""
-    return OptimizeSettings(
+    return OptimizeConfig(
         runs=15,
         warmup_runs=2,
         throughput_runs=2,

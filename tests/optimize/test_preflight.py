@@ -5,13 +5,13 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from edgefleet.optimize import DeviceProfile, OptimizeSettings, Variant
+from edgefleet.optimize import DeviceProfile, OptimizeConfig, Variant
 from edgefleet.optimize._graph import analyze, missing_kernels, target_runtime_issues
 from edgefleet.optimize._preflight import preflight
 
 from .conftest import make_linear_onnx
 
-S = OptimizeSettings()
+S = OptimizeConfig()
 
 
 def _codes(model, prof, names):

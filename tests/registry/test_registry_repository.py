@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from registrytools import attacker_key, load_md, sign_and_write, tree
 
+from edgefleet._fs import file_sha256
 from edgefleet.bundle import apply_delta, read_manifest
 from edgefleet.errors import (
     BundleError,
@@ -26,7 +27,6 @@ from edgefleet.registry import (
     target_path_for,
 )
 from edgefleet.registry import _repository as repo_mod
-from edgefleet.registry._fs import file_sha256
 
 
 class Crash(BaseException):
@@ -379,22 +379,6 @@ def test_crash_after_targets_metadata_is_finished_by_next_refresh(repo, bundles,
     fresh.refresh_timestamp()
     assert fresh.status()["pending"] is False
     assert [p.version for p in fresh.list_versions()] == ["1.0.0", "1.1.0"]
-
-
-def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
-    from edgefleet.registry import _fs
-
-    p = tmp_path / "f.json"
-    _fs.atomic_write(p, b"old")
-
-    def boom(*a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(_fs.os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
-        _fs.atomic_write(p, b"new")
-    assert p.read_bytes() == b"old"
-    assert [x.name for x in tmp_path.iterdir()] == ["f.json"]
 
 
 # --- concurrency -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from edgefleet.agent._director import DirectorClient, ServerUnreachable
 from edgefleet.agent._fetcher import HttpxFetcher, RateLimiter
 from edgefleet.agent._health import check_health
 from edgefleet.agent._host import RuntimeHost
-from edgefleet.agent._journal import Journal, JournalState, PendingUpdate, WatchState, atomic_write
+from edgefleet.agent._journal import Journal, JournalState, PendingUpdate, WatchState
 from edgefleet.agent._store import ModelStore, StoredModel
 from edgefleet.agent._tuf import TrustedRepository, delta_target_path
 
@@ -49,7 +49,6 @@ __all__ = [
     "TrustedRepository",
     "WatchState",
     "agent_status",
-    "atomic_write",
     "backoff_delay",
     "check_health",
     "delta_target_path",

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet._fs import atomic_write, sha256_file
 from edgefleet.agent._config import AgentConfig
 from edgefleet.agent._director import DirectorClient, ServerUnreachable
 from edgefleet.agent._fetcher import HttpxFetcher
-from edgefleet.agent._journal import Journal, PendingUpdate, WatchState, atomic_write
-from edgefleet.agent._store import ModelStore, StoredModel, sha256_file
+from edgefleet.agent._journal import Journal, PendingUpdate, WatchState
+from edgefleet.agent._store import ModelStore, StoredModel
 from edgefleet.agent._tuf import TrustedRepository, delta_target_path, edgefleet_custom
 from edgefleet.errors import (
     AgentError,

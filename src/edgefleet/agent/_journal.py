@@ -16,9 +16,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet._fs import atomic_write
 from edgefleet.protocol import Assignment
 
-__all__ = ["Journal", "JournalState", "PendingUpdate", "WatchState", "atomic_write"]
+__all__ = ["Journal", "JournalState", "PendingUpdate", "WatchState"]
 
 log = logging.getLogger(__name__)
 
@@ -27,34 +28,6 @@ MAX_JOURNAL_BYTES = 4 << 20
 
 # Steps of one update, in order. ``watching`` lives in ``JournalState.watch`` once activation is done.
 STEPS = ("assigned", "downloading", "downloaded", "staging", "staged", "health_checked", "activating")
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new directory entry durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _J(BaseModel):

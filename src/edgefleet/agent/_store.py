@@ -11,7 +11,6 @@ Layout under the state directory::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -21,22 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgefleet.agent._journal import atomic_write, fsync_dir
+from edgefleet._fs import atomic_write, fsync_dir, sha256_file
 from edgefleet.errors import BundleError, DiskSpaceError, IntegrityError, NotFoundError
 
-__all__ = ["ModelStore", "StoredModel", "sha256_file"]
+__all__ = ["ModelStore", "StoredModel"]
 
 log = logging.getLogger(__name__)
 
 _HEX = set("0123456789abcdef")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def _is_sha(s: str) -> bool:

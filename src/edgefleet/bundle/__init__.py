@@ -11,7 +11,8 @@ Device side::
         b.verify()                           # golden set rerun in a fresh onnxruntime session
 """
 
-from edgefleet.bundle._archive import read_manifest, safe_extract, sha256_file
+from edgefleet._fs import sha256_file
+from edgefleet.bundle._archive import read_manifest, safe_extract
 from edgefleet.bundle._bundle import (
     GOLDEN_FILE,
     REFERENCE_FILE,
@@ -21,7 +22,7 @@ from edgefleet.bundle._bundle import (
     compare_outputs,
     create_bundle,
 )
-from edgefleet.bundle._config import BundleSettings
+from edgefleet.bundle._config import BundleConfig
 from edgefleet.bundle._delta import DeltaInfo, apply_delta, make_delta, read_delta_header
 from edgefleet.bundle._model import ModelRunner, check_runtime_requirements
 from edgefleet.bundle._preprocess import STEP_TYPES, Preprocess
@@ -42,7 +43,7 @@ __all__ = [
     "STEP_TYPES",
     "SUMMARY_FEATURES",
     "Bundle",
-    "BundleSettings",
+    "BundleConfig",
     "DeltaInfo",
     "Golden",
     "ModelRunner",

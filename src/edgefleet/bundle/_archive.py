@@ -11,7 +11,6 @@ renamed into place. A refused archive leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -25,7 +24,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from edgefleet.bundle._config import BundleSettings, settings
+from edgefleet._fs import sha256_file
+from edgefleet.bundle._config import BundleConfig, settings
 from edgefleet.errors import BundleError, IntegrityError, ManifestError, UnsafeArchiveError
 from edgefleet.protocol import Manifest
 
@@ -33,7 +33,6 @@ __all__ = [
     "MANIFEST_NAME",
     "read_manifest",
     "safe_extract",
-    "sha256_file",
     "write_archive",
     "write_npz",
     "check_member_name",
@@ -44,15 +43,6 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_member_name(name: str) -> str | None:
@@ -136,7 +126,7 @@ def _open_tar(archive: Path) -> tarfile.TarFile:
         ) from e
 
 
-def read_manifest(archive: Path, *, config: BundleSettings | None = None) -> Manifest:
+def read_manifest(archive: Path, *, config: BundleConfig | None = None) -> Manifest:
     """Read and validate ``manifest.json`` only (cheap: the rest of the archive is not read).
 
     Raises:
@@ -175,7 +165,7 @@ def read_manifest(archive: Path, *, config: BundleSettings | None = None) -> Man
 
 
 def _check_members(
-    archive: Path, members: Iterable[tarfile.TarInfo], cfg: BundleSettings
+    archive: Path, members: Iterable[tarfile.TarInfo], cfg: BundleConfig
 ) -> list[tarfile.TarInfo]:
     seen: set[str] = set()
     checked: list[tarfile.TarInfo] = []
@@ -270,7 +260,7 @@ def verify_files(root: Path, manifest: Manifest, *, exact: bool = True) -> int:
 
 
 def safe_extract(
-    archive: Path, dest: Path | None = None, *, config: BundleSettings | None = None
+    archive: Path, dest: Path | None = None, *, config: BundleConfig | None = None
 ) -> tuple[Path, Manifest]:
     """Extract a bundle archive safely and check every file against its manifest.
 

@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError as PydanticValidationError
 
+from edgefleet._fs import sha256_file
 from edgefleet.bundle._archive import (
     MANIFEST_NAME,
     check_member_name,
     safe_extract,
-    sha256_file,
     verify_files,
     write_archive,
     write_npz,
 )
-from edgefleet.bundle._config import BundleSettings, settings
+from edgefleet.bundle._config import BundleConfig, settings
 from edgefleet.bundle._model import ModelRunner, check_runtime_requirements, model_format, onnx_opset
 from edgefleet.bundle._preprocess import Preprocess
 from edgefleet.bundle._reference import compute_reference, softmax, summarize_features
@@ -223,7 +223,7 @@ class Bundle:
     """
 
     def __init__(
-        self, root: Path, manifest: Manifest, *, owned: bool = False, config: BundleSettings | None = None
+        self, root: Path, manifest: Manifest, *, owned: bool = False, config: BundleConfig | None = None
     ) -> None:
         self.root = Path(root)
         self.manifest = manifest
@@ -235,7 +235,7 @@ class Bundle:
 
     @classmethod
     def open(
-        cls, archive: Path, extract_to: Path | None = None, *, config: BundleSettings | None = None
+        cls, archive: Path, extract_to: Path | None = None, *, config: BundleConfig | None = None
     ) -> Bundle:
         """Safely extract ``archive`` and check every file's sha256 and size against the manifest.
 
@@ -251,7 +251,7 @@ class Bundle:
             raise
 
     @classmethod
-    def from_dir(cls, root: Path, *, check: bool = True, config: BundleSettings | None = None) -> Bundle:
+    def from_dir(cls, root: Path, *, check: bool = True, config: BundleConfig | None = None) -> Bundle:
         """Open an already extracted bundle directory (hashes re-checked unless ``check=False``)."""
         root = Path(root)
         mp = root / MANIFEST_NAME
@@ -588,7 +588,7 @@ def _reference(
     raw: RawInputs,
     post: Postprocess,
     score: str | None,
-    cfg: BundleSettings,
+    cfg: BundleConfig,
 ) -> dict[str, Any]:
     n = _raw_len(raw)
     if n == 0:

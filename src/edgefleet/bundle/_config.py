@@ -9,12 +9,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.protocol import MAX_MANIFEST_BYTES
 
-__all__ = ["BundleSettings", "settings"]
+__all__ = ["BundleConfig", "settings"]
 
 _GIB = 1 << 30
 
 
-class BundleSettings(BaseSettings):
+class BundleConfig(BaseSettings):
     """Limits for reading untrusted archives and patches, and defaults for building them.
 
     Every limit is checked *before* the bytes it guards are read or written, so a hostile archive
@@ -40,6 +40,6 @@ class BundleSettings(BaseSettings):
     reference_bins: int = Field(10, ge=2, le=20, description="histogram bins per feature")
 
 
-def settings() -> BundleSettings:
+def settings() -> BundleConfig:
     """Fresh settings (re-read from the environment on each call, so tests can override them)."""
-    return BundleSettings()
+    return BundleConfig()

@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import struct
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from edgefleet.bundle._config import BundleSettings, settings
+from edgefleet._fs import atomic_write
+from edgefleet.bundle._config import BundleConfig, settings
 from edgefleet.errors import DeltaError, IntegrityError
 
 __all__ = ["DeltaInfo", "make_delta", "apply_delta", "read_delta_header", "DELTA_MAGIC"]
@@ -108,12 +107,12 @@ def make_delta(
     out_patch: Path,
     method: Literal["auto", "zstd", "bsdiff"] = "auto",
     *,
-    config: BundleSettings | None = None,
+    config: BundleConfig | None = None,
 ) -> DeltaInfo:
     """Write a patch that turns ``old_archive`` into ``new_archive``.
 
     Args:
-        method: ``auto`` uses ``BundleSettings.delta_method`` (zstd; see docs/benchmarks/bundle.md).
+        method: ``auto`` uses ``BundleConfig.delta_method`` (zstd; see docs/benchmarks/bundle.md).
 
     Returns:
         The patch's header information and size.
@@ -160,7 +159,7 @@ def make_delta(
         info.target_length,
         hashlib.sha256(payload).digest(),
     )
-    _atomic_write(out_patch, header + payload)
+    atomic_write(out_patch, header + payload)
     log.info(
         "delta %s -> %s: %d bytes (%.1f%% of target, %s)",
         old_archive,
@@ -208,7 +207,7 @@ def apply_delta(
     *,
     expected_sha256: str,
     expected_length: int | None = None,
-    config: BundleSettings | None = None,
+    config: BundleConfig | None = None,
 ) -> Path:
     """Rebuild the new archive from ``old_archive`` and ``patch`` and verify it before it appears at ``out``.
 
@@ -278,19 +277,5 @@ def apply_delta(
             f"{expected_sha256[:16]}... ({info.target_length} bytes)",
             hint="download the full bundle instead",
         )
-    _atomic_write(out, new)
+    atomic_write(out, new)
     return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -158,14 +158,14 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Build every sensible variant, measure it on the device profile, and choose one under the budget."""
-        from edgefleet.optimize import OptimizeSettings, optimize
+        from edgefleet.optimize import OptimizeConfig, optimize
 
         overrides: dict[str, Any] = {}
         if runs is not None:
             overrides["runs"] = runs
         if no_memory:
             overrides["measure_memory"] = False
-        settings = OptimizeSettings(**overrides)
+        settings = OptimizeConfig(**overrides)
         wanted: list[str] | None = None
         if variants:
             wanted = [v.strip() for v in variants.split(",") if v.strip()]

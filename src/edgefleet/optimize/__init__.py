@@ -9,7 +9,7 @@ with a report of every variant's size, latency, memory and quality and why it wo
 from __future__ import annotations
 
 from edgefleet.optimize._bench import BenchResult, Interleaved, LatencyStats, Throughput, benchmark
-from edgefleet.optimize._config import OptimizeSettings
+from edgefleet.optimize._config import OptimizeConfig
 from edgefleet.optimize._data import Dataset, load_data
 from edgefleet.optimize._optimize import optimize
 from edgefleet.optimize._report import OptimizeReport, QualityFigures, VariantResult
@@ -32,5 +32,5 @@ __all__ = [
     "Throughput",
     "Interleaved",
     "Dataset",
-    "OptimizeSettings",
+    "OptimizeConfig",
 ]

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from edgefleet.errors import InputError, ModelLoadError
-from edgefleet.optimize._config import OptimizeSettings
+from edgefleet.optimize._config import OptimizeConfig
 from edgefleet.optimize._data import Dataset, load_data, synthetic_feed
 from edgefleet.optimize._runner import Runner, open_runner
 from edgefleet.optimize._spec import DeviceProfile
@@ -130,7 +130,7 @@ def _compressed_size(path: Path) -> int:
 
 
 def measure_rss(
-    model: Path, feed: dict[str, np.ndarray], profile: DeviceProfile, settings: OptimizeSettings
+    model: Path, feed: dict[str, np.ndarray], profile: DeviceProfile, settings: OptimizeConfig
 ) -> tuple[float | None, str | None]:
     """Peak RSS (MiB) a session adds, measured in a fresh child process."""
     with tempfile.TemporaryDirectory(prefix="edgefleet-mem-") as td:
@@ -172,7 +172,7 @@ def benchmark_runner(
     model: Path,
     feed: dict[str, np.ndarray],
     profile: DeviceProfile,
-    settings: OptimizeSettings,
+    settings: OptimizeConfig,
     *,
     runs: int | None = None,
     warmup: int | None = None,
@@ -276,7 +276,7 @@ def benchmark(
     warmup: int | None = None,
     batch_sizes: tuple[int, ...] | None = None,
     measure_memory: bool | None = None,
-    settings: OptimizeSettings | None = None,
+    settings: OptimizeConfig | None = None,
     progress: Progress | None = None,
 ) -> BenchResult:
     """Benchmark an ONNX or .tflite model on a device profile.
@@ -291,7 +291,7 @@ def benchmark(
     Raises:
         ModelLoadError: the model cannot be loaded. InputError: bad data.
     """
-    settings = settings or OptimizeSettings()
+    settings = settings or OptimizeConfig()
     if isinstance(profile, (str, Path)):
         profile = DeviceProfile.from_yaml(profile)
     profile = profile or DeviceProfile.local()
@@ -349,7 +349,7 @@ def interleaved(
     candidate: Runner,
     feed_base: dict[str, np.ndarray],
     feed_cand: dict[str, np.ndarray],
-    settings: OptimizeSettings,
+    settings: OptimizeConfig,
     *,
     rounds: int | None = None,
     runs: int | None = None,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.errors import OptimizeError
-from edgefleet.optimize._config import OptimizeSettings
+from edgefleet.optimize._config import OptimizeConfig
 from edgefleet.optimize._data import Dataset
 from edgefleet.optimize._graph import GraphFacts
 from edgefleet.optimize._prepare import Prepared, quiet_ort_logs
@@ -116,7 +116,7 @@ class Builder:
         work: Path,
         facts: GraphFacts,
         profile: DeviceProfile,
-        settings: OptimizeSettings,
+        settings: OptimizeConfig,
     ) -> None:
         self.prepared = prepared
         self.calib = calib

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["OptimizeSettings"]
+__all__ = ["OptimizeConfig"]
 
 _MIB = 1 << 20
 
 
-class OptimizeSettings(BaseSettings):
+class OptimizeConfig(BaseSettings):
     """Every limit the optimizer and ``benchmark()`` apply, with its default.
 
     Sizes are checked before a file is read, so a huge or hostile input is refused up front.

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.errors import InputError, ModelLoadError, OptimizeError
-from edgefleet.optimize._config import OptimizeSettings
+from edgefleet.optimize._config import OptimizeConfig
 from edgefleet.optimize._runner import open_runner
 
 __all__ = ["Source", "load_source", "peek_example", "check_onnx_file"]
@@ -86,7 +86,7 @@ def peek_example(data: Any, labels_key: str = "labels") -> dict[str, np.ndarray]
     return {k: np.ascontiguousarray(v) for k, v in arrays.items()}
 
 
-def check_onnx_file(path: Path, settings: OptimizeSettings) -> Any:
+def check_onnx_file(path: Path, settings: OptimizeConfig) -> Any:
     """Load and check an ONNX file; every failure becomes a ModelLoadError naming the fix."""
     import onnx
 
@@ -152,7 +152,7 @@ def load_source(
     example_inputs: Any = None,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
-    settings: OptimizeSettings | None = None,
+    settings: OptimizeConfig | None = None,
 ) -> Source:
     """Copy or export ``model`` into ``work_dir`` as ``source.onnx`` / ``source.tflite``.
 
@@ -160,7 +160,7 @@ def load_source(
         ModelLoadError: the file cannot be loaded (truncated, corrupted, opset too new).
         OptimizeError: an export failed or disagrees with the framework's outputs.
     """
-    settings = settings or OptimizeSettings()
+    settings = settings or OptimizeConfig()
     work_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(model, (str, Path)):
         p = Path(model)
@@ -283,7 +283,7 @@ def _export_torch(
     example_inputs: Any,
     input_names: list[str] | None,
     output_names: list[str] | None,
-    settings: OptimizeSettings,
+    settings: OptimizeConfig,
 ) -> Source:
     import torch
 
@@ -355,7 +355,7 @@ def _export_torch(
 
 
 def _export_sklearn(
-    est: Any, work_dir: Path, example_inputs: Any, input_names: list[str] | None, settings: OptimizeSettings
+    est: Any, work_dir: Path, example_inputs: Any, input_names: list[str] | None, settings: OptimizeConfig
 ) -> Source:
     from skl2onnx import to_onnx
 

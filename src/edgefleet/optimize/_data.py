@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.errors import InputError
-from edgefleet.optimize._config import OptimizeSettings
+from edgefleet.optimize._config import OptimizeConfig
 from edgefleet.optimize._runner import TensorInfo
 
 __all__ = ["Dataset", "load_data", "load_labels", "iter_batches", "synthetic_feed"]
@@ -178,7 +178,7 @@ def load_data(
     labels_key: str = "labels",
     limit: int | None = None,
     preprocess: Any = None,
-    settings: OptimizeSettings | None = None,
+    settings: OptimizeConfig | None = None,
 ) -> Dataset:
     """Load and validate data for ``inputs``.
 
@@ -196,7 +196,7 @@ def load_data(
     Raises:
         InputError: unreadable data, wrong names, dtypes or shapes, NaN/Inf, or mismatching labels.
     """
-    settings = settings or OptimizeSettings()
+    settings = settings or OptimizeConfig()
     limit = limit or 1 << 62
     notes: list[str] = []
     found_labels: np.ndarray | None = None

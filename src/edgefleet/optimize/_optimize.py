@@ -21,7 +21,7 @@ import numpy as np
 from edgefleet.errors import BudgetNotMetError, ConfigError, EdgefleetError, OptimizeError
 from edgefleet.optimize._bench import benchmark_runner, interleaved
 from edgefleet.optimize._build import Builder
-from edgefleet.optimize._config import OptimizeSettings
+from edgefleet.optimize._config import OptimizeConfig
 from edgefleet.optimize._convert import Source, load_source, peek_example
 from edgefleet.optimize._data import Dataset, load_data
 from edgefleet.optimize._graph import analyze, target_runtime_issues
@@ -127,7 +127,7 @@ def optimize(
     overwrite: bool = False,
     exclusion: bool = True,
     bundle: dict[str, Any] | None = None,
-    settings: OptimizeSettings | None = None,
+    settings: OptimizeConfig | None = None,
     progress: Progress | None = None,
 ) -> OptimizeReport:
     """Build variants of ``model``, measure them on ``profile`` and pick one under the budget.
@@ -158,7 +158,7 @@ def optimize(
             attached as ``error.report``.
         InputError / ModelLoadError / ConfigError / OptimizeError: bad inputs, with nothing written.
     """
-    settings = settings or OptimizeSettings()
+    settings = settings or OptimizeConfig()
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective {objective!r} is unknown", hint=f"use one of {', '.join(OBJECTIVES)}")
     if max_drop < 0:
@@ -271,7 +271,7 @@ def _run(
     keep_variants: bool,
     exclusion: bool,
     bundle: dict[str, Any] | None,
-    settings: OptimizeSettings,
+    settings: OptimizeConfig,
     progress: Progress | None,
 ) -> OptimizeReport:
     import onnx
@@ -529,7 +529,7 @@ def _exclusion(
     evald: Dataset,
     base_quality: float,
     budget: Budget,
-    settings: OptimizeSettings,
+    settings: OptimizeConfig,
     work: Path,
 ) -> tuple[VariantResult, Path] | None:
     """Re-quantize keeping 1, 2, 4, ... of the worst-ranked nodes in float until the budget is met."""
@@ -636,7 +636,7 @@ def _run_tflite(
     prof: DeviceProfile,
     tmp: Path,
     output: str | None,
-    settings: OptimizeSettings,
+    settings: OptimizeConfig,
     progress: Progress | None,
 ) -> OptimizeReport:
     """A .tflite model is measured and judged as it is (no conversion): one variant, ``tflite``."""

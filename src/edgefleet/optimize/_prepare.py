@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.optimize._config import OptimizeSettings
+from edgefleet.optimize._config import OptimizeConfig
 from edgefleet.optimize._graph import default_opset
 from edgefleet.optimize._runner import OrtRunner
 
@@ -107,7 +107,7 @@ def _outputs(
 
 
 def prepare(
-    source: Path, work: Path, feeds: list[dict[str, np.ndarray]], settings: OptimizeSettings
+    source: Path, work: Path, feeds: list[dict[str, np.ndarray]], settings: OptimizeConfig
 ) -> Prepared:
     """Run the preparation steps on ``source``; returns the quantizer input and the fp32 baseline."""
     import onnx

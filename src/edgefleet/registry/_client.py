@@ -10,8 +10,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from edgefleet._fs import fsync_dir
 from edgefleet.errors import NotFoundError, VerificationError
-from edgefleet.registry._fs import fsync_dir
 from edgefleet.registry._repository import target_path_for
 
 __all__ = ["RepositoryServer", "fetch_target", "fetch_bundle"]

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edgefleet._fs import atomic_write, fsync_dir
 from edgefleet.errors import KeyStoreError
-from edgefleet.registry._fs import atomic_write, fsync_dir
 
 __all__ = ["ROLES", "KeyStore", "KeyInfo", "init_keys"]
 

@@ -37,6 +37,7 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository as TufRepository
 
+from edgefleet._fs import atomic_write, copy_hashed, file_sha256, fsync_dir
 from edgefleet.errors import (
     BundleError,
     KeyStoreError,
@@ -45,15 +46,7 @@ from edgefleet.errors import (
     VersionExistsError,
 )
 from edgefleet.registry._config import RegistryConfig
-from edgefleet.registry._fs import (
-    atomic_write,
-    clear_dir,
-    copy_hashed,
-    exclusive_lock,
-    file_sha256,
-    fsync_dir,
-    install,
-)
+from edgefleet.registry._fs import clear_dir, exclusive_lock, install
 from edgefleet.registry._keys import KeyStore
 
 if TYPE_CHECKING:

@@ -524,9 +524,9 @@ class _Demo:
         return models, data
 
     def _optimize(self, models: dict[str, Path], data: Any) -> None:
-        from edgefleet.optimize import OptimizeSettings, optimize
+        from edgefleet.optimize import OptimizeConfig, optimize
 
-        settings = OptimizeSettings(
+        settings = OptimizeConfig(
             runs=self.cfg.optimize_runs,
             warmup_runs=3,
             throughput_batches=(1, 8),
