@@ -189,6 +189,14 @@ def _check_members(
                 hint="bundles contain regular files only; the archive may be malicious",
                 entry=m.name,
             )
+        if m.issparse():
+            # a GNU/PAX sparse member expands holes on extraction: 80 KB of tar became a 2 GiB file that
+            # was hashed before its size was refused. write_archive never makes one.
+            raise UnsafeArchiveError(
+                f"{archive}: refused entry {m.name!r}: a sparse file (it would expand on extraction)",
+                hint="bundles contain plain regular files only; the archive may be malicious",
+                entry=m.name,
+            )
         if not m.isreg():
             raise UnsafeArchiveError(
                 f"{archive}: refused entry {m.name!r}: not a regular file (type {m.type!r})",
