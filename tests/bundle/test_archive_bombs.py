@@ -32,14 +32,15 @@ def _gnu_sparse_member(name: str, realsize: int, data: bytes) -> bytes:
 
 def test_gnu_sparse_member_is_refused_before_extraction(digits_bundle, tmp_path):
     # a real bundle's members, then a 2 GiB sparse member carried by 4 KiB of data
-    src = tarfile.open(digits_bundle)
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    with (
+        tarfile.open(digits_bundle) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
         for m in src.getmembers():
             tar.addfile(m, src.extractfile(m))
         tar.fileobj.write(_gnu_sparse_member("model.bin", 2 << 30, b"x" * 4096))
         tar.offset += 512 + 4096
-    src.close()
     bomb = tmp_path / "bomb.tar"
     bomb.write_bytes(out.getvalue())
     assert bomb.stat().st_size < 1 << 20
