@@ -25,7 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.server._rollouts import error_rate_verdict
+from edgefleet.server._gates import error_rate_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES, PER_BEAT, CONTROL_REQUESTS, CONTROL_RATE = 3, 50, 27 * 150, 0.01

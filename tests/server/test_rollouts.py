@@ -382,7 +382,7 @@ def test_drift_reported_by_the_wave_fails_its_gate_against_the_control_group(har
 def test_error_rate_a_little_over_the_limit_waits_for_evidence_instead_of_failing(harness):
     """8 errors in 200 requests against a 1 % control is over the 3 % limit but could be chance: the wave
     waits; once its estimate falls back under the limit it passes. A clear excess fails at once."""
-    from edgefleet.server._rollouts import error_rate_verdict
+    from edgefleet.server._gates import error_rate_verdict
 
     h = harness
     devs = fleet_on_v1(h, 20)
@@ -417,3 +417,47 @@ def test_error_rate_alpha_of_one_fails_on_the_point_estimate(harness):
     h.tick(1)
     shown = h.show(r["id"])
     assert shown["state"] == "rolled_back" and shown["evaluation"]["failed_gates"] == ["error_rate"]
+
+
+def test_gates_judge_plain_figures_without_a_database():
+    from edgefleet.server._gates import (
+        failure_reason,
+        health_gates,
+        install_failure_gate,
+        pick_reference,
+        wave_verdict,
+    )
+    from edgefleet.server._rollouts import Aggregate
+    from edgefleet.server._schemas import RolloutGates
+
+    g = RolloutGates(**FAST)
+    control = Aggregate(
+        devices=18, requests=1800, errors=18, lat_sum=10.0, lat_w=1.0, conf_sum=0.9, conf_w=1.0
+    )
+    ref, source = pick_reference(control, None, g.min_control_requests)
+    assert ref is control and source == "control"
+    assert pick_reference(Aggregate(), None, g.min_control_requests) == (None, "none")
+
+    good = Aggregate(devices=2, requests=200, errors=2, lat_sum=10.5, lat_w=1.0, conf_sum=0.9, conf_w=1.0)
+    gates = {x.name: x for x in health_gates(good, ref, g, judged=True)}
+    assert gates["error_rate"].status == "pass" and gates["error_rate"].reference == pytest.approx(0.01)
+    assert (
+        gates["latency_p95_ratio"].value == pytest.approx(1.05)
+        and gates["latency_p95_ratio"].status == "pass"
+    )
+    assert gates["golden_pass_rate"].status == "skipped" and gates["golden_pass_rate"].detail
+    assert {x.status for x in health_gates(good, ref, g, judged=False)} == {"wait"}
+
+    slow = Aggregate(devices=2, requests=200, errors=2, lat_sum=30.0, lat_w=1.0, conf_sum=0.9, conf_w=1.0)
+    judged = health_gates(slow, ref, g, judged=True)
+    assert wave_verdict(judged, []) == "fail"
+    assert failure_reason([vars(x) for x in judged]).startswith("gate failed: latency_p95_ratio=3 (limit")
+
+    assert install_failure_gate(installed=1, failed=0, wave=2, min_devices=2, limit=0.2).status == "wait"
+    assert install_failure_gate(installed=2, failed=1, wave=3, min_devices=2, limit=0.2).status == "fail"
+    assert install_failure_gate(installed=0, failed=1, wave=3, min_devices=2, limit=0.2).status == "fail"
+    assert install_failure_gate(installed=3, failed=0, wave=3, min_devices=2, limit=0.2).status == "pass"
+    assert wave_verdict(
+        [install_failure_gate(installed=3, failed=0, wave=3, min_devices=2, limit=0.2)], []
+    ) == ("pass")
+    assert wave_verdict([], ["soak 1/30s"]) == "wait"

@@ -23,6 +23,14 @@ from edgefleet.errors import ConflictError, NotFoundError, RolloutError
 from edgefleet.protocol import GateThresholds
 from edgefleet.server._db import Database
 from edgefleet.server._fit import FitResult, VariantSpec, choose_variant
+from edgefleet.server._gates import (
+    failure_reason,
+    gate_waits,
+    health_gates,
+    install_failure_gate,
+    pick_reference,
+    wave_verdict,
+)
 from edgefleet.server._models import AuditEntry, Device, Release, ReleaseVariant, Rollout, RolloutDevice
 from edgefleet.server._notify import Notifier, NullNotifier
 from edgefleet.server._schemas import RolloutCreate, RolloutGates
@@ -173,16 +181,6 @@ class Aggregate:
 
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
-
-
-@dataclass
-class _Gate:
-    name: str
-    status: str  # pass | fail | wait | skipped
-    value: float | None = None
-    threshold: float | None = None
-    reference: float | None = None
-    detail: str = ""
 
 
 @dataclass
@@ -579,120 +577,22 @@ class RolloutEngine:
         new = Aggregate.of(reporting)
         selected = [d for d in ctx.devices if sel.matches(_attrs(d))]
         control = self._control(selected, set(admitted), rel.row)
-        baseline = Aggregate.from_dict(r.baseline)
-        if control.requests >= g.min_control_requests and control.requests > 0:
-            ref, ref_source = control, "control"
-        elif baseline is not None and baseline.requests >= max(1, g.min_control_requests):
-            ref, ref_source = baseline, "baseline"
-        else:
-            ref, ref_source = None, "none"
+        ref, ref_source = pick_reference(control, Aggregate.from_dict(r.baseline), g.min_control_requests)
         eligible = len(admitted) + sum(1 for d in selected if d.id not in rows)
         min_dev = min(g.min_devices, max(1, eligible))
         enough_devices = len(reporting) >= min_dev
         enough_requests = new.requests >= g.min_requests
-        judged = enough_devices and enough_requests
 
-        gates: list[_Gate] = []
-        attempted = len(installed) + len(failed)
-        if attempted >= min_dev or (
-            failed and len(failed) > g.max_install_failure_rate * max(len(wave), min_dev)
-        ):
-            rate = len(failed) / attempted
-            gates.append(
-                _Gate(
-                    "install_failure_rate",
-                    "fail" if rate > g.max_install_failure_rate else "pass",
-                    rate,
-                    g.max_install_failure_rate,
-                    detail=f"{len(failed)} of {attempted} installs failed",
-                )
-            )
-        else:
-            gates.append(
-                _Gate("install_failure_rate", "wait", detail=f"{attempted} of {min_dev} installs finished")
-            )
-
-        def judge(
-            name: str,
-            value: float | None,
-            threshold: float | None,
-            ok: Callable[[], bool | tuple[str, str]],
-            **kw,
-        ) -> None:
-            """``ok`` says pass (True) or fail (False), or returns its own ``(status, detail)``."""
-            if not judged:
-                gates.append(
-                    _Gate(name, "wait", value, threshold, kw.get("reference"), "not enough data yet")
-                )
-            elif value is None or threshold is None:
-                gates.append(_Gate(name, "skipped", value, threshold, kw.get("reference"), kw.get("why", "")))
-            else:
-                said = ok()
-                status, detail = said if isinstance(said, tuple) else ("pass" if said else "fail", "")
-                gates.append(_Gate(name, status, value, threshold, kw.get("reference"), detail))
-
-        er = new.error_rate
-        if ref is not None and ref.error_rate is not None:
-            er_limit = min(1.0, ref.error_rate + g.max_error_rate_increase)
-            er_ref: float | None = ref.error_rate
-        else:
-            er_limit, er_ref = g.max_error_rate, None
-
-        def error_rate_ok() -> tuple[str, str]:
-            verdict, p = error_rate_verdict(new.errors, new.requests, er_limit, g.error_rate_alpha)
-            if verdict == "pass":
-                return verdict, ""
-            return verdict, (
-                f"{new.errors} errors in {new.requests} requests is above {er_limit:.4f}; "
-                f"one-sided binomial p={p:.3g} {'<' if verdict == 'fail' else '>='} alpha {g.error_rate_alpha}"
-            )
-
-        judge("error_rate", er, er_limit, error_rate_ok, reference=er_ref, why="no requests")
-        ratio = _ratio(new.latency_p95_ms, ref.latency_p95_ms if ref else None)
-        judge(
-            "latency_p95_ratio",
-            ratio,
-            g.max_latency_p95_ratio if ratio is not None else None,
-            lambda: ratio <= g.max_latency_p95_ratio,
-            reference=ref.latency_p95_ms if ref else None,
-            why="no latency reported by the wave or the reference",
-        )
-        cratio = _ratio(new.mean_confidence, ref.mean_confidence if ref else None)
-        judge(
-            "confidence_ratio",
-            cratio,
-            g.min_confidence_ratio if cratio is not None else None,
-            lambda: cratio >= g.min_confidence_ratio,
-            reference=ref.mean_confidence if ref else None,
-            why="no confidence reported by the wave or the reference",
-        )
-        gp = new.golden_pass_rate
-        judge(
-            "golden_pass_rate",
-            gp,
-            g.min_golden_pass_rate,
-            lambda: gp >= g.min_golden_pass_rate - 1e-12,
-            why="no golden-set results reported",
-        )
-        sa = new.shadow_agreement
-        judge(
-            "shadow_agreement",
-            sa,
-            g.min_shadow_agreement,
-            lambda: sa >= g.min_shadow_agreement,
-            why="no shadow runs reported",
-        )
-        dr = new.drift_score
-        ref_drift = (ref.drift_score if ref is not None else None) or 0.0
-        dr_limit = ref_drift + g.max_drift_increase
-        judge(
-            "drift_score",
-            dr,
-            dr_limit,
-            lambda: dr <= dr_limit,
-            reference=ref_drift,
-            why="no drift scores reported",
-        )
+        gates = [
+            install_failure_gate(
+                installed=len(installed),
+                failed=len(failed),
+                wave=len(wave),
+                min_devices=min_dev,
+                limit=g.max_install_failure_rate,
+            ),
+            *health_gates(new, ref, g, judged=enough_devices and enough_requests),
+        ]
 
         soak = r.soak_s[r.wave_index] if r.wave_index < len(r.soak_s) else r.soak_s[-1]
         elapsed = (
@@ -707,15 +607,8 @@ class RolloutEngine:
             waiting.append(f"{len(reporting)}/{min_dev} devices reporting on {version}")
         if not enough_requests:
             waiting.append(f"{new.requests}/{g.min_requests} requests served on {version}")
-        waiting += [
-            f"{x.name}: {x.detail}" for x in gates if x.status == "wait" and x.detail != "not enough data yet"
-        ]
-        if any(x.status == "fail" for x in gates):
-            status = "fail"
-        elif waiting:
-            status = "wait"
-        else:
-            status = "pass"
+        waiting += gate_waits(gates)
+        status = wave_verdict(gates, waiting)
         return {
             "status": status,
             "at": ctx.now,
@@ -762,11 +655,7 @@ class RolloutEngine:
         log.info("rollout %s: %s -> %s (%s)", r.id, before, state, action)
 
     def _gate_failed(self, ctx: _Ctx, r: Rollout, ev: dict[str, Any]) -> None:
-        reason = "gate failed: " + ", ".join(
-            f"{g['name']}={_fmt(g['value'])} (limit {_fmt(g['threshold'])})"
-            for g in ev["gates"]
-            if g["status"] == "fail"
-        )
+        reason = failure_reason(ev["gates"])
         r.reason = reason
         audit(
             ctx.s,
@@ -1026,32 +915,6 @@ class RolloutEngine:
             self.notifier.nudge(dict.fromkeys(device_ids))
         except Exception:  # a nudge is an optimisation; polling still delivers the change
             log.exception("sending nudges failed; devices will see the change at their next poll")
-
-
-def error_rate_verdict(errors: int, requests: int, limit: float, alpha: float) -> tuple[str, float]:
-    """The error-rate gate: ``("pass" | "wait" | "fail", p-value)``.
-
-    Within the limit it passes. Above it, a one-sided binomial test of "the true error rate is at most
-    ``limit``" decides: it fails once p < ``alpha`` (too many errors to be a release within the limit
-    having bad luck); until then it waits and the wave keeps collecting requests: a good release's
-    estimate falls back under the limit, a bad one's p-value keeps shrinking.
-    """
-    if requests <= 0 or errors / requests <= limit:
-        return "pass", 1.0
-    from scipy.stats import binomtest
-
-    p = float(binomtest(int(errors), int(requests), limit, alternative="greater").pvalue)
-    return ("fail" if p < alpha else "wait"), p
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b <= 0:
-        return None
-    return a / b
-
-
-def _fmt(x: Any) -> str:
-    return "n/a" if x is None else (f"{x:.4g}" if isinstance(x, float) else str(x))
 
 
 def _slim(ev: dict[str, Any]) -> dict[str, Any]:
