@@ -28,6 +28,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
@@ -275,7 +276,8 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
     if "telemetry" in inspect.signature(FastAPI).parameters:
         # FastAPI's own OpenTelemetry hooks cost ~100 µs per request; the runtime has its own metrics
         extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(
+    # Swagger UI and ReDoc come from the installed package, not a CDN: /docs works on an air-gapped site
+    app = FastAPIOffline(
         title="edgefleet runtime",
         version=getattr(edgefleet, "__version__", "0"),
         description="On-device inference: batching, priorities, deadlines, fallback, escalation.",
