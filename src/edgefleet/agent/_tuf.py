@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import Metadata, Root, TargetFile
@@ -13,20 +12,11 @@ from tuf.ngclient import Updater, UpdaterConfig
 from edgefleet.agent._fetcher import HttpxFetcher
 from edgefleet.errors import DownloadError, VerificationError
 from edgefleet.protocol import Assignment
+from edgefleet.protocol._targets import delta_target_path, edgefleet_custom
 
 __all__ = ["TrustedRepository", "delta_target_path", "edgefleet_custom"]
 
 log = logging.getLogger(__name__)
-
-
-def delta_target_path(name: str, version: str, variant: str, from_version: str) -> str:
-    """Target path of the registry's delta from ``from_version`` to ``version``."""
-    return f"{name}/{version}/{variant}.from-{from_version}.delta"
-
-
-def edgefleet_custom(info: TargetFile) -> dict[str, Any]:
-    custom = (info.custom or {}).get("edgefleet")
-    return custom if isinstance(custom, dict) else {}
 
 
 class TrustedRepository:

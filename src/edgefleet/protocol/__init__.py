@@ -1,4 +1,4 @@
-"""Pydantic types shared by the server, the agent and the CLI."""
+"""Pydantic types shared by the server, the agent and the CLI, and where bundles live in the image repository."""
 
 from edgefleet.protocol._device import (
     PROTOCOL_VERSION,
@@ -32,6 +32,7 @@ from edgefleet.protocol._manifest import (
     TensorSpec,
     manifest_json_schema,
 )
+from edgefleet.protocol._targets import bundle_target_path, delta_target_path
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -61,5 +62,7 @@ __all__ = [
     "ShadowSettings",
     "TelemetryBatch",
     "TensorSpec",
+    "bundle_target_path",
+    "delta_target_path",
     "manifest_json_schema",
 ]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgefleet.errors import ManifestError, SchemaVersionError
+from edgefleet.protocol._targets import SEMVER, SLUG
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -31,8 +31,6 @@ __all__ = [
 MANIFEST_SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 1 << 20  # a manifest is metadata; anything larger is refused before parsing
 
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 DType = Literal["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool", "string"]
 
@@ -160,14 +158,14 @@ class Manifest(_Strict):
     @field_validator("version")
     @classmethod
     def _semver(cls, v: str) -> str:
-        if not _SEMVER.match(v):
+        if not SEMVER.match(v):
             raise ValueError(f"version {v!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.4.0)")
         return v
 
     @field_validator("name", "variant")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not SLUG.match(v):
             raise ValueError(
                 f"{v!r} must be 1-64 lowercase letters, digits, '.', '_' or '-', starting alphanumeric"
             )

@@ -45,6 +45,15 @@ from edgefleet.errors import (
     RegistryError,
     VersionExistsError,
 )
+from edgefleet.protocol._targets import (
+    SEMVER,
+    SLUG,
+    bundle_target_path,
+    delta_target_path,
+    edgefleet_custom,
+    hashed_target_path,
+    target_custom_fields,
+)
 from edgefleet.registry._config import RegistryConfig
 from edgefleet.registry._fs import clear_dir, exclusive_lock, install
 from edgefleet.registry._keys import KeyStore
@@ -66,8 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _VERSIONED = re.compile(r"^([1-9]\d*)\.(root|targets|snapshot)\.json$")
 _TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
 ROTATABLE = ("root", "targets", "snapshot", "timestamp")
@@ -78,31 +85,31 @@ ROTATABLE = ("root", "targets", "snapshot", "timestamp")
 
 def _check_ref(name: str, version: str, variant: str) -> None:
     for label, value in (("name", name), ("variant", variant)):
-        if not _SLUG.match(value or ""):
+        if not SLUG.match(value or ""):
             raise RegistryError(
                 f"bundle {label} {value!r} is not valid",
                 hint="use 1-64 lowercase letters, digits, '.', '_' or '-', starting alphanumeric",
             )
-    if not _SEMVER.match(version or ""):
+    if not SEMVER.match(version or ""):
         raise RegistryError(f"version {version!r} is not semver", hint="use MAJOR.MINOR.PATCH, e.g. 1.4.0")
 
 
 def target_path_for(name: str, version: str, variant: str) -> str:
-    """TUF target path of a bundle: ``<name>/<version>/<variant>.tar``."""
+    """TUF target path of a bundle (``<name>/<version>/<variant>.tar``), once the names are checked."""
     _check_ref(name, version, variant)
-    return f"{name}/{version}/{variant}.tar"
+    return bundle_target_path(name, version, variant)
 
 
 def delta_target_path_for(name: str, version: str, variant: str, base_version: str) -> str:
-    """TUF target path of the delta from ``base_version`` to ``version``."""
+    """TUF target path of the delta from ``base_version`` to ``version``, once the names are checked."""
     _check_ref(name, version, variant)
     _check_ref(name, base_version, variant)
-    return f"{name}/{version}/{variant}.from-{base_version}.delta"
+    return delta_target_path(name, version, variant, base_version)
 
 
 def semver_key(version: str) -> tuple[Any, ...]:
     """Sort key that orders versions the semver way (1.10.0 > 1.9.0, 1.0.0-rc.1 < 1.0.0)."""
-    m = _SEMVER.match(version)
+    m = SEMVER.match(version)
     if not m:
         raise RegistryError(f"version {version!r} is not semver", hint="use MAJOR.MINOR.PATCH, e.g. 1.4.0")
     pre = m.group(4)
@@ -112,11 +119,6 @@ def semver_key(version: str) -> tuple[Any, ...]:
         else (0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")))
     )
     return (int(m.group(1)), int(m.group(2)), int(m.group(3)), pre_key)
-
-
-def _hashed_path(target_path: str, sha256: str) -> str:
-    dirname, _, basename = target_path.rpartition("/")
-    return f"{dirname}/{sha256}.{basename}" if dirname else f"{sha256}.{basename}"
 
 
 def _now() -> datetime:
@@ -632,11 +634,11 @@ class Repository(TufRepository):
             if delta and self.config.delta:
                 new += self._make_deltas(targets, manifest, tmp, length, sha, manifest_sha, published)
             for t in new:
-                install(t.tmp, self.targets_dir / _hashed_path(t.path, t.sha256))
+                install(t.tmp, self.targets_dir / hashed_target_path(t.path, t.sha256))
             with self.edit_targets() as tmd:
                 for t in new:
                     tmd.targets[t.path] = TargetFile(
-                        t.length, {"sha256": t.sha256}, t.path, {"custom": {"edgefleet": t.custom}}
+                        t.length, {"sha256": t.sha256}, t.path, target_custom_fields(t.custom)
                     )
             pending = not self._publish_online()
             deltas = tuple(
@@ -647,7 +649,7 @@ class Repository(TufRepository):
                     t.custom["parent_version"],
                     t.custom["base_target"],
                     t.custom["base_sha256"],
-                    _hashed_path(t.path, t.sha256),
+                    hashed_target_path(t.path, t.sha256),
                     t.custom.get("method"),
                 )
                 for t in new[1:]
@@ -1025,9 +1027,8 @@ class Repository(TufRepository):
         bundles: dict[tuple[str, str, str], dict[str, Any]] = {}
         deltas: dict[tuple[str, str, str], list[DeltaTarget]] = defaultdict(list)
         for path, tf in targets.targets.items():
-            custom = tf.custom if isinstance(tf.custom, dict) else {}
-            ef = custom.get("edgefleet")
-            if not isinstance(ef, dict):
+            ef = edgefleet_custom(tf)
+            if not ef:
                 continue
             ref = (ef.get("name"), ef.get("version"), ef.get("variant"))
             sha = tf.hashes.get("sha256", "")
@@ -1039,7 +1040,7 @@ class Repository(TufRepository):
                     "target_path": path,
                     "length": tf.length,
                     "sha256": sha,
-                    "url_path": _hashed_path(path, sha),
+                    "url_path": hashed_target_path(path, sha),
                     "manifest_sha256": ef.get("manifest_sha256"),
                     "parent_version": ef.get("parent_version"),
                     "created": ef.get("created"),
@@ -1054,7 +1055,7 @@ class Repository(TufRepository):
                         ef.get("parent_version"),
                         ef.get("base_target"),
                         ef.get("base_sha256"),
-                        _hashed_path(path, sha),
+                        hashed_target_path(path, sha),
                         ef.get("method"),
                     )
                 )
@@ -1097,7 +1098,7 @@ class Repository(TufRepository):
             raise NotFoundError(
                 f"{target_path} is not a published target", hint="see `edgefleet registry list`"
             )
-        return self.targets_dir / _hashed_path(target_path, tf.hashes["sha256"])
+        return self.targets_dir / hashed_target_path(target_path, tf.hashes["sha256"])
 
     def status(self) -> dict[str, Any]:
         """Versions and expiry of every role, and whether a publish waits for the online keys."""
@@ -1112,5 +1113,5 @@ class Repository(TufRepository):
 
 
 def _next_patch(version: str) -> str:
-    m = _SEMVER.match(version)
+    m = SEMVER.match(version)
     return f"{m.group(1)}.{m.group(2)}.{int(m.group(3)) + 1}" if m else "a higher version"
