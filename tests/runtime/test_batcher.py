@@ -90,6 +90,7 @@ def test_urgent_requests_are_served_first(engine, doubles, x_test):
         for t in [first, *threads]:
             t.join(10)
     finally:
+        gate.release()  # never leave the worker blocked: close() would wait for it
         b.close()
     assert sorted(order) == ["first", "low0", "low1", "low2", "urgent"]  # everyone was answered
     # The order the model ran them in (callers may wake up in any order after their answers).
@@ -118,6 +119,7 @@ def test_expired_requests_are_dropped_and_never_run(engine, doubles, x_test):
         t.join(5)
         b.predict({"input": x_test[1:2]})  # the worker moved on past the expired request
     finally:
+        gate.release()  # never leave the worker blocked: close() would wait for it
         b.close()
     assert not any(np.array_equal(c["input"], marker) for c in gate.calls)
 
@@ -150,6 +152,7 @@ def test_full_queue_is_an_immediate_overloaded_error(engine, doubles, x_test):
         running.join(5)
         assert all(f.result(5)["label"].shape == (1,) for f in futs)  # the queued ones still answered
     finally:
+        gate.release()  # never leave the worker blocked: close() would wait for it
         b.close()
 
 
@@ -200,12 +203,14 @@ def test_close_answers_queued_requests_then_refuses(engine, doubles, x_test):
     b = Batcher(gate, BatcherConfig(max_batch_size=1, max_delay_ms=0))
     t = threading.Thread(target=b.predict, args=({"input": x_test[:1]},))
     t.start()
-    assert gate.entered.wait(5)
-    futs = [b.submit({"input": x_test[i : i + 1]}) for i in range(1, 4)]
-    closer = threading.Thread(target=b.close)
-    closer.start()
-    time.sleep(0.05)
-    gate.release()
+    try:
+        assert gate.entered.wait(5)
+        futs = [b.submit({"input": x_test[i : i + 1]}) for i in range(1, 4)]
+        closer = threading.Thread(target=b.close)
+        closer.start()
+        time.sleep(0.05)
+    finally:
+        gate.release()  # never leave the worker blocked, even when an assertion above fails
     closer.join(10)
     assert all(f.result(1)["label"].shape == (1,) for f in futs)
     with pytest.raises(InferenceError, match="closed"):

@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def check_member_name(name: str) -> str | None:
         return "empty name or backslash/NUL in name"
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         return "absolute path"
-    parts = PurePosixPath(name).parts
+    parts = name.split("/")  # not PurePosixPath(name).parts: that silently drops "." and empty components
     if any(p in ("..", ".") for p in parts) or name.endswith("/"):
         return "'..' or '.' component"
     if not all(_SAFE_NAME.match(p) for p in parts):

@@ -1,0 +1,186 @@
+"""Boundary tests for the batcher's limits: the queue bound, the batch size, expiry when a request is popped.
+
+Every test that blocks the worker on a gate releases it in ``finally`` and every wait has a timeout, so a
+regression fails fast instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgefleet.errors import DeadlineExceededError, OverloadedError
+from edgefleet.runtime import Batcher, BatcherConfig, OrtEngine, deadline_in
+
+pytestmark = pytest.mark.timeout(120)
+
+FEW = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture
+def engine(digits_mlp):
+    """The model's path: every batcher gets its own engine (closing a batcher closes its model)."""
+    return digits_mlp
+
+
+class _Blocked:
+    """A batcher whose only worker is stuck in a model call until ``release()``."""
+
+    def __init__(self, engine, doubles, x, **cfg):
+        self.gate = doubles.Gate(OrtEngine(engine))
+        self.b = Batcher(self.gate, BatcherConfig(workers=1, **cfg))
+        self.first = self.b.submit({"input": x[:1]})
+        if not self.gate.entered.wait(5):
+            self.close()
+            raise AssertionError("the worker never reached the model")
+
+    def close(self):
+        self.gate.release()
+        self.b.close()
+
+
+def _marked(value: float) -> np.ndarray:
+    return np.full((1, 64), value, dtype=np.float32)
+
+
+def _seen(gate, arr) -> bool:
+    return any(any(np.array_equal(row, arr[0]) for row in c["input"]) for c in gate.calls)
+
+
+@FEW
+@given(max_queue=st.integers(1, 6))
+def test_queue_holds_exactly_max_queue_requests(engine, doubles, x_test, max_queue):
+    blocked = _Blocked(engine, doubles, x_test, max_batch_size=1, max_delay_ms=0, max_queue=max_queue)
+    try:
+        queued = [blocked.b.submit({"input": x_test[i : i + 1]}) for i in range(1, max_queue + 1)]
+        assert blocked.b.queue_depth == max_queue
+        with pytest.raises(OverloadedError, match=f"queue is full \\({max_queue} waiting\\)") as e:
+            blocked.b.submit({"input": x_test[:1]})
+        assert 0.05 <= e.value.retry_after <= 30
+    finally:
+        blocked.close()
+    assert all(t.result(5)["label"].shape == (1,) for t in queued)
+    assert blocked.first.result(5)["label"].shape == (1,)
+
+
+def test_a_full_queue_refuses_and_its_expired_request_is_still_answered(engine, doubles, x_test):
+    blocked = _Blocked(engine, doubles, x_test, max_batch_size=1, max_delay_ms=0, max_queue=1)
+    try:
+        t = blocked.b.submit({"input": x_test[1:2]}, deadline=deadline_in(0.05))
+        with pytest.raises(OverloadedError):
+            blocked.b.submit({"input": x_test[2:3]})
+        time.sleep(0.1)
+    finally:
+        blocked.close()
+    assert isinstance(t.exception(5), DeadlineExceededError)
+
+
+def test_expired_request_is_dropped_when_popped_without_the_caller_cancelling(engine, doubles, x_test):
+    """submit() (not predict()): nobody cancels the ticket; the worker itself must refuse to run it."""
+    blocked = _Blocked(engine, doubles, x_test, max_batch_size=1, max_delay_ms=0)
+    marker = _marked(0.25)
+    try:
+        late = blocked.b.submit({"input": marker}, deadline=deadline_in(0.05))
+        time.sleep(0.15)
+        assert not late.done()  # still queued: the worker is blocked
+    finally:
+        blocked.close()
+    err = late.exception(5)
+    assert isinstance(err, DeadlineExceededError) and "was not run" in str(err)
+    assert not _seen(blocked.gate, marker)
+
+
+def test_expired_request_is_dropped_while_a_batch_is_filled(engine, doubles, x_test):
+    """The first request of the batch is live; an expired one behind it must not join the batch."""
+    blocked = _Blocked(engine, doubles, x_test, max_batch_size=8, max_delay_ms=0)
+    marker = _marked(0.75)
+    try:
+        live = blocked.b.submit({"input": x_test[1:2]})
+        late = blocked.b.submit({"input": marker}, deadline=deadline_in(0.05))
+        also_live = blocked.b.submit({"input": x_test[2:3]})
+        time.sleep(0.15)
+    finally:
+        blocked.close()
+    assert live.result(5)["label"].shape == (1,)
+    assert also_live.result(5)["label"].shape == (1,)
+    assert isinstance(late.exception(5), DeadlineExceededError)
+    assert not _seen(blocked.gate, marker)
+
+
+def test_request_with_a_deadline_still_ahead_is_run(engine, doubles, x_test):
+    blocked = _Blocked(engine, doubles, x_test, max_batch_size=1, max_delay_ms=0)
+    try:
+        t = blocked.b.submit({"input": x_test[1:2]}, deadline=deadline_in(30))
+    finally:
+        blocked.close()
+    assert t.result(5)["label"].shape == (1,)
+
+
+@FEW
+@given(size=st.integers(1, 6))
+def test_batches_hold_at_most_max_batch_size_rows(engine, doubles, x_test, size):
+    blocked = _Blocked(engine, doubles, x_test, max_batch_size=size, max_delay_ms=0)
+    try:
+        tickets = [blocked.b.submit({"input": x_test[i : i + 1]}) for i in range(1, size + 2)]
+        while blocked.b.queue_depth < size + 1:
+            time.sleep(0.001)
+    finally:
+        blocked.close()
+    for t in tickets:
+        assert t.result(5)["label"].shape == (1,)
+    sizes = [len(c["input"]) for c in blocked.gate.calls]
+    assert sizes == [1, size, 1]  # the queued rows fill one batch exactly, the extra one waits
+
+
+def test_a_request_that_would_overflow_the_batch_waits_for_the_next(engine, doubles, x_test):
+    blocked = _Blocked(engine, doubles, x_test, max_batch_size=4, max_delay_ms=0)
+    try:
+        a = blocked.b.submit({"input": x_test[1:4]})  # 3 rows
+        b = blocked.b.submit({"input": x_test[4:6]})  # 2 rows: 3 + 2 > 4
+        c = blocked.b.submit({"input": x_test[6:7]})  # 1 row: 3 + 1 == 4 joins
+    finally:
+        blocked.close()
+    assert [len(t.result(5)["label"]) for t in (a, b, c)] == [3, 2, 1]
+    assert [len(call["input"]) for call in blocked.gate.calls] == [1, 4, 2]
+
+
+def test_an_oversized_request_runs_alone(engine, doubles, x_test):
+    blocked = _Blocked(engine, doubles, x_test, max_batch_size=2, max_delay_ms=0)
+    try:
+        big = blocked.b.submit({"input": x_test[1:6]})
+        small = blocked.b.submit({"input": x_test[6:7]})
+    finally:
+        blocked.close()
+    assert len(big.result(5)["label"]) == 5 and len(small.result(5)["label"]) == 1
+    assert [len(call["input"]) for call in blocked.gate.calls] == [1, 5, 1]
+
+
+def test_cancelled_request_is_skipped(engine, doubles, x_test):
+    blocked = _Blocked(engine, doubles, x_test, max_batch_size=1, max_delay_ms=0)
+    marker = _marked(0.5)
+    try:
+        t = blocked.b.submit({"input": marker})
+        blocked.b.cancel(t)
+        other = blocked.b.submit({"input": x_test[2:3]})
+    finally:
+        blocked.close()
+    assert other.result(5)["label"].shape == (1,)
+    assert not _seen(blocked.gate, marker)
+
+
+def test_gate_is_released_even_when_the_body_fails(engine, doubles, x_test):
+    """The helper's own contract: a failing body cannot leave a worker blocked (close() would hang)."""
+    done = threading.Event()
+    with pytest.raises(ZeroDivisionError):
+        blocked = _Blocked(engine, doubles, x_test, max_batch_size=1, max_delay_ms=0)
+        try:
+            1 / 0  # noqa: B018
+        finally:
+            blocked.close()
+            done.set()
+    assert done.is_set() and blocked.first.result(5)["label"].shape == (1,)
