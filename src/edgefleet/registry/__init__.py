@@ -12,17 +12,16 @@ from __future__ import annotations
 from edgefleet.registry._client import RepositoryServer, fetch_bundle, fetch_target
 from edgefleet.registry._config import RegistryConfig
 from edgefleet.registry._keys import ROLES, KeyInfo, KeyStore, init_keys
-from edgefleet.registry._repository import (
+from edgefleet.registry._published import (
     DeltaTarget,
     PublishedBundle,
     PublishResult,
-    RefreshResult,
-    Repository,
-    RotationResult,
     delta_target_path_for,
     semver_key,
     target_path_for,
 )
+from edgefleet.registry._repository import RefreshResult, Repository
+from edgefleet.registry._rotation import RotationResult
 
 __all__ = [
     "ROLES",

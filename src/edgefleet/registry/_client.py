@@ -12,7 +12,7 @@ from typing import Any
 
 from edgefleet._fs import fsync_dir
 from edgefleet.errors import NotFoundError, VerificationError
-from edgefleet.registry._repository import target_path_for
+from edgefleet.registry._published import target_path_for
 
 __all__ = ["RepositoryServer", "fetch_target", "fetch_bundle"]
 

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
@@ -45,80 +44,32 @@ from edgefleet.errors import (
     RegistryError,
     VersionExistsError,
 )
-from edgefleet.protocol._targets import (
-    SEMVER,
-    SLUG,
-    bundle_target_path,
-    delta_target_path,
-    edgefleet_custom,
-    hashed_target_path,
-    target_custom_fields,
-)
+from edgefleet.protocol._targets import hashed_target_path, target_custom_fields
+from edgefleet.registry import _rotation
 from edgefleet.registry._config import RegistryConfig
 from edgefleet.registry._fs import clear_dir, exclusive_lock, install
 from edgefleet.registry._keys import KeyStore
+from edgefleet.registry._published import (
+    DeltaTarget,
+    PublishedBundle,
+    PublishResult,
+    delta_target_path_for,
+    next_patch,
+    published_from,
+    semver_key,
+    target_path_for,
+)
+from edgefleet.registry._rotation import RotationResult
 
 if TYPE_CHECKING:
     from edgefleet.protocol import Manifest
 
-__all__ = [
-    "Repository",
-    "PublishResult",
-    "PublishedBundle",
-    "DeltaTarget",
-    "RotationResult",
-    "RefreshResult",
-    "target_path_for",
-    "delta_target_path_for",
-    "semver_key",
-]
+__all__ = ["RefreshResult", "Repository"]
 
 log = logging.getLogger(__name__)
 
 _VERSIONED = re.compile(r"^([1-9]\d*)\.(root|targets|snapshot)\.json$")
 _TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
-ROTATABLE = ("root", "targets", "snapshot", "timestamp")
-
-
-# --- naming ----------------------------------------------------------------------------------
-
-
-def _check_ref(name: str, version: str, variant: str) -> None:
-    for label, value in (("name", name), ("variant", variant)):
-        if not SLUG.match(value or ""):
-            raise RegistryError(
-                f"bundle {label} {value!r} is not valid",
-                hint="use 1-64 lowercase letters, digits, '.', '_' or '-', starting alphanumeric",
-            )
-    if not SEMVER.match(version or ""):
-        raise RegistryError(f"version {version!r} is not semver", hint="use MAJOR.MINOR.PATCH, e.g. 1.4.0")
-
-
-def target_path_for(name: str, version: str, variant: str) -> str:
-    """TUF target path of a bundle (``<name>/<version>/<variant>.tar``), once the names are checked."""
-    _check_ref(name, version, variant)
-    return bundle_target_path(name, version, variant)
-
-
-def delta_target_path_for(name: str, version: str, variant: str, base_version: str) -> str:
-    """TUF target path of the delta from ``base_version`` to ``version``, once the names are checked."""
-    _check_ref(name, version, variant)
-    _check_ref(name, base_version, variant)
-    return delta_target_path(name, version, variant, base_version)
-
-
-def semver_key(version: str) -> tuple[Any, ...]:
-    """Sort key that orders versions the semver way (1.10.0 > 1.9.0, 1.0.0-rc.1 < 1.0.0)."""
-    m = SEMVER.match(version)
-    if not m:
-        raise RegistryError(f"version {version!r} is not semver", hint="use MAJOR.MINOR.PATCH, e.g. 1.4.0")
-    pre = m.group(4)
-    pre_key: tuple[Any, ...] = (
-        (1,)
-        if pre is None
-        else (0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")))
-    )
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), pre_key)
 
 
 def _now() -> datetime:
@@ -126,95 +77,6 @@ def _now() -> datetime:
 
 
 # --- results ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeltaTarget:
-    """A published delta that turns ``base_version`` of a bundle into this version."""
-
-    target_path: str
-    length: int
-    sha256: str
-    base_version: str
-    base_target: str
-    base_sha256: str
-    url_path: str
-    method: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class PublishedBundle:
-    """One published name+version+variant, as the targets metadata records it."""
-
-    name: str
-    version: str
-    variant: str
-    target_path: str
-    length: int
-    sha256: str
-    url_path: str
-    manifest_sha256: str | None = None
-    parent_version: str | None = None
-    created: str | None = None
-    published: str | None = None
-    deltas: tuple[DeltaTarget, ...] = ()
-    manifest: Manifest | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}/{self.version}/{self.variant}"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("manifest", "deltas")}
-        d["deltas"] = [x.to_dict() for x in self.deltas]
-        if self.manifest is not None:
-            d["manifest"] = self.manifest.model_dump(mode="json")
-        return d
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    """What ``Repository.publish`` did.
-
-    ``unchanged`` is True when the same bytes were already published (nothing was written);
-    ``pending`` is True when this machine has no snapshot/timestamp key, so devices see the new
-    targets after the server's next ``refresh_timestamp``.
-    """
-
-    target_path: str
-    length: int
-    sha256: str
-    delta_target_path: str | None = None
-    delta_length: int | None = None
-    name: str = ""
-    version: str = ""
-    variant: str = ""
-    unchanged: bool = False
-    pending: bool = False
-    targets_version: int = 0
-    deltas: tuple[DeltaTarget, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["deltas"] = [x.to_dict() for x in self.deltas]
-        return d
-
-
-@dataclass(frozen=True)
-class RotationResult:
-    """What ``Repository.rotate_key`` did."""
-
-    role: str
-    old_keyids: tuple[str, ...]
-    new_keyids: tuple[str, ...]
-    root_version: int
-    key_paths: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -582,9 +444,7 @@ class Repository(TufRepository):
             if existing is not None:
                 if existing.length == length and existing.hashes.get("sha256") == sha:
                     log.info("%s is already published with the same bytes; nothing changed", tpath)
-                    pub = self._published_from(targets).get(
-                        (manifest.name, manifest.version, manifest.variant)
-                    )
+                    pub = published_from(targets).get((manifest.name, manifest.version, manifest.variant))
                     deltas = pub.deltas if pub else ()
                     return PublishResult(
                         tpath,
@@ -604,7 +464,7 @@ class Repository(TufRepository):
                     f"{tpath} is already published with different content "
                     f"(sha256 {existing.hashes.get('sha256', '?')[:12]}…, new {sha[:12]}…)",
                     hint="published versions are immutable; bump the version (e.g. "
-                    f"{_next_patch(manifest.version)}) and rebuild the bundle",
+                    f"{next_patch(manifest.version)}) and rebuild the bundle",
                     target=tpath,
                 )
             manifest_sha = hashlib.sha256(manifest.to_json()).hexdigest()
@@ -704,7 +564,7 @@ class Repository(TufRepository):
         earlier = sorted(
             (
                 p
-                for p in self._published_from(targets).values()
+                for p in published_from(targets).values()
                 if p.name == manifest.name and p.variant == manifest.variant and semver_key(p.version) < mine
             ),
             key=lambda p: semver_key(p.version),
@@ -856,225 +716,28 @@ class Repository(TufRepository):
     # --- key rotation ------------------------------------------------------------------------
 
     def rotate_key(self, role: str, *, new_signer: Any | None = None) -> RotationResult:
-        """Replace the ``role`` key with a new one in a new root version signed by the root threshold.
-
-        The new private key is saved in the key store first (so a crash never leaves a root that
-        trusts a key nobody holds). When the old key is at hand, the role's metadata is re-signed
-        by old and new key before the new root is written, so devices verify it with either root;
-        the old private key is deleted at the end.
-
-        ``root`` is rotated by :meth:`rotate_root` (every root key at once).
-
-        Args:
-            role: ``root``, ``targets``, ``snapshot`` or ``timestamp``.
-            new_signer: a securesystemslib signer to use instead of a freshly generated ed25519 key
-                (e.g. a key held elsewhere); it is stored in the key store only if it has private bytes.
-        """
-        from securesystemslib.signer import CryptoSigner
-
-        if role not in ROTATABLE:
-            raise KeyStoreError(
-                f"cannot rotate {role!r} keys here",
-                hint=f"rotatable roles: {', '.join(ROTATABLE)}",
-            )
-        if role == "root":
-            if new_signer is not None:
-                raise KeyStoreError(
-                    "a root rotation replaces every root key; pass them to rotate_root(new_signers=...)",
-                    hint="call Repository.rotate_root",
-                )
-            return self.rotate_root()
-        store = self._require_root_threshold(f"rotating the {role} key")
-        # The re-signing after the root change needs the online keys of the roles below ``role``.
-        needed = {"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",), "timestamp": ()}
-        for other in needed[role]:
-            self._signers_for(other)
-        with self._locked():
-            self._verify_state()
-            root = self.root()
-            old_ids = tuple(root.roles[role].keyids)
-            signer = new_signer or CryptoSigner.generate_ed25519()
-            new_id = signer.public_key.keyid
-            if new_id in old_ids or any(new_id in r.keyids for r in root.roles.values()):
-                raise KeyStoreError(
-                    f"key {new_id[:16]} is already used by this repository",
-                    hint="a rotation needs a key no role uses yet",
-                )
-            key_path = store.add(role, signer) if hasattr(signer, "private_bytes") else Path("")
-            old_held = any(s.public_key.keyid in old_ids for s in store.signers(role))
-
-            def resign() -> None:
-                if role == "targets":
-                    with self.edit_targets():
-                        pass
-                if role in ("targets", "snapshot"):
-                    self.do_snapshot(force=True)
-                self.do_timestamp(force=True)
-
-            def new_root() -> None:
-                with self.edit_root() as r:
-                    for kid in old_ids:
-                        r.revoke_key(kid, role)
-                    r.add_key(signer.public_key, role)
-
-            self._extra_signers = {role: [signer]}
-            try:
-                if old_held:
-                    resign()  # signed by old + new key: valid under the current and the next root
-                    new_root()
-                else:
-                    new_root()  # without the old key there is no overlap; devices catch up at next refresh
-                    resign()
-            finally:
-                self._extra_signers = {}
-            for kid in old_ids:
-                store.remove(role, kid)
-            version = self.root().version
-            log.info(
-                "rotated %s key %s -> %s (root v%d)",
-                role,
-                ",".join(k[:16] for k in old_ids),
-                new_id[:16],
-                version,
-            )
-            return RotationResult(role, old_ids, (new_id,), version, (str(key_path),))
-
-    def _require_root_threshold(self, what: str) -> KeyStore:
-        """The key store, once it is known to hold the current root threshold."""
-        store = self._require_keys()
-        root = self.root()
-        trusted_root = [
-            s
-            for s in (store.signers("root") if store.has("root") else [])
-            if s.public_key.keyid in root.roles["root"].keyids
-        ]
-        if len(trusted_root) < root.roles["root"].threshold:
-            raise KeyStoreError(
-                f"{what} needs {root.roles['root'].threshold} root keys; "
-                f"{store.dir} holds {len(trusted_root)} trusted ones",
-                hint="run this where the root keys (at least the threshold) are present",
-                role="root",
-            )
-        return store
+        """Replace the ``role`` key through a new root version (see ``edgefleet.registry._rotation.rotate_key``)."""
+        return _rotation.rotate_key(self, role, new_signer=new_signer)
 
     def rotate_root(self, *, new_signers: list[Any] | None = None) -> RotationResult:
-        """Replace every root key with a fresh one (same count, same threshold) in a new root version.
-
-        The new root is signed by the threshold of the old root keys *and* by the new keys, so a
-        device that trusts the old root verifies it and moves on to the new keys (TUF's root chain);
-        from then on, old root keys alone cannot sign a root any device accepts. The new private keys
-        are saved before the new root is written; the old ones held here are deleted at the end. The
-        other roles' keys and metadata are untouched.
-
-        Args:
-            new_signers: securesystemslib signers to use instead of fresh ed25519 keys (one per
-                current root key, or at least the threshold); stored only if they have private bytes.
-        """
-        from securesystemslib.signer import CryptoSigner
-
-        store = self._require_root_threshold("rotating the root keys")
-        with self._locked():
-            self._verify_state()
-            root = self.root()
-            old_ids = tuple(root.roles["root"].keyids)
-            threshold = root.roles["root"].threshold
-            signers = list(new_signers or [CryptoSigner.generate_ed25519() for _ in old_ids])
-            new_ids = tuple(s.public_key.keyid for s in signers)
-            in_use = {k for r in root.roles.values() for k in r.keyids}
-            if len(set(new_ids)) != len(new_ids) or in_use & set(new_ids):
-                raise KeyStoreError(
-                    "a root rotation needs distinct keys that no role uses yet",
-                    hint="generate fresh keys for the new root",
-                )
-            if len(signers) < threshold:
-                raise KeyStoreError(
-                    f"the root threshold is {threshold} but only {len(signers)} new root keys were given",
-                    hint=f"pass at least {threshold} new root keys",
-                )
-            paths = tuple(str(store.add("root", s)) if hasattr(s, "private_bytes") else "" for s in signers)
-            self._extra_signers = {"root": signers}
-            try:
-                with self.edit_root() as r:
-                    for kid in old_ids:
-                        r.revoke_key(kid, "root")
-                    for s in signers:
-                        r.add_key(s.public_key, "root")
-            finally:
-                self._extra_signers = {}
-            for kid in old_ids:
-                store.remove("root", kid)
-            version = self.root().version
-            log.info(
-                "rotated root keys %s -> %s (root v%d)",
-                ",".join(k[:16] for k in old_ids),
-                ",".join(k[:16] for k in new_ids),
-                version,
-            )
-            return RotationResult("root", old_ids, new_ids, version, paths)
+        """Replace every root key through a new root version (see ``edgefleet.registry._rotation.rotate_root``)."""
+        return _rotation.rotate_root(self, new_signers=new_signers)
 
     def renew_root(self) -> int:
         """Re-sign root unchanged with a fresh expiry (needs the root threshold); returns the new version."""
-        self._require_root_threshold("renewing root")
-        with self._locked():
-            self._verify_state()
-            with self.edit_root():
-                pass
-            return self.root().version
+        return _rotation.renew_root(self)
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _published_from(self, targets: Any) -> dict[tuple[str, str, str], PublishedBundle]:
-        bundles: dict[tuple[str, str, str], dict[str, Any]] = {}
-        deltas: dict[tuple[str, str, str], list[DeltaTarget]] = defaultdict(list)
-        for path, tf in targets.targets.items():
-            ef = edgefleet_custom(tf)
-            if not ef:
-                continue
-            ref = (ef.get("name"), ef.get("version"), ef.get("variant"))
-            sha = tf.hashes.get("sha256", "")
-            if ef.get("kind") == "bundle":
-                bundles[ref] = {
-                    "name": ref[0],
-                    "version": ref[1],
-                    "variant": ref[2],
-                    "target_path": path,
-                    "length": tf.length,
-                    "sha256": sha,
-                    "url_path": hashed_target_path(path, sha),
-                    "manifest_sha256": ef.get("manifest_sha256"),
-                    "parent_version": ef.get("parent_version"),
-                    "created": ef.get("created"),
-                    "published": ef.get("published"),
-                }
-            elif ef.get("kind") == "delta":
-                deltas[ref].append(
-                    DeltaTarget(
-                        path,
-                        tf.length,
-                        sha,
-                        ef.get("parent_version"),
-                        ef.get("base_target"),
-                        ef.get("base_sha256"),
-                        hashed_target_path(path, sha),
-                        ef.get("method"),
-                    )
-                )
-        return {
-            ref: PublishedBundle(
-                **b, deltas=tuple(sorted(deltas[ref], key=lambda d: semver_key(d.base_version)))
-            )
-            for ref, b in bundles.items()
-        }
-
     def list_versions(self, name: str | None = None) -> list[PublishedBundle]:
         """Published bundles (all, or of one name), by name, variant and semver."""
-        found = [p for p in self._published_from(self.targets()).values() if name is None or p.name == name]
+        found = [p for p in published_from(self.targets()).values() if name is None or p.name == name]
         return sorted(found, key=lambda p: (p.name, p.variant, semver_key(p.version)))
 
     def show(self, name: str, version: str, variant: str) -> PublishedBundle:
         """One published bundle with its manifest (read from the stored archive) and deltas."""
         tpath = target_path_for(name, version, variant)
-        pub = self._published_from(self.targets()).get((name, version, variant))
+        pub = published_from(self.targets()).get((name, version, variant))
         if pub is None:
             raise NotFoundError(
                 f"{tpath} is not published in {self.repo_dir}",
@@ -1110,8 +773,3 @@ class Repository(TufRepository):
         out["root_threshold"] = self.root().roles["root"].threshold
         out["consistent_snapshot"] = bool(self.root().consistent_snapshot)
         return out
-
-
-def _next_patch(version: str) -> str:
-    m = SEMVER.match(version)
-    return f"{m.group(1)}.{m.group(2)}.{int(m.group(3)) + 1}" if m else "a higher version"
