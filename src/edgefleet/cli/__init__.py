@@ -25,6 +25,7 @@ app = typer.Typer(
 # ``edgefleet --help`` is fast on a small device.
 _COMMAND_MODULES = [
     "_keys",
+    "_certs",
     "_bundle",
     "_registry",
     "_optimize",
@@ -37,9 +38,20 @@ _COMMAND_MODULES = [
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"edgefleet {version('edgefleet')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-v info, -vv debug)."),
+    _show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

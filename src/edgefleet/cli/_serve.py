@@ -62,6 +62,18 @@ def serve(
     cache: bool = typer.Option(False, "--cache", help="Cache answers of repeated inputs."),
     rate_limit: float | None = typer.Option(None, help="Requests per second allowed per client."),
     threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads."),
+    tls_cert: Path | None = typer.Option(
+        None, "--tls-cert", envvar="EDGEFLEET_API_TLS_CERT", help="PEM certificate: serve HTTPS."
+    ),
+    tls_key: Path | None = typer.Option(
+        None, "--tls-key", envvar="EDGEFLEET_API_TLS_KEY", help="PEM private key of --tls-cert (mode 0600)."
+    ),
+    tls_client_ca: Path | None = typer.Option(
+        None, "--tls-client-ca", help="Require client certificates signed by this CA (mutual TLS)."
+    ),
+    insecure_http: bool = typer.Option(
+        False, "--insecure-http", help="Allow plain HTTP off loopback (only behind a TLS-terminating proxy)."
+    ),
 ) -> None:
     """Serve a model: POST /v1/predict, GET /v1/model, /healthz, /metrics; OpenAPI at /docs."""
     import logging
@@ -69,7 +81,21 @@ def serve(
     from edgefleet.runtime import ApiServer, Runtime, RuntimeConfig
 
     cfg = RuntimeConfig()
-    api = cfg.api.model_copy(update={"host": host, "port": port, "uds": str(uds) if uds else None})
+    api = cfg.api.model_copy(
+        update={
+            "host": host,
+            "port": port,
+            "uds": str(uds) if uds else None,
+            "tls_cert": str(tls_cert) if tls_cert else None,
+            "tls_key": str(tls_key) if tls_key else None,
+            "tls_client_ca": str(tls_client_ca) if tls_client_ca else None,
+            "insecure_http": insecure_http,
+        }
+    )
+    if not uds:
+        from edgefleet.tls import check_listen
+
+        check_listen(host, tls=bool(tls_cert), insecure_http=insecure_http, what="edgefleet serve")
     if token_file is not None:
         api.token = _read_token(token_file)
     elif token:

@@ -549,6 +549,23 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
     return app
 
 
+def tls_options(cfg: ApiConfig) -> dict[str, Any]:
+    """uvicorn's TLS settings for ``cfg`` (empty without a certificate), checked so errors say what to fix."""
+    if not cfg.tls_cert and not cfg.tls_key:
+        if cfg.tls_client_ca:
+            raise ConfigError("a client CA needs TLS", hint="give --tls-cert and --tls-key too")
+        return {}
+    import ssl
+
+    from edgefleet.tls import server_context
+
+    server_context(cfg.tls_cert, cfg.tls_key, client_ca=cfg.tls_client_ca)  # fails early, with a hint
+    opts: dict[str, Any] = {"ssl_certfile": cfg.tls_cert, "ssl_keyfile": cfg.tls_key}
+    if cfg.tls_client_ca:
+        opts |= {"ssl_ca_certs": cfg.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return opts
+
+
 class ApiServer:
     """Runs the API with uvicorn on a TCP port or a Unix socket, in the foreground or a thread.
 
@@ -579,6 +596,9 @@ class ApiServer:
             os.chmod(path, 0o600)
             self.url = f"http+unix://{path}"
         else:
+            from edgefleet.tls import check_listen
+
+            check_listen(cfg.host, tls=bool(cfg.tls_cert), insecure_http=cfg.insecure_http, what="the API")
             family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -591,12 +611,18 @@ class ApiServer:
                 ) from e
             host, port = sock.getsockname()[:2]
             self.port = port
-            self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+            scheme = "https" if cfg.tls_cert else "http"
+            self.url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
         sock.listen(2048)
         self._sock = sock
         self._server = uvicorn.Server(
             uvicorn.Config(
-                self.app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5, lifespan="off"
+                self.app,
+                log_level=log_level,
+                access_log=False,
+                timeout_graceful_shutdown=5,
+                lifespan="off",
+                **tls_options(cfg),
             )
         )
         self._thread: threading.Thread | None = None

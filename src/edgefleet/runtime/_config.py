@@ -167,6 +167,15 @@ class ApiConfig(BaseSettings):
     max_body_bytes: int = Field(16 << 20, ge=1, description="largest request body")
     max_concurrency: int = Field(64, ge=1, description="requests handled at once; more wait")
     max_clients: int = Field(10_000, ge=1, description="rate-limit buckets kept (oldest evicted)")
+    tls_cert: str | None = Field(None, description="PEM certificate: serve HTTPS (with tls_key)")
+    tls_key: str | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: str | None = Field(
+        None,
+        description="CA whose client certificates are required (mutual TLS); None: no client certificate",
+    )
+    insecure_http: bool = Field(
+        False, description="allow plain HTTP on a non-loopback address (behind a TLS-terminating proxy)"
+    )
 
 
 class RuntimeConfig(BaseSettings):
