@@ -219,7 +219,7 @@ def main() -> None:
         for n in sizes:
             client, admin, view = _fleet(base, n, repo, windows, now)
             for name, method, path, params in ENDPOINTS:
-                view._cache.clear()
+                view.queries.clear_cache()
                 cold = _time(client, admin, method, path, params)
                 warm = statistics.median(_time(client, admin, method, path, params) for _ in range(3))
                 results["endpoints"].setdefault(name, {})[str(n)] = {

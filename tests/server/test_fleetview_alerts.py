@@ -247,7 +247,8 @@ def test_retraining_hook_configuration_is_checked(small):
     from pydantic import ValidationError as PydanticValidationError
 
     from edgefleet.errors import ConfigError
-    from edgefleet.server._fleetview import FleetConfig, FleetView
+    from edgefleet.server._fleet import FleetView
+    from edgefleet.server._fleet_config import FleetConfig
 
     with pytest.raises(PydanticValidationError, match="http"):
         FleetConfig(retrain_webhook_url="ftp://example/retrain")

@@ -102,7 +102,7 @@ def test_old_windows_roll_up_per_hour_and_every_figure_survives(env):
 
 
 def test_a_retention_pass_that_fails_midway_changes_nothing(env, monkeypatch):
-    import edgefleet.server._fleetview as fv
+    import edgefleet.server._retention as fv
 
     h, dev, windows = env
     now = h.clock()
@@ -128,7 +128,7 @@ def test_a_retention_pass_that_fails_midway_changes_nothing(env, monkeypatch):
 
 
 def test_retention_settings_come_from_the_environment(monkeypatch):
-    from edgefleet.server._fleetview import FleetConfig
+    from edgefleet.server._fleet_config import FleetConfig
 
     monkeypatch.setenv("EDGEFLEET_FLEET_RAW_RETENTION_S", "3600")
     monkeypatch.setenv("EDGEFLEET_FLEET_ROLLUP_S", "900")

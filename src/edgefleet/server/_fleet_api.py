@@ -22,8 +22,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from edgefleet.errors import AuthError, ForbiddenError, InputError, NotFoundError
 from edgefleet.server._auth import DEVICE_PREFIX, Operator, Role, authenticate_operator
 from edgefleet.server._db import is_db_unavailable
+from edgefleet.server._fleet import FleetView
+from edgefleet.server._fleet_config import FleetConfig
 from edgefleet.server._fleet_metrics import FleetCollector
-from edgefleet.server._fleetview import FleetConfig, FleetView
 
 __all__ = ["DASHBOARD_DIR", "fleet_router", "fleet_view", "install_fleet"]
 

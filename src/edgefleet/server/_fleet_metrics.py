@@ -15,9 +15,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from edgefleet.server._dashboard_model import device_health, device_status
+from edgefleet.server._fleet import FleetView
 from edgefleet.server._fleet_models import FleetAlert, RetrainRequestRow, TelemetryRollup
-from edgefleet.server._fleetview import FleetView, _status, device_health
 from edgefleet.server._models import Device, Release, Rollout, TelemetryBatchRow, TelemetryWindowRow
+from edgefleet.server._rollout_reads import FINAL_STATES
 
 __all__ = ["FleetCollector"]
 
@@ -112,7 +114,7 @@ class FleetCollector(Collector):
             hcounts: dict[str, int] = {}
             n_online = 0
             for d in s.scalars(select(Device)):
-                st = _status(d, now, cfg.stale_after_s, cfg.offline_after_s)
+                st = device_status(d, now, cfg.stale_after_s, cfg.offline_after_s)
                 n_online += st == "online"
                 rel = f"{d.active_name}@{d.active_version}" if d.active_version else "none"
                 key = (rel, d.device_class, str((d.tags or {}).get("region", "-")), st)
@@ -133,9 +135,7 @@ class FleetCollector(Collector):
 
             for state, n in s.execute(select(Rollout.state, func.count()).group_by(Rollout.state)):
                 rollouts.add_metric([state], n)
-            live = s.scalars(
-                select(Rollout).where(Rollout.state.notin_(("completed", "aborted", "rolled_back")))
-            ).all()
+            live = s.scalars(select(Rollout).where(Rollout.state.notin_(FINAL_STATES))).all()
             for r in live:
                 rel = s.get(Release, r.release_id)
                 rid, w = r.id, str(r.wave_index + 1)

@@ -33,13 +33,13 @@ from edgefleet.server._gates import (
 )
 from edgefleet.server._models import AuditEntry, Device, Release, ReleaseVariant, Rollout, RolloutDevice
 from edgefleet.server._notify import Notifier, NullNotifier
+from edgefleet.server._rollout_reads import FINAL_STATES, describe_rollout, wave_history
 from edgefleet.server._schemas import RolloutCreate, RolloutGates
 from edgefleet.server._selector import Selector, device_attrs
 
 __all__ = [
     "RolloutEngine",
     "ACTIVE_STATES",
-    "FINAL_STATES",
     "Aggregate",
     "member_hash",
     "wave_size",
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 LOCK = "rollouts"
 ACTIVE_STATES = ("running", "waiting_approval", "paused", "halted")
-FINAL_STATES = ("completed", "aborted", "rolled_back")
 ENGINE = "engine"
 
 
@@ -385,7 +384,7 @@ class RolloutEngine:
             )
             self._admit(ctx, r, opened=True)
             r.evaluation = self.evaluate(ctx, r)
-            out = self._describe(s, r)
+            out = describe_rollout(s, r)
         self._send(ctx.nudges)
         return out
 
@@ -798,7 +797,7 @@ class RolloutEngine:
             elif action == "rollback":
                 r.reason = reason or f"manual rollback by {actor}"
                 self._rollback(ctx, r, actor=actor, reason=r.reason)
-            out = self._describe(s, r)
+            out = describe_rollout(s, r)
         self._send(ctx.nudges)
         return out
 
@@ -830,74 +829,22 @@ class RolloutEngine:
                 raise NotFoundError(
                     f"no rollout {rollout_id!r}", hint="list them with: edgefleet rollout list"
                 )
-            return self._describe(s, r, devices=True)
+            return describe_rollout(s, r, devices=True)
 
     def list(self, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self.db.read() as s:
             q = select(Rollout).order_by(Rollout.created_at.desc()).limit(limit)
             if state:
                 q = q.where(Rollout.state == state)
-            return [self._describe(s, r) for r in s.scalars(q)]
+            return [describe_rollout(s, r) for r in s.scalars(q)]
 
-    def _describe(self, s: Session, r: Rollout, *, devices: bool = False) -> dict[str, Any]:
-        rel = s.get(Release, r.release_id)
-        counts = dict(
-            s.execute(
-                select(RolloutDevice.status, func.count())
-                .where(RolloutDevice.rollout_id == r.id)
-                .group_by(RolloutDevice.status)
-            ).all()
-        )
-        out: dict[str, Any] = {
-            "id": r.id,
-            "name": rel.name,
-            "version": rel.version,
-            "selector": r.selector,
-            "waves": r.waves,
-            "soak_s": r.soak_s,
-            "policy": r.policy,
-            "on_fail": r.on_fail,
-            "gates": r.gates,
-            "device_gates": r.device_gates,
-            "state": r.state,
-            "wave": r.wave_index + 1,
-            "wave_percent": r.waves[r.wave_index],
-            "wave_started_at": r.wave_started_at,
-            "created_at": r.created_at,
-            "updated_at": r.updated_at,
-            "finished_at": r.finished_at,
-            "created_by": r.created_by,
-            "reason": r.reason,
-            "members": {k: int(v) for k, v in counts.items()},
-            "evaluation": r.evaluation,
-            "baseline": r.baseline,
-        }
-        if devices:
-            rows = s.execute(
-                select(RolloutDevice, ReleaseVariant.variant)
-                .outerjoin(ReleaseVariant, ReleaseVariant.id == RolloutDevice.variant_id)
-                .where(RolloutDevice.rollout_id == r.id)
-                .order_by(RolloutDevice.wave, RolloutDevice.device_id)
-                .limit(1000)
-            ).all()
-            out["devices"] = [
-                {
-                    "device_id": rd.device_id,
-                    "status": rd.status,
-                    "wave": None if rd.wave is None else rd.wave + 1,
-                    "variant": variant,
-                    "prev_version": rd.prev_version,
-                    "admitted_at": rd.admitted_at,
-                    "reason": rd.reason if rd.status == "does_not_fit" else None,
-                }
-                for rd, variant in rows
-            ]
-            out["does_not_fit"] = [
-                {"device_id": x["device_id"], "reason": x["reason"]}
-                for x in out["devices"]
-                if x["status"] == "does_not_fit"
-            ]
-        return out
+    def history(self, *, limit: int = 10) -> list[dict[str, Any]]:
+        """Recent rollouts with, per wave, its state and the gate figures that decided it."""
+        items = self.list(limit=limit)
+        if not items:
+            return []
+        with self.db.read() as s:
+            return wave_history(s, items)
 
     def audit_log(self, rollout_id: str | None = None, *, limit: int = 500) -> list[dict[str, Any]]:
         with self.db.read() as s:
