@@ -115,5 +115,20 @@ def test_tflite_models_run_through_litert(tmp_path, fast, one_core, digits_split
 
 
 def test_local_profile_defaults():
+    import os
+    import platform
+
+    from edgefleet.optimize._spec import local_isa_flags
+
     prof = DeviceProfile.local()
-    assert prof.cores >= 1 and prof.name == "local"
+    assert prof.name == "local"
+    assert prof.cores == len(os.sched_getaffinity(0))  # every core this process may use
+    assert prof.isa_flags == local_isa_flags() == sorted(set(prof.isa_flags))  # this machine's, deduplicated
+    assert prof.flags == prof.isa_flags
+    assert prof.arch == (platform.machine() or "x86_64")
+    assert prof.execution_providers == ["CPUExecutionProvider"]
+    # no budgets: the local machine is measured, never judged
+    assert (prof.ram_mb, prof.latency_budget_ms, prof.ram_budget_mb, prof.size_budget_mb) == (None,) * 4
+    assert prof.onnxruntime is None
+    assert DeviceProfile.local(cores=3).cores == 3
+    assert DeviceProfile.local(cores=0).cores == prof.cores  # 0 / None: all cores
