@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import sys
-from typing import Any, TextIO
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TextIO
 
+import typer
 from rich.console import Console
+
+from edgefleet.client import DEFAULT_URL
+from edgefleet.errors import InputError
 
 
 def _width(stream: TextIO) -> int | None:
@@ -33,3 +41,138 @@ def print_json(obj: Any) -> None:
 def daemon_logging() -> None:
     """Long-running commands (agent run, server run) log edgefleet's INFO lines unless -v asked for more."""
     logging.getLogger("edgefleet").setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
+
+
+def emit(result: Any, json_out: bool, show: Callable[..., None] | None = None, **options: Any) -> None:
+    """Print a command's result: as JSON with ``--json``, else as ``show(result, **options)``."""
+    if json_out:
+        print_json(result)
+    elif show is not None:
+        show(result, **options)
+
+
+# --- commands that drive a running control plane -----------------------------------------------
+
+ServerUrl = Annotated[str, typer.Option("--server", envvar="EDGEFLEET_SERVER_URL", help="Control plane URL.")]
+Token = Annotated[
+    str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="Operator token (efo_...).")
+]
+TokenFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        envvar="EDGEFLEET_TOKEN_FILE",
+        help="File holding the operator token (default: edgefleet-server/admin-token if present).",
+    ),
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def operator_command(
+    group: typer.Typer,
+    name: str,
+    *,
+    show: Callable[[Any], None] | None = None,
+    json_option: bool = True,
+    doc: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn(api, **options) -> result`` as the command ``name`` of ``group``.
+
+    The command gets ``--server``, ``--token`` and ``--token-file`` (and ``--json`` unless
+    ``json_option`` is False), opens an :class:`edgefleet.client.Client` for ``fn`` and prints what
+    ``fn`` returns: as JSON with ``--json``, else as ``show(result)``; ``show`` also gets the values
+    of the command's options it names as further parameters (``show(rows, state)``).
+    """
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(fn).parameters.values()
+        ][1:]
+        shared = [
+            inspect.Parameter(
+                "server", inspect.Parameter.KEYWORD_ONLY, annotation=ServerUrl, default=DEFAULT_URL
+            ),
+            inspect.Parameter("token", inspect.Parameter.KEYWORD_ONLY, annotation=Token, default=None),
+            inspect.Parameter(
+                "token_file", inspect.Parameter.KEYWORD_ONLY, annotation=TokenFile, default=None
+            ),
+        ]
+        if json_option:
+            shared.append(
+                inspect.Parameter(
+                    "json_out", inspect.Parameter.KEYWORD_ONLY, annotation=JsonOut, default=False
+                )
+            )
+
+        wanted = list(inspect.signature(show).parameters)[1:] if show is not None else []
+
+        def command(
+            *args: Any,
+            server: str,
+            token: str | None,
+            token_file: Path | None,
+            json_out: bool = False,
+            **kw: Any,
+        ) -> None:
+            from edgefleet.client import Client
+
+            with Client(server, token=token, token_file=token_file) as api:
+                result = fn(api, *args, **kw)
+            emit(result, json_out, show, **{k: kw[k] for k in wanted})
+
+        params = own + shared
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__ = fn.__name__
+        command.__qualname__ = fn.__qualname__
+        command.__module__ = fn.__module__
+        command.__doc__ = doc or fn.__doc__
+        group.command(name)(command)
+        return fn
+
+    return register
+
+
+# --- parsing and formatting shared by the operator commands ------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``30s``, ``10m``, ``2h``, ``1d`` or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        v = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise InputError(
+            f"cannot read duration {text!r}", hint="use e.g. 30s, 10m, 2h or plain seconds"
+        ) from None
+    if v < 0:
+        raise InputError(f"duration {text!r} is negative", hint="use e.g. 10m")
+    return v
+
+
+def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    """``key=value`` items (of the option ``--what``) as a dict."""
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k or not v:
+            raise InputError(f"{what} {item!r} is not key=value", hint=f"e.g. --{what} region=eu-west")
+        out[k] = v
+    return out
+
+
+def ago(t: float | None) -> str:
+    """How long ago a UNIX time was, in the unit that reads best."""
+    import time
+
+    if t is None:
+        return "-"
+    s = time.time() - t
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.1f}h ago"
+
+
+def tags_text(tags: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in tags.items())

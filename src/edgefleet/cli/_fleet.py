@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import typer
 
-from edgefleet.cli._common import console, print_json
-from edgefleet.cli._server import JsonOpt, ServerOpt, TokenFileOpt, TokenOpt, _api, _duration
+from edgefleet.cli._common import console, operator_command, parse_duration
+from edgefleet.client import Client
 
 fleet_app = typer.Typer(
     help="Fleet health, drift, outliers, alerts and retraining requests.", no_args_is_help=True
@@ -30,18 +30,7 @@ def _fmt(x: object, nd: int = 3) -> str:
     return f"{x:.{nd}g}" if isinstance(x, float) else str(x)
 
 
-@fleet_app.command("overview")
-def overview(
-    server: str = ServerOpt,
-    token: str | None = TokenOpt,
-    token_file: Path | None = TokenFileOpt,
-    json_out: bool = JsonOpt,
-) -> None:
-    """Devices by status, version, class, region and health; open alerts; pending retraining."""
-    ov = _api(server, token, token_file)("GET", "/v1/fleet/overview")
-    if json_out:
-        print_json(ov)
-        return
+def _show_overview(ov: dict[str, Any]) -> None:
     from rich.table import Table
 
     d = ov["devices"]
@@ -55,24 +44,13 @@ def overview(
     console.print(t)
 
 
-@fleet_app.command("drift")
-def drift(
-    by: str = typer.Option(
-        "device_class,region", "--by", help="Group keys: device_id, device_class, region, release."
-    ),
-    range_: str = RangeOpt,
-    server: str = ServerOpt,
-    token: str | None = TokenOpt,
-    token_file: Path | None = TokenFileOpt,
-    json_out: bool = JsonOpt,
-) -> None:
-    """Drift per release and group against each release's bundle reference."""
-    body = _api(server, token, token_file)(
-        "GET", "/v1/fleet/drift", params={"by": by, "range_s": _duration(range_)}
-    )
-    if json_out:
-        print_json(body)
-        return
+@operator_command(fleet_app, "overview", show=_show_overview)
+def overview(api: Client) -> dict[str, Any]:
+    """Devices by status, version, class, region and health; open alerts; pending retraining."""
+    return api.fleet_overview()
+
+
+def _show_drift(body: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table("release", "group", "devices", "rows", "score", "strongest")
@@ -91,19 +69,19 @@ def drift(
         console.print(f"[yellow]{s['release']}: {s['reason']}[/]")
 
 
-@fleet_app.command("outliers")
-def outliers(
+@operator_command(fleet_app, "drift", show=_show_drift)
+def drift(
+    api: Client,
+    by: str = typer.Option(
+        "device_class,region", "--by", help="Group keys: device_id, device_class, region, release."
+    ),
     range_: str = RangeOpt,
-    server: str = ServerOpt,
-    token: str | None = TokenOpt,
-    token_file: Path | None = TokenFileOpt,
-    json_out: bool = JsonOpt,
-) -> None:
-    """Devices whose latency, confidence or error rate sits far from their class."""
-    body = _api(server, token, token_file)("GET", "/v1/fleet/outliers", params={"range_s": _duration(range_)})
-    if json_out:
-        print_json(body)
-        return
+) -> dict[str, Any]:
+    """Drift per release and group against each release's bundle reference."""
+    return api.fleet_drift(by=by, range_s=parse_duration(range_))
+
+
+def _show_outliers(body: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table("device", "group", "metric", "value", "median", "robust z")
@@ -119,23 +97,13 @@ def outliers(
     console.print(t if body["outliers"] else "no outlier devices")
 
 
-@fleet_app.command("alerts")
-def alerts(
-    state: str = typer.Option("open", "--state", help="open, resolved or all"),
-    evaluate: bool = typer.Option(False, "--evaluate", help="Evaluate the rules now first (deployer role)."),
-    server: str = ServerOpt,
-    token: str | None = TokenOpt,
-    token_file: Path | None = TokenFileOpt,
-    json_out: bool = JsonOpt,
-) -> None:
-    """Alerts: drift, outliers, silent devices, error rates."""
-    api = _api(server, token, token_file)
-    if evaluate:
-        api("POST", "/v1/fleet/alerts/evaluate")
-    rows = api("GET", "/v1/fleet/alerts", params={"state": state})
-    if json_out:
-        print_json(rows)
-        return
+@operator_command(fleet_app, "outliers", show=_show_outliers)
+def outliers(api: Client, range_: str = RangeOpt) -> dict[str, Any]:
+    """Devices whose latency, confidence or error rate sits far from their class."""
+    return api.fleet_outliers(range_s=parse_duration(range_))
+
+
+def _show_alerts(rows: list[dict[str, Any]], state: str) -> None:
     from rich.table import Table
 
     t = Table("severity", "rule", "state", "message", "seen")
@@ -144,39 +112,32 @@ def alerts(
     console.print(t if rows else f"no {state} alerts")
 
 
-@fleet_app.command("maintain")
-def maintain(
-    server: str = ServerOpt,
-    token: str | None = TokenOpt,
-    token_file: Path | None = TokenFileOpt,
-    json_out: bool = JsonOpt,
-) -> None:
-    """Apply telemetry retention and downsampling now (admin)."""
-    rep = _api(server, token, token_file)("POST", "/v1/fleet/maintenance")
-    if json_out:
-        print_json(rep)
-        return
+@operator_command(fleet_app, "alerts", show=_show_alerts)
+def alerts(
+    api: Client,
+    state: str = typer.Option("open", "--state", help="open, resolved or all"),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Evaluate the rules now first (deployer role)."),
+) -> list[dict[str, Any]]:
+    """Alerts: drift, outliers, silent devices, error rates."""
+    if evaluate:
+        api.evaluate_alerts()
+    return api.alerts(state=state)
+
+
+def _show_maintenance(rep: dict[str, Any]) -> None:
     console.print(
         f"{rep['rolled_up']} raw windows rolled up into {rep['rollups_written']} rollups; "
         f"{rep['rollups_deleted']} rollups expired; {rep['unreadable']} unreadable rows left"
     )
 
 
-@retrain_app.command("list")
-def retrain_list(
-    status: str | None = typer.Option(None, "--status", help="pending, approved, rejected, fired or failed"),
-    server: str = ServerOpt,
-    token: str | None = TokenOpt,
-    token_file: Path | None = TokenFileOpt,
-    json_out: bool = JsonOpt,
-) -> None:
-    """Retraining requests, newest first."""
-    rows = _api(server, token, token_file)(
-        "GET", "/v1/fleet/retrain-requests", params={"status": status} if status else None
-    )
-    if json_out:
-        print_json(rows)
-        return
+@operator_command(fleet_app, "maintain", show=_show_maintenance)
+def maintain(api: Client) -> dict[str, Any]:
+    """Apply telemetry retention and downsampling now (admin)."""
+    return api.maintain()
+
+
+def _show_requests(rows: list[dict[str, Any]]) -> None:
     from rich.table import Column, Table
 
     t = Table(Column("id", no_wrap=True), "status", "model", "reason", "decided by", "error")
@@ -185,27 +146,35 @@ def retrain_list(
     console.print(t if rows else "no retraining requests")
 
 
-def _decide(action: str):  # noqa: ANN202
-    def cmd(
+@operator_command(retrain_app, "list", show=_show_requests)
+def retrain_list(
+    api: Client,
+    status: str | None = typer.Option(None, "--status", help="pending, approved, rejected, fired or failed"),
+) -> list[dict[str, Any]]:
+    """Retraining requests, newest first."""
+    return api.retrain_requests(status=status)
+
+
+def _show_decided(r: dict[str, Any]) -> None:
+    console.print(f"request {r['id']}: {r['status']}" + (f" ({r['error']})" if r.get("error") else ""))
+
+
+_DECISIONS = {
+    "approve": "Approve a pending request and run the retraining hook (admin).",
+    "reject": "Reject a pending request (admin).",
+}
+
+
+def _decide(decision: str) -> None:
+    def decide(
+        api: Client,
         request_id: str = typer.Argument(..., help="Request id (see `edgefleet fleet retrain list`)."),
-        server: str = ServerOpt,
-        token: str | None = TokenOpt,
-        token_file: Path | None = TokenFileOpt,
-        json_out: bool = JsonOpt,
-    ) -> None:
-        r = _api(server, token, token_file)("POST", f"/v1/fleet/retrain-requests/{request_id}/{action}")
-        if json_out:
-            print_json(r)
-            return
-        console.print(f"request {r['id']}: {r['status']}" + (f" ({r['error']})" if r.get("error") else ""))
+    ) -> dict[str, Any]:
+        return api.decide_retrain(request_id, decision)  # type: ignore[arg-type]
 
-    cmd.__doc__ = (
-        "Approve a pending request and run the retraining hook (admin)."
-        if action == "approve"
-        else "Reject a pending request (admin)."
-    )
-    return cmd
+    decide.__name__ = f"retrain_{decision}"
+    operator_command(retrain_app, decision, show=_show_decided, doc=_DECISIONS[decision])(decide)
 
 
-for _a in ("approve", "reject"):
-    retrain_app.command(_a)(_decide(_a))
+for _d in _DECISIONS:
+    _decide(_d)

@@ -1,0 +1,273 @@
+"""``Client``: the operator API of a running control plane over HTTP (httpx), errors as edgefleet errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from edgefleet import errors
+from edgefleet.errors import AuthError, EdgefleetError, ServerError
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["DEFAULT_URL", "Client", "error_from_response"]
+
+DEFAULT_URL = "http://127.0.0.1:8700"
+DEFAULT_TOKEN_FILE = Path("edgefleet-server") / "admin-token"
+
+Json = dict[str, Any]
+RolloutAction = Literal["pause", "resume", "abort", "rollback", "approve"]
+
+# The server answers an error with ``{"error": code, "message", "hint", "details"}`` where ``code`` is
+# the raised class's ``code``; answers with a code no class has fall back on their status.
+_BY_CODE: dict[str, type[EdgefleetError]] = {
+    cls.code: cls for cls in (getattr(errors, name) for name in errors.__all__) if cls is not EdgefleetError
+}
+_BY_STATUS: dict[int, type[EdgefleetError]] = {
+    400: errors.InputError,
+    401: errors.AuthError,
+    403: errors.ForbiddenError,
+    404: errors.NotFoundError,
+    409: errors.ConflictError,
+    413: errors.PayloadTooLargeError,
+    422: errors.ValidationError,
+    429: errors.RateLimitedError,
+}
+
+
+def error_from_response(status: int, body: Any) -> EdgefleetError:
+    """The edgefleet error an HTTP error answer stands for (its code's class, else its status's)."""
+    if not isinstance(body, dict):
+        body = {"message": str(body)[:300]}
+    code = body.get("error")
+    cls = _BY_CODE.get(code) if isinstance(code, str) else None
+    cls = cls or _BY_STATUS.get(status, ServerError)
+    err = cls(str(body.get("message") or f"HTTP {status}"), hint=body.get("hint"))
+    details = body.get("details")
+    err.details = details if isinstance(details, dict) else {}
+    if "retry_after" in err.details and hasattr(err, "retry_after"):
+        err.retry_after = float(err.details["retry_after"])
+    return err
+
+
+def _read_token(token_file: str | os.PathLike[str] | None) -> str:
+    path = Path(token_file) if token_file else DEFAULT_TOKEN_FILE
+    if path.is_file():
+        token = path.read_text().strip()
+        if token:
+            return token
+    raise AuthError("no operator token", hint="pass --token, set EDGEFLEET_TOKEN, or --token-file PATH")
+
+
+class Client:
+    """A client of a control plane's operator API.
+
+    Args:
+        url: the control plane; default ``EDGEFLEET_SERVER_URL``, else ``http://127.0.0.1:8700``.
+        token: an operator token (``efo_...``); default ``EDGEFLEET_TOKEN``, else read from ``token_file``.
+        token_file: a file holding the token; default ``EDGEFLEET_TOKEN_FILE``, else
+            ``edgefleet-server/admin-token`` when it exists.
+        timeout: seconds per request.
+
+    Raises:
+        AuthError: no token given and none found.
+
+    Every method returns the server's JSON (dicts and lists, as the API documents them at ``/docs``)
+    and raises the ``edgefleet.errors`` class of the server's error answer, or ``ServerError`` when the
+    server cannot be reached. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        import httpx
+
+        self.url = (url or os.environ.get("EDGEFLEET_SERVER_URL") or DEFAULT_URL).rstrip("/")
+        token = (
+            token
+            or os.environ.get("EDGEFLEET_TOKEN")
+            or _read_token(token_file or os.environ.get("EDGEFLEET_TOKEN_FILE"))
+        )
+        self._httpx = httpx
+        self._http: httpx.Client = httpx.Client(
+            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        """Send one request to the API; returns the decoded JSON answer (None for an empty one)."""
+        try:
+            r = self._http.request(method, path, **kw)
+        except self._httpx.HTTPError as e:
+            raise ServerError(
+                f"cannot reach the control plane at {self.url}: {e}",
+                hint="start it with `edgefleet server run`, or pass --server URL",
+                url=self.url,
+            ) from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+            except ValueError:
+                body = {"message": r.text[:300]}
+            raise error_from_response(r.status_code, body)
+        return r.json() if r.content else None
+
+    # --- identity and tokens -------------------------------------------------------------------
+
+    def whoami(self) -> Json:
+        return self.request("GET", "/v1/whoami")
+
+    def create_enrollment_token(
+        self, *, tags: dict[str, str] | None = None, expires_in_s: float | None = None
+    ) -> Json:
+        """A one-time enrollment token (``token`` is shown only here) giving its devices ``tags``."""
+        body: Json = {"tags": tags or {}}
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
+        return self.request("POST", "/v1/enrollment-tokens", json=body)
+
+    def enrollment_tokens(self) -> list[Json]:
+        return self.request("GET", "/v1/enrollment-tokens")
+
+    def revoke_enrollment_token(self, token_id: str) -> Json:
+        return self.request("DELETE", f"/v1/enrollment-tokens/{token_id}")
+
+    # --- devices -------------------------------------------------------------------------------
+
+    def devices(self, *, selector: str | None = None, status: str | None = None, limit: int = 100) -> Json:
+        """``{"total": n, "devices": [...]}``: devices matching ``selector`` and ``status``."""
+        params: Json = {"limit": limit}
+        if selector:
+            params["selector"] = selector
+        if status:
+            params["status"] = status
+        return self.request("GET", "/v1/devices", params=params)
+
+    def device(self, device_id: str) -> Json:
+        return self.request("GET", f"/v1/devices/{device_id}")
+
+    def tag_device(self, device_id: str, tags: dict[str, str]) -> Json:
+        """Replace a device's tags."""
+        return self.request("PATCH", f"/v1/devices/{device_id}", json={"tags": tags})
+
+    def revoke_device(self, device_id: str) -> Json:
+        return self.request("POST", f"/v1/devices/{device_id}/revoke")
+
+    # --- releases ------------------------------------------------------------------------------
+
+    def register_release(
+        self, name: str, version: str, *, device_classes: dict[str, list[str]] | None = None
+    ) -> Json:
+        """Register a published name+version (the server reads its variants from the TUF targets)."""
+        body: Json = {"name": name, "version": version}
+        if device_classes:
+            body["device_classes"] = device_classes
+        return self.request("POST", "/v1/releases", json=body)
+
+    def releases(self) -> list[Json]:
+        return self.request("GET", "/v1/releases")
+
+    def repository(self) -> Json:
+        """The TUF repository's status: role versions and expiry."""
+        return self.request("GET", "/v1/repository")
+
+    # --- rollouts ------------------------------------------------------------------------------
+
+    def create_rollout(
+        self,
+        name: str,
+        version: str,
+        *,
+        selector: str = "*",
+        waves: list[float] | None = None,
+        soak_s: float | list[float] | None = None,
+        policy: str | None = None,
+        on_fail: str | None = None,
+        gates: dict[str, Any] | None = None,
+        device_gates: dict[str, Any] | None = None,
+    ) -> Json:
+        """Start a rollout of ``name`` ``version``; settings left out take the server's defaults."""
+        body: Json = {"name": name, "version": version, "selector": selector}
+        optional = {
+            "waves": waves,
+            "soak_s": soak_s,
+            "policy": policy,
+            "on_fail": on_fail,
+            "gates": gates,
+            "device_gates": device_gates,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return self.request("POST", "/v1/rollouts", json=body)
+
+    def rollouts(self, *, state: str | None = None) -> list[Json]:
+        """Rollouts, newest first."""
+        return self.request("GET", "/v1/rollouts", params={"state": state} if state else None)
+
+    def rollout(self, rollout_id: str) -> Json:
+        """A rollout with its current wave's evaluation, members and devices that do not fit."""
+        return self.request("GET", f"/v1/rollouts/{rollout_id}")
+
+    def rollout_audit(self, rollout_id: str) -> list[Json]:
+        return self.request("GET", f"/v1/rollouts/{rollout_id}/audit")
+
+    def act_on_rollout(self, rollout_id: str, action: RolloutAction, *, reason: str | None = None) -> Json:
+        """Pause, resume, abort, roll back or approve (the next wave of) a rollout."""
+        return self.request("POST", f"/v1/rollouts/{rollout_id}/{action}", json={"reason": reason})
+
+    def pause_rollout(self, rollout_id: str, *, reason: str | None = None) -> Json:
+        return self.act_on_rollout(rollout_id, "pause", reason=reason)
+
+    def resume_rollout(self, rollout_id: str, *, reason: str | None = None) -> Json:
+        return self.act_on_rollout(rollout_id, "resume", reason=reason)
+
+    def abort_rollout(self, rollout_id: str, *, reason: str | None = None) -> Json:
+        return self.act_on_rollout(rollout_id, "abort", reason=reason)
+
+    # --- fleet view ----------------------------------------------------------------------------
+
+    def fleet_overview(self) -> Json:
+        return self.request("GET", "/v1/fleet/overview")
+
+    def fleet_drift(self, *, by: str = "device_class,region", range_s: float = 3600.0) -> Json:
+        return self.request("GET", "/v1/fleet/drift", params={"by": by, "range_s": range_s})
+
+    def fleet_outliers(self, *, range_s: float = 3600.0) -> Json:
+        return self.request("GET", "/v1/fleet/outliers", params={"range_s": range_s})
+
+    def alerts(self, *, state: str = "open") -> list[Json]:
+        return self.request("GET", "/v1/fleet/alerts", params={"state": state})
+
+    def evaluate_alerts(self) -> Json:
+        """Evaluate the alert rules now (deployer role)."""
+        return self.request("POST", "/v1/fleet/alerts/evaluate")
+
+    def maintain(self) -> Json:
+        """Apply telemetry retention and downsampling now (admin role)."""
+        return self.request("POST", "/v1/fleet/maintenance")
+
+    def retrain_requests(self, *, status: str | None = None) -> list[Json]:
+        return self.request(
+            "GET", "/v1/fleet/retrain-requests", params={"status": status} if status else None
+        )
+
+    def decide_retrain(self, request_id: str, decision: Literal["approve", "reject"]) -> Json:
+        """Approve (and run the retraining hook) or reject a pending retraining request (admin role)."""
+        return self.request("POST", f"/v1/fleet/retrain-requests/{request_id}/{decision}")
