@@ -113,6 +113,17 @@ def test_too_few_rows_or_another_reference_are_skipped_not_guessed(make_window, 
     assert m.rows == 120 and not m.skipped
 
 
+def test_holm_matches_statsmodels():
+    """The Holm correction is kept hand-written (statsmodels would bring pandas onto devices) but must agree."""
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    rng = np.random.default_rng(7)
+    for m in (1, 2, 5, 40):
+        p = np.concatenate([rng.uniform(0, 0.05, m // 2), rng.uniform(0, 1, m - m // 2)])
+        p[rng.integers(0, m)] = p[0]  # ties
+        expected = multitest.multipletests(p, method="holm")[1]
+        np.testing.assert_allclose(holm(p), expected, rtol=1e-12, atol=0)
+
+
 def test_holm_and_psi():
     adj = holm([0.01, 0.04, 0.03, 0.5])
     # sorted: 0.01*4=0.04, 0.03*3=0.09, 0.04*2=0.08 -> monotone 0.09, 0.5*1=0.5

@@ -205,11 +205,20 @@ class TokenBucket:
         return need / self.rate + 1e-6
 
 
+def _zstd() -> Any:
+    """The standard library's ``compression.zstd`` (Python 3.14+) or its backport, as bundle deltas use."""
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        from backports import zstd  # type: ignore[no-redef]
+    return zstd
+
+
 def encode_upload(
     items: list[OutboxItem], *, batch_id: str, level: int = 3, header: dict | None = None
 ) -> tuple[bytes, int]:
     """Build a zstd-compressed JSON upload body; returns (body, raw JSON size)."""
-    import zstandard
+    zstd = _zstd()
 
     doc = {
         "format": UPLOAD_FORMAT,
@@ -218,7 +227,7 @@ def encode_upload(
         "items": [i.wire() for i in items],
     }
     raw = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-    return zstandard.ZstdCompressor(level=level).compress(raw), len(raw)
+    return zstd.compress(raw, level=level), len(raw)
 
 
 def decode_upload(
@@ -230,7 +239,7 @@ def decode_upload(
         PayloadTooLargeError: the body, or what it decompresses to, exceeds the limits.
         ValidationError: not zstd, not JSON, or not an edgefleet outbox upload.
     """
-    import zstandard
+    zstd = _zstd()
 
     if len(body) > max_body_bytes:
         raise PayloadTooLargeError(
@@ -238,9 +247,9 @@ def decode_upload(
             hint="send smaller batches (OutboxConfig.upload_max_bytes)",
         )
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(body)
-        raw = reader.read(max_raw_bytes + 1)
-    except zstandard.ZstdError as e:
+        # one frame, and never more than max_raw_bytes + 1 bytes of output: a zstd bomb stops here
+        raw = zstd.ZstdDecompressor().decompress(body, max_length=max_raw_bytes + 1)
+    except zstd.ZstdError as e:
         raise ValidationError(
             f"upload body is not valid zstd: {e}", hint="compress the JSON body with zstd"
         ) from e

@@ -3,6 +3,12 @@
 The encoding keeps what a merge needs exactly: the relative accuracy (so the key mapping is known), the
 first key and the dense run of bin counts of the positive and negative stores, the zero count, and count,
 sum, min and max.
+
+ddsketch 3's public API is ``count``, ``sum``, ``add``, ``merge`` and ``get_quantile_value``: it has no
+public way to read or fill a sketch's stores, zero count, min and max, nor to key many values at once
+(its own protobuf encoder reads the same private attributes, and drops min, max and sum). So this module,
+and no other, touches ``_mapping``, ``_store``, ``_negative_store``, ``_zero_count``, ``_count``, ``_sum``,
+``_min`` and ``_max``; the stores' own ``bins``, ``offset``, ``min_key``, ``max_key`` and ``add`` are public.
 """
 
 from __future__ import annotations
@@ -15,13 +21,18 @@ from ddsketch import LogCollapsingLowestDenseDDSketch
 
 from edgefleet.errors import ValidationError
 
-__all__ = ["new_sketch", "add_many", "sketch_to_dict", "sketch_from_dict", "quantile"]
+__all__ = ["new_sketch", "empty_like", "add_many", "sketch_to_dict", "sketch_from_dict", "quantile"]
 
 MAX_SKETCH_BINS = 4096
 
 
 def new_sketch(relative_accuracy: float, bin_limit: int) -> LogCollapsingLowestDenseDDSketch:
     return LogCollapsingLowestDenseDDSketch(relative_accuracy=relative_accuracy, bin_limit=bin_limit)
+
+
+def empty_like(s: LogCollapsingLowestDenseDDSketch) -> LogCollapsingLowestDenseDDSketch:
+    """An empty sketch with the relative accuracy and bin limit of ``s`` (so the two merge)."""
+    return new_sketch(s._mapping.relative_accuracy, s._store.bin_limit)
 
 
 def add_many(s: LogCollapsingLowestDenseDDSketch, values: np.ndarray) -> None:

@@ -20,7 +20,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.errors import PayloadTooLargeError, SchemaVersionError, TelemetryError, ValidationError
-from edgefleet.telemetry._sketch import new_sketch, quantile, sketch_from_dict, sketch_to_dict
+from edgefleet.telemetry._sketch import empty_like, new_sketch, quantile, sketch_from_dict, sketch_to_dict
 
 __all__ = ["WINDOW_SCHEMA_VERSION", "RESOURCE_NAMES", "Window", "WindowConfig", "merge_windows"]
 
@@ -533,13 +533,11 @@ def merge_windows(windows: Iterable[Window], *, on_mismatch: Literal["raise", "d
         raise TelemetryError(
             "merge_windows needs at least one window", hint="check the query's time range"
         ) from None
-    cfg_acc = first.latency_ms._mapping.relative_accuracy
-    bins = first.latency_ms._store.bin_limit
     out = Window(
         start=first.start,
         end=first.end,
-        latency_ms=new_sketch(cfg_acc, bins),
-        confidence=new_sketch(cfg_acc, bins),
+        latency_ms=empty_like(first.latency_ms),
+        confidence=empty_like(first.latency_ms),
         tags=dict(first.tags),
         windows=0,
     )
