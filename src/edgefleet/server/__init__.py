@@ -22,10 +22,11 @@ from edgefleet.server._notify import (
     group_topic,
     make_notifier,
 )
-from edgefleet.server._rollouts import RolloutEngine, member_hash, wave_size
+from edgefleet.server._rollouts import RolloutEngine
 from edgefleet.server._runner import ServerHandle, free_port, start_server, start_server_process
 from edgefleet.server._schemas import DEFAULT_WAVES, RolloutCreate, RolloutGates
 from edgefleet.server._selector import Selector
+from edgefleet.server._waves import member_hash, wave_size
 
 __all__ = [
     "DEFAULT_WAVES",

@@ -7,13 +7,11 @@ several server processes on one PostgreSQL, a wave therefore opens, passes or fa
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,7 +20,7 @@ from sqlalchemy.orm import Session
 from edgefleet.errors import ConflictError, NotFoundError, RolloutError
 from edgefleet.protocol import GateThresholds
 from edgefleet.server._db import Database
-from edgefleet.server._fit import FitResult, VariantSpec, choose_variant
+from edgefleet.server._fit import FitResult, choose_variant
 from edgefleet.server._gates import (
     failure_reason,
     gate_waits,
@@ -31,18 +29,26 @@ from edgefleet.server._gates import (
     pick_reference,
     wave_verdict,
 )
-from edgefleet.server._models import AuditEntry, Device, Release, ReleaseVariant, Rollout, RolloutDevice
+from edgefleet.server._models import AuditEntry, Device, Release, Rollout, RolloutDevice
 from edgefleet.server._notify import Notifier, NullNotifier
 from edgefleet.server._rollout_reads import FINAL_STATES, describe_rollout, wave_history
 from edgefleet.server._schemas import RolloutCreate, RolloutGates
-from edgefleet.server._selector import Selector, device_attrs
+from edgefleet.server._selector import Selector
+from edgefleet.server._waves import (
+    EnginePass,
+    ReleaseVariants,
+    device_hw,
+    install_failed,
+    member_hash,
+    rollout_rows,
+    selector_attrs,
+    wave_size,
+)
 
 __all__ = [
     "RolloutEngine",
     "ACTIVE_STATES",
     "Aggregate",
-    "member_hash",
-    "wave_size",
     "audit",
 ]
 
@@ -51,19 +57,6 @@ log = logging.getLogger(__name__)
 LOCK = "rollouts"
 ACTIVE_STATES = ("running", "waiting_approval", "paused", "halted")
 ENGINE = "engine"
-
-
-def member_hash(rollout_id: str, device_id: str) -> int:
-    """Stable position of a device in a rollout's order of admission."""
-    return int.from_bytes(hashlib.sha256(f"{rollout_id}:{device_id}".encode()).digest()[:8], "big")
-
-
-def wave_size(eligible: int, percent: float, min_devices: int) -> int:
-    """Devices a wave holds: its share of the eligible devices, and never fewer than the gate needs."""
-    if eligible <= 0:
-        return 0
-    share = math.ceil(eligible * percent / 100.0 - 1e-9)
-    return min(eligible, max(share, min(min_devices, eligible)))
 
 
 def audit(
@@ -182,91 +175,6 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
 
 
-@dataclass
-class _Release:
-    row: Release
-    variants: list[VariantSpec]
-    by_id: dict[int, ReleaseVariant]
-
-
-@dataclass
-class _Ctx:
-    """What one engine pass reads once and shares between rollouts."""
-
-    s: Session
-    now: float
-    nudges: list[str] = field(default_factory=list)
-    _devices: list[Device] | None = None
-    _releases: dict[int, _Release] = field(default_factory=dict)
-    _by_target: dict[str, int] | None = None
-
-    @property
-    def devices(self) -> list[Device]:
-        if self._devices is None:
-            self._devices = list(self.s.scalars(select(Device).where(Device.revoked.is_(False))))
-        return self._devices
-
-    def by_id(self) -> dict[str, Device]:
-        return {d.id: d for d in self.devices}
-
-    def release(self, release_id: int) -> _Release:
-        if release_id not in self._releases:
-            row = self.s.get(Release, release_id)
-            rows = list(
-                self.s.scalars(
-                    select(ReleaseVariant)
-                    .where(ReleaseVariant.release_id == release_id)
-                    .order_by(ReleaseVariant.id)
-                )
-            )
-            specs = [VariantSpec(v.id, v.variant, tuple(v.device_classes), v.runtime) for v in rows]
-            self._releases[release_id] = _Release(row, specs, {v.id: v for v in rows})
-        return self._releases[release_id]
-
-    def variant_for_target(self, target_path: str | None) -> int | None:
-        if not target_path:
-            return None
-        if self._by_target is None:
-            self._by_target = {
-                t: i for i, t in self.s.execute(select(ReleaseVariant.id, ReleaseVariant.target_path))
-            }
-        return self._by_target.get(target_path)
-
-
-def _hw(d: Device) -> dict[str, Any]:
-    hw = dict(d.hardware or {})
-    hw["device_class"] = d.device_class
-    return hw
-
-
-def _attrs(d: Device) -> dict[str, str | None]:
-    return device_attrs(
-        device_id=d.id,
-        name=d.name,
-        device_class=d.device_class,
-        arch=d.arch,
-        tags=d.tags,
-        active_version=d.active_version,
-        active_name=d.active_name,
-    )
-
-
-def _failed(d: Device, rd: RolloutDevice, version: str, sha256: str | None) -> bool:
-    """Did the device fail to install (or roll itself back from) ``version`` since it was admitted?
-
-    ``fail_version`` holds what the device's report named: a version, ``sha:<prefix>`` of the
-    build (the agent's "refused" event), or ``*`` (a failure state that named nothing).
-    """
-    fv = d.fail_version
-    if d.active_version == version or fv is None:
-        return False
-    if (d.fail_at or 0.0) < (rd.admitted_at or 0.0):
-        return False
-    if fv.startswith("sha:"):
-        return bool(sha256) and sha256.startswith(fv[4:])
-    return fv in (version, "*")
-
-
 class RolloutEngine:
     """Creates rollouts, advances them on ``tick()``, and applies operator actions.
 
@@ -321,21 +229,21 @@ class RolloutEngine:
                         "or choose a disjoint selector",
                         other=other.id,
                     )
-            ctx = _Ctx(s, now)
+            ctx = EnginePass(s, now)
             rel = ctx.release(release.id)
             if not rel.variants:
                 raise RolloutError(
                     f"release {spec.name} {spec.version} has no variants",
                     hint="publish at least one bundle for it and register it again",
                 )
-            selected = [d for d in ctx.devices if sel.matches(_attrs(d))]
+            selected = [d for d in ctx.devices if sel.matches(selector_attrs(d))]
             if not selected:
                 raise RolloutError(
                     f"selector {sel.text!r} matches no enrolled device",
                     hint="check it with: edgefleet devices list --selector '...'",
                     selector=sel.text,
                 )
-            fits = {d.id: choose_variant(rel.variants, _hw(d)) for d in selected}
+            fits = {d.id: choose_variant(rel.variants, device_hw(d)) for d in selected}
             if not any(f.fits for f in fits.values()):
                 reasons = _group_reasons(fits)
                 raise RolloutError(
@@ -400,7 +308,7 @@ class RolloutEngine:
         with self.db.write() as s:
             if not self.db.try_lock(s, LOCK):
                 return []
-            ctx = _Ctx(s, now)
+            ctx = EnginePass(s, now)
             rollouts = list(
                 s.scalars(
                     select(Rollout)
@@ -443,24 +351,18 @@ class RolloutEngine:
 
     # --- admission -----------------------------------------------------------------------------
 
-    def _rows(self, s: Session, r: Rollout) -> dict[str, RolloutDevice]:
-        return {
-            rd.device_id: rd
-            for rd in s.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))
-        }
-
-    def _admit(self, ctx: _Ctx, r: Rollout, *, opened: bool = False) -> None:
+    def _admit(self, ctx: EnginePass, r: Rollout, *, opened: bool = False) -> None:
         rel = ctx.release(r.release_id)
-        rows = self._rows(ctx.s, r)
+        rows = rollout_rows(ctx.s, r)
         sel = Selector.parse(r.selector)
         candidates: list[tuple[Device, FitResult, RolloutDevice | None]] = []
         for d in ctx.devices:
             rd = rows.get(d.id)
             if rd is not None and rd.status != "does_not_fit":
                 continue
-            if not sel.matches(_attrs(d)):
+            if not sel.matches(selector_attrs(d)):
                 continue
-            fit = choose_variant(rel.variants, _hw(d))
+            fit = choose_variant(rel.variants, device_hw(d))
             if not fit.fits:
                 if rd is None:
                     rd = RolloutDevice(
@@ -497,7 +399,13 @@ class RolloutEngine:
         )
 
     def _admit_device(
-        self, ctx: _Ctx, r: Rollout, rel: _Release, d: Device, fit: FitResult, rd: RolloutDevice | None
+        self,
+        ctx: EnginePass,
+        r: Rollout,
+        rel: ReleaseVariants,
+        d: Device,
+        fit: FitResult,
+        rd: RolloutDevice | None,
     ) -> None:
         assert fit.variant is not None
         if rd is None:
@@ -516,14 +424,14 @@ class RolloutEngine:
         d.command_version = None
         ctx.nudges.append(d.id)
 
-    def _admit_late(self, ctx: _Ctx, r: Rollout) -> None:
+    def _admit_late(self, ctx: EnginePass, r: Rollout) -> None:
         rel = ctx.release(r.release_id)
-        rows = self._rows(ctx.s, r)
+        rows = rollout_rows(ctx.s, r)
         sel = Selector.parse(r.selector)
         for d in ctx.devices:
-            if d.id in rows or d.assigned_variant_id is not None or not sel.matches(_attrs(d)):
+            if d.id in rows or d.assigned_variant_id is not None or not sel.matches(selector_attrs(d)):
                 continue
-            fit = choose_variant(rel.variants, _hw(d))
+            fit = choose_variant(rel.variants, device_hw(d))
             if not fit.fits:
                 ctx.s.add(
                     RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
@@ -550,12 +458,12 @@ class RolloutEngine:
             ]
         )
 
-    def evaluate(self, ctx: _Ctx, r: Rollout) -> dict[str, Any]:
+    def evaluate(self, ctx: EnginePass, r: Rollout) -> dict[str, Any]:
         """The current wave's gates with the figures behind each verdict."""
         rel = ctx.release(r.release_id)
         version = rel.row.version
         g = RolloutGates(**r.gates)
-        rows = self._rows(ctx.s, r)
+        rows = rollout_rows(ctx.s, r)
         by_id = ctx.by_id()
         sel = Selector.parse(r.selector)
         admitted = {k: rd for k, rd in rows.items() if rd.status == "admitted"}
@@ -564,7 +472,7 @@ class RolloutEngine:
         failed = [
             d
             for d, rd in wave
-            if _failed(d, rd, version, getattr(rel.by_id.get(rd.variant_id), "sha256", None))
+            if install_failed(d, rd, version, getattr(rel.by_id.get(rd.variant_id), "sha256", None))
         ]
         reporting = [
             d
@@ -574,7 +482,7 @@ class RolloutEngine:
             and (d.h_requests > 0 or d.h_golden is not None)
         ]
         new = Aggregate.of(reporting)
-        selected = [d for d in ctx.devices if sel.matches(_attrs(d))]
+        selected = [d for d in ctx.devices if sel.matches(selector_attrs(d))]
         control = self._control(selected, set(admitted), rel.row)
         ref, ref_source = pick_reference(control, Aggregate.from_dict(r.baseline), g.min_control_requests)
         eligible = len(admitted) + sum(1 for d in selected if d.id not in rows)
@@ -635,7 +543,9 @@ class RolloutEngine:
 
     # --- transitions ---------------------------------------------------------------------------
 
-    def _set_state(self, ctx: _Ctx, r: Rollout, state: str, action: str, actor: str, **details: Any) -> None:
+    def _set_state(
+        self, ctx: EnginePass, r: Rollout, state: str, action: str, actor: str, **details: Any
+    ) -> None:
         before = r.state
         r.state = state
         r.updated_at = ctx.now
@@ -653,7 +563,7 @@ class RolloutEngine:
         )
         log.info("rollout %s: %s -> %s (%s)", r.id, before, state, action)
 
-    def _gate_failed(self, ctx: _Ctx, r: Rollout, ev: dict[str, Any]) -> None:
+    def _gate_failed(self, ctx: EnginePass, r: Rollout, ev: dict[str, Any]) -> None:
         reason = failure_reason(ev["gates"])
         r.reason = reason
         audit(
@@ -672,7 +582,7 @@ class RolloutEngine:
         else:
             self._set_state(ctx, r, "halted", "rollout.halted", ENGINE, reason=reason)
 
-    def _wave_passed(self, ctx: _Ctx, r: Rollout, ev: dict[str, Any]) -> None:
+    def _wave_passed(self, ctx: EnginePass, r: Rollout, ev: dict[str, Any]) -> None:
         audit(
             ctx.s,
             "rollout.wave_passed",
@@ -693,11 +603,13 @@ class RolloutEngine:
                 ctx, r, "waiting_approval", "rollout.waiting_approval", ENGINE, next_wave=r.wave_index + 2
             )
 
-    def _advance(self, ctx: _Ctx, r: Rollout, *, actor: str) -> None:
+    def _advance(self, ctx: EnginePass, r: Rollout, *, actor: str) -> None:
         rel = ctx.release(r.release_id)
         sel = Selector.parse(r.selector)
-        rows = self._rows(ctx.s, r)
-        control = self._control([d for d in ctx.devices if sel.matches(_attrs(d))], set(rows), rel.row)
+        rows = rollout_rows(ctx.s, r)
+        control = self._control(
+            [d for d in ctx.devices if sel.matches(selector_attrs(d))], set(rows), rel.row
+        )
         if control.requests >= RolloutGates(**r.gates).min_control_requests and control.requests:
             r.baseline = control.to_dict()
         before = r.state
@@ -718,11 +630,11 @@ class RolloutEngine:
         )
         self._admit(ctx, r, opened=True)
 
-    def _rollback(self, ctx: _Ctx, r: Rollout, *, actor: str, reason: str | None) -> int:
+    def _rollback(self, ctx: EnginePass, r: Rollout, *, actor: str, reason: str | None) -> int:
         rel = ctx.release(r.release_id)
         version = rel.row.version
         n = 0
-        for rd in self._rows(ctx.s, r).values():
+        for rd in rollout_rows(ctx.s, r).values():
             if rd.status != "admitted":
                 continue
             rd.status = "rolled_back"
@@ -770,7 +682,7 @@ class RolloutEngine:
                     hint="see its state with: edgefleet rollout show " + r.id,
                     state=r.state,
                 )
-            ctx = _Ctx(s, now)
+            ctx = EnginePass(s, now)
             details = {"reason": reason} if reason else {}
             if action == "pause":
                 r.paused_at = now
@@ -801,11 +713,11 @@ class RolloutEngine:
         self._send(ctx.nudges)
         return out
 
-    def _abort(self, ctx: _Ctx, r: Rollout) -> int:
+    def _abort(self, ctx: EnginePass, r: Rollout) -> int:
         """Stop: devices already on the release keep it; admitted ones not yet on it keep their old one."""
         version = ctx.release(r.release_id).row.version
         kept = 0
-        for rd in self._rows(ctx.s, r).values():
+        for rd in rollout_rows(ctx.s, r).values():
             if rd.status != "admitted":
                 continue
             d = ctx.s.get(Device, rd.device_id)
