@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from edgefleet.server._fleet_models import FleetAlert, RetrainRequestRow, TelemetryRollup
 from edgefleet.server._fleetview import FleetQueries
 from edgefleet.server._models import AuditEntry, Device, Rollout, TelemetryBatchRow, TelemetryWindowRow
-from edgefleet.telemetry import AlertRules
+from edgefleet.telemetry import AlertRules, DriftConfig
 
 __all__ = ["DashboardModel", "device_health", "device_status"]
 
@@ -63,7 +63,7 @@ class DashboardModel:
         return self.queries.rules
 
     @property
-    def drift_config(self) -> Any:
+    def drift_config(self) -> DriftConfig:
         return self.queries.drift_config
 
     @property
