@@ -22,7 +22,7 @@ from edgefleet.server._dashboard_model import DashboardModel
 from edgefleet.server._fleet_config import FleetConfig
 from edgefleet.server._fleetview import FleetQueries, Query
 from edgefleet.server._retention import Retention
-from edgefleet.telemetry import AlertRules, DriftConfig, Window
+from edgefleet.telemetry import AlertRules, DriftConfig
 
 __all__ = ["FleetView"]
 
@@ -89,9 +89,6 @@ class FleetView:
         return self.queries.query(**kw)
 
     parse_by = staticmethod(FleetQueries.parse_by)
-
-    def load(self, q: Query, *, s: Session | None = None) -> tuple[list[Window], dict[str, Any]]:
-        return self.queries.load(q, s=s)
 
     def merged(self, q: Query, by: Sequence[str]) -> dict[str, Any]:
         return self.queries.merged(q, by)
