@@ -20,6 +20,9 @@ __all__ = [
     "GateThresholds",
     "Assignment",
     "HeartbeatResponse",
+    "RenewRequest",
+    "RenewResponse",
+    "SignedDirective",
     "TelemetryBatch",
     "ErrorBody",
 ]
@@ -53,6 +56,12 @@ class EnrollRequest(_Msg):
     token: str = Field(min_length=8, max_length=256, description="one-time enrollment token")
     name: str | None = Field(None, max_length=128)
     hardware: HardwareProfile
+    csr: str | None = Field(
+        None,
+        max_length=16384,
+        description="PEM certificate signing request for the device's own key (mutual TLS); the key never "
+        "leaves the device",
+    )
 
 
 class EnrollResponse(_Msg):
@@ -61,7 +70,15 @@ class EnrollResponse(_Msg):
     poll_interval_s: float
     repository_url: str = Field(description="base URL of the TUF image repository (metadata/, targets/)")
     root_json_sha256: str | None = Field(
-        None, description="sha256 of the root.json the device should pin; compare with the one it holds"
+        None,
+        description="sha256 of the repository's current root.json (reached from the pinned one by TUF's chain)",
+    )
+    device_cert: str | None = Field(
+        None, description="PEM client certificate for the CSR (subject = device id)"
+    )
+    ca_cert: str | None = Field(None, description="PEM CA certificate of the control plane (pin it)")
+    director_key: str | None = Field(
+        None, description="PEM Ed25519 public key that signs the director's answers (pin it)"
     )
 
 
@@ -145,11 +162,34 @@ class Assignment(_Msg):
     reason: str | None = None
 
 
+class SignedDirective(_Msg):
+    """A director decision's exact JSON bytes (as a string) and their Ed25519 signature (see ``_directive``)."""
+
+    payload: str = Field(max_length=64 << 10)
+    signature: str = Field(max_length=256, description="base64 Ed25519 signature of payload's UTF-8 bytes")
+    key_id: str = Field(max_length=128, description="sha256 of the raw public key, hex")
+
+
 class HeartbeatResponse(_Msg):
     assignment: Assignment | None = None
     poll_interval_s: float = 60.0
     commands: list[str] = Field(default_factory=list, description="e.g. 'rollback', 'rollback:1.2.0'")
     server_time: datetime = Field(default_factory=_now)
+    signed: SignedDirective | None = Field(
+        None,
+        description="the assignment and commands, signed by the director key with a sequence number and an "
+        "expiry; a device that pinned the key acts only on this",
+    )
+
+
+class RenewRequest(_Msg):
+    """A device asks for a new certificate (for a new key) before its current one expires."""
+
+    csr: str = Field(max_length=16384, description="PEM CSR for the device's new key")
+
+
+class RenewResponse(_Msg):
+    device_cert: str = Field(description="PEM client certificate (subject = device id)")
 
 
 class TelemetryBatch(_Msg):

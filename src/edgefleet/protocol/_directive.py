@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from edgefleet.errors import VerificationError
-from edgefleet.protocol._device import Assignment
+from edgefleet.protocol._device import Assignment, SignedDirective
 
 __all__ = [
     "Directive",
@@ -28,8 +28,6 @@ __all__ = [
     "sign_directive",
     "verify_directive",
 ]
-
-MAX_PAYLOAD_BYTES = 64 << 10
 
 
 class Directive(BaseModel):
@@ -43,16 +41,6 @@ class Directive(BaseModel):
     expires_at: datetime
     assignment: Assignment | None = None
     commands: list[str] = Field(default_factory=list)
-
-
-class SignedDirective(BaseModel):
-    """A directive's exact JSON bytes (as a string) and their Ed25519 signature."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    payload: str = Field(max_length=MAX_PAYLOAD_BYTES)
-    signature: str = Field(max_length=256, description="base64 Ed25519 signature of payload's UTF-8 bytes")
-    key_id: str = Field(max_length=128, description="sha256 of the raw public key, hex")
 
 
 def new_director_key() -> tuple[bytes, bytes]:
