@@ -1,4 +1,4 @@
-"""``edgefleet demo``: the whole flow on this machine (see ``edgefleet.sim._demo``)."""
+"""``edgefleet demo``: the whole flow on this machine (the story is ``edgefleet.sim._demo``)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def register(app: typer.Typer) -> None:
 
         Runs on embedded defaults (SQLite, no MQTT) in a few minutes and leaves DIR to explore.
         """
-        from edgefleet.sim._demo import DemoConfig, RichNarrator, run_demo
+        from edgefleet.sim import run_demo
+        from edgefleet.sim._demo_config import DemoConfig
+        from edgefleet.sim._narrator import RichNarrator
 
         # SIGTERM and SIGHUP end the demo like Ctrl-C does: every process it started is stopped.
         signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -5,21 +5,11 @@
     asyncio.run(fleet.enroll())
     asyncio.run(fleet.run(until=lambda f: f.count_on("2.0.0") == 1000, timeout=120))
 
-Used by the containment tests and ``benchmarks/server_bench.py``; ``run_heartbeat_load`` is the lean
-load generator the throughput benchmark runs in its own process.
+Used by the containment tests and ``benchmarks/server_bench.py``, which runs the lean heartbeat load
+generator as ``python -m edgefleet.sim._loadgen`` in its own process. ``run_demo`` is ``edgefleet demo``.
 """
 
 from edgefleet.sim._demo import run_demo
 from edgefleet.sim._fleet import Fleet, ReleaseBehavior, Scenario, SimDevice
-from edgefleet.sim._loadgen import LoadResult, heartbeat_body, run_heartbeat_load
 
-__all__ = [
-    "Fleet",
-    "LoadResult",
-    "ReleaseBehavior",
-    "Scenario",
-    "SimDevice",
-    "heartbeat_body",
-    "run_demo",
-    "run_heartbeat_load",
-]
+__all__ = ["Fleet", "ReleaseBehavior", "Scenario", "SimDevice", "run_demo"]

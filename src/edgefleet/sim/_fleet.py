@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from edgefleet.client import Client
 from edgefleet.errors import ServerError
 
 __all__ = ["ReleaseBehavior", "Scenario", "SimDevice", "Fleet"]
@@ -164,35 +165,31 @@ class Fleet:
         return httpx.AsyncClient(base_url=url or self.url, timeout=self.timeout_s, limits=limits)
 
     async def enroll(self, *, tags_for: Callable[[SimDevice], dict[str, str]] | None = None) -> None:
-        """Create one enrollment token per device and enroll every device."""
-        admin = {"Authorization": f"Bearer {self.admin_token}"}
+        """Create one enrollment token per device (as the operator, through ``edgefleet.client``) and
+        enroll every device."""
         sem = asyncio.Semaphore(self.max_connections)
-        async with self._client() as c:
+        with Client(self.url, token=self.admin_token, timeout=self.timeout_s) as operator:
+            async with self._client() as c:
 
-            async def one(d: SimDevice) -> None:
-                async with sem:
-                    for attempt in range(3):  # a keep-alive connection closed under us: a fresh token
-                        try:
-                            await self._enroll_one(c, d, admin, tags_for)
-                            return
-                        except httpx.TransportError:
-                            if attempt == 2:
-                                raise
-                            await asyncio.sleep(0.2)
+                async def one(d: SimDevice) -> None:
+                    tags = {**self.scenario.tags, **(tags_for(d) if tags_for else {})}
+                    async with sem:
+                        for attempt in range(3):  # a keep-alive connection closed under us: a fresh token
+                            try:
+                                tok = await asyncio.to_thread(operator.create_enrollment_token, tags=tags)
+                                await self._enroll_one(c, d, tok["token"], tags)
+                                return
+                            except (httpx.TransportError, ServerError) as e:
+                                # plain ServerError: unreachable or unavailable for now, worth another try
+                                retry = not isinstance(e, ServerError) or type(e) is ServerError
+                                if attempt == 2 or not retry:
+                                    raise
+                                await asyncio.sleep(0.2)
 
-            await asyncio.gather(*(one(d) for d in self.devices))
+                await asyncio.gather(*(one(d) for d in self.devices))
         self.by_id = {d.device_id: d for d in self.devices}
 
-    async def _enroll_one(
-        self,
-        c: httpx.AsyncClient,
-        d: SimDevice,
-        admin: dict[str, str],
-        tags_for: Callable[[SimDevice], dict[str, str]] | None,
-    ) -> None:
-        tags = {**self.scenario.tags, **(tags_for(d) if tags_for else {})}
-        r = await c.post("/v1/enrollment-tokens", json={"tags": tags}, headers=admin)
-        _check(r, "create enrollment token")
+    async def _enroll_one(self, c: httpx.AsyncClient, d: SimDevice, token: str, tags: dict[str, str]) -> None:
         hw = {
             "arch": "x86_64",
             "cores": 4,
@@ -203,9 +200,7 @@ class Fleet:
             "device_class": d.device_class,
             "tags": tags,
         }
-        r = await c.post(
-            "/v1/enroll", json={"token": r.json()["token"], "name": f"sim-{d.index}", "hardware": hw}
-        )
+        r = await c.post("/v1/enroll", json={"token": token, "name": f"sim-{d.index}", "hardware": hw})
         _check(r, "enroll")
         body = r.json()
         d.device_id, d.token = body["device_id"], body["device_token"]

@@ -1,0 +1,127 @@
+"""Inference traffic for ``edgefleet demo``: digits samples sent to every agent's local API."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Traffic"]
+
+
+@dataclass
+class _DeviceStats:
+    requests: int = 0
+    errors: int = 0
+    by_version: dict[str, list[float]] = field(default_factory=dict)  # version -> [n, correct, conf_sum]
+    recent: deque = field(default_factory=lambda: deque(maxlen=40))  # (correct, confidence)
+    last_version: str | None = None
+    last_error: str | None = None
+
+
+class Traffic:
+    """Sends digits test samples to every agent's local API from one asyncio loop in a thread."""
+
+    def __init__(self, ports: dict[str, int], x: Any, y: Any, rate: float, seed: int) -> None:
+        self.ports = ports
+        self.x = x
+        self.y = y
+        self.rate = rate
+        self.seed = seed
+        self.stats = {name: _DeviceStats() for name in ports}
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgefleet-demo-traffic", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=4 * len(self.ports) + 4)
+        async with httpx.AsyncClient(timeout=5.0, limits=limits) as client:
+            await asyncio.gather(*(self._device(client, i, n) for i, n in enumerate(self.ports)))
+
+    async def _device(self, client: Any, index: int, name: str) -> None:
+        import httpx
+        import numpy as np
+
+        rng = np.random.default_rng(self.seed * 1000 + index)
+        url = f"http://127.0.0.1:{self.ports[name]}/v1/predict"
+        period = 1.0 / self.rate
+        st = self.stats[name]
+        health = f"http://127.0.0.1:{self.ports[name]}/healthz"
+        while not self._stop.is_set():  # a client waits for the service to be healthy before using it
+            try:
+                if (await client.get(health)).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(float(rng.uniform(0, period)))
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            i = int(rng.integers(len(self.x)))
+            try:
+                r = await client.post(url, json={"inputs": [self.x[i].tolist()]})
+            except httpx.HTTPError as e:  # the agent is starting or swapping its API: not a model error
+                with self.lock:
+                    st.last_error = type(e).__name__
+                await asyncio.sleep(0.5)
+                continue
+            with self.lock:
+                if r.status_code == 200:
+                    body = r.json()
+                    version = body["model"]["version"]
+                    pred = body["predictions"][0]
+                    correct = float(pred.get("class") == int(self.y[i]))
+                    conf = float(pred.get("confidence") or 0.0)
+                    st.requests += 1
+                    v = st.by_version.setdefault(version, [0, 0.0, 0.0])
+                    v[0] += 1
+                    v[1] += correct
+                    v[2] += conf
+                    st.recent.append((correct, conf))
+                    st.last_version = version
+                    st.last_error = None
+                elif r.status_code == 404:  # no model active yet
+                    st.last_error = "no model yet"
+                else:
+                    st.errors += 1
+                    st.last_error = f"HTTP {r.status_code}"
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            out = {}
+            for name, st in self.stats.items():
+                rec = list(st.recent)
+                out[name] = {
+                    "requests": st.requests,
+                    "errors": st.errors,
+                    "accuracy": (sum(c for c, _ in rec) / len(rec)) if rec else None,
+                    "confidence": (sum(c for _, c in rec) / len(rec)) if rec else None,
+                    "last_version": st.last_version,
+                    "last_error": st.last_error,
+                    "by_version": {
+                        v: {
+                            "requests": int(n),
+                            "accuracy": round(c / n, 4),
+                            "mean_confidence": round(s / n, 4),
+                        }
+                        for v, (n, c, s) in st.by_version.items()
+                        if n
+                    },
+                }
+            return out
