@@ -7,6 +7,7 @@ import stat
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request
 from typer.testing import CliRunner
 
 from edgefleet.cli import app
@@ -168,3 +169,57 @@ def test_cli_serve_off_loopback_without_tls_says_why(digits_bundle):
     )
     assert r.returncode == 1
     assert "without TLS" in r.stderr and "Traceback" not in r.stderr + r.stdout
+
+
+def test_the_app_sees_the_verified_client_certificate(pki):
+    """uvicorn with peer_cert_protocol hands the client certificate to the ASGI app (for device identity)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from cryptography import x509
+
+    from edgefleet.tls import peer_cert_der, peer_cert_protocol
+
+    app = FastAPI()
+
+    @app.get("/whoami")
+    async def whoami(request: Request) -> dict:
+        der = peer_cert_der(request.scope)
+        if der is None:
+            return {"cn": None}
+        cert = x509.load_der_x509_certificate(der)
+        return {"cn": cert.subject.rfc4514_string()}
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            http=peer_cert_protocol(),
+            ssl_certfile=str(pki / "server.crt"),
+            ssl_keyfile=str(pki / "server.key"),
+            ssl_ca_certs=str(pki / "ca" / "ca.crt"),
+            ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        )
+    )
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and t.is_alive(), "server did not start"
+        time.sleep(0.01)
+    try:
+        ca = pki / "ca" / "ca.crt"
+        url = f"https://127.0.0.1:{port}/whoami"
+        with httpx.Client(verify=client_context(ca, cert=pki / "dev.crt", key=pki / "dev.key")) as c:
+            assert c.get(url).json() == {"cn": "CN=dev-1"}
+        with httpx.Client(verify=client_context(ca)) as c:  # optional: no certificate is no identity
+            assert c.get(url).json() == {"cn": None}
+    finally:
+        server.should_exit = True
+        t.join(10)

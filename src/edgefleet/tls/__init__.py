@@ -15,6 +15,7 @@ from edgefleet.tls._ca import (
     new_key_and_csr,
 )
 from edgefleet.tls._listen import check_listen, client_context, is_loopback, server_context
+from edgefleet.tls._peer import peer_cert_der, peer_cert_protocol
 
 __all__ = [
     "CA_CERT",
@@ -27,5 +28,7 @@ __all__ = [
     "client_context",
     "is_loopback",
     "new_key_and_csr",
+    "peer_cert_der",
+    "peer_cert_protocol",
     "server_context",
 ]
