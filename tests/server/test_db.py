@@ -6,7 +6,8 @@ import pytest
 import sqlalchemy as sa
 
 from edgefleet.errors import ConfigError, SchemaVersionError
-from edgefleet.server import Database, ServerConfig, create_app, schema_head
+from edgefleet.server import Database, ServerConfig, create_app
+from edgefleet.server._db import schema_head
 
 
 def test_start_migrates_an_empty_database_and_restart_is_a_no_op(tmp_path):

@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from edgefleet.server import MqttNotifier, ServerConfig, free_port, start_server
+from edgefleet.server import ServerConfig, free_port, start_server
+from edgefleet.server._notify import MqttNotifier
 from edgefleet.sim import Fleet, Scenario
 
 pytestmark = pytest.mark.mqtt

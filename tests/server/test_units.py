@@ -7,9 +7,11 @@ import io
 import pytest
 
 from edgefleet.errors import InputError, IntegrityError, NotFoundError
-from edgefleet.server import FileBlobStore, Selector, VariantSpec, choose_variant, member_hash, wave_size
-from edgefleet.server._director import failure_of
-from edgefleet.server._selector import device_attrs
+from edgefleet.server._blobs import FileBlobStore
+from edgefleet.server._fit import VariantSpec, choose_variant
+from edgefleet.server._heartbeat import failure_of
+from edgefleet.server._rollouts import member_hash, wave_size
+from edgefleet.server._selector import Selector, device_attrs
 
 
 def attrs(cls="pi4", **tags):

@@ -169,6 +169,11 @@ class Database:
         with self._read() as s, s.begin():
             yield s
 
+    def ping(self) -> None:
+        """Run ``SELECT 1`` (raises the driver's error when the database cannot be reached)."""
+        with self.read() as s:
+            s.execute(text("SELECT 1"))
+
     def dispose(self) -> None:
         for e in {id(x): x for x in (self.engine, self.read_engine, self.hot_engine)}.values():
             e.dispose()

@@ -1,9 +1,9 @@
 """The device-facing side: enrollment, heartbeats (the director's answer), telemetry ingest.
 
-A heartbeat is one UPDATE ... RETURNING: it authenticates the device (token hash in the WHERE
-clause), records its report and health counters, and returns what the director decided for it.
-The assignment itself is built from immutable rows (variants, a rollout's device gates) cached in
-memory, so the hot path makes one round trip to the database.
+A heartbeat is recorded by ``_heartbeat.HeartbeatWriter`` with one statement, which also returns the
+assignment the rollout engine set on the device's row. The assignment itself is built from immutable
+rows (variants, a rollout's device gates) cached in memory, so the hot path makes one round trip to the
+database.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import hashlib
 import importlib
 import json
 import logging
-import math
 import random
 import secrets
 import threading
@@ -40,10 +39,13 @@ from edgefleet.protocol import (
     Heartbeat,
     TelemetryBatch,
 )
+from edgefleet.server._audit import audit
 from edgefleet.server._auth import DEVICE_PREFIX, hash_token, new_token
 from edgefleet.server._blobs import BlobStore
 from edgefleet.server._config import ServerConfig
 from edgefleet.server._db import Database
+from edgefleet.server._device_health import DeviceHealth
+from edgefleet.server._heartbeat import HeartbeatWriter, failure_of
 from edgefleet.server._models import (
     Device,
     EnrollmentToken,
@@ -53,131 +55,13 @@ from edgefleet.server._models import (
     TelemetryBatchRow,
     TelemetryWindowRow,
 )
-from edgefleet.server._rollouts import audit
 from edgefleet.server._schemas import _check_tags
 
-__all__ = ["DeviceService", "failure_of"]
+__all__ = ["DeviceService"]
 
 log = logging.getLogger(__name__)
 
 D = Device.__table__
-
-# Agent events that mean "this build failed on the device" (see edgefleet.agent's journal events).
-_FAIL_EVENTS = {
-    "refused",
-    "install_failed",
-    "download_failed",
-    "verification_failed",
-    "health_check_failed",
-    "activation_failed",
-    "rollback_impossible",
-}
-_FAIL_STATES = {"failed", "error", "install_failed"}
-MAX_REQUESTS_PER_BEAT = 10**9  # far above any device; keeps the counters' sums exact
-
-
-def failure_of(state: str | None, events: list[dict[str, Any]]) -> tuple[str, str] | None:
-    """What a report says failed: ``(key, reason)``.
-
-    ``key`` is a version, ``sha:<prefix>`` of the build, ``@active`` (the build the device ran before
-    this report: it rolled itself back from it), or ``*`` (a failure state with nothing more said).
-    """
-    for e in reversed(events):
-        kind = str(e.get("event") or e.get("type") or e.get("kind") or "").lower()
-        auto_rollback = kind == "rolled_back" and bool(e.get("auto"))
-        if kind not in _FAIL_EVENTS and not kind.endswith("_failed") and not auto_rollback:
-            continue
-        reason = str(e.get("reason") or e.get("message") or e.get("error") or kind)[:1000]
-        if auto_rollback or kind == "rollback_impossible":
-            return "@active", reason
-        if isinstance(e.get("version"), str):
-            return e["version"][:64], reason
-        sha = e.get("sha256")
-        if isinstance(sha, str) and 8 <= len(sha) <= 64:
-            return "sha:" + sha.lower()[:60], reason
-        return "*", reason
-    if state and state.lower() in _FAIL_STATES:
-        return "*", state
-    return None
-
-
-def _heartbeat_sql(dialect: str) -> Any:
-    """The heartbeat's single statement, built once per process (parameters only change per call).
-
-    On the right of SET every column is the row's value before the update, so the health counters
-    reset exactly when the reported build (``h_key``) changes. PostgreSQL needs every parameter typed
-    (several are used in more than one place).
-    """
-    pg = dialect == "postgresql"
-    types = {
-        "now": "double precision",
-        "progress": "double precision",
-        "lat": "double precision",
-        "lat_w": "double precision",
-        "conf": "double precision",
-        "conf_w": "double precision",
-        "shadow": "double precision",
-        "drift": "double precision",
-        "req": "bigint",
-        "err": "bigint",
-        "golden_set": "boolean",
-        "golden": "boolean",
-        "shadow_set": "boolean",
-        "drift_set": "boolean",
-        "hw_set": "boolean",
-        "resources": "jsonb",
-        "health": "jsonb",
-        "hardware": "jsonb",
-        "last_error": "text",
-        "freason": "text",
-    }
-
-    def p(name: str) -> str:  # the drivers' own parameter styles: psycopg %(name)s, sqlite3 :name
-        return f"CAST(%({name})s AS {types.get(name, 'varchar')})" if pg else f":{name}"
-
-    same = f"h_key = {p('key')}"
-    st = f"COALESCE(state, '') <> {p('state')}"
-    return f"""
-        UPDATE devices SET
-          last_seen = {p("now")}, state = {p("state")}, progress = {p("progress")},
-          last_error = {p("last_error")}, resources = {p("resources")}, health = {p("health")},
-          active_name = {p("an")}, active_version = {p("av")}, active_variant = {p("avar")},
-          active_target = {p("at")}, active_sha256 = {p("key")}, h_key = {p("key")},
-          h_since = CASE WHEN {same} THEN h_since ELSE {p("now")} END,
-          h_requests = CASE WHEN {same} THEN h_requests + {p("req")} ELSE {p("req")} END,
-          h_errors = CASE WHEN {same} THEN h_errors + {p("err")} ELSE {p("err")} END,
-          h_lat_sum = CASE WHEN {same} THEN h_lat_sum + {p("lat")} ELSE {p("lat")} END,
-          h_lat_w = CASE WHEN {same} THEN h_lat_w + {p("lat_w")} ELSE {p("lat_w")} END,
-          h_conf_sum = CASE WHEN {same} THEN h_conf_sum + {p("conf")} ELSE {p("conf")} END,
-          h_conf_w = CASE WHEN {same} THEN h_conf_w + {p("conf_w")} ELSE {p("conf_w")} END,
-          h_golden = CASE WHEN {p("golden_set")} THEN {p("golden")} WHEN {same} THEN h_golden ELSE NULL END,
-          h_shadow = CASE WHEN {p("shadow_set")} THEN {p("shadow")} WHEN {same} THEN h_shadow ELSE NULL END,
-          h_drift = CASE WHEN {p("drift_set")} THEN {p("drift")} WHEN {same} THEN h_drift ELSE NULL END,
-          fail_version = CASE {p("fkind")}
-            WHEN 'none' THEN fail_version
-            WHEN 'state' THEN (CASE WHEN {st} THEN '*' ELSE fail_version END)
-            WHEN 'active' THEN active_version
-            ELSE {p("fval")} END,
-          fail_at = CASE {p("fkind")}
-            WHEN 'none' THEN fail_at
-            WHEN 'state' THEN (CASE WHEN {st} THEN {p("now")} ELSE fail_at END)
-            ELSE {p("now")} END,
-          fail_reason = CASE {p("fkind")}
-            WHEN 'none' THEN fail_reason
-            WHEN 'state' THEN (CASE WHEN {st} THEN {p("freason")} ELSE fail_reason END)
-            ELSE {p("freason")} END,
-          hardware = CASE WHEN {p("hw_set")} THEN {p("hardware")} ELSE hardware END,
-          device_class = COALESCE({p("dclass")}, device_class),
-          arch = COALESCE({p("arch")}, arch)
-        WHERE id = {p("id")} AND token_hash = {p("th")} AND revoked = FALSE
-        RETURNING assigned_variant_id, assigned_rollout_id, command, command_version
-        """
-
-
-def _clear_command_sql(dialect: str) -> str:
-    if dialect == "postgresql":
-        return "UPDATE devices SET command = NULL, command_version = NULL WHERE id = %(id)s AND command = %(cmd)s"
-    return "UPDATE devices SET command = NULL, command_version = NULL WHERE id = :id AND command = :cmd"
 
 
 class DeviceService:
@@ -201,8 +85,7 @@ class DeviceService:
         self._cache_lock = threading.Lock()
         self._rng = random.Random()
         self._window_cls = _telemetry_window_class()
-        self._hb_sql = _heartbeat_sql(db.dialect)
-        self._clear_sql = _clear_command_sql(db.dialect)
+        self._beats = HeartbeatWriter(db)
 
     # --- enrollment ----------------------------------------------------------------------------
 
@@ -266,12 +149,7 @@ class DeviceService:
                     hardware=hw.model_dump(mode="json", exclude={"tags"}),
                     tags={**claimed, **tok.tags},
                     state="enrolled",
-                    h_requests=0,
-                    h_errors=0,
-                    h_lat_sum=0.0,
-                    h_lat_w=0.0,
-                    h_conf_sum=0.0,
-                    h_conf_w=0.0,
+                    **DeviceHealth.ZERO,
                 )
             )
             audit(
@@ -345,90 +223,12 @@ class DeviceService:
 
     def heartbeat(self, device_id: str, token: str, hb: Heartbeat) -> dict[str, Any]:
         """Record a heartbeat and return the director's answer (``HeartbeatResponse`` as JSON data)."""
-        if hb.device_id != device_id:
-            raise ValidationError(
-                f"heartbeat is for device {hb.device_id!r} but was sent to {device_id!r}",
-                hint="post each device's heartbeat to its own /v1/devices/{device_id}/heartbeat",
-            )
-        if not token.startswith(DEVICE_PREFIX):
-            raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
-        _finite(hb.health.model_dump(), "health")
-        if not 0 <= hb.health.errors <= hb.health.requests <= MAX_REQUESTS_PER_BEAT:
-            raise ValidationError(
-                f"heartbeat health has requests={hb.health.requests}, errors={hb.health.errors}; "
-                f"need 0 <= errors <= requests <= {MAX_REQUESTS_PER_BEAT}",
-                hint="report the requests and errors since the previous heartbeat",
-            )
-        _finite(hb.resources.model_dump(), "resources")
         now = self.clock()
-        a = hb.active
-        h = hb.health
-        key = a.sha256[:64] if a is not None else None
-        req = max(0, h.requests) if key else 0
-        err = max(0, min(h.errors, h.requests)) if key else 0
-        lat_w = float(max(req, 1)) if (key and h.latency_p95_ms is not None) else 0.0
-        conf_w = float(max(req, 1)) if (key and h.mean_confidence is not None) else 0.0
-        fail = failure_of(hb.state, hb.events)
-        fkind, fval, freason = "none", None, None
-        if fail is not None:
-            fval, freason = fail
-            fkind = {"*": "state", "@active": "active"}.get(fval, "value")
-        hw = hb.hardware
-        params = {
-            "id": device_id,
-            "th": hash_token(token),
-            "now": now,
-            "state": hb.state[:64],
-            "progress": hb.progress,
-            "last_error": hb.last_error,
-            "resources": json.dumps(hb.resources.model_dump(exclude_none=True)),
-            "health": json.dumps(h.model_dump(exclude_none=True)),
-            "an": a.name[:64] if a else None,
-            "av": a.version[:64] if a else None,
-            "avar": a.variant[:64] if a else None,
-            "at": a.target_path[:512] if a else None,
-            "key": key,
-            "req": req,
-            "err": err,
-            "lat": (h.latency_p95_ms or 0.0) * lat_w,
-            "lat_w": lat_w,
-            "conf": (h.mean_confidence or 0.0) * conf_w,
-            "conf_w": conf_w,
-            "golden_set": bool(key and h.golden_pass is not None),
-            "golden": bool(h.golden_pass),
-            "shadow_set": bool(key and h.shadow_agreement is not None),
-            "shadow": float(h.shadow_agreement or 0.0),
-            "drift_set": bool(key and h.drift_score is not None),
-            "drift": float(h.drift_score or 0.0),
-            "fkind": fkind,
-            "fval": fval,
-            "freason": freason,
-            "hw_set": hw is not None,
-            "hardware": json.dumps(hw.model_dump(mode="json", exclude={"tags"})) if hw else None,
-            "dclass": hw.device_class[:64] if hw else None,
-            "arch": hw.arch[:64] if hw else None,
-        }
-        active_version = a.version if a else None
-        # A device with no earlier version cannot carry out a rollback: asking again on every beat
-        # would loop forever, so its report of that ends the command.
-        impossible = any(str(e.get("event") or "").lower() == "rollback_impossible" for e in hb.events)
-
-        def run(cur: Any) -> tuple[Any, bool]:
-            cur.execute(self._hb_sql, params)
-            rows = cur.fetchall()  # exhausted, so SQLite finishes (commits) the statement now
-            row = rows[0] if rows else None
-            done = False
-            if row is not None and row[2] is not None:
-                done = _command_done(row[3], active_version) or impossible
-                if done:
-                    cur.execute(self._clear_sql, {"id": device_id, "cmd": row[2]})
-            return row, done
-
-        row, done = self.db.hot(run)
+        row, done = self._beats.record(device_id, token, hb, now)
         if row is None:
             raise self._diagnose(device_id, token)
         variant_id, rollout_id, command, _ = row
-        assignment = self._assignment(variant_id, rollout_id) if variant_id is not None else None
+        assignment = self.assignment(variant_id, rollout_id) if variant_id is not None else None
         commands = [command] if command is not None and not done else []
         return {
             "assignment": assignment,
@@ -437,7 +237,8 @@ class DeviceService:
             "server_time": datetime.fromtimestamp(now, UTC).isoformat(),
         }
 
-    def _assignment(self, variant_id: int, rollout_id: str | None) -> dict[str, Any] | None:
+    def assignment(self, variant_id: int, rollout_id: str | None) -> dict[str, Any] | None:
+        """The ``Assignment`` (as JSON data) of a variant in a rollout (cached: its rows never change)."""
         key = (variant_id, rollout_id)
         cached = self._assign_cache.get(key)
         if cached is not None:
@@ -589,28 +390,6 @@ class DeviceService:
                 }
                 for w in s.scalars(q)
             ]
-
-
-def _finite(values: dict[str, Any], where: str) -> None:
-    """Gates cannot compare NaN or infinity, and JSON columns cannot store them: refuse them."""
-    for k, v in values.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValidationError(
-                f"heartbeat {where}.{k} is {v}, not a finite number",
-                hint="report finite figures, or leave the field out when there is none",
-            )
-
-
-def _command_done(command_version: str | None, active_version: str | None) -> bool:
-    """Is a pending command satisfied by what the device now runs? (``=X``: runs X; ``!X``: not X)."""
-    if not command_version:
-        return False
-    op, v = command_version[0], command_version[1:]
-    if op == "=":
-        return active_version == v
-    if op == "!":
-        return active_version != v
-    return False
 
 
 def _telemetry_window_class() -> Any:

@@ -9,22 +9,20 @@ retraining and forcing maintenance need admin.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.responses import FileResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from edgefleet.errors import AuthError, ForbiddenError, InputError, NotFoundError
-from edgefleet.server._auth import DEVICE_PREFIX, Operator, Role, authenticate_operator
-from edgefleet.server._db import is_db_unavailable
+from edgefleet.errors import InputError, NotFoundError
+from edgefleet.server._auth import Operator, Role
 from edgefleet.server._fleet import FleetView
 from edgefleet.server._fleet_config import FleetConfig
 from edgefleet.server._fleet_metrics import FleetCollector
+from edgefleet.server._http import operator
+from edgefleet.server._scheduler import Scheduler
 
 __all__ = ["DASHBOARD_DIR", "fleet_router", "fleet_view", "install_fleet"]
 
@@ -37,7 +35,6 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_bearer = HTTPBearer(auto_error=False, description="operator token (efo_...)")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": desc}
     for code, desc in (
@@ -50,34 +47,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _operator(role: Role):  # noqa: ANN202
-    def dep(
-        request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-    ) -> Operator:
-        if cred is None or not cred.credentials:
-            raise AuthError(
-                "missing or malformed Authorization header",
-                hint="send 'Authorization: Bearer <operator token>'",
-            )
-        token = cred.credentials
-        if len(token) > 512:
-            raise AuthError("the bearer token is too long to be valid", hint="check the token you send")
-        if token.startswith(DEVICE_PREFIX):
-            raise ForbiddenError(
-                "device tokens cannot read fleet data",
-                hint="use an operator token (efo_...) with at least the viewer role",
-            )
-        with request.app.state.ctx.db.read() as s:
-            op = authenticate_operator(s, token)
-        op.require(role)
-        return op
-
-    return dep
-
-
-Viewer = Annotated[Operator, Depends(_operator(Role.viewer))]
-Deployer = Annotated[Operator, Depends(_operator(Role.deployer))]
-Admin = Annotated[Operator, Depends(_operator(Role.admin))]
+Viewer = Annotated[Operator, Depends(operator(Role.viewer, fleet=True))]
+Deployer = Annotated[Operator, Depends(operator(Role.deployer, fleet=True))]
+Admin = Annotated[Operator, Depends(operator(Role.admin, fleet=True))]
 
 Since = Annotated[float | None, Query(description="UNIX seconds (default: until - range_s)")]
 Until = Annotated[float | None, Query(description="UNIX seconds (default: now)")]
@@ -85,47 +57,16 @@ RangeS = Annotated[float | None, Query(gt=0, description="length of the range wh
 Name = Annotated[str | None, Query(max_length=160)]
 
 
-class _Loop:
-    """Evaluates alerts and applies retention on their intervals, in a thread of each server process."""
-
-    def __init__(self, view: FleetView) -> None:
-        self.view = view
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="edgefleet-fleet", daemon=True)
-        self._warned = 0.0
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-
-    def _run(self) -> None:
-        cfg = self.view.config
-        # first run after one full interval: a freshly started server has nothing to judge yet
-        next_alerts = time.monotonic() + cfg.alert_interval_s
-        next_maintain = time.monotonic() + cfg.maintain_interval_s
-        while not self.stop.is_set():
-            t = time.monotonic()
-            if t >= next_alerts:
-                next_alerts = t + cfg.alert_interval_s
-                self._guard("alert evaluation", self.view.evaluate)
-            if t >= next_maintain:
-                next_maintain = t + cfg.maintain_interval_s
-                self._guard("telemetry retention", self.view.maintain)
-            self.stop.wait(max(0.5, min(next_alerts, next_maintain) - time.monotonic()))
-
-    def _guard(self, what: str, fn: Any) -> None:
-        try:
-            fn()
-        except Exception as e:
-            if is_db_unavailable(e):
-                if time.monotonic() - self._warned >= 10:  # visible in the log without flooding it
-                    self._warned = time.monotonic()
-                    log.warning("%s: database unavailable (%s); retrying later", what, type(e).__name__)
-            else:
-                log.exception("%s failed; retrying at the next interval", what)
+def _background(view: FleetView) -> Scheduler:
+    """Alert evaluation and retention on their intervals, in a thread of each server process."""
+    cfg = view.config
+    s = Scheduler("edgefleet-fleet")
+    # first run after one full interval: a freshly started server has nothing to judge yet
+    s.every(cfg.alert_interval_s, "alert evaluation", view.evaluate, first_after_s=cfg.alert_interval_s)
+    s.every(
+        cfg.maintain_interval_s, "telemetry retention", view.maintain, first_after_s=cfg.maintain_interval_s
+    )
+    return s
 
 
 def fleet_router(view: FleetView, *, background: bool = False) -> APIRouter:
@@ -133,7 +74,7 @@ def fleet_router(view: FleetView, *, background: bool = False) -> APIRouter:
 
     @asynccontextmanager
     async def lifespan(_app: Any):  # noqa: ANN202
-        loop = _Loop(view) if background else None
+        loop = _background(view) if background else None
         if loop:
             loop.start()
         try:

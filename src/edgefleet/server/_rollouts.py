@@ -19,7 +19,9 @@ from sqlalchemy.orm import Session
 
 from edgefleet.errors import ConflictError, NotFoundError, RolloutError
 from edgefleet.protocol import GateThresholds
+from edgefleet.server._audit import audit
 from edgefleet.server._db import Database
+from edgefleet.server._device_health import DeviceHealth
 from edgefleet.server._fit import FitResult, choose_variant
 from edgefleet.server._gates import (
     failure_reason,
@@ -59,32 +61,6 @@ ACTIVE_STATES = ("running", "waiting_approval", "paused", "halted")
 ENGINE = "engine"
 
 
-def audit(
-    s: Session,
-    action: str,
-    *,
-    actor: str,
-    now: float,
-    rollout_id: str | None = None,
-    device_id: str | None = None,
-    from_state: str | None = None,
-    to_state: str | None = None,
-    **details: Any,
-) -> None:
-    s.add(
-        AuditEntry(
-            at=now,
-            actor=actor,
-            action=action,
-            rollout_id=rollout_id,
-            device_id=device_id,
-            from_state=from_state,
-            to_state=to_state,
-            details=details,
-        )
-    )
-
-
 @dataclass
 class Aggregate:
     """Health of a group of devices, summed from their per-version counters."""
@@ -106,23 +82,23 @@ class Aggregate:
     @classmethod
     def of(cls, devices: list[Device]) -> Aggregate:
         a = cls()
-        for d in devices:
+        for t in map(DeviceHealth.totals, devices):
             a.devices += 1
-            a.requests += d.h_requests or 0
-            a.errors += d.h_errors or 0
-            a.lat_sum += d.h_lat_sum or 0.0
-            a.lat_w += d.h_lat_w or 0.0
-            a.conf_sum += d.h_conf_sum or 0.0
-            a.conf_w += d.h_conf_w or 0.0
-            if d.h_golden is not None:
+            a.requests += t.requests
+            a.errors += t.errors
+            a.lat_sum += t.lat_sum
+            a.lat_w += t.lat_w
+            a.conf_sum += t.conf_sum
+            a.conf_w += t.conf_w
+            if t.golden is not None:
                 a.golden_n += 1
-                a.golden_pass += int(bool(d.h_golden))
-            if d.h_shadow is not None:
+                a.golden_pass += int(bool(t.golden))
+            if t.shadow is not None:
                 a.shadow_n += 1
-                a.shadow_sum += d.h_shadow
-            if d.h_drift is not None:
+                a.shadow_sum += t.shadow
+            if t.drift is not None:
                 a.drift_n += 1
-                a.drift_sum += d.h_drift
+                a.drift_sum += t.drift
         return a
 
     @classmethod

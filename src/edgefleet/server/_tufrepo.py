@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import select
 
 from edgefleet.errors import ConflictError, InputError, NotFoundError, RegistryError
+from edgefleet.server._audit import audit
 from edgefleet.server._db import Database
 from edgefleet.server._fit import default_device_classes
 from edgefleet.server._models import Release, ReleaseVariant
-from edgefleet.server._rollouts import audit
 from edgefleet.server._schemas import ReleaseRegister
 
 __all__ = ["RepositoryService", "release_dict"]
@@ -232,6 +232,39 @@ class RepositoryService:
             s.flush()
             out = release_dict(s, rel)
         return out, created
+
+    def releases(self, db: Database, *, name: str | None = None) -> list[dict[str, Any]]:
+        """Registered releases (of ``name``, if given), oldest first."""
+        with db.read() as s:
+            q = select(Release).order_by(Release.registered_at)
+            if name:
+                q = q.where(Release.name == name)
+            return [release_dict(s, r) for r in s.scalars(q)]
+
+    def release(self, db: Database, name: str, version: str) -> dict[str, Any]:
+        """One registered release.
+
+        Raises:
+            NotFoundError: it is not registered.
+        """
+        with db.read() as s:
+            r = s.scalars(
+                select(Release).where(Release.name == name, Release.version == version)
+            ).one_or_none()
+            if r is None:
+                raise NotFoundError(
+                    f"release {name} {version} is not registered",
+                    hint=f"register it: edgefleet release register {name} {version}",
+                )
+            return release_dict(s, r)
+
+    def status(self) -> dict[str, Any]:
+        """The repository's role versions and expiry, and whether this server can re-sign the timestamp."""
+        return {
+            **self.open().status(),
+            "can_refresh": self.can_refresh(),
+            "timestamp_expires": self.timestamp_expires(),
+        }
 
 
 def release_dict(s: Any, rel: Release) -> dict[str, Any]:

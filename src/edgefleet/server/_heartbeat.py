@@ -1,0 +1,267 @@
+"""The heartbeat, the fleet's hot path: its HTTP endpoint, its validation and its one SQL statement.
+
+A heartbeat is one ``UPDATE ... RETURNING``: it authenticates the device (token hash in the WHERE
+clause), records its report and health counters (``DeviceHealth``) and returns what the director decided
+for it. It bypasses FastAPI's dependency machinery and SQLAlchemy's execution layer (``Database.hot``),
+because at fleet scale those cost several times the statement itself; the FastAPI route of the same URL
+in ``_app`` documents the endpoint in OpenAPI, and both answer alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edgefleet.errors import AuthError, ValidationError
+from edgefleet.protocol import Heartbeat
+from edgefleet.server._auth import DEVICE_PREFIX, bearer, hash_token
+from edgefleet.server._db import Database
+from edgefleet.server._device_health import DeviceHealth
+from edgefleet.server._http import DEVICE_ID_RE, validation_error
+
+__all__ = ["HeartbeatWriter", "failure_of", "heartbeat_endpoint"]
+
+# Agent events that mean "this build failed on the device" (see edgefleet.agent's journal events).
+_FAIL_EVENTS = {
+    "refused",
+    "install_failed",
+    "download_failed",
+    "verification_failed",
+    "health_check_failed",
+    "activation_failed",
+    "rollback_impossible",
+}
+_FAIL_STATES = {"failed", "error", "install_failed"}
+MAX_REQUESTS_PER_BEAT = 10**9  # far above any device; keeps the counters' sums exact
+
+
+def failure_of(state: str | None, events: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """What a report says failed: ``(key, reason)``.
+
+    ``key`` is a version, ``sha:<prefix>`` of the build, ``@active`` (the build the device ran before
+    this report: it rolled itself back from it), or ``*`` (a failure state with nothing more said).
+    """
+    for e in reversed(events):
+        kind = str(e.get("event") or e.get("type") or e.get("kind") or "").lower()
+        auto_rollback = kind == "rolled_back" and bool(e.get("auto"))
+        if kind not in _FAIL_EVENTS and not kind.endswith("_failed") and not auto_rollback:
+            continue
+        reason = str(e.get("reason") or e.get("message") or e.get("error") or kind)[:1000]
+        if auto_rollback or kind == "rollback_impossible":
+            return "@active", reason
+        if isinstance(e.get("version"), str):
+            return e["version"][:64], reason
+        sha = e.get("sha256")
+        if isinstance(sha, str) and 8 <= len(sha) <= 64:
+            return "sha:" + sha.lower()[:60], reason
+        return "*", reason
+    if state and state.lower() in _FAIL_STATES:
+        return "*", state
+    return None
+
+
+# --- the statement -------------------------------------------------------------------------------
+
+_PARAM_TYPES = {
+    **DeviceHealth.PARAM_TYPES,
+    "now": "double precision",
+    "progress": "double precision",
+    "hw_set": "boolean",
+    "resources": "jsonb",
+    "health": "jsonb",
+    "hardware": "jsonb",
+    "last_error": "text",
+    "freason": "text",
+}
+
+
+def heartbeat_sql(dialect: str) -> str:
+    """The heartbeat's single statement, built once per process (parameters only change per call).
+
+    In the drivers' own parameter styles (psycopg ``%(name)s``, sqlite3 ``:name``); PostgreSQL needs
+    every parameter typed, because several are used in more than one place.
+    """
+    pg = dialect == "postgresql"
+
+    def p(name: str) -> str:
+        return f"CAST(%({name})s AS {_PARAM_TYPES.get(name, 'varchar')})" if pg else f":{name}"
+
+    st = f"COALESCE(state, '') <> {p('state')}"
+    return f"""
+        UPDATE devices SET
+          last_seen = {p("now")}, state = {p("state")}, progress = {p("progress")},
+          last_error = {p("last_error")}, resources = {p("resources")}, health = {p("health")},
+          active_name = {p("an")}, active_version = {p("av")}, active_variant = {p("avar")},
+          active_target = {p("at")}, active_sha256 = {p("key")},
+          {DeviceHealth.set_sql(p)},
+          fail_version = CASE {p("fkind")}
+            WHEN 'none' THEN fail_version
+            WHEN 'state' THEN (CASE WHEN {st} THEN '*' ELSE fail_version END)
+            WHEN 'active' THEN active_version
+            ELSE {p("fval")} END,
+          fail_at = CASE {p("fkind")}
+            WHEN 'none' THEN fail_at
+            WHEN 'state' THEN (CASE WHEN {st} THEN {p("now")} ELSE fail_at END)
+            ELSE {p("now")} END,
+          fail_reason = CASE {p("fkind")}
+            WHEN 'none' THEN fail_reason
+            WHEN 'state' THEN (CASE WHEN {st} THEN {p("freason")} ELSE fail_reason END)
+            ELSE {p("freason")} END,
+          hardware = CASE WHEN {p("hw_set")} THEN {p("hardware")} ELSE hardware END,
+          device_class = COALESCE({p("dclass")}, device_class),
+          arch = COALESCE({p("arch")}, arch)
+        WHERE id = {p("id")} AND token_hash = {p("th")} AND revoked = FALSE
+        RETURNING assigned_variant_id, assigned_rollout_id, command, command_version
+        """
+
+
+def clear_command_sql(dialect: str) -> str:
+    if dialect == "postgresql":
+        return "UPDATE devices SET command = NULL, command_version = NULL WHERE id = %(id)s AND command = %(cmd)s"
+    return "UPDATE devices SET command = NULL, command_version = NULL WHERE id = :id AND command = :cmd"
+
+
+class HeartbeatWriter:
+    """Checks a heartbeat and records it with one statement; returns the device's row of the director."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._sql = heartbeat_sql(db.dialect)
+        self._clear_sql = clear_command_sql(db.dialect)
+
+    def record(self, device_id: str, token: str, hb: Heartbeat, now: float) -> tuple[Any, bool]:
+        """``(row, command_done)``; ``row`` is ``(variant_id, rollout_id, command, command_version)``,
+        or None when the device/token pair did not authenticate (nothing was written then)."""
+        if hb.device_id != device_id:
+            raise ValidationError(
+                f"heartbeat is for device {hb.device_id!r} but was sent to {device_id!r}",
+                hint="post each device's heartbeat to its own /v1/devices/{device_id}/heartbeat",
+            )
+        if not token.startswith(DEVICE_PREFIX):
+            raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
+        _finite(hb.health.model_dump(), "health")
+        if not 0 <= hb.health.errors <= hb.health.requests <= MAX_REQUESTS_PER_BEAT:
+            raise ValidationError(
+                f"heartbeat health has requests={hb.health.requests}, errors={hb.health.errors}; "
+                f"need 0 <= errors <= requests <= {MAX_REQUESTS_PER_BEAT}",
+                hint="report the requests and errors since the previous heartbeat",
+            )
+        _finite(hb.resources.model_dump(), "resources")
+        a = hb.active
+        fail = failure_of(hb.state, hb.events)
+        fkind, fval, freason = "none", None, None
+        if fail is not None:
+            fval, freason = fail
+            fkind = {"*": "state", "@active": "active"}.get(fval, "value")
+        hw = hb.hardware
+        params = {
+            **DeviceHealth.beat_params(hb),
+            "id": device_id,
+            "th": hash_token(token),
+            "now": now,
+            "state": hb.state[:64],
+            "progress": hb.progress,
+            "last_error": hb.last_error,
+            "resources": json.dumps(hb.resources.model_dump(exclude_none=True)),
+            "health": json.dumps(hb.health.model_dump(exclude_none=True)),
+            "an": a.name[:64] if a else None,
+            "av": a.version[:64] if a else None,
+            "avar": a.variant[:64] if a else None,
+            "at": a.target_path[:512] if a else None,
+            "fkind": fkind,
+            "fval": fval,
+            "freason": freason,
+            "hw_set": hw is not None,
+            "hardware": json.dumps(hw.model_dump(mode="json", exclude={"tags"})) if hw else None,
+            "dclass": hw.device_class[:64] if hw else None,
+            "arch": hw.arch[:64] if hw else None,
+        }
+        active_version = a.version if a else None
+        # A device with no earlier version cannot carry out a rollback: asking again on every beat
+        # would loop forever, so its report of that ends the command.
+        impossible = any(str(e.get("event") or "").lower() == "rollback_impossible" for e in hb.events)
+
+        def run(cur: Any) -> tuple[Any, bool]:
+            cur.execute(self._sql, params)
+            rows = cur.fetchall()  # exhausted, so SQLite finishes (commits) the statement now
+            row = rows[0] if rows else None
+            done = False
+            if row is not None and row[2] is not None:
+                done = _command_done(row[3], active_version) or impossible
+                if done:
+                    cur.execute(self._clear_sql, {"id": device_id, "cmd": row[2]})
+            return row, done
+
+        return self.db.hot(run)
+
+
+def _finite(values: dict[str, Any], where: str) -> None:
+    """Gates cannot compare NaN or infinity, and JSON columns cannot store them: refuse them."""
+    for k, v in values.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValidationError(
+                f"heartbeat {where}.{k} is {v}, not a finite number",
+                hint="report finite figures, or leave the field out when there is none",
+            )
+
+
+def _command_done(command_version: str | None, active_version: str | None) -> bool:
+    """Is a pending command satisfied by what the device now runs? (``=X``: runs X; ``!X``: not X)."""
+    if not command_version:
+        return False
+    op, v = command_version[0], command_version[1:]
+    if op == "=":
+        return active_version == v
+    if op == "!":
+        return active_version != v
+    return False
+
+
+# --- the endpoint --------------------------------------------------------------------------------
+
+
+def heartbeat_endpoint(ctx: Any, on_beat: Callable[[], None]) -> Callable[[Request], Any]:
+    """``POST /v1/devices/{device_id}/heartbeat`` as a plain Starlette endpoint over ``ctx.devices``.
+
+    It makes the same checks in the same order as the documented FastAPI route (credentials before the
+    body) and answers with the same bodies. On SQLite the statement runs on the event loop (local CPU
+    work under one write lock; a hop to the thread pool would cost more than the query); on PostgreSQL
+    it runs in the thread pool, so that the waits for the database overlap.
+    """
+    inline = ctx.db.dialect == "sqlite"
+
+    async def endpoint(request: Request) -> Response:
+        device_id = request.path_params["device_id"]
+        if not DEVICE_ID_RE.match(device_id):
+            raise validation_error(
+                [{"loc": ["device_id"], "msg": "String should match pattern '^[A-Za-z0-9_.\\-]+$'"}], "path"
+            )
+        scheme, _, cred = (request.headers.get("authorization") or "").partition(" ")
+        token = bearer(cred.strip() if scheme.lower() == "bearer" else None)
+        if not token.startswith(DEVICE_PREFIX):
+            raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
+        body = await request.body()
+        try:
+            hb = Heartbeat.model_validate_json(body)
+        except PydanticValidationError as e:
+            raise validation_error(e.errors(include_url=False), "body") from None
+        if inline:
+            out = ctx.devices.heartbeat(device_id, token, hb)
+        else:
+            out = await run_in_threadpool(ctx.devices.heartbeat, device_id, token, hb)
+        on_beat()
+        return json_response(out)
+
+    return endpoint
+
+
+def json_response(out: dict[str, Any]) -> Response:
+    """The heartbeat's answer, compact (both heartbeat routes answer with these bytes)."""
+    return Response(json.dumps(out, separators=(",", ":")).encode(), media_type="application/json")
