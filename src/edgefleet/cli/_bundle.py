@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from edgefleet.cli._common import console, print_json
+from edgefleet.cli._common import console, load_preprocess, print_json
 from edgefleet.errors import InputError
 
 if TYPE_CHECKING:
@@ -59,28 +59,6 @@ def _head(raw: Any, n: int) -> Any:
     return raw[:n]
 
 
-def _load_steps(path: Path) -> list[dict[str, Any]]:
-    import json
-
-    import yaml
-
-    try:
-        text = path.read_text()
-        steps = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise InputError(
-            f"cannot read the preprocessing contract {path}: {e}", hint="write a JSON/YAML list"
-        ) from e
-    if isinstance(steps, dict) and "steps" in steps:
-        steps = steps["steps"]
-    if not isinstance(steps, list):
-        raise InputError(
-            f"{path} must hold a list of steps (or {{'steps': [...]}})",
-            hint='e.g. [{"op": "scale", "factor": 0.0625}]',
-        )
-    return steps
-
-
 def _labels(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -115,7 +93,7 @@ def create(
 
     raw = _load_raw(golden)
     ref = _load_raw(reference) if reference is not None else raw
-    steps = _load_steps(preprocess) if preprocess is not None else None
+    steps = load_preprocess(preprocess) if preprocess is not None else None
     with console.status(f"building {name} {version} ({variant})..."):
         create_bundle(
             model,

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TextIO
 import typer
 from rich.console import Console
 
-from edgefleet.client import DEFAULT_URL
+from edgefleet.client import DEFAULT_URL, Client
 from edgefleet.errors import InputError
 
 
@@ -51,6 +51,26 @@ def emit(result: Any, json_out: bool, show: Callable[..., None] | None = None, *
         show(result, **options)
 
 
+def load_preprocess(path: Path) -> list[dict[str, Any]]:
+    """A preprocessing contract file: a JSON/YAML list of steps (or ``{steps: [...]}`` / ``{preprocess: [...]}``)."""
+    import yaml
+
+    try:
+        steps = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise InputError(
+            f"cannot read the preprocessing contract {path}: {e}", hint="write a JSON/YAML list of steps"
+        ) from e
+    if isinstance(steps, dict):
+        steps = steps.get("steps", steps.get("preprocess", steps))
+    if not isinstance(steps, list):
+        raise InputError(
+            f"{path} must hold a list of steps (or {{'steps': [...]}})",
+            hint='e.g. [{"op": "scale", "factor": 0.0625}]',
+        )
+    return steps
+
+
 # --- commands that drive a running control plane -----------------------------------------------
 
 ServerUrl = Annotated[str, typer.Option("--server", envvar="EDGEFLEET_SERVER_URL", help="Control plane URL.")]
@@ -68,11 +88,20 @@ TokenFile = Annotated[
 JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+_KW = inspect.Parameter.KEYWORD_ONLY
+_CONNECTION = [
+    inspect.Parameter("server", _KW, annotation=ServerUrl, default=DEFAULT_URL),
+    inspect.Parameter("token", _KW, annotation=Token, default=None),
+    inspect.Parameter("token_file", _KW, annotation=TokenFile, default=None),
+]
+_JSON = inspect.Parameter("json_out", _KW, annotation=JsonOut, default=False)
+
+
 def operator_command(
     group: typer.Typer,
     name: str,
     *,
-    show: Callable[[Any], None] | None = None,
+    show: Callable[..., None] | None = None,
     json_option: bool = True,
     doc: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -89,40 +118,17 @@ def operator_command(
         own = [
             p.replace(annotation=hints.get(p.name, p.annotation))
             for p in inspect.signature(fn).parameters.values()
-        ][1:]
-        shared = [
-            inspect.Parameter(
-                "server", inspect.Parameter.KEYWORD_ONLY, annotation=ServerUrl, default=DEFAULT_URL
-            ),
-            inspect.Parameter("token", inspect.Parameter.KEYWORD_ONLY, annotation=Token, default=None),
-            inspect.Parameter(
-                "token_file", inspect.Parameter.KEYWORD_ONLY, annotation=TokenFile, default=None
-            ),
         ]
-        if json_option:
-            shared.append(
-                inspect.Parameter(
-                    "json_out", inspect.Parameter.KEYWORD_ONLY, annotation=JsonOut, default=False
-                )
-            )
-
         wanted = list(inspect.signature(show).parameters)[1:] if show is not None else []
 
         def command(
-            *args: Any,
-            server: str,
-            token: str | None,
-            token_file: Path | None,
-            json_out: bool = False,
-            **kw: Any,
+            *, server: str, token: str | None, token_file: Path | None, json_out: bool = False, **kw: Any
         ) -> None:
-            from edgefleet.client import Client
-
             with Client(server, token=token, token_file=token_file) as api:
-                result = fn(api, *args, **kw)
+                result = fn(api, **kw)
             emit(result, json_out, show, **{k: kw[k] for k in wanted})
 
-        params = own + shared
+        params = own[1:] + _CONNECTION + ([_JSON] if json_option else [])
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         command.__name__ = fn.__name__

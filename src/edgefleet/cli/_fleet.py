@@ -1,4 +1,4 @@
-"""``edgefleet fleet``: fleet health, drift, outliers, alerts and retraining requests of a running control plane."""
+"""``edgefleet fleet``: fleet health, drift, outliers, alerts and retraining requests (running control plane)."""
 
 from __future__ import annotations
 

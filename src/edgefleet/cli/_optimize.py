@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from edgefleet.cli._common import console, err_console, print_json
+from edgefleet.cli._common import console, err_console, load_preprocess, print_json
 from edgefleet.errors import BudgetNotMetError, ConfigError
 
 __all__ = ["register"]
@@ -82,27 +82,6 @@ def _print_report_table(report: Any) -> None:
     console.print(f"[bold]chosen:[/] {report.chosen or 'none'} — {report.reason}", highlight=False)
 
 
-def _load_steps(path: Path | None) -> Any:
-    if path is None:
-        return None
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(
-            f"preprocessing contract {path} cannot be read: {e}", hint="give a JSON/YAML list of steps"
-        ) from e
-    if isinstance(data, dict) and "preprocess" in data:
-        data = data["preprocess"]
-    if not isinstance(data, list):
-        raise ConfigError(
-            f"preprocessing contract {path} must be a list of steps",
-            hint='e.g. [{"op": "decode_image"}, {"op": "resize", "size": [8, 8]}]',
-        )
-    return data
-
-
 def register(app: typer.Typer) -> None:
     @app.command("optimize")
     def optimize_cmd(
@@ -174,7 +153,7 @@ def register(app: typer.Typer) -> None:
 
             base = wanted or default_variant_names(matmul_heavy=True)
             wanted = base + [v for v in add_variant if v not in base]
-        steps = _load_steps(preprocess)
+        steps = load_preprocess(preprocess) if preprocess is not None else None
         bundle_opts = None
         if bundle:
             bundle_opts = {

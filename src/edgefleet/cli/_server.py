@@ -126,8 +126,8 @@ def token_create(
     import time
 
     from edgefleet.server import Database, Role
+    from edgefleet.server._audit import audit
     from edgefleet.server._auth import create_operator_token
-    from edgefleet.server._rollouts import audit
 
     cfg = _config(data, db)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)

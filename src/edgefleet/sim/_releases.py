@@ -187,15 +187,7 @@ class ReleaseBuilder:
                 lat = res.bench.latency if res.bench else None
                 metrics = Metrics(
                     accuracy=res.quality.accuracy if res.quality else None,
-                    latency={
-                        opt["profile"]: LatencyStats(
-                            mean_ms=lat.mean_ms,
-                            p50_ms=lat.p50_ms,
-                            p90_ms=lat.p90_ms,
-                            p95_ms=lat.p95_ms,
-                            p99_ms=lat.p99_ms,
-                        )
-                    }
+                    latency={opt["profile"]: LatencyStats.model_validate(lat, from_attributes=True)}
                     if lat
                     else {},
                     size_bytes=res.size_bytes,
