@@ -10,8 +10,8 @@ from edgefleet.errors import InputError, IntegrityError, NotFoundError
 from edgefleet.server._blobs import FileBlobStore
 from edgefleet.server._fit import VariantSpec, choose_variant
 from edgefleet.server._heartbeat import failure_of
-from edgefleet.server._rollouts import member_hash, wave_size
 from edgefleet.server._selector import Selector, device_attrs
+from edgefleet.server._waves import member_hash, wave_size
 
 
 def attrs(cls="pi4", **tags):

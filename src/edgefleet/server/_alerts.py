@@ -20,11 +20,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgefleet.errors import ConfigError, ConflictError, NotFoundError
+from edgefleet.server._audit import audit
 from edgefleet.server._fleet_config import FleetConfig
 from edgefleet.server._fleet_models import FleetAlert, RetrainRequestRow
 from edgefleet.server._fleetview import ACTOR, FleetQueries, Query, rounded, split_release
 from edgefleet.server._models import Device, ServerState
-from edgefleet.server._rollouts import audit
 from edgefleet.telemetry import AlertRules, CommandHook, RetrainRequest, WebhookHook, evaluate_alerts
 
 __all__ = ["FleetAlerts"]

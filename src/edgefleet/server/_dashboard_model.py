@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from edgefleet.server._devices import device_status
 from edgefleet.server._fleet_models import FleetAlert, RetrainRequestRow, TelemetryRollup
 from edgefleet.server._fleetview import FleetQueries
 from edgefleet.server._models import AuditEntry, Device, Rollout, TelemetryBatchRow, TelemetryWindowRow
@@ -42,14 +43,6 @@ def device_health(
     if req == 0 and d.h_golden is None:
         return "unknown"
     return "healthy"
-
-
-def device_status(d: Device, now: float, stale_after_s: float, offline_after_s: float) -> str:
-    """How recently a device was heard from: online, stale, offline, or revoked."""
-    if d.revoked:
-        return "revoked"
-    age = now - d.last_seen
-    return "offline" if age >= offline_after_s else "stale" if age >= stale_after_s else "online"
 
 
 class DashboardModel:

@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.server._audit import audit
 from edgefleet.server._fleet_models import TelemetryRollup
 from edgefleet.server._fleetview import ACTOR, FleetQueries, release_of
 from edgefleet.server._models import Device, TelemetryWindowRow
-from edgefleet.server._rollouts import audit
 from edgefleet.telemetry import Window, merge_windows
 
 __all__ = ["Retention"]
