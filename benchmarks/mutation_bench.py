@@ -384,7 +384,7 @@ def main() -> None:
         keep = [m for m in old.get("modules", []) if m["module"] not in set(args.modules)]
         doc["modules"] = sorted(keep + doc["modules"], key=lambda m: list(MODULES).index(m["module"]))
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
