@@ -115,7 +115,7 @@ def test_slow_link_reports_progress_in_heartbeats(world):
 
 
 def test_byte_rate_cap_is_a_lower_bound_on_time():
-    from edgefleet.agent import RateLimiter
+    from edgefleet.agent._fetcher import RateLimiter
 
     lim = RateLimiter(100_000, burst=10_000)
     t0 = time.monotonic()

@@ -16,7 +16,8 @@ import pytest
 from _standin import ENROLL_TOKEN, StandIn
 from agenttools import assert_valid_active, run_until
 
-from edgefleet.agent import AgentConfig, Journal, backoff_delay, enroll, jittered
+from edgefleet.agent import AgentConfig, Journal, enroll
+from edgefleet.agent._agent import backoff_delay, jittered
 from edgefleet.errors import AuthError, ConfigError, VerificationError
 
 

@@ -10,23 +10,15 @@ watch, commit or roll back, with a journal that survives kill -9 (see DESIGN.md 
 
 from pathlib import Path
 
-from edgefleet.agent._agent import (
-    Agent,
-    Credentials,
-    agent_status,
-    backoff_delay,
-    enroll,
-    jittered,
-    request_rollback,
-)
+from edgefleet.agent._agent import Agent
 from edgefleet.agent._config import AgentConfig
-from edgefleet.agent._director import DirectorClient, ServerUnreachable
-from edgefleet.agent._fetcher import HttpxFetcher, RateLimiter
-from edgefleet.agent._health import check_health
+from edgefleet.agent._control import agent_status, request_rollback
+from edgefleet.agent._director import ServerUnreachable
+from edgefleet.agent._enroll import Credentials, enroll
 from edgefleet.agent._host import RuntimeHost
 from edgefleet.agent._journal import Journal, JournalState, PendingUpdate, WatchState
 from edgefleet.agent._store import ModelStore, StoredModel
-from edgefleet.agent._tuf import TrustedRepository, delta_target_path
+from edgefleet.agent._tuf import TrustedRepository
 
 #: The systemd unit shipped with the package (see docs/agent.md).
 SYSTEMD_UNIT = Path(__file__).with_name("edgefleet-agent.service")
@@ -36,23 +28,16 @@ __all__ = [
     "Agent",
     "AgentConfig",
     "Credentials",
-    "DirectorClient",
-    "HttpxFetcher",
     "Journal",
     "JournalState",
     "ModelStore",
     "PendingUpdate",
-    "RateLimiter",
     "RuntimeHost",
     "ServerUnreachable",
     "StoredModel",
     "TrustedRepository",
     "WatchState",
     "agent_status",
-    "backoff_delay",
-    "check_health",
-    "delta_target_path",
     "enroll",
-    "jittered",
     "request_rollback",
 ]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import tenacity
 from tuf.api import exceptions as tuf_exc
 from tuf.ngclient.fetcher import FetcherInterface
 
@@ -58,7 +59,7 @@ class RateLimiter:
 
 
 class HttpxFetcher(FetcherInterface):
-    """httpx-based fetcher with Range resume, a byte-rate cap, retries with backoff and progress.
+    """httpx-based fetcher with Range resume, a byte-rate cap, retries with backoff (tenacity) and progress.
 
     Args:
         max_rate: byte-rate cap in bytes/s (None: uncapped), shared by metadata and targets.
@@ -128,7 +129,10 @@ class HttpxFetcher(FetcherInterface):
     def download_resumable(self, url: str, part: Path, length: int, progress: Progress | None = None) -> Path:
         """Download ``url`` into ``part`` (appending to what is there) until it holds ``length`` bytes.
 
-        Hashes are not checked here; the caller verifies the finished file against signed metadata.
+        A failed attempt (reset, timeout, 5xx, short read) is retried with a Range request from where the
+        file ends, after an exponential backoff (tenacity). An attempt that added bytes starts the count
+        and the backoff again: only ``retries`` attempts in a row without progress give up. Hashes are not
+        checked here; the caller verifies the finished file against signed metadata.
 
         Raises:
             DownloadError: the server kept failing, sent more than ``length`` bytes, or ``cancel`` was set.
@@ -136,9 +140,10 @@ class HttpxFetcher(FetcherInterface):
         """
         part = Path(part)
         part.parent.mkdir(parents=True, exist_ok=True)
-        failures = 0
-        delay = self.backoff
-        while True:
+        stalled = 0  # failed attempts in a row that added no byte
+
+        def attempt() -> None:
+            nonlocal stalled
             have = part.stat().st_size if part.exists() else 0
             if have > length:
                 log.warning("%s holds %d bytes, more than the %d expected; starting over", part, have, length)
@@ -147,44 +152,52 @@ class HttpxFetcher(FetcherInterface):
             if progress:
                 progress(have, length)
             if have == length:
-                return part
+                return
             if self.cancel.is_set():
                 raise DownloadError(
                     f"download of {url} cancelled at {have}/{length} bytes",
                     hint="it resumes from the .part file on the next attempt",
                 )
-            before = have
             try:
                 self._get_range(url, part, have, length, progress)
-            except DiskSpaceError:
+            except _TRANSIENT:
+                stalled = 1 if _size(part) > have else stalled + 1
                 raise
-            except (httpx.HTTPError, OSError, _Retry) as e:
-                now = part.stat().st_size if part.exists() else 0
-                if now > before:
-                    failures = 0
-                    delay = self.backoff
-                failures += 1
-                log.info(
-                    "download of %s interrupted at %d/%d bytes (%s); retry %d/%d in %.1fs",
-                    url,
-                    now,
-                    length,
-                    e,
-                    failures,
-                    self.retries,
-                    delay,
-                )
-                if failures > self.retries:
-                    raise DownloadError(
-                        f"download of {url} failed {failures} times in a row at {now}/{length} bytes: {e}",
-                        hint="check the link to the repository; the .part file is kept and resumes later",
-                        url=url,
-                        bytes=now,
-                        length=length,
-                    ) from e
-                if self.cancel.wait(delay):
-                    continue
-                delay = min(delay * 2, self.backoff_max)
+            if progress:
+                progress(length, length)
+
+        def log_retry(rs: tenacity.RetryCallState) -> None:
+            log.info(
+                "download of %s interrupted at %d/%d bytes (%s); retry %d/%d in %.1fs",
+                url,
+                _size(part),
+                length,
+                rs.outcome.exception() if rs.outcome else None,
+                stalled,
+                self.retries,
+                rs.next_action.sleep if rs.next_action else 0.0,
+            )
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_TRANSIENT),
+            stop=lambda rs: stalled > self.retries,
+            wait=lambda rs: min(self.backoff * 2 ** (stalled - 1), self.backoff_max),
+            sleep=self.cancel.wait,  # a cancel ends the wait; the next attempt then stops
+            before_sleep=log_retry,
+        )
+        try:
+            retrying(attempt)
+        except tenacity.RetryError as e:
+            err = e.last_attempt.exception()
+            now = _size(part)
+            raise DownloadError(
+                f"download of {url} failed {stalled} times in a row at {now}/{length} bytes: {err}",
+                hint="check the link to the repository; the .part file is kept and resumes later",
+                url=url,
+                bytes=now,
+                length=length,
+            ) from err
+        return part
 
     def _get_range(self, url: str, part: Path, have: int, length: int, progress: Progress | None) -> None:
         headers = {"Range": f"bytes={have}-"} if have else {}
@@ -255,6 +268,14 @@ class HttpxFetcher(FetcherInterface):
 
 class _Retry(Exception):
     """A recoverable download failure: retry (resuming) after a backoff."""
+
+
+# What a resumed attempt may fix. DiskSpaceError and DownloadError (404, oversize) are not among them.
+_TRANSIENT = (httpx.HTTPError, OSError, _Retry)
+
+
+def _size(part: Path) -> int:
+    return part.stat().st_size if part.exists() else 0
 
 
 def _content_range_start(value: str) -> int | None:

@@ -1,7 +1,8 @@
 """The health gate a staged bundle must pass before activation.
 
-In a fresh onnxruntime session (not the one serving traffic): re-check every file hash, run the golden
-set (outputs within the bundle's tolerance), time the golden inputs one by one against the latency budget,
+On the ``Bundle`` the model store verified when it installed it (its files are not hashed again), in a
+fresh onnxruntime session (not the one serving traffic): run the golden set (outputs within the bundle's
+tolerance), time the golden inputs one by one against the latency budget,
 measure the memory the session takes against the memory budget, and, when the assignment asks for it,
 a shadow run on a sample of recent live requests compared with what the active model answered.
 """
@@ -11,19 +12,15 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgefleet.errors import (
-    BundleError,
-    EdgefleetError,
-    GoldenMismatchError,
-    HealthCheckError,
-    IntegrityError,
-)
+from edgefleet.errors import EdgefleetError, GoldenMismatchError, HealthCheckError
 from edgefleet.protocol import GateThresholds
+
+if TYPE_CHECKING:
+    from edgefleet.bundle import Bundle
 
 __all__ = ["check_health", "top1", "agreement"]
 
@@ -60,25 +57,17 @@ def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], output: str | 
     return float((ta == tb).mean())
 
 
-def check_health(
-    bundle_dir: Path, gates: GateThresholds, *, host: Any = None, config: Any = None
-) -> dict[str, Any]:
-    """Run the health gate on an unpacked bundle; return its figures.
+def check_health(b: Bundle, gates: GateThresholds, *, host: Any = None, config: Any = None) -> dict[str, Any]:
+    """Run the health gate on a verified, unpacked bundle; return its figures.
 
     Raises:
         HealthCheckError: with the reason (golden mismatch, too slow, too big, shadow disagreement...).
     """
-    from edgefleet.bundle import Bundle
-
     golden_required = gates.require_golden and (config is None or config.golden_required)
     runs = getattr(config, "latency_runs", 30)
     report: dict[str, Any] = {}
     gc.collect()
     rss0 = _rss_mb()
-    try:
-        b = Bundle.from_dir(Path(bundle_dir), check=True)
-    except (IntegrityError, BundleError) as e:
-        raise HealthCheckError(f"bundle failed its hash check: {e.message}", hint=e.hint) from e
     m = b.manifest
     key = m.key
     if m.golden is None:
@@ -90,7 +79,7 @@ def check_health(
         report["golden_pass"] = None
     else:
         try:
-            vr = b.verify()
+            vr = b.verify(files=False)  # hashed once, when the store installed it
         except GoldenMismatchError as e:
             raise HealthCheckError(
                 f"golden set failed for {key}: {e.message}",

@@ -40,14 +40,17 @@ class _Instrumented:
 class RuntimeHost:
     """Serves the active bundle through ``edgefleet.runtime.Runtime``; a swap never drops a request.
 
-    The runtime hot-swaps (requests in flight finish on the old model); the host counts requests,
-    errors, latency and confidence for heartbeats and the watch window, keeps a sample of live requests
-    for a candidate's shadow run, and serves the runtime's local API (``edgefleet.runtime.create_app``).
+    The runtime hot-swaps (requests in flight finish on the old model). Every answer and model error is
+    recorded by the loaded bundle's telemetry ``Aggregator``, the one source of the host's figures: the
+    telemetry windows it closes, and :meth:`health` (requests, errors, latency, confidence, drift) for
+    heartbeats and the watch window. The host also keeps a sample of live requests for a candidate's
+    shadow run, and serves the runtime's local API (``edgefleet.runtime.create_app``).
 
     Args:
         shadow_rate: fraction of live requests kept (input and answer) for a candidate's shadow run.
         shadow_keep: most samples kept.
-        window: most latency/confidence figures kept between two ``health(reset=True)`` calls.
+        recent_windows: closed telemetry windows (besides the open one) whose latency and confidence
+            :meth:`health` describes.
         runtime_config: ``edgefleet.runtime.RuntimeConfig`` (default: from ``EDGEFLEET_*`` variables).
         telemetry_config: ``edgefleet.telemetry.AggregatorConfig`` of the per-bundle aggregator that
             builds telemetry windows and drift (default: from ``EDGEFLEET_TELEMETRY_*`` variables).
@@ -58,7 +61,7 @@ class RuntimeHost:
         *,
         shadow_rate: float = 0.1,
         shadow_keep: int = 200,
-        window: int = 10_000,
+        recent_windows: int = 10,
         seed: int | None = None,
         runtime_config: Any = None,
         telemetry_config: Any = None,
@@ -68,7 +71,7 @@ class RuntimeHost:
         self.telemetry_config = telemetry_config
         self.aggregator: Any = None  # edgefleet.telemetry.Aggregator of the loaded bundle
         self._pre: Any = None  # the bundle's preprocessing: drift is measured on model inputs
-        self._closed_windows: list[Any] = []  # windows of swapped-out aggregators, not yet collected
+        self._closed_windows: list[Any] = []  # closed windows not yet collected by telemetry_windows()
         self._lock = threading.Lock()
         self.loaded: Path | None = None
         self.shadow_rate = shadow_rate
@@ -76,48 +79,50 @@ class RuntimeHost:
             maxlen=shadow_keep
         )
         self._rng = random.Random(seed)
-        self._window = window
-        self._reset_stats()
+        # health since the last reset: counts of the closed windows, the recent closed windows themselves
+        self._counted = [0, 0]
+        self._recent: collections.deque[Any] = collections.deque(maxlen=max(0, recent_windows))
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
-    def _reset_stats(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self._lat: collections.deque[float] = collections.deque(maxlen=self._window)
-        self._conf: collections.deque[float] = collections.deque(maxlen=self._window)
-
     # --- model ---------------------------------------------------------------------------------
 
-    def load(self, bundle_dir: Path) -> None:
-        """Load (or hot swap to) the bundle unpacked at ``bundle_dir``.
+    def load(self, bundle: Any) -> None:
+        """Load (or hot swap to) a bundle: a verified ``edgefleet.bundle.Bundle`` (served as it is, its
+        files not hashed again) or the path of an unpacked bundle (opened and checked by the runtime).
 
         Raises:
             ModelLoadError, GoldenMismatchError: the model cannot serve; the previous one keeps serving.
         """
-        self._ensure_runtime().swap(Path(bundle_dir))
-        agg, pre = self._new_aggregator(Path(bundle_dir))
+        root = Path(getattr(bundle, "root", bundle))
+        self._ensure_runtime().swap(bundle)
+        agg, pre = self._new_aggregator(root)
         with self._lock:
-            self.loaded = Path(bundle_dir)
+            self.loaded = root
             self._shadow.clear()  # samples were answered by the old model
             old, self.aggregator, self._pre = self.aggregator, agg, pre
         self._retire(old)
-        log.info("serving %s", self.model_key, extra={"bundle": str(bundle_dir)})
+        log.info("serving %s", self.model_key, extra={"bundle": str(root)})
 
     def _new_aggregator(self, bundle_dir: Path) -> tuple[Any, Any]:
         """A telemetry aggregator (and the preprocessing) for the bundle now served; (None, None) on error."""
         try:
-            from edgefleet.bundle import Preprocess
+            from edgefleet.bundle import REFERENCE_FILE, Preprocess
             from edgefleet.telemetry import Aggregator
 
             man = self.runtime.manifest
-            ref = bundle_dir / "reference.json"
-            agg = Aggregator(
-                None,
-                reference=str(ref) if ref.is_file() else None,
-                config=self.telemetry_config,
-                tags={"model": man.name, "version": man.version, "variant": man.variant},
-            )
+            tags = {"model": man.name, "version": man.version, "variant": man.variant}
+            ref = bundle_dir / REFERENCE_FILE
+            try:
+                agg = Aggregator(
+                    None,
+                    reference=str(ref) if ref.is_file() else None,
+                    config=self.telemetry_config,
+                    tags=tags,
+                )
+            except Exception as e:  # noqa: BLE001 - no drift, but health figures still count
+                log.warning("drift disabled for %s: %s", bundle_dir, e)
+                agg = Aggregator(None, config=self.telemetry_config, tags=tags)
             return agg, Preprocess(man.preprocess)
         except Exception as e:  # noqa: BLE001 - telemetry must never stop a model from serving
             log.warning("telemetry disabled for %s: %s", bundle_dir, e)
@@ -129,11 +134,23 @@ class RuntimeHost:
             return
         try:
             agg.flush_window()
-            done = agg.drain_windows()
         except Exception as e:  # noqa: BLE001
             log.warning("telemetry window of the previous model lost: %s", e)
             return
+        self._take(agg)
+
+    def _take(self, agg: Any) -> None:
+        """Move the windows ``agg`` closed into the host: counted for :meth:`health`, kept for telemetry."""
+        try:
+            done = agg.drain_windows()
+        except Exception as e:  # noqa: BLE001
+            log.warning("telemetry windows lost: %s", e)
+            return
         with self._lock:
+            for w in done:
+                self._counted[0] += w.requests
+                self._counted[1] += w.errors
+                self._recent.append(w)
             self._closed_windows.extend(done)
             del self._closed_windows[:-1000]  # bounded if nobody collects
 
@@ -146,10 +163,9 @@ class RuntimeHost:
         if agg is not None:
             with contextlib.suppress(Exception):
                 agg.flush_window() if final else agg.tick()
+            self._take(agg)
         with self._lock:
             out, self._closed_windows = self._closed_windows, []
-        if agg is not None:
-            out += agg.drain_windows()
         return out
 
     def _ensure_runtime(self) -> Any:
@@ -209,25 +225,13 @@ class RuntimeHost:
         return rt, loaded
 
     def _count_error(self) -> None:
-        with self._lock:
-            self.requests += 1
-            self.errors += 1
-            agg = self.aggregator
+        agg = self.aggregator
         if agg is not None:
             agg.record(None, None, error="model_error")
 
     def _count(self, raw: Any, res: Any, t0: float, loaded: Path) -> None:
         ms = (time.perf_counter() - t0) * 1000
-        conf = (
-            float(np.mean(res.confidence)) if res.confidence is not None and np.size(res.confidence) else None
-        )
-        if conf is None:
-            conf = _confidence(res.outputs, None)
         with self._lock:
-            self.requests += 1
-            self._lat.append(ms)
-            if conf is not None:
-                self._conf.append(conf)
             if self.shadow_rate > 0 and self._rng.random() < self.shadow_rate and loaded == self.loaded:
                 self._shadow.append((raw, res.outputs))
             agg, pre = (self.aggregator, self._pre) if loaded == self.loaded else (None, None)
@@ -235,21 +239,37 @@ class RuntimeHost:
             agg.record(_model_inputs(raw, pre), res.outputs, latency_ms=ms)
 
     def health(self, *, reset: bool = False) -> ModelHealth:
-        """Requests, errors, latency and confidence since the last reset."""
+        """Figures of the telemetry aggregators since the last reset, as a heartbeat's ``ModelHealth``.
+
+        ``requests``/``errors`` count every request since the reset; latency and confidence describe the
+        open window and the ``recent_windows`` closed before it; ``drift_score`` is the drift of the last
+        window that carried features. ``reset`` closes the open window and starts the counts again.
+        """
+        agg = self.aggregator
+        open_window = None
+        if agg is not None:
+            with contextlib.suppress(Exception):
+                # close the open window (reset), or one that is due now so that it is not counted twice
+                agg.flush_window() if reset else agg.tick()
+            self._take(agg)
+            if not reset:
+                with contextlib.suppress(Exception):
+                    open_window = agg.snapshot()
         with self._lock:
-            lat = np.array(self._lat) if self._lat else None
-            h = ModelHealth(
-                requests=self.requests,
-                errors=self.errors,
-                latency_p50_ms=float(np.percentile(lat, 50)) if lat is not None else None,
-                latency_p95_ms=float(np.percentile(lat, 95)) if lat is not None else None,
-                mean_confidence=float(np.mean(self._conf)) if self._conf else None,
-            )
+            windows = [*self._recent, *([open_window] if open_window is not None else [])]
+            requests, errors = self._counted
             if reset:
-                self._reset_stats()
-            agg = self.aggregator
-        if agg is not None and agg.last_drift is not None:
-            h.drift_score = agg.last_drift.score  # drift of the last window that carried features
+                self._counted = [0, 0]
+                self._recent.clear()
+        h = ModelHealth()
+        if windows:
+            from edgefleet.telemetry import merge_windows
+
+            with contextlib.suppress(Exception):
+                h = merge_windows(windows, on_mismatch="drop").health()
+        h.requests = requests + (open_window.requests if open_window is not None else 0)
+        h.errors = errors + (open_window.errors if open_window is not None else 0)
+        h.drift_score = agg.last_drift.score if agg is not None and agg.last_drift is not None else None
         return h
 
     def shadow_samples(self) -> list[tuple[Any, dict[str, np.ndarray]]]:
@@ -305,13 +325,3 @@ def _model_inputs(raw: Any, pre: Any) -> Any:
         return pre.apply(raw) if len(pre) else np.asarray(raw)
     except Exception:  # noqa: BLE001 - the runtime accepted it; telemetry just skips its features
         return None
-
-
-def _confidence(out: dict[str, np.ndarray], output: str | None) -> float | None:
-    arr = out.get(output) if output else None
-    if arr is None:
-        floats = [np.asarray(v) for v in out.values() if np.asarray(v).dtype.kind == "f" and np.ndim(v) == 2]
-        arr = floats[0] if floats else None
-    if arr is None or np.ndim(arr) != 2 or not np.size(arr):
-        return None
-    return float(np.asarray(arr).max(axis=1).mean())

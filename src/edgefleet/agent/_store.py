@@ -3,7 +3,7 @@
 Layout under the state directory::
 
     models/<sha256>/archive.tar   the verified bundle archive (kept for deltas and re-checks)
-    models/<sha256>/bundle/       the unpacked bundle (hashes re-checked against its manifest)
+    models/<sha256>/bundle/       the unpacked bundle (every file checked against its manifest on install)
     models/<sha256>/meta.json     written last: its presence marks the version as verified
     current -> models/<sha256>    swapped with one rename, never missing
 """
@@ -18,10 +18,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet._fs import atomic_write, fsync_dir, sha256_file
-from edgefleet.errors import BundleError, DiskSpaceError, IntegrityError, NotFoundError
+from edgefleet.errors import DiskSpaceError, IntegrityError, NotFoundError
+
+if TYPE_CHECKING:
+    from edgefleet.bundle import Bundle
 
 __all__ = ["ModelStore", "StoredModel"]
 
@@ -128,6 +131,19 @@ class ModelStore:
 
     # --- verification ----------------------------------------------------------------------------
 
+    def open(self, sha256: str) -> Bundle:
+        """The stored version as a ``Bundle``, every file re-checked against its manifest (bundle library).
+
+        Use it for a version installed by an earlier run (start, rollback): the disk may have changed since.
+
+        Raises:
+            NotFoundError: no verified version with this sha256.
+            IntegrityError, BundleError: a file changed on disk.
+        """
+        from edgefleet.bundle import Bundle
+
+        return Bundle.from_dir(self._stored(sha256).bundle_dir, check=True)
+
     def verify(self, sha256: str, *, deep: bool = True) -> StoredModel:
         """Re-check a stored version: archive hash and every unpacked file against its manifest.
 
@@ -135,16 +151,20 @@ class ModelStore:
             NotFoundError: no verified version with this sha256.
             IntegrityError: a file changed on disk.
         """
+        m = self._stored(sha256)
+        if deep:
+            if m.archive.exists() and sha256_file(m.archive) != sha256:
+                raise IntegrityError(f"archive of {m.version} changed on disk", path=str(m.archive))
+            self.open(sha256)
+        return m
+
+    def _stored(self, sha256: str) -> StoredModel:
         m = self.get(sha256)
         if m is None:
             raise NotFoundError(
                 f"no verified model {sha256[:12]} in {self.models}",
                 hint="run `edgefleet agent status` to list kept versions",
             )
-        if deep:
-            if m.archive.exists() and sha256_file(m.archive) != sha256:
-                raise IntegrityError(f"archive of {m.version} changed on disk", path=str(m.archive))
-            verify_unpacked(m.bundle_dir)
         return m
 
     # --- writing ---------------------------------------------------------------------------------
@@ -157,15 +177,19 @@ class ModelStore:
         *,
         unpack_factor: float = 1.5,
         reserve_bytes: int = 0,
-    ) -> StoredModel:
-        """Unpack a verified archive safely into ``models/<sha256>/`` and mark it verified.
+    ) -> Bundle:
+        """Unpack a verified archive safely into ``models/<sha256>/``, mark it verified, return the bundle.
 
-        The archive is hard-linked (or copied) in, so a crash leaves it where it was. A leftover staging
-        directory from an earlier crash is removed first.
+        The bundle library extracts and checks every file against the manifest once (``Bundle.open``);
+        the returned ``Bundle`` is that verified object, for the health gate and the runtime to reuse.
+        An already installed version is opened with its files re-checked. The archive is hard-linked (or
+        copied) in, so a crash leaves it where it was. A leftover staging directory from an earlier crash
+        is removed first.
         """
-        existing = self.get(sha256)
-        if existing is not None:
-            return existing
+        from edgefleet.bundle import Bundle
+
+        if self.get(sha256) is not None:
+            return self.open(sha256)
         size = archive.stat().st_size
         need = int(size * (1 + unpack_factor)) + reserve_bytes
         free = shutil.disk_usage(self.models).free
@@ -184,11 +208,13 @@ class ModelStore:
                 os.link(archive, staging / "archive.tar")
             except OSError:
                 shutil.copyfile(archive, staging / "archive.tar")
-            _unpack(staging / "archive.tar", staging / "bundle")
-            manifest = verify_unpacked(staging / "bundle")
-            if manifest.get("name") != info.get("name") or manifest.get("version") != info.get("version"):
+            # Safe extraction and every file's sha256 and size, by the bundle library.
+            manifest = Bundle.open(staging / "archive.tar", staging / "bundle").manifest
+            if manifest.model_file not in manifest.files:
+                raise IntegrityError(f"manifest does not hash its model file {manifest.model_file}")
+            if manifest.name != info.get("name") or manifest.version != info.get("version"):
                 raise IntegrityError(
-                    f"bundle says {manifest.get('name')} {manifest.get('version')}, the signed target says "
+                    f"bundle says {manifest.name} {manifest.version}, the signed target says "
                     f"{info.get('name')} {info.get('version')}",
                     hint="the publisher uploaded a mislabelled bundle; publish it again",
                 )
@@ -208,9 +234,7 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        m = self.get(sha256)
-        assert m is not None
-        return m
+        return Bundle(self.models / sha256 / "bundle", manifest)
 
     def set_current(self, sha256: str) -> StoredModel:
         """Point ``current`` at a verified version with one atomic rename."""
@@ -268,40 +292,6 @@ class ModelStore:
             with contextlib.suppress(OSError):
                 t.unlink()
         return gone
-
-
-def verify_unpacked(bundle_dir: Path) -> dict[str, Any]:
-    """Check every file the manifest lists (and the model file) against its sha256 and size."""
-    from edgefleet.protocol import Manifest
-
-    mpath = bundle_dir / "manifest.json"
-    try:
-        manifest = Manifest.from_json(mpath.read_bytes())
-    except FileNotFoundError as e:
-        raise BundleError(f"{bundle_dir} has no manifest.json", hint="the bundle is incomplete") from e
-    root = bundle_dir.resolve()
-    for rel, entry in manifest.files.items():
-        p = (bundle_dir / rel).resolve()
-        if root not in p.parents:
-            raise IntegrityError(f"manifest lists {rel!r}, outside the bundle")
-        if not p.is_file() or p.is_symlink():
-            raise IntegrityError(f"bundle file {rel} is missing", path=str(p))
-        if p.stat().st_size != entry.size or sha256_file(p) != entry.sha256:
-            raise IntegrityError(
-                f"bundle file {rel} does not match the manifest's hash",
-                path=str(p),
-                hint="the bundle was altered after it was built",
-            )
-    if manifest.model_file not in manifest.files:
-        raise IntegrityError(f"manifest does not hash its model file {manifest.model_file}")
-    return manifest.model_dump(mode="json")
-
-
-def _unpack(archive: Path, dest: Path) -> None:
-    """Safe extraction through the bundle package (no traversal, no links, size caps)."""
-    from edgefleet.bundle import safe_extract
-
-    safe_extract(archive, dest)
 
 
 def _fsync_tree(root: Path) -> None:
