@@ -9,7 +9,8 @@ import tarfile
 import pytest
 from bundletools import read_entries, rebuild, tree, write_tar
 
-from edgefleet.bundle import Bundle, BundleConfig, read_manifest, safe_extract
+from edgefleet.bundle import Bundle, BundleConfig, read_manifest
+from edgefleet.bundle._archive import safe_extract
 from edgefleet.errors import (
     BundleError,
     IntegrityError,

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from edgefleet.bundle import safe_extract
+from edgefleet.bundle._archive import safe_extract
 from edgefleet.errors import UnsafeArchiveError
 
 

@@ -13,8 +13,8 @@ from bundletools import read_entries, rebuild
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgefleet.bundle import BundleConfig, read_manifest, safe_extract
-from edgefleet.bundle._archive import check_member_name
+from edgefleet.bundle import BundleConfig, read_manifest
+from edgefleet.bundle._archive import check_member_name, safe_extract
 from edgefleet.bundle._delta import apply_delta, make_delta, read_delta_header
 from edgefleet.errors import DeltaError, ManifestError, UnsafeArchiveError
 

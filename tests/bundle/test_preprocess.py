@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgefleet.bundle import STEP_TYPES, Preprocess
+from edgefleet.bundle import Preprocess
+from edgefleet.bundle._preprocess import STEP_TYPES
 from edgefleet.errors import PreprocessError
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgefleet.bundle import SUMMARY_FEATURES, compute_reference, confidence_from_outputs, summarize_features
+from edgefleet.bundle import compute_reference, summarize_features
+from edgefleet.bundle._reference import SUMMARY_FEATURES, confidence_from_outputs
 from edgefleet.errors import InputError
 
 

@@ -11,7 +11,6 @@ AGREED = [
     "apply_delta",
     "summarize_features",
     "compute_reference",
-    "safe_extract",
 ]
 
 

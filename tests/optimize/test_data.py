@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from edgefleet.errors import InputError
-from edgefleet.optimize import load_data
-from edgefleet.optimize._data import iter_batches, synthetic_feed
+from edgefleet.optimize._data import iter_batches, load_data, synthetic_feed
 from edgefleet.optimize._runner import TensorInfo
 
 F32 = np.dtype(np.float32)

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.optimize import (
-    Budget,
-    Interleaved,
-    OptimizeReport,
-    QualityFigures,
-    Variant,
-    VariantResult,
-    select,
-)
-from edgefleet.optimize._bench import BenchResult, LatencyStats
+from edgefleet.optimize import OptimizeReport, Variant
+from edgefleet.optimize._bench import BenchResult, Interleaved, LatencyStats
+from edgefleet.optimize._report import QualityFigures, VariantResult
+from edgefleet.optimize._select import select
+from edgefleet.optimize._spec import Budget
 
 
 def _bench(p50: float, p95: float | None = None, rss: float | None = 5.0) -> BenchResult:

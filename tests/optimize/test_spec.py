@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgefleet.errors import ConfigError
-from edgefleet.optimize import Budget, DeviceProfile, Variant
+from edgefleet.optimize import DeviceProfile, Variant
+from edgefleet.optimize._spec import Budget
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from edgefleet.errors import ManifestError, SchemaVersionError
-from edgefleet.protocol import MANIFEST_SCHEMA_VERSION, MAX_MANIFEST_BYTES, Manifest, TensorSpec
+from edgefleet.protocol import MAX_MANIFEST_BYTES, Manifest, TensorSpec
+from edgefleet.protocol._manifest import MANIFEST_SCHEMA_VERSION
 
 
 def _manifest(**kw) -> Manifest:

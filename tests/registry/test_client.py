@@ -10,7 +10,9 @@ import pytest
 
 from edgefleet.bundle import Bundle, apply_delta, read_manifest
 from edgefleet.errors import NotFoundError, VerificationError
-from edgefleet.registry import RepositoryServer, delta_target_path_for, fetch_bundle, fetch_target
+from edgefleet.registry import RepositoryServer, fetch_bundle
+from edgefleet.registry._client import fetch_target
+from edgefleet.registry._published import delta_target_path_for
 
 
 def test_updater_downloads_and_verifies_a_bundle(world, bundles):

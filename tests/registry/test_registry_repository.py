@@ -18,15 +18,9 @@ from edgefleet.errors import (
     RegistryError,
     VersionExistsError,
 )
-from edgefleet.registry import (
-    KeyStore,
-    RegistryConfig,
-    Repository,
-    delta_target_path_for,
-    semver_key,
-    target_path_for,
-)
+from edgefleet.registry import KeyStore, RegistryConfig, Repository
 from edgefleet.registry import _repository as repo_mod
+from edgefleet.registry._published import delta_target_path_for, semver_key, target_path_for
 
 
 class Crash(BaseException):
@@ -430,4 +424,4 @@ def test_public_surface():
     for name in ["init_keys", "KeyStore", "Repository", "RegistryConfig", "PublishResult", "PublishedBundle"]:
         assert name in reg.__all__
     assert repo_mod.target_path_for("a", "1.0.0", "cpu") == "a/1.0.0/cpu.tar"
-    assert reg.delta_target_path_for("a", "1.1.0", "cpu", "1.0.0") == "a/1.1.0/cpu.from-1.0.0.delta"
+    assert delta_target_path_for("a", "1.1.0", "cpu", "1.0.0") == "a/1.1.0/cpu.from-1.0.0.delta"

@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 
 from edgefleet.errors import DeadlineExceededError, InferenceError, ModelTimeoutError, OverloadedError
-from edgefleet.runtime import (
-    Batcher,
-    BatcherConfig,
-    OrtEngine,
-    Priority,
-    RuntimeMetrics,
-    deadline_in,
-)
+from edgefleet.runtime import BatcherConfig, OrtEngine, Priority
+from edgefleet.runtime._batcher import Batcher
+from edgefleet.runtime._metrics import RuntimeMetrics
+from edgefleet.runtime._predictor import deadline_in
 
 
 @pytest.fixture

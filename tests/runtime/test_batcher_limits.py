@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgefleet.errors import DeadlineExceededError, OverloadedError
-from edgefleet.runtime import Batcher, BatcherConfig, OrtEngine, deadline_in
+from edgefleet.runtime import BatcherConfig, OrtEngine
+from edgefleet.runtime._batcher import Batcher
+from edgefleet.runtime._predictor import deadline_in
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,19 +8,12 @@ import numpy as np
 import pytest
 
 from edgefleet.errors import DiskSpaceError
-from edgefleet.runtime import (
-    Breaker,
-    BreakerConfig,
-    Cascade,
-    CloudConfig,
-    CloudPredictor,
-    EscalationConfig,
-    OrtEngine,
-    RuntimeMetrics,
-    confidence,
-    deadline_in,
-    resend_escalations,
-)
+from edgefleet.runtime import BreakerConfig, CloudConfig, EscalationConfig, OrtEngine
+from edgefleet.runtime._cascade import Cascade, confidence, resend_escalations
+from edgefleet.runtime._cloud import CloudPredictor
+from edgefleet.runtime._guards import Breaker
+from edgefleet.runtime._metrics import RuntimeMetrics
+from edgefleet.runtime._predictor import deadline_in
 
 
 @pytest.fixture

@@ -9,18 +9,11 @@ import onnxruntime as ort
 import pytest
 
 from edgefleet.errors import InferenceError, InputError, ModelLoadError
-from edgefleet.runtime import (
-    Batcher,
-    Cascade,
-    EngineConfig,
-    Event,
-    Fallback,
-    LiteRtEngine,
-    OrtEngine,
-    Prediction,
-    Predictor,
-    load_engine,
-)
+from edgefleet.runtime import EngineConfig, Event, OrtEngine, Prediction, Predictor
+from edgefleet.runtime._batcher import Batcher
+from edgefleet.runtime._cascade import Cascade
+from edgefleet.runtime._engines import LiteRtEngine, load_engine
+from edgefleet.runtime._fallback import Fallback
 
 from ._tflite import write_mlp_tflite
 

@@ -14,18 +14,11 @@ from edgefleet.errors import (
     ModelTimeoutError,
     ValidationError,
 )
-from edgefleet.runtime import (
-    Breaker,
-    BreakerConfig,
-    CircuitBreaker,
-    Fallback,
-    FallbackConfig,
-    Heuristic,
-    OrtEngine,
-    RuntimeMetrics,
-    Timeout,
-    deadline_in,
-)
+from edgefleet.runtime import BreakerConfig, FallbackConfig, OrtEngine
+from edgefleet.runtime._fallback import Fallback, Heuristic
+from edgefleet.runtime._guards import Breaker, CircuitBreaker, Timeout
+from edgefleet.runtime._metrics import RuntimeMetrics
+from edgefleet.runtime._predictor import deadline_in
 
 
 @pytest.fixture

@@ -7,16 +7,9 @@ import pytest
 
 from edgefleet.errors import InferenceError, PayloadTooLargeError, ValidationError
 from edgefleet.protocol import TensorSpec
-from edgefleet.runtime import (
-    AnswerCache,
-    CacheConfig,
-    Cached,
-    CacheTier,
-    OrtEngine,
-    Validated,
-    ValidationConfig,
-    Validator,
-)
+from edgefleet.runtime import CacheConfig, OrtEngine, ValidationConfig
+from edgefleet.runtime._cache import AnswerCache, Cached, CacheTier
+from edgefleet.runtime._validation import Validated, Validator
 
 SPECS = [
     TensorSpec(name="pixels", dtype="float32", shape=["batch", 4], value_range=(0.0, 1.0)),

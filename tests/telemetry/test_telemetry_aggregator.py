@@ -7,7 +7,8 @@ import pytest
 
 from edgefleet.errors import InferenceError, TelemetryError
 from edgefleet.protocol import ModelHealth, Resources
-from edgefleet.telemetry import Aggregator, AggregatorConfig, Outbox, ResourceProbe, Window
+from edgefleet.telemetry import Aggregator, AggregatorConfig, Outbox, Window
+from edgefleet.telemetry._aggregator import ResourceProbe
 
 
 def _cfg(**kw):

@@ -17,12 +17,11 @@ from edgefleet.telemetry import (
     AlertRules,
     CommandHook,
     DriftReport,
-    RetrainTrigger,
     WebhookHook,
     detect_outliers,
     evaluate_alerts,
-    merge_by,
 )
+from edgefleet.telemetry._fleet import RetrainTrigger, merge_by
 
 
 def _device_window(dev, cls, latency_ms, confidence, *, n=100, errors=0, seed=0):

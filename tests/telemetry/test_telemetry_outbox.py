@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from edgefleet.errors import DiskSpaceError, PayloadTooLargeError, TelemetryError, ValidationError
-from edgefleet.telemetry import Outbox, OutboxConfig, TokenBucket, decode_upload
-from edgefleet.telemetry._outbox import ITEM_OVERHEAD_BYTES
+from edgefleet.telemetry import Outbox, OutboxConfig, decode_upload
+from edgefleet.telemetry._outbox import ITEM_OVERHEAD_BYTES, TokenBucket
 
 
 class FakeClocks:

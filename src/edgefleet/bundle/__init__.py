@@ -11,56 +11,26 @@ Device side::
         b.verify()                           # golden set rerun in a fresh onnxruntime session
 """
 
-from edgefleet._fs import sha256_file
-from edgefleet.bundle._archive import read_manifest, safe_extract
-from edgefleet.bundle._bundle import (
-    GOLDEN_FILE,
-    REFERENCE_FILE,
-    Bundle,
-    Golden,
-    VerifyReport,
-    compare_outputs,
-    create_bundle,
-)
+from edgefleet.bundle._archive import read_manifest
+from edgefleet.bundle._bundle import REFERENCE_FILE, Bundle, VerifyReport, compare_outputs, create_bundle
 from edgefleet.bundle._config import BundleConfig
 from edgefleet.bundle._delta import DeltaInfo, apply_delta, make_delta, read_delta_header
-from edgefleet.bundle._model import ModelRunner, check_runtime_requirements
-from edgefleet.bundle._preprocess import STEP_TYPES, Preprocess
-from edgefleet.bundle._reference import (
-    REFERENCE_SCHEMA_VERSION,
-    SUMMARY_FEATURES,
-    compute_reference,
-    confidence_from_outputs,
-    softmax,
-    summarize_features,
-)
-from edgefleet.protocol import PreprocessStep
+from edgefleet.bundle._preprocess import Preprocess
+from edgefleet.bundle._reference import compute_reference, summarize_features
 
 __all__ = [
-    "GOLDEN_FILE",
     "REFERENCE_FILE",
-    "REFERENCE_SCHEMA_VERSION",
-    "STEP_TYPES",
-    "SUMMARY_FEATURES",
     "Bundle",
     "BundleConfig",
     "DeltaInfo",
-    "Golden",
-    "ModelRunner",
     "Preprocess",
-    "PreprocessStep",
     "VerifyReport",
     "apply_delta",
-    "check_runtime_requirements",
     "compare_outputs",
     "compute_reference",
-    "confidence_from_outputs",
     "create_bundle",
     "make_delta",
     "read_delta_header",
     "read_manifest",
-    "safe_extract",
-    "sha256_file",
-    "softmax",
     "summarize_features",
 ]

@@ -8,29 +8,18 @@ with a report of every variant's size, latency, memory and quality and why it wo
 
 from __future__ import annotations
 
-from edgefleet.optimize._bench import BenchResult, Interleaved, LatencyStats, Throughput, benchmark
+from edgefleet.optimize._bench import BenchResult, benchmark
 from edgefleet.optimize._config import OptimizeConfig
-from edgefleet.optimize._data import Dataset, load_data
 from edgefleet.optimize._optimize import optimize
-from edgefleet.optimize._report import OptimizeReport, QualityFigures, VariantResult
-from edgefleet.optimize._select import select
-from edgefleet.optimize._spec import Budget, DeviceProfile, Variant
+from edgefleet.optimize._report import OptimizeReport
+from edgefleet.optimize._spec import DeviceProfile, Variant
 
 __all__ = [
-    "optimize",
-    "benchmark",
-    "select",
-    "load_data",
-    "Variant",
-    "Budget",
-    "DeviceProfile",
-    "OptimizeReport",
-    "VariantResult",
-    "QualityFigures",
     "BenchResult",
-    "LatencyStats",
-    "Throughput",
-    "Interleaved",
-    "Dataset",
+    "DeviceProfile",
     "OptimizeConfig",
+    "OptimizeReport",
+    "Variant",
+    "benchmark",
+    "optimize",
 ]

@@ -1,5 +1,5 @@
 """Device probe, feasibility, battery/thermal policies (see DESIGN.md)."""
 
-from edgefleet.power._probe import cpu_flags, device_class, probe
+from edgefleet.power._probe import probe
 
-__all__ = ["cpu_flags", "device_class", "probe"]
+__all__ = ["probe"]

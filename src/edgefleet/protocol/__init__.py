@@ -1,7 +1,6 @@
 """Pydantic types shared by the server, the agent and the CLI, and where bundles live in the image repository."""
 
 from edgefleet.protocol._device import (
-    PROTOCOL_VERSION,
     ActiveModel,
     Assignment,
     EnrollRequest,
@@ -17,7 +16,6 @@ from edgefleet.protocol._device import (
     TelemetryBatch,
 )
 from edgefleet.protocol._manifest import (
-    MANIFEST_SCHEMA_VERSION,
     MAX_MANIFEST_BYTES,
     Budgets,
     FileEntry,
@@ -35,8 +33,6 @@ from edgefleet.protocol._manifest import (
 from edgefleet.protocol._targets import bundle_target_path, delta_target_path
 
 __all__ = [
-    "PROTOCOL_VERSION",
-    "MANIFEST_SCHEMA_VERSION",
     "MAX_MANIFEST_BYTES",
     "ActiveModel",
     "Assignment",

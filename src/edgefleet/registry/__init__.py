@@ -9,22 +9,14 @@ earlier versions as signed targets, ``refresh_timestamp`` re-signs the short-liv
 
 from __future__ import annotations
 
-from edgefleet.registry._client import RepositoryServer, fetch_bundle, fetch_target
+from edgefleet.registry._client import RepositoryServer, fetch_bundle
 from edgefleet.registry._config import RegistryConfig
-from edgefleet.registry._keys import ROLES, KeyInfo, KeyStore, init_keys
-from edgefleet.registry._published import (
-    DeltaTarget,
-    PublishedBundle,
-    PublishResult,
-    delta_target_path_for,
-    semver_key,
-    target_path_for,
-)
+from edgefleet.registry._keys import KeyInfo, KeyStore, init_keys
+from edgefleet.registry._published import DeltaTarget, PublishedBundle, PublishResult
 from edgefleet.registry._repository import RefreshResult, Repository
 from edgefleet.registry._rotation import RotationResult
 
 __all__ = [
-    "ROLES",
     "DeltaTarget",
     "KeyInfo",
     "KeyStore",
@@ -35,10 +27,6 @@ __all__ = [
     "Repository",
     "RepositoryServer",
     "RotationResult",
-    "delta_target_path_for",
     "fetch_bundle",
-    "fetch_target",
     "init_keys",
-    "semver_key",
-    "target_path_for",
 ]

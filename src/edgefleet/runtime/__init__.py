@@ -8,10 +8,6 @@ tier answered each row and whose ``.events`` lists fallbacks, escalations and ca
     res = rt.predict([x], deadline=0.05)     # res.tier, res.labels, res.events
 """
 
-from edgefleet.runtime._batcher import Batcher
-from edgefleet.runtime._cache import AnswerCache, Cached, CacheTier
-from edgefleet.runtime._cascade import Cascade, EscalationOutbox, confidence, resend_escalations
-from edgefleet.runtime._cloud import CloudPredictor
 from edgefleet.runtime._config import (
     ApiConfig,
     BatcherConfig,
@@ -24,26 +20,11 @@ from edgefleet.runtime._config import (
     RuntimeConfig,
     ValidationConfig,
 )
-from edgefleet.runtime._engines import LiteRtEngine, OrtEngine, load_engine
-from edgefleet.runtime._fallback import Fallback, Heuristic
-from edgefleet.runtime._guards import Breaker, CircuitBreaker, Timeout
-from edgefleet.runtime._metrics import RuntimeMetrics
-from edgefleet.runtime._predictor import (
-    Event,
-    Prediction,
-    Predictor,
-    PredictorMetadata,
-    Priority,
-    as_prediction,
-    batch_rows,
-    check_deadline,
-    deadline_in,
-    remaining,
-)
+from edgefleet.runtime._engines import OrtEngine
+from edgefleet.runtime._predictor import Event, Prediction, Predictor, PredictorMetadata, Priority
 from edgefleet.runtime._runtime import Result, Runtime
-from edgefleet.runtime._validation import Validated, Validator
 
-_API_NAMES = ("ApiServer", "PredictRequest", "create_app")
+_API_NAMES = ("ApiServer", "create_app")
 
 
 def __getattr__(name: str):
@@ -55,50 +36,29 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'edgefleet.runtime' has no attribute {name!r}")
 
 
+# What callers use: the runtime and its settings (one section per stage), what predict takes and returns
+# (Priority, Result; a Prediction with its Events), the predictor protocol a custom backup implements, the ONNX Runtime engine, and the local HTTP API.
+# Stages (batcher, cache, guards, fallback, cascade...) are composed by Runtime; import them from
+# their modules when composing by hand.
 __all__ = [
-    "AnswerCache",
     "ApiConfig",
     "ApiServer",
     "BatcherConfig",
-    "Batcher",
-    "Breaker",
     "BreakerConfig",
     "CacheConfig",
-    "CacheTier",
-    "Cached",
-    "Cascade",
-    "CircuitBreaker",
     "CloudConfig",
-    "CloudPredictor",
     "EngineConfig",
     "EscalationConfig",
-    "EscalationOutbox",
     "Event",
-    "Fallback",
     "FallbackConfig",
-    "Heuristic",
-    "LiteRtEngine",
     "OrtEngine",
     "Prediction",
-    "PredictRequest",
     "Predictor",
     "PredictorMetadata",
     "Priority",
     "Result",
     "Runtime",
     "RuntimeConfig",
-    "RuntimeMetrics",
-    "Timeout",
-    "Validated",
     "ValidationConfig",
-    "Validator",
-    "as_prediction",
-    "batch_rows",
-    "check_deadline",
-    "confidence",
     "create_app",
-    "deadline_in",
-    "load_engine",
-    "remaining",
-    "resend_escalations",
 ]

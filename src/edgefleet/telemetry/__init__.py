@@ -17,41 +17,25 @@ Server side::
     detect_outliers(per_device)        # devices far from their class
 """
 
-from edgefleet.telemetry._aggregator import Aggregator, AggregatorConfig, ResourceProbe
-from edgefleet.telemetry._drift import DriftConfig, DriftReport, DriftTest, drift, drift_by_group
+from edgefleet.telemetry._aggregator import Aggregator, AggregatorConfig
+from edgefleet.telemetry._drift import DriftConfig, DriftReport, drift, drift_by_group
 from edgefleet.telemetry._fleet import (
     Alert,
     AlertRules,
     CommandHook,
     Outlier,
-    RetrainHook,
     RetrainRequest,
-    RetrainTrigger,
     WebhookHook,
     detect_outliers,
     evaluate_alerts,
-    merge_by,
 )
 from edgefleet.telemetry._ingest import ParsedUpload, parse_upload
-from edgefleet.telemetry._outbox import (
-    DEFAULT_PRIORITIES,
-    DrainReport,
-    Outbox,
-    OutboxConfig,
-    OutboxItem,
-    TokenBucket,
-    UploadBatch,
-    decode_upload,
-    encode_upload,
-)
-from edgefleet.telemetry._reference import CONFIDENCE_EDGES, Reference
+from edgefleet.telemetry._outbox import DrainReport, Outbox, OutboxConfig, UploadBatch, decode_upload
+from edgefleet.telemetry._reference import Reference
 from edgefleet.telemetry._sampler import Sampler, SamplerConfig
-from edgefleet.telemetry._window import WINDOW_SCHEMA_VERSION, Window, WindowConfig, merge_windows
+from edgefleet.telemetry._window import Window, WindowConfig, merge_windows
 
 __all__ = [
-    "CONFIDENCE_EDGES",
-    "DEFAULT_PRIORITIES",
-    "WINDOW_SCHEMA_VERSION",
     "Aggregator",
     "AggregatorConfig",
     "Alert",
@@ -60,20 +44,14 @@ __all__ = [
     "DrainReport",
     "DriftConfig",
     "DriftReport",
-    "DriftTest",
     "Outbox",
     "OutboxConfig",
-    "OutboxItem",
     "Outlier",
     "ParsedUpload",
     "Reference",
-    "ResourceProbe",
-    "RetrainHook",
     "RetrainRequest",
-    "RetrainTrigger",
     "Sampler",
     "SamplerConfig",
-    "TokenBucket",
     "UploadBatch",
     "WebhookHook",
     "Window",
@@ -82,9 +60,7 @@ __all__ = [
     "detect_outliers",
     "drift",
     "drift_by_group",
-    "encode_upload",
     "evaluate_alerts",
-    "merge_by",
     "merge_windows",
     "parse_upload",
 ]
