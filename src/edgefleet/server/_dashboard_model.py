@@ -1,7 +1,7 @@
 """The dashboard's read model: the fleet page's counts, the device table, rollout progress and events.
 
-Every figure is read from the database when asked, so every server replica shows the same page. The same
-per-device words (``device_status``, ``device_health``) label the Prometheus figures (``_fleet_metrics``).
+Every figure is read from the database when asked, so every server replica shows the same page. ``device_health``
+(with ``_devices.device_status``) also labels the Prometheus figures (``_fleet_metrics``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from edgefleet.server._fleetview import FleetQueries
 from edgefleet.server._models import AuditEntry, Device, Rollout, TelemetryBatchRow, TelemetryWindowRow
 from edgefleet.telemetry import AlertRules, DriftConfig
 
-__all__ = ["DashboardModel", "device_health", "device_status"]
+__all__ = ["DashboardModel", "device_health"]
 
 
 def device_health(

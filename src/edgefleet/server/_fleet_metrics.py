@@ -15,7 +15,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from edgefleet.server._dashboard_model import device_health, device_status
+from edgefleet.server._dashboard_model import device_health
+from edgefleet.server._devices import device_status
 from edgefleet.server._fleet import FleetView
 from edgefleet.server._fleet_models import FleetAlert, RetrainRequestRow, TelemetryRollup
 from edgefleet.server._models import Device, Release, Rollout, TelemetryBatchRow, TelemetryWindowRow

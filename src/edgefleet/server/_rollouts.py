@@ -31,34 +31,32 @@ from edgefleet.server._gates import (
     pick_reference,
     wave_verdict,
 )
-from edgefleet.server._models import AuditEntry, Device, Release, Rollout, RolloutDevice
+from edgefleet.server._models import AuditEntry, Device, Release, Rollout
 from edgefleet.server._notify import Notifier, NullNotifier
 from edgefleet.server._rollout_reads import FINAL_STATES, describe_rollout, wave_history
 from edgefleet.server._schemas import RolloutCreate, RolloutGates
 from edgefleet.server._selector import Selector
 from edgefleet.server._waves import (
+    ENGINE,
     EnginePass,
-    ReleaseVariants,
+    admit,
+    admit_late,
     device_hw,
     install_failed,
-    member_hash,
     rollout_rows,
     selector_attrs,
-    wave_size,
 )
 
 __all__ = [
     "RolloutEngine",
     "ACTIVE_STATES",
     "Aggregate",
-    "audit",
 ]
 
 log = logging.getLogger(__name__)
 
 LOCK = "rollouts"
 ACTIVE_STATES = ("running", "waiting_approval", "paused", "halted")
-ENGINE = "engine"
 
 
 @dataclass
@@ -266,7 +264,7 @@ class RolloutEngine:
                 does_not_fit=sum(1 for f in fits.values() if not f.fits),
                 baseline=r.baseline,
             )
-            self._admit(ctx, r, opened=True)
+            admit(ctx, r, opened=True)
             r.evaluation = self.evaluate(ctx, r)
             out = describe_rollout(s, r)
         self._send(ctx.nudges)
@@ -297,7 +295,7 @@ class RolloutEngine:
             for r in rollouts:
                 before = (r.state, r.wave_index)
                 if r.state == "running":
-                    self._admit(ctx, r)
+                    admit(ctx, r)
                     ev = self.evaluate(ctx, r)
                     r.evaluation = ev
                     if ev["status"] == "fail":
@@ -306,7 +304,7 @@ class RolloutEngine:
                         self._wave_passed(ctx, r, ev)
                 elif r.state == "completed":
                     if late:
-                        self._admit_late(ctx, r)
+                        admit_late(ctx, r)
                 else:
                     r.evaluation = self.evaluate(ctx, r)
                 if (r.state, r.wave_index) != before:
@@ -324,99 +322,6 @@ class RolloutEngine:
             return False
         self._late_mark = mark
         return True
-
-    # --- admission -----------------------------------------------------------------------------
-
-    def _admit(self, ctx: EnginePass, r: Rollout, *, opened: bool = False) -> None:
-        rel = ctx.release(r.release_id)
-        rows = rollout_rows(ctx.s, r)
-        sel = Selector.parse(r.selector)
-        candidates: list[tuple[Device, FitResult, RolloutDevice | None]] = []
-        for d in ctx.devices:
-            rd = rows.get(d.id)
-            if rd is not None and rd.status != "does_not_fit":
-                continue
-            if not sel.matches(selector_attrs(d)):
-                continue
-            fit = choose_variant(rel.variants, device_hw(d))
-            if not fit.fits:
-                if rd is None:
-                    rd = RolloutDevice(
-                        rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason
-                    )
-                    ctx.s.add(rd)
-                    rows[d.id] = rd
-                elif rd.reason != fit.reason:
-                    rd.reason = fit.reason
-                continue
-            candidates.append((d, fit, rd))
-        admitted = sum(1 for rd in rows.values() if rd.status == "admitted")
-        gates = RolloutGates(**r.gates)
-        target = wave_size(admitted + len(candidates), r.waves[r.wave_index], gates.min_devices)
-        need = target - admitted
-        if need <= 0 and not opened:
-            return
-        candidates.sort(key=lambda c: member_hash(r.id, c[0].id))
-        chosen = candidates[: max(need, 0)]
-        for d, fit, rd in chosen:
-            self._admit_device(ctx, r, rel, d, fit, rd)
-        audit(
-            ctx.s,
-            "rollout.wave_opened" if opened else "rollout.devices_admitted",
-            actor=ENGINE,
-            now=ctx.now,
-            rollout_id=r.id,
-            wave=r.wave_index + 1,
-            percent=r.waves[r.wave_index],
-            admitted=len(chosen),
-            wave_size=target,
-            eligible=admitted + len(candidates),
-            devices=[d.id for d, _, _ in chosen][:200],
-        )
-
-    def _admit_device(
-        self,
-        ctx: EnginePass,
-        r: Rollout,
-        rel: ReleaseVariants,
-        d: Device,
-        fit: FitResult,
-        rd: RolloutDevice | None,
-    ) -> None:
-        assert fit.variant is not None
-        if rd is None:
-            rd = RolloutDevice(rollout_id=r.id, device_id=d.id)
-            ctx.s.add(rd)
-        rd.status = "admitted"
-        rd.wave = r.wave_index
-        rd.admitted_at = ctx.now
-        rd.variant_id = fit.variant.id
-        rd.reason = fit.reason
-        rd.prev_version = d.active_version
-        rd.prev_variant_id = ctx.variant_for_target(d.active_target)
-        d.assigned_variant_id = fit.variant.id
-        d.assigned_rollout_id = r.id
-        d.command = None
-        d.command_version = None
-        ctx.nudges.append(d.id)
-
-    def _admit_late(self, ctx: EnginePass, r: Rollout) -> None:
-        rel = ctx.release(r.release_id)
-        rows = rollout_rows(ctx.s, r)
-        sel = Selector.parse(r.selector)
-        for d in ctx.devices:
-            if d.id in rows or d.assigned_variant_id is not None or not sel.matches(selector_attrs(d)):
-                continue
-            fit = choose_variant(rel.variants, device_hw(d))
-            if not fit.fits:
-                ctx.s.add(
-                    RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
-                )
-                continue
-            self._admit_device(ctx, r, rel, d, fit, None)
-            audit(
-                ctx.s, "rollout.device_admitted", actor=ENGINE, now=ctx.now, rollout_id=r.id, device_id=d.id
-            )
 
     # --- gates ---------------------------------------------------------------------------------
 
@@ -604,7 +509,7 @@ class RolloutEngine:
             wave=r.wave_index + 1,
             percent=r.waves[r.wave_index],
         )
-        self._admit(ctx, r, opened=True)
+        admit(ctx, r, opened=True)
 
     def _rollback(self, ctx: EnginePass, r: Rollout, *, actor: str, reason: str | None) -> int:
         rel = ctx.release(r.release_id)

@@ -1,4 +1,4 @@
-"""Wave membership: stable admission order, wave sizes, and what one pass of the rollout engine reads once.
+"""Wave membership: stable admission order, wave sizes, admission, and what one engine pass reads once.
 
 Owned by the rollout engine (``_rollouts.RolloutEngine``), which admits devices with these and holds the
 ``rollouts`` lock while it does.
@@ -14,11 +14,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from edgefleet.server._fit import VariantSpec
+from edgefleet.server._audit import audit
+from edgefleet.server._fit import FitResult, VariantSpec, choose_variant
 from edgefleet.server._models import Device, Release, ReleaseVariant, Rollout, RolloutDevice
-from edgefleet.server._selector import device_attrs
+from edgefleet.server._schemas import RolloutGates
+from edgefleet.server._selector import Selector, device_attrs
 
 __all__ = [
+    "ENGINE",
+    "admit",
+    "admit_late",
     "EnginePass",
     "ReleaseVariants",
     "device_hw",
@@ -28,6 +33,9 @@ __all__ = [
     "selector_attrs",
     "wave_size",
 ]
+
+#: Who the audit log names for what the rollout engine does by itself.
+ENGINE = "engine"
 
 
 def member_hash(rollout_id: str, device_id: str) -> int:
@@ -137,3 +145,97 @@ def rollout_rows(s: Session, r: Rollout) -> dict[str, RolloutDevice]:
     return {
         rd.device_id: rd for rd in s.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))
     }
+
+
+def admit(ctx: EnginePass, r: Rollout, *, opened: bool = False) -> None:
+    """Admit devices into the current wave until it holds its share (``opened``: the wave just opened).
+
+    Matching devices no variant fits are recorded as ``does_not_fit`` (with the reason) and never admitted.
+    """
+    rel = ctx.release(r.release_id)
+    rows = rollout_rows(ctx.s, r)
+    sel = Selector.parse(r.selector)
+    candidates: list[tuple[Device, FitResult, RolloutDevice | None]] = []
+    for d in ctx.devices:
+        rd = rows.get(d.id)
+        if rd is not None and rd.status != "does_not_fit":
+            continue
+        if not sel.matches(selector_attrs(d)):
+            continue
+        fit = choose_variant(rel.variants, device_hw(d))
+        if not fit.fits:
+            if rd is None:
+                rd = RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
+                ctx.s.add(rd)
+                rows[d.id] = rd
+            elif rd.reason != fit.reason:
+                rd.reason = fit.reason
+            continue
+        candidates.append((d, fit, rd))
+    admitted = sum(1 for rd in rows.values() if rd.status == "admitted")
+    gates = RolloutGates(**r.gates)
+    target = wave_size(admitted + len(candidates), r.waves[r.wave_index], gates.min_devices)
+    need = target - admitted
+    if need <= 0 and not opened:
+        return
+    candidates.sort(key=lambda c: member_hash(r.id, c[0].id))
+    chosen = candidates[: max(need, 0)]
+    for d, fit, rd in chosen:
+        _admit_device(ctx, r, rel, d, fit, rd)
+    audit(
+        ctx.s,
+        "rollout.wave_opened" if opened else "rollout.devices_admitted",
+        actor=ENGINE,
+        now=ctx.now,
+        rollout_id=r.id,
+        wave=r.wave_index + 1,
+        percent=r.waves[r.wave_index],
+        admitted=len(chosen),
+        wave_size=target,
+        eligible=admitted + len(candidates),
+        devices=[d.id for d, _, _ in chosen][:200],
+    )
+
+
+def _admit_device(
+    ctx: EnginePass,
+    r: Rollout,
+    rel: ReleaseVariants,
+    d: Device,
+    fit: FitResult,
+    rd: RolloutDevice | None,
+) -> None:
+    assert fit.variant is not None
+    if rd is None:
+        rd = RolloutDevice(rollout_id=r.id, device_id=d.id)
+        ctx.s.add(rd)
+    rd.status = "admitted"
+    rd.wave = r.wave_index
+    rd.admitted_at = ctx.now
+    rd.variant_id = fit.variant.id
+    rd.reason = fit.reason
+    rd.prev_version = d.active_version
+    rd.prev_variant_id = ctx.variant_for_target(d.active_target)
+    d.assigned_variant_id = fit.variant.id
+    d.assigned_rollout_id = r.id
+    d.command = None
+    d.command_version = None
+    ctx.nudges.append(d.id)
+
+
+def admit_late(ctx: EnginePass, r: Rollout) -> None:
+    """A completed rollout admits the matching devices enrolled since it completed."""
+    rel = ctx.release(r.release_id)
+    rows = rollout_rows(ctx.s, r)
+    sel = Selector.parse(r.selector)
+    for d in ctx.devices:
+        if d.id in rows or d.assigned_variant_id is not None or not sel.matches(selector_attrs(d)):
+            continue
+        fit = choose_variant(rel.variants, device_hw(d))
+        if not fit.fits:
+            ctx.s.add(
+                RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
+            )
+            continue
+        _admit_device(ctx, r, rel, d, fit, None)
+        audit(ctx.s, "rollout.device_admitted", actor=ENGINE, now=ctx.now, rollout_id=r.id, device_id=d.id)
