@@ -184,3 +184,29 @@ def test_agent_follows_root_and_targets_key_rotation(world):
     assert_valid_active(world.state, world.sha("1.1.0"))
     trusted = [Metadata.from_bytes(p.read_bytes()) for p in world.state.rglob("root.json")]
     assert trusted and max(md.signed.version for md in trusted) == 3
+
+
+def test_bundle_files_are_hashed_once_from_install_to_serving(world, monkeypatch):
+    """The store's Bundle.open checks every file; the health gate and the runtime reuse that Bundle. A start
+    (a version installed by an earlier run) checks the files again before serving."""
+    import edgefleet.bundle._archive as archive
+    import edgefleet.bundle._bundle as bundle
+
+    checked: list[str] = []
+    real = archive.verify_files
+
+    def counting(root, manifest, **kw):
+        checked.append(manifest.key)
+        return real(root, manifest, **kw)
+
+    monkeypatch.setattr(archive, "verify_files", counting)
+    monkeypatch.setattr(bundle, "verify_files", counting)
+    a = world.agent()
+    world.install(a, "1.0.0")
+    assert checked == ["digits/1.0.0/cpu"]
+    assert a.host.predict(np.zeros((1, 64), np.float32))["probabilities"].shape == (1, 10)
+    a.close()
+    world.agents.remove(a)
+    checked.clear()
+    b = world.agent()
+    assert b.host.model_key == "digits/1.0.0/cpu" and checked == ["digits/1.0.0/cpu"]
