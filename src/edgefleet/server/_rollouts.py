@@ -31,7 +31,7 @@ from edgefleet.server._gates import (
     pick_reference,
     wave_verdict,
 )
-from edgefleet.server._models import AuditEntry, Device, Release, Rollout
+from edgefleet.server._models import Device, Release, Rollout
 from edgefleet.server._notify import Notifier, NullNotifier
 from edgefleet.server._rollout_reads import FINAL_STATES, describe_rollout, wave_history
 from edgefleet.server._schemas import RolloutCreate, RolloutGates
@@ -638,13 +638,6 @@ class RolloutEngine:
             return []
         with self.db.read() as s:
             return wave_history(s, items)
-
-    def audit_log(self, rollout_id: str | None = None, *, limit: int = 500) -> list[dict[str, Any]]:
-        with self.db.read() as s:
-            q = select(AuditEntry).order_by(AuditEntry.id).limit(limit)
-            if rollout_id:
-                q = q.where(AuditEntry.rollout_id == rollout_id)
-            return [a.to_dict() for a in s.scalars(q)]
 
     # --- nudges --------------------------------------------------------------------------------
 
