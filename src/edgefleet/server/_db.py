@@ -118,12 +118,6 @@ class Database:
         with self._write() as s, s.begin():
             yield s
 
-    @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        """A Core connection in one write transaction (no ORM session: the heartbeat hot path)."""
-        with self.engine.begin() as conn:
-            yield conn
-
     def hot(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(cursor)`` on a raw driver connection in autocommit mode: each statement commits.
 

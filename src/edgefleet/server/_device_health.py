@@ -91,11 +91,6 @@ class DeviceHealth:
         )
 
     @staticmethod
-    def counts_active_build(d: Device) -> bool:
-        """Whether the counters are for the build the device runs now (what gates compare)."""
-        return d.h_key is not None and d.h_key == d.active_sha256
-
-    @staticmethod
     def to_dict(d: Device) -> dict[str, Any]:
         """The operator API's ``health_totals`` of a device."""
         t = DeviceHealth.totals(d)
