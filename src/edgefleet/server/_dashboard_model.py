@@ -66,6 +66,16 @@ class DashboardModel:
     def now(self) -> float:
         return self.queries.now()
 
+    def health_of(self, d: Device, now: float) -> str:
+        """``device_health`` with this server's offline limit, alert rules and drift threshold."""
+        return device_health(
+            d,
+            now,
+            offline_after_s=self.queries.ctx.config.offline_after_s,
+            rules=self.rules,
+            drift_threshold=self.drift_config.threshold,
+        )
+
     def overview(self) -> dict[str, Any]:
         """Counts for the fleet page: devices by status, version, class, region, health and agent state."""
         now = self.now()
@@ -88,13 +98,7 @@ class DashboardModel:
                 bump("region", str((d.tags or {}).get("region", "-")))
                 bump(
                     "health",
-                    device_health(
-                        d,
-                        now,
-                        offline_after_s=cfg.offline_after_s,
-                        rules=self.rules,
-                        drift_threshold=self.drift_config.threshold,
-                    ),
+                    self.health_of(d, now),
                 )
                 bump("state", d.state or "-")
             rollouts = dict(s.execute(select(Rollout.state, func.count()).group_by(Rollout.state)).all())
@@ -152,13 +156,7 @@ class DashboardModel:
                     "region": (d.tags or {}).get("region", "-"),
                     "version": f"{d.active_name}@{d.active_version}" if d.active_version else None,
                     "status": device_status(d, now, cfg.stale_after_s, cfg.offline_after_s),
-                    "health": device_health(
-                        d,
-                        now,
-                        offline_after_s=cfg.offline_after_s,
-                        rules=self.rules,
-                        drift_threshold=self.drift_config.threshold,
-                    ),
+                    "health": self.health_of(d, now),
                     "state": d.state,
                     "last_seen_s_ago": round(now - d.last_seen, 1),
                 }

@@ -15,7 +15,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from edgefleet.server._dashboard_model import device_health
 from edgefleet.server._devices import device_status
 from edgefleet.server._fleet import FleetView
 from edgefleet.server._fleet_models import FleetAlert, RetrainRequestRow, TelemetryRollup
@@ -120,13 +119,7 @@ class FleetCollector(Collector):
                 rel = f"{d.active_name}@{d.active_version}" if d.active_version else "none"
                 key = (rel, d.device_class, str((d.tags or {}).get("region", "-")), st)
                 counts[key] = counts.get(key, 0) + 1
-                h = device_health(
-                    d,
-                    now,
-                    offline_after_s=cfg.offline_after_s,
-                    rules=v.rules,
-                    drift_threshold=v.drift_config.threshold,
-                )
+                h = v.dashboard.health_of(d, now)
                 hcounts[h] = hcounts.get(h, 0) + 1
             for key, n in sorted(counts.items()):
                 devices.add_metric(list(key), n)
