@@ -207,17 +207,20 @@ def test_overload_is_503_with_retry_after(digits_mlp, doubles, digits_split):
         with ApiServer(rt, ApiConfig(port=0)) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
             x = {"inputs": {"input": (digits_split.x_test[:1] / 16).tolist()}}
             with ThreadPoolExecutor(3) as ex:
-                pending = [ex.submit(c.post, "/v1/predict", json=x)]
-                assert gate.entered.wait(60)  # the first request is running (stuck) ...
-                pending += [ex.submit(c.post, "/v1/predict", json=x) for _ in range(2)]
-                waited = time.monotonic() + 60
-                while rt.pipeline.queue_depth < 2:  # ... and two are queued
-                    assert time.monotonic() < waited, [p.result() for p in pending if p.done()]
-                    threading.Event().wait(0.01)
-                r = c.post("/v1/predict", json=x)
-                assert r.status_code == 503 and r.json()["error"] == "overloaded"
-                assert int(r.headers["retry-after"]) >= 1
-                gate.release()
+                # release inside the executor: leaving it waits for the pending posts, stuck on the gate
+                try:
+                    pending = [ex.submit(c.post, "/v1/predict", json=x)]
+                    assert gate.entered.wait(60)  # the first request is running (stuck) ...
+                    pending += [ex.submit(c.post, "/v1/predict", json=x) for _ in range(2)]
+                    waited = time.monotonic() + 60
+                    while rt.pipeline.queue_depth < 2:  # ... and two are queued
+                        assert time.monotonic() < waited, [p.result() for p in pending if p.done()]
+                        threading.Event().wait(0.01)
+                    r = c.post("/v1/predict", json=x)
+                    assert r.status_code == 503 and r.json()["error"] == "overloaded"
+                    assert int(r.headers["retry-after"]) >= 1
+                finally:
+                    gate.release()
                 assert [p.result(10).status_code for p in pending] == [200, 200, 200]
     finally:
         gate.release()

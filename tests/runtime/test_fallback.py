@@ -97,34 +97,39 @@ def test_hung_model_times_out_and_falls_back(primary, backup, doubles, x_test):
     gate = doubles.Gate(primary)
     guarded = Timeout(gate, 0.1, max_stuck=2)
     fb = Fallback(guarded, backup, config=FallbackConfig(breaker=False))
-    t0 = time.monotonic()
-    out = fb.predict({"input": x_test[:1]})
-    assert time.monotonic() - t0 < 2
-    assert out.tier == "backup" and out.events[0].detail == "model_timeout"
-    with pytest.raises(ModelTimeoutError):
-        guarded.predict({"input": x_test[:1]})
-    assert guarded.stuck == 2 and gate.entries == 2
-    with pytest.raises(ModelTimeoutError, match="hung"):  # fails fast: no more threads piled up
-        guarded.predict({"input": x_test[:1]})
-    assert gate.entries == 2  # the model was not called again
-    gate.release()
-    deadline = time.monotonic() + 5
-    while guarded.stuck and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert guarded.stuck == 0
-    assert guarded.predict({"input": x_test[:1]}).tier == "primary"  # recovered
-    guarded.close()
+    try:
+        t0 = time.monotonic()
+        out = fb.predict({"input": x_test[:1]})
+        assert time.monotonic() - t0 < 2
+        assert out.tier == "backup" and out.events[0].detail == "model_timeout"
+        with pytest.raises(ModelTimeoutError):
+            guarded.predict({"input": x_test[:1]})
+        assert guarded.stuck == 2 and gate.entries == 2
+        with pytest.raises(ModelTimeoutError, match="hung"):  # fails fast: no more threads piled up
+            guarded.predict({"input": x_test[:1]})
+        assert gate.entries == 2  # the model was not called again
+        gate.release()
+        deadline = time.monotonic() + 5
+        while guarded.stuck and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert guarded.stuck == 0
+        assert guarded.predict({"input": x_test[:1]}).tier == "primary"  # recovered
+    finally:
+        gate.release()  # never leave a worker blocked, even when an assertion above fails
+        guarded.close()
 
 
 def test_timeout_respects_the_request_deadline(primary, doubles, x_test):
     gate = doubles.Gate(primary)
     guarded = Timeout(gate, 5.0)
-    t0 = time.monotonic()
-    with pytest.raises(DeadlineExceededError):
-        guarded.predict({"input": x_test[:1]}, deadline=deadline_in(0.1))
-    assert time.monotonic() - t0 < 1
-    gate.release()
-    guarded.close()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            guarded.predict({"input": x_test[:1]}, deadline=deadline_in(0.1))
+        assert time.monotonic() - t0 < 1
+    finally:
+        gate.release()
+        guarded.close()
 
 
 # --- circuit breaker ------------------------------------------------------------------------------
