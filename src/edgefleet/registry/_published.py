@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.errors import RegistryError
@@ -34,6 +35,7 @@ __all__ = [
     "published_from",
     "semver_key",
     "target_path_for",
+    "utc_now",
 ]
 
 
@@ -81,6 +83,11 @@ def semver_key(version: str) -> tuple[Any, ...]:
 def next_patch(version: str) -> str:
     m = SEMVER.match(version)
     return f"{m.group(1)}.{m.group(2)}.{int(m.group(3)) + 1}" if m else "a higher version"
+
+
+def utc_now() -> datetime:
+    """Now, in UTC to the second: the clock of metadata expiry and of publish times."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 # --- records ---------------------------------------------------------------------------------

@@ -25,44 +25,37 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tuf.api.exceptions import UnsignedMetadataError
-from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository as TufRepository
 
-from edgefleet._fs import atomic_write, copy_hashed, file_sha256, fsync_dir
+from edgefleet._fs import atomic_write, fsync_dir
 from edgefleet.errors import (
-    BundleError,
     KeyStoreError,
     NotFoundError,
     RegistryError,
-    VersionExistsError,
 )
-from edgefleet.protocol._targets import hashed_target_path, target_custom_fields
-from edgefleet.registry import _rotation
+from edgefleet.protocol._targets import hashed_target_path
+from edgefleet.registry import _publishing, _rotation
 from edgefleet.registry._config import RegistryConfig
-from edgefleet.registry._fs import clear_dir, exclusive_lock, install
+from edgefleet.registry._fs import clear_dir, exclusive_lock
 from edgefleet.registry._keys import KeyStore
 from edgefleet.registry._published import (
-    DeltaTarget,
     PublishedBundle,
     PublishResult,
-    delta_target_path_for,
-    next_patch,
     published_from,
     semver_key,
     target_path_for,
+    utc_now,
 )
 from edgefleet.registry._rotation import RotationResult
-
-if TYPE_CHECKING:
-    from edgefleet.protocol import Manifest
 
 __all__ = ["RefreshResult", "Repository"]
 
@@ -70,10 +63,6 @@ log = logging.getLogger(__name__)
 
 _VERSIONED = re.compile(r"^([1-9]\d*)\.(root|targets|snapshot)\.json$")
 _TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -93,16 +82,6 @@ class RefreshResult:
         d = asdict(self)
         d["expires"] = self.expires.isoformat()
         return d
-
-
-@dataclass
-class _NewTarget:
-    path: str
-    tmp: Path
-    length: int
-    sha256: str
-    custom: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --- the repository --------------------------------------------------------------------------
@@ -295,7 +274,7 @@ class Repository(TufRepository):
     def close(self, role: str, md: Metadata) -> None:
         """Bump version and expiry, sign with every trusted key we hold, check the threshold, write."""
         md.signed.version += 1
-        md.signed.expires = _now() + self._expiry(role)
+        md.signed.expires = utc_now() + self._expiry(role)
         md.signatures.clear()
         for signer in self._signers_for(role, md):
             md.sign(signer, append=True)
@@ -420,209 +399,7 @@ class Repository(TufRepository):
             KeyStoreError: the targets key is missing or not trusted.
             BundleError: the archive is not a readable bundle.
         """
-        src = Path(archive)
-        if not src.is_file():
-            raise BundleError(
-                f"bundle archive {src} does not exist", hint="pass the .tar that bundle create wrote"
-            )
-        size = src.stat().st_size
-        if size > self.config.max_bundle_bytes:
-            raise RegistryError(
-                f"{src} is {size} bytes, above the {self.config.max_bundle_bytes} allowed",
-                hint="raise EDGEFLEET_REGISTRY_MAX_BUNDLE_BYTES if this is intended",
-            )
-        self._signers_for("targets")  # fail before copying anything
-        with self._locked():
-            # Work on our own copy so the manifest we read and the bytes we sign are the same.
-            tmp = self._tmp_dir / "bundle.tar"
-            self._verify_state()
-            length, sha = copy_hashed(src, tmp)
-            manifest = self._check_bundle(tmp)
-            tpath = target_path_for(manifest.name, manifest.version, manifest.variant)
-            targets = self.targets()
-            existing = targets.targets.get(tpath)
-            if existing is not None:
-                if existing.length == length and existing.hashes.get("sha256") == sha:
-                    log.info("%s is already published with the same bytes; nothing changed", tpath)
-                    pub = published_from(targets).get((manifest.name, manifest.version, manifest.variant))
-                    deltas = pub.deltas if pub else ()
-                    return PublishResult(
-                        tpath,
-                        length,
-                        sha,
-                        deltas[0].target_path if deltas else None,
-                        deltas[0].length if deltas else None,
-                        manifest.name,
-                        manifest.version,
-                        manifest.variant,
-                        unchanged=True,
-                        pending=self._pending(),
-                        targets_version=targets.version,
-                        deltas=deltas,
-                    )
-                raise VersionExistsError(
-                    f"{tpath} is already published with different content "
-                    f"(sha256 {existing.hashes.get('sha256', '?')[:12]}…, new {sha[:12]}…)",
-                    hint="published versions are immutable; bump the version (e.g. "
-                    f"{next_patch(manifest.version)}) and rebuild the bundle",
-                    target=tpath,
-                )
-            manifest_sha = hashlib.sha256(manifest.to_json()).hexdigest()
-            published = _now().isoformat()
-            new = [
-                _NewTarget(
-                    tpath,
-                    tmp,
-                    length,
-                    sha,
-                    {
-                        "kind": "bundle",
-                        "name": manifest.name,
-                        "version": manifest.version,
-                        "variant": manifest.variant,
-                        "parent_version": manifest.lineage.parent_version,
-                        "base_target": None,
-                        "base_sha256": None,
-                        "result_sha256": None,
-                        "result_length": None,
-                        "manifest_sha256": manifest_sha,
-                        "created": manifest.created.isoformat(),
-                        "published": published,
-                    },
-                )
-            ]
-            if delta and self.config.delta:
-                new += self._make_deltas(targets, manifest, tmp, length, sha, manifest_sha, published)
-            for t in new:
-                install(t.tmp, self.targets_dir / hashed_target_path(t.path, t.sha256))
-            with self.edit_targets() as tmd:
-                for t in new:
-                    tmd.targets[t.path] = TargetFile(
-                        t.length, {"sha256": t.sha256}, t.path, target_custom_fields(t.custom)
-                    )
-            pending = not self._publish_online()
-            deltas = tuple(
-                DeltaTarget(
-                    t.path,
-                    t.length,
-                    t.sha256,
-                    t.custom["parent_version"],
-                    t.custom["base_target"],
-                    t.custom["base_sha256"],
-                    hashed_target_path(t.path, t.sha256),
-                    t.custom.get("method"),
-                )
-                for t in new[1:]
-            )
-            log.info(
-                "published %s (%d bytes, %d delta%s)%s",
-                tpath,
-                length,
-                len(deltas),
-                "" if len(deltas) == 1 else "s",
-                "; waiting for the server to sign snapshot/timestamp" if pending else "",
-            )
-            return PublishResult(
-                tpath,
-                length,
-                sha,
-                deltas[0].target_path if deltas else None,
-                deltas[0].length if deltas else None,
-                manifest.name,
-                manifest.version,
-                manifest.variant,
-                pending=pending,
-                targets_version=tmd.version,
-                deltas=deltas,
-            )
-
-    def _check_bundle(self, archive: Path) -> Manifest:
-        """Refuse to sign a bundle that does not verify (truncated after the manifest, tampered files...)."""
-        from edgefleet.bundle import Bundle, read_manifest
-
-        mode = self.config.verify_on_publish
-        if mode == "none":
-            return read_manifest(archive)
-        with Bundle.open(archive, extract_to=self._tmp_dir / "check") as b:
-            if mode == "golden":
-                b.verify()
-            return b.manifest
-
-    def _make_deltas(
-        self,
-        targets: Any,
-        manifest: Manifest,
-        new_tmp: Path,
-        length: int,
-        sha: str,
-        manifest_sha: str,
-        published: str,
-    ) -> list[_NewTarget]:
-        from edgefleet.bundle import make_delta
-
-        mine = semver_key(manifest.version)
-        earlier = sorted(
-            (
-                p
-                for p in published_from(targets).values()
-                if p.name == manifest.name and p.variant == manifest.variant and semver_key(p.version) < mine
-            ),
-            key=lambda p: semver_key(p.version),
-            reverse=True,
-        )[: self.config.delta_bases]
-        out: list[_NewTarget] = []
-        for base in earlier:
-            base_file = self.targets_dir / base.url_path
-            patch = self._tmp_dir / f"from-{base.version}.delta"
-            try:
-                info = make_delta(base_file, new_tmp, patch, method=self.config.delta_method)
-            except (BundleError, OSError) as e:
-                # A missing delta only costs bandwidth: devices fall back to the full bundle.
-                log.warning("no delta from %s to %s: %s", base.version, manifest.version, e)
-                patch.unlink(missing_ok=True)
-                continue
-            d_len, d_sha = file_sha256(patch)
-            if d_len > self.config.delta_max_ratio * length:
-                log.info(
-                    "delta from %s is %d bytes (%.0f%% of the bundle); not publishing it",
-                    base.version,
-                    d_len,
-                    100 * d_len / max(length, 1),
-                )
-                patch.unlink()
-                continue
-            method = getattr(info, "method", None) or (info.get("method") if isinstance(info, dict) else None)
-            out.append(
-                _NewTarget(
-                    delta_target_path_for(manifest.name, manifest.version, manifest.variant, base.version),
-                    patch,
-                    d_len,
-                    d_sha,
-                    {
-                        "kind": "delta",
-                        "name": manifest.name,
-                        "version": manifest.version,
-                        "variant": manifest.variant,
-                        "parent_version": base.version,
-                        "base_target": base.target_path,
-                        "base_sha256": base.sha256,
-                        "result_sha256": sha,
-                        "result_length": length,
-                        "manifest_sha256": manifest_sha,
-                        "method": str(method) if method else None,
-                        "published": published,
-                    },
-                )
-            )
-        return out
-
-    def _publish_online(self) -> bool:
-        """Sign snapshot and timestamp when this machine holds the online keys; False if it does not."""
-        if not (self._can_sign("snapshot") and self._can_sign("timestamp")):
-            return False
-        self.do_snapshot()
-        self.do_timestamp()
-        return True
+        return _publishing.publish(self, archive, delta=delta)
 
     def _pending(self) -> bool:
         snap = self.snapshot()
@@ -647,7 +424,7 @@ class Repository(TufRepository):
         with self._locked():
             self._verify_state()
             snap = self.snapshot()
-            soon = _now() + self.config.snapshot_expiry / 2
+            soon = utc_now() + self.config.snapshot_expiry / 2
             resign = snap.expires <= soon or (
                 snap.meta.get("targets.json") is None
                 or snap.meta["targets.json"].version < self.targets().version
@@ -703,7 +480,7 @@ class Repository(TufRepository):
             ) from e
 
     def _warn_expiry(self) -> None:
-        soon = _now() + self.config.expiry_warning
+        soon = utc_now() + self.config.expiry_warning
         for role in ("root", "targets"):
             expires = self.open(role).signed.expires
             if expires <= soon:
