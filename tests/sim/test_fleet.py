@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
+from edgefleet.client import Client
 from edgefleet.sim import Fleet, ReleaseBehavior, Scenario
 
 POLL = 0.5
 
 
-def _api(srv) -> httpx.Client:
-    return httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.admin_token}"}, timeout=10)
+def _api(srv) -> Client:
+    return Client(srv.url, token=srv.admin_token, timeout=10)
 
 
-def _on(api: httpx.Client, version: str) -> dict:
+def _on(api: Client, version: str) -> dict:
     """The ActiveModel of a registered release (what a device running it reports)."""
-    rel = api.post("/v1/releases", json={"name": "digits", "version": version})
-    assert rel.status_code in (200, 201), rel.text
-    v = rel.json()["variants"][0]
-    return {
-        "name": "digits",
-        "version": version,
-        "variant": v["variant"],
-        "target_path": v["target_path"],
-        "sha256": v["sha256"],
-    }
+    v = api.register_release("digits", version)["variants"][0]
+    return {"name": "digits", "version": version, **{k: v[k] for k in ("variant", "target_path", "sha256")}}
 
 
 def test_bad_release_is_contained_and_rolled_back(sim_server):
@@ -42,23 +34,14 @@ def test_bad_release_is_contained_and_rolled_back(sim_server):
     fleet.preinstall(_on(api, "1.0.0"))
     _on(api, "2.0.0")
     asyncio.run(fleet.run(timeout=3 * POLL))  # the control group reports on 1.0.0
-    r = api.post(
-        "/v1/rollouts",
-        json={
-            "name": "digits",
-            "version": "2.0.0",
-            "soak_s": 30,
-            "gates": {"min_devices": 3, "min_requests": 100},
-        },
-    )
-    assert r.status_code == 201, r.text
-    rid, first_wave = r.json()["id"], r.json()["members"]["admitted"]
+    r = api.create_rollout("digits", "2.0.0", soak_s=30, gates={"min_devices": 3, "min_requests": 100})
+    rid, first_wave = r["id"], r["members"]["admitted"]
 
     def contained(f: Fleet) -> bool:
-        return api.get(f"/v1/rollouts/{rid}").json()["state"] == "rolled_back" and f.count_on("1.0.0") == 60
+        return api.rollout(rid)["state"] == "rolled_back" and f.count_on("1.0.0") == 60
 
     assert asyncio.run(fleet.run(until=contained, timeout=60, check_every=0.2))
-    shown = api.get(f"/v1/rollouts/{rid}").json()
+    shown = api.rollout(rid)
     assert {"error_rate", "confidence_ratio"} <= set(shown["evaluation"]["failed_gates"])
     assert len(fleet.ran("2.0.0")) <= first_wave + 3  # never beyond the first wave (plus the gate minimum)
     assert fleet.status_counts.get("500", 0) == 0
@@ -77,32 +60,21 @@ def test_good_release_reaches_every_device_through_the_default_waves(sim_server)
     fleet.preinstall(_on(api, "1.0.0"))
     _on(api, "1.1.0")
     asyncio.run(fleet.run(timeout=3 * POLL))
-    r = api.post(
-        "/v1/rollouts",
-        json={
-            "name": "digits",
-            "version": "1.1.0",
-            "soak_s": 1.0,
-            "gates": {"min_devices": 3, "min_requests": 100},
-        },
-    )
-    rid = r.json()["id"]
+    rid = api.create_rollout("digits", "1.1.0", soak_s=1.0, gates={"min_devices": 3, "min_requests": 100})[
+        "id"
+    ]
     done = asyncio.run(
         fleet.run(
-            until=lambda f: api.get(f"/v1/rollouts/{rid}").json()["state"] == "completed",
+            until=lambda f: api.rollout(rid)["state"] == "completed",
             timeout=90,
             check_every=0.3,
         )
     )
-    ev = api.get(f"/v1/rollouts/{rid}").json()["evaluation"]
+    ev = api.rollout(rid)["evaluation"]
     assert done, (ev["failed_gates"], ev["waiting_for"], ev["gates"])
     asyncio.run(fleet.run(until=lambda f: f.count_on("1.1.0") == 30, timeout=10 * POLL))
     assert fleet.count_on("1.1.0") == 30
-    waves = [
-        a["details"]
-        for a in api.get(f"/v1/rollouts/{rid}/audit").json()
-        if a["action"] == "rollout.wave_opened"
-    ]
+    waves = [a["details"] for a in api.rollout_audit(rid) if a["action"] == "rollout.wave_opened"]
     assert [w["percent"] for w in waves] == [1, 5, 25, 100]
     assert [w["wave_size"] for w in waves] == [3, 3, 8, 30]
 

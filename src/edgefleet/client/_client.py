@@ -196,7 +196,7 @@ class Client:
         name: str,
         version: str,
         *,
-        selector: str = "*",
+        selector: str | None = None,
         waves: list[float] | None = None,
         soak_s: float | list[float] | None = None,
         policy: str | None = None,
@@ -205,8 +205,9 @@ class Client:
         device_gates: dict[str, Any] | None = None,
     ) -> Json:
         """Start a rollout of ``name`` ``version``; settings left out take the server's defaults."""
-        body: Json = {"name": name, "version": version, "selector": selector}
+        body: Json = {"name": name, "version": version}
         optional = {
+            "selector": selector,
             "waves": waves,
             "soak_s": soak_s,
             "policy": policy,
