@@ -128,7 +128,7 @@ def bench_bytes(pred, ref, data, workdir: Path, hours: float, rate: float) -> di
     order = rng.integers(0, len(x), n_req)
     out = {"hours": hours, "inferences_per_s": rate, "requests": n_req, "upload_intervals": {}}
     # raw per-request logs of the same traffic (what a device would ship without aggregation)
-    from edgefleet.telemetry._outbox import _zstd
+    from edgefleet.telemetry._upload import _zstd
 
     log_lines, log_lines_inputs = [], []
     for upload_s in (60, 300, 900):
@@ -349,7 +349,7 @@ def bench_overhead(pred, ref, data, n: int) -> dict:
     peak_open = sum(s.size_diff for s in snap.compare_to(base, "filename"))
     w = agg.flush_window()
     tracemalloc.stop()
-    from edgefleet.telemetry._outbox import _zstd
+    from edgefleet.telemetry._upload import _zstd
 
     js = w.to_json()
     out["memory"] = {

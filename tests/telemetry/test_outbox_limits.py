@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from edgefleet.errors import PayloadTooLargeError, ValidationError
 from edgefleet.telemetry import Outbox, OutboxConfig, decode_upload
-from edgefleet.telemetry._outbox import ITEM_OVERHEAD_BYTES, encode_upload
+from edgefleet.telemetry._outbox import ITEM_OVERHEAD_BYTES
+from edgefleet.telemetry._upload import encode_upload
 
 FEW = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

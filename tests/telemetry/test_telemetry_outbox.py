@@ -16,7 +16,8 @@ import pytest
 
 from edgefleet.errors import DiskSpaceError, PayloadTooLargeError, TelemetryError, ValidationError
 from edgefleet.telemetry import Outbox, OutboxConfig, decode_upload
-from edgefleet.telemetry._outbox import ITEM_OVERHEAD_BYTES, TokenBucket
+from edgefleet.telemetry._outbox import ITEM_OVERHEAD_BYTES
+from edgefleet.telemetry._upload import TokenBucket
 
 
 class FakeClocks:
@@ -248,7 +249,7 @@ def test_token_bucket_rate():
 
 
 def test_decode_upload_rejects_bad_bodies():
-    from edgefleet.telemetry._outbox import _zstd
+    from edgefleet.telemetry._upload import _zstd
 
     z = _zstd()  # its compress() makes one whole frame
     with pytest.raises(ValidationError):

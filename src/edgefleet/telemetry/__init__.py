@@ -30,9 +30,10 @@ from edgefleet.telemetry._fleet import (
     evaluate_alerts,
 )
 from edgefleet.telemetry._ingest import ParsedUpload, parse_upload
-from edgefleet.telemetry._outbox import DrainReport, Outbox, OutboxConfig, UploadBatch, decode_upload
+from edgefleet.telemetry._outbox import Outbox, OutboxConfig
 from edgefleet.telemetry._reference import Reference
 from edgefleet.telemetry._sampler import Sampler, SamplerConfig
+from edgefleet.telemetry._upload import DrainReport, UploadBatch, decode_upload
 from edgefleet.telemetry._window import Window, WindowConfig, merge_windows
 
 __all__ = [

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.errors import EdgefleetError, ForbiddenError, ValidationError
-from edgefleet.telemetry._outbox import decode_upload
+from edgefleet.telemetry._upload import decode_upload
 from edgefleet.telemetry._window import Window, WindowConfig
 
 __all__ = ["ParsedUpload", "parse_upload"]
