@@ -144,16 +144,18 @@ def operator_command(
 # --- parsing and formatting shared by the operator commands ------------------------------------
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from ``30s``, ``10m``, ``2h``, ``1d`` or plain seconds."""
+def parse_duration(text: str, *, positive: bool = False) -> float:
+    """Seconds from ``30s``, ``10m``, ``12h``, ``7d`` or plain seconds (above zero if ``positive``)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     t = text.strip().lower()
     try:
         v = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
         raise InputError(
-            f"cannot read duration {text!r}", hint="use e.g. 30s, 10m, 2h or plain seconds"
+            f"cannot read duration {text!r}", hint="use e.g. 30s, 10m, 12h, 7d or plain seconds"
         ) from None
+    if positive and v <= 0:
+        raise InputError(f"duration {text!r} must be positive", hint="use e.g. 12h")
     if v < 0:
         raise InputError(f"duration {text!r} is negative", hint="use e.g. 10m")
     return v

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from edgefleet.cli._common import console, print_json
-from edgefleet.errors import InputError
+from edgefleet.cli._common import console, parse_duration, print_json
 
 registry_app = typer.Typer(
     help="The TUF image repository: create it, list and show releases, refresh the timestamp, serve, fetch.",
@@ -22,18 +21,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _duration(text: str | None) -> timedelta | None:
-    """``90s``, ``30m``, ``12h``, ``7d`` or plain seconds."""
-    if text is None:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip().lower()
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise InputError(f"cannot read duration {text!r}", hint="use e.g. 90s, 30m, 12h or 7d") from None
-    if value <= 0:
-        raise InputError(f"duration {text!r} must be positive", hint="use e.g. 12h")
-    return timedelta(seconds=value)
+    return None if text is None else timedelta(seconds=parse_duration(text, positive=True))
 
 
 def publish(
