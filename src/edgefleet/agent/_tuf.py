@@ -12,9 +12,9 @@ from tuf.ngclient import Updater, UpdaterConfig
 from edgefleet.agent._fetcher import HttpxFetcher
 from edgefleet.errors import DownloadError, VerificationError
 from edgefleet.protocol import Assignment
-from edgefleet.protocol._targets import delta_target_path, edgefleet_custom
+from edgefleet.protocol._targets import hashed_target_path
 
-__all__ = ["TrustedRepository", "delta_target_path", "edgefleet_custom"]
+__all__ = ["TrustedRepository"]
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,7 @@ class TrustedRepository:
         """Download URL of a target (hash-prefixed file name under consistent snapshots)."""
         path = info.path
         if self._consistent_snapshot():
-            dirname, sep, base = path.rpartition("/")
-            path = f"{dirname}{sep}{info.hashes['sha256']}.{base}"
+            path = hashed_target_path(path, info.hashes["sha256"])
         return f"{self.base}targets/{path}"
 
     def verify_file(self, info: TargetFile, path: Path) -> None:

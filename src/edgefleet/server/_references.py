@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgefleet._fs import sha256_file
 from edgefleet.errors import EdgefleetError
+from edgefleet.protocol._targets import hashed_target_path
 from edgefleet.telemetry import Reference
 
 __all__ = ["BundleReferences", "VariantRef"]
@@ -41,8 +42,7 @@ class BundleReferences:
 
     def _path(self, target_path: str, sha256: str) -> Path | None:
         base = self.targets_dir.resolve()
-        dirname, _, basename = target_path.rpartition("/")
-        for rel in (f"{dirname}/{sha256}.{basename}" if dirname else f"{sha256}.{basename}", target_path):
+        for rel in (hashed_target_path(target_path, sha256), target_path):
             p = (base / rel).resolve()
             if p.is_relative_to(base) and p.is_file():
                 return p
