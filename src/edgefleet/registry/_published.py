@@ -29,7 +29,6 @@ __all__ = [
     "DeltaTarget",
     "PublishResult",
     "PublishedBundle",
-    "check_ref",
     "delta_target_path_for",
     "next_patch",
     "published_from",
@@ -42,7 +41,7 @@ __all__ = [
 # --- naming ----------------------------------------------------------------------------------
 
 
-def check_ref(name: str, version: str, variant: str) -> None:
+def _check_ref(name: str, version: str, variant: str) -> None:
     for label, value in (("name", name), ("variant", variant)):
         if not SLUG.match(value or ""):
             raise RegistryError(
@@ -55,14 +54,14 @@ def check_ref(name: str, version: str, variant: str) -> None:
 
 def target_path_for(name: str, version: str, variant: str) -> str:
     """TUF target path of a bundle (``<name>/<version>/<variant>.tar``), once the names are checked."""
-    check_ref(name, version, variant)
+    _check_ref(name, version, variant)
     return bundle_target_path(name, version, variant)
 
 
 def delta_target_path_for(name: str, version: str, variant: str, base_version: str) -> str:
     """TUF target path of the delta from ``base_version`` to ``version``, once the names are checked."""
-    check_ref(name, version, variant)
-    check_ref(name, base_version, variant)
+    _check_ref(name, version, variant)
+    _check_ref(name, base_version, variant)
     return delta_target_path(name, version, variant, base_version)
 
 
