@@ -19,34 +19,21 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgefleet.client import Client
 from edgefleet.errors import ConfigError, RolloutError, ServerError
-from edgefleet.sim._demo_config import BAD, CLASSES, GOOD, MARKER, NEW, REGIONS, DemoConfig
+from edgefleet.sim._demo_config import BAD, CLASSES, GOOD, MARKER, NEW, REGIONS, DemoConfig, DemoDevice
 from edgefleet.sim._narrator import Narrator
 from edgefleet.sim._releases import ReleaseBuilder
 from edgefleet.sim._report import Reporting
 from edgefleet.sim._supervisor import Supervisor, child_env, lock_held
 from edgefleet.sim._traffic import Traffic
 
-__all__ = ["DemoDevice", "run_demo"]
+__all__ = ["run_demo"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DemoDevice:
-    """One agent process of the demo: its name, class, region, state directory and local API port."""
-
-    name: str
-    device_class: str
-    region: str
-    state_dir: Path
-    port: int
-    device_id: str = ""
 
 
 class _Demo(Reporting):

@@ -1,13 +1,14 @@
-"""Settings and fixed facts of ``edgefleet demo``: its three releases, device classes and regions."""
+"""Settings and fixed facts of ``edgefleet demo``: its three releases, device classes, regions and devices."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["BAD", "CLASSES", "GOOD", "MARKER", "NEW", "REGIONS", "SCALE", "DemoConfig"]
+__all__ = ["BAD", "CLASSES", "GOOD", "MARKER", "NEW", "REGIONS", "SCALE", "DemoConfig", "DemoDevice"]
 
 
 MARKER = ".edgefleet-demo"
@@ -48,3 +49,15 @@ class DemoConfig(BaseSettings):
     start_timeout_s: float = Field(90.0, gt=0, description="longest wait for the server or an agent to start")
     phase_timeout_s: float = Field(150.0, gt=0, description="longest wait for one rollout to finish")
     stop_timeout_s: float = Field(10.0, gt=0, description="wait after SIGTERM before SIGKILL")
+
+
+@dataclass
+class DemoDevice:
+    """One agent process of the demo: its name, class, region, state directory and local API port."""
+
+    name: str
+    device_class: str
+    region: str
+    state_dir: Path
+    port: int
+    device_id: str = ""

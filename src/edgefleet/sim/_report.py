@@ -6,12 +6,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.sim._demo_config import BAD, GOOD, NEW
+from edgefleet.sim._demo_config import BAD, GOOD, NEW, DemoDevice
 from edgefleet.sim._narrator import Narrator
 
 if TYPE_CHECKING:
     from edgefleet.client import Client
-    from edgefleet.sim._demo import DemoDevice
     from edgefleet.sim._traffic import Traffic
 
 __all__ = ["Reporting"]
