@@ -169,6 +169,29 @@ def test_long_entry_name_extracts_at_the_limit_and_is_refused_past_it(digits_bun
             safe_extract(long, tmp_path / "out")
 
 
+def test_archive_is_flushed_and_fsynced_whole_before_it_appears(tmp_path, monkeypatch):
+    """write_archive's durability: fsync sees every byte (flushed first), and only then the rename."""
+    import os
+
+    from edgefleet.bundle._archive import write_archive
+
+    src = tmp_path / "model.onnx"
+    src.write_bytes(b"m" * 5000)
+    out = tmp_path / "out" / "b.tar"
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_size)
+        assert not out.exists(), "fsync must come before the rename"
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_archive(out, b"{}", {"model.onnx": src}, mtime=0)
+    assert synced and synced[0] == out.stat().st_size  # flushed: nothing left in a buffer at fsync
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial")]
+
+
 def test_every_entry_is_checked_not_only_the_first(digits_bundle, tmp_path):
     """A bad name placed last (after the manifest and all model files) is still refused."""
     entries = read_entries(digits_bundle)
@@ -230,3 +253,13 @@ def test_patch_expected_length_must_match(digits_bundle, patch_v2, tmp_path):
                 expected_sha256=info.target_sha256.upper(),
                 expected_length=wrong,
             )
+
+
+def test_delta_functions_take_plain_string_paths(digits_bundle, digits_bundle_v2, tmp_path):
+    patch = tmp_path / "p.patch"
+    info = make_delta(str(digits_bundle), str(digits_bundle_v2), str(patch), method="zstd")
+    assert read_delta_header(str(patch)).target_sha256 == info.target_sha256
+    out = apply_delta(
+        str(digits_bundle), str(patch), str(tmp_path / "n.tar"), expected_sha256=info.target_sha256
+    )
+    assert out.read_bytes() == digits_bundle_v2.read_bytes()

@@ -130,3 +130,45 @@ def test_psi_is_zero_for_equal_proportions_and_grows_with_the_shift():
     small = psi(np.array([[12, 20, 30, 38]]), ref)[0]
     big = psi(np.array([[40, 30, 20, 10]]), ref)[0]
     assert 0 < small < big
+
+
+def test_top_lists_five_tests_by_default_fired_first(shifted):
+    assert len(shifted.tests) > 5
+    top = shifted.top()
+    assert len(top) == 5 and len(shifted.top(2)) == 2
+    fired = [t for t in top if t.fired]
+    assert top[: len(fired)] == fired  # firing tests first, then by PSI
+    assert [t.psi for t in shifted.fired] == sorted((t.psi for t in shifted.fired), reverse=True)
+
+
+def _expected_class_p(obs_by_label, labels, ref_counts, min_expected):
+    """The class test computed independently: reference proportions with a half count for unseen classes."""
+    from scipy.stats import chisquare
+
+    n = sum(obs_by_label.values())
+    obs = [obs_by_label.get(lab, 0) for lab in labels]
+    obs.append(n - sum(obs))  # every label the reference never predicted
+    ref = [float(c) for c in ref_counts] + [0.0]
+    pseudo = [c if c > 0 else 0.5 for c in ref]
+    exp = [p / sum(pseudo) * n for p in pseudo]
+    keep = [i for i, e in enumerate(exp) if e >= min_expected]
+    pool = [i for i, e in enumerate(exp) if e < min_expected]
+    o = [obs[i] for i in keep] + ([sum(obs[i] for i in pool)] if pool else [])
+    e = [exp[i] for i in keep] + ([sum(exp[i] for i in pool)] if pool else [])
+    scale = sum(o) / sum(e)
+    return float(chisquare(o, [x * scale for x in e]).pvalue)
+
+
+@pytest.mark.parametrize("unseen", [0, 30])
+def test_class_test_uses_reference_proportions_with_a_half_count_for_unseen_classes(
+    make_window, x_test, digits_reference, unseen
+):
+    w = make_window(x_test[:300])
+    if unseen:
+        w.classes["a-label-the-reference-never-saw"] = unseen
+    ref = Reference.from_dict(digits_reference)
+    rep = drift(w, ref, DriftConfig(features=False, confidence=False))
+    (t,) = rep.tests
+    assert t.kind == "classes" and t.n == 300 + unseen
+    want = _expected_class_p(w.classes, list(ref.class_labels), ref.class_counts, 5.0)
+    assert t.p_value == pytest.approx(want, rel=1e-9, abs=1e-300)
