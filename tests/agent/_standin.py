@@ -2,8 +2,8 @@
 
 A real HTTP server (http.server on 127.0.0.1, ephemeral port) speaking the control plane's contract:
 ``POST /v1/enroll``, ``POST /v1/devices/{id}/heartbeat``, ``POST /v1/devices/{id}/telemetry`` (JSON bodies
-are ``edgefleet.protocol`` types) and ``GET /repo/metadata/...``, ``GET /repo/targets/...`` with HTTP Range
-(python's SimpleHTTPRequestHandler has none). Faults are injected on target downloads: connection reset
+are ``edgefleet.protocol`` types) and ``GET /repository/metadata/...``, ``GET /repository/targets/...``
+with HTTP Range (python's SimpleHTTPRequestHandler has none). Faults are injected on target downloads: connection reset
 after N bytes, truncation, bit flips, a slow link, Range ignored.
 """
 
@@ -89,7 +89,7 @@ class StandIn:
 
     @property
     def repository_url(self) -> str:
-        return f"{self.url}/repo/"
+        return f"{self.url}/repository/"
 
     # --- helpers for tests -----------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ def _make_handler(s: StandIn) -> type[BaseHTTPRequestHandler]:
                 tok = secrets.token_urlsafe(24)
                 s.devices[dev] = tok
                 s.enrollments.append(req.model_dump(mode="json"))
-                root = (s.repo_dir / "metadata" / "1.root.json").read_bytes()
+                root = (s.repo_dir / "metadata" / "root.json").read_bytes()  # the newest, as the server
                 return self._json(
                     200,
                     {
@@ -226,9 +226,9 @@ def _make_handler(s: StandIn) -> type[BaseHTTPRequestHandler]:
             return self._json(200, {"accepted": not dup, "duplicate": dup})
 
         def do_GET(self) -> None:  # noqa: N802
-            if not self.path.startswith("/repo/"):
+            if not self.path.startswith("/repository/"):
                 return self._json(404, {"error": "not_found", "message": self.path})
-            rel = self.path[len("/repo/") :].split("?", 1)[0]
+            rel = self.path[len("/repository/") :].split("?", 1)[0]
             f = (s.repo_dir / rel).resolve()
             if s.repo_dir.resolve() not in f.parents or not f.is_file():
                 return self._json(404, {"error": "not_found", "message": rel})

@@ -62,13 +62,13 @@ def test_enroll_with_bad_token_writes_nothing(tmp_path, repo_template):
         assert not (tmp_path / "state" / "credentials.json").exists()
         with pytest.raises(VerificationError, match="not TUF root metadata"):
             enroll(cfg, token=ENROLL_TOKEN, root_json=b'{"signed": {"_type": "root"}}', server_url=s.url)
-        # a valid root.json, but not the one the server names: refused before anything is stored
+        # a valid root.json of another repository: refused before anything is stored (test_enroll_trust)
         from edgefleet.registry import Repository, init_keys
 
         other = Repository.init(
             tmp_path / "other", init_keys(tmp_path / "okeys", root_keys=1, root_threshold=1)
         )
-        with pytest.raises(VerificationError, match="differs"):
+        with pytest.raises(VerificationError, match="does not verify from the given root"):
             enroll(cfg, token=ENROLL_TOKEN, root_json=other.root_json_path, server_url=s.url)
     finally:
         s.stop()

@@ -1,4 +1,10 @@
-"""Enrollment: a one-time token exchanged for a device token, the repository's root.json pinned."""
+"""Enrollment: the repository's trust root verified first, then a one-time token exchanged for a device token.
+
+The device is given a root.json to pin (any version the repository ever had). Before the token is spent,
+a TUF refresh from that root against the server's repository walks the root chain to the newest root the
+given one vouches for; a repository that does not chain from it is refused with nothing consumed. The
+newest trusted root is what the device pins.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +21,9 @@ from typing import Any
 from edgefleet._fs import atomic_write
 from edgefleet.agent._config import AgentConfig
 from edgefleet.agent._director import DirectorClient
-from edgefleet.errors import ConfigError, VerificationError
+from edgefleet.agent._fetcher import HttpxFetcher
+from edgefleet.agent._tuf import TrustedRepository
+from edgefleet.errors import ConfigError, DownloadError, VerificationError
 from edgefleet.protocol import EnrollRequest
 
 __all__ = ["Credentials", "enroll"]
@@ -57,15 +67,24 @@ def enroll(
     token: str,
     root_json: Path | bytes,
     server_url: str,
+    repository_url: str | None = None,
     name: str | None = None,
     device_class: str | None = None,
     tags: dict[str, str] | None = None,
     transport: Any = None,
 ) -> Credentials:
-    """Exchange a one-time enrollment token for a device token; pin the repository's root.json.
+    """Verify the server's repository from the given root, then exchange a one-time enrollment token for a
+    device token and pin the newest trusted root.
+
+    Args:
+        root_json: a root.json of the repository (any version: newer ones are reached through TUF's chain).
+        repository_url: where the repository is served (default: ``<server_url>/repository/``).
+        transport: an httpx transport for the director and the repository (tests).
 
     Raises:
-        VerificationError: the server names a different root.json than the one given.
+        VerificationError: the repository does not chain from the given root (the token is not spent), or
+            the server names another root than the newest trusted one.
+        DownloadError: the repository could not be reached (the token is not spent).
         AuthError: the server refused the token.
         ServerUnreachable: the server did not answer.
     """
@@ -84,21 +103,25 @@ def enroll(
             f"the given root.json is not TUF root metadata: {e}",
             hint="pass the repository's root.json (from `edgefleet registry init`)",
         ) from e
+    repo_url = repository_url or server_url.rstrip("/") + "/repository/"
+    trusted = trusted_root(config, root, repo_url, transport=transport)  # before the token is spent
     hw = probe(state, device_class_override=device_class, tags=tags)
     client = DirectorClient(server_url, timeout=config.request_timeout_s, transport=transport)
     try:
         resp = client.enroll(EnrollRequest(token=token, name=name, hardware=hw))
     finally:
         client.close()
-    digest = hashlib.sha256(root).hexdigest()
+    digest = hashlib.sha256(trusted).hexdigest()
     if resp.root_json_sha256 and resp.root_json_sha256 != digest:
         raise VerificationError(
-            "the server's root.json differs from the one this device was given to pin",
-            hint="get root.json from the repository owner over a trusted channel and enroll again",
+            "the server names another root.json than the newest one its repository at "
+            f"{repo_url} chains to from the given root",
+            hint="the server and its repository disagree (a rotation in progress?); enroll again, or pass "
+            "--repository-url if the repository is served elsewhere",
             expected=resp.root_json_sha256,
             got=digest,
         )
-    atomic_write(state / "root.json", root, mode=0o644)
+    atomic_write(state / "root.json", trusted, mode=0o644)
     # The profile as enrolled: later heartbeats re-probe but keep the class chosen at enrollment.
     atomic_write(state / "hardware.json", hw.model_dump_json().encode(), mode=0o644)
     creds = Credentials(
@@ -107,3 +130,46 @@ def enroll(
     creds.save(state)
     log.info("enrolled as %s", resp.device_id, extra={"device_id": resp.device_id})
     return creds
+
+
+def trusted_root(config: AgentConfig, root: bytes, repository_url: str, *, transport: Any = None) -> bytes:
+    """The newest root.json that ``root`` vouches for, by a full TUF refresh of the repository.
+
+    python-tuf's updater walks the root chain (each new root signed by its predecessor's threshold) and
+    verifies timestamp, snapshot and targets under the newest root; nothing is kept but that root.
+
+    Raises:
+        VerificationError: the repository does not chain from ``root`` (another repository, tampered).
+        DownloadError: the repository is unreachable.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=".enroll-tuf-", dir=config.state_dir))
+    fetcher = HttpxFetcher(
+        retries=1,
+        timeout=config.request_timeout_s,
+        transport=transport,
+        max_metadata_bytes=config.max_metadata_bytes,
+    )
+    try:
+        repo = TrustedRepository(
+            tmp, repository_url, root, fetcher, max_metadata_bytes=config.max_metadata_bytes
+        )
+        try:
+            repo.refresh()
+        except VerificationError as e:
+            raise VerificationError(
+                f"the repository at {repository_url} does not verify from the given root.json: {e}",
+                hint="get root.json from the repository owner over a trusted channel (any older root "
+                "version works after a rotation); the enrollment token was not used",
+                repository_url=repository_url,
+            ) from e
+        except DownloadError as e:
+            raise DownloadError(
+                f"cannot read the repository at {repository_url} to verify the root: {e}",
+                hint="check --server (and --repository-url if the repository is served elsewhere); "
+                "the enrollment token was not used",
+                repository_url=repository_url,
+            ) from e
+        return (tmp / "root.json").read_bytes()
+    finally:
+        fetcher.close()
+        shutil.rmtree(tmp, ignore_errors=True)
