@@ -67,6 +67,7 @@ def test_fleet_view(api):
     assert api.fleet_overview()["devices"]["total"] == 3
     assert "groups" in api.fleet_drift(by="region", range_s=600)
     assert "outliers" in api.fleet_outliers(range_s=600)
+    assert api.fleet_telemetry(by="region", range_s=600, device_class="cpu")["by"] == ["region"]
     api.evaluate_alerts()
     assert isinstance(api.alerts(state="all"), list)
     assert api.retrain_requests(status="pending") == []

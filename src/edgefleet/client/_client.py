@@ -253,6 +253,13 @@ class Client:
     def fleet_outliers(self, *, range_s: float = 3600.0) -> Json:
         return self.request("GET", "/v1/fleet/outliers", params={"range_s": range_s})
 
+    def fleet_telemetry(self, *, by: str = "release", range_s: float = 3600.0, **filters: str) -> Json:
+        """Telemetry windows merged per group (``by``) over the last ``range_s`` seconds.
+
+        ``filters``: ``device_id``, ``device_class``, ``region`` or ``release`` narrow the windows.
+        """
+        return self.request("GET", "/v1/fleet/telemetry", params={"by": by, "range_s": range_s, **filters})
+
     def alerts(self, *, state: str = "open") -> list[Json]:
         return self.request("GET", "/v1/fleet/alerts", params={"state": state})
 
