@@ -154,3 +154,11 @@ def test_repository_url_gets_one_trailing_slash_and_metadata_caps_are_passed_on(
     r = TrustedRepository(tmp_path, "https://repo.example/", b"{}", fetcher=None, max_metadata_bytes=1234)
     assert r.base == "https://repo.example/"
     assert r._cfg.snapshot_max_length == 1234 and r._cfg.targets_max_length == 1234
+
+
+def test_metadata_directory_is_created_with_its_parents_and_may_exist(tmp_path):
+    deep = tmp_path / "state" / "tuf" / "metadata"
+    TrustedRepository(deep, "https://repo.example", b"{}", fetcher=None)
+    assert deep.is_dir()
+    again = TrustedRepository(deep, "https://repo.example", b"{}", fetcher=None)  # a restart: it exists
+    assert again.metadata_dir == deep and again.base == "https://repo.example/"

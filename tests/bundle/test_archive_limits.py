@@ -263,3 +263,45 @@ def test_delta_functions_take_plain_string_paths(digits_bundle, digits_bundle_v2
         str(digits_bundle), str(patch), str(tmp_path / "n.tar"), expected_sha256=info.target_sha256
     )
     assert out.read_bytes() == digits_bundle_v2.read_bytes()
+
+
+def _repacked(patch, out, payload_edit):
+    """The patch with its payload edited and the header's payload hash recomputed (a well-formed lie)."""
+    import hashlib
+
+    from edgefleet.bundle._delta import _HEADER
+
+    data = patch.read_bytes()
+    fields = list(_HEADER.unpack_from(data))
+    payload = payload_edit(data[_HEADER.size :])
+    fields[-1] = hashlib.sha256(payload).digest()
+    out.write_bytes(_HEADER.pack(*fields) + payload)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (lambda p: p + b"trailing bytes", "does not end where its header says"),
+        (lambda p: p[: len(p) // 2], "cannot be applied|does not end where"),
+        (lambda p: b"\x00" * len(p), "cannot be applied"),
+    ],
+)
+def test_well_hashed_but_broken_payload_is_a_delta_error(digits_bundle, patch_v2, tmp_path, edit, pattern):
+    info = read_delta_header(patch_v2)
+    bad = _repacked(patch_v2, tmp_path / "bad.patch", edit)
+    with pytest.raises(DeltaError, match=pattern):
+        apply_delta(digits_bundle, bad, tmp_path / "n.tar", expected_sha256=info.target_sha256)
+    assert not (tmp_path / "n.tar").exists()
+
+
+def test_missing_zstd_is_a_clear_delta_error(monkeypatch):
+    import sys
+
+    from edgefleet.bundle._delta import _zstd_module
+
+    monkeypatch.setitem(sys.modules, "compression", None)
+    monkeypatch.setitem(sys.modules, "backports", None)
+    with pytest.raises(DeltaError, match="need backports.zstd") as e:
+        _zstd_module()
+    assert e.value.hint

@@ -144,3 +144,15 @@ def test_enrollment_token_expires_ttl_after_creation(ttl, now):
         assert row.created_at == now and row.expires_at == now + ttl
         assert row.tags == {"site": "a"} and row.revoked is False and row.created_by == "op"
     engine.dispose()
+
+
+def test_created_tokens_are_in_the_database_when_create_returns(session):
+    """Written (flushed) before returning: raw SQL on the same transaction sees them, no autoflush needed."""
+    from sqlalchemy import text
+
+    session.autoflush = False
+    create_operator_token(session, name="ops", role=Role.admin)
+    create_enrollment_token(session, tags={}, ttl_s=60.0)
+    conn = session.connection()
+    assert conn.execute(text("SELECT COUNT(*) FROM operator_tokens")).scalar_one() == 1
+    assert conn.execute(text("SELECT COUNT(*) FROM enrollment_tokens")).scalar_one() == 1
