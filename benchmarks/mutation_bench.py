@@ -12,6 +12,8 @@ copy's ``src`` first on ``PYTHONPATH``):
 2. if they all pass, the *boundary* test files added by issue 18: a failure means "killed after".
 
 So one pass gives the score before and after the new tests, on the same seeded sample of mutants.
+``--rescore`` then runs only the recorded survivors against a later revision's tests (tests written to
+kill them), where the module itself is unchanged, and updates the JSON.
 
 Mutation operators (AST level, inside function bodies only): comparison flips (``<``/``<=``, ``>``/``>=``,
 ``==``/``!=``, ``in``/``not in``, ``is``/``is not``), off-by-one on integer constants (``n`` -> ``n + 1``),
@@ -361,6 +363,67 @@ def run_module(work: Path, module: str, per_module: int, seed: int, timeout: flo
     return res
 
 
+def _git_show(rev: str, path: str) -> str | None:
+    r = subprocess.run(
+        ["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return r.stdout if r.returncode == 0 else None
+
+
+def rescore(out: Path, rev: str) -> None:
+    """Run the survivors recorded in ``out`` again against the tests at ``rev`` (after new tests were written).
+
+    Only where the module's source is unchanged between the two revisions (the mutants are addressed by
+    their position in the module's syntax tree); the JSON records which survivors the newer tests kill.
+    """
+    doc = json.loads(out.read_text())
+    for entry in doc["modules"]:
+        module, survivors = entry["module"], entry["survivors"]
+        if not survivors:
+            continue
+        src = f"src/edgefleet/{module}"
+        if _git_show(entry["rev"], src) != _git_show(rev, src):
+            print(f"{module}: changed since {entry['rev'][:10]}; not rescored", flush=True)
+            continue
+        baseline, added = MODULES[module]
+        with tempfile.TemporaryDirectory(prefix="edgefleet-mutation-") as tmp:
+            work = export_tree(rev, Path(tmp))
+            files = [f for f in baseline + added if (work / f.split("::")[0]).exists()]
+            path = work / src
+            original = path.read_text()
+            status, t_clean = _pytest(work, files, 120)
+            if status != "passed":
+                raise SystemExit(f"{module}: the unmutated tests do not pass at {rev[:10]} ({status})")
+            still = []
+            try:
+                for s in survivors:
+                    m = Mutant(**s)
+                    path.write_text(apply(original, m))
+                    status, _ = _pytest(work, files, max(60.0, 5 * t_clean))
+                    print(f"  {module}:{m.line} {m.op} {m.description}: {status} at {rev[:10]}", flush=True)
+                    if status == "passed":
+                        still.append(s)
+                    else:
+                        entry["outcomes"]["survived"] -= 1
+                        key = "killed_after" if status == "failed" else "timeout_after"
+                        entry["outcomes"][key] += 1
+                        entry.setdefault("killed_by_later_tests", []).append(s | {"outcome": key})
+            finally:
+                path.write_text(original)
+        entry["survivors"] = still
+        entry["score_after"] = round(1 - len(still) / entry["mutants"], 3)
+        entry["rescored_at_rev"] = rev
+        entry["added_tests"] = added
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"{'module':<24} {'mutants':>7} {'before':>7} {'after':>7} {'survived':>8}")
+    for e in doc["modules"]:
+        print(
+            f"{e['module']:<24} {e['mutants']:>7} {e['score_before']:>7.0%} {e['score_after']:>7.0%} "
+            f"{len(e['survivors']):>8}"
+        )
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modules", nargs="*", default=list(MODULES), help="modules under src/edgefleet")
@@ -369,12 +432,21 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="modules mutated in parallel (each in its own copy)")
     ap.add_argument("--rev", default="HEAD", help="committed revision to mutate (default HEAD)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="run only the survivors recorded in --out again, against the tests at --rev",
+    )
     args = ap.parse_args()
 
     t0 = time.monotonic()
     rev = subprocess.run(
         ["git", "rev-parse", args.rev], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
+    if args.rescore:
+        rescore(args.out, rev)
+        print(f"rescored in {(time.monotonic() - t0) / 60:.1f} min")
+        return
 
     def one(module: str) -> ModuleResult | None:
         with tempfile.TemporaryDirectory(prefix="edgefleet-mutation-") as tmp:
