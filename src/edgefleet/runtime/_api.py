@@ -1,7 +1,8 @@
 """The local HTTP API: a thin FastAPI layer over :class:`Runtime` (same behaviour as the Python API).
 
 ``POST /v1/predict`` (JSON, ``application/octet-stream`` or ``application/x-npz``), ``GET /v1/model``,
-``GET /healthz``, ``GET /metrics``; OpenAPI at ``/docs``. Optional bearer token; per-client rate limit.
+``GET /healthz``, ``GET /metrics``, the Open Inference Protocol's ``/v2`` routes (``runtime._oip``);
+OpenAPI at ``/docs``. Optional bearer token; per-client rate limit.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from edgefleet.errors import (
     ValidationError,
 )
 from edgefleet.runtime._config import ApiConfig
+from edgefleet.runtime._oip import add_open_inference_routes
 from edgefleet.runtime._predictor import Priority
 from edgefleet.runtime._runtime import Runtime
 
@@ -525,6 +527,8 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    add_open_inference_routes(app, runtime, dependencies=guarded, read_body=_read_body, limiter=limiter)
 
     from edgefleet.protocol import ErrorBody
 

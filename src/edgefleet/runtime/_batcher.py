@@ -29,6 +29,7 @@ from edgefleet.runtime._predictor import (
     batch_rows,
     check_deadline,
 )
+from edgefleet.runtime._watchdog import Watchdog, is_terminable
 
 __all__ = ["Batcher", "Ticket"]
 
@@ -134,6 +135,11 @@ class Batcher:
     With ``timeout_s`` a watchdog fails a model call that runs longer with ModelTimeoutError (so a
     Fallback can answer) and starts a replacement worker, without a thread hand-off per batch; once
     ``max_stuck`` calls hang, requests fail at once until one returns.
+
+    When nothing is queued and no model call is running, a request to a terminable model (an ORT
+    engine) skips the queue and runs on the caller's thread (no other request could join its batch);
+    its timeout is then enforced by a :class:`Watchdog` that stops the call. Requests that arrive
+    meanwhile queue and batch as usual.
     """
 
     def __init__(
@@ -157,7 +163,15 @@ class Batcher:
         self._delay = self.config.max_delay_ms / 1000.0
         self._heap: list[tuple[int, int, Ticket]] = []
         self._seq = itertools.count()
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # entering the raw lock is cheaper than the Condition
+        self._cond = threading.Condition(self._lock)
+        self._busy = 0  # model calls running or being assembled (inline and workers)
+        self._inline = is_terminable(inner)
+        self._inline_watchdog = (
+            Watchdog(inner, timeout_s, name="edgefleet-inline-watchdog")
+            if self._inline and timeout_s is not None
+            else None
+        )
         self._idle = 0  # workers waiting for work: only then does submit() pay for a notify
         self._closed = False
         self._last_rows = 1
@@ -279,6 +293,19 @@ class Batcher:
 
     def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
         deadline = opts.get("deadline")
+        if self._inline and (
+            deadline is None or (self.timeout_s is not None and deadline - time.monotonic() > self.timeout_s)
+        ):
+            with self._lock:
+                alone = not self._heap and not self._busy and not self._closed and not self._stuck
+                if alone:
+                    self._busy += 1
+            if alone:
+                try:
+                    return self._call_inline(batch, opts.get("priority", Priority.NORMAL), deadline)
+                finally:
+                    with self._lock:
+                        self._busy -= 1
         ticket = self.submit(batch, **opts)
         if ticket.wait(None if deadline is None else deadline - time.monotonic()):
             return ticket.result()
@@ -289,6 +316,25 @@ class Batcher:
             "request deadline passed while it waited for the model",
             hint="send a longer deadline, or lower the load on this device",
         )
+
+    def _call_inline(self, batch: dict[str, np.ndarray], priority: int, deadline: float | None) -> Prediction:
+        rows = batch_rows(batch)
+        if self._metrics:
+            self._metrics.batch(rows)
+        t0 = time.monotonic()
+        try:
+            if self._inline_watchdog is not None:
+                out = self._inline_watchdog.call(batch, {"priority": priority, "deadline": deadline})
+            else:
+                try:
+                    out = self.inner.predict(batch, priority=priority, deadline=deadline)
+                except EdgefleetError:
+                    raise
+                except Exception as e:
+                    raise InferenceError(f"model call failed: {e}", hint="see the log") from e
+        finally:
+            self._batch_s = 0.8 * self._batch_s + 0.2 * (time.monotonic() - t0)
+        return as_prediction(out, self._tier, rows)
 
     def cancel(self, ticket: Ticket) -> None:
         """Give up on ``ticket``: skipped if still queued, its answer discarded if running."""
@@ -313,6 +359,7 @@ class Batcher:
                     return None
                 first = self._pop_live()
                 if first is not None:
+                    self._busy += 1  # until its batch has run (see _loop)
                     break
             batch = [first]
             rows = first.rows
@@ -384,6 +431,9 @@ class Batcher:
                 log.exception("batcher worker error")
                 for t in batch:
                     t.set_exception(InferenceError(f"batcher failed: {e}"))
+            finally:
+                with self._lock:
+                    self._busy -= 1
             if watched and self._retire(wid):
                 return  # replaced while it hung: the replacement serves on
 
@@ -413,7 +463,7 @@ class Batcher:
             # the latest deadline: an earlier one's caller stops waiting on its own
             deadline = max(deadlines) if len(deadlines) == n else None
         if self._metrics:
-            self._metrics.batch_size.observe(rows)
+            self._metrics.batch(rows)
         t0 = time.monotonic()
         try:
             out = as_prediction(
@@ -444,6 +494,8 @@ class Batcher:
     def close(self) -> None:
         """Stop taking requests, answer the queued ones, stop the workers; then close ``inner``."""
         self._stop.set()
+        if self._inline_watchdog is not None:
+            self._inline_watchdog.close()
         with self._cond:
             self._closed = True
             self._cond.notify_all()

@@ -47,12 +47,18 @@ def _fixed_batch(specs: Sequence[TensorSpec]) -> int | None:
     return None
 
 
-def _answer(run: Any, batch: dict[str, np.ndarray], fixed: int | None, meta: Any, tier: str) -> Prediction:
-    """Run an engine's session on a validated batch (padding to a fixed batch size when the model has one)."""
+def _answer(
+    run: Any, batch: dict[str, np.ndarray], fixed: int | None, meta: Any, tier: str, options: Any = None
+) -> Prediction:
+    """Run an engine's session on a validated batch (padding to a fixed batch size when the model has one).
+
+    ``run(feed, options)``; ``options`` is the engine's per-call handle (ORT ``RunOptions``) or None.
+    """
     try:
-        out = (
-            _run_fixed(run, batch, fixed) if fixed is not None and batch_rows(batch) != fixed else run(batch)
-        )
+        if fixed is not None and batch_rows(batch) != fixed:
+            out = _run_fixed(lambda feed: run(feed, options), batch, fixed)
+        else:
+            out = run(batch, options)
     except InferenceError:
         raise
     except Exception as e:
@@ -61,7 +67,7 @@ def _answer(run: Any, batch: dict[str, np.ndarray], fixed: int | None, meta: Any
             hint="check the input shapes and dtypes against GET /v1/model",
             tier=tier,
         ) from e
-    return Prediction(out, tiers=(tier,) * batch_rows(out or batch))
+    return Prediction(out, tiers=(tier,) * batch_rows(out or batch))  # type: ignore[arg-type]
 
 
 def _run_fixed(
@@ -141,6 +147,7 @@ class OrtEngine:
                 onnxruntime=ort.__version__,
             ) from e
         self.providers = self._session.get_providers()
+        self._run_options_type = ort.RunOptions
         # The public run() re-checks input names in Python (~µs per call); the runtime checks them
         # itself, so it calls the C++ session directly when this onnxruntime exposes it.
         inner = getattr(self._session, "_sess", None)
@@ -207,13 +214,21 @@ class OrtEngine:
     def metadata(self) -> PredictorMetadata:
         return self._meta
 
-    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # A call can be stopped from another thread (RunOptions.terminate): see runtime._watchdog.
+    terminable = True
+
+    def run_options(self) -> Any:
+        """A fresh per-call handle whose ``terminate = True`` stops the call it is passed to."""
+        return self._run_options_type()
+
+    def _run(self, feed: dict[str, np.ndarray], options: Any = None) -> dict[str, np.ndarray]:
         run = self._call
         if run is None:
             raise InferenceError(f"model {self._meta.name} is closed", hint="it was swapped out; retry")
-        return dict(zip(self._output_names, run(self._output_names, feed, None), strict=True))
+        return dict(zip(self._output_names, run(self._output_names, feed, options), strict=True))
 
     def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
+        """Answer ``batch``; ``run_options`` (from :meth:`run_options`) lets a watchdog stop the call."""
         deadline = opts.get("deadline")
         if deadline is not None:
             check_deadline(deadline)
@@ -224,7 +239,7 @@ class OrtEngine:
                 + (f"; missing {missing}" if missing else ""),
                 hint="send exactly the inputs listed by GET /v1/model",
             )
-        return _answer(self._run, batch, self._fixed, self._meta, self._tier)
+        return _answer(self._run, batch, self._fixed, self._meta, self._tier, opts.get("run_options"))
 
     def close(self) -> None:
         # ORT frees the session when the last reference goes; drop ours.
@@ -314,7 +329,7 @@ class LiteRtEngine:
     def metadata(self) -> PredictorMetadata:
         return self._meta
 
-    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feed: dict[str, np.ndarray], options: Any = None) -> dict[str, np.ndarray]:
         with self._lock:
             if self._interp is None:
                 raise InferenceError(f"model {self._meta.name} is closed", hint="it was swapped out; retry")

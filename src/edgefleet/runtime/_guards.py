@@ -23,6 +23,7 @@ from edgefleet.errors import (
 from edgefleet.runtime._config import BreakerConfig
 from edgefleet.runtime._metrics import RuntimeMetrics
 from edgefleet.runtime._predictor import Prediction, Predictor, PredictorMetadata, check_deadline
+from edgefleet.runtime._watchdog import Watchdog, is_terminable
 
 __all__ = ["Breaker", "CircuitBreaker", "Timeout"]
 
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 class Timeout:
     """Gives up on ``inner`` after ``timeout_s`` (or the request's deadline, whichever is sooner).
 
-    A model call cannot be interrupted, so an abandoned call keeps its thread until it returns; once
-    ``max_stuck`` calls are stuck, new calls fail at once instead of piling up more threads.
+    A terminable ``inner`` (an ORT engine) runs on the caller's thread and a :class:`Watchdog` stops a
+    call that outlives ``timeout_s``, when no request deadline is sooner. Otherwise the call goes to a
+    worker thread: it cannot be interrupted, so an abandoned call keeps its thread until it returns;
+    once ``max_stuck`` calls are stuck, new calls fail at once instead of piling up more threads.
     """
 
     def __init__(self, inner: Predictor, timeout_s: float, *, max_stuck: int = 4, concurrency: int = 8):
@@ -45,6 +48,9 @@ class Timeout:
         )
         self._lock = threading.Lock()
         self._stuck = 0
+        self._watchdog = (
+            Watchdog(inner, timeout_s, name="edgefleet-timeout-watchdog") if is_terminable(inner) else None
+        )
 
     @property
     def metadata(self) -> PredictorMetadata:
@@ -62,6 +68,9 @@ class Timeout:
     def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
         deadline = opts.get("deadline")
         check_deadline(deadline)
+        watchdog = self._watchdog
+        if watchdog is not None and (deadline is None or deadline - time.monotonic() > self.timeout_s):
+            return watchdog.call(batch, opts)  # type: ignore[no-any-return]
         if self._stuck >= self.max_stuck:
             raise ModelTimeoutError(
                 f"model {self.metadata.name} is hung: {self._stuck} calls have not returned",
@@ -96,6 +105,8 @@ class Timeout:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._watchdog is not None:
+            self._watchdog.close()
         self.inner.close()
 
 

@@ -6,7 +6,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -17,8 +17,17 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _BREAKER_STATE = {"closed": 0, "half_open": 1, "open": 2}
 
 
+def _cumulative(bounds: tuple, counts: list) -> list[tuple[str, float]]:
+    """Per-bucket counts (the last one +Inf) as the cumulative buckets of a histogram family."""
+    cum, buckets = 0, []
+    for bound, n in zip([*(str(float(b)) for b in bounds), "+Inf"], counts, strict=True):
+        cum += n
+        buckets.append((bound, cum))
+    return buckets
+
+
 class _RequestCollector(Collector):
-    """``requests_total`` and ``request_seconds``: the per-request hot path.
+    """``requests_total``, ``request_seconds`` and ``batch_size``: the per-request hot path.
 
     prometheus_client's labelled metrics cost a few microseconds per request (label lookup, a lock
     per value); here one raw lock guards plain counters, and the families are built at scrape time.
@@ -29,6 +38,14 @@ class _RequestCollector(Collector):
         self.lock = threading.Lock()
         self.outcomes: dict[tuple[str, str], int] = {}
         self.hist: dict[str, list] = {}  # tier -> [bucket counts..., +Inf count, sum]
+        self.batches = [0] * (len(_BATCH_BUCKETS) + 1) + [0]  # rows per model call: buckets, +Inf, sum
+
+    def batch(self, rows: int) -> None:
+        i = bisect_left(_BATCH_BUCKETS, rows)
+        with self.lock:
+            b = self.batches
+            b[i] += 1
+            b[-1] += rows
 
     def answered(self, tier: str, seconds: float) -> None:
         i = bisect_left(_LATENCY_BUCKETS, seconds)
@@ -50,6 +67,7 @@ class _RequestCollector(Collector):
         with self.lock:
             outcomes = dict(self.outcomes)
             hist = {k: list(v) for k, v in self.hist.items()}
+            batches = list(self.batches)
         c = CounterMetricFamily(
             f"{self.ns}_requests",
             "Requests answered or refused, by outcome and answering tier",
@@ -62,13 +80,11 @@ class _RequestCollector(Collector):
             f"{self.ns}_request_seconds", "Request latency through the runtime", labels=["tier"]
         )
         for tier, v in sorted(hist.items()):
-            counts, total = v[:-1], v[-1]
-            cum, buckets = 0, []
-            for bound, n in zip([*map(str, _LATENCY_BUCKETS), "+Inf"], counts, strict=True):
-                cum += n
-                buckets.append((bound, cum))
-            h.add_metric([tier], buckets, total)
+            h.add_metric([tier], _cumulative(_LATENCY_BUCKETS, v[:-1]), v[-1])
         yield h
+        b = HistogramMetricFamily(f"{self.ns}_batch_size", "Rows per model call made by the batcher")
+        b.add_metric([], _cumulative(_BATCH_BUCKETS, batches[:-1]), batches[-1])
+        yield b
 
     def describe(self) -> Iterator:
         return iter(())
@@ -82,9 +98,6 @@ class RuntimeMetrics:
         r, ns = self.registry, namespace
         self._req = _RequestCollector(ns)
         r.register(self._req)
-        self.batch_size = Histogram(
-            f"{ns}_batch_size", "Rows per model call made by the batcher", buckets=_BATCH_BUCKETS, registry=r
-        )
         self.queue_depth = Gauge(f"{ns}_queue_depth", "Requests waiting in the batcher", registry=r)
         self.inflight = Gauge(f"{ns}_inflight", "Requests being answered", registry=r)
         self.fallbacks = Counter(
@@ -121,6 +134,10 @@ class RuntimeMetrics:
     def answered(self, tier: str, seconds: float) -> None:
         """Count one answered request and its latency (the hot path)."""
         self._req.answered(tier, seconds)
+
+    def batch(self, rows: int) -> None:
+        """Count one model call of ``rows`` rows made by the batcher (``batch_size`` histogram)."""
+        self._req.batch(rows)
 
     def refused(self, outcome: str) -> None:
         """Count one request that got an error (``outcome`` is the error code)."""

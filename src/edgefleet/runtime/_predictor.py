@@ -110,8 +110,8 @@ class Prediction(dict):
         events: Iterable[Event] = (),
     ) -> None:
         super().__init__(outputs)
-        self.tiers: tuple[str, ...] = tuple(tiers)
-        self.events: tuple[Event, ...] = tuple(events)
+        self.tiers: tuple[str, ...] = tiers if type(tiers) is tuple else tuple(tiers)
+        self.events: tuple[Event, ...] = events if type(events) is tuple else tuple(events)
 
     @property
     def tier(self) -> str:
@@ -119,7 +119,7 @@ class Prediction(dict):
         if not self.tiers:
             return "none"
         first = self.tiers[0]
-        return first if all(t == first for t in self.tiers) else "mixed"
+        return first if self.tiers.count(first) == len(self.tiers) else "mixed"
 
     def with_events(self, *events: Event) -> Prediction:
         return Prediction(self, tiers=self.tiers, events=self.events + events)

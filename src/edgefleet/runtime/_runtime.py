@@ -17,7 +17,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,27 +57,104 @@ __all__ = ["Result", "Runtime"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
 class Result:
-    """One answer of the runtime: outputs, where each row came from, and the postprocessed view."""
+    """One answer of the runtime: outputs, where each row came from, and the postprocessed view.
 
-    outputs: dict[str, np.ndarray]
-    tiers: tuple[str, ...]
-    events: tuple[Event, ...]
-    model: str
-    version: str
-    variant: str
-    latency_ms: float
-    classes: np.ndarray | None = None
-    labels: list[str] | None = None
-    confidence: np.ndarray | None = None
+    ``classes``, ``labels`` and ``confidence`` (the manifest's postprocessing) are worked out on first
+    use, so a caller that reads only the outputs never pays for them.
+    """
+
+    __slots__ = (
+        "outputs",
+        "tiers",
+        "events",
+        "model",
+        "version",
+        "variant",
+        "latency_ms",
+        "_classes",
+        "_labels",
+        "_confidence",
+        "_post",
+    )
+
+    def __init__(
+        self,
+        outputs: dict[str, np.ndarray],
+        tiers: tuple[str, ...],
+        events: tuple[Event, ...],
+        model: str,
+        version: str,
+        variant: str,
+        latency_ms: float,
+        classes: np.ndarray | None = None,
+        labels: list[str] | None = None,
+        confidence: np.ndarray | None = None,
+    ) -> None:
+        self.outputs = outputs
+        self.tiers = tiers
+        self.events = events
+        self.model = model
+        self.version = version
+        self.variant = variant
+        self.latency_ms = latency_ms
+        self._classes = classes
+        self._labels = labels
+        self._confidence = confidence
+        self._post: tuple[Postprocess, np.ndarray] | None = None  # (postprocess, scores) still to apply
+
+    def __repr__(self) -> str:
+        shapes = {k: getattr(v, "shape", None) for k, v in self.outputs.items()}
+        return f"Result({shapes}, model={self.model!r}, tier={self.tier!r}, latency_ms={self.latency_ms:.3f})"
+
+    def _postprocess(self) -> None:
+        post, probs = self._post  # type: ignore[misc]
+        self._post = None
+        self._confidence = probs.max(axis=1)
+        if post.argmax:
+            self._classes = probs.argmax(axis=1)
+            labels = post.labels
+            if labels:
+                self._labels = [labels[i] if i < len(labels) else str(i) for i in self._classes]
+
+    @property
+    def classes(self) -> np.ndarray | None:
+        if self._post is not None:
+            self._postprocess()
+        return self._classes
+
+    @classes.setter
+    def classes(self, value: np.ndarray | None) -> None:
+        self._classes = value
+
+    @property
+    def labels(self) -> list[str] | None:
+        if self._post is not None:
+            self._postprocess()
+        return self._labels
+
+    @labels.setter
+    def labels(self, value: list[str] | None) -> None:
+        self._labels = value
+
+    @property
+    def confidence(self) -> np.ndarray | None:
+        if self._post is not None:
+            self._postprocess()
+        return self._confidence
+
+    @confidence.setter
+    def confidence(self, value: np.ndarray | None) -> None:
+        self._confidence = value
 
     @property
     def tier(self) -> str:
         """The tier that answered every row, or ``mixed``."""
-        if not self.tiers:
+        tiers = self.tiers
+        if not tiers:
             return "none"
-        return self.tiers[0] if all(t == self.tiers[0] for t in self.tiers) else "mixed"
+        first = tiers[0]
+        return first if len(tiers) == 1 or tiers.count(first) == len(tiers) else "mixed"
 
     @property
     def fallback(self) -> bool:
@@ -272,7 +348,7 @@ class _Served:
                 raw = to_array(self.input_names[0], raw)
             tensors = {self.input_names[0]: self.contract.apply(raw)}
         elif type(raw) is dict:
-            tensors = raw.copy()
+            tensors = raw if self.validator is not None else raw.copy()  # the validator returns a new dict
         elif isinstance(raw, Mapping):
             tensors = dict(raw)
         elif len(self.input_names) == 1:
@@ -303,15 +379,9 @@ class _Served:
         if self.post is not None and self.score is not None and self.score in out:
             scores = np.asarray(out[self.score], dtype=np.float32)
             if scores.ndim == 2 and scores.shape[1] > 1:
-                probs = _softmax(scores) if self.post.softmax else scores
                 if self.post.softmax:
-                    res.outputs[self.score] = probs
-                res.confidence = probs.max(axis=1)
-                if self.post.argmax:
-                    res.classes = probs.argmax(axis=1)
-                    labels = self.post.labels
-                    if labels:
-                        res.labels = [labels[i] if i < len(labels) else str(i) for i in res.classes]
+                    scores = res.outputs[self.score] = _softmax(scores)
+                res._post = (self.post, scores)  # confidence, classes, labels: on first use
         return res
 
     # --- lifetime ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ An invalid request never reaches a model; the error says which input, what was e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,12 +60,73 @@ class Validator:
     def __init__(self, specs: Sequence[TensorSpec], config: ValidationConfig | None = None) -> None:
         self.specs = {s.name: s for s in specs}
         self.config = config or ValidationConfig()
+        self._fast = self._plan()
+
+    def _plan(self) -> tuple[tuple[Any, ...], ...] | None:
+        """Per input: (name, dtype, fixed dims by axis, symbolic dims by axis, finite?, range) for check_fast.
+
+        None when some input takes the general path every time (text, or a spec the fast path does not
+        cover).
+        """
+        plan = []
+        for name, spec in self.specs.items():
+            if spec.dtype == "string":
+                return None
+            dtype = np.dtype(spec.dtype)
+            fixed = tuple((axis, d) for axis, d in enumerate(spec.shape) if isinstance(d, int) and d >= 0)
+            symbolic = tuple((axis, d) for axis, d in enumerate(spec.shape) if not isinstance(d, int))
+            finite = self.config.check_finite and dtype.kind == "f"
+            vr = spec.value_range if self.config.check_range and dtype.kind in "fiub" else None
+            plan.append((name, dtype, len(spec.shape), fixed, symbolic, finite, vr))
+        return tuple(plan)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return self.check(batch)
 
     def check(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The batch as arrays of the declared dtypes; raises ValidationError on the first problem."""
+        out = self._check_fast(batch)
+        return out if out is not None else self._check(batch)
+
+    def _check_fast(self, batch: Any) -> dict[str, np.ndarray] | None:
+        """The common case without allocating: a dict holding exactly the inputs, as arrays of the
+        declared dtype and rank, within the limits, finite and in range, judged with whole-array
+        reductions (a sum is finite only if every value is; min and max bound the range). Anything
+        else (or any doubt) returns None and the general check runs, with its precise error messages.
+        """
+        plan = self._fast
+        if plan is None or type(batch) is not dict or len(batch) != len(plan):
+            return None
+        cfg = self.config
+        total = 0
+        dims: dict[str, int] | None = None
+        for name, dtype, ndim, fixed, symbolic, finite, vr in plan:
+            arr = batch.get(name)
+            if type(arr) is not np.ndarray or arr.dtype != dtype or arr.ndim != ndim:
+                return None
+            shape = arr.shape
+            for axis, want in fixed:
+                if shape[axis] != want:
+                    return None
+            for axis, sym in symbolic:
+                got = shape[axis]
+                if got == 0 or (axis == 0 and got > cfg.max_rows):
+                    return None
+                if dims is None:
+                    dims = {sym: got}
+                elif dims.setdefault(sym, got) != got:
+                    return None
+            total += arr.nbytes
+            if total > cfg.max_payload_bytes:
+                return None
+            if vr is not None:
+                if arr.size and not (vr[0] <= arr.min() and arr.max() <= vr[1]):  # False for NaN too
+                    return None
+            elif finite and not math.isfinite(arr.sum()):  # an overflowing sum also goes the long way
+                return None
+        return dict(batch)
+
+    def _check(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(batch, Mapping):
             raise ValidationError(
                 f"inputs must be a mapping of input name to array, not {type(batch).__name__}", hint=_HINT
