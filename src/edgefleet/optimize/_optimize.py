@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -24,14 +23,15 @@ from edgefleet.optimize._build import Builder
 from edgefleet.optimize._config import OptimizeConfig
 from edgefleet.optimize._convert import Source, load_source, peek_example
 from edgefleet.optimize._data import Dataset, load_data
+from edgefleet.optimize._exclusion import keep_sensitive_in_float
 from edgefleet.optimize._graph import analyze, target_runtime_issues
+from edgefleet.optimize._outputs import make_bundle, write_outputs, write_reports
 from edgefleet.optimize._preflight import preflight
 from edgefleet.optimize._prepare import prepare
 from edgefleet.optimize._quality import Task, check_labels, infer_task, measure_quality, run_dataset
 from edgefleet.optimize._report import OptimizeReport, PrepStepResult, QualityFigures, VariantResult
 from edgefleet.optimize._runner import OrtRunner, open_runner
 from edgefleet.optimize._select import OBJECTIVES, select
-from edgefleet.optimize._sensitivity import rank_static, rank_weights
 from edgefleet.optimize._spec import Budget, DeviceProfile, Variant, default_variant_names
 
 __all__ = ["optimize", "Progress"]
@@ -242,11 +242,6 @@ def _check_bundle_identity(bundle: Any) -> None:
         ) from e
 
 
-def _slug(text: str) -> str:
-    s = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
-    return (s or "cpu")[:64]
-
-
 def _tick(progress: Progress | None, task: str, done: int, total: int) -> None:
     if progress is not None:
         progress(task, done, total)
@@ -323,7 +318,7 @@ def _run(
     if source.format == "tflite":
         report = _run_tflite(source, evald, report, budget, objective, prof, tmp, output, settings, progress)
         if report.chosen is not None and bundle is not None:
-            report.bundle = _make_bundle(
+            report.bundle = make_bundle(
                 report,
                 report.variant(report.chosen),
                 tmp / "model.tflite",
@@ -334,7 +329,7 @@ def _run(
                 eval_src,
                 preprocess,
             )
-        _write_reports(report, tmp)
+        write_reports(report, tmp)
         return report
 
     proto = onnx.load(str(source.path))
@@ -441,7 +436,7 @@ def _run(
             and v.kind in ("static-int8", "dynamic-int8", "int4")
             and settings.max_exclusion_rounds > 0
         ):
-            extra = _exclusion(
+            extra = keep_sensitive_in_float(
                 v,
                 res,
                 builder,
@@ -507,124 +502,13 @@ def _run(
     )
     report.variants = results
     report.reason = why
-    _write_outputs(report, chosen, built_paths, tmp, keep_variants, ".onnx")
+    write_outputs(report, chosen, built_paths, tmp, keep_variants, ".onnx")
     if chosen is not None and bundle is not None:
-        report.bundle = _make_bundle(
+        report.bundle = make_bundle(
             report, chosen, tmp / "model.onnx", tmp, evald, bundle, source, eval_src, preprocess
         )
-    _write_reports(report, tmp)
+    write_reports(report, tmp)
     return report
-
-
-def _exclusion(
-    v: Variant,
-    res: VariantResult,
-    builder: Builder,
-    float_model: Path,
-    qmodel: Path,
-    calib: Dataset,
-    evaluate: Callable[[Path], dict[str, list[np.ndarray]]],
-    task: Task,
-    ref: dict[str, list[np.ndarray]],
-    evald: Dataset,
-    base_quality: float,
-    budget: Budget,
-    settings: OptimizeConfig,
-    work: Path,
-) -> tuple[VariantResult, Path] | None:
-    """Re-quantize keeping 1, 2, 4, ... of the worst-ranked nodes in float until the budget is met."""
-    try:
-        if v.kind == "static-int8" and v.quant_format == "qdq":
-            ranking = rank_static(float_model, qmodel, calib.samples[: settings.debug_samples], work)
-            method = "qdq_loss_debug activation SQNR"
-        else:
-            bits = 4 if v.kind == "int4" else 8
-            ranking = rank_weights(
-                float_model,
-                bits=bits,
-                block=(v.block_size or settings.int4_block_size) if bits == 4 else None,
-            )
-            method = f"{bits}-bit weight SQNR"
-    except Exception as e:  # noqa: BLE001 - ranking is best effort; the variant just stays rejected
-        res.notes.append(f"sensitive-node ranking failed: {str(e)[:160]}")
-        return None
-    groups = [g for g, _ in ranking]
-    if not groups:
-        res.notes.append("no quantized node to keep in float")
-        return None
-    tried = []
-    k = 1
-    best: tuple[VariantResult, Path] | None = None
-    for rnd in range(settings.max_exclusion_rounds):
-        exclude = [n for g in groups[:k] for n in g]
-        tag = f"-x{k}"
-        try:
-            built = builder.build(v, exclude=exclude, tag=tag)
-            outs = evaluate(built.path)
-        except Exception as e:  # noqa: BLE001
-            tried.append(f"round {rnd + 1} ({len(exclude)} nodes): failed {str(e)[:80]}")
-            break
-        q = measure_quality(task, ref, outs, evald.labels)
-        drop = base_quality - q.score
-        tried.append(f"{len(exclude)} nodes in float -> drop {drop:.2f}")
-        r = VariantResult(
-            name=f"{v.name}{tag}",
-            variant=v,
-            size_bytes=built.path.stat().st_size,
-            quality=QualityFigures(**q.__dict__),
-            drop=drop,
-            excluded_nodes=list(exclude),
-            notes=[*built.notes, f"sensitive nodes ranked by {method}"],
-        )
-        best = (r, built.path)
-        if drop <= budget.max_drop or k >= len(groups):
-            break
-        k = min(len(groups), k * 2)
-    res.notes.append("sensitive-node exclusion: " + "; ".join(tried))
-    if best is not None:
-        best[0].notes.append("exclusion rounds: " + "; ".join(tried))
-        if best[0].drop is not None and best[0].drop > budget.max_drop:
-            best[0].notes.append(
-                "still over budget"
-                + (
-                    " with every ranked node in float"
-                    if k >= len(groups)
-                    else f" after {settings.max_exclusion_rounds} rounds"
-                )
-            )
-    return best
-
-
-def _write_outputs(
-    report: OptimizeReport,
-    chosen: VariantResult | None,
-    built_paths: dict[str, Path],
-    tmp: Path,
-    keep_variants: bool,
-    suffix: str,
-) -> None:
-    if keep_variants:
-        vdir = tmp / "variants"
-        vdir.mkdir()
-        for r in report.variants:
-            p = built_paths.get(r.name)
-            if p is not None and r.status == "ok":
-                shutil.copyfile(p, vdir / f"{r.name}{suffix}")
-                r.file = f"variants/{r.name}{suffix}"
-    if chosen is not None:
-        dst = tmp / f"model{suffix}"
-        shutil.copyfile(built_paths[chosen.name], dst)
-        report.chosen = chosen.name
-        report.chosen_file = dst.name
-
-
-def _write_reports(report: OptimizeReport, tmp: Path) -> None:
-    (tmp / "report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
-    (tmp / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-    try:
-        report.plot(tmp / "plot.png")
-    except Exception as e:  # noqa: BLE001 - a plot problem must not lose the run
-        log.warning("plot failed: %s", e)
 
 
 def _run_tflite(
@@ -667,7 +551,7 @@ def _run_tflite(
     chosen, why = select([res], budget, objective, baseline="fp32")
     report.variants = [res]
     report.reason = why
-    _write_outputs(report, chosen, {"fp32": source.path}, tmp, False, ".tflite")
+    write_outputs(report, chosen, {"fp32": source.path}, tmp, False, ".tflite")
     return report
 
 
@@ -675,114 +559,3 @@ def report_outputs(report: OptimizeReport):
     from edgefleet.optimize._runner import TensorInfo
 
     return [TensorInfo(o["name"], np.dtype(o["dtype"]), tuple(o["shape"]) or None) for o in report.outputs]
-
-
-def _make_bundle(
-    report: OptimizeReport,
-    chosen: VariantResult,
-    model_path: Path,
-    tmp: Path,
-    evald: Dataset,
-    opts: dict[str, Any],
-    source: Source,
-    eval_src: Any = None,
-    preprocess: Any = None,
-) -> str:
-    """Package the winner as a bundle archive, with its measured figures in the manifest metrics."""
-    try:
-        from edgefleet.bundle import create_bundle
-    except ImportError as e:  # pragma: no cover - the bundle package ships with edgefleet
-        raise OptimizeError(
-            "bundling needs edgefleet.bundle.create_bundle, which this installation lacks",
-            hint="run without --bundle, then bundle the written model.onnx",
-        ) from e
-    from edgefleet.optimize._data import iter_batches
-    from edgefleet.optimize._runner import TensorInfo
-    from edgefleet.protocol import Budgets, LatencyStats, Lineage, Metrics, RuntimeRequirements
-
-    q = chosen.quality
-    lat = chosen.bench.latency if chosen.bench else None
-    extra = {
-        "quality_drop": chosen.drop,
-        "speedup_p50": chosen.speedup_p50,
-        "size_ratio": chosen.size_ratio,
-        "peak_rss_mb": chosen.bench.peak_rss_mb if chosen.bench else None,
-        "cosine": q.cosine if q else None,
-        "max_abs_err": q.max_abs_err if q else None,
-    }
-    metrics = Metrics(
-        accuracy=q.accuracy if q else None,
-        agreement=q.agreement if q else None,
-        latency={
-            report.profile.name: LatencyStats(
-                mean_ms=lat.mean_ms,
-                p50_ms=lat.p50_ms,
-                p90_ms=lat.p90_ms,
-                p95_ms=lat.p95_ms,
-                p99_ms=lat.p99_ms,
-            )
-        }
-        if lat
-        else {},
-        size_bytes=chosen.size_bytes,
-        extra={k: float(v) for k, v in extra.items() if v is not None},
-    )
-    lineage = Lineage(
-        optimization={
-            "variant": chosen.name,
-            "objective": report.objective,
-            "max_drop": report.budget.max_drop,
-            "metric": report.metric,
-            "profile": report.profile.name,
-            "excluded_nodes": chosen.excluded_nodes,
-            "source": source.origin,
-        }
-    )
-    kwargs = dict(opts)
-    name = str(kwargs.pop("name", None) or "model")
-    version = str(kwargs.pop("version", None) or "0.1.0")
-    variant = str(kwargs.pop("variant", None) or _slug(f"{report.profile.name}-{chosen.name}"))
-    kwargs.setdefault(
-        "budgets",
-        Budgets(latency_p95_ms=report.profile.latency_budget_ms, ram_mb=report.profile.ram_budget_mb),
-    )
-    kwargs.setdefault(
-        "runtime", RuntimeRequirements(execution_providers=list(report.profile.execution_providers))
-    )
-    if (
-        "inputs_raw" not in kwargs
-        and preprocess is not None
-        and isinstance(eval_src, (str, Path))
-        and Path(eval_src).is_dir()
-    ):
-        # Image folders: the golden inputs are the raw image files, run through the same contract.
-        from edgefleet.optimize._data import image_files
-
-        kwargs["inputs_raw"] = [f.read_bytes() for f, _ in image_files(Path(eval_src))[0][:8]]
-        kwargs.setdefault("preprocess", preprocess)
-    if "inputs_raw" not in kwargs:
-        # Golden inputs: the first evaluation batch, as model inputs (no contract to re-apply).
-        specs = [
-            TensorInfo(i["name"], np.dtype(i["dtype"]), tuple(i["shape"]) or None) for i in report.inputs
-        ]
-        feed, _n = next(iter_batches(evald.head(8), specs, 8))
-        kwargs["inputs_raw"] = next(iter(feed.values())) if len(feed) == 1 else feed
-        kwargs.pop("preprocess", None)
-    suffix = model_path.suffix
-    out = tmp / f"{name}-{version}-{variant}.tar"
-    try:
-        create_bundle(
-            model_path.with_suffix(suffix),
-            out,
-            name=name,
-            version=version,
-            variant=variant,
-            metrics=metrics,
-            lineage=lineage,
-            **kwargs,
-        )
-    except TypeError as e:
-        raise OptimizeError(
-            f"create_bundle rejected the bundle options: {e}", hint="check the bundle options"
-        ) from e
-    return out.name
