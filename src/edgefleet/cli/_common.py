@@ -85,6 +85,14 @@ TokenFile = Annotated[
         help="File holding the operator token (default: edgefleet-server/admin-token if present).",
     ),
 ]
+CaFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca",
+        envvar="EDGEFLEET_CA_FILE",
+        help="The control plane's CA certificate (ca.crt) an https server must chain to.",
+    ),
+]
 JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -93,6 +101,7 @@ _CONNECTION = [
     inspect.Parameter("server", _KW, annotation=ServerUrl, default=DEFAULT_URL),
     inspect.Parameter("token", _KW, annotation=Token, default=None),
     inspect.Parameter("token_file", _KW, annotation=TokenFile, default=None),
+    inspect.Parameter("ca", _KW, annotation=CaFile, default=None),
 ]
 _JSON = inspect.Parameter("json_out", _KW, annotation=JsonOut, default=False)
 
@@ -107,7 +116,7 @@ def operator_command(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(api, **options) -> result`` as the command ``name`` of ``group``.
 
-    The command gets ``--server``, ``--token`` and ``--token-file`` (and ``--json`` unless
+    The command gets ``--server``, ``--token``, ``--token-file`` and ``--ca`` (and ``--json`` unless
     ``json_option`` is False), opens an :class:`edgefleet.client.Client` for ``fn`` and prints what
     ``fn`` returns: as JSON with ``--json``, else as ``show(result)``; ``show`` also gets the values
     of the command's options it names as further parameters (``show(rows, state)``).
@@ -122,9 +131,15 @@ def operator_command(
         wanted = list(inspect.signature(show).parameters)[1:] if show is not None else []
 
         def command(
-            *, server: str, token: str | None, token_file: Path | None, json_out: bool = False, **kw: Any
+            *,
+            server: str,
+            token: str | None,
+            token_file: Path | None,
+            ca: Path | None = None,
+            json_out: bool = False,
+            **kw: Any,
         ) -> None:
-            with Client(server, token=token, token_file=token_file) as api:
+            with Client(server, token=token, token_file=token_file, ca_file=ca) as api:
                 result = fn(api, **kw)
             emit(result, json_out, show, **{k: kw[k] for k in wanted})
 

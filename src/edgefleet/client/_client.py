@@ -71,6 +71,9 @@ class Client:
         token_file: a file holding the token; default ``EDGEFLEET_TOKEN_FILE``, else
             ``edgefleet-server/admin-token`` when it exists.
         timeout: seconds per request.
+        ca_file: the control plane's CA certificate (``ca.crt`` from ``edgefleet certs init``) that an
+            ``https`` server's certificate must chain to; default ``EDGEFLEET_CA_FILE``, else the system's
+            trust store.
 
     Raises:
         AuthError: no token given and none found.
@@ -87,6 +90,7 @@ class Client:
         token: str | None = None,
         token_file: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         import httpx
 
@@ -97,8 +101,14 @@ class Client:
             or _read_token(token_file or os.environ.get("EDGEFLEET_TOKEN_FILE"))
         )
         self._httpx = httpx
+        ca_file = ca_file or os.environ.get("EDGEFLEET_CA_FILE") or None
+        verify: Any = True
+        if ca_file is not None and self.url.startswith("https:"):
+            from edgefleet.tls import client_context
+
+            verify = client_context(ca_file)  # the pinned CA only, never the system store
         self._http: httpx.Client = httpx.Client(
-            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}, verify=verify
         )
 
     def __enter__(self) -> Client:
