@@ -100,3 +100,10 @@ def test_step_resets_attempts_only_when_the_step_changes(tmp_path):
 def test_step_without_a_pending_update_is_a_bug(tmp_path):
     with pytest.raises(AssertionError, match="no pending update"):
         Journal(tmp_path / "journal.json").step("downloading")
+
+
+def test_history_keeps_fifty_events_by_default(tmp_path):
+    j = Journal(tmp_path / "journal.json")
+    for i in range(60):
+        j.event("tick", n=i)
+    assert [e["n"] for e in j.state.history] == list(range(10, 60))

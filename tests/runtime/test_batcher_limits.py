@@ -186,3 +186,61 @@ def test_gate_is_released_even_when_the_body_fails(engine, doubles, x_test):
             blocked.close()
             done.set()
     assert done.is_set() and blocked.first.result(5)["label"].shape == (1,)
+
+
+def test_max_delay_holds_a_batch_open_for_a_late_arrival(engine, doubles, x_test):
+    rec = doubles.Recording(OrtEngine(engine))
+    b = Batcher(rec, BatcherConfig(max_batch_size=4, max_delay_ms=400), adaptive_delay=False)
+    try:
+        first = b.submit({"input": x_test[:1]})
+        time.sleep(0.05)  # well inside the 400 ms the first request's batch stays open
+        second = b.submit({"input": x_test[1:2]})
+        assert first.result(5)["label"].shape == (1,) and second.result(5)["label"].shape == (1,)
+    finally:
+        b.close()
+    assert [len(c["input"]) for c in rec.calls] == [2]
+
+
+def test_hung_calls_never_hold_more_than_max_stuck_threads(engine, doubles, x_test):
+    before = set(threading.enumerate())
+    gate = doubles.Gate(OrtEngine(engine))
+    b = Batcher(gate, BatcherConfig(max_batch_size=1, max_delay_ms=0), timeout_s=0.1, max_stuck=2)
+    try:
+        for _ in range(2):
+            t = b.submit({"input": x_test[:1]})
+            assert t.exception(5) is not None  # timed out by the watchdog
+        assert b.stuck == 2
+        workers = [
+            t
+            for t in set(threading.enumerate()) - before
+            if t.name.startswith("edgefleet-batcher-") and t.name.rsplit("-", 1)[1].isdigit()
+        ]
+        assert len(workers) == 2, sorted(t.name for t in workers)  # both hung; no third one spawned
+    finally:
+        gate.release()
+        b.close()
+
+
+def test_outputs_that_are_not_per_row_go_whole_to_every_request(engine, doubles, x_test):
+    from edgefleet.runtime import Prediction
+
+    class WithVocabulary(doubles.Gate):
+        def predict(self, batch, **opts):
+            out = super().predict(batch, **opts)
+            return Prediction({**out, "vocabulary": np.arange(10)}, tiers=out.tiers, events=out.events)
+
+    gate = WithVocabulary(OrtEngine(engine))
+    b = Batcher(gate, BatcherConfig(workers=1, max_batch_size=4, max_delay_ms=0))
+    try:
+        first = b.submit({"input": x_test[:1]})
+        assert gate.entered.wait(5)
+        a = b.submit({"input": x_test[1:3]})  # 2 rows
+        c = b.submit({"input": x_test[3:4]})  # 1 row: batched with a (3 rows in all)
+    finally:
+        gate.release()
+        b.close()
+    assert [len(call["input"]) for call in gate.calls] == [1, 3]
+    for t, rows in ((first, 1), (a, 2), (c, 1)):
+        out = t.result(5)
+        assert len(out["label"]) == rows and len(out.tiers) == rows
+        assert out["vocabulary"].tolist() == list(range(10))
