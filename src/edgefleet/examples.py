@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DigitsSplit", "digits", "train_digits_mlp"]
+__all__ = ["DigitsSplit", "digits", "train_digits_mlp", "write_tour_files"]
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,45 @@ def train_digits_mlp(
     graph.output[-1].name = "probabilities"
     Path(path).write_bytes(onx.SerializeToString())
     return float(clf.score(data.x_test / 16.0, data.y_test))
+
+
+TOUR_PROFILE = """\
+# A device profile for `edgefleet optimize --profile` (see `edgefleet optimize --help`).
+name: edge-x86
+cores: 2
+latency_budget_ms: 5
+ram_budget_mb: 256
+"""
+
+TOUR_CONTRACT = """\
+# The preprocessing contract: raw 8x8 pixels in [0, 16] -> the model's [0, 1] inputs.
+- op: scale
+  factor: 0.0625
+"""
+
+
+def write_tour_files(out: str | Path) -> list[Path]:
+    """Write what README's step-by-step tour starts from, trained here from scikit-learn's digits.
+
+    ``model.onnx`` (input ``input`` [batch, 64] in [0, 1], output ``probabilities``), ``calib.npz`` and
+    ``eval.npz`` (model inputs under the input's name; ``eval.npz`` also holds ``labels``), ``x.npy`` (raw
+    pixels in [0, 16]: the golden inputs a bundle's contract turns into model inputs), ``pre.yaml`` (that
+    contract) and ``profile.yaml`` (a device profile).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = digits(seed=0)
+    train_digits_mlp(out / "model.onnx", data=data)
+    np.savez(out / "calib.npz", input=(data.x_train[:64] / 16.0).astype(np.float32))
+    np.savez(out / "eval.npz", input=(data.x_test / 16.0).astype(np.float32), labels=data.y_test)
+    np.save(out / "x.npy", data.x_test[:32])
+    (out / "pre.yaml").write_text(TOUR_CONTRACT)
+    (out / "profile.yaml").write_text(TOUR_PROFILE)
+    return [out / n for n in ("model.onnx", "calib.npz", "eval.npz", "x.npy", "pre.yaml", "profile.yaml")]
+
+
+if __name__ == "__main__":  # python -m edgefleet.examples DIR
+    import sys
+
+    written = write_tour_files(sys.argv[1] if len(sys.argv) > 1 else ".")
+    print("wrote " + ", ".join(str(p) for p in written))
