@@ -42,6 +42,7 @@ from edgefleet.errors import (
     RateLimitedError,
     ValidationError,
 )
+from edgefleet.runtime._asgi import DirectRoutes
 from edgefleet.runtime._config import ApiConfig
 from edgefleet.runtime._oip import add_open_inference_routes
 from edgefleet.runtime._predictor import Priority
@@ -528,7 +529,17 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
 
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    add_open_inference_routes(app, runtime, dependencies=guarded, read_body=_read_body, limiter=limiter)
+    infer = add_open_inference_routes(
+        app, runtime, dependencies=guarded, read_body=_read_body, limiter=limiter
+    )
+    # the two predict routes skip FastAPI's per-request machinery (same guard, same error answers)
+    app.add_middleware(
+        DirectRoutes,
+        predict=predict,
+        infer=infer,
+        guard=guard if guarded else None,
+        error_response=_error_response,
+    )
 
     from edgefleet.protocol import ErrorBody
 

@@ -136,8 +136,9 @@ class Batcher:
     Fallback can answer) and starts a replacement worker, without a thread hand-off per batch; once
     ``max_stuck`` calls hang, requests fail at once until one returns.
 
-    When nothing is queued and no model call is running, a request to a terminable model (an ORT
-    engine) skips the queue and runs on the caller's thread (no other request could join its batch);
+    When nothing is queued, no model call is running and no request had to queue in the last few
+    batch delays, a request to a terminable model (an ORT engine) skips the queue and runs on the
+    caller's thread (no other request could join its batch);
     its timeout is then enforced by a :class:`Watchdog` that stops the call. Requests that arrive
     meanwhile queue and batch as usual.
     """
@@ -166,6 +167,9 @@ class Batcher:
         self._lock = threading.Lock()  # entering the raw lock is cheaper than the Condition
         self._cond = threading.Condition(self._lock)
         self._busy = 0  # model calls running or being assembled (inline and workers)
+        self._queued_at = float("-inf")  # when a request last had to queue
+        # how long after a queued request lone requests still queue (others are likely to join them)
+        self._quiet_s = max(4 * self._delay, 0.005)
         self._inline = is_terminable(inner)
         self._inline_watchdog = (
             Watchdog(inner, timeout_s, name="edgefleet-inline-watchdog")
@@ -287,6 +291,7 @@ class Batcher:
                     retry_after=retry,
                 )
             heapq.heappush(self._heap, (-ticket.priority, next(self._seq), ticket))
+            self._queued_at = ticket.enqueued
             if self._idle:
                 self._cond.notify()
         return ticket
@@ -297,7 +302,14 @@ class Batcher:
             deadline is None or (self.timeout_s is not None and deadline - time.monotonic() > self.timeout_s)
         ):
             with self._lock:
-                alone = not self._heap and not self._busy and not self._closed and not self._stuck
+                alone = (
+                    not self._heap
+                    and not self._busy
+                    and not self._closed
+                    and not self._stuck
+                    # requests queued a moment ago: more are coming, and they batch better together
+                    and time.monotonic() - self._queued_at > self._quiet_s
+                )
                 if alone:
                     self._busy += 1
             if alone:

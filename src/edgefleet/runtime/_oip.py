@@ -256,8 +256,11 @@ def add_open_inference_routes(
     dependencies: list[Any],
     read_body: Callable[[Request], Awaitable[bytes]],
     limiter: Any,
-) -> None:
-    """Add the ``/v2`` routes to ``app`` (guarded by ``dependencies``, bodies read by ``read_body``)."""
+) -> Callable[[Request, str, str | None], Awaitable[Response]]:
+    """Add the ``/v2`` routes to ``app`` (guarded by ``dependencies``, bodies read by ``read_body``).
+
+    Returns the infer handler, ``fn(request, name, version)``, for callers that route it themselves.
+    """
     import edgefleet
 
     def served(name: str, version: str | None = None) -> Any:
@@ -375,6 +378,14 @@ def add_open_inference_routes(
             return await infer(request, name, version)
         except EdgefleetError as e:
             return _v2_error(e)
+
+    async def infer_answering_errors(request: Request, name: str, version: str | None) -> Response:
+        try:
+            return await infer(request, name, version)
+        except EdgefleetError as e:
+            return _v2_error(e)
+
+    return infer_answering_errors
 
 
 def _not_found(name: str, version: str | None) -> NotFoundError:
