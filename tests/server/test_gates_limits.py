@@ -107,7 +107,12 @@ def test_latency_ratio_at_the_limit_passes_and_just_above_fails(limit):
     ref = H(latency_p95_ms=8.0)  # a power of two: 8 * limit / 8 == limit exactly
     at = _gates(H(latency_p95_ms=8.0 * limit), ref, max_latency_p95_ratio=limit)["latency_p95_ratio"]
     assert at.status == "pass" and at.reference == 8.0
-    over = _gates(H(latency_p95_ms=8.0 * limit * (1 + 1e-6)), ref, max_latency_p95_ratio=limit)
+    over = _gates(
+        H(latency_p95_ms=8.0 * limit * (1 + 1e-6)),
+        ref,
+        max_latency_p95_ratio=limit,
+        latency_floor_ms=0,
+    )
     assert over["latency_p95_ratio"].status == "fail"
 
 
@@ -243,3 +248,9 @@ def test_wave_verdict_and_waits():
     assert failure_reason([vars(p), vars(f), vars(GateResult("e", "fail", None, 0.5))]) == (
         "gate failed: b=2 (limit 1), e=n/a (limit 0.5)"
     )
+
+
+def test_error_rate_from_one_request_is_judged_not_waved_through():
+    assert error_rate_verdict(0, 1, 0.01, 0.01) == ("pass", 1.0)
+    verdict, p = error_rate_verdict(1, 1, 0.01, 0.5)
+    assert verdict == "fail" and p == pytest.approx(0.01)

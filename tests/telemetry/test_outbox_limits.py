@@ -167,3 +167,66 @@ def test_upload_decompressed_size_limit(slack):
     else:
         with pytest.raises(PayloadTooLargeError, match=f"more than {raw - 1} bytes"):
             decode_upload(body, max_raw_bytes=raw + slack)
+
+
+def test_batch_takes_only_the_kinds_asked_for(tmp_path):
+    ob = _ob(tmp_path / "ob.db")
+    try:
+        ob.put("event", b"e")
+        ob.put("telemetry", b"t")
+        ob.put("sample", b"s")
+        assert [it.kind for it in ob.batch(kinds=["telemetry", "sample"])] == ["telemetry", "sample"]
+        assert [it.kind for it in ob.batch(kinds=["event"])] == ["event"]
+        assert ob.batch(kinds=["escalation"]) == []
+    finally:
+        ob.close()
+
+
+class _Disk:
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    def __call__(self, path):
+        import shutil
+
+        return shutil._ntuple_diskusage(10**12, 10**12 - self.free, self.free)
+
+
+@pytest.mark.parametrize("short", [0, 1])
+def test_disk_reserve_boundary(tmp_path, monkeypatch, short):
+    """The reserve is kept exactly: free == reserve + 2 x item is enough; one byte less is low disk."""
+    import edgefleet.telemetry._outbox as outbox_module
+
+    ob = _ob(tmp_path / "ob.db", min_free_disk_bytes=10_000)
+    try:
+        size = 100 + ITEM_OVERHEAD_BYTES
+        monkeypatch.setattr(outbox_module.shutil, "disk_usage", _Disk(10_000 + 2 * size - short))
+        got = ob.put("event", b"x" * 100)
+        if short:
+            assert got is None  # nothing lower to evict: refused rather than growing a full disk
+            assert ob.stats()["counters"]["event"]["disk_full"]["items"] == 1
+        else:
+            assert got is not None and len(ob.peek()) == 1
+    finally:
+        ob.close()
+
+
+def test_disk_full_twice_is_a_disk_space_error_and_counted(tmp_path, monkeypatch):
+    import sqlite3
+
+    from edgefleet.errors import DiskSpaceError
+
+    ob = _ob(tmp_path / "ob.db")
+    try:
+
+        def full(*args, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(ob, "_put_txn", full)
+        for _ in range(2):
+            with pytest.raises(DiskSpaceError, match="is full"):
+                ob.put("event", b"x" * 10)
+        assert ob.stats()["counters"]["event"]["disk_full"] == {"items": 2, "bytes": 2 * (10 + 64)}
+    finally:
+        monkeypatch.undo()
+        ob.close()
