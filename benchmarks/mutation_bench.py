@@ -414,6 +414,10 @@ def rescore(out: Path, rev: str) -> None:
         entry["score_after"] = round(1 - len(still) / entry["mutants"], 3)
         entry["rescored_at_rev"] = rev
         entry["added_tests"] = added
+    # another run may have rewritten other modules meanwhile: replace only the entries rescored here
+    rescored = {e["module"]: e for e in doc["modules"] if e.get("rescored_at_rev") == rev}
+    doc = json.loads(out.read_text())
+    doc["modules"] = [rescored.get(e["module"], e) for e in doc["modules"]]
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"{'module':<24} {'mutants':>7} {'before':>7} {'after':>7} {'survived':>8}")
     for e in doc["modules"]:
