@@ -427,7 +427,7 @@ def test_gates_judge_plain_figures_without_a_database():
         pick_reference,
         wave_verdict,
     )
-    from edgefleet.server._rollouts import Aggregate
+    from edgefleet.server._aggregate import Aggregate
     from edgefleet.server._schemas import RolloutGates
 
     g = RolloutGates(**FAST)

@@ -4,12 +4,18 @@ The rollout engine (``_rollouts.py``) gathers the figures of a wave (devices ins
 reporting; the health summed over the wave and over the reference: the control group still on the previous
 release, or the baseline taken when the wave opened) and asks these functions for the gates' verdicts.
 Each gate says ``pass``, ``fail``, ``wait`` (not enough evidence yet) or ``skipped`` (nothing to judge).
+
+The ratio gates (p95 latency, mean confidence) compare the wave with the control group over the same minutes
+when the engine has both groups' recent heartbeats (``same_minutes``): a machine busy for everyone slows
+both alike. The latency gate also ignores a p95 within ``latency_floor_ms`` of the reference,
+and fails only once its look has been over the limit in ``latency_looks`` consecutive looks
+(:func:`persist`), so one noisy look does not roll a release back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from edgefleet.server._schemas import RolloutGates
@@ -23,6 +29,7 @@ __all__ = [
     "health_gates",
     "install_failure_gate",
     "judge",
+    "persist",
     "pick_reference",
     "ratio",
     "wave_verdict",
@@ -30,7 +37,7 @@ __all__ = [
 
 
 class Health(Protocol):
-    """The figures of a group of devices the gates read (``_rollouts.Aggregate`` has them)."""
+    """The figures of a group of devices the gates read (``_aggregate.Aggregate`` has them)."""
 
     requests: int
     errors: int
@@ -138,8 +145,20 @@ def judge(
     return GateResult(name, status, value, threshold, reference, detail)
 
 
-def health_gates(new: Health, ref: Health | None, g: RolloutGates, *, judged: bool) -> list[GateResult]:
-    """The ML gates of a wave's health ``new`` against the reference ``ref`` (None: absolute limits)."""
+def health_gates(
+    new: Health,
+    ref: Health | None,
+    g: RolloutGates,
+    *,
+    judged: bool,
+    same_minutes: tuple[Health, Health] | None = None,
+) -> list[GateResult]:
+    """The ML gates of a wave's health ``new`` against the reference ``ref`` (None: absolute limits).
+
+    ``same_minutes``: the wave's and the control group's figures over the same recent minutes; where both
+    have a p95 (a mean confidence) the ratio gate compares those instead of ``new`` with ``ref``. This is
+    one look: the engine passes the latency gate's verdict through :func:`persist`.
+    """
     if ref is not None and ref.error_rate is not None:
         er_limit = min(1.0, ref.error_rate + g.max_error_rate_increase)
         er_ref: float | None = ref.error_rate
@@ -155,8 +174,20 @@ def health_gates(new: Health, ref: Health | None, g: RolloutGates, *, judged: bo
             f"one-sided binomial p={p:.3g} {'<' if verdict == 'fail' else '>='} alpha {g.error_rate_alpha}"
         )
 
-    lat = ratio(new.latency_p95_ms, ref.latency_p95_ms if ref else None)
-    conf = ratio(new.mean_confidence, ref.mean_confidence if ref else None)
+    lat_new, lat_ref = _pair("latency_p95_ms", new, ref, same_minutes)
+    conf_new, conf_ref = _pair("mean_confidence", new, ref, same_minutes)
+    lat = ratio(lat_new, lat_ref)
+    conf = ratio(conf_new, conf_ref)
+    floor = g.latency_floor_ms
+
+    def latency_ok(v: float, t: float) -> bool | tuple[str, str]:
+        if v <= t:
+            return True
+        apart = abs(lat_new - lat_ref)  # type: ignore[operator]  # both known when the ratio is
+        if apart < floor:
+            return "pass", f"p95 within {floor:g} ms of the reference ({apart:.3g} ms apart)"
+        return False
+
     ref_drift = (ref.drift_score if ref is not None else None) or 0.0
     return [
         judge(
@@ -172,9 +203,9 @@ def health_gates(new: Health, ref: Health | None, g: RolloutGates, *, judged: bo
             "latency_p95_ratio",
             lat,
             g.max_latency_p95_ratio if lat is not None else None,
-            lambda v, t: v <= t,
+            latency_ok,
             judged=judged,
-            reference=ref.latency_p95_ms if ref else None,
+            reference=lat_ref,
             why="no latency reported by the wave or the reference",
         ),
         judge(
@@ -183,7 +214,7 @@ def health_gates(new: Health, ref: Health | None, g: RolloutGates, *, judged: bo
             g.min_confidence_ratio if conf is not None else None,
             lambda v, t: v >= t,
             judged=judged,
-            reference=ref.mean_confidence if ref else None,
+            reference=conf_ref,
             why="no confidence reported by the wave or the reference",
         ),
         judge(
@@ -212,6 +243,42 @@ def health_gates(new: Health, ref: Health | None, g: RolloutGates, *, judged: bo
             why="no drift scores reported",
         ),
     ]
+
+
+def _pair(
+    figure: str, new: Health, ref: Health | None, same_minutes: tuple[Health, Health] | None
+) -> tuple[float | None, float | None]:
+    """A figure of the wave and of its reference: over the same minutes where both have it."""
+    if same_minutes is not None:
+        a, b = (getattr(x, figure) for x in same_minutes)
+        if a is not None and b is not None:
+            return a, b
+    return getattr(new, figure), (getattr(ref, figure) if ref is not None else None)
+
+
+def persist(gate: GateResult, *, over: int, look: bool, looks: int) -> tuple[GateResult, int]:
+    """A gate that fails only when over its limit in ``looks`` consecutive looks: ``(verdict, over)``.
+
+    ``over`` counts the consecutive looks over the limit so far; ``look`` says whether this evaluation is
+    a new look (the engine spaces them so that each sees fresh heartbeats). A look within the limit resets
+    the count. Until the count reaches ``looks`` a gate over its limit, or one with a count, waits.
+    A gate not judged (``wait``, ``skipped``) takes no look.
+    """
+    if gate.status not in ("pass", "fail"):
+        return gate, over
+    bad = gate.status == "fail"
+    if look:
+        over = over + 1 if bad else 0
+    if over >= looks:
+        return replace(gate, status="fail", detail=f"over the limit in {over} consecutive looks"), over
+    if bad or over:
+        now = "over the limit" if bad else "within the limit"
+        return replace(
+            gate,
+            status="wait",
+            detail=f"{now} now; over it in {over} of {looks} consecutive looks",
+        ), over
+    return gate, over
 
 
 def gate_waits(gates: Sequence[GateResult]) -> list[str]:

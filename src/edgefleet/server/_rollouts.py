@@ -11,7 +11,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from sqlalchemy import func, select
@@ -19,15 +19,17 @@ from sqlalchemy.orm import Session
 
 from edgefleet.errors import ConflictError, NotFoundError, RolloutError
 from edgefleet.protocol import GateThresholds
+from edgefleet.server._aggregate import Aggregate
 from edgefleet.server._audit import audit
 from edgefleet.server._db import Database
-from edgefleet.server._device_health import DeviceHealth
 from edgefleet.server._fit import FitResult, choose_variant
 from edgefleet.server._gates import (
+    GateResult,
     failure_reason,
     gate_waits,
     health_gates,
     install_failure_gate,
+    persist,
     pick_reference,
     wave_verdict,
 )
@@ -50,103 +52,12 @@ from edgefleet.server._waves import (
 __all__ = [
     "RolloutEngine",
     "ACTIVE_STATES",
-    "Aggregate",
 ]
 
 log = logging.getLogger(__name__)
 
 LOCK = "rollouts"
 ACTIVE_STATES = ("running", "waiting_approval", "paused", "halted")
-
-
-@dataclass
-class Aggregate:
-    """Health of a group of devices, summed from their per-version counters."""
-
-    devices: int = 0
-    requests: int = 0
-    errors: int = 0
-    lat_sum: float = 0.0
-    lat_w: float = 0.0
-    conf_sum: float = 0.0
-    conf_w: float = 0.0
-    golden_pass: int = 0
-    golden_n: int = 0
-    shadow_sum: float = 0.0
-    shadow_n: int = 0
-    drift_sum: float = 0.0
-    drift_n: int = 0
-
-    @classmethod
-    def of(cls, devices: list[Device]) -> Aggregate:
-        a = cls()
-        for t in map(DeviceHealth.totals, devices):
-            a.devices += 1
-            a.requests += t.requests
-            a.errors += t.errors
-            a.lat_sum += t.lat_sum
-            a.lat_w += t.lat_w
-            a.conf_sum += t.conf_sum
-            a.conf_w += t.conf_w
-            if t.golden is not None:
-                a.golden_n += 1
-                a.golden_pass += int(bool(t.golden))
-            if t.shadow is not None:
-                a.shadow_n += 1
-                a.shadow_sum += t.shadow
-            if t.drift is not None:
-                a.drift_n += 1
-                a.drift_sum += t.drift
-        return a
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> Aggregate | None:
-        if not d:
-            return None
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.get("raw", d).items() if k in names})
-
-    @property
-    def error_rate(self) -> float | None:
-        return self.errors / self.requests if self.requests else None
-
-    @property
-    def latency_p95_ms(self) -> float | None:
-        return self.lat_sum / self.lat_w if self.lat_w else None
-
-    @property
-    def mean_confidence(self) -> float | None:
-        return self.conf_sum / self.conf_w if self.conf_w else None
-
-    @property
-    def golden_pass_rate(self) -> float | None:
-        return self.golden_pass / self.golden_n if self.golden_n else None
-
-    @property
-    def shadow_agreement(self) -> float | None:
-        return self.shadow_sum / self.shadow_n if self.shadow_n else None
-
-    @property
-    def drift_score(self) -> float | None:
-        return self.drift_sum / self.drift_n if self.drift_n else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "devices": self.devices,
-            "requests": self.requests,
-            "errors": self.errors,
-            "error_rate": _r(self.error_rate),
-            "latency_p95_ms": _r(self.latency_p95_ms),
-            "mean_confidence": _r(self.mean_confidence),
-            "golden_pass_rate": _r(self.golden_pass_rate),
-            "shadow_agreement": _r(self.shadow_agreement),
-            "drift_score": _r(self.drift_score),
-            "raw": asdict(self),
-        }
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)
 
 
 class RolloutEngine:
@@ -226,7 +137,7 @@ class RolloutEngine:
                     does_not_fit=len(fits),
                 )
             gates = spec.gates
-            control = self._control(selected, set(), release)
+            control = Aggregate.of(self._control(selected, set(), release))
             r = Rollout(
                 id="ro-" + secrets.token_hex(5),
                 release_id=release.id,
@@ -325,19 +236,18 @@ class RolloutEngine:
 
     # --- gates ---------------------------------------------------------------------------------
 
-    def _control(self, selected: list[Device], admitted: set[str], release: Release) -> Aggregate:
-        return Aggregate.of(
-            [
-                d
-                for d in selected
-                if d.id not in admitted
-                and d.active_name == release.name
-                and d.active_version is not None
-                and d.active_version != release.version
-                and d.h_key is not None
-                and d.h_key == d.active_sha256
-            ]
-        )
+    def _control(self, selected: list[Device], admitted: set[str], release: Release) -> list[Device]:
+        """The control group: selected devices not in the rollout, reporting an earlier version."""
+        return [
+            d
+            for d in selected
+            if d.id not in admitted
+            and d.active_name == release.name
+            and d.active_version is not None
+            and d.active_version != release.version
+            and d.h_key is not None
+            and d.h_key == d.active_sha256
+        ]
 
     def evaluate(self, ctx: EnginePass, r: Rollout) -> dict[str, Any]:
         """The current wave's gates with the figures behind each verdict."""
@@ -364,8 +274,17 @@ class RolloutEngine:
         ]
         new = Aggregate.of(reporting)
         selected = [d for d in ctx.devices if sel.matches(selector_attrs(d))]
-        control = self._control(selected, set(admitted), rel.row)
+        control_devices = self._control(selected, set(admitted), rel.row)
+        control = Aggregate.of(control_devices)
         ref, ref_source = pick_reference(control, Aggregate.from_dict(r.baseline), g.min_control_requests)
+        # The ratio gates compare the wave with the control group over the same minutes: the heartbeats
+        # both sent in the last look period (a busy machine slows both alike).
+        since = ctx.now - g.latency_look_s
+        same_minutes = (
+            (Aggregate.recent(reporting, since), Aggregate.recent(control_devices, since))
+            if ref_source == "control"
+            else None
+        )
         eligible = len(admitted) + sum(1 for d in selected if d.id not in rows)
         min_dev = min(g.min_devices, max(1, eligible))
         enough_devices = len(reporting) >= min_dev
@@ -379,8 +298,9 @@ class RolloutEngine:
                 min_devices=min_dev,
                 limit=g.max_install_failure_rate,
             ),
-            *health_gates(new, ref, g, judged=enough_devices and enough_requests),
+            *health_gates(new, ref, g, judged=enough_devices and enough_requests, same_minutes=same_minutes),
         ]
+        looks = self._latency_looks(ctx, r, g, gates)
 
         soak = r.soak_s[r.wave_index] if r.wave_index < len(r.soak_s) else r.soak_s[-1]
         elapsed = (
@@ -420,7 +340,31 @@ class RolloutEngine:
             "reference": ref.to_dict() if ref is not None else None,
             "reference_source": ref_source,
             "control_devices": control.devices,
+            "same_minutes": (
+                {"since": since, "wave": same_minutes[0].brief(), "control": same_minutes[1].brief()}
+                if same_minutes is not None
+                else None
+            ),
+            "latency_looks": looks,
         }
+
+    def _latency_looks(
+        self, ctx: EnginePass, r: Rollout, g: RolloutGates, gates: list[GateResult]
+    ) -> dict[str, Any]:
+        """Replace the latency gate's one-look verdict by its verdict over consecutive looks (``persist``).
+
+        A new look is taken at most once per ``latency_look_s`` (so each sees heartbeats the previous one
+        did not); the count of looks over the limit is kept in the rollout's evaluation, per wave.
+        """
+        prev = r.evaluation or {}
+        kept = (prev.get("latency_looks") or {}) if prev.get("wave") == r.wave_index + 1 else {}
+        at, over = kept.get("at"), int(kept.get("over", 0))
+        i = next(i for i, x in enumerate(gates) if x.name == "latency_p95_ratio")
+        look = gates[i].status in ("pass", "fail") and (
+            g.latency_looks <= 1 or at is None or ctx.now - at >= g.latency_look_s
+        )
+        gates[i], over = persist(gates[i], over=over, look=look, looks=g.latency_looks)
+        return {"at": ctx.now if look else at, "over": over, "of": g.latency_looks}
 
     # --- transitions ---------------------------------------------------------------------------
 
@@ -488,8 +432,8 @@ class RolloutEngine:
         rel = ctx.release(r.release_id)
         sel = Selector.parse(r.selector)
         rows = rollout_rows(ctx.s, r)
-        control = self._control(
-            [d for d in ctx.devices if sel.matches(selector_attrs(d))], set(rows), rel.row
+        control = Aggregate.of(
+            self._control([d for d in ctx.devices if sel.matches(selector_attrs(d))], set(rows), rel.row)
         )
         if control.requests >= RolloutGates(**r.gates).min_control_requests and control.requests:
             r.baseline = control.to_dict()

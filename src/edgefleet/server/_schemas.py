@@ -54,6 +54,20 @@ class RolloutGates(_In):
         "excess is not chance at this level; until then the wave waits for more requests (1 = fail at once)",
     )
     max_latency_p95_ratio: float = Field(1.5, gt=0, description="wave p95 latency / control p95 latency")
+    latency_looks: int = Field(
+        3,
+        ge=1,
+        description="consecutive looks with p95 over its limit before the latency gate fails (1: first)",
+    )
+    latency_look_s: float = Field(
+        60.0,
+        gt=0,
+        description="seconds between looks; each compares the wave with the control group from the heartbeats "
+        "both sent in the last latency_look_s seconds",
+    )
+    latency_floor_ms: float = Field(
+        5.0, ge=0, description="a wave p95 within this many ms of the reference never fails the latency gate"
+    )
     min_confidence_ratio: float = Field(0.9, ge=0, description="wave mean confidence / control's")
     min_golden_pass_rate: float = Field(
         1.0, ge=0, le=1, description="share of devices passing the golden set"
