@@ -7,7 +7,6 @@ import os
 import stat
 
 import numpy as np
-import pytest
 from agenttools import assert_valid_active, run_until
 
 
@@ -139,34 +138,6 @@ def test_director_going_back_during_watch_switches_at_once(world):
     assert_valid_active(world.state, world.sha("1.0.0"))
     assert a.journal.state.watch is None and world.standin.target_bytes_sent == sent
     assert world.sha("1.1.0") not in a.journal.state.failed  # not refused: it may be assigned again
-
-
-@pytest.mark.parametrize(
-    ("slack_fraction", "expect"),
-    [(1.0, None), (0.5, "rolled_back")],
-    ids=["jitter-inside-slack-kept", "slowdown-past-slack-rolled-back"],
-)
-def test_watch_latency_ratio_counts_only_past_the_absolute_slack(world, slack_fraction, expect):
-    """A p95 ratio over the limit rolls back only when the increase also exceeds the absolute slack."""
-    from edgefleet.protocol import GateThresholds
-
-    a = world.agent(watch_min_requests=5)
-    world.install(a, "1.0.0")
-    world.standin.assign(
-        world.target("1.1.0"), gates=GateThresholds(watch_window_s=300, max_latency_ratio=1.5)
-    )
-    run_until(a, lambda: a.journal.state.watch is not None)
-    x = np.zeros((1, 64), np.float32)
-    for _ in range(10):
-        a.host.predict(x)
-    p95 = a.host.health().latency_p95_ms
-    assert p95 is not None and p95 > 0
-    # The previous version answered 3x faster: ratio 3 > 1.5, increase = 2/3 of the measured p95.
-    a.journal.state.watch.baseline = {"latency_p95_ms": p95 / 3}
-    a.config.watch_latency_slack_ms = p95 * slack_fraction
-    assert a.check_watch() == expect
-    want = "1.0.0" if expect == "rolled_back" else "1.1.0"
-    assert_valid_active(world.state, world.sha(want))
 
 
 def test_agent_follows_root_and_targets_key_rotation(world):

@@ -169,6 +169,7 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl):
 
     def close(self) -> None:
         self.stop_event.set()
+        self._release_looks()
         if self._mqtt is not None:
             with contextlib.suppress(Exception):
                 self._mqtt.loop_stop()

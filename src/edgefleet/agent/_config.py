@@ -53,11 +53,22 @@ class AgentConfig(BaseSettings):
     max_step_attempts: int = Field(
         3, ge=1, description="restarts inside one stage/health/activate step allowed"
     )
-    watch_latency_slack_ms: float = Field(
-        5.0,
+    # Latency in the watch window: paired looks, new and previous model timed side by side (agent/_paired.py).
+    watch_look_pairs: int = Field(
+        20, ge=1, description="calls of each model per look, interleaved ABBA on the golden inputs"
+    )
+    watch_look_persistence: int = Field(
+        3, ge=1, description="looks in a row that must all be slow before the watch window fails on latency"
+    )
+    watch_look_slack_ms: float = Field(
+        0.5,
         ge=0,
-        description="p95 increase (ms) tolerated in the watch window before the latency ratio counts; "
-        "a 10 µs model's p95 is dominated by scheduling noise on a busy device",
+        description="a look is slow only when the new model's median is also this many ms above the previous "
+        "one's (a 10 µs model's ratio is scheduler noise); replaces watch_latency_slack_ms, which was a p95 "
+        "increase against a baseline taken before the window",
+    )
+    watch_look_interval_s: float = Field(
+        2.0, ge=0, description="least seconds between two looks (each check of the window takes at most one)"
     )
     watch_min_requests: int = Field(20, ge=1, description="live requests needed before comparing rates early")
     max_failed_targets: int = Field(100, ge=1, description="refused targets remembered (not retried)")

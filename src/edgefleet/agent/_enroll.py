@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from edgefleet._fs import atomic_write
 from edgefleet.agent._config import AgentConfig
 from edgefleet.agent._director import DirectorClient
 from edgefleet.agent._fetcher import HttpxFetcher
 from edgefleet.agent._tuf import TrustedRepository
-from edgefleet.errors import ConfigError, DownloadError, VerificationError
+from edgefleet.errors import ConfigError, DownloadError, InputError, VerificationError
 from edgefleet.protocol import EnrollRequest
 
 __all__ = ["Credentials", "enroll"]
@@ -85,6 +87,7 @@ def enroll(
         VerificationError: the repository does not chain from the given root (the token is not spent), or
             the server names another root than the newest trusted one.
         DownloadError: the repository could not be reached (the token is not spent).
+        InputError: the token or name is malformed (nothing sent).
         AuthError: the server refused the token.
         ServerUnreachable: the server did not answer.
     """
@@ -103,12 +106,23 @@ def enroll(
             f"the given root.json is not TUF root metadata: {e}",
             hint="pass the repository's root.json (from `edgefleet registry init`)",
         ) from e
+    hw = probe(state, device_class_override=device_class, tags=tags)
+    try:
+        req = EnrollRequest(token=token, name=name, hardware=hw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise InputError(
+            f"invalid enrollment request: {where}: {first.get('msg')}",
+            hint="pass the one-time token an operator created (`edgefleet devices tokens create`)"
+            if where == "token"
+            else "fix the device name or tags",
+        ) from None
     repo_url = repository_url or server_url.rstrip("/") + "/repository/"
     trusted = trusted_root(config, root, repo_url, transport=transport)  # before the token is spent
-    hw = probe(state, device_class_override=device_class, tags=tags)
     client = DirectorClient(server_url, timeout=config.request_timeout_s, transport=transport)
     try:
-        resp = client.enroll(EnrollRequest(token=token, name=name, hardware=hw))
+        resp = client.enroll(req)
     finally:
         client.close()
     digest = hashlib.sha256(trusted).hexdigest()
@@ -163,8 +177,12 @@ def trusted_root(config: AgentConfig, root: bytes, repository_url: str, *, trans
                 repository_url=repository_url,
             ) from e
         except DownloadError as e:
+            cause: BaseException = e
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
             raise DownloadError(
-                f"cannot read the repository at {repository_url} to verify the root: {e}",
+                f"cannot read the repository at {repository_url} to verify the root "
+                f"({type(cause).__name__}: {cause})",
                 hint="check --server (and --repository-url if the repository is served elsewhere); "
                 "the enrollment token was not used",
                 repository_url=repository_url,

@@ -56,6 +56,8 @@ class WatchState(_J):
     boots: list[float] = Field(default_factory=list, description="agent starts while watching (crash loop)")
     baseline: dict[str, float | None] = Field(default_factory=dict)
     assignment: Assignment | None = None
+    looks: int = Field(0, description="paired latency looks taken in this window (this run)")
+    last_ratio: float | None = Field(None, description="latency ratio new/previous of the last look")
 
 
 class JournalState(_J):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 
@@ -16,6 +19,45 @@ _STATE = typer.Option(
 )
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(fn: F) -> F:
+    """Bad input becomes an edgefleet error (one line and a hint, exit 1 in ``main``), never a traceback:
+    pydantic validation (options, ``EDGEFLEET_AGENT_*`` variables, the enrollment request) and OS errors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        from edgefleet.errors import ConfigError, InputError
+
+        try:
+            return fn(*args, **kwargs)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first.get("loc", ())) or e.title
+            more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+            raise InputError(
+                f"invalid {where}: {first.get('msg', 'invalid value')}{more}",
+                hint=_HINTS.get(where, "check the option or its EDGEFLEET_AGENT_* environment variable"),
+            ) from None
+        except OSError as e:
+            raise ConfigError(
+                f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}",
+                hint="pass a state directory this user can write with --state (or EDGEFLEET_AGENT_STATE_DIR)",
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+_HINTS = {
+    "token": "pass the one-time token an operator created (`edgefleet devices tokens create`)",
+    "api_port": "a TCP port, 0-65535 (0: any free port)",
+    "name": "a device name of at most the allowed length",
+}
+
+
 def _config(state: Path | None, **overrides: object):
     from edgefleet.agent import AgentConfig
 
@@ -26,13 +68,17 @@ def _config(state: Path | None, **overrides: object):
 
 
 @agent_app.command("enroll")
+@_one_line_errors
 def enroll_cmd(
     server: str = typer.Option(..., "--server", help="Control plane URL, e.g. http://10.0.0.5:8000"),
     token: str = typer.Option(
         ..., "--token", envvar="EDGEFLEET_ENROLL_TOKEN", help="One-time enrollment token."
     ),
     root: Path = typer.Option(
-        ..., "--root", exists=True, dir_okay=False, help="The repository's root.json to pin."
+        ..., "--root", help="A root.json of the repository (any version: newer ones are followed)."
+    ),
+    repository_url: str | None = typer.Option(
+        None, "--repository-url", help="Where the repository is served (default: SERVER/repository/)."
     ),
     state: Path | None = _STATE,
     name: str | None = typer.Option(None, help="Device name shown in the control plane."),
@@ -44,6 +90,13 @@ def enroll_cmd(
     from edgefleet.agent import enroll
     from edgefleet.errors import InputError
 
+    try:
+        root_bytes = root.read_bytes()
+    except OSError as e:
+        raise InputError(
+            f"cannot read --root {root}: {e.strerror or e}",
+            hint="pass the repository's root.json (from `edgefleet registry init`)",
+        ) from None
     tags = {}
     for t in tag:
         k, sep, v = t.partition("=")
@@ -52,7 +105,14 @@ def enroll_cmd(
         tags[k] = v
     cfg = _config(state)
     creds = enroll(
-        cfg, token=token, root_json=root, server_url=server, name=name, device_class=device_class, tags=tags
+        cfg,
+        token=token,
+        root_json=root_bytes,
+        server_url=server,
+        repository_url=repository_url,
+        name=name,
+        device_class=device_class,
+        tags=tags,
     )
     out = {
         "device_id": creds.device_id,
@@ -68,6 +128,7 @@ def enroll_cmd(
 
 
 @agent_app.command("run")
+@_one_line_errors
 def run_cmd(
     state: Path | None = _STATE,
     api_port: int | None = typer.Option(
@@ -129,6 +190,7 @@ class _ProgressBar:
 
 
 @agent_app.command("status")
+@_one_line_errors
 def status_cmd(
     state: Path | None = _STATE,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -175,6 +237,7 @@ def status_cmd(
 
 
 @agent_app.command("rollback")
+@_one_line_errors
 def rollback_cmd(
     state: Path | None = _STATE,
     version: str | None = typer.Option(
