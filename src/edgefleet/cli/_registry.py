@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from edgefleet.cli._common import console, parse_duration, print_json
+from edgefleet.cli._keys import open_keys, passphrase_option, root_dir_option
 
 registry_app = typer.Typer(
     help="The TUF image repository: create it, list and show releases, refresh the timestamp, serve, fetch.",
@@ -32,16 +33,19 @@ def publish(
         False, "--no-delta", help="Do not publish a delta from the previous version."
     ),
     init: bool = typer.Option(False, "--init", help="Create the repository first if REPO has none."),
+    passphrase_file: Path | None = passphrase_option(),
+    root_dir: list[Path] = root_dir_option(),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Sign a bundle (and a delta from its previous version) into the TUF repository."""
     from edgefleet.registry import Repository
 
+    store = open_keys(keys, root_dir, passphrase_file)
     if init and not (repo / "metadata" / "1.root.json").exists():
-        Repository.init(repo, keys)
+        Repository.init(repo, store)
         if not json_out:
             console.print(f"initialized a new repository in {repo}")
-    r = Repository(repo, keys)
+    r = Repository(repo, store)
     with console.status(f"publishing {bundle.name}..."):
         result = r.publish(bundle, delta=not no_delta)
     if json_out:
@@ -69,6 +73,8 @@ def init_repo(
     repo: Path = typer.Argument(..., help="Directory for the new repository."),
     keys: Path = typer.Option(..., "--keys", help="Key directory from `edgefleet keys init` (all roles)."),
     timestamp_expiry: str | None = typer.Option(None, help="Timestamp lifetime, e.g. 1d (default 1d)."),
+    root_dir: list[Path] = root_dir_option(),
+    passphrase_file: Path | None = passphrase_option(),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Create an empty TUF repository (root, targets, snapshot, timestamp metadata)."""
@@ -77,7 +83,7 @@ def init_repo(
     cfg = RegistryConfig()
     if (ts := _duration(timestamp_expiry)) is not None:
         cfg = cfg.model_copy(update={"timestamp_expiry": ts})
-    r = Repository.init(repo, keys, cfg)
+    r = Repository.init(repo, open_keys(keys, root_dir, passphrase_file), cfg)
     if json_out:
         print_json({"repo": str(r.repo_dir), "root": str(r.root_json_path), **r.status()})
         return
@@ -153,13 +159,14 @@ def refresh_timestamp(
     repo: Path = typer.Option(..., "--repo", help="Repository directory."),
     keys: Path = typer.Option(..., "--keys", help="Key directory with the timestamp (and snapshot) key."),
     expires_in: str | None = typer.Option(None, "--expires-in", help="Lifetime, e.g. 12h (default: config)."),
+    passphrase_file: Path | None = passphrase_option(),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Re-sign timestamp (and snapshot when targets changed); run it periodically on the server."""
     from edgefleet.registry import Repository
 
     ttl = _duration(expires_in)
-    result = Repository(repo, keys).refresh_timestamp(ttl)
+    result = Repository(repo, open_keys(keys, None, passphrase_file)).refresh_timestamp(ttl)
     if json_out:
         print_json(result.to_dict())
         return

@@ -72,6 +72,7 @@ def rotate_key(repo: Repository, role: str, *, new_signer: Any | None = None) ->
             )
         return repo.rotate_root()
     store = require_root_threshold(repo, f"rotating the {role} key")
+    store.check_can_add(role)  # e.g. encrypted targets keys but no passphrase: refuse before writing
     # The re-signing after the root change needs the online keys of the roles below ``role``.
     needed = {"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",), "timestamp": ()}
     for other in needed[role]:
@@ -139,8 +140,9 @@ def require_root_threshold(repo: Repository, what: str) -> KeyStore:
     if len(trusted_root) < root.roles["root"].threshold:
         raise KeyStoreError(
             f"{what} needs {root.roles['root'].threshold} root keys; "
-            f"{store.dir} holds {len(trusted_root)} trusted ones",
-            hint="run this where the root keys (at least the threshold) are present",
+            f"{', '.join(map(str, [store.dir, *store.root_dirs]))} hold {len(trusted_root)} trusted ones",
+            hint="run this where the root keys (at least the threshold) are present; "
+            "pass --root-dir PATH for each folder or medium holding one",
             role="root",
         )
     return store
@@ -179,7 +181,12 @@ def rotate_root(repo: Repository, *, new_signers: list[Any] | None = None) -> Ro
                 f"the root threshold is {threshold} but only {len(signers)} new root keys were given",
                 hint=f"pass at least {threshold} new root keys",
             )
-        paths = tuple(str(store.add("root", s)) if hasattr(s, "private_bytes") else "" for s in signers)
+        homes = store.root_homes(old_ids, len(signers))
+        store.check_can_add("root")
+        paths = tuple(
+            str(store.add("root", s, directory=home)) if hasattr(s, "private_bytes") else ""
+            for s, home in zip(signers, homes, strict=True)
+        )
         repo._extra_signers = {"root": signers}
         try:
             with repo.edit_root() as r:

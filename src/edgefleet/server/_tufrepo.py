@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from datetime import datetime
@@ -82,12 +83,15 @@ class RepositoryService:
                     try:
                         from edgefleet.registry import KeyStore
 
-                        ks = KeyStore(self.keys_dir)
-                        if ks.has("timestamp"):
+                        ks = KeyStore(self.keys_dir, passphrase=os.environ.get(KeyStore.PASSPHRASE_ENV) or None)
+                        if ks.can_sign("timestamp"):
                             self._keys = ks
                         else:
                             log.warning(
-                                "no timestamp key in %s: timestamp.json will not be refreshed", self.keys_dir
+                                "no usable timestamp key in %s (missing, or encrypted without %s): "
+                                "timestamp.json will not be refreshed",
+                                self.keys_dir,
+                                KeyStore.PASSPHRASE_ENV,
                             )
                     except Exception as e:  # the server still serves the repository without its keys
                         log.warning("cannot load online keys from %s: %s", self.keys_dir, e)
