@@ -183,7 +183,7 @@ def health_gates(
     def latency_ok(v: float, t: float) -> bool | tuple[str, str]:
         if v <= t:
             return True
-        apart = abs(lat_new - lat_ref)  # type: ignore[operator]  # both known when the ratio is
+        apart = abs((lat_new or 0.0) - (lat_ref or 0.0))  # both are known when their ratio is
         if apart < floor:
             return "pass", f"p95 within {floor:g} ms of the reference ({apart:.3g} ms apart)"
         return False
