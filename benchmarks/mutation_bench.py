@@ -314,6 +314,15 @@ def _pytest(work: Path, files: list[str], timeout: float) -> tuple[str, float]:
     return "failed", time.monotonic() - t0
 
 
+def _clean_run(work: Path, files: list[str]) -> tuple[str, float]:
+    """The unmutated tests, once more if they fail (a shared, loaded machine makes timing tests flaky)."""
+    status, seconds = _pytest(work, files, 120)
+    if status != "passed":
+        print(f"  unmutated tests {status} ({' '.join(files)}); trying once more", flush=True)
+        status, seconds = _pytest(work, files, 120)
+    return status, seconds
+
+
 def export_tree(rev: str, into: Path) -> Path:
     """The committed tree at ``rev`` (never the shared working tree, where others have edits in progress)."""
     work = into / "tree"
@@ -336,7 +345,7 @@ def run_module(work: Path, module: str, per_module: int, seed: int, timeout: flo
     )
     res = ModuleResult(module, len(cands))
     t_module = time.monotonic()
-    status, t_clean = _pytest(work, baseline + added, timeout)
+    status, t_clean = _clean_run(work, baseline + added)
     if status != "passed":
         raise SystemExit(f"{module}: the unmutated tests do not pass ({status}); fix them first")
     limit = max(60.0, 5 * t_clean)
@@ -391,9 +400,10 @@ def rescore(out: Path, rev: str) -> None:
             files = [f for f in baseline + added if (work / f.split("::")[0]).exists()]
             path = work / src
             original = path.read_text()
-            status, t_clean = _pytest(work, files, 120)
+            status, t_clean = _clean_run(work, files)
             if status != "passed":
-                raise SystemExit(f"{module}: the unmutated tests do not pass at {rev[:10]} ({status})")
+                print(f"{module}: the unmutated tests do not pass at {rev[:10]} ({status}); not rescored")
+                continue
             still = []
             try:
                 for s in survivors:
