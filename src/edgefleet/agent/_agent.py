@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgefleet.agent._atrest import ModelKey
 from edgefleet.agent._config import AgentConfig
 from edgefleet.agent._control import LocalControl
 from edgefleet.agent._director import DirectorClient
@@ -88,7 +89,8 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl):
         self.creds = Credentials.load(self.state_dir)
         self.downloads = self.state_dir / "downloads"
         self.downloads.mkdir(exist_ok=True)
-        self.store = ModelStore(self.state_dir)
+        key = ModelKey(config.model_key_file) if config.model_key_file is not None else None
+        self.store = ModelStore(self.state_dir, key=key)
         self.journal = Journal(self.state_dir / "journal.json", history=config.history_events)
         self.stop_event = threading.Event()
         self.nudge_event = threading.Event()

@@ -70,6 +70,11 @@ class AgentConfig(BaseSettings):
     watch_look_interval_s: float = Field(
         2.0, ge=0, description="least seconds between two looks (each check of the window takes at most one)"
     )
+    model_key_file: Path | None = Field(
+        None,
+        description="encrypt installed model files at rest (AES-256-GCM) with the key in this file, created "
+        "0600 with 256 random bits if absent; keep it outside the state directory's models/ (None: off)",
+    )
     watch_min_requests: int = Field(20, ge=1, description="live requests needed before comparing rates early")
     max_failed_targets: int = Field(100, ge=1, description="refused targets remembered (not retried)")
 

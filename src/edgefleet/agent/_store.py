@@ -6,6 +6,11 @@ Layout under the state directory::
     models/<sha256>/bundle/       the unpacked bundle (every file checked against its manifest on install)
     models/<sha256>/meta.json     written last: its presence marks the version as verified
     current -> models/<sha256>    swapped with one rename, never missing
+
+With a model key (``AgentConfig.model_key_file``) the model file is encrypted at rest: after the files are
+checked against the manifest (plaintext), the model becomes ``models/<sha256>/<model file>.enc`` (AES-GCM,
+``_atrest``), its plaintext and the archive are deleted (no deltas from a sealed version: they need the
+archive), and every load decrypts it in memory, authenticates it and checks its hash again.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet._fs import atomic_write, fsync_dir, sha256_file
-from edgefleet.errors import DiskSpaceError, IntegrityError, NotFoundError
+from edgefleet.agent._atrest import SEALED_SUFFIX, ModelKey
+from edgefleet.errors import ConfigError, DiskSpaceError, IntegrityError, NotFoundError
 
 if TYPE_CHECKING:
     from edgefleet.bundle import Bundle
@@ -51,6 +57,7 @@ class StoredModel:
     installed_at: float
     activated_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    sealed: str | None = None  # the encrypted model file (under ``path``), when encrypted at rest
 
     @property
     def bundle_dir(self) -> Path:
@@ -71,17 +78,28 @@ class StoredModel:
             "installed_at": self.installed_at,
             "activated_at": self.activated_at,
             **({"extra": self.extra} if self.extra else {}),
+            **({"sealed": self.sealed} if self.sealed else {}),
         }
 
 
 class ModelStore:
-    """Install verified bundles under ``models/<sha256>/`` and point ``current`` at one of them."""
+    """Install verified bundles under ``models/<sha256>/`` and point ``current`` at one of them.
 
-    def __init__(self, state_dir: Path) -> None:
+    Args:
+        key: seal each installed model file with this key (encryption at rest); None: plain files.
+    """
+
+    def __init__(self, state_dir: Path, *, key: ModelKey | None = None) -> None:
         self.root = Path(state_dir)
         self.models = self.root / "models"
         self.current_link = self.root / "current"
         self.models.mkdir(parents=True, exist_ok=True)
+        self.key = key
+        if key is not None and self.models.resolve() in key.path.resolve().parents:
+            raise ConfigError(
+                f"the model key {key.path} is inside the model store {self.models}",
+                hint="keep model_key_file outside the state directory's models/ (e.g. /etc/edgefleet/model.key)",
+            )
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -107,6 +125,7 @@ class ModelStore:
             installed_at=float(meta.get("installed_at", 0.0)),
             activated_at=meta.get("activated_at"),
             extra=meta.get("extra") or {},
+            sealed=meta.get("sealed"),
         )
 
     def list(self) -> list[StoredModel]:
@@ -142,7 +161,25 @@ class ModelStore:
         """
         from edgefleet.bundle import Bundle
 
-        return Bundle.from_dir(self._stored(sha256).bundle_dir, check=True)
+        m = self._stored(sha256)
+        b = Bundle.from_dir(m.bundle_dir, check=True, model_bytes=self._unsealer(m))
+        if m.sealed:
+            b.model_source  # noqa: B018 - decrypt, authenticate and hash the model once now
+        return b
+
+    def _unsealer(self, m: StoredModel) -> Any:
+        """How the bundle reads its model when it is sealed: decrypted in memory on each load."""
+        if not m.sealed:
+            return None
+        key = self.key
+        src = m.path / m.sealed
+        if key is None:
+            raise IntegrityError(
+                f"the model of {m.version} is encrypted at rest and no model key is configured",
+                hint="set model_key_file (EDGEFLEET_AGENT_MODEL_KEY_FILE) to the key it was sealed with",
+            )
+        context = f"{m.sha256}/{m.sealed}"
+        return lambda: key.open(src, context=context)
 
     def verify(self, sha256: str, *, deep: bool = True) -> StoredModel:
         """Re-check a stored version: archive hash and every unpacked file against its manifest.
@@ -219,6 +256,8 @@ class ModelStore:
                     hint="the publisher uploaded a mislabelled bundle; publish it again",
                 )
             meta = {"sha256": sha256, "installed_at": time.time(), "activated_at": None, **info}
+            if self.key is not None:
+                meta["sealed"] = self._seal(staging, sha256, manifest.model_file)
             atomic_write(staging / "meta.json", json.dumps(meta, indent=1).encode())
             _fsync_tree(staging)
             os.replace(staging, self.models / sha256)
@@ -234,7 +273,19 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        if self.key is not None:
+            return self.open(sha256)
         return Bundle(self.models / sha256 / "bundle", manifest)
+
+    def _seal(self, staging: Path, sha256: str, model_file: str) -> str:
+        """Encrypt the checked model file beside the bundle; delete its plaintext and the archive."""
+        assert self.key is not None
+        plain = staging / "bundle" / model_file
+        name = Path(model_file).name + SEALED_SUFFIX
+        self.key.seal(plain.read_bytes(), staging / name, context=f"{sha256}/{name}")
+        plain.unlink()
+        (staging / "archive.tar").unlink(missing_ok=True)
+        return name
 
     def set_current(self, sha256: str) -> StoredModel:
         """Point ``current`` at a verified version with one atomic rename."""

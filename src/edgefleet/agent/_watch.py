@@ -226,10 +226,14 @@ class WatchWindow(AgentCore):
                 )
         if st.pending is not None:
             self._refuse(st.pending.sha256, f"update abandoned: {reason}", permanent=False)
-        if st.active and st.active != m.sha256:
-            st.failed[st.active] = f"rolled back: {reason}"
+        leaving = st.active
         self._begin_rollback(m.sha256, reason)
-        self._finish_rollback(m.sha256, reason, auto=False)
+        error = self._finish_rollback(m.sha256, reason, auto=False)
+        if error is not None:
+            raise error
+        if leaving and leaving != m.sha256:
+            st.failed[leaving] = f"rolled back: {reason}"
+            self.journal.save()
         return m
 
     def _begin_rollback(self, target: str, reason: str) -> None:
@@ -238,19 +242,26 @@ class WatchWindow(AgentCore):
         st.rollback_reason = reason
         self.journal.save()
 
-    def _finish_rollback(self, target: str, reason: str, *, auto: bool) -> None:
+    def _finish_rollback(self, target: str, reason: str, *, auto: bool) -> EdgefleetError | None:
+        """Switch to a kept version; return the error (and stay where it was) if that version cannot load."""
         st = self.journal.state
         m = self.store.get(target)
         if m is None:
             st.rollback_to = None
             st.last_error = f"rollback target {target[:12]} vanished; staying on the current version"
             self.journal.save()
-            return
+            return NotFoundError(st.last_error)
         if self.host is not None and getattr(self.host, "loaded", None) != m.bundle_dir:
             try:
                 self.host.load(self.store.open(target))  # a kept version: its files re-checked first
-            except EdgefleetError as e:  # pragma: no cover - a kept version was verified and ran before
-                log.error("rollback target failed to load: %s", e)
+            except EdgefleetError as e:  # changed on disk, or sealed with another key: not switched to
+                st.rollback_to = st.rollback_reason = None
+                st.failed[target] = f"kept version failed to load: {e}"[:1000]
+                st.last_error = f"rollback to {m.version} refused: {e}; staying on the current version"
+                self.journal.event("rollback_failed", to=m.version, reason=str(e)[:500])
+                self.journal.save()
+                log.error("%s", st.last_error)
+                return e
         self.store.set_current(target)
         st.active = target
         st.committed = target
@@ -263,6 +274,7 @@ class WatchWindow(AgentCore):
         self.journal.save()
         self._outbox_put("event", {"event": "rolled_back", "to": m.version, "reason": reason, "auto": auto})
         log.warning("rolled back to %s: %s", m.version, reason)
+        return None
 
 
 def _rows(feeds: dict[str, Any]) -> list[dict[str, Any]]:

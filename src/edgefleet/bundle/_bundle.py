@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -9,7 +10,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -223,10 +224,17 @@ class Bundle:
     """
 
     def __init__(
-        self, root: Path, manifest: Manifest, *, owned: bool = False, config: BundleConfig | None = None
+        self,
+        root: Path,
+        manifest: Manifest,
+        *,
+        owned: bool = False,
+        config: BundleConfig | None = None,
+        model_bytes: Callable[[], bytes] | None = None,
     ) -> None:
         self.root = Path(root)
         self.manifest = manifest
+        self._model_bytes = model_bytes  # the model is not on disk in clear: its bytes come from here
         self._owned = owned
         self._config = config or settings()
         self._golden: Golden | None = None
@@ -251,8 +259,19 @@ class Bundle:
             raise
 
     @classmethod
-    def from_dir(cls, root: Path, *, check: bool = True, config: BundleConfig | None = None) -> Bundle:
-        """Open an already extracted bundle directory (hashes re-checked unless ``check=False``)."""
+    def from_dir(
+        cls,
+        root: Path,
+        *,
+        check: bool = True,
+        config: BundleConfig | None = None,
+        model_bytes: Callable[[], bytes] | None = None,
+    ) -> Bundle:
+        """Open an already extracted bundle directory (hashes re-checked unless ``check=False``).
+
+        ``model_bytes``: the model file is kept elsewhere (e.g. encrypted at rest) and is absent from
+        ``root``; this returns its plaintext, which is checked against the manifest's hash on every load.
+        """
         root = Path(root)
         mp = root / MANIFEST_NAME
         if not mp.is_file():
@@ -263,9 +282,10 @@ class Bundle:
                 f"{mp} is larger than {cfg.max_manifest_bytes} bytes", hint="rebuild the bundle"
             )
         manifest = Manifest.from_json(mp.read_bytes())
+        b = cls(root, manifest, config=cfg, model_bytes=model_bytes)
         if check:
-            verify_files(root, manifest)
-        return cls(root, manifest, config=cfg)
+            verify_files(root, b._on_disk())
+        return b
 
     def __enter__(self) -> Bundle:
         return self
@@ -319,7 +339,35 @@ class Bundle:
 
     def runner(self) -> ModelRunner:
         """A fresh inference session on the bundle's model (ModelLoadError if it cannot load)."""
-        return ModelRunner(self.model_path, self.manifest.model_format)
+        src = self.model_source
+        return ModelRunner(
+            self.model_path, self.manifest.model_format, model_bytes=src if isinstance(src, bytes) else None
+        )
+
+    @property
+    def model_source(self) -> Path | bytes:
+        """The model file's path, or its bytes (hash-checked) when the model is not on disk in clear.
+
+        Raises:
+            IntegrityError: the bytes are not the file the manifest hashes.
+        """
+        if self._model_bytes is None:
+            return self.model_path
+        data = self._model_bytes()
+        entry = self.manifest.files.get(self.manifest.model_file)
+        if entry is None or len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise IntegrityError(
+                f"model {self.manifest.model_file} of {self.manifest.key} is not the file its manifest hashes",
+                hint="the stored model changed; assign the release again to download it",
+            )
+        return data
+
+    def _on_disk(self) -> Manifest:
+        """The manifest of the files under ``root`` (all but the model when its bytes come from elsewhere)."""
+        if self._model_bytes is None:
+            return self.manifest
+        files = {k: v for k, v in self.manifest.files.items() if k != self.manifest.model_file}
+        return self.manifest.model_copy(update={"files": files})
 
     def model_inputs(self, raw: RawInputs) -> dict[str, np.ndarray]:
         """Raw inputs -> model feeds through the bundle's contract."""
@@ -336,7 +384,7 @@ class Bundle:
         """
         t0 = time.perf_counter()
         key = self.manifest.key
-        checked = verify_files(self.root, self.manifest) if files else 0
+        checked = verify_files(self.root, self._on_disk()) if files else 0
         golden = self.golden
         check_runtime_requirements(self.manifest)
         runner = self.runner()

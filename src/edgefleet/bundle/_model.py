@@ -79,10 +79,18 @@ class ModelRunner:
         deterministic: ask onnxruntime for deterministic kernels (golden sets must reproduce exactly).
     """
 
-    def __init__(self, path: Path, fmt: str | None = None, *, deterministic: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fmt: str | None = None,
+        *,
+        deterministic: bool = True,
+        model_bytes: bytes | None = None,
+    ) -> None:
         self.path = Path(path)
         self.format = fmt or model_format(self.path)
-        if not self.path.is_file():
+        self._bytes = model_bytes  # the model in memory (decrypted); ``path`` only names it
+        if model_bytes is None and not self.path.is_file():
             raise ModelLoadError(f"model file {self.path} does not exist", hint="check the path")
         if self.format == "onnx":
             self._init_onnx(deterministic)
@@ -98,7 +106,8 @@ class ModelRunner:
         so.use_deterministic_compute = deterministic
         so.log_severity_level = 3
         try:
-            self._sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+            src = self._bytes if self._bytes is not None else str(self.path)
+            self._sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelLoadError(
                 f"ONNX Runtime cannot load {self.path.name}: {str(e).strip()[:400]}",
@@ -126,7 +135,11 @@ class ModelRunner:
                 "TFLite models need ai-edge-litert", hint="pip install ai-edge-litert"
             ) from e
         try:
-            self._interp = Interpreter(model_path=str(self.path))
+            self._interp = (
+                Interpreter(model_content=self._bytes)
+                if self._bytes is not None
+                else Interpreter(model_path=str(self.path))
+            )
             self._interp.allocate_tensors()
         except Exception as e:  # ValueError / RuntimeError from the C++ side
             raise ModelLoadError(

@@ -223,7 +223,9 @@ def status_cmd(
             f"downloaded={p['bytes_downloaded']}/{p['assignment']['length']}"
         )
     if st["watch"]:
-        console.print(f"watching {st['watch']['sha256'][:12]} since {time.ctime(st['watch']['started_at'])}")
+        w = st["watch"]
+        looks = f"; {w['looks']} latency looks, last ratio {w['last_ratio']}" if w.get("looks") else ""
+        console.print(f"watching {w['sha256'][:12]} since {time.ctime(w['started_at'])}{looks}")
     for sha, why in st["failed"].items():
         console.print(f"[yellow]refused {sha[:12]}[/]: {why}")
     if st["last_error"]:

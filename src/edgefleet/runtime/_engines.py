@@ -360,7 +360,9 @@ class LiteRtEngine:
             self._interp = None  # type: ignore[assignment]
 
 
-def load_engine(model: str | Path, *, model_format: str | None = None, **kw: Any) -> OrtEngine | LiteRtEngine:
+def load_engine(
+    model: str | Path | bytes, *, model_format: str | None = None, **kw: Any
+) -> OrtEngine | LiteRtEngine:
     """Open ``model`` with the engine its format needs (``.tflite`` → LiteRT, otherwise ORT)."""
     fmt = model_format or ("tflite" if str(model).endswith(".tflite") else "onnx")
     return LiteRtEngine(model, **kw) if fmt == "tflite" else OrtEngine(model, **kw)

@@ -468,10 +468,16 @@ class Runtime:
             raise
         return rt
 
-    def _open(self, source: Any) -> tuple[Any, bool, Manifest | None, Path | None]:
-        """(bundle or None, whether we own it, manifest or None, model path or None)."""
+    def _open(self, source: Any) -> tuple[Any, bool, Manifest | None, Path | bytes | None]:
+        """(bundle or None, whether we own it, manifest or None, model path (or bytes) or None)."""
         if hasattr(source, "manifest") and hasattr(source, "model_path"):
-            return source, False, source.manifest, Path(source.model_path)
+            model = getattr(source, "model_source", None)  # bytes when the model is not on disk in clear
+            return (
+                source,
+                False,
+                source.manifest,
+                model if isinstance(model, bytes) else Path(source.model_path),
+            )
         path = Path(source)
         if not path.exists():
             raise InputError(
@@ -484,7 +490,7 @@ class Runtime:
         b = Bundle.from_dir(path) if path.is_dir() else Bundle.open(path)
         return b, True, b.manifest, Path(b.model_path)
 
-    def _engine(self, path: Path, manifest: Manifest | None, tier: str) -> Predictor:
+    def _engine(self, path: Path | bytes, manifest: Manifest | None, tier: str) -> Predictor:
         cfg = self.config.engine
         if manifest is None:
             return load_engine(path, config=cfg, tier=tier)
