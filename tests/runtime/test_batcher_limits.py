@@ -244,3 +244,35 @@ def test_outputs_that_are_not_per_row_go_whole_to_every_request(engine, doubles,
         out = t.result(5)
         assert len(out["label"]) == rows and len(out.tiers) == rows
         assert out["vocabulary"].tolist() == list(range(10))
+
+
+def test_a_ticket_keeps_its_first_answer(engine, x_test):
+    from edgefleet.errors import ModelTimeoutError
+    from edgefleet.runtime import Prediction
+    from edgefleet.runtime._batcher import Ticket
+
+    answer = Prediction({"label": np.array([1])}, tiers=("primary",))
+    late = ModelTimeoutError("too late", hint="the watchdog answered after the model")
+    t = Ticket({"input": x_test[:1]}, 0, None)
+    t.set_result(answer)
+    t.set_exception(late)  # the watchdog fires after the answer: the answer stands
+    assert t.result(0) is answer and t.exception(0) is None
+    t2 = Ticket({"input": x_test[:1]}, 0, None)
+    t2.set_exception(late)
+    t2.set_result(answer)  # the model returns after the watchdog failed the call: the failure stands
+    with pytest.raises(ModelTimeoutError):
+        t2.result(0)
+
+
+def test_split_policy_on_a_dynamic_batch_model_batches_normally(engine, doubles, x_test):
+    gate = doubles.Gate(OrtEngine(engine))
+    b = Batcher(gate, BatcherConfig(workers=1, max_batch_size=8, max_delay_ms=0, fixed_batch="split"))
+    try:
+        first = b.submit({"input": x_test[:1]})
+        assert gate.entered.wait(5)
+        rest = [b.submit({"input": x_test[i : i + 1]}) for i in range(1, 4)]
+    finally:
+        gate.release()
+        b.close()
+    assert all(t.result(5)["label"].shape == (1,) for t in [first, *rest])
+    assert [len(c["input"]) for c in gate.calls] == [1, 3]

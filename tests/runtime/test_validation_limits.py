@@ -174,3 +174,18 @@ def test_fixed_dimension_must_match_exactly():
 def test_empty_batch_refused():
     with pytest.raises(ValidationError, match="empty at axis 0"):
         _one().check({"x": np.zeros((0, 4), np.float32)})
+
+
+def test_integer_and_boolean_inputs_are_cast_to_a_float_spec():
+    v = _one(dtype="float32")
+    out = v.check({"x": np.array([[1, 2, 3, 4]], np.int64)})["x"]
+    assert out.dtype == np.float32 and out.tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    assert v.check({"x": np.array([[True, False, True, False]])})["x"].dtype == np.float32
+
+
+def test_text_inputs_must_be_text():
+    v = _one(dtype="string", shape=("batch",))
+    assert v.check({"x": ["a", "b"]})["x"].tolist() == ["a", "b"]
+    assert v.check({"x": np.array(["a"], dtype=object)})["x"].dtype == object
+    with pytest.raises(ValidationError, match="must be text"):
+        v.check({"x": np.array([1.0, 2.0])})
