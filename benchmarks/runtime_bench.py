@@ -1,19 +1,24 @@
-"""Runtime figures, measured side by side in one run.
+"""Runtime figures, measured side by side in one run, every figure with its spread over interleaved
+repetitions (the default configuration first, the tuned one second).
 
-1. In-process overhead: p50 latency at batch 1 through ``Runtime.predict`` (validation, contract and
-   postprocessing off; metrics on) vs a bare ``InferenceSession.run`` on the same model and input,
-   measured interleaved. Also the raw C++ call (``InferenceSession._sess.run``) and the full default
-   pipeline, for reference.
+1. In-process overhead: p50 latency at batch 1 through ``Runtime.predict`` with its defaults
+   (validation, contract, batcher and model-call timeout on), then tuned (those off), vs a bare
+   ``InferenceSession.run`` on the same session and input, one call each in rotation; the ratio is
+   also worked out per repetition (5 consecutive slices of the rotation) for its spread. Also the
+   raw C++ call (``InferenceSession._sess.run``).
 2. Batching: 32 concurrent client threads, batch-1 requests in a closed loop, through the default
-   Runtime with the batcher on vs off: throughput and p50/p99 latency.
-3. HTTP: ``edgefleet serve`` vs a minimal hand-rolled FastAPI + ONNX Runtime endpoint, both in their
-   own process, loaded by ``wrk`` (Debian) on loopback: requests/s, p50/p99.
+   Runtime vs the same with the batcher off (and references), in alternating rounds: throughput,
+   p50/p99, and the per-round speedup's spread.
+3. HTTP: ``edgefleet serve`` (defaults, and ``--no-batching``) vs a minimal hand-rolled FastAPI +
+   ONNX Runtime endpoint, each in its own process, loaded by ``wrk`` (Debian) on loopback with 32
+   connections, for the digits bundle and the 17 MB MLP; the default server also through the Open
+   Inference Protocol's ``POST /v2/models/{name}/infer``. Per-round ratios give the spreads.
 4. Memory: RSS after 200,000 requests minus RSS after 10,000 (full default pipeline, 4 threads).
 5. Degradation: a primary failing 30% of calls (a fault-injecting wrapper around a real engine), a
    real backup model: share of requests answered, and failures seen before the breaker opened.
 
 Models are trained here (no downloads): scikit-learn's digits MLP and, when torch is installed, a
-small digits CNN exported to ONNX.
+small digits CNN and a wide (64-2048-2048-10, 17 MB) digits MLP exported to ONNX.
 
 Usage::
 
@@ -189,7 +194,9 @@ def pct(values: list[float] | np.ndarray, q: float) -> float:
 # --- 1. overhead --------------------------------------------------------------------------------------
 
 
-def bench_overhead(models: dict[str, Path], x: np.ndarray, max_calls: int, budget_s: float) -> list[dict]:
+def bench_overhead(
+    models: dict[str, Path], x: np.ndarray, max_calls: int, budget_s: float, reps: int = 5
+) -> list[dict]:
     rows = []
     for name, path in models.items():
         fast = Runtime.from_bundle(path, fast_config())
@@ -200,9 +207,9 @@ def bench_overhead(models: dict[str, Path], x: np.ndarray, max_calls: int, budge
         names = [o.name for o in sess.get_outputs()]
         calls = {
             "bare InferenceSession.run": lambda s=sess, f=feed: s.run(None, f),
-            "raw C++ session call": lambda s=sess, f=feed, n=names: s._sess.run(n, f, None),
-            "Runtime.predict (fast path)": lambda r=fast, f=feed: r.predict(f),
             "Runtime.predict (defaults)": lambda r=full, f=feed: r.predict(f),
+            "Runtime.predict (tuned: checks, batcher, timeout off)": lambda r=fast, f=feed: r.predict(f),
+            "raw C++ session call": lambda s=sess, f=feed, n=names: s._sess.run(n, f, None),
         }
         samples: dict[str, list[int]] = {k: [] for k in calls}
         fns = list(calls.items())
@@ -213,20 +220,31 @@ def bench_overhead(models: dict[str, Path], x: np.ndarray, max_calls: int, budge
         for _, fn in fns:
             fn()
         per_round = time.perf_counter() - t
-        n = int(min(max_calls, max(300, budget_s / per_round)))
+        # Fast models: one call each in rotation. Slow ones (the 17 MB MLP): runs of 5 calls, the first
+        # of each run not counted, as the default runtime has its own session whose weights the other
+        # variants' calls evict from the CPU caches; what is compared is then warm call against warm call.
+        run = 1 if per_round / len(fns) < 1e-4 else 5
+        n = int(min(max_calls, max(300, budget_s / per_round))) // run
         perf = time.perf_counter_ns
-        for i in range(n):  # round-robin, one call each, order rotated: noise hits all variants alike
+        for i in range(n):  # round-robin, order rotated: noise hits all variants alike
             for j in range(len(fns)):
                 k, fn = fns[(i + j) % len(fns)]
-                t0 = perf()
-                fn()
-                samples[k].append(perf() - t0)
+                for c in range(run):
+                    t0 = perf()
+                    fn()
+                    if c or run == 1:
+                        samples[k].append(perf() - t0)
         fast.close()
         full.close()
         bare = np.asarray(samples["bare InferenceSession.run"], dtype=np.float64)
         bare50 = float(np.percentile(bare, 50))
         for k, v in samples.items():
             arr = np.asarray(v, dtype=np.float64)
+            # the calls split into `reps` consecutive repetitions (each interleaved): a ratio per repetition
+            per_rep = [
+                float(np.percentile(a, 50) / np.percentile(b, 50))
+                for a, b in zip(np.array_split(arr, reps), np.array_split(bare, reps), strict=True)
+            ]
             rows.append(
                 {
                     "model": name,
@@ -234,6 +252,9 @@ def bench_overhead(models: dict[str, Path], x: np.ndarray, max_calls: int, budge
                     "p50_us": round(pct(arr, 50) / 1000, 2),
                     "p99_us": round(pct(arr, 99) / 1000, 2),
                     "ratio_p50_vs_bare": round(pct(arr, 50) / bare50, 3),
+                    "ratio_reps": reps,
+                    "ratio_spread": f"{min(per_rep):.3f}-{max(per_rep):.3f}",
+                    "ratio_each_rep": [round(r, 3) for r in per_rep],
                     # call i of every variant ran back to back: the median paired difference is the
                     # overhead least disturbed by a shared machine's slow drifts
                     "paired_overhead_us": round(float(np.median(arr - bare)) / 1000, 2),
@@ -315,9 +336,7 @@ def bench_batching(
         fast = RuntimeConfig(batcher=BatcherConfig(enabled=False), fallback=FallbackConfig(timeout_ms=None))
         rts: dict[str, Any] = {
             "off": Runtime.from_bundle(path, RuntimeConfig(batcher=BatcherConfig(enabled=False))),
-            "on": Runtime.from_bundle(
-                path, RuntimeConfig(batcher=BatcherConfig(enabled=True, max_batch_size=32))
-            ),
+            "on": Runtime.from_bundle(path, RuntimeConfig()),  # the default configuration
             "off, no timeout": Runtime.from_bundle(path, fast),
             "off, no timeout, 1 client": Runtime.from_bundle(path, fast),
             "bare ORT session": BareSession(path),
@@ -339,6 +358,8 @@ def bench_batching(
         for key in rts:
             rs = runs[key]
             on = key == "on"
+            # round i of every variant ran back to back: the per-round ratio is the paired figure
+            ratios = [r["req_per_s"] / o["req_per_s"] for r, o in zip(rs, runs["off"], strict=True)]
             row = {
                 "model": name,
                 "batcher": key,
@@ -351,6 +372,9 @@ def bench_batching(
                 "p50_ms": round(float(np.median([r["p50_ms"] for r in rs])), 3),
                 "p99_ms": round(float(np.median([r["p99_ms"] for r in rs])), 3),
                 "req_per_s_each_round": [r["req_per_s"] for r in rs],
+                "speedup_vs_off": round(float(np.median(ratios)), 2),
+                "speedup_spread": f"{min(ratios):.2f}-{max(ratios):.2f}",
+                "p99_ms_each_round": [r["p99_ms"] for r in rs],
             }
             if on:
                 row["mean_batch"] = round(total / max(count, 1), 1)
@@ -365,14 +389,15 @@ import numpy as np, onnxruntime as ort
 from fastapi import FastAPI, Request
 so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
 sess = ort.InferenceSession("{model}", so, providers=["CPUExecutionProvider"])
+names = [o.name for o in sess.get_outputs()]
 app = FastAPI()
 
 @app.post("/v1/predict")
 async def predict(request: Request):
     body = await request.json()
-    x = np.asarray(body["inputs"], dtype=np.float32) / 16.0
-    label, probs = sess.run(None, {{"input": x}})
-    return {{"outputs": {{"label": label.tolist(), "probabilities": probs.tolist()}}}}
+    x = np.asarray(body["inputs"], dtype=np.float32) * {scale}
+    outs = sess.run(None, {{"input": x}})
+    return {{"outputs": {{n: o.tolist() for n, o in zip(names, outs)}}}}
 """
 
 WRK_LUA = """
@@ -426,47 +451,48 @@ def _parse_wrk(out: str) -> dict:
 
 
 def bench_http(
-    bundle: Path, model: Path, x_raw: np.ndarray, seconds: int, rounds: int, connections: int, tmp: Path
+    source: Path,
+    model: Path,
+    rows: list,
+    scale: float,
+    seconds: int,
+    rounds: int,
+    connections: int,
+    tmp: Path,
 ) -> list[dict]:
+    """``edgefleet serve`` (defaults, then --no-batching) vs a hand-rolled FastAPI + ORT endpoint.
+
+    ``source`` is what edgefleet serves (a bundle with its contract, or the bare model), ``model`` the
+    .onnx the baseline loads, ``rows`` the one-row request body and ``scale`` the baseline's
+    preprocessing. The default server is also loaded through ``POST /v2/models/{name}/infer``.
+    """
     wrk = shutil.which("wrk")
     if wrk is None:
         console.print("[yellow]wrk not found (apt-get install -y wrk): HTTP section skipped[/]")
         return []
-    body = json.dumps({"inputs": x_raw[:1].tolist()}, separators=(",", ":"))
-    lua = tmp / "post.lua"
-    lua.write_text(WRK_LUA.format(body=body))
-    app_file = tmp / "baseline_app.py"
-    app_file.write_text(BASELINE_APP.format(model=model))
+    tag = model.stem
+    lua = tmp / f"post-{tag}.lua"
+    lua.write_text(WRK_LUA.format(body=json.dumps({"inputs": rows}, separators=(",", ":"))))
+    arr = np.asarray(rows, dtype=np.float32) * scale  # /v2 takes model tensors: preprocessed
+    v2_body = {
+        "inputs": [
+            {"name": "input", "shape": list(arr.shape), "datatype": "FP32", "data": arr.ravel().tolist()}
+        ]
+    }
+    lua_v2 = tmp / f"v2-{tag}.lua"
+    lua_v2.write_text(WRK_LUA.format(body=json.dumps(v2_body, separators=(",", ":"))))
+    app_file = tmp / f"baseline_{tag}.py"
+    app_file.write_text(BASELINE_APP.format(model=model, scale=scale))
     env = {**os.environ, "PYTHONPATH": str(tmp)}
+    serve = [sys.executable, "-m", "edgefleet.cli", "serve", str(source), "--threads", "1", "--port"]
     servers = {
-        "edgefleet serve (defaults)": lambda port: [
-            sys.executable,
-            "-m",
-            "edgefleet.cli",
-            "serve",
-            str(bundle),
-            "--port",
-            str(port),
-            "--threads",
-            "1",
-        ],
-        "edgefleet serve --no-batching": lambda port: [
-            sys.executable,
-            "-m",
-            "edgefleet.cli",
-            "serve",
-            str(bundle),
-            "--port",
-            str(port),
-            "--threads",
-            "1",
-            "--no-batching",
-        ],
+        "edgefleet serve (defaults)": lambda port: [*serve, str(port)],
+        "edgefleet serve --no-batching": lambda port: [*serve, str(port), "--no-batching"],
         "hand-rolled FastAPI + ORT": lambda port: [
             sys.executable,
             "-m",
             "uvicorn",
-            "baseline_app:app",
+            f"baseline_{tag}:app",
             "--port",
             str(port),
             "--log-level",
@@ -474,25 +500,38 @@ def bench_http(
             "--no-access-log",
         ],
     }
-    procs: dict[str, tuple[subprocess.Popen, str]] = {}
-    runs: dict[str, list[dict]] = {name: [] for name in servers}
+    procs: dict[str, tuple[subprocess.Popen, int]] = {}
+    loads: dict[str, tuple[str, str, Path]] = {}  # row name -> (server, path, lua)
     try:
         for name, cmd in servers.items():  # all up at once; idle ones cost nothing
             port = _free_port()
             proc = subprocess.Popen(
                 cmd(port), cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
-            procs[name] = (proc, f"http://127.0.0.1:{port}/v1/predict")
-        for proc, url in procs.values():
-            _wait_http(int(url.split(":")[2].split("/")[0]), proc)
+            procs[name] = (proc, port)
+            loads[name] = (name, "/v1/predict", lua)
+        for proc, port in procs.values():
+            _wait_http(port, proc)
+        import httpx
+
+        served_name = httpx.get(f"http://127.0.0.1:{procs['edgefleet serve (defaults)'][1]}/v1/model").json()
+        loads["edgefleet serve (defaults), /v2 infer"] = (
+            "edgefleet serve (defaults)",
+            f"/v2/models/{served_name['name']}/infer",
+            lua_v2,
+        )
+        runs: dict[str, list[dict]] = {name: [] for name in loads}
+        for server, path, script in loads.values():
+            url = f"http://127.0.0.1:{procs[server][1]}{path}"
             subprocess.run(
-                [wrk, "-t1", f"-c{connections}", "-d2s", "-s", str(lua), url], capture_output=True, check=True
+                [wrk, "-t1", f"-c{connections}", "-d2s", "-s", str(script), url], capture_output=True
             )
         # short runs in rotation: a shared machine's noise then hits every server alike
         for _ in range(rounds):
-            for name, (_, url) in procs.items():
+            for name, (server, path, script) in loads.items():
+                url = f"http://127.0.0.1:{procs[server][1]}{path}"
                 out = subprocess.run(
-                    [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+                    [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
                     capture_output=True,
                     text=True,
                     check=True,
@@ -506,10 +545,15 @@ def bench_http(
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    rows = []
+    out_rows = []
+    base = runs["hand-rolled FastAPI + ORT"]
+    unbatched = runs["edgefleet serve --no-batching"]
     for name, rs in runs.items():
-        rows.append(
+        vs_base = [r["req_per_s"] / b["req_per_s"] for r, b in zip(rs, base, strict=True)]
+        vs_unbatched = [r["req_per_s"] / u["req_per_s"] for r, u in zip(rs, unbatched, strict=True)]
+        out_rows.append(
             {
+                "model": tag,
                 "server": name,
                 "connections": connections,
                 "rounds": len(rs),
@@ -520,9 +564,14 @@ def bench_http(
                 "requests": sum(r["requests"] for r in rs),
                 "non_2xx": sum(r["non_2xx"] for r in rs),
                 "req_per_s_each_round": [r["req_per_s"] for r in rs],
+                "p99_ms_each_round": [r["p99_ms"] for r in rs],
+                "ratio_vs_baseline": round(float(np.median(vs_base)), 2),
+                "baseline_spread": f"{min(vs_base):.2f}-{max(vs_base):.2f}",
+                "ratio_vs_no_batching": round(float(np.median(vs_unbatched)), 2),
+                "no_batching_spread": f"{min(vs_unbatched):.2f}-{max(vs_unbatched):.2f}",
             }
         )
-    return rows
+    return out_rows
 
 
 # --- 4. memory ----------------------------------------------------------------------------------------
@@ -716,16 +765,25 @@ def main() -> None:
             table(
                 "In-process latency at batch 1 (round-robin, one call each)",
                 rows,
-                ["model", "variant", "p50_us", "p99_us", "ratio_p50_vs_bare", "paired_overhead_us"],
+                [
+                    "model",
+                    "variant",
+                    "p50_us",
+                    "p99_us",
+                    "ratio_p50_vs_bare",
+                    "ratio_spread",
+                    "paired_overhead_us",
+                ],
             )
         if "batching" in sections:
             with console.status("2/5 batching with 32 clients..."):
-                rows = bench_batching(models, x, clients=32, seconds=2, rounds=2 if q else 5)
-            for name in models:
+                # the digits CNN adds nothing here that the two MLPs do not show
+                batch_models = {k: v for k, v in models.items() if k != "digits CNN"}
+                rows = bench_batching(batch_models, x, clients=32, seconds=2, rounds=2 if q else 5)
+            for name in batch_models:
                 off = next(r for r in rows if r["model"] == name and r["batcher"] == "off")
                 for r in rows:
                     if r["model"] == name and r is not off:
-                        r["speedup_vs_off"] = round(r["req_per_s"] / off["req_per_s"], 2)
                         r["cpu_saving_vs_off"] = round(off["cpu_us_per_req"] / r["cpu_us_per_req"], 2)
             results["batching"] = rows
             table(
@@ -741,23 +799,38 @@ def main() -> None:
                     "mean_batch",
                     "errors",
                     "speedup_vs_off",
+                    "speedup_spread",
                     "cpu_saving_vs_off",
                 ],
             )
         if "http" in sections:
             with console.status("3/5 HTTP with wrk..."):
-                rows = bench_http(
-                    bundle, mlp, data.x_test, seconds=3, rounds=2 if q else 6, connections=32, tmp=tmp
+                rows = []
+                http_rounds = 2 if q else 5
+                # the digits bundle (raw pixels through its contract) and the wide MLP (model tensors)
+                rows += bench_http(
+                    bundle, mlp, data.x_test[:1].tolist(), 1 / 16, 3, http_rounds, connections=32, tmp=tmp
                 )
-            if rows:
-                base = rows[-1]["req_per_s"]
-                for r in rows:
-                    r["ratio_vs_baseline"] = round(r["req_per_s"] / base, 2)
+                if "wide digits MLP" in models:
+                    rows += bench_http(
+                        wide, wide, x[:1].tolist(), 1.0, 3, http_rounds, connections=32, tmp=tmp
+                    )
             results["http"] = rows
             table(
-                "POST /v1/predict on loopback (wrk -t1 -c32, median of rounds)",
+                "POST on loopback (wrk -t1 -c32, median of interleaved rounds; spreads are per-round ratios)",
                 rows,
-                ["server", "req_per_s", "p50_ms", "p99_ms", "non_2xx", "ratio_vs_baseline"],
+                [
+                    "model",
+                    "server",
+                    "req_per_s",
+                    "p50_ms",
+                    "p99_ms",
+                    "non_2xx",
+                    "ratio_vs_no_batching",
+                    "no_batching_spread",
+                    "ratio_vs_baseline",
+                    "baseline_spread",
+                ],
             )
         if "memory" in sections:
             with console.status("4/5 memory over many requests..."):

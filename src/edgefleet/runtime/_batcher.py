@@ -33,6 +33,10 @@ from edgefleet.runtime._watchdog import Watchdog, is_terminable
 
 __all__ = ["Batcher", "Ticket"]
 
+# A model call cheaper than this (CPU per row, run alone) costs less than handing a request to a
+# worker and waking its caller: such models are run on their callers' threads even under load.
+_CHEAP_CALL_S = 50e-6
+
 log = logging.getLogger(__name__)
 
 
@@ -138,7 +142,8 @@ class Batcher:
 
     When nothing is queued, no model call is running and no request had to queue in the last few
     batch delays, a request to a terminable model (an ORT engine) skips the queue and runs on the
-    caller's thread (no other request could join its batch);
+    caller's thread (no other request could join its batch); so does every request, while nothing is
+    queued, to a model whose calls cost less CPU than the hand-off (batching cannot pay for itself);
     its timeout is then enforced by a :class:`Watchdog` that stops the call. Requests that arrive
     meanwhile queue and batch as usual.
     """
@@ -170,6 +175,8 @@ class Batcher:
         self._queued_at = float("-inf")  # when a request last had to queue
         # how long after a queued request lone requests still queue (others are likely to join them)
         self._quiet_s = max(4 * self._delay, 0.005)
+        self._inline_calls = 0
+        self._solo_cpu_s = float("inf")  # least CPU time seen for a one-row inline call (sampled)
         self._inline = is_terminable(inner)
         self._inline_watchdog = (
             Watchdog(inner, timeout_s, name="edgefleet-inline-watchdog")
@@ -304,11 +311,14 @@ class Batcher:
             with self._lock:
                 alone = (
                     not self._heap
-                    and not self._busy
                     and not self._closed
                     and not self._stuck
-                    # requests queued a moment ago: more are coming, and they batch better together
-                    and time.monotonic() - self._queued_at > self._quiet_s
+                    and (
+                        # a model call cheaper than a hand-off: batching cannot pay, run it here
+                        self._solo_cpu_s < _CHEAP_CALL_S
+                        # nothing running, and no request queued a moment ago (more would follow)
+                        or (not self._busy and time.monotonic() - self._queued_at > self._quiet_s)
+                    )
                 )
                 if alone:
                     self._busy += 1
@@ -333,6 +343,12 @@ class Batcher:
         rows = batch_rows(batch)
         if self._metrics:
             self._metrics.batch(rows)
+        cpu0 = None
+        if rows == 1:
+            self._inline_calls += 1
+            # every 16th one-row call: this thread's CPU time for it (waits for the GIL do not count)
+            if self._inline_calls % 16 == 1:
+                cpu0 = time.thread_time()
         t0 = time.monotonic()
         try:
             if self._inline_watchdog is not None:
@@ -346,6 +362,9 @@ class Batcher:
                     raise InferenceError(f"model call failed: {e}", hint="see the log") from e
         finally:
             self._batch_s = 0.8 * self._batch_s + 0.2 * (time.monotonic() - t0)
+            if cpu0 is not None:
+                # the least seen: contention (cache misses, context switches) only ever adds to it
+                self._solo_cpu_s = min(self._solo_cpu_s, time.thread_time() - cpu0)
         return as_prediction(out, self._tier, rows)
 
     def cancel(self, ticket: Ticket) -> None:
