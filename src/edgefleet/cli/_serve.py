@@ -75,7 +75,9 @@ def serve(
         False, "--insecure-http", help="Allow plain HTTP off loopback (only behind a TLS-terminating proxy)."
     ),
 ) -> None:
-    """Serve a model: POST /v1/predict, GET /v1/model, /healthz, /metrics; OpenAPI at /docs."""
+    """Serve a model: POST /v1/predict, GET /v1/model, /healthz, /metrics, and the Open Inference
+    Protocol (KServe v2: /v2/health/live and ready, /v2/models/NAME, its /ready and /infer); OpenAPI
+    at /docs."""
     import logging
 
     from edgefleet.runtime import ApiServer, Runtime, RuntimeConfig

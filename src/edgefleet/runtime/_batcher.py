@@ -303,31 +303,55 @@ class Batcher:
                 self._cond.notify()
         return ticket
 
-    def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
-        deadline = opts.get("deadline")
-        if self._inline and (
+    def try_inline(
+        self,
+        batch: dict[str, np.ndarray],
+        priority: int = Priority.NORMAL,
+        deadline: float | None = None,
+        *,
+        cheap_only: bool = False,
+    ) -> Prediction | None:
+        """Answer ``batch`` on this thread when no queued request could share its model call (see the
+        class notes); None, without waiting, when it has to queue. ``cheap_only``: only for a model
+        whose calls cost less than a hand-off (an event loop may run those itself).
+        """
+        if not self._inline or not (
             deadline is None or (self.timeout_s is not None and deadline - time.monotonic() > self.timeout_s)
         ):
-            with self._lock:
-                alone = (
-                    not self._heap
-                    and not self._closed
-                    and not self._stuck
-                    and (
-                        # a model call cheaper than a hand-off: batching cannot pay, run it here
-                        self._solo_cpu_s < _CHEAP_CALL_S
-                        # nothing running, and no request queued a moment ago (more would follow)
-                        or (not self._busy and time.monotonic() - self._queued_at > self._quiet_s)
+            return None
+        solo = self._solo_cpu_s
+        cheap = solo < _CHEAP_CALL_S and (solo * batch_rows(batch) < _CHEAP_CALL_S)
+        with self._lock:
+            alone = (
+                not self._heap
+                and not self._closed
+                and not self._stuck
+                and (
+                    # a model call cheaper than a hand-off: batching cannot pay, run it here
+                    cheap
+                    # nothing running, and no request queued a moment ago (more would follow)
+                    or (
+                        not cheap_only
+                        and not self._busy
+                        and time.monotonic() - self._queued_at > self._quiet_s
                     )
                 )
-                if alone:
-                    self._busy += 1
-            if alone:
-                try:
-                    return self._call_inline(batch, opts.get("priority", Priority.NORMAL), deadline)
-                finally:
-                    with self._lock:
-                        self._busy -= 1
+            )
+            if not alone:
+                return None
+            self._busy += 1
+        try:
+            return self._call_inline(batch, priority, deadline)
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
+        deadline = opts.get("deadline")
+        if self._inline:
+            out = self.try_inline(batch, opts.get("priority", Priority.NORMAL), deadline)
+            if out is not None:
+                return out
         ticket = self.submit(batch, **opts)
         if ticket.wait(None if deadline is None else deadline - time.monotonic()):
             return ticket.result()

@@ -793,6 +793,9 @@ class Runtime:
                 )
             else:
                 tensors = served.prepare(raw_inputs, contract=not preprocessed)
+                # a model cheaper than a thread hand-off answers on the event loop itself
+                out = batcher.try_inline(tensors, priority, abs_deadline, cheap_only=True)
+            if out is None:
                 ticket = batcher.submit(tensors, priority=priority, deadline=abs_deadline)
                 loop = asyncio.get_running_loop()
                 fut = loop.create_future()
