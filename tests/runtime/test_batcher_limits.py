@@ -276,3 +276,43 @@ def test_split_policy_on_a_dynamic_batch_model_batches_normally(engine, doubles,
         b.close()
     assert all(t.result(5)["label"].shape == (1,) for t in [first, *rest])
     assert [len(c["input"]) for c in gate.calls] == [1, 3]
+
+
+class _HangOnce:
+    """A model whose first call hangs until ``release()``; every later call answers at once."""
+
+    def __init__(self, inner):
+        self.inner, self.open, self.calls = inner, threading.Event(), 0
+
+    @property
+    def metadata(self):
+        return self.inner.metadata
+
+    def predict(self, batch, **opts):
+        self.calls += 1
+        if self.calls == 1:
+            self.open.wait(30)
+        return self.inner.predict(batch, **opts)
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.mark.parametrize("max_stuck", [1, 2])
+def test_queued_requests_are_dropped_only_once_max_stuck_calls_hang(engine, x_test, max_stuck):
+    from edgefleet.errors import ModelTimeoutError
+
+    model = _HangOnce(OrtEngine(engine))
+    b = Batcher(model, BatcherConfig(max_batch_size=1, max_delay_ms=0), timeout_s=0.1, max_stuck=max_stuck)
+    try:
+        hung = b.submit({"input": x_test[:1]})
+        queued = b.submit({"input": x_test[1:2]})
+        assert isinstance(hung.exception(5), ModelTimeoutError)
+        if max_stuck == 1:  # no worker left: the queue fails at once instead of waiting forever
+            with pytest.raises(ModelTimeoutError, match="hung"):
+                queued.result(5)
+        else:  # a replacement worker serves the queue while the hung call lingers
+            assert queued.result(5)["label"].shape == (1,)
+    finally:
+        model.open.set()
+        b.close()
