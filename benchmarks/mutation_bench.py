@@ -438,6 +438,25 @@ def rescore(out: Path, rev: str) -> None:
     print(f"wrote {out}")
 
 
+def markdown(out: Path) -> str:
+    """The table of docs/benchmarks.md, from the JSON."""
+    doc = json.loads(out.read_text())
+    rows = [
+        "| module | sites | sampled | killed before (baseline tests) | killed after (issue 18 tests) "
+        "| survivors left | rev |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for e in doc["modules"]:
+        rev = e.get("rescored_at_rev") or e["rev"]
+        rows.append(
+            f"| `{e['module']}` | {e['candidates']} | {e['mutants']} | {e['score_before']:.0%} "
+            f"| **{e['score_after']:.0%}** | {len(e['survivors'])} | {e['rev'][:7]}"
+            + (f" (survivors rerun at {rev[:7]})" if rev != e["rev"] else "")
+            + " |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modules", nargs="*", default=list(MODULES), help="modules under src/edgefleet")
@@ -451,7 +470,11 @@ def main() -> None:
         action="store_true",
         help="run only the survivors recorded in --out again, against the tests at --rev",
     )
+    ap.add_argument("--markdown", action="store_true", help="print the table of --out as markdown and stop")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(args.out))
+        return
 
     t0 = time.monotonic()
     rev = subprocess.run(
