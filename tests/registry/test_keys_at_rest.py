@@ -160,3 +160,30 @@ def test_root_folders_must_be_one_or_one_per_key_and_exist(tmp_path):
     with pytest.raises(KeyStoreError, match="does not exist") as e:
         KeyStore(tmp_path / "k", root_dirs=[tmp_path / "unmounted"])
     assert "--root-dir" in e.value.hint
+
+
+@pytest.mark.parametrize(
+    ("encrypt_online", "env", "refreshes"),
+    [(False, None, True), (True, None, False), (True, PASS, True), (True, "wrong", False)],
+)
+def test_server_signs_timestamps_with_encrypted_online_keys_only_given_the_passphrase(
+    tmp_path, monkeypatch, encrypt_online, env, refreshes
+):
+    from edgefleet.server._tufrepo import RepositoryService
+
+    keys = tmp_path / "k"
+    init_keys(keys, root_keys=1, root_threshold=1, passphrase=PASS, encrypt_online=encrypt_online)
+    Repository.init(tmp_path / "repo", KeyStore(keys, passphrase=PASS))
+    if env is None:
+        monkeypatch.delenv(KeyStore.PASSPHRASE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(KeyStore.PASSPHRASE_ENV, env)
+    service = RepositoryService(tmp_path / "repo", keys, refresh_margin_s=60)
+    assert service.can_refresh() is refreshes  # without it the server serves but does not sign
+
+
+def test_root_rotation_keeps_each_new_root_key_where_the_old_ones_were(repo, keys):
+    before = {k.path.parent for k in _files(keys, "root")}
+    res = repo.rotate_key("root")
+    assert {os.path.dirname(p) for p in res.key_paths} == {str(d) for d in before} == {str(keys.dir)}
+    assert not (keys.dir / "offline").exists()

@@ -95,6 +95,9 @@ def test_passphrase_and_root_sticks_through_the_cli(tmp_path, bundles, pw):
     # a root rotation with two of the three sticks (moved elsewhere) and the passphrase
     sticks[0].rename(tmp_path / "a")
     sticks[1].rename(tmp_path / "b")
+    shown = json.loads(ef("keys", "show", keys, "--json").stdout)
+    assert shown["absent_root_dirs"] == [str(sticks[0]), str(sticks[1])]
+    assert [k["dir"] for k in shown["keys"] if k["role"] == "root"] == [str(sticks[2])]
     res = json.loads(
         ef(
             "keys",

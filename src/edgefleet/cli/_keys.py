@@ -36,11 +36,13 @@ ROOT_DIR_HELP = (
 
 
 def passphrase_option() -> Path | None:
-    return typer.Option(None, "--passphrase-file", help=PASSPHRASE_FILE_HELP, show_default=False)
+    return typer.Option(
+        None, "--passphrase-file", help=PASSPHRASE_FILE_HELP, show_default=False, metavar="FILE"
+    )
 
 
 def root_dir_option() -> list[Path]:
-    return typer.Option([], "--root-dir", help=ROOT_DIR_HELP, show_default=False)
+    return typer.Option([], "--root-dir", help=ROOT_DIR_HELP, show_default=False, metavar="PATH")
 
 
 def read_passphrase(passphrase_file: Path | None) -> bytes | None:
@@ -88,6 +90,7 @@ def init(
         help="Folder for the root keys: once for all of them, or once per root key (e.g. one USB stick each). "
         "Default: KEYS_DIR/offline.",
         show_default=False,
+        metavar="PATH",
     ),
     passphrase_file: Path | None = typer.Option(
         None,
@@ -95,6 +98,7 @@ def init(
         help="Encrypt the root and targets keys with the passphrase on this file's first line "
         "(default: EDGEFLEET_KEYS_PASSPHRASE if set; else unencrypted).",
         show_default=False,
+        metavar="FILE",
     ),
     encrypt_online: bool = typer.Option(
         False,
@@ -178,6 +182,7 @@ def show(
             {
                 "keys_dir": str(store.dir),
                 "root_dirs": [str(d) for d in store.root_dirs],
+                "absent_root_dirs": [str(d) for d in store.absent_root_dirs],
                 "root_threshold": store.root_threshold,
                 "keys": rows,
             }
@@ -202,7 +207,12 @@ def _print_keys(store: KeyStore, trusted: dict[str, str] | None) -> None:
             extra = ["[green]yes[/]" if _trusted(trusted, k) else "[red]no[/]"]
         t.add_row(k.role, k.keyid[:16], str(k.path), f"{k.mode:04o}", "yes" if k.encrypted else "no", *extra)
     console.print(t)
-    if not store.has("root"):
+    if store.absent_root_dirs:
+        console.print(
+            f"root key folders recorded at keys init but not present now: {', '.join(map(str, store.absent_root_dirs))} "
+            "(mount them, or pass --root-dir PATH where they are)"
+        )
+    elif not store.has("root"):
         console.print("no root keys here (kept offline; pass --root-dir PATH to list them)")
 
 

@@ -137,6 +137,7 @@ class KeyStore:
         recorded = [self.dir / p for p in index.get("root_dirs") or ()]
         self.root_dirs: list[Path] = []
         seen: set[Path] = {self.dir.resolve()}
+        self.absent_root_dirs: list[Path] = [d for d in recorded if not d.is_dir()]  # e.g. sticks not mounted
         for d in [*explicit, self.dir / OFFLINE_DIR, *recorded]:
             if d.is_dir() and d.resolve() not in seen:
                 seen.add(d.resolve())
