@@ -10,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "EdgefleetError",
+    "DeviceRevokedError",
     "ConfigError",
     "InputError",
     "ValidationError",
@@ -297,6 +298,12 @@ class ServerError(EdgefleetError):
 class AuthError(ServerError):
     code = "unauthorized"
     status_code = 401
+
+
+class DeviceRevokedError(AuthError):
+    """A device an operator revoked: refused on every request, by certificate or by token."""
+
+    code = "device_revoked"
 
 
 class ForbiddenError(ServerError):

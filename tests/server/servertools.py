@@ -63,13 +63,23 @@ class Harness:
         assert r.status_code == 201, r.text
         return r.json()["token"]
 
-    def enroll(self, cls: str = "cpu", *, tags: dict[str, str] | None = None, **hw: Any) -> dict[str, Any]:
+    def enroll(
+        self,
+        cls: str = "cpu",
+        *,
+        tags: dict[str, str] | None = None,
+        first_beat: bool = True,
+        **hw: Any,
+    ) -> dict[str, Any]:
+        """Enroll a device; like an agent, it then reports once (``first_beat=False``: it stays pending)."""
         tok = self.enroll_token(**(tags or {}))
         r = self.c.post("/v1/enroll", json={"token": tok, "hardware": hardware(cls, **hw)})
         assert r.status_code == 200, r.text
         d = r.json()
         d["headers"] = {"Authorization": f"Bearer {d['device_token']}"}
         self.devices[d["device_id"]] = d
+        if first_beat:
+            self.beat(d, state="enrolled")
         return d
 
     def beat(

@@ -21,6 +21,7 @@ ACCESS = {
     ("HEAD", "/repository/targets/{path:path}"): "public",
     ("POST", "/v1/devices/{device_id}/heartbeat"): "device",
     ("POST", "/v1/devices/{device_id}/telemetry"): "device",
+    ("POST", "/v1/devices/{device_id}/certificate"): "device",
     ("GET", "/v1/devices/{device_id}"): "device|viewer",
     ("GET", "/v1/devices/{device_id}/telemetry"): "device|viewer",
     ("GET", "/metrics"): "viewer",
@@ -88,6 +89,8 @@ def test_protected_routes_refuse_missing_wrong_and_weaker_credentials(harness, m
     body = {"device_id": a["device_id"]} if path.endswith("heartbeat") else {}
     if path.endswith("telemetry") and method == "POST":
         body = {"device_id": a["device_id"], "batch_id": "batch-0001"}
+    if path.endswith("certificate"):
+        body = {"csr": "not a CSR"}
     call = lambda headers: h.c.request(method, url, headers=headers, json=body)  # noqa: E731
     for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer efo_not-a-token"}):
         r = call(headers)

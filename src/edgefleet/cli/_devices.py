@@ -47,7 +47,7 @@ def _show_devices(out: dict[str, Any]) -> None:
 def devices_list(
     api: Client,
     selector: str | None = typer.Option(None, "--selector", "-s"),
-    status: str | None = typer.Option(None, "--status", help="online, stale, offline or revoked."),
+    status: str | None = typer.Option(None, "--status", help="pending, online, stale, offline or revoked."),
     limit: int = typer.Option(100, "--limit"),
 ) -> dict[str, Any]:
     """Devices, filtered by selector and status."""

@@ -18,24 +18,27 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import FileResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.routing import Route
 
-from edgefleet.errors import AuthError, ConflictError
+from edgefleet.errors import ConflictError
 from edgefleet.protocol import (
     EnrollRequest,
     EnrollResponse,
     ErrorBody,
     Heartbeat,
     HeartbeatResponse,
+    RenewRequest,
+    RenewResponse,
     TelemetryBatch,
 )
 from edgefleet.server._audit import AuditLog
-from edgefleet.server._auth import DEVICE_PREFIX, OPERATOR_PREFIX, Operator, Role
+from edgefleet.server._auth import OPERATOR_PREFIX, Operator, Role
 from edgefleet.server._blobs import BlobStore, FileBlobStore
 from edgefleet.server._config import ServerConfig
 from edgefleet.server._db import Database
 from edgefleet.server._devices import DeviceRegistry
-from edgefleet.server._director import DeviceService
+from edgefleet.server._director import DeviceCredential, DeviceService
 from edgefleet.server._fleet_api import install_fleet
 from edgefleet.server._heartbeat import heartbeat_endpoint, json_response
 from edgefleet.server._http import (
@@ -47,6 +50,7 @@ from edgefleet.server._http import (
     operator,
     token_of,
 )
+from edgefleet.server._identity import ServerIdentity, prepare_data_dir
 from edgefleet.server._notify import Notifier, make_notifier
 from edgefleet.server._rollouts import RolloutEngine
 from edgefleet.server._scheduler import Scheduler
@@ -60,22 +64,24 @@ from edgefleet.server._schemas import (
 )
 from edgefleet.server._tokens import TokenService
 from edgefleet.server._tufrepo import RepositoryService
+from edgefleet.tls import peer_cert_der
 
 __all__ = ["create_app", "ServerContext", "app_from_env"]
 
 log = logging.getLogger(__name__)
 
 
-async def _device_token(cred: Bearer) -> str:
-    """The bearer token, refused before the body is even validated when it is missing or no device token."""
-    token = token_of(cred)
-    if not token.startswith(DEVICE_PREFIX):
-        raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
-    return token
-
-
-DeviceToken = Annotated[str, Depends(_device_token)]
 DeviceId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+async def _device_credential(device_id: DeviceId, request: Request, cred: Bearer) -> DeviceCredential:
+    """The device's client certificate or bearer token, refused before the body is even validated when
+    neither is acceptable (``ServerConfig.device_auth``)."""
+    devices: DeviceService = request.app.state.ctx.devices
+    return devices.credential(device_id, cred.credentials if cred else None, peer_cert_der(request.scope))
+
+
+DeviceCred = Annotated[DeviceCredential, Depends(_device_credential)]
 Viewer = Annotated[Operator, Depends(operator(Role.viewer))]
 Deployer = Annotated[Operator, Depends(operator(Role.deployer))]
 Admin = Annotated[Operator, Depends(operator(Role.admin))]
@@ -136,7 +142,7 @@ def create_app(
         ConfigError: the database URL is unusable.
     """
     cfg = config or ServerConfig()
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(cfg)
     clock = clock or time.time
     db = Database(
         cfg.database_url,
@@ -152,7 +158,10 @@ def create_app(
     )
     repo = RepositoryService(cfg.repo_path, cfg.keys_path, refresh_margin_s=cfg.timestamp_refresh_margin_s)
     blobs = FileBlobStore(cfg.blob_path)
-    devices = DeviceService(db, cfg, blobs, clock=clock, root_json=lambda: repo.root_json_path)
+    identity = ServerIdentity(cfg)
+    devices = DeviceService(
+        db, cfg, blobs, clock=clock, root_json=lambda: repo.root_json_path, identity=identity
+    )
     ctx = ServerContext(
         config=cfg,
         db=db,
@@ -182,7 +191,7 @@ def create_app(
             ctx.notifier.close()
             ctx.db.dispose()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI and ReDoc served from the package: /docs works air-gapped
         title="edgefleet control plane",
         version="1",
         description="Fleet registry, director (assignments), gated rollouts and the TUF image repository.",
@@ -238,9 +247,9 @@ def _device_routes(app: FastAPI, ctx: ServerContext) -> None:
         responses=ERRORS,
         summary="Report status; get the director's assignment, poll interval and commands",
     )
-    async def heartbeat(device_id: DeviceId, hb: Heartbeat, token: DeviceToken) -> Response:
+    async def heartbeat(device_id: DeviceId, hb: Heartbeat, cred: DeviceCred) -> Response:
         # Documents the endpoint; requests are served by the fast path (same checks, same answers).
-        out = ctx.devices.heartbeat(device_id, token, hb)
+        out = ctx.devices.heartbeat(device_id, cred, hb)
         ctx.metrics.heartbeats.inc()
         return json_response(out)
 
@@ -253,10 +262,20 @@ def _device_routes(app: FastAPI, ctx: ServerContext) -> None:
         responses=ERRORS,
         summary="Upload aggregated telemetry windows (idempotent on batch_id)",
     )
-    def telemetry(device_id: DeviceId, batch: TelemetryBatch, token: DeviceToken) -> dict[str, Any]:
-        out = ctx.devices.telemetry(device_id, token, batch)
+    def telemetry(device_id: DeviceId, batch: TelemetryBatch, cred: DeviceCred) -> dict[str, Any]:
+        out = ctx.devices.telemetry(device_id, cred, batch)
         ctx.metrics.telemetry.inc()
         return out
+
+    @app.post(
+        "/v1/devices/{device_id}/certificate",
+        response_model=RenewResponse,
+        tags=["device"],
+        responses=ERRORS,
+        summary="Renew the device's client certificate for a new key (authenticated as that device)",
+    )
+    def renew_certificate(device_id: DeviceId, req: RenewRequest, cred: DeviceCred) -> RenewResponse:
+        return ctx.devices.renew(device_id, cred, req)
 
     @app.get(
         "/v1/devices/{device_id}",
@@ -264,8 +283,8 @@ def _device_routes(app: FastAPI, ctx: ServerContext) -> None:
         responses=ERRORS,
         summary="One device's record (the device itself, or an operator with viewer role)",
     )
-    def get_device(device_id: DeviceId, cred: Bearer) -> dict[str, Any]:
-        _device_or_viewer(ctx, device_id, cred)
+    def get_device(device_id: DeviceId, cred: Bearer, request: Request) -> dict[str, Any]:
+        _device_or_viewer(ctx, device_id, cred, request)
         return ctx.registry.get(device_id)
 
     @app.get(
@@ -279,17 +298,20 @@ def _device_routes(app: FastAPI, ctx: ServerContext) -> None:
         cred: Bearer,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         since: Annotated[float | None, Query()] = None,
+        request: Request = None,  # type: ignore[assignment]
     ) -> list[dict[str, Any]]:
-        _device_or_viewer(ctx, device_id, cred)
+        _device_or_viewer(ctx, device_id, cred, request)
         return ctx.devices.windows(device_id, limit=limit, since=since)
 
 
-def _device_or_viewer(ctx: ServerContext, device_id: str, cred: Any) -> None:
-    token = token_of(cred)
-    if token.startswith(OPERATOR_PREFIX):
-        authenticate(ctx.db, token, Role.viewer)
-    else:
-        ctx.devices.authenticate(device_id, token)
+def _device_or_viewer(ctx: ServerContext, device_id: str, cred: Any, request: Request) -> None:
+    token = cred.credentials if cred is not None else None
+    if token is not None and token.startswith(OPERATOR_PREFIX):
+        authenticate(ctx.db, token_of(cred), Role.viewer)
+        return
+    ctx.devices.authenticate(
+        device_id, ctx.devices.credential(device_id, token, peer_cert_der(request.scope))
+    )
 
 
 # --- repository --------------------------------------------------------------------------------
@@ -406,7 +428,7 @@ def _registry_routes(app: FastAPI, ctx: ServerContext) -> None:
     def list_devices(
         _: Viewer,
         selector: Annotated[str | None, Query(max_length=1024)] = None,
-        status: Annotated[Literal["online", "stale", "offline", "revoked"] | None, Query()] = None,
+        status: Annotated[Literal["pending", "online", "stale", "offline", "revoked"] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=100_000)] = 100,
         offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     ) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,24 @@ class ServerConfig(BaseSettings):
         None, description="where the first admin token is written (0600); default data_dir/admin-token"
     )
     bootstrap_admin: bool = Field(True, description="create an admin token on first start when none exists")
+
+    tls_cert: Path | None = Field(None, description="PEM server certificate: serve HTTPS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM key of tls_cert (keep it 0600)")
+    ca_dir: Path | None = Field(
+        None,
+        description="CA that signs device certificates and verifies them (mutual TLS); default data_dir/ca, "
+        "created at first start when TLS is on",
+    )
+    device_cert_days: float = Field(30.0, gt=0, le=3650, description="lifetime of device certificates")
+    device_auth: Literal["either", "mtls", "token"] = Field(
+        "either",
+        description="how devices authenticate: a client certificate or the bearer device token (either: "
+        "tokens stay as a fallback behind a TLS-terminating proxy), certificates only, or tokens only",
+    )
+    director_key_file: Path | None = Field(
+        None,
+        description="Ed25519 key that signs the director's answers (0600); default data_dir/director.key",
+    )
 
     poll_interval_s: float = Field(60.0, gt=0, description="how often devices should send a heartbeat")
     poll_jitter: float = Field(0.1, ge=0, lt=1, description="+/- fraction of jitter added to the advice")
@@ -83,6 +102,18 @@ class ServerConfig(BaseSettings):
     @property
     def blob_path(self) -> Path:
         return self.blob_dir or self.data_dir / "blobs"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.ca_dir or self.data_dir / "ca"
+
+    @property
+    def director_key_path(self) -> Path:
+        return self.director_key_file or self.data_dir / "director.key"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def admin_token_path(self) -> Path:

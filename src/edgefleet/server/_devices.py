@@ -1,7 +1,8 @@
 """The device registry for operators: list, read, rename/retag, revoke and nudge devices.
 
-``device_status`` is the one definition of online / stale / offline / revoked (from ``last_seen`` and
-the server's ``stale_after_s`` / ``offline_after_s``); ``status_filter`` is the same rule in SQL.
+``device_status`` is the one definition of pending / online / stale / offline / revoked (pending: enrolled
+but never sent a heartbeat; the others from ``last_seen`` and the server's ``stale_after_s`` /
+``offline_after_s``); ``status_filter`` is the same rule in SQL.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ __all__ = ["DeviceRegistry", "device_dict", "device_status", "status_filter"]
 
 
 def device_status(d: Device, now: float, stale_after_s: float, offline_after_s: float) -> str:
-    """How recently a device was heard from: online, stale, offline, or revoked."""
+    """How recently a device was heard from: pending (never), online, stale, offline, or revoked."""
     if d.revoked:
         return "revoked"
+    if not d.director_seq:
+        return "pending"
     age = now - d.last_seen
     return "offline" if age >= offline_after_s else "stale" if age >= stale_after_s else "online"
 
@@ -39,7 +42,9 @@ def status_filter(
     """The devices ``device_status`` calls ``status``, as a WHERE clause."""
     if status == "revoked":
         return Device.revoked.is_(True)
-    live = Device.revoked.is_(False)
+    if status == "pending":
+        return and_(Device.revoked.is_(False), Device.director_seq == 0)
+    live = and_(Device.revoked.is_(False), Device.director_seq > 0)
     if status == "online":
         return and_(live, Device.last_seen > now - stale_after_s)
     if status == "stale":

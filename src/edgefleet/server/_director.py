@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from edgefleet.errors import (
     AuthError,
+    DeviceRevokedError,
     EdgefleetError,
     ForbiddenError,
     NotFoundError,
@@ -37,15 +39,18 @@ from edgefleet.protocol import (
     EnrollResponse,
     GateThresholds,
     Heartbeat,
+    RenewRequest,
+    RenewResponse,
     TelemetryBatch,
 )
 from edgefleet.server._audit import audit
-from edgefleet.server._auth import DEVICE_PREFIX, hash_token, new_token
+from edgefleet.server._auth import DEVICE_PREFIX, bearer, hash_token, new_token
 from edgefleet.server._blobs import BlobStore
 from edgefleet.server._config import ServerConfig
 from edgefleet.server._db import Database
 from edgefleet.server._device_health import DeviceHealth
 from edgefleet.server._heartbeat import HeartbeatWriter, failure_of
+from edgefleet.server._identity import ServerIdentity, device_of_cert
 from edgefleet.server._models import (
     Device,
     EnrollmentToken,
@@ -57,11 +62,21 @@ from edgefleet.server._models import (
 )
 from edgefleet.server._schemas import _check_tags
 
-__all__ = ["DeviceService"]
+__all__ = ["DeviceCredential", "DeviceService"]
 
 log = logging.getLogger(__name__)
 
 D = Device.__table__
+
+_REVOKED_HINT = "an operator revoked this device: enroll it again with a new enrollment token"
+
+
+@dataclass(frozen=True)
+class DeviceCredential:
+    """How a request authenticated as a device: its verified client certificate, or its bearer token."""
+
+    token: str | None = None
+    cert_device: str | None = None
 
 
 class DeviceService:
@@ -75,6 +90,7 @@ class DeviceService:
         *,
         clock: Callable[[], float] = time.time,
         root_json: Callable[[], Path | None] | None = None,
+        identity: ServerIdentity | None = None,
     ) -> None:
         self.db = db
         self.config = config
@@ -86,6 +102,7 @@ class DeviceService:
         self._rng = random.Random()
         self._window_cls = _telemetry_window_class()
         self._beats = HeartbeatWriter(db)
+        self.identity = identity or ServerIdentity(config)
 
     # --- enrollment ----------------------------------------------------------------------------
 
@@ -124,6 +141,7 @@ class DeviceService:
                         hint="use a token created for this device's group, or fix the device's tags",
                     )
             device_id = "dev-" + secrets.token_hex(8)
+            cert = self.identity.sign_csr(req.csr, device_id) if req.csr else None
             res = s.execute(
                 update(EnrollmentToken)
                 .where(EnrollmentToken.id == tok.id, EnrollmentToken.used_at.is_(None))
@@ -149,6 +167,8 @@ class DeviceService:
                     hardware=hw.model_dump(mode="json", exclude={"tags"}),
                     tags={**claimed, **tok.tags},
                     state="enrolled",
+                    director_seq=0,
+                    cert_expires=cert[2] if cert else None,
                     **DeviceHealth.ZERO,
                 )
             )
@@ -167,7 +187,20 @@ class DeviceService:
             poll_interval_s=self._poll_interval(),
             repository_url=self.config.repository_url or repository_url,
             root_json_sha256=self._root_sha256(),
+            device_cert=cert[0] if cert else None,
+            ca_cert=cert[1] if cert else None,
+            director_key=self.identity.director_public.decode(),
         )
+
+    def renew(self, device_id: str, cred: DeviceCredential, req: RenewRequest) -> RenewResponse:
+        """A new certificate for the device's new key (authenticated as that device)."""
+        self.authenticate(device_id, cred)
+        cert_pem, _, expires = self.identity.sign_csr(req.csr, device_id)
+        now = self.clock()
+        with self.db.write() as s:
+            s.execute(update(D).where(D.c.id == device_id).values(cert_expires=expires))
+            audit(s, "device.certificate_renewed", actor=f"device:{device_id}", now=now, device_id=device_id)
+        return RenewResponse(device_cert=cert_pem)
 
     def _root_sha256(self) -> str | None:
         p = self._root_json()
@@ -181,8 +214,43 @@ class DeviceService:
 
     # --- authentication ------------------------------------------------------------------------
 
-    def _diagnose(self, device_id: str, token: str) -> EdgefleetError:
-        """Why a device token did not authenticate for ``device_id`` (slow path, errors only)."""
+    def credential(self, device_id: str, token: str | None, cert_der: bytes | None) -> DeviceCredential:
+        """What a request presents as ``device_id``'s credential, under ``config.device_auth``.
+
+        A verified client certificate must name the device of the URL; without one (``either``) the bearer
+        device token is the credential. Whether the device may still act is checked against its row.
+        """
+        mode = self.config.device_auth
+        if cert_der is not None and mode != "token":
+            cn = device_of_cert(cert_der)
+            if cn != device_id:
+                raise ForbiddenError(
+                    f"this client certificate belongs to {cn!r}, not to device {device_id!r}",
+                    hint="a device may only read and write its own records",
+                )
+            return DeviceCredential(cert_device=cn)
+        if mode == "mtls":
+            raise AuthError(
+                "this server requires a device client certificate (mutual TLS)",
+                hint="connect with the certificate the device got at enrollment; re-enroll if it has none",
+            )
+        token = bearer(token)
+        if not token.startswith(DEVICE_PREFIX):
+            raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
+        return DeviceCredential(token=token)
+
+    def _diagnose(self, device_id: str, cred: DeviceCredential) -> EdgefleetError:
+        """Why a device credential did not authenticate for ``device_id`` (slow path, errors only)."""
+        if cred.token is None:
+            with self.db.read() as s:
+                revoked = s.scalar(select(Device.revoked).where(Device.id == device_id))
+            if revoked is None:
+                return NotFoundError(
+                    f"unknown device {device_id!r}",
+                    hint="enroll the device first (it may have been removed by an operator)",
+                )
+            return DeviceRevokedError("this device was revoked", hint=_REVOKED_HINT)
+        token = cred.token
         with self.db.read() as s:
             owner = s.execute(
                 select(Device.id, Device.revoked).where(Device.token_hash == hash_token(token))
@@ -193,9 +261,7 @@ class DeviceService:
                     hint="a device may only read and write its own records",
                 )
             if owner is not None and owner.revoked:
-                return AuthError(
-                    "this device's token was revoked", hint="re-enroll the device with a new token"
-                )
+                return DeviceRevokedError("this device's token was revoked", hint=_REVOKED_HINT)
             exists = s.scalar(select(Device.id).where(Device.id == device_id)) is not None
         if not exists:
             return NotFoundError(
@@ -204,30 +270,33 @@ class DeviceService:
             )
         return AuthError("invalid device token", hint="re-enroll the device if it lost its credentials")
 
-    def authenticate(self, device_id: str, token: str) -> None:
-        """Check that ``token`` is ``device_id``'s valid token (for reads and telemetry)."""
-        if not token.startswith(DEVICE_PREFIX):
-            raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
+    def authenticate(self, device_id: str, cred: DeviceCredential | str) -> None:
+        """Check that ``cred`` (or a bare token) authenticates the unrevoked ``device_id`` (reads, telemetry)."""
+        if isinstance(cred, str):
+            cred = self.credential(device_id, cred, None)
+        where = [Device.id == device_id, Device.revoked.is_(False)]
+        if cred.token is not None:
+            where.append(Device.token_hash == hash_token(cred.token))
         with self.db.read() as s:
-            ok = s.scalar(
-                select(Device.id).where(
-                    Device.id == device_id,
-                    Device.token_hash == hash_token(token),
-                    Device.revoked.is_(False),
-                )
-            )
+            ok = s.scalar(select(Device.id).where(*where))
         if ok is None:
-            raise self._diagnose(device_id, token)
+            raise self._diagnose(device_id, cred)
 
     # --- heartbeat -----------------------------------------------------------------------------
 
-    def heartbeat(self, device_id: str, token: str, hb: Heartbeat) -> dict[str, Any]:
-        """Record a heartbeat and return the director's answer (``HeartbeatResponse`` as JSON data)."""
+    def heartbeat(self, device_id: str, cred: DeviceCredential | str, hb: Heartbeat) -> dict[str, Any]:
+        """Record a heartbeat and return the director's answer (``HeartbeatResponse`` as JSON data).
+
+        The decision (assignment and commands) is also signed with the director key, numbered with the
+        device's next sequence number and dated (``signed``); an agent acts on that alone.
+        """
+        if isinstance(cred, str):
+            cred = self.credential(device_id, cred, None)
         now = self.clock()
-        row, done = self._beats.record(device_id, token, hb, now)
+        row, done = self._beats.record(device_id, cred.token, hb, now)
         if row is None:
-            raise self._diagnose(device_id, token)
-        variant_id, rollout_id, command, _ = row
+            raise self._diagnose(device_id, cred)
+        variant_id, rollout_id, command, _, seq = row
         assignment = self.assignment(variant_id, rollout_id) if variant_id is not None else None
         commands = [command] if command is not None and not done else []
         return {
@@ -235,6 +304,7 @@ class DeviceService:
             "poll_interval_s": self._poll_interval(),
             "commands": commands,
             "server_time": datetime.fromtimestamp(now, UTC).isoformat(),
+            "signed": self.identity.sign(device_id, int(seq), now, assignment, commands),
         }
 
     def assignment(self, variant_id: int, rollout_id: str | None) -> dict[str, Any] | None:
@@ -281,13 +351,15 @@ class DeviceService:
 
     # --- telemetry -----------------------------------------------------------------------------
 
-    def telemetry(self, device_id: str, token: str, batch: TelemetryBatch) -> dict[str, Any]:
+    def telemetry(
+        self, device_id: str, cred: DeviceCredential | str, batch: TelemetryBatch
+    ) -> dict[str, Any]:
         if batch.device_id != device_id:
             raise ValidationError(
                 f"telemetry batch is for device {batch.device_id!r} but was sent to {device_id!r}",
                 hint="post each device's telemetry to its own /v1/devices/{device_id}/telemetry",
             )
-        self.authenticate(device_id, token)
+        self.authenticate(device_id, cred)
         now = self.clock()
         for name in ("windows", "events"):
             try:

@@ -1,7 +1,8 @@
 """The heartbeat, the fleet's hot path: its HTTP endpoint, its validation and its one SQL statement.
 
 A heartbeat is one ``UPDATE ... RETURNING``: it authenticates the device (token hash in the WHERE
-clause), records its report and health counters (``DeviceHealth``) and returns what the director decided
+clause, or only its id when it showed a verified client certificate naming it; never a revoked one),
+takes the device's next director sequence number, records its report and health counters (``DeviceHealth``) and returns what the director decided
 for it. It bypasses FastAPI's dependency machinery and SQLAlchemy's execution layer (``Database.hot``),
 because at fleet scale those cost several times the statement itself; the FastAPI route of the same URL
 in ``_app`` documents the endpoint in OpenAPI, and both answer alike.
@@ -21,10 +22,11 @@ from starlette.responses import Response
 
 from edgefleet.errors import AuthError, ValidationError
 from edgefleet.protocol import Heartbeat
-from edgefleet.server._auth import DEVICE_PREFIX, bearer, hash_token
+from edgefleet.server._auth import DEVICE_PREFIX, hash_token
 from edgefleet.server._db import Database
 from edgefleet.server._device_health import DeviceHealth
 from edgefleet.server._http import DEVICE_ID_RE, validation_error
+from edgefleet.tls import peer_cert_der
 
 __all__ = ["HeartbeatWriter", "failure_of", "heartbeat_endpoint"]
 
@@ -82,7 +84,7 @@ _PARAM_TYPES = {
 }
 
 
-def heartbeat_sql(dialect: str) -> str:
+def heartbeat_sql(dialect: str, *, by_token: bool = True) -> str:
     """The heartbeat's single statement, built once per process (parameters only change per call).
 
     In the drivers' own parameter styles (psycopg ``%(name)s``, sqlite3 ``:name``); PostgreSQL needs
@@ -94,6 +96,7 @@ def heartbeat_sql(dialect: str) -> str:
         return f"CAST(%({name})s AS {_PARAM_TYPES.get(name, 'varchar')})" if pg else f":{name}"
 
     st = f"COALESCE(state, '') <> {p('state')}"
+    who = f"id = {p('id')} AND token_hash = {p('th')}" if by_token else f"id = {p('id')}"
     return f"""
         UPDATE devices SET
           last_seen = {p("now")}, state = {p("state")}, progress = {p("progress")},
@@ -116,9 +119,10 @@ def heartbeat_sql(dialect: str) -> str:
             ELSE {p("freason")} END,
           hardware = CASE WHEN {p("hw_set")} THEN {p("hardware")} ELSE hardware END,
           device_class = COALESCE({p("dclass")}, device_class),
-          arch = COALESCE({p("arch")}, arch)
-        WHERE id = {p("id")} AND token_hash = {p("th")} AND revoked = FALSE
-        RETURNING assigned_variant_id, assigned_rollout_id, command, command_version
+          arch = COALESCE({p("arch")}, arch),
+          director_seq = director_seq + 1
+        WHERE {who} AND revoked = FALSE
+        RETURNING assigned_variant_id, assigned_rollout_id, command, command_version, director_seq
         """
 
 
@@ -134,17 +138,21 @@ class HeartbeatWriter:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._sql = heartbeat_sql(db.dialect)
+        self._sql_by_cert = heartbeat_sql(db.dialect, by_token=False)
         self._clear_sql = clear_command_sql(db.dialect)
 
-    def record(self, device_id: str, token: str, hb: Heartbeat, now: float) -> tuple[Any, bool]:
-        """``(row, command_done)``; ``row`` is ``(variant_id, rollout_id, command, command_version)``,
-        or None when the device/token pair did not authenticate (nothing was written then)."""
+    def record(self, device_id: str, token: str | None, hb: Heartbeat, now: float) -> tuple[Any, bool]:
+        """``(row, command_done)``; ``row`` is ``(variant_id, rollout_id, command, command_version, seq)``,
+        or None when the device/token pair did not authenticate (nothing was written then).
+
+        ``token`` None: the caller authenticated the device by its client certificate.
+        """
         if hb.device_id != device_id:
             raise ValidationError(
                 f"heartbeat is for device {hb.device_id!r} but was sent to {device_id!r}",
                 hint="post each device's heartbeat to its own /v1/devices/{device_id}/heartbeat",
             )
-        if not token.startswith(DEVICE_PREFIX):
+        if token is not None and not token.startswith(DEVICE_PREFIX):
             raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
         _finite(hb.health.model_dump(), "health")
         if not 0 <= hb.health.errors <= hb.health.requests <= MAX_REQUESTS_PER_BEAT:
@@ -164,7 +172,7 @@ class HeartbeatWriter:
         params = {
             **DeviceHealth.beat_params(hb),
             "id": device_id,
-            "th": hash_token(token),
+            "th": hash_token(token) if token is not None else None,
             "now": now,
             "state": hb.state[:64],
             "progress": hb.progress,
@@ -189,7 +197,7 @@ class HeartbeatWriter:
         impossible = any(str(e.get("event") or "").lower() == "rollback_impossible" for e in hb.events)
 
         def run(cur: Any) -> tuple[Any, bool]:
-            cur.execute(self._sql, params)
+            cur.execute(self._sql if token is not None else self._sql_by_cert, params)
             rows = cur.fetchall()  # exhausted, so SQLite finishes (commits) the statement now
             row = rows[0] if rows else None
             done = False
@@ -243,19 +251,18 @@ def heartbeat_endpoint(ctx: Any, on_beat: Callable[[], None]) -> Callable[[Reque
             raise validation_error(
                 [{"loc": ["device_id"], "msg": "String should match pattern '^[A-Za-z0-9_.\\-]+$'"}], "path"
             )
-        scheme, _, cred = (request.headers.get("authorization") or "").partition(" ")
-        token = bearer(cred.strip() if scheme.lower() == "bearer" else None)
-        if not token.startswith(DEVICE_PREFIX):
-            raise AuthError("a device token (efd_...) is required here", hint="send the device's own token")
+        scheme, _, raw = (request.headers.get("authorization") or "").partition(" ")
+        token = raw.strip() if scheme.lower() == "bearer" else None
+        cred = ctx.devices.credential(device_id, token, peer_cert_der(request.scope))
         body = await request.body()
         try:
             hb = Heartbeat.model_validate_json(body)
         except PydanticValidationError as e:
             raise validation_error(e.errors(include_url=False), "body") from None
         if inline:
-            out = ctx.devices.heartbeat(device_id, token, hb)
+            out = ctx.devices.heartbeat(device_id, cred, hb)
         else:
-            out = await run_in_threadpool(ctx.devices.heartbeat, device_id, token, hb)
+            out = await run_in_threadpool(ctx.devices.heartbeat, device_id, cred, hb)
         on_beat()
         return json_response(out)
 

@@ -99,6 +99,11 @@ class Device(Base):
     command: Mapped[str | None] = mapped_column(String(128))
     command_version: Mapped[str | None] = mapped_column(String(64))
 
+    # The director's answers to this device are numbered: every heartbeat answer takes the next number
+    # (0: the device never sent one, it is "pending"). Its certificate's expiry, when it enrolled with a CSR.
+    director_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cert_expires: Mapped[float | None] = mapped_column(Float)
+
 
 class EnrollmentToken(Base):
     """A one-time, expiring token that enrolls one device with the tags it is scoped to."""

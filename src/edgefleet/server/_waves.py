@@ -74,7 +74,9 @@ class EnginePass:
     @property
     def devices(self) -> list[Device]:
         if self._devices is None:
-            self._devices = list(self.s.scalars(select(Device).where(Device.revoked.is_(False))))
+            # Pending devices (enrolled, never sent a heartbeat) are never admitted to a wave.
+            live = select(Device).where(Device.revoked.is_(False), Device.director_seq > 0)
+            self._devices = list(self.s.scalars(live))
         return self._devices
 
     def by_id(self) -> dict[str, Device]:

@@ -205,6 +205,14 @@ class Fleet:
         body = r.json()
         d.device_id, d.token = body["device_id"], body["device_token"]
         d.poll_interval = body["poll_interval_s"]
+        # Like an agent, report once right away: until its first heartbeat a device is "pending" and
+        # is never admitted to a rollout.
+        r = await c.post(
+            f"/v1/devices/{d.device_id}/heartbeat",
+            json={"device_id": d.device_id, "state": "enrolled"},
+            headers={"Authorization": f"Bearer {d.token}"},
+        )
+        _check(r, "heartbeat")
 
     def preinstall(self, active: dict[str, Any] | Callable[[SimDevice], dict[str, Any] | None]) -> None:
         """Start devices on a release (an ``ActiveModel`` dict, or a function of the device)."""
