@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from edgefleet.cli._common import console, print_json
+from edgefleet.cli._common import console, err_console, print_json
 from edgefleet.errors import InputError
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def read_passphrase(passphrase_file: Path | None) -> bytes | None:
             f"passphrase file {passphrase_file} is empty", hint="write the passphrase on its first line"
         )
     if mode & 0o077:
-        console.print(f"[yellow]warning[/]: {passphrase_file} can be read by other users; chmod 600 it")
+        err_console.print(f"[yellow]warning[/]: {passphrase_file} can be read by other users; chmod 600 it")
     return lines[0]
 
 

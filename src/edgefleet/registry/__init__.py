@@ -1,7 +1,8 @@
 """The TUF-signed image repository devices trust (see DESIGN.md, "Trust model").
 
 Keys: ``init_keys`` writes root (N keys, threshold), targets (the publisher's), snapshot and
-timestamp (online, on the server) keys as 0600 PEM files. ``Repository`` is a python-tuf
+timestamp (online, on the server) keys as 0600 PEM files, root and targets optionally encrypted with
+a passphrase, root keys optionally one per folder (USB sticks). ``Repository`` is a python-tuf
 repository on disk that any static HTTP server can serve; ``publish`` adds a bundle and deltas from
 earlier versions as signed targets, ``refresh_timestamp`` re-signs the short-lived timestamp,
 ``rotate_key`` replaces a key through a new root.
