@@ -316,3 +316,16 @@ def test_queued_requests_are_dropped_only_once_max_stuck_calls_hang(engine, x_te
     finally:
         model.open.set()
         b.close()
+
+
+def test_a_lone_request_pays_no_batching_delay(engine, doubles, x_test):
+    """Adaptive delay: the batch closes as soon as it holds what the last one did, not after max_delay."""
+    rec = doubles.Recording(OrtEngine(engine))
+    b = Batcher(rec, BatcherConfig(max_batch_size=8, max_delay_ms=3000))
+    try:
+        for i in range(3):
+            t0 = time.monotonic()
+            assert b.submit({"input": x_test[i : i + 1]}).result(10)["label"].shape == (1,)
+            assert time.monotonic() - t0 < 1.5  # far under the 3 s a batch may stay open
+    finally:
+        b.close()
