@@ -99,6 +99,7 @@ SURFACE = {
         "DigitsSplit",
         "digits",
         "train_digits_mlp",
+        "write_tour_files",
     ],
     "edgefleet.federated": [],
     "edgefleet.optimize": [
