@@ -230,3 +230,23 @@ def test_disk_full_twice_is_a_disk_space_error_and_counted(tmp_path, monkeypatch
     finally:
         monkeypatch.undo()
         ob.close()
+
+
+def test_a_newer_schema_is_refused_and_leaves_the_file_unlocked(tmp_path):
+    import sqlite3
+
+    from edgefleet.errors import SchemaVersionError
+
+    path = tmp_path / "ob.db"
+    _ob(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    with pytest.raises(SchemaVersionError, match="schema 99") as e:
+        _ob(path)
+    other = sqlite3.connect(path, timeout=0)
+    try:  # the refused open rolled its transaction back: nobody holds the write lock
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert e.value.hint
