@@ -13,7 +13,7 @@ copy's ``src`` first on ``PYTHONPATH``):
 
 So one pass gives the score before and after the new tests, on the same seeded sample of mutants.
 ``--rescore`` then runs only the recorded survivors against a later revision's tests (tests written to
-kill them), where the module itself is unchanged, and updates the JSON.
+kill them), with the module's text as it was sampled, and updates the JSON.
 
 Mutation operators (AST level, inside function bodies only): comparison flips (``<``/``<=``, ``>``/``>=``,
 ``==``/``!=``, ``in``/``not in``, ``is``/``is not``), off-by-one on integer constants (``n`` -> ``n + 1``),
@@ -382,8 +382,9 @@ def _git_show(rev: str, path: str) -> str | None:
 def rescore(out: Path, rev: str) -> None:
     """Run the survivors recorded in ``out`` again against the tests at ``rev`` (after new tests were written).
 
-    Only where the module's source is unchanged between the two revisions (the mutants are addressed by
-    their position in the module's syntax tree); the JSON records which survivors the newer tests kill.
+    The mutants are addressed by their position in the module's syntax tree, so the module's text as it
+    was sampled is put into the newer tree (its unmutated tests must pass there first); the JSON records
+    which survivors the newer tests kill.
     """
     doc = json.loads(out.read_text())
     for entry in doc["modules"]:
@@ -391,15 +392,19 @@ def rescore(out: Path, rev: str) -> None:
         if not survivors:
             continue
         src = f"src/edgefleet/{module}"
-        if _git_show(entry["rev"], src) != _git_show(rev, src):
-            print(f"{module}: changed since {entry['rev'][:10]}; not rescored", flush=True)
+        sampled = _git_show(entry["rev"], src)  # the mutants address this text
+        if sampled is None:
             continue
         baseline, added = MODULES[module]
         with tempfile.TemporaryDirectory(prefix="edgefleet-mutation-") as tmp:
             work = export_tree(rev, Path(tmp))
             files = [f for f in baseline + added if (work / f.split("::")[0]).exists()]
             path = work / src
-            original = path.read_text()
+            if path.read_text() != sampled:  # changed since: the sampled module, with today's tests
+                print(f"{module}: changed since {entry['rev'][:10]}; its sampled text is tested", flush=True)
+                entry["module_text_rev"] = entry["rev"]
+            path.write_text(sampled)
+            original = sampled
             status, t_clean = _clean_run(work, files)
             if status != "passed":
                 print(f"{module}: the unmutated tests do not pass at {rev[:10]} ({status}); not rescored")
