@@ -254,3 +254,12 @@ def test_error_rate_from_one_request_is_judged_not_waved_through():
     assert error_rate_verdict(0, 1, 0.01, 0.01) == ("pass", 1.0)
     verdict, p = error_rate_verdict(1, 1, 0.01, 0.5)
     assert verdict == "fail" and p == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(("new_ms", "status"), [(16.0, "pass"), (17.5, "pass"), (18.0, "fail")])
+def test_latency_over_the_ratio_passes_while_within_the_floor_of_the_reference(new_ms, status):
+    """8 ms -> 16 ms is over a 1.5x ratio but under 10 ms apart: noise on a fast model; 10 ms apart fails."""
+    g = _gates(
+        H(latency_p95_ms=new_ms), H(latency_p95_ms=8.0), max_latency_p95_ratio=1.5, latency_floor_ms=10.0
+    )
+    assert g["latency_p95_ratio"].status == status
