@@ -379,7 +379,7 @@ def _git_show(rev: str, path: str) -> str | None:
     return r.stdout if r.returncode == 0 else None
 
 
-def rescore(out: Path, rev: str) -> None:
+def rescore(out: Path, rev: str, only: set[str]) -> None:
     """Run the survivors recorded in ``out`` again against the tests at ``rev`` (after new tests were written).
 
     The mutants are addressed by their position in the module's syntax tree, so the module's text as it
@@ -389,7 +389,7 @@ def rescore(out: Path, rev: str) -> None:
     doc = json.loads(out.read_text())
     for entry in doc["modules"]:
         module, survivors = entry["module"], entry["survivors"]
-        if not survivors:
+        if not survivors or module not in only:
             continue
         src = f"src/edgefleet/{module}"
         sampled = _git_show(entry["rev"], src)  # the mutants address this text
@@ -486,7 +486,7 @@ def main() -> None:
         ["git", "rev-parse", args.rev], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     if args.rescore:
-        rescore(args.out, rev)
+        rescore(args.out, rev, set(args.modules))
         print(f"rescored in {(time.monotonic() - t0) / 60:.1f} min")
         return
 
