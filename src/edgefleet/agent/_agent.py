@@ -27,6 +27,7 @@ from edgefleet.agent._control import LocalControl
 from edgefleet.agent._director import DirectorClient
 from edgefleet.agent._enroll import Credentials
 from edgefleet.agent._fetcher import HttpxFetcher
+from edgefleet.agent._identity import DeviceIdentity
 from edgefleet.agent._journal import Journal
 from edgefleet.agent._store import ModelStore
 from edgefleet.agent._tuf import TrustedRepository
@@ -87,6 +88,7 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl):
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.creds = Credentials.load(self.state_dir)
+        self.identity = DeviceIdentity(self.state_dir)
         self.downloads = self.state_dir / "downloads"
         self.downloads.mkdir(exist_ok=True)
         key = ModelKey(config.model_key_file) if config.model_key_file is not None else None
@@ -106,6 +108,7 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl):
             transport=fetcher_transport,
             cancel=self.stop_event,
             max_metadata_bytes=config.max_metadata_bytes,
+            verify=self.identity.verify(),
         )
         self.repo = TrustedRepository(
             self.state_dir / "tuf",
@@ -119,6 +122,7 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl):
             token=self.creds.device_token,
             timeout=config.request_timeout_s,
             transport=director_transport,
+            verify=self.identity.verify(),
         )
         self.host = host
         self.health_gate = health_gate

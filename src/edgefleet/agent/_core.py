@@ -13,6 +13,7 @@ from edgefleet.agent._config import AgentConfig
 from edgefleet.agent._director import DirectorClient
 from edgefleet.agent._enroll import Credentials
 from edgefleet.agent._fetcher import HttpxFetcher
+from edgefleet.agent._identity import DeviceIdentity
 from edgefleet.agent._journal import Journal
 from edgefleet.agent._store import ModelStore
 from edgefleet.agent._tuf import TrustedRepository
@@ -42,6 +43,7 @@ class AgentCore:
     fetcher: HttpxFetcher
     repo: TrustedRepository
     director: DirectorClient
+    identity: DeviceIdentity  # pinned CA, device certificate, pinned director key
     host: Any  # RuntimeHost or a test double with the same methods
     poll_interval: float
     failures: int  # consecutive unreachable-server heartbeats

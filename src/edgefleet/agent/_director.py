@@ -38,19 +38,20 @@ class DirectorClient:
         token: str | None = None,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        verify: Any = True,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         headers = {"User-Agent": "edgefleet-agent"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.client = httpx.Client(
-            base_url=self.server_url, timeout=timeout, headers=headers, transport=transport
+            base_url=self.server_url, timeout=timeout, headers=headers, transport=transport, verify=verify
         )
 
     def close(self) -> None:
         self.client.close()
 
-    def _post(self, path: str, body: Any) -> dict[str, Any]:
+    def post(self, path: str, body: Any) -> dict[str, Any]:
         try:
             r = self.client.post(
                 path, content=body.model_dump_json(), headers={"Content-Type": "application/json"}
@@ -83,13 +84,13 @@ class DirectorClient:
         return obj
 
     def enroll(self, req: EnrollRequest) -> EnrollResponse:
-        return EnrollResponse.model_validate(self._post("/v1/enroll", req))
+        return EnrollResponse.model_validate(self.post("/v1/enroll", req))
 
     def heartbeat(self, device_id: str, hb: Heartbeat) -> HeartbeatResponse:
-        return HeartbeatResponse.model_validate(self._post(f"/v1/devices/{device_id}/heartbeat", hb))
+        return HeartbeatResponse.model_validate(self.post(f"/v1/devices/{device_id}/heartbeat", hb))
 
     def telemetry(self, device_id: str, batch: TelemetryBatch) -> dict[str, Any]:
-        return self._post(f"/v1/devices/{device_id}/telemetry", batch)
+        return self.post(f"/v1/devices/{device_id}/telemetry", batch)
 
 
 def _message(r: httpx.Response) -> str:

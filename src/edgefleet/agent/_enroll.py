@@ -24,9 +24,11 @@ from edgefleet._fs import atomic_write
 from edgefleet.agent._config import AgentConfig
 from edgefleet.agent._director import DirectorClient
 from edgefleet.agent._fetcher import HttpxFetcher
+from edgefleet.agent._identity import DeviceIdentity, https_trust_check
 from edgefleet.agent._tuf import TrustedRepository
 from edgefleet.errors import ConfigError, DownloadError, InputError, VerificationError
 from edgefleet.protocol import EnrollRequest
+from edgefleet.tls import client_context
 
 __all__ = ["Credentials", "enroll"]
 
@@ -74,6 +76,8 @@ def enroll(
     device_class: str | None = None,
     tags: dict[str, str] | None = None,
     transport: Any = None,
+    ca: Path | None = None,
+    system_ca: bool = False,
 ) -> Credentials:
     """Verify the server's repository from the given root, then exchange a one-time enrollment token for a
     device token and pin the newest trusted root.
@@ -82,6 +86,13 @@ def enroll(
         root_json: a root.json of the repository (any version: newer ones are reached through TUF's chain).
         repository_url: where the repository is served (default: ``<server_url>/repository/``).
         transport: an httpx transport for the director and the repository (tests).
+        ca: the control plane's CA certificate, pinned for every later connection (required for https
+            unless ``system_ca``).
+        system_ca: trust the system store for an https control plane (a publicly trusted certificate).
+
+    The device makes its own key and sends a CSR; the certificate it gets (with the key, 0600 in
+    ``device.pem``) is its identity toward the control plane (mutual TLS), and the director key it gets is
+    pinned: from then on it acts only on director answers signed by it.
 
     Raises:
         VerificationError: the repository does not chain from the given root (the token is not spent), or
@@ -93,6 +104,7 @@ def enroll(
     """
     from edgefleet.power import probe
 
+    https_trust_check(server_url, ca, system_ca)
     state = Path(config.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
@@ -107,8 +119,10 @@ def enroll(
             hint="pass the repository's root.json (from `edgefleet registry init`)",
         ) from e
     hw = probe(state, device_class_override=device_class, tags=tags)
+    identity = DeviceIdentity(state)
+    key_pem, csr = identity.new_csr(name or "edgefleet-device")  # the key never leaves the device
     try:
-        req = EnrollRequest(token=token, name=name, hardware=hw)
+        req = EnrollRequest(token=token, name=name, hardware=hw, csr=csr.decode())
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()))
@@ -119,8 +133,13 @@ def enroll(
             else "fix the device name or tags",
         ) from None
     repo_url = repository_url or server_url.rstrip("/") + "/repository/"
-    trusted = trusted_root(config, root, repo_url, transport=transport)  # before the token is spent
-    client = DirectorClient(server_url, timeout=config.request_timeout_s, transport=transport)
+    verify: Any = True
+    if ca is not None:  # the pinned CA only; an old device certificate in this folder is not presented
+        identity.pin_ca(ca)
+        verify = client_context(identity.ca_file)
+    # before the token is spent
+    trusted = trusted_root(config, root, repo_url, transport=transport, verify=verify)
+    client = DirectorClient(server_url, timeout=config.request_timeout_s, transport=transport, verify=verify)
     try:
         resp = client.enroll(req)
     finally:
@@ -135,6 +154,7 @@ def enroll(
             expected=resp.root_json_sha256,
             got=digest,
         )
+    identity.save(key_pem, resp.device_cert, resp.director_key)
     atomic_write(state / "root.json", trusted, mode=0o644)
     # The profile as enrolled: later heartbeats re-probe but keep the class chosen at enrollment.
     atomic_write(state / "hardware.json", hw.model_dump_json().encode(), mode=0o644)
@@ -146,7 +166,9 @@ def enroll(
     return creds
 
 
-def trusted_root(config: AgentConfig, root: bytes, repository_url: str, *, transport: Any = None) -> bytes:
+def trusted_root(
+    config: AgentConfig, root: bytes, repository_url: str, *, transport: Any = None, verify: Any = True
+) -> bytes:
     """The newest root.json that ``root`` vouches for, by a full TUF refresh of the repository.
 
     python-tuf's updater walks the root chain (each new root signed by its predecessor's threshold) and
@@ -162,6 +184,7 @@ def trusted_root(config: AgentConfig, root: bytes, repository_url: str, *, trans
         timeout=config.request_timeout_s,
         transport=transport,
         max_metadata_bytes=config.max_metadata_bytes,
+        verify=verify,
     )
     try:
         repo = TrustedRepository(

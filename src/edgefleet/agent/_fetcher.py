@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import tenacity
@@ -84,6 +85,7 @@ class HttpxFetcher(FetcherInterface):
         cancel: threading.Event | None = None,
         headers: dict[str, str] | None = None,
         max_metadata_bytes: int = 8 << 20,
+        verify: Any = True,
     ) -> None:
         self.max_metadata_bytes = max_metadata_bytes
         self.limiter = RateLimiter(max_rate)
@@ -96,6 +98,7 @@ class HttpxFetcher(FetcherInterface):
         self.client = httpx.Client(
             timeout=httpx.Timeout(timeout),
             transport=transport,
+            verify=verify,  # the pinned CA and the device certificate (DeviceIdentity.verify)
             follow_redirects=True,
             headers={"User-Agent": "edgefleet-agent", "Accept-Encoding": "identity", **(headers or {})},
         )

@@ -71,6 +71,13 @@ class JournalState(_J):
     rollback_to: str | None = Field(None, description="set before a rollback's swap, cleared after")
     rollback_reason: str | None = None
     last_error: str | None = None
+    director_seq: int | None = Field(None, description="sequence number of the last director answer acted on")
+    director_commands_seq: int | None = Field(
+        None, description="sequence number of the last director answer whose commands ran"
+    )
+    directives_refused: int = Field(
+        0, description="director answers refused (bad signature, stale, replayed)"
+    )
     history: list[dict[str, Any]] = Field(default_factory=list)
     updated_at: float = Field(default_factory=time.time)
 

@@ -50,6 +50,7 @@ class Uplink(AgentCore):
             return None
         self._beating = True
         try:
+            self._renew_certificate()
             resp = self.director.heartbeat(self.creds.device_id, self.build_heartbeat())
         except ServerUnreachable as e:
             self.failures += 1
@@ -70,7 +71,16 @@ class Uplink(AgentCore):
         self._hardware_sent = True
         self._health_sent = self._health_pending
         self.poll_interval = max(self.config.min_poll_interval_s, resp.poll_interval_s)
-        return resp
+        # act only on the signed, fresh decision (DeviceIdentity.accept), never on the unsigned fields
+        return self.identity.accept(resp, self.journal, self.creds.device_id)
+
+    def _renew_certificate(self) -> None:
+        """Renew the device certificate when less than a third of its lifetime is left (best effort)."""
+        try:
+            if self.identity.renewal_due():
+                self.identity.renew(self.director.post, self.creds.device_id)
+        except (EdgefleetError, OSError, ValueError) as e:
+            log.warning("certificate renewal failed (the current one is used until it expires): %s", e)
 
     def build_heartbeat(self) -> Heartbeat:
         st = self.journal.state

@@ -84,6 +84,12 @@ def enroll_cmd(
     name: str | None = typer.Option(None, help="Device name shown in the control plane."),
     device_class: str | None = typer.Option(None, "--device-class", help="Override the detected class."),
     tag: list[str] = typer.Option([], "--tag", help="key=value tag (repeatable), e.g. --tag region=eu"),
+    ca: Path | None = typer.Option(
+        None, "--ca", help="The control plane's CA certificate (ca.crt), pinned for every connection."
+    ),
+    system_ca: bool = typer.Option(
+        False, "--system-ca", help="Trust the system store for an https server (no --ca)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Exchange an enrollment token for device credentials (stored 0600 in the state directory)."""
@@ -113,6 +119,8 @@ def enroll_cmd(
         name=name,
         device_class=device_class,
         tags=tags,
+        ca=ca,
+        system_ca=system_ca,
     )
     out = {
         "device_id": creds.device_id,

@@ -75,11 +75,35 @@ def server_run(
     repository_url: str | None = typer.Option(
         None, "--repository-url", help="Repository URL sent to devices."
     ),
+    tls_cert: Path | None = typer.Option(
+        None, "--tls-cert", envvar="EDGEFLEET_SERVER_TLS_CERT", help="PEM server certificate: serve HTTPS."
+    ),
+    tls_key: Path | None = typer.Option(
+        None, "--tls-key", envvar="EDGEFLEET_SERVER_TLS_KEY", help="PEM key of --tls-cert."
+    ),
+    ca: Path | None = typer.Option(
+        None,
+        "--ca",
+        envvar="EDGEFLEET_SERVER_CA_DIR",
+        help="CA folder (ca.crt, ca.key) that signs and verifies device certificates "
+        "(default DATA/ca, created at first start when TLS is on).",
+    ),
+    device_auth: str | None = typer.Option(
+        None,
+        "--device-auth",
+        envvar="EDGEFLEET_SERVER_DEVICE_AUTH",
+        help="either (client certificate or device token), mtls, or token.",
+    ),
+    insecure_http: bool = typer.Option(
+        False, "--insecure-http", help="Allow clear text off loopback (a TLS-terminating proxy in front)."
+    ),
 ) -> None:
     """Run the control plane (migrates the database first; refuses one from a newer edgefleet)."""
     import uvicorn
 
     from edgefleet.server import create_app
+    from edgefleet.server._runner import uvicorn_tls
+    from edgefleet.tls import check_listen
 
     daemon_logging()
     cfg = _config(
@@ -90,11 +114,29 @@ def server_run(
         mqtt_url=mqtt,
         poll_interval_s=poll_interval,
         repository_url=repository_url,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        ca_dir=ca,
+        device_auth=device_auth,
     )
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        from edgefleet.errors import ConfigError
+
+        raise ConfigError("--tls-cert and --tls-key go together", hint="give both, or neither")
+    check_listen(host, tls=cfg.tls, insecure_http=insecure_http)
     app = create_app(cfg)
-    console.print(f"edgefleet control plane on http://{host}:{port} (OpenAPI at /docs)")
+    tls = uvicorn_tls(app)
+    scheme = "https" if tls else "http"
+    console.print(f"edgefleet control plane on {scheme}://{host}:{port} (OpenAPI at /docs)")
     console.print(f"database: {app.state.ctx.db.dialect}; admin token file: {cfg.admin_token_path}")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=30)
+    if tls:
+        console.print(
+            f"device CA: {tls['ssl_ca_certs']} (devices enroll with --ca <the CA of the server certificate>); "
+            f"device auth: {cfg.device_auth}"
+        )
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=30, **tls
+    )
 
 
 @server_app.command("migrate")

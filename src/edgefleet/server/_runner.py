@@ -17,7 +17,7 @@ import httpx
 from edgefleet.errors import ServerError
 from edgefleet.server._config import ServerConfig
 
-__all__ = ["ServerHandle", "start_server", "start_server_process", "free_port"]
+__all__ = ["ServerHandle", "start_server", "start_server_process", "free_port", "uvicorn_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,25 @@ class ServerHandle:
         self.stop()
 
 
+def uvicorn_tls(app: Any) -> dict[str, Any]:
+    """uvicorn settings for the app's TLS: its certificate, and client certificates (mutual TLS) asked for
+    (not demanded: tokens stay a fallback) and verified against the device CA, exposed to the app."""
+    import ssl
+
+    from edgefleet.tls import peer_cert_protocol
+
+    cfg: ServerConfig = app.state.ctx.config
+    if not cfg.tls:
+        return {}
+    return {
+        "ssl_certfile": str(cfg.tls_cert),
+        "ssl_keyfile": str(cfg.tls_key),
+        "ssl_ca_certs": str(app.state.ctx.devices.identity.ca_cert_file),
+        "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+        "http": peer_cert_protocol(),
+    }
+
+
 def _wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -82,7 +101,8 @@ def _wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = N
                 hint="run it by hand to see its log",
             )
         try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+            # a liveness probe of our own listener: its certificate is checked by the real clients
+            if httpx.get(url + "/healthz", timeout=2, verify=False).status_code == 200:
                 return
         except httpx.HTTPError as e:
             last = e
@@ -101,7 +121,10 @@ def start_server(
     timeout: float = 30.0,
     **app_kwargs: Any,
 ) -> ServerHandle:
-    """Run the control plane in a background thread of this process (for the demo and tests)."""
+    """Run the control plane in a background thread of this process (for the demo and tests).
+
+    With ``config.tls_cert`` it serves HTTPS and asks devices for their client certificates.
+    """
     import uvicorn
 
     from edgefleet.server._app import create_app
@@ -118,11 +141,12 @@ def start_server(
             lifespan="on",
             access_log=False,
             timeout_keep_alive=30,
+            **uvicorn_tls(app),
         )
     )
     thread = threading.Thread(target=server.run, name="edgefleet-server", daemon=True)
     thread.start()
-    url = f"http://{host}:{port}"
+    url = f"{'https' if cfg.tls else 'http'}://{host}:{port}"
     _wait_healthy(url, timeout)
     return ServerHandle(url, cfg, server=server, thread=thread, app=app)
 
