@@ -308,3 +308,76 @@ def test_replayed_command_is_not_run_again(director_site, published, tmp_path):
         assert a.journal.state.director_commands_seq == ran
     finally:
         a.close()
+
+
+# --- enrollment that cannot leave a ghost; files at rest; offline docs ---------------------------
+
+
+def test_a_pending_device_is_never_online_never_admitted_and_does_not_stall_a_rollout(harness):
+    from servertools import GOOD, active_of
+
+    h = harness
+    live = [h.enroll() for _ in range(2)]
+    ghost = h.enroll(first_beat=False)  # enrolled, never reported (its agent died after enrolling)
+    listed = h.c.get("/v1/devices", params={"status": "pending"}, headers=h.admin).json()
+    assert [d["id"] for d in listed["devices"]] == [ghost["device_id"]]
+    online = h.c.get("/v1/devices", params={"status": "online"}, headers=h.admin).json()
+    assert ghost["device_id"] not in {d["id"] for d in online["devices"]} and online["total"] == 2
+    h.register("1.0.0")
+    r = h.rollout("1.0.0", waves=[100], soak_s=0, gates={"min_devices": 2, "min_requests": 0})
+    assert r["members"] == {"admitted": 2}
+    for d in live:
+        a = h.beat(d)["assignment"]
+        h.beat(d, active=active_of(a), health=GOOD)
+    h.tick(1)
+    assert h.show(r["id"])["state"] == "completed"
+    rec = h.c.get(f"/v1/devices/{ghost['device_id']}", headers=h.admin).json()
+    assert rec["status"] == "pending" and rec["assigned"] is None
+    # its first heartbeat makes it a device like any other
+    h.beat(ghost)
+    assert h.c.get(f"/v1/devices/{ghost['device_id']}", headers=h.admin).json()["status"] == "online"
+
+
+def test_the_data_folder_is_0700_and_the_database_0600(tmp_path):
+    from edgefleet.server import create_app
+
+    cfg = ServerConfig(
+        data_dir=tmp_path / "fresh" / "server", keys_dir=tmp_path / "nokeys", engine_enabled=False
+    )
+    create_app(cfg)
+    assert _mode(cfg.data_dir) == 0o700
+    assert _mode(cfg.data_dir / "edgefleet.sqlite") == 0o600
+    assert _mode(cfg.director_key_path) == 0o600
+
+
+def test_api_docs_are_served_from_the_package(harness):
+    for path in ("/docs", "/redoc"):
+        r = harness.c.get(path)
+        assert r.status_code == 200
+        assert "cdn.jsdelivr.net" not in r.text and "unpkg.com" not in r.text
+        asset = next(u for u in r.text.split('"') if u.endswith(".js"))
+        assert harness.c.get(asset).status_code == 200, asset
+
+
+def test_server_run_refuses_clear_text_off_loopback(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            "server",
+            "run",
+            "--data",
+            str(tmp_path / "s"),
+            "--host",
+            "0.0.0.0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and "without TLS" in r.stderr and "--insecure-http" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "s").exists()
