@@ -15,7 +15,7 @@ import pytest
 
 from edgefleet.errors import InputError, PayloadTooLargeError
 from edgefleet.runtime import ApiConfig, ApiServer, Runtime
-from edgefleet.runtime._api import load_npz_bounded
+from edgefleet.runtime._decode import load_npz_bounded
 
 
 def _npz(arrays: dict[str, np.ndarray], *, compressed: bool = True) -> bytes:
@@ -90,7 +90,7 @@ def test_npz_bomb_peak_memory_stays_bounded():
         """
         import io, json, resource, sys
         import numpy as np
-        from edgefleet.runtime._api import load_npz_bounded
+        from edgefleet.runtime._decode import load_npz_bounded
         from edgefleet.errors import PayloadTooLargeError
         body = sys.stdin.buffer.read()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

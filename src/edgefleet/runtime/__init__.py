@@ -24,15 +24,15 @@ from edgefleet.runtime._engines import OrtEngine
 from edgefleet.runtime._predictor import Event, Prediction, Predictor, PredictorMetadata, Priority
 from edgefleet.runtime._runtime import Result, Runtime
 
-_API_NAMES = ("ApiServer", "create_app")
+_API_NAMES = {"ApiServer": "_server", "create_app": "_api"}
 
 
 def __getattr__(name: str):
     # The HTTP layer imports FastAPI; load it only when asked for (the agent does not need it).
     if name in _API_NAMES:
-        from edgefleet.runtime import _api
+        import importlib
 
-        return getattr(_api, name)
+        return getattr(importlib.import_module(f"edgefleet.runtime.{_API_NAMES[name]}"), name)
     raise AttributeError(f"module 'edgefleet.runtime' has no attribute {name!r}")
 
 

@@ -7,22 +7,14 @@ OpenAPI at ``/docs``. Optional bearer token; per-client rate limit.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import hmac
 import inspect
-import io
 import json
 import logging
-import os
-import socket
 import threading
 import time
-import zipfile
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import numpy as np
@@ -30,12 +22,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from edgefleet.errors import (
     AuthError,
-    ConfigError,
     EdgefleetError,
     InputError,
     PayloadTooLargeError,
@@ -44,180 +34,20 @@ from edgefleet.errors import (
 )
 from edgefleet.runtime._asgi import DirectRoutes
 from edgefleet.runtime._config import ApiConfig
+from edgefleet.runtime._decode import (
+    PredictRequest,
+    decode_value,
+    load_npz_bounded,
+    parse_deadline,
+    parse_priority,
+    pydantic_problems,
+)
 from edgefleet.runtime._oip import add_open_inference_routes
-from edgefleet.runtime._predictor import Priority
 from edgefleet.runtime._runtime import Runtime
 
-__all__ = ["ApiServer", "PredictRequest", "create_app"]
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-_PRIORITY_NAMES = {p.name.lower(): int(p) for p in Priority}
-_MAX_DEADLINE_MS = 3_600_000.0
-
-
-class TensorB64(BaseModel):
-    """A tensor sent as base64 bytes (little-endian, C order) with its dtype and shape."""
-
-    model_config = ConfigDict(extra="forbid")
-    b64: str = Field(description="base64 of the raw array bytes")
-    dtype: Literal["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"]
-    shape: list[int] = Field(max_length=8, description="array shape; axis 0 is the batch")
-
-
-class PredictRequest(BaseModel):
-    """Body of ``POST /v1/predict`` (JSON)."""
-
-    model_config = ConfigDict(extra="forbid")
-    inputs: dict[str, Any] | list[Any] = Field(
-        description="{input name: nested list | TensorB64 | list of {b64} samples}, or, for a "
-        "single-input model, the batch itself. Axis 0 is the batch: wrap one example in a list."
-    )
-    priority: Literal["low", "normal", "high", "urgent"] | int = Field(
-        "normal", description="higher is served first (0..3 or a name)"
-    )
-    deadline_ms: float | None = Field(
-        None, description="answer within this many milliseconds or fail with 504; never run late"
-    )
-    escalate: bool | None = Field(None, description="null: by confidence; true: always; false: never")
-    preprocessed: bool = Field(False, description="inputs are model tensors: skip the contract")
-
-
-def _priority(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValidationError(
-            "priority must be a name or an integer", hint="low, normal, high, urgent or 0..3"
-        )
-    if isinstance(value, str):
-        p = _PRIORITY_NAMES.get(value.lower())
-        if p is None:
-            raise ValidationError(
-                f"unknown priority {value!r}", hint="use low, normal, high or urgent (or 0..3)"
-            )
-        return p
-    if isinstance(value, int) and min(Priority) <= value <= max(Priority):
-        return value
-    raise ValidationError(f"priority {value!r} is out of range", hint="use 0 (low) .. 3 (urgent)")
-
-
-def _deadline(ms: Any) -> float | None:
-    if ms is None:
-        return None
-    if isinstance(ms, bool) or not isinstance(ms, int | float) or not np.isfinite(ms):
-        raise ValidationError("deadline_ms must be a finite number of milliseconds", hint="e.g. 100")
-    if ms > _MAX_DEADLINE_MS:
-        raise ValidationError(
-            f"deadline_ms {ms} is more than an hour", hint="omit deadline_ms for no deadline"
-        )
-    return ms / 1000.0  # <= 0 is refused by the runtime with a 504 "already passed"
-
-
-def _decode_tensor(name: str, obj: dict[str, Any], max_bytes: int) -> np.ndarray:
-    try:
-        t = TensorB64.model_validate(obj)
-    except PydanticValidationError as e:
-        raise ValidationError(
-            f"input {name!r}: invalid base64 tensor: {_pyd_problems(e)}",
-            hint='send {"b64": ..., "dtype": "float32", "shape": [1, 64]}',
-        ) from e
-    if len(t.b64) > max_bytes * 4 // 3 + 4:
-        raise PayloadTooLargeError(f"input {name!r} is larger than {max_bytes} bytes", hint="send less data")
-    try:
-        raw = base64.b64decode(t.b64, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ValidationError(
-            f"input {name!r}: b64 is not valid base64", hint="encode with standard base64"
-        ) from e
-    dtype = np.dtype(t.dtype).newbyteorder("<")
-    if any(d < 0 for d in t.shape) or int(np.prod(t.shape, dtype=np.float64)) * dtype.itemsize != len(raw):
-        raise ValidationError(
-            f"input {name!r}: {len(raw)} bytes do not make shape {t.shape} of {t.dtype}",
-            hint="bytes must equal prod(shape) * itemsize",
-        )
-    return np.frombuffer(raw, dtype=dtype).reshape(t.shape).astype(dtype.newbyteorder("="))
-
-
-def load_npz_bounded(body: bytes, max_bytes: int) -> dict[str, np.ndarray]:
-    """Read an ``.npz`` request body with its decompressed size bounded *before* anything is inflated.
-
-    ``np.load`` inflates every member first: 1 MB of deflated zeros became 1.17 GB of memory. Here each
-    member's declared size and its ``.npy`` header (shape x itemsize) are checked against what is left of
-    ``max_bytes`` before the member is read, and ``zipfile`` never yields more than the declared size.
-
-    Raises:
-        PayloadTooLargeError: the arrays would take more than ``max_bytes``.
-        InputError: the body is not an ``.npz`` of plain numeric arrays.
-    """
-
-    def too_large(what: str) -> PayloadTooLargeError:
-        return PayloadTooLargeError(
-            f".npz body {what}, more than the {max_bytes} bytes allowed decompressed",
-            hint="send fewer rows per request, or raise EDGEFLEET_API_MAX_BODY_BYTES",
-            limit=max_bytes,
-        )
-
-    out: dict[str, np.ndarray] = {}
-    try:
-        with zipfile.ZipFile(io.BytesIO(body)) as zf:
-            infos = zf.infolist()
-            # each member is an .npy header (numpy caps it at 10,000 bytes) and then the array's bytes
-            if sum(i.file_size for i in infos) > max_bytes + 10_240 * len(infos):
-                raise too_large("declares members that add up")
-            left = max_bytes
-            for info in infos:
-                if not info.filename.endswith(".npy"):
-                    raise InputError(
-                        f".npz member {info.filename!r} is not an .npy array",
-                        hint="write it with numpy.savez",
-                    )
-                with zf.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                    else:
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                    if dtype.hasobject:
-                        raise InputError(
-                            f"array {info.filename[:-4]!r} holds Python objects", hint="send numbers only"
-                        )
-                    nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-                    if nbytes > left:
-                        raise too_large(f"array {info.filename[:-4]!r} has shape {list(shape)}")
-                    left -= nbytes
-                with zf.open(info) as f:
-                    out[info.filename[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
-    except (PayloadTooLargeError, InputError):
-        raise
-    except Exception as e:  # zipfile/npy format errors of many kinds
-        raise InputError(f"body is not a valid .npz file: {e}", hint="write it with numpy.savez") from e
-    return out
-
-
-def _decode_value(name: str, value: Any, max_bytes: int) -> Any:
-    if isinstance(value, dict):
-        return _decode_tensor(name, value, max_bytes)
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        samples = []
-        for v in value:
-            if set(v) != {"b64"} or not isinstance(v["b64"], str):
-                raise ValidationError(
-                    f"input {name!r}: byte samples must be objects with one key 'b64'",
-                    hint='send [{"b64": "..."}, ...] for images or other encoded samples',
-                )
-            try:
-                samples.append(base64.b64decode(v["b64"], validate=True))
-            except (binascii.Error, ValueError) as e:
-                raise ValidationError(
-                    f"input {name!r}: b64 is not valid base64", hint="encode with base64"
-                ) from e
-        return samples
-    return value
-
-
-def _pyd_problems(e: PydanticValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '<body>'}: {err['msg']}" for err in e.errors()[:5]
-    )
 
 
 class _RateLimiter:
@@ -383,16 +213,16 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
             req = PredictRequest.model_validate(doc)
         except PydanticValidationError as e:
             raise ValidationError(
-                f"invalid request: {_pyd_problems(e)}", hint="see the schema at /docs"
+                f"invalid request: {pydantic_problems(e)}", hint="see the schema at /docs"
             ) from e
         inputs: Any = req.inputs
         if isinstance(inputs, dict):
-            inputs = {k: _decode_value(k, v, cfg.max_body_bytes) for k, v in inputs.items()}
+            inputs = {k: decode_value(k, v, cfg.max_body_bytes) for k, v in inputs.items()}
         else:
-            inputs = _decode_value("inputs", inputs, cfg.max_body_bytes)
+            inputs = decode_value("inputs", inputs, cfg.max_body_bytes)
         opts = {
-            "priority": _priority(req.priority),
-            "deadline": _deadline(req.deadline_ms),
+            "priority": parse_priority(req.priority),
+            "deadline": parse_deadline(req.deadline_ms),
             "escalate": req.escalate,
             "preprocessed": req.preprocessed,
         }
@@ -490,8 +320,8 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
                 raise ValidationError("deadline_ms must be a number", hint="e.g. 100") from None
             pr = q.get("priority", "normal")
             opts = {
-                "priority": _priority(int(pr) if pr.lstrip("-").isdigit() else pr),
-                "deadline": _deadline(dl_ms),
+                "priority": parse_priority(int(pr) if pr.lstrip("-").isdigit() else pr),
+                "deadline": parse_deadline(dl_ms),
                 "escalate": None if esc is None else esc.lower() in ("true", "1"),
                 "preprocessed": False,
             }
@@ -562,129 +392,3 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-def tls_options(cfg: ApiConfig) -> dict[str, Any]:
-    """uvicorn's TLS settings for ``cfg`` (empty without a certificate), checked so errors say what to fix."""
-    if not cfg.tls_cert and not cfg.tls_key:
-        if cfg.tls_client_ca:
-            raise ConfigError("a client CA needs TLS", hint="give --tls-cert and --tls-key too")
-        return {}
-    import ssl
-
-    from edgefleet.tls import server_context
-
-    server_context(cfg.tls_cert, cfg.tls_key, client_ca=cfg.tls_client_ca)  # fails early, with a hint
-    opts: dict[str, Any] = {"ssl_certfile": cfg.tls_cert, "ssl_keyfile": cfg.tls_key}
-    if cfg.tls_client_ca:
-        opts |= {"ssl_ca_certs": cfg.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    return opts
-
-
-class ApiServer:
-    """Runs the API with uvicorn on a TCP port or a Unix socket, in the foreground or a thread.
-
-    The socket is bound before uvicorn starts, so ``port=0`` picks a free port (see ``.url``) and a
-    Unix socket gets owner-only permissions (0600) before anyone can connect.
-    """
-
-    def __init__(
-        self, runtime: Runtime, config: ApiConfig | None = None, *, log_level: str = "warning"
-    ) -> None:
-        import uvicorn
-
-        self.runtime = runtime
-        self.config = cfg = config or runtime.config.api
-        self.app = create_app(runtime, cfg)
-        if cfg.uds:
-            path = Path(cfg.uds)
-            if path.exists():
-                if not path.is_socket():
-                    raise ConfigError(f"{path} exists and is not a socket", hint="choose another --uds path")
-                path.unlink()  # a stale socket from a previous run
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            old = os.umask(0o177)
-            try:
-                sock.bind(str(path))
-            finally:
-                os.umask(old)
-            os.chmod(path, 0o600)
-            self.url = f"http+unix://{path}"
-        else:
-            from edgefleet.tls import check_listen
-
-            check_listen(cfg.host, tls=bool(cfg.tls_cert), insecure_http=cfg.insecure_http, what="the API")
-            family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((cfg.host, cfg.port))
-            except OSError as e:
-                sock.close()
-                raise ConfigError(
-                    f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}", hint="choose another --port"
-                ) from e
-            host, port = sock.getsockname()[:2]
-            self.port = port
-            scheme = "https" if cfg.tls_cert else "http"
-            self.url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
-        sock.listen(2048)
-        self._sock = sock
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                log_level=log_level,
-                access_log=False,
-                timeout_graceful_shutdown=5,
-                lifespan="off",
-                **tls_options(cfg),
-            )
-        )
-        self._thread: threading.Thread | None = None
-
-    def run(self) -> None:
-        """Serve in the foreground until SIGINT or SIGTERM, then shut down gracefully and return."""
-        import signal
-
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            # uvicorn re-raises the stop signal once it has shut down; a graceful stop is not an error
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, lambda *_: None)
-        try:
-            self._server.run(sockets=[self._sock])
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self._cleanup()
-
-    def start(self, timeout: float = 10.0) -> ApiServer:
-        """Serve in a background thread; returns once it accepts connections."""
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-        self._thread.start()
-        t0 = time.monotonic()
-        while not self._server.started:
-            if time.monotonic() - t0 > timeout or not self._thread.is_alive():
-                raise ConfigError("the API server did not start", hint="see the log")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.close()
-        if self.config.uds:
-            Path(self.config.uds).unlink(missing_ok=True)
-
-    def __enter__(self) -> ApiServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

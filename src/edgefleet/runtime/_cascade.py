@@ -24,6 +24,7 @@ from edgefleet.runtime._predictor import (
     as_prediction,
     remaining,
 )
+from edgefleet.runtime._result import softmax as softmax_scores
 
 __all__ = ["Cascade", "EscalationOutbox", "confidence", "resend_escalations", "score_output_of"]
 
@@ -34,12 +35,6 @@ class EscalationOutbox(Protocol):
     """Where escalations wait: ``edgefleet.telemetry.Outbox`` or anything with this ``put``."""
 
     def put(self, kind: str, payload: bytes | dict[str, Any], priority: int | None = ...) -> Any: ...
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def confidence(scores: np.ndarray, metric: str = "max_prob", *, softmax: bool = False) -> np.ndarray:
@@ -53,7 +48,7 @@ def confidence(scores: np.ndarray, metric: str = "max_prob", *, softmax: bool = 
         p = p[:, None]
     p = p.reshape(p.shape[0], -1)
     if softmax:
-        p = _softmax(p)
+        p = softmax_scores(p)
     if metric == "max_prob":
         return p.max(axis=1)
     if metric == "margin":

@@ -11,16 +11,13 @@ then the pipeline, then the manifest's postprocessing (softmax, argmax, labels).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError as PydanticValidationError
 
 from edgefleet.errors import (
@@ -30,12 +27,11 @@ from edgefleet.errors import (
     GoldenMismatchError,
     InferenceError,
     InputError,
-    ValidationError,
 )
-from edgefleet.protocol import Manifest, Postprocess
+from edgefleet.protocol import Manifest
 from edgefleet.runtime._batcher import Batcher
 from edgefleet.runtime._cache import AnswerCache, Cached, CacheTier
-from edgefleet.runtime._cascade import Cascade, EscalationOutbox, resend_escalations, score_output_of
+from edgefleet.runtime._cascade import Cascade, EscalationOutbox, resend_escalations
 from edgefleet.runtime._cloud import CloudPredictor
 from edgefleet.runtime._config import RuntimeConfig
 from edgefleet.runtime._engines import load_engine
@@ -43,365 +39,18 @@ from edgefleet.runtime._fallback import Fallback, Heuristic
 from edgefleet.runtime._guards import Breaker, Timeout
 from edgefleet.runtime._metrics import RuntimeMetrics
 from edgefleet.runtime._predictor import (
-    Event,
-    Prediction,
     Predictor,
     PredictorMetadata,
     Priority,
     as_prediction,
 )
-from edgefleet.runtime._validation import Validator, to_array
+from edgefleet.runtime._result import Result
+from edgefleet.runtime._served import _Borrowed, _is_predictor, _Served, _waker, manifest_for_model
+from edgefleet.runtime._validation import Validator
 
 __all__ = ["Result", "Runtime"]
 
 log = logging.getLogger(__name__)
-
-
-class Result:
-    """One answer of the runtime: outputs, where each row came from, and the postprocessed view.
-
-    ``classes``, ``labels`` and ``confidence`` (the manifest's postprocessing) are worked out on first
-    use, so a caller that reads only the outputs never pays for them.
-    """
-
-    __slots__ = (
-        "outputs",
-        "tiers",
-        "events",
-        "model",
-        "version",
-        "variant",
-        "latency_ms",
-        "_classes",
-        "_labels",
-        "_confidence",
-        "_post",
-    )
-
-    def __init__(
-        self,
-        outputs: dict[str, np.ndarray],
-        tiers: tuple[str, ...],
-        events: tuple[Event, ...],
-        model: str,
-        version: str,
-        variant: str,
-        latency_ms: float,
-        classes: np.ndarray | None = None,
-        labels: list[str] | None = None,
-        confidence: np.ndarray | None = None,
-    ) -> None:
-        self.outputs = outputs
-        self.tiers = tiers
-        self.events = events
-        self.model = model
-        self.version = version
-        self.variant = variant
-        self.latency_ms = latency_ms
-        self._classes = classes
-        self._labels = labels
-        self._confidence = confidence
-        self._post: tuple[Postprocess, np.ndarray] | None = None  # (postprocess, scores) still to apply
-
-    def __repr__(self) -> str:
-        shapes = {k: getattr(v, "shape", None) for k, v in self.outputs.items()}
-        return f"Result({shapes}, model={self.model!r}, tier={self.tier!r}, latency_ms={self.latency_ms:.3f})"
-
-    def _postprocess(self) -> None:
-        post, probs = self._post  # type: ignore[misc]
-        self._post = None
-        self._confidence = probs.max(axis=1)
-        if post.argmax:
-            self._classes = probs.argmax(axis=1)
-            labels = post.labels
-            if labels:
-                self._labels = [labels[i] if i < len(labels) else str(i) for i in self._classes]
-
-    @property
-    def classes(self) -> np.ndarray | None:
-        if self._post is not None:
-            self._postprocess()
-        return self._classes
-
-    @classes.setter
-    def classes(self, value: np.ndarray | None) -> None:
-        self._classes = value
-
-    @property
-    def labels(self) -> list[str] | None:
-        if self._post is not None:
-            self._postprocess()
-        return self._labels
-
-    @labels.setter
-    def labels(self, value: list[str] | None) -> None:
-        self._labels = value
-
-    @property
-    def confidence(self) -> np.ndarray | None:
-        if self._post is not None:
-            self._postprocess()
-        return self._confidence
-
-    @confidence.setter
-    def confidence(self, value: np.ndarray | None) -> None:
-        self._confidence = value
-
-    @property
-    def tier(self) -> str:
-        """The tier that answered every row, or ``mixed``."""
-        tiers = self.tiers
-        if not tiers:
-            return "none"
-        first = tiers[0]
-        return first if len(tiers) == 1 or tiers.count(first) == len(tiers) else "mixed"
-
-    @property
-    def fallback(self) -> bool:
-        return any(e.kind == "fallback" for e in self.events)
-
-    @property
-    def escalated(self) -> bool:
-        return any(e.kind == "escalated" for e in self.events)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (the body of ``POST /v1/predict``)."""
-        rows = []
-        for i, tier in enumerate(self.tiers):
-            row: dict[str, Any] = {"tier": tier}
-            if self.classes is not None:
-                row["class"] = int(self.classes[i])
-            if self.labels is not None:
-                row["label"] = self.labels[i]
-            if self.confidence is not None:
-                row["confidence"] = round(float(self.confidence[i]), 6)
-            rows.append(row)
-        return {
-            "model": {"name": self.model, "version": self.version, "variant": self.variant},
-            "outputs": {k: _jsonable(v) for k, v in self.outputs.items()},
-            "predictions": rows,
-            "tier": self.tier,
-            "events": [
-                {"kind": e.kind, "tier": e.tier, "detail": e.detail, "rows": e.rows} for e in self.events
-            ],
-            "latency_ms": round(self.latency_ms, 3),
-        }
-
-
-def _jsonable(v: np.ndarray) -> Any:
-    # JSON has no NaN/Inf; a model that emits them gets null rather than an invalid document
-    if v.dtype.kind == "f" and not np.isfinite(v).all():
-        return np.where(np.isfinite(v), v, None).tolist()
-    return v.tolist()
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-class _Borrowed:
-    """A shared predictor inside a per-model pipeline: closing the pipeline does not close it."""
-
-    def __init__(self, inner: Predictor) -> None:
-        self.inner = inner
-
-    @property
-    def metadata(self) -> PredictorMetadata:
-        return self.inner.metadata
-
-    def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
-        return self.inner.predict(batch, **opts)  # type: ignore[return-value]
-
-    def close(self) -> None:
-        pass
-
-
-def _is_predictor(obj: Any) -> bool:
-    return callable(getattr(obj, "predict", None)) and hasattr(obj, "metadata")
-
-
-class _LoopWaker:
-    """Wakes an event loop once per batch, not once per request.
-
-    The batcher answers a batch's tickets one after the other from its worker thread; each
-    ``call_soon_threadsafe`` is a write to the loop's self-pipe, so the futures to settle are
-    collected and settled by a single scheduled callback.
-    """
-
-    def __init__(self, loop: Any) -> None:
-        self.loop = loop
-        self.lock = threading.Lock()
-        self.pending: list[Any] = []
-
-    def add(self, fut: Any) -> None:
-        with self.lock:
-            self.pending.append(fut)
-            first = len(self.pending) == 1
-        if first:
-            with contextlib.suppress(RuntimeError):  # the loop is closing; its callers are gone
-                self.loop.call_soon_threadsafe(self.flush)
-
-    def flush(self) -> None:
-        with self.lock:
-            futs, self.pending = self.pending, []
-        for fut in futs:
-            if not fut.done():
-                fut.set_result(None)
-
-
-_WAKERS: dict[int, _LoopWaker] = {}
-_WAKERS_LOCK = threading.Lock()
-
-
-def _waker(loop: Any, fut: Any) -> Any:
-    key = id(loop)
-    w = _WAKERS.get(key)
-    if w is None or w.loop is not loop:
-        with _WAKERS_LOCK:
-            w = _WAKERS.get(key)
-            if w is None or w.loop is not loop:
-                w = _WAKERS[key] = _LoopWaker(loop)
-    return lambda _ticket: w.add(fut)
-
-
-def _slug(text: str) -> str:
-    s = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "model"
-    return s[:64]
-
-
-def manifest_for_model(path: Path, metadata: PredictorMetadata, version: str = "0.0.0") -> Manifest:
-    """A manifest for a bare model file (no contract; postprocess picks the score output)."""
-    score = score_output_of(metadata)
-    return Manifest(
-        name=_slug(path.stem),
-        version=version,
-        variant="local",
-        model_file=path.name,
-        model_format="tflite" if path.suffix == ".tflite" else "onnx",
-        inputs=list(metadata.inputs),
-        outputs=list(metadata.outputs),
-        postprocess=Postprocess(output=score, argmax=score is not None),
-    )
-
-
-class _Served:
-    """One served model: its manifest, contract, validator and pipeline, plus in-flight accounting."""
-
-    def __init__(
-        self,
-        manifest: Manifest,
-        pipeline: Predictor,
-        *,
-        contract: Any,
-        validator: Validator | None,
-        config: RuntimeConfig,
-        bundle: Any = None,
-        owns_bundle: bool = False,
-    ) -> None:
-        self.manifest = manifest
-        self.pipeline = pipeline
-        self.contract = contract
-        self.validator = validator
-        self.config = config
-        self.bundle = bundle
-        self.owns_bundle = owns_bundle
-        self.inflight = 0
-        self.retired = False
-        self.lock = threading.Lock()  # the raw lock: entering it is cheaper than the Condition
-        self.cond = threading.Condition(self.lock)
-        self.input_names = [s.name for s in manifest.inputs]
-        self.tier = pipeline.metadata.tier
-        # the HTTP API awaits this batcher directly when nothing else is stacked on it
-        self.batcher = pipeline if isinstance(pipeline, Batcher) else None
-        pp = manifest.postprocess
-        self.post = pp if config.postprocess and pp.task == "classification" else None
-        self.score = None
-        if self.post is not None:
-            names = {s.name for s in manifest.outputs}
-            self.score = pp.output if pp.output in names else score_output_of(pipeline.metadata)
-
-    # --- request path -----------------------------------------------------------------------------
-
-    def prepare(self, raw: Any, *, contract: bool = True) -> dict[str, np.ndarray]:
-        """Raw inputs → model tensors: contract (if any), then validation (if on)."""
-        if contract and self.contract is not None:
-            if isinstance(raw, Mapping):
-                if set(raw) != set(self.input_names):
-                    raise ValidationError(
-                        f"inputs {sorted(map(str, raw))} do not match the model's {self.input_names}",
-                        hint="send one raw input per model input (see GET /v1/model)",
-                    )
-                raw = raw[self.input_names[0]]
-            if not isinstance(raw, np.ndarray | list | tuple):
-                raise ValidationError(
-                    f"raw input must be a batch (a list or an array), not {type(raw).__name__}",
-                    hint="wrap one example in a list",
-                )
-            if (
-                isinstance(raw, list | tuple)
-                and raw
-                and not isinstance(raw[0], bytes | bytearray | memoryview)
-            ):
-                # JSON numbers: one C-level conversion lets the contract run vectorised over the batch
-                raw = to_array(self.input_names[0], raw)
-            tensors = {self.input_names[0]: self.contract.apply(raw)}
-        elif type(raw) is dict:
-            tensors = raw if self.validator is not None else raw.copy()  # the validator returns a new dict
-        elif isinstance(raw, Mapping):
-            tensors = dict(raw)
-        elif len(self.input_names) == 1:
-            tensors = {self.input_names[0]: raw}
-        else:
-            raise ValidationError(
-                f"the model has inputs {self.input_names}; pass a mapping of name to array",
-                hint="send {'inputs': {name: array, ...}}",
-            )
-        if self.validator is not None:
-            return self.validator.check(tensors)
-        for k, v in tensors.items():
-            if not isinstance(v, np.ndarray):
-                tensors[k] = to_array(k, v)
-        return tensors
-
-    def finish(self, out: Prediction, t0: float) -> Result:
-        m = self.manifest
-        res = Result(
-            outputs=out,
-            tiers=out.tiers,
-            events=out.events,
-            model=m.name,
-            version=m.version,
-            variant=m.variant,
-            latency_ms=(time.perf_counter() - t0) * 1000,
-        )
-        if self.post is not None and self.score is not None and self.score in out:
-            scores = np.asarray(out[self.score], dtype=np.float32)
-            if scores.ndim == 2 and scores.shape[1] > 1:
-                if self.post.softmax:
-                    scores = res.outputs[self.score] = _softmax(scores)
-                res._post = (self.post, scores)  # confidence, classes, labels: on first use
-        return res
-
-    # --- lifetime ---------------------------------------------------------------------------------
-
-    def retire(self) -> None:
-        """Take no new requests (the ones running finish)."""
-        with self.cond:
-            self.retired = True
-
-    def drain(self, timeout: float) -> bool:
-        """Wait until no request is running on this model; False on timeout."""
-        with self.cond:
-            return self.cond.wait_for(lambda: self.inflight == 0, timeout)
-
-    def close(self) -> None:
-        try:
-            self.pipeline.close()
-        finally:
-            if self.owns_bundle and self.bundle is not None:
-                self.bundle.close()
 
 
 class Runtime:

@@ -1,0 +1,150 @@
+"""``ApiServer``: the local API on uvicorn (TCP with optional TLS, or a 0600 Unix socket), in the foreground
+or a background thread."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edgefleet.errors import (
+    ConfigError,
+)
+from edgefleet.runtime._api import create_app
+from edgefleet.runtime._config import ApiConfig
+from edgefleet.runtime._runtime import Runtime
+
+__all__ = ["ApiServer", "tls_options"]
+
+log = logging.getLogger("edgefleet.runtime._api")
+
+
+def tls_options(cfg: ApiConfig) -> dict[str, Any]:
+    """uvicorn's TLS settings for ``cfg`` (empty without a certificate), checked so errors say what to fix."""
+    if not cfg.tls_cert and not cfg.tls_key:
+        if cfg.tls_client_ca:
+            raise ConfigError("a client CA needs TLS", hint="give --tls-cert and --tls-key too")
+        return {}
+    import ssl
+
+    from edgefleet.tls import server_context
+
+    server_context(cfg.tls_cert, cfg.tls_key, client_ca=cfg.tls_client_ca)  # fails early, with a hint
+    opts: dict[str, Any] = {"ssl_certfile": cfg.tls_cert, "ssl_keyfile": cfg.tls_key}
+    if cfg.tls_client_ca:
+        opts |= {"ssl_ca_certs": cfg.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return opts
+
+
+class ApiServer:
+    """Runs the API with uvicorn on a TCP port or a Unix socket, in the foreground or a thread.
+
+    The socket is bound before uvicorn starts, so ``port=0`` picks a free port (see ``.url``) and a
+    Unix socket gets owner-only permissions (0600) before anyone can connect.
+    """
+
+    def __init__(
+        self, runtime: Runtime, config: ApiConfig | None = None, *, log_level: str = "warning"
+    ) -> None:
+        import uvicorn
+
+        self.runtime = runtime
+        self.config = cfg = config or runtime.config.api
+        self.app = create_app(runtime, cfg)
+        if cfg.uds:
+            path = Path(cfg.uds)
+            if path.exists():
+                if not path.is_socket():
+                    raise ConfigError(f"{path} exists and is not a socket", hint="choose another --uds path")
+                path.unlink()  # a stale socket from a previous run
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old)
+            os.chmod(path, 0o600)
+            self.url = f"http+unix://{path}"
+        else:
+            from edgefleet.tls import check_listen
+
+            check_listen(cfg.host, tls=bool(cfg.tls_cert), insecure_http=cfg.insecure_http, what="the API")
+            family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((cfg.host, cfg.port))
+            except OSError as e:
+                sock.close()
+                raise ConfigError(
+                    f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}", hint="choose another --port"
+                ) from e
+            host, port = sock.getsockname()[:2]
+            self.port = port
+            scheme = "https" if cfg.tls_cert else "http"
+            self.url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
+        sock.listen(2048)
+        self._sock = sock
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                log_level=log_level,
+                access_log=False,
+                timeout_graceful_shutdown=5,
+                lifespan="off",
+                **tls_options(cfg),
+            )
+        )
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        """Serve in the foreground until SIGINT or SIGTERM, then shut down gracefully and return."""
+        import signal
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn re-raises the stop signal once it has shut down; a graceful stop is not an error
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: None)
+        try:
+            self._server.run(sockets=[self._sock])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._cleanup()
+
+    def start(self, timeout: float = 10.0) -> ApiServer:
+        """Serve in a background thread; returns once it accepts connections."""
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+        self._thread.start()
+        t0 = time.monotonic()
+        while not self._server.started:
+            if time.monotonic() - t0 > timeout or not self._thread.is_alive():
+                raise ConfigError("the API server did not start", hint="see the log")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        if self.config.uds:
+            Path(self.config.uds).unlink(missing_ok=True)
+
+    def __enter__(self) -> ApiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
