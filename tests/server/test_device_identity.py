@@ -381,3 +381,35 @@ def test_server_run_refuses_clear_text_off_loopback(tmp_path):
     )
     assert r.returncode == 1 and "without TLS" in r.stderr and "--insecure-http" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "s").exists()
+
+
+def test_without_a_ca_given_the_server_makes_its_device_ca_in_its_data_folder(tmp_path, published):
+    ca = CertificateAuthority.init(tmp_path / "ca")  # signs only the server's certificate here
+    ca.issue_server(["127.0.0.1"]).write(tmp_path / "server.crt", tmp_path / "server.key")
+    cfg = ServerConfig(
+        data_dir=tmp_path / "server",
+        repo_dir=published / "repo",
+        keys_dir=tmp_path / "nokeys",
+        tls_cert=tmp_path / "server.crt",
+        tls_key=tmp_path / "server.key",
+        device_auth="mtls",
+        engine_enabled=False,
+    )
+    with (
+        start_server(cfg) as srv,
+        Client(srv.url, token=srv.admin_token, ca_file=tmp_path / "ca" / "ca.crt") as api,
+    ):
+        device_ca = tmp_path / "server" / "ca"
+        assert (device_ca / "ca.crt").is_file() and _mode(device_ca / "ca.key") == 0o600
+        state = tmp_path / "dev"
+        cfg_a, dev = _enroll(api, srv.url, published, state, ca=tmp_path / "ca" / "ca.crt")
+        pem = (state / "device.pem").read_bytes()
+        from cryptography import x509
+
+        assert x509.load_pem_x509_certificate(pem).issuer == CertificateAuthority.load(device_ca).cert.subject
+        a = Agent(cfg_a)
+        try:
+            assert a.heartbeat() is not None  # mtls only: the certificate from the server's own CA works
+        finally:
+            a.close()
+        assert api.device(dev)["status"] == "online"

@@ -46,9 +46,20 @@ DbOpt = typer.Option(
 
 
 def _config(data: Path, db: str | None, **kw: Any):  # noqa: ANN202
+    from pydantic import ValidationError
+
+    from edgefleet.errors import InputError
     from edgefleet.server import ServerConfig
 
-    return ServerConfig(data_dir=data, db_url=db, **{k: v for k, v in kw.items() if v is not None})
+    try:
+        return ServerConfig(data_dir=data, db_url=db, **{k: v for k, v in kw.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise InputError(
+            f"invalid server setting {where}: {first.get('msg')}",
+            hint="see 'edgefleet server run --help' (or the EDGEFLEET_SERVER_* variables)",
+        ) from None
 
 
 @server_app.command("run")
@@ -103,7 +114,7 @@ def server_run(
 
     from edgefleet.server import create_app
     from edgefleet.server._runner import uvicorn_tls
-    from edgefleet.tls import check_listen
+    from edgefleet.tls import check_listen, server_context
 
     daemon_logging()
     cfg = _config(
@@ -119,10 +130,8 @@ def server_run(
         ca_dir=ca,
         device_auth=device_auth,
     )
-    if (cfg.tls_cert is None) != (cfg.tls_key is None):
-        from edgefleet.errors import ConfigError
-
-        raise ConfigError("--tls-cert and --tls-key go together", hint="give both, or neither")
+    if cfg.tls_cert is not None or cfg.tls_key is not None:
+        server_context(cfg.tls_cert, cfg.tls_key)  # both given, readable and a pair, before anything starts
     check_listen(host, tls=cfg.tls, insecure_http=insecure_http)
     app = create_app(cfg)
     tls = uvicorn_tls(app)
