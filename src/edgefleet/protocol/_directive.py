@@ -11,6 +11,7 @@ rolls a device back nor repeats a command, and a withheld answer cannot freeze a
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from datetime import UTC, datetime, timedelta
 
@@ -81,20 +82,24 @@ def director_key_id(public_pem: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def sign_directive(private_pem: bytes, directive: Directive) -> SignedDirective:
-    """Sign ``directive`` with the director's private key (PEM)."""
+@functools.lru_cache(maxsize=8)
+def _private(private_pem: bytes):  # noqa: ANN202 - (key, key id); loaded once: every heartbeat answer signs
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = serialization.load_pem_private_key(private_pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise VerificationError("the director key is not Ed25519", hint="let the server create it")
-    payload = directive.model_dump_json()
     pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return key, hashlib.sha256(pub).hexdigest()
+
+
+def sign_directive(private_pem: bytes, directive: Directive) -> SignedDirective:
+    """Sign ``directive`` with the director's private key (PEM)."""
+    key, key_id = _private(private_pem)
+    payload = directive.model_dump_json()
     return SignedDirective(
-        payload=payload,
-        signature=base64.b64encode(key.sign(payload.encode())).decode(),
-        key_id=hashlib.sha256(pub).hexdigest(),
+        payload=payload, signature=base64.b64encode(key.sign(payload.encode())).decode(), key_id=key_id
     )
 
 
