@@ -413,3 +413,20 @@ def test_without_a_ca_given_the_server_makes_its_device_ca_in_its_data_folder(tm
         finally:
             a.close()
         assert api.device(dev)["status"] == "online"
+
+
+def test_agent_enroll_refuses_an_https_server_without_a_pinned_ca(tmp_path, published):
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable, "-m", "edgefleet.cli", "agent", "enroll", "--server", "https://127.0.0.1:9",
+        "--token", "enroll-token-0123456789", "--root", str(published / "repo" / "metadata" / "1.root.json"),
+        "--state", str(tmp_path / "state"),
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "no CA is pinned" in r.stderr and "--ca" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "state").exists()
+    # --system-ca is the explicit choice of the system store: it gets as far as the network
+    r = subprocess.run([*cmd, "--system-ca"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "no CA is pinned" not in r.stderr and "Traceback" not in r.stderr
