@@ -1,7 +1,9 @@
 """``edgefleet demo`` end to end: a real server and real agent processes on loopback, three releases.
 
-The demo runs as a subprocess, as README shows it (with fewer devices); the test reads its JSON
-summary, checks what the fleet's own state says, and checks that no process it started is left.
+The demo runs as a subprocess, as README shows it (with fewer devices, TLS on as by default) while two
+processes keep the CPU busy beside it: the gates must not mistake a busy machine for a slow release. The
+test reads its JSON summary, checks what the fleet's own state says, that the agents authenticated with
+their own certificates (mutual TLS), and that no process it started is left.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -44,15 +47,27 @@ def _demo(tmp: Path, *args: str) -> subprocess.Popen:
     )
 
 
+_HOG = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, subprocess.CompletedProcess]:
     d = tmp_path_factory.mktemp("demo") / "state"
-    p = _demo(d, "--devices", "4", "--seed", "1", "--json")
+    # two processes spinning beside the demo (each ends by itself at its deadline, and is stopped below)
+    hogs = [subprocess.Popen([sys.executable, "-c", _HOG.format(s=380)]) for _ in range(2)]
     try:
-        out, err = p.communicate(timeout=360)
+        p = _demo(d, "--devices", "4", "--seed", "1", "--json")
+        try:
+            out, err = p.communicate(timeout=360)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert all(h.poll() is None for h in hogs), "the CPU hog stopped before the demo ended"
     finally:
-        if p.poll() is None:
-            p.kill()
+        for h in hogs:
+            h.terminate()
+        for h in hogs:
+            h.wait(10)
     assert p.returncode == 0, f"demo failed ({p.returncode}):\n{err[-4000:]}"
     return json.loads(out), d, subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
@@ -82,6 +97,50 @@ def test_bad_release_is_halted_in_its_first_wave_and_rolled_back(demo_run):
     assert 0 < len(bad["devices_ever_ran"]) <= bad["first_wave_devices"] < len(s["devices"])
     assert bad["devices_on_bad_at_end"] == 0
     assert set(s["final_versions"].values()) == {"1.1.0"}
+
+
+def test_agents_used_mutual_tls_with_their_own_certificates(demo_run):
+    from edgefleet.server import ServerConfig, start_server
+    from edgefleet.tls import cert_common_name, client_context
+
+    s, d, _ = demo_run
+    assert s["server"]["url"].startswith("https://127.0.0.1:")
+    assert s["server"]["device_auth"] == "mtls"
+    ca = Path(s["server"]["ca_file"])
+    assert ca == d / "tls" / "ca.crt" and ca.is_file()
+    log = (d / "logs" / "server.log").read_text()
+    assert "on https://127.0.0.1:" in log and "device auth: mtls" in log  # certificates only, no tokens
+    for dev in s["devices"]:
+        state = Path(dev["state_dir"])
+        assert cert_common_name((state / "device.pem").read_bytes()) == dev["id"]  # from its own CSR
+        assert (state / "ca.crt").read_bytes() == ca.read_bytes()  # the demo's CA is pinned
+        assert json.loads((state / "credentials.json").read_text())["server_url"] == s["server"]["url"]
+
+    # The control plane again, as the demo ran it: a device's token without its certificate is refused
+    # (the agents reached 1.1.0 by heartbeats that could only have been authenticated by certificate).
+    cfg = ServerConfig(
+        data_dir=d / "server",
+        repo_dir=d / "repository",
+        keys_dir=d / "server" / "keys",
+        tls_cert=d / "tls" / "server.crt",
+        tls_key=d / "tls" / "server.key",
+        ca_dir=d / "tls",
+        device_auth="mtls",
+    )
+    dev = s["devices"][0]
+    state = Path(dev["state_dir"])
+    pem = state / "device.pem"
+    token = json.loads((state / "credentials.json").read_text())["device_token"]
+    beat = {"device_id": dev["id"], "state": "idle"}
+    with start_server(cfg) as srv:
+        url = f"{srv.url}/v1/devices/{dev['id']}/heartbeat"
+        with httpx.Client(verify=client_context(ca)) as c:
+            r = c.post(url, json=beat, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 401 and "mutual TLS" in r.json()["message"]
+        with httpx.Client(verify=client_context(ca, cert=pem, key=pem)) as c:
+            assert c.post(url, json=beat).status_code == 200
+        with pytest.raises(httpx.HTTPError):  # and nothing in clear text
+            httpx.post(url.replace("https:", "http:"), json=beat, timeout=5)
 
 
 def test_state_directory_agrees_with_the_summary(demo_run):
@@ -127,7 +186,9 @@ def test_existing_directory_that_is_no_demo_is_refused(tmp_path):
 
 def test_ctrl_c_stops_every_process(tmp_path):
     d = tmp_path / "state"
-    p = _demo(d, "--devices", "2", "--json")  # narration on stderr
+    p = _demo(
+        d, "--devices", "2", "--json", "--insecure-http"
+    )  # clear text, as before TLS; narration on stderr
     try:
         deadline = time.monotonic() + 240
         # wait until the server and both agents run, then interrupt as a terminal's Ctrl-C would

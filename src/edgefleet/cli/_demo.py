@@ -27,10 +27,17 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(
             False, "--json", help="Print the final summary as JSON (narration to stderr)."
         ),
+        insecure_http: bool = typer.Option(
+            False,
+            "--insecure-http",
+            help="Run the control plane in clear text with device tokens (loopback only), as before TLS.",
+        ),
     ) -> None:
         """Train, optimize, sign and roll out three releases to real agents on loopback; the bad one is halted.
 
-        Runs on embedded defaults (SQLite, no MQTT) in a few minutes and leaves DIR to explore.
+        Runs on embedded defaults (SQLite, no MQTT) in a few minutes and leaves DIR to explore. The control
+        plane serves HTTPS with a private CA made in DIR/tls, and the agents authenticate with the device
+        certificates they get at enrollment (mutual TLS).
         """
         from edgefleet.sim import run_demo
         from edgefleet.sim._demo_config import DemoConfig
@@ -58,11 +65,22 @@ def register(app: typer.Typer) -> None:
                 print_json(summary)
             explore(summary, cmds)
             out.print(
-                f"dashboard: {summary['dashboard']} (operator token in {summary['server']['admin_token_file']})"
+                f"dashboard: {summary['dashboard']} (operator token in {summary['server']['admin_token_file']})",
+                highlight=False,
+                soft_wrap=True,
             )
+            if summary.get("trust_ca"):
+                out.print(
+                    f"its certificate chains to the demo's private CA: trust {summary['trust_ca']} in your "
+                    "browser, or pass --ca to the edgefleet CLI",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             out.print("[bold]server, agents and traffic keep running; Ctrl-C stops them[/]")
 
-        cfg = DemoConfig(dir=dir, devices=devices, keep_running=keep_running, seed=seed)
+        cfg = DemoConfig(
+            dir=dir, devices=devices, keep_running=keep_running, seed=seed, tls=not insecure_http
+        )
         try:
             summary = run_demo(cfg, narrator=narrator, on_ready=ready)
         except KeyboardInterrupt:

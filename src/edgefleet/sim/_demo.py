@@ -46,6 +46,7 @@ class _Demo(Reporting):
         self.sup = Supervisor(child_env(), cfg.stop_timeout_s)
         self.api: Client | None = None
         self.url = ""
+        self.ca_file: Path | None = None
         self.devices: list[DemoDevice] = []
         self.traffic: Traffic | None = None
         self.t0 = time.time()
@@ -114,10 +115,30 @@ class _Demo(Reporting):
         for sub in ("models", "data", "bundles", "logs", "devices"):
             (d / sub).mkdir()
 
+    def _make_certs(self) -> list[str]:
+        """A private CA and a loopback server certificate in DIR/tls; the server's flags for them."""
+        from edgefleet.tls import CertificateAuthority
+
+        tls = self.dir / "tls"
+        ca = CertificateAuthority.init(tls, name="edgefleet demo CA")
+        ca.issue_server(["127.0.0.1", "localhost"]).write(tls / "server.crt", tls / "server.key")
+        self.ca_file = tls / "ca.crt"
+        self.n.note(
+            f"private CA in {tls} (pin {self.ca_file}); server certificate for 127.0.0.1 and localhost; "
+            "devices get certificates from their own keys at enrollment (mutual TLS, no device tokens)"
+        )
+        # The same CA signs the devices' CSRs and verifies their client certificates.
+        return [
+            *("--tls-cert", str(tls / "server.crt"), "--tls-key", str(tls / "server.key")),
+            *("--ca", str(tls), "--device-auth", "mtls"),
+        ]
+
     def _start_server(self) -> None:
         from edgefleet.server import free_port
 
-        self.n.step("Starting the control plane (SQLite, no MQTT: devices poll)")
+        scheme = "HTTPS with device certificates" if self.cfg.tls else "clear-text HTTP on loopback"
+        self.n.step(f"Starting the control plane ({scheme}; SQLite, no MQTT: devices poll)")
+        tls_args = self._make_certs() if self.cfg.tls else []
         port = free_port()
         data = self.dir / "server"
         argv = [
@@ -138,6 +159,7 @@ class _Demo(Reporting):
             str(port),
             "--poll-interval",
             str(self.cfg.poll_interval_s),
+            *tls_args,
         ]
         env = {
             "EDGEFLEET_SERVER_ENGINE_TICK_S": str(self.cfg.engine_tick_s),
@@ -145,19 +167,25 @@ class _Demo(Reporting):
             "EDGEFLEET_SERVER_OFFLINE_AFTER_S": str(max(30.0, 30 * self.cfg.poll_interval_s)),
         }
         self.sup.spawn("server", argv, self.dir / "logs" / "server.log", env)
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.cfg.tls else 'http'}://127.0.0.1:{port}"
         self._wait(
             lambda: self._healthy(), self.cfg.start_timeout_s, "the control plane to start", {"server"}
         )
         token_file = data / "admin-token"
-        self.api = Client(self.url, token=token_file.read_text().strip())
+        self.api = Client(self.url, token=token_file.read_text().strip(), ca_file=self.ca_file)
         self.n.note(f"{self.url} (OpenAPI at {self.url}/docs); admin token in {token_file}")
         for version in self.releases:
             rel = self.api.register_release(self.cfg.name, version)
             classes = ", ".join(f"{v['variant']}->{'/'.join(v['device_classes'])}" for v in rel["variants"])
             self.n.note(f"registered {self.cfg.name} {version}: {classes}")
         status = self.api.repository()
-        self.summary["server"] = {"url": self.url, "admin_token_file": str(token_file), "repository": status}
+        self.summary["server"] = {
+            "url": self.url,
+            "admin_token_file": str(token_file),
+            "ca_file": str(self.ca_file) if self.ca_file else None,
+            "device_auth": "mtls" if self.cfg.tls else "token",
+            "repository": status,
+        }
 
     def _wait(self, ok: Callable[[], bool], timeout: float, what: str, watch: set[str] | None = None) -> None:
         deadline = time.monotonic() + timeout
@@ -173,8 +201,11 @@ class _Demo(Reporting):
     def _healthy(self) -> bool:
         import httpx
 
+        from edgefleet.tls import client_context
+
+        verify = client_context(self.ca_file) if self.ca_file else True
         try:
-            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+            return httpx.get(self.url + "/healthz", timeout=2, verify=verify).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -201,6 +232,7 @@ class _Demo(Reporting):
                 server_url=self.url,
                 name=name,
                 device_class=cls,
+                ca=self.ca_file,  # pinned: the agent trusts this CA only, and sends a CSR for its certificate
             )
             dev.device_id = creds.device_id
             self.devices.append(dev)
@@ -273,6 +305,7 @@ class _Demo(Reporting):
             "min_requests": self.cfg.min_requests,
             "min_control_requests": self.cfg.min_requests,
             "max_latency_p95_ratio": self.cfg.max_latency_p95_ratio,
+            "latency_look_s": self.cfg.latency_look_s,
         }
 
     def _create(self, version: str, waves: list[float], soak: float, gates: dict[str, Any]) -> dict[str, Any]:
@@ -296,9 +329,12 @@ class _Demo(Reporting):
 
     def _rollout_everyone(self) -> None:
         self.n.step(f"Rolling out v{GOOD} to every device (one wave)")
-        r = self._create(
-            GOOD, [100.0], 0.0, {"min_devices": self.cfg.min_devices, "min_requests": self.cfg.min_requests}
-        )
+        gates = {
+            "min_devices": self.cfg.min_devices,
+            "min_requests": self.cfg.min_requests,
+            "latency_look_s": self.cfg.latency_look_s,
+        }
+        r = self._create(GOOD, [100.0], 0.0, gates)
         t0 = time.time()
         self._follow(r["id"], GOOD, lambda ro, f: _completed(ro) and self._all_on(f, GOOD))
         self._record(r["id"], GOOD, t0)
@@ -412,6 +448,7 @@ def run_demo(
         summary["explore"] = cmds
         if cfg.keep_running:
             summary["dashboard"] = f"{demo.url}/dashboard"
+            summary["trust_ca"] = str(demo.ca_file) if demo.ca_file else None
         (demo.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if on_ready is not None:
             on_ready(summary, cmds)

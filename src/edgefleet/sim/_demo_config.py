@@ -42,6 +42,16 @@ class DemoConfig(BaseSettings):
     max_latency_p95_ratio: float = Field(
         3.0, gt=0, description="server latency gate; generous because a shared 2-core machine is noisy"
     )
+    latency_look_s: float = Field(
+        3.0,
+        gt=0,
+        description="seconds between the latency gate's looks (a few polls: the default 60 s would hold waves)",
+    )
+    tls: bool = Field(
+        True,
+        description="HTTPS control plane with a private CA made in DIR/tls; agents get device certificates "
+        "at enrollment and authenticate by mutual TLS only (false: clear text on loopback, device tokens)",
+    )
     watch_window_s: float = Field(4.0, gt=0, description="device-side watch window before commit")
     device_latency_ratio: float = Field(5.0, gt=0, description="device-side watch latency limit (noise)")
 

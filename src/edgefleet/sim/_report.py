@@ -236,15 +236,25 @@ class Reporting:
 
     def explore(self, keep_running: bool) -> list[str]:
         d = self.dir
+        tls = self.url.startswith("https:")
         tok = f"--token-file {d / 'server' / 'admin-token'}"
+        if tls:
+            tok += f" --ca {d / 'tls' / 'ca.crt'}"
         first = self.devices[0].name if self.devices else "DEVICE"
         bad = next((r["id"] for r in self.summary["rollouts"] if r["version"] == BAD), "ROLLOUT")
-        server = f"--server {self.url}" if keep_running else "--server http://127.0.0.1:8700"
+        scheme = "https" if tls else "http"
+        server = f"--server {self.url}" if keep_running else f"--server {scheme}://127.0.0.1:8700"
         cmds = []
         if not keep_running:
+            serve_tls = (
+                f" --tls-cert {d / 'tls' / 'server.crt'} --tls-key {d / 'tls' / 'server.key'} "
+                f"--ca {d / 'tls'} --device-auth mtls"
+                if tls
+                else ""
+            )
             cmds.append(
                 f"edgefleet server run --data {d / 'server'} --repo {d / 'repository'} "
-                f"--keys {d / 'server' / 'keys'} --port 8700 &"
+                f"--keys {d / 'server' / 'keys'} --port 8700{serve_tls} &"
             )
         cmds += [
             f"edgefleet rollout list {server} {tok}",
