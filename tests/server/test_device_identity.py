@@ -430,3 +430,83 @@ def test_agent_enroll_refuses_an_https_server_without_a_pinned_ca(tmp_path, publ
     # --system-ca is the explicit choice of the system store: it gets as far as the network
     r = subprocess.run([*cmd, "--system-ca"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "no CA is pinned" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_running_agent_renews_its_certificate_before_it_expires(tmp_path, published):
+    ca = CertificateAuthority.init(tmp_path / "ca")
+    ca.issue_server(["127.0.0.1"]).write(tmp_path / "server.crt", tmp_path / "server.key")
+    cfg = ServerConfig(
+        data_dir=tmp_path / "server",
+        repo_dir=published / "repo",
+        keys_dir=tmp_path / "nokeys",
+        tls_cert=tmp_path / "server.crt",
+        tls_key=tmp_path / "server.key",
+        ca_dir=tmp_path / "ca",
+        device_cert_days=0.001,  # 86 s (+ 5 min backdated): under a third of its lifetime is left at once
+        device_auth="mtls",
+        engine_enabled=False,
+    )
+    with (
+        start_server(cfg) as srv,
+        Client(srv.url, token=srv.admin_token, ca_file=tmp_path / "ca" / "ca.crt") as api,
+    ):
+        state = tmp_path / "dev"
+        cfg_a, dev = _enroll(api, srv.url, published, state, ca=tmp_path / "ca" / "ca.crt")
+        first = (state / "device.pem").read_bytes()
+        a = Agent(cfg_a)
+        try:
+            assert a.identity.renewal_due()
+            assert a.heartbeat() is not None
+            assert (state / "device.pem").read_bytes() != first  # renewed on the way, by certificate
+            assert a.heartbeat() is not None
+        finally:
+            a.close()
+        assert api.device(dev)["status"] == "online"
+
+
+def test_an_expired_device_certificate_is_refused(tls_site, tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    srv, api, ca_crt = tls_site
+    ca = CertificateAuthority.load(ca_crt.parent)
+    dev = "dev-0000000000000001"
+    now = dt.datetime.now(dt.UTC)
+
+    def cert_file(name: str, not_before: dt.datetime, not_after: dt.datetime) -> Path:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dev)]))
+            .issuer_name(ca.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .sign(ca.key, hashes.SHA256())
+        )
+        p = tmp_path / name
+        p.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            + cert.public_bytes(serialization.Encoding.PEM)
+        )
+        return p
+
+    url = f"{srv.url}/v1/devices/{dev}/heartbeat"
+    beat = {"device_id": dev, "state": "idle"}
+    valid = cert_file("valid.pem", now - dt.timedelta(days=1), now + dt.timedelta(days=1))
+    with httpx.Client(verify=client_context(ca_crt, cert=valid, key=valid)) as c:
+        assert c.post(url, json=beat).status_code == 404  # accepted as dev-...01, which does not exist
+    expired = cert_file("expired.pem", now - dt.timedelta(days=31), now - dt.timedelta(days=1))
+    # the TLS layer drops it: no request is served
+    with (
+        httpx.Client(verify=client_context(ca_crt, cert=expired, key=expired)) as c,
+        pytest.raises(httpx.HTTPError),
+    ):
+        c.post(url, json=beat)
