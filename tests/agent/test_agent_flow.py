@@ -16,11 +16,14 @@ def test_enroll_stores_credentials_0600_and_reports_hardware(world):
     obj = json.loads(creds.read_text())
     assert obj["device_token"] in world.standin.devices.values()
     hw = world.standin.enrollments[0]["hardware"]
+    # enrollment ends with one report (state "enrolled"): the device confirms it holds its credentials
+    assert [h["state"] for h in world.standin.heartbeats] == ["enrolled"]
+    assert world.standin.heartbeats[0]["hardware"]["arch"] == hw["arch"]
     a = world.agent()
     a.run_once()
     a.run_once()
-    assert world.standin.heartbeats[0]["hardware"]["arch"] == hw["arch"]  # first heartbeat of a run
-    assert world.standin.heartbeats[1]["hardware"] is None
+    assert world.standin.heartbeats[1]["hardware"]["arch"] == hw["arch"]  # first heartbeat of a run
+    assert world.standin.heartbeats[2]["hardware"] is None
     assert hw["cores"] >= 1 and hw["ram_mb"] > 0 and hw["arch"]
     assert "CPUExecutionProvider" in hw["providers"]
     assert (world.state / "root.json").read_bytes() == (

@@ -26,8 +26,8 @@ from edgefleet.agent._director import DirectorClient
 from edgefleet.agent._fetcher import HttpxFetcher
 from edgefleet.agent._identity import DeviceIdentity, https_trust_check
 from edgefleet.agent._tuf import TrustedRepository
-from edgefleet.errors import ConfigError, DownloadError, InputError, VerificationError
-from edgefleet.protocol import EnrollRequest
+from edgefleet.errors import ConfigError, DownloadError, EdgefleetError, InputError, VerificationError
+from edgefleet.protocol import EnrollRequest, Heartbeat
 from edgefleet.tls import client_context
 
 __all__ = ["Credentials", "enroll"]
@@ -163,7 +163,33 @@ def enroll(
     )
     creds.save(state)
     log.info("enrolled as %s", resp.device_id, extra={"device_id": resp.device_id})
+    _confirm(config, creds, identity, hw, transport)
     return creds
+
+
+def _confirm(
+    config: AgentConfig, creds: Credentials, identity: DeviceIdentity, hw: Any, transport: Any
+) -> None:
+    """Report once with the new credentials, so the control plane knows the device holds them.
+
+    Until a device reports it is ``pending``: never online, never admitted to a wave. This first report
+    proves the credentials were stored and work (over mutual TLS when the server gave a certificate); if it
+    fails, the enrollment still stands and ``agent run``'s first heartbeat confirms it. Its answer is not
+    acted on: the agent acts only on directives it receives while running.
+    """
+    client = DirectorClient(
+        creds.server_url,
+        token=creds.device_token,
+        timeout=config.request_timeout_s,
+        transport=transport,
+        verify=identity.verify(),
+    )
+    try:
+        client.heartbeat(creds.device_id, Heartbeat(device_id=creds.device_id, state="enrolled", hardware=hw))
+    except EdgefleetError as e:
+        log.warning("enrolled, but the first report failed (agent run will send it): %s", e.message)
+    finally:
+        client.close()
 
 
 def trusted_root(

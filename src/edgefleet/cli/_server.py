@@ -11,7 +11,8 @@ from typing import Any
 
 import typer
 
-from edgefleet.cli._common import JsonOut, console, daemon_logging, emit
+from edgefleet.cli._common import CaFile, JsonOut, ServerUrl, console, daemon_logging, emit
+from edgefleet.client import DEFAULT_URL
 
 server_app = typer.Typer(
     help="Run and administer the control plane (local state directory).", no_args_is_help=True
@@ -146,6 +147,44 @@ def server_run(
     uvicorn.run(
         app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=30, **tls
     )
+
+
+@server_app.command("wait")
+def server_wait(
+    server: ServerUrl = DEFAULT_URL,
+    ca: CaFile = None,
+    timeout: float = typer.Option(60.0, min=0.1, help="Give up after this many seconds."),
+) -> None:
+    """Wait until a control plane answers /healthz (for scripts that just started one)."""
+    import time
+
+    import httpx
+
+    from edgefleet.errors import ServerError
+
+    verify: Any = True
+    if ca is not None and server.startswith("https:"):
+        from edgefleet.tls import client_context
+
+        verify = client_context(ca)
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(base_url=server.rstrip("/"), verify=verify, timeout=5) as c:
+        while True:
+            try:
+                r = c.get("/healthz")
+                if r.status_code == 200:
+                    console.print(f"{server} is up", highlight=False)
+                    return
+                last = f"HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                last = str(e) or type(e).__name__
+            if time.monotonic() >= deadline:
+                raise ServerError(
+                    f"{server} did not answer /healthz within {timeout:g}s ({last})",
+                    hint="check the server's log, its URL, and --ca for an https server",
+                )
+            time.sleep(0.25)
 
 
 @server_app.command("migrate")
