@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -87,7 +88,5 @@ def test_readme_tour_runs_as_written(tmp_path):
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             time.sleep(2)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass

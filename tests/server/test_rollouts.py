@@ -420,6 +420,7 @@ def test_error_rate_alpha_of_one_fails_on_the_point_estimate(harness):
 
 
 def test_gates_judge_plain_figures_without_a_database():
+    from edgefleet.server._aggregate import Aggregate
     from edgefleet.server._gates import (
         failure_reason,
         health_gates,
@@ -427,7 +428,6 @@ def test_gates_judge_plain_figures_without_a_database():
         pick_reference,
         wave_verdict,
     )
-    from edgefleet.server._aggregate import Aggregate
     from edgefleet.server._schemas import RolloutGates
 
     g = RolloutGates(**FAST)

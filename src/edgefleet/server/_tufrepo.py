@@ -83,7 +83,9 @@ class RepositoryService:
                     try:
                         from edgefleet.registry import KeyStore
 
-                        ks = KeyStore(self.keys_dir, passphrase=os.environ.get(KeyStore.PASSPHRASE_ENV) or None)
+                        ks = KeyStore(
+                            self.keys_dir, passphrase=os.environ.get(KeyStore.PASSPHRASE_ENV) or None
+                        )
                         if ks.can_sign("timestamp"):
                             self._keys = ks
                         else:
