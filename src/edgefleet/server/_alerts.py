@@ -21,11 +21,10 @@ from sqlalchemy.orm import Session
 
 from edgefleet.errors import ConfigError, ConflictError, NotFoundError
 from edgefleet.server._audit import audit
-from edgefleet.server._fleet_config import FleetConfig
 from edgefleet.server._fleet_models import FleetAlert, RetrainRequestRow
-from edgefleet.server._fleetview import ACTOR, FleetQueries, Query, rounded, split_release
+from edgefleet.server._fleetview import ACTOR, FleetQueries, OnQueries, Query, rounded, split_release
 from edgefleet.server._models import Device, ServerState
-from edgefleet.telemetry import AlertRules, CommandHook, RetrainRequest, WebhookHook, evaluate_alerts
+from edgefleet.telemetry import CommandHook, RetrainRequest, WebhookHook, evaluate_alerts
 
 __all__ = ["FleetAlerts"]
 
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 _DRIFT_STATE = "fleet.drift"
 
 
-class FleetAlerts:
+class FleetAlerts(OnQueries):
     """Alert evaluation and state, and retraining requests, over the fleet's queries.
 
     Raises:
@@ -48,21 +47,6 @@ class FleetAlerts:
                 "both a retraining webhook and a retraining command are configured",
                 hint="set only one of EDGEFLEET_FLEET_RETRAIN_WEBHOOK_URL and EDGEFLEET_FLEET_RETRAIN_COMMAND",
             )
-
-    @property
-    def config(self) -> FleetConfig:
-        return self.queries.config
-
-    @property
-    def rules(self) -> AlertRules:
-        return self.queries.rules
-
-    @property
-    def db(self) -> Any:
-        return self.queries.db
-
-    def now(self) -> float:
-        return self.queries.now()
 
     # --- alerts --------------------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from edgefleet.server._devices import device_status
 from edgefleet.server._fleet_models import FleetAlert, RetrainRequestRow, TelemetryRollup
-from edgefleet.server._fleetview import FleetQueries
+from edgefleet.server._fleetview import FleetQueries, OnQueries
 from edgefleet.server._models import AuditEntry, Device, Rollout, TelemetryBatchRow, TelemetryWindowRow
-from edgefleet.telemetry import AlertRules, DriftConfig
+from edgefleet.telemetry import AlertRules
 
 __all__ = ["DashboardModel", "device_health"]
 
@@ -45,26 +45,11 @@ def device_health(
     return "healthy"
 
 
-class DashboardModel:
+class DashboardModel(OnQueries):
     """What the dashboard pages read, over the fleet's queries (their config, rules and drift threshold)."""
 
     def __init__(self, queries: FleetQueries) -> None:
         self.queries = queries
-
-    @property
-    def rules(self) -> AlertRules:
-        return self.queries.rules
-
-    @property
-    def drift_config(self) -> DriftConfig:
-        return self.queries.drift_config
-
-    @property
-    def db(self) -> Any:
-        return self.queries.db
-
-    def now(self) -> float:
-        return self.queries.now()
 
     def health_of(self, d: Device, now: float) -> str:
         """``device_health`` with this server's offline limit, alert rules and drift threshold."""

@@ -20,14 +20,14 @@ from sqlalchemy.orm import Session
 from edgefleet.server._alerts import FleetAlerts
 from edgefleet.server._dashboard_model import DashboardModel
 from edgefleet.server._fleet_config import FleetConfig
-from edgefleet.server._fleetview import FleetQueries, Query
+from edgefleet.server._fleetview import FleetQueries, OnQueries, Query
 from edgefleet.server._retention import Retention
 from edgefleet.telemetry import AlertRules, DriftConfig
 
 __all__ = ["FleetView"]
 
 
-class FleetView:
+class FleetView(OnQueries):
     """Fleet queries, alerting, retention and the dashboard over one control plane's database (one per app).
 
     Args:
@@ -67,21 +67,6 @@ class FleetView:
     @config.setter
     def config(self, value: FleetConfig) -> None:
         self.queries.config = value
-
-    @property
-    def rules(self) -> AlertRules:
-        return self.queries.rules
-
-    @property
-    def drift_config(self) -> DriftConfig:
-        return self.queries.drift_config
-
-    @property
-    def db(self) -> Any:
-        return self.queries.db
-
-    def now(self) -> float:
-        return self.queries.now()
 
     # --- queries ---------------------------------------------------------------------------------
 

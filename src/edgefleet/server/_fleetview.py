@@ -115,6 +115,31 @@ def summarize(w: Window) -> dict[str, Any]:
     }
 
 
+class OnQueries:
+    """A part of the fleet view working over the shared ``FleetQueries``: their settings, database, clock."""
+
+    queries: FleetQueries
+
+    @property
+    def config(self) -> FleetConfig:
+        return self.queries.config
+
+    @property
+    def rules(self) -> AlertRules:
+        return self.queries.rules
+
+    @property
+    def drift_config(self) -> DriftConfig:
+        return self.queries.drift_config
+
+    @property
+    def db(self) -> Any:
+        return self.queries.db
+
+    def now(self) -> float:
+        return self.queries.now()
+
+
 class FleetQueries:
     """Fleet telemetry queries over one control plane's database (thread-safe, one per app).
 
