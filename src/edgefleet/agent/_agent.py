@@ -165,7 +165,13 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl):
             except EdgefleetError as e:
                 self._auto_rollback(f"active model failed to load: {e}")
         if self.config.api_port is not None:
-            self.api_port = self.host.serve(self.config.api_host, self.config.api_port)
+            self.api_port = self.host.serve(
+                self.config.api_host,
+                self.config.api_port,
+                tls_cert=self.config.api_tls_cert,
+                tls_key=self.config.api_tls_key,
+                insecure_http=self.config.api_insecure_http,
+            )
         if self.config.mqtt_url:
             self._start_mqtt()
         self._open_outbox()

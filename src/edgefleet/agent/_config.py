@@ -81,6 +81,11 @@ class AgentConfig(BaseSettings):
     # Local inference API.
     api_host: str = Field("127.0.0.1", description="local inference API address")
     api_port: int | None = Field(None, ge=0, le=65535, description="local API port (None: no API, 0: any)")
+    api_tls_cert: str | None = Field(None, description="PEM certificate: serve the local API over HTTPS")
+    api_tls_key: str | None = Field(None, description="PEM private key of api_tls_cert")
+    api_insecure_http: bool = Field(
+        False, description="allow the local API in clear text off loopback (behind a TLS-terminating proxy)"
+    )
 
     # Outbox and telemetry.
     telemetry_interval_s: float = Field(

@@ -83,7 +83,6 @@ class RuntimeHost:
         self._counted = [0, 0]
         self._recent: collections.deque[Any] = collections.deque(maxlen=max(0, recent_windows))
         self._server: Any = None
-        self._thread: threading.Thread | None = None
 
     # --- model ---------------------------------------------------------------------------------
 
@@ -278,34 +277,37 @@ class RuntimeHost:
 
     # --- local API -----------------------------------------------------------------------------
 
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Start the runtime's local API in a background thread; return the port it listens on."""
-        import socket
+    def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        insecure_http: bool = False,
+    ) -> int:
+        """Start the runtime's local API in a background thread; return the port it listens on.
 
-        import uvicorn
+        Off loopback it refuses to listen in clear text unless ``insecure_http`` (``ApiServer``'s policy).
+        """
+        from edgefleet.runtime import ApiServer
 
-        from edgefleet.runtime import create_app
-
-        app = create_app(_Instrumented(self), self._ensure_runtime().config.api)  # type: ignore[arg-type]
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        cfg = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(cfg)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="edgefleet-local-api"
+        cfg = self._ensure_runtime().config.api.model_copy(
+            update={
+                "host": host,
+                "port": port,
+                "uds": None,
+                "tls_cert": tls_cert,
+                "tls_key": tls_key,
+                "insecure_http": insecure_http,
+            }
         )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return sock.getsockname()[1]
+        self._server = ApiServer(_Instrumented(self), cfg).start()  # type: ignore[arg-type]
+        return self._server.port
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-            if self._thread is not None:
-                self._thread.join(timeout=5)
+            self._server.stop()
             self._server = None
         rt, self.runtime = self.runtime, None
         if rt is not None:

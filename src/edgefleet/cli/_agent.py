@@ -145,6 +145,15 @@ def run_cmd(
     api_host: str | None = typer.Option(
         None, "--api-host", help="Address of the local API (default 127.0.0.1)."
     ),
+    api_tls_cert: Path | None = typer.Option(
+        None, "--api-tls-cert", help="PEM certificate: serve the local API over HTTPS."
+    ),
+    api_tls_key: Path | None = typer.Option(None, "--api-tls-key", help="PEM key of --api-tls-cert."),
+    api_insecure_http: bool = typer.Option(
+        False,
+        "--api-insecure-http",
+        help="Allow the local API in clear text off loopback (behind a TLS proxy).",
+    ),
     mqtt: str | None = typer.Option(None, "--mqtt", help="mqtt://host:port for nudges (poll now)."),
     max_rate: float | None = typer.Option(None, "--max-rate", help="Download byte-rate cap in bytes/s."),
     once: bool = typer.Option(False, "--once", help="Run one loop pass and exit."),
@@ -156,7 +165,16 @@ def run_cmd(
     from edgefleet.agent import Agent
 
     daemon_logging()
-    cfg = _config(state, api_port=api_port, api_host=api_host, mqtt_url=mqtt, max_rate_bytes_per_s=max_rate)
+    cfg = _config(
+        state,
+        api_port=api_port,
+        api_host=api_host,
+        api_tls_cert=str(api_tls_cert) if api_tls_cert else None,
+        api_tls_key=str(api_tls_key) if api_tls_key else None,
+        api_insecure_http=api_insecure_http or None,
+        mqtt_url=mqtt,
+        max_rate_bytes_per_s=max_rate,
+    )
     bar = _ProgressBar() if progress and err_console.is_terminal else None
     agent = Agent(cfg, on_progress=bar.update if bar else None)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
