@@ -72,7 +72,8 @@ def test_good_release_reaches_every_device_through_the_default_waves(sim_server)
     )
     ev = api.rollout(rid)["evaluation"]
     assert done, (ev["failed_gates"], ev["waiting_for"], ev["gates"])
-    asyncio.run(fleet.run(until=lambda f: f.count_on("1.1.0") == 30, timeout=60))  # returns as soon as it holds; generous for a busy machine
+    # returns as soon as it holds; the deadline is generous for a busy machine
+    asyncio.run(fleet.run(until=lambda f: f.count_on("1.1.0") == 30, timeout=60))
     assert fleet.count_on("1.1.0") == 30
     waves = [a["details"] for a in api.rollout_audit(rid) if a["action"] == "rollout.wave_opened"]
     assert [w["percent"] for w in waves] == [1, 5, 25, 100]
