@@ -1,0 +1,198 @@
+"""Live accuracy from labelled samples: figures (pure functions), the report per release / device class /
+region, and the rollout gate.
+
+* :func:`wilson` — the Wilson score interval of a proportion (good at small n and near 0 or 1).
+* :func:`newcombe` — the interval of a difference of two proportions (Newcombe's hybrid score method,
+  built from the two Wilson intervals).
+* :func:`expected_calibration_error` — ECE over equal-width confidence bins: the mean gap between the
+  confidence a model states and the accuracy it gets, weighted by bin size.
+* :func:`accuracy_gate` — the rollout gate, in ``_gates``' style: it waits until the wave has
+  ``min_labelled`` labelled samples; against a control group it is a non-inferiority test (the new release
+  passes when the lower end of the 95 % interval of ``acc_new - acc_control`` is above ``-margin``, fails
+  when the upper end is below it, and waits in between); without a control group it compares the Wilson
+  interval with ``min_accuracy`` the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from edgefleet.server._db import Database
+from edgefleet.server._gates import GateResult
+from edgefleet.server._sample_models import SampleRow
+
+__all__ = [
+    "Z95",
+    "accuracy_figures",
+    "accuracy_gate",
+    "accuracy_report",
+    "expected_calibration_error",
+    "labelled_counts",
+    "newcombe",
+    "wilson",
+]
+
+Z95 = 1.959963984540054
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of ``k`` successes in ``n`` trials; ``(0, 1)`` when ``n`` is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float]:
+    """Interval of ``k1/n1 - k2/n2`` (Newcombe 1998, method 10)."""
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson(k1, n1, z)
+    l2, u2 = wilson(k2, n2, z)
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def expected_calibration_error(
+    confidence: Sequence[float], correct: Sequence[bool], bins: int = 10
+) -> float | None:
+    """ECE over ``bins`` equal-width bins of confidence; None without samples."""
+    c = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=np.float64)
+    if not len(c):
+        return None
+    idx = np.minimum((np.clip(c, 0, 1) * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.sum() / len(c) * abs(ok[m].mean() - c[m].mean())
+    return float(ece)
+
+
+def accuracy_figures(
+    rows: Iterable[tuple[str | None, str, float | None]], *, bins: int = 10
+) -> dict[str, Any]:
+    """Accuracy, its Wilson interval, ECE and per-class precision/recall of ``(predicted, label, confidence)``."""
+    rows = list(rows)
+    n = len(rows)
+    k = sum(1 for p, y, _ in rows if p == y)
+    lo, hi = wilson(k, n)
+    conf = [(c, p == y) for p, y, c in rows if c is not None]
+    classes: dict[str, dict[str, Any]] = {}
+    for name in sorted({y for _, y, _ in rows} | {p for p, _, _ in rows if p is not None}):
+        tp = sum(1 for p, y, _ in rows if p == name and y == name)
+        predicted = sum(1 for p, _, _ in rows if p == name)
+        support = sum(1 for _, y, _ in rows if y == name)
+        classes[name] = {
+            "support": support,
+            "predicted": predicted,
+            "precision": tp / predicted if predicted else None,
+            "precision_ci": list(wilson(tp, predicted)) if predicted else None,
+            "recall": tp / support if support else None,
+            "recall_ci": list(wilson(tp, support)) if support else None,
+        }
+    return {
+        "labelled": n,
+        "correct": k,
+        "accuracy": k / n if n else None,
+        "accuracy_ci": [lo, hi] if n else None,
+        "ece": expected_calibration_error([c for c, _ in conf], [ok for _, ok in conf], bins)
+        if conf
+        else None,
+        "classes": classes,
+    }
+
+
+_GROUP_COLUMNS = {
+    "release": SampleRow.release,
+    "device_class": SampleRow.device_class,
+    "region": SampleRow.region,
+}
+
+
+def accuracy_report(
+    db: Database, *, release: str | None = None, by: Sequence[str] = ("release",), bins: int = 10
+) -> list[dict[str, Any]]:
+    """Live accuracy of labelled samples grouped by ``by`` (``release`` always first), largest group first."""
+    keys = ["release", *[b for b in by if b != "release"]]
+    cols = [_GROUP_COLUMNS[k] for k in keys]
+    q = select(*cols, SampleRow.predicted, SampleRow.label, SampleRow.confidence).where(
+        SampleRow.label.is_not(None)
+    )
+    if release is not None:
+        q = q.where(SampleRow.release == release)
+    groups: dict[tuple, list[tuple[str | None, str, float | None]]] = {}
+    with db.read() as s:
+        for row in s.execute(q):
+            groups.setdefault(tuple(row[: len(keys)]), []).append(tuple(row[len(keys) :]))
+    out = [
+        {**dict(zip(keys, g, strict=True)), **accuracy_figures(rows, bins=bins)} for g, rows in groups.items()
+    ]
+    return sorted(out, key=lambda d: (-d["labelled"], str(d["release"])))
+
+
+def labelled_counts(
+    s: Any, device_ids: Sequence[str], *, release: str | None = None, not_release: str | None = None
+) -> tuple[int, int]:
+    """``(labelled, correct)`` of the samples of ``device_ids`` (of ``release``, or not of ``not_release``)."""
+    if not device_ids:
+        return 0, 0
+    q = select(SampleRow.predicted, SampleRow.label).where(
+        SampleRow.label.is_not(None), SampleRow.device_id.in_(list(device_ids))
+    )
+    if release is not None:
+        q = q.where(SampleRow.release == release)
+    if not_release is not None:
+        q = q.where(SampleRow.release != not_release)
+    rows = s.execute(q).all()
+    return len(rows), sum(1 for p, y in rows if p == y)
+
+
+def accuracy_gate(
+    new: tuple[int, int],
+    control: tuple[int, int] | None,
+    *,
+    min_labelled: int,
+    margin: float,
+    min_accuracy: float | None = None,
+) -> GateResult:
+    """The live-accuracy gate of a wave (see the module docstring); ``min_labelled`` 0 turns it off.
+
+    Args:
+        new: ``(labelled, correct)`` of the wave's samples on the new release.
+        control: the same of the control group (still on the previous release), or None.
+        margin: the non-inferiority margin: how much lower the new accuracy may be.
+        min_accuracy: the absolute floor used when the control group has fewer than ``min_labelled``.
+    """
+    name = "live_accuracy"
+    if min_labelled <= 0:
+        return GateResult(name, "skipped", detail="min_labelled is 0 (gate off)")
+    n, k = new
+    if n < min_labelled:
+        return GateResult(
+            name, "wait", k / n if n else None, detail=f"{n}/{min_labelled} labelled samples on the wave"
+        )
+    acc = k / n
+    if control is not None and control[0] >= min_labelled:
+        cn, ck = control
+        lo, hi = newcombe(k, n, ck, cn)
+        ref = ck / cn
+        detail = f"accuracy {acc:.3f} vs control {ref:.3f}, difference in [{lo:+.3f}, {hi:+.3f}] (95 %)"
+        status = "pass" if lo > -margin else "fail" if hi < -margin else "wait"
+        return GateResult(name, status, acc, ref - margin, ref, detail)
+    if min_accuracy is None:
+        return GateResult(
+            name, "skipped", acc, detail="no control group with enough labels and no min_accuracy"
+        )
+    lo, hi = wilson(k, n)
+    detail = f"accuracy {acc:.3f} in [{lo:.3f}, {hi:.3f}] (95 %) vs floor {min_accuracy:.3f}"
+    status = "pass" if lo >= min_accuracy else "fail" if hi < min_accuracy else "wait"
+    return GateResult(name, status, acc, min_accuracy, None, detail)
