@@ -29,6 +29,7 @@ _COMMAND_MODULES = [
     "_bundle",
     "_registry",
     "_optimize",
+    "_distill",
     "_serve",
     "_agent",
     "_server",
@@ -38,6 +39,7 @@ _COMMAND_MODULES = [
     "_telemetry",
     "_fleet",
     "_demo",
+    "_device",
 ]
 
 

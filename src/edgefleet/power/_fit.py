@@ -1,0 +1,150 @@
+"""Will this model fit that device? Memory and latency predicted from a measurement here, scaled.
+
+The model is measured on this machine (p50 latency at the device's thread count, and the resident memory
+its session adds, in a fresh process); this machine's compute score is measured in the same run. The
+device's p50 is predicted as ``p50 here x score here / score there``, times the extra slowdown when the
+device has fewer usable cores (cores, cgroup quota) than the threads asked for. Memory is predicted as
+measured: a session's RSS depends on the model and the runtime, not the clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet.errors import InputError
+
+__all__ = ["FitReport", "fit_model", "usable_cores"]
+
+
+@dataclass
+class FitReport:
+    """The prediction for one model on one device profile, with the verdict and its reasons."""
+
+    model: str
+    profile: str
+    threads: int
+    verdict: str  # fits | does not fit | unknown
+    reasons: list[str] = field(default_factory=list)
+    measured_p50_ms: float = 0.0  # here
+    predicted_p50_ms: float | None = None
+    predicted_rss_mb: float | None = None
+    score_here: float = 0.0
+    score_device: float | None = None
+    latency_budget_ms: float | None = None
+    ram_limit_mb: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def usable_cores(cores: int, device: dict[str, Any] | None) -> float:
+    """Cores a process may use: the profile's cores, capped by its cgroup CPU quota if it has one."""
+    quota = ((device or {}).get("cgroup") or {}).get("cpu_quota_cores")
+    return min(float(cores), float(quota)) if quota else float(cores)
+
+
+@contextlib.contextmanager
+def _resolved(path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(model file, budgets from the manifest) for a bundle (directory or archive) or a model file."""
+    if not path.exists():
+        raise InputError(
+            f"{path} does not exist", hint="pass a bundle (directory or archive) or a model file"
+        )
+    if path.is_file() and path.suffix.lower() in (".onnx", ".tflite"):
+        yield path, {"name": path.name}
+        return
+    from edgefleet.bundle import Bundle
+
+    with Bundle.from_dir(path) if path.is_dir() else Bundle.open(path) as b:
+        man = b.manifest
+        yield (
+            b.model_path,
+            {
+                "latency_p95_ms": man.budgets.latency_p95_ms,
+                "ram_mb": man.budgets.ram_mb,
+                "name": f"{man.name} {man.version} ({man.variant})",
+            },
+        )
+
+
+def fit_model(
+    model_or_bundle: str | Path,
+    profile: Any,
+    *,
+    threads: int = 1,
+    runs: int = 200,
+    measure_memory: bool = True,
+) -> FitReport:
+    """Predict ``model_or_bundle``'s p50 latency and memory on ``profile`` (an optimizer ``DeviceProfile``
+    with ``compute_score``, as ``edgefleet device probe`` writes), from a measurement here."""
+    with _resolved(Path(model_or_bundle)) as (model, info):
+        return _fit(model, info, profile, threads=threads, runs=runs, measure_memory=measure_memory)
+
+
+def _fit(
+    model: Path, info: dict[str, Any], profile: Any, *, threads: int, runs: int, measure_memory: bool
+) -> FitReport:
+    from edgefleet.optimize import DeviceProfile, benchmark
+    from edgefleet.power._profile import compute_score
+
+    local_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    here = DeviceProfile(name="here", cores=max(1, threads), execution_providers=["CPUExecutionProvider"])
+    before = compute_score(threads=1, seconds=0.3)["score"]
+    res = benchmark(model, here, runs=runs, warmup=10, batch_sizes=(1,), measure_memory=measure_memory)
+    after = compute_score(threads=1, seconds=0.3)["score"]
+    score_here = (before + after) / 2  # either side of the model's runs: load drift hits both
+    rep = FitReport(
+        model=info["name"],
+        profile=profile.name,
+        threads=threads,
+        verdict="unknown",
+        measured_p50_ms=res.latency.p50_ms,
+        predicted_rss_mb=res.peak_rss_mb,
+        score_here=score_here,
+        score_device=profile.compute_score,
+    )
+    rep.latency_budget_ms = profile.latency_budget_ms or info.get("latency_p95_ms")
+    cg_mem = ((profile.device or {}).get("cgroup") or {}).get("memory_max_bytes")
+    limits = [x for x in (profile.ram_budget_mb, info.get("ram_mb"), cg_mem and cg_mem / 2**20) if x]
+    rep.ram_limit_mb = min(limits) if limits else profile.ram_mb
+    if profile.compute_score is None:
+        rep.reasons.append("the profile has no compute_score: run `edgefleet device probe` on the device")
+    else:
+        ratio = score_here / profile.compute_score
+        cores_here = min(float(threads), float(local_cores))
+        cores_there = min(float(threads), usable_cores(profile.cores, profile.device))
+        rep.predicted_p50_ms = res.latency.p50_ms * ratio * max(1.0, cores_here / max(cores_there, 1e-3))
+        rep.reasons.append(
+            f"p50 {res.latency.p50_ms:.3f} ms here x {ratio:.2f} (compute score {score_here:.1f} here, "
+            f"{profile.compute_score:.1f} there)"
+            + (f" x {cores_here / cores_there:.2f} (fewer usable cores)" if cores_there < cores_here else "")
+        )
+    verdicts = []
+    if rep.predicted_p50_ms is not None and rep.latency_budget_ms is not None:
+        ok = rep.predicted_p50_ms <= rep.latency_budget_ms
+        verdicts.append(ok)
+        rep.reasons.append(
+            f"predicted p50 {rep.predicted_p50_ms:.2f} ms {'within' if ok else 'over'} the "
+            f"{rep.latency_budget_ms:g} ms budget"
+        )
+    if rep.predicted_rss_mb is not None and rep.ram_limit_mb is not None:
+        ok = rep.predicted_rss_mb <= rep.ram_limit_mb
+        verdicts.append(ok)
+        rep.reasons.append(
+            f"session memory {rep.predicted_rss_mb:.1f} MiB {'within' if ok else 'over'} "
+            f"{rep.ram_limit_mb:g} MiB"
+        )
+    elif res.rss_note and measure_memory:
+        rep.reasons.append(f"memory not measured: {res.rss_note}")
+    if verdicts:
+        rep.verdict = "fits" if all(verdicts) else "does not fit"
+    elif rep.predicted_p50_ms is not None:
+        rep.reasons.append(
+            "no latency or memory budget to judge against (set latency_budget_ms in the profile)"
+        )
+    return rep
