@@ -66,7 +66,7 @@ def test_privacy_switch():
     x = np.arange(64, dtype=np.float32).reshape(1, 64) / 64
     feats = np.ones((1, 3))
     out = {}
-    for mode in ("raw", "hash", "drop"):
+    for mode in ("raw", "hash", "features", "drop"):
         got = []
         Sampler(SamplerConfig(enabled=True, rate=1.0, privacy=mode, hash_key="k"), sink=got.append).offer(
             confidence=np.array([0.5]), inputs=x, features=feats, scores=np.array([[0.5, 0.5]]), labels=["7"]
@@ -75,9 +75,12 @@ def test_privacy_switch():
     raw = out["raw"]
     assert np.frombuffer(base64.b64decode(raw["input_b64"]), dtype=np.float32).tolist() == x[0].tolist()
     assert "input_b64" not in out["hash"] and len(out["hash"]["input_hash"]) == 32
-    assert "input_b64" not in out["drop"] and "input_hash" not in out["drop"]
-    for s in out.values():  # features, outputs and the label are always kept
-        assert s["features"] == [1.0, 1.0, 1.0] and s["scores"] == [0.5, 0.5] and s["label"] == "7"
+    for mode in ("features", "drop"):
+        assert "input_b64" not in out[mode] and "input_hash" not in out[mode]
+    assert "features" not in out["drop"]  # drop keeps only the answer
+    for mode, s in out.items():  # outputs and the predicted class are always kept; features unless drop
+        assert s["scores"] == [0.5, 0.5] and s["predicted"] == "7"
+        assert s.get("features") == (None if mode == "drop" else [1.0, 1.0, 1.0])
     # the keyed digest changes with the key
     other = []
     Sampler(SamplerConfig(enabled=True, rate=1.0, privacy="hash", hash_key="other"), sink=other.append).offer(
