@@ -65,6 +65,26 @@ def _describe(r: VariantResult, objective: str) -> str:
     return f"score {r.score:.3f}"
 
 
+def _dense_pruning_without_gain(r: VariantResult, noise_floor: float) -> bool:
+    """Unstructured pruning stores its zeros densely: it is a sparsity report, and loses unless it is
+    really smaller or faster than the baseline (structured pruning, which removes whole channels, is the
+    torch recipe's ``--prune``)."""
+    if r.variant.kind != "pruned":
+        return False
+    smaller = (r.size_ratio or 1.0) > 1 + noise_floor
+    il = r.interleaved
+    faster = il.verdict == "faster" if il is not None else (r.speedup_p50 or 1.0) > 1 + noise_floor
+    if smaller or faster:
+        return False
+    r.outcome = "rejected"
+    r.reason = (
+        f"unstructured pruning ({r.sparsity or 0:.0%} zeros) is stored and run densely: "
+        f"{r.size_ratio or 1.0:.2f}x smaller, {r.speedup_p50 or 1.0:.2f}x the speed; a sparsity report, "
+        "not a variant (structured pruning removes whole channels: edgefleet optimize model.pt --prune 0.5)"
+    )
+    return True
+
+
 def select(
     results: list[VariantResult],
     budget: Budget,
@@ -136,6 +156,7 @@ def select(
             cand.score = objective_score(cand, base, objective, 1.0 if same else ratio)
             kept.append(cand)
         eligible = kept
+    eligible = [r for r in eligible if not _dense_pruning_without_gain(r, noise_floor)]
     # Ties (scores equal to 0.1 %) go to the better quality, then to the baseline (the simplest model).
     eligible.sort(
         key=lambda r: (
