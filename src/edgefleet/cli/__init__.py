@@ -36,6 +36,7 @@ _COMMAND_MODULES = [
     "_rollout",
     "_devices",
     "_release",
+    "_retrain",
     "_telemetry",
     "_fleet",
     "_demo",

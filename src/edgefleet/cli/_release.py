@@ -56,3 +56,47 @@ def _show_releases(rels: list[dict[str, Any]]) -> None:
 def release_list(api: Client) -> list[dict[str, Any]]:
     """Registered releases."""
     return api.releases()
+
+
+def _show_lineage(lin: dict[str, Any]) -> None:
+    console.print(f"lineage of {lin['name']} {lin['version']} (newest first):")
+    for node in lin["chain"]:
+        if not node.get("published"):
+            console.print(f"  {node['version']}: not in the repository")
+            continue
+        head = f"  [bold]{node['version']}[/]"
+        if node.get("parent_version"):
+            head += f" <- {node['parent_version']}"
+        console.print(head + (f"  ({node['trained']})" if node.get("trained") else ""))
+        data = node.get("data_snapshot") or node.get("dataset_sha256")
+        if data:
+            labels = (
+                f", {node['labels_used']} labels {node.get('label_counts') or ''}"
+                if node.get("labels_used")
+                else ""
+            )
+            console.print(f"      data {data[:16]}...{labels}", highlight=False)
+        if node.get("retrain_job"):
+            job = node.get("job") or {}
+            console.print(
+                f"      job {node['retrain_job']} ({job.get('status', 'not recorded here')}), trainer "
+                f"{node.get('trainer') or '-'}, request {node.get('retrain_request') or '-'}"
+                + (f", rollout {job['rollout_id']}" if job.get("rollout_id") else "")
+            )
+        if node.get("mlflow_run_id"):
+            console.print(f"      mlflow run {node['mlflow_run_id']} {node.get('mlflow_model') or ''}")
+        for v in node["variants"]:
+            opt = v.get("optimization") or {}
+            acc = f"accuracy {v['accuracy']:.3f}" if v.get("accuracy") is not None else ""
+            console.print(
+                f"      {v['variant']:<10} {opt.get('variant', '-'):<14} objective {opt.get('objective', '-')}, "
+                f"max drop {opt.get('max_drop', '-')} {acc}"
+            )
+
+
+@operator_command(release_app, "lineage", show=_show_lineage)
+def release_lineage(
+    api: Client, name: str = typer.Argument(...), version: str = typer.Argument(...)
+) -> dict[str, Any]:
+    """The chain of parents of a release: data snapshots, labels, retraining jobs, optimize runs."""
+    return api.release_lineage(name, version)

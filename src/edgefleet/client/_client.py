@@ -289,3 +289,54 @@ class Client:
     def decide_retrain(self, request_id: str, decision: Literal["approve", "reject"]) -> Json:
         """Approve (and run the retraining hook) or reject a pending retraining request (admin role)."""
         return self.request("POST", f"/v1/fleet/retrain-requests/{request_id}/{decision}")
+
+    # --- retraining jobs and lineage (issue 13) ------------------------------------------------
+
+    def create_retrain_job(self, job_id: str, **record: Any) -> Json:
+        """Start recording retraining job ``job_id`` (16 hex digits): name, parent_version, version, snapshot..."""
+        return self.request("PUT", f"/v1/retrain/jobs/{job_id}", json=record)
+
+    def retrain_job_step(self, job_id: str, step: str, details: Json | None = None) -> Json:
+        """Record one step of a job (it lands in the audit log as ``retrain.job.<step>``)."""
+        return self.request(
+            "POST", f"/v1/retrain/jobs/{job_id}/steps", json={"step": step, "details": details or {}}
+        )
+
+    def propose_retrain_rollout(
+        self, job_id: str, rollout: Json | None = None, *, start: bool = False
+    ) -> Json:
+        """Propose the job's release for rollout; it waits for :meth:`approve_retrain_job` unless ``start``."""
+        return self.request(
+            "POST", f"/v1/retrain/jobs/{job_id}/rollout", json={"rollout": rollout or {}, "start": start}
+        )
+
+    def approve_retrain_job(self, job_id: str) -> Json:
+        """Approve a job's proposed rollout: the rollout starts (its id is the job's ``rollout_id``)."""
+        return self.request("POST", f"/v1/retrain/jobs/{job_id}/approve")
+
+    def reject_retrain_job(self, job_id: str) -> Json:
+        return self.request("POST", f"/v1/retrain/jobs/{job_id}/reject")
+
+    def retrain_jobs(self, *, limit: int = 50) -> list[Json]:
+        return self.request("GET", "/v1/retrain/jobs", params={"limit": limit})
+
+    def retrain_job(self, job_id: str) -> Json:
+        return self.request("GET", f"/v1/retrain/jobs/{job_id}")
+
+    def sample_input(self, request_id: str) -> bytes:
+        """A sampled request's stored input bytes (samples sent with privacy ``raw``)."""
+        try:
+            r = self._http.get(f"/v1/samples/{request_id}/input")
+        except self._httpx.HTTPError as e:
+            raise ServerError(f"cannot reach the control plane at {self.url}: {e}", url=self.url) from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+            except ValueError:
+                body = {"message": r.text[:300]}
+            raise error_from_response(r.status_code, body)
+        return r.content
+
+    def release_lineage(self, name: str, version: str) -> Json:
+        """``{"chain": [...]}``: the release and its parents with data snapshots, labels and optimize runs."""
+        return self.request("GET", f"/v1/releases/{name}/{version}/lineage")

@@ -52,6 +52,7 @@ from edgefleet.server._http import (
 )
 from edgefleet.server._identity import ServerIdentity, prepare_data_dir
 from edgefleet.server._notify import Notifier, make_notifier
+from edgefleet.server._retrain_jobs import install_retrain
 from edgefleet.server._rollouts import RolloutEngine
 from edgefleet.server._scheduler import Scheduler
 from edgefleet.server._schemas import (
@@ -205,6 +206,7 @@ def create_app(
     _repository_routes(app, ctx)
     _operator_routes(app, ctx)
     install_fleet(app, ctx, background=run_bg)  # /v1/fleet, /dashboard, fleet figures in /metrics
+    install_retrain(app, ctx)  # retraining jobs, their rollout proposals, release lineage (issue 13)
     app.add_middleware(BodyLimit, default=cfg.max_body_bytes, telemetry=cfg.max_telemetry_bytes)
     return app
 
