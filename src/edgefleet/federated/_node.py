@@ -1,0 +1,96 @@
+"""The device side: a Flower SuperNode, started only while a job wants the device and its state allows.
+
+The SuperNode connects to the job's SuperLink, receives the job's Flower App (edgefleet's ClientApp) and
+runs it on each training message; the ClientApp reads the device's dataset folder (``data-dir``) and sends
+back only head weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.federated._process import ManagedProcess, flower_command, flower_env, free_port
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """What the training policy looks at. ``None`` means the device cannot tell (no battery, no meter)."""
+
+    idle: bool = True
+    charging: bool | None = None
+    battery_percent: float | None = None
+    metered: bool | None = None
+
+
+@dataclass(frozen=True)
+class TrainingPolicy:
+    """Gboard-style rule: train only when idle, on power or with battery above a level, and unmetered."""
+
+    min_battery_percent: float = 50.0
+    require_idle: bool = True
+    allow_metered: bool = False
+
+    def allows(self, state: DeviceState) -> tuple[bool, str]:
+        if self.require_idle and not state.idle:
+            return False, "busy"
+        if state.metered and not self.allow_metered:
+            return False, "metered link"
+        on_power = state.charging is not False or state.battery_percent is None
+        if not on_power and state.battery_percent < self.min_battery_percent:
+            return False, f"battery {state.battery_percent:.0f}% < {self.min_battery_percent:.0f}%"
+        return True, "ok"
+
+
+class SuperNode:
+    """One Flower SuperNode process for one job on one device."""
+
+    def __init__(
+        self,
+        superlink: str,
+        data_dir: Path,
+        work_dir: Path,
+        *,
+        train_delay_s: float = 0.0,
+    ) -> None:
+        self.superlink = superlink
+        self.data_dir = Path(data_dir).resolve()
+        self.work_dir = Path(work_dir)
+        self.train_delay_s = train_delay_s
+        self._proc: ManagedProcess | None = None
+
+    def start(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        node_config = f"data-dir={_toml_string(str(self.data_dir))}"
+        if self.train_delay_s:
+            node_config += f" train-delay-s={float(self.train_delay_s)}"
+        self._proc = ManagedProcess(
+            [
+                flower_command("flower-supernode"),
+                "--insecure",
+                "--superlink",
+                self.superlink,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                node_config,
+            ],
+            env=flower_env(self.work_dir / "flwr-home"),
+            log_path=self.work_dir / "supernode.log",
+        )
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.alive()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stop()
+
+    def kill(self) -> None:
+        """The device dies: SIGKILL to the SuperNode and whatever it runs."""
+        if self._proc is not None:
+            self._proc.kill()
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,107 @@
+"""Flower's processes (SuperLink, SuperNode, the ``flwr`` CLI) as managed children.
+
+Each runs in its own session so stopping it also stops what it spawned (Flower's SuperExec and the
+per-message ``flwr-serverapp`` / ``flwr-clientapp`` processes). ``FLWR_HOME`` is private to the job or the
+node, so nothing lands in the user's ``~/.flwr``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgefleet.errors import ConfigError
+
+STOP_GRACE_S = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_command(name: str) -> str:
+    """The path of one of Flower's console scripts, beside this Python first."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise ConfigError(
+            f"Flower's {name} command is not installed",
+            hint="pip install 'edgefleet[federated]' (Flower) on this host",
+        )
+    return found
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "FLWR_HOME": str(flwr_home), "PYTHONUNBUFFERED": "1"}
+
+
+class ManagedProcess:
+    """A child process in its own session, with its output in ``log_path``."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM to the whole session, SIGKILL after ``grace_s`` (Flower's SuperLink can take a while)."""
+        if self._proc.poll() is not None:
+            self._kill_group(signal.SIGKILL)
+            return
+        self._kill_group(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(grace_s)
+        self._kill_group(signal.SIGKILL)
+        self._proc.wait()
+
+    def kill(self) -> None:
+        """Abrupt end, like a device losing power: SIGKILL to the session."""
+        self._kill_group(signal.SIGKILL)
+        self._proc.wait()
+
+    def _kill_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+def wait_for_port(host: str, port: int, *, timeout_s: float, proc: ManagedProcess) -> None:
+    """Wait until ``host:port`` accepts connections; fail early if ``proc`` died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise ConfigError(
+                f"{Path(proc.args[0]).name} exited while starting: {proc.log_tail(600)}",
+                hint=f"see {proc.log_path}",
+            )
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise ConfigError(f"{Path(proc.args[0]).name} did not listen on {host}:{port} within {timeout_s:.0f} s")

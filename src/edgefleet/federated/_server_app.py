@@ -1,0 +1,208 @@
+"""The Flower ServerApp of an edgefleet job (runs under the SuperLink, on the control-plane host).
+
+Flower does the federated work (sampling, messaging, aggregation, DP noise, accounting); this module
+drives its Strategy round by round so each round closes at the job's deadline and leaves a report:
+selected, answered, late, dropped, payload bytes down and up, the global head's accuracy on the server's
+held-out set, and ε when privacy is on. Reports go to the job folder's ``progress.jsonl``; the final head to
+``final_head.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.serverapp import (
+    Grid,
+    NeighboringRelation,
+    PrivacyConfig,
+    RdpAccountant,
+    SamplingMethod,
+    ServerApp,
+    strategy,
+)
+
+from edgefleet.federated._head import SoftmaxHead
+from edgefleet.federated._spec import EVAL_DATA, FINAL_HEAD, INITIAL_HEAD, PROGRESS_FILE, WEIGHT_KEY, JobSpec
+
+app = ServerApp()
+
+
+def build_strategy(spec: JobSpec) -> strategy.Strategy:
+    """Flower's strategy for the job, wrapped in Flower's client-side-clipping DP wrapper when asked."""
+    sampling: dict[str, Any] = {
+        # fraction_train * connected rounds down to 0, so Flower samples exactly min_train_nodes
+        "fraction_train": 1e-9,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": spec.clients_per_round,
+        "min_available_nodes": spec.clients_per_round,
+        "weighted_by_key": WEIGHT_KEY,
+    }
+    if spec.strategy == "fedprox":
+        base: strategy.Strategy = strategy.FedProx(proximal_mu=spec.proximal_mu, **sampling)
+    elif spec.strategy == "fedadam":
+        base = strategy.FedAdam(eta=0.05, eta_l=spec.learning_rate, **sampling)
+    else:
+        base = strategy.FedAvg(**sampling)
+    if spec.privacy is None:
+        return base
+    accountant = RdpAccountant(
+        PrivacyConfig(
+            target_delta=spec.privacy.delta,
+            population_size=spec.clients_per_round,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        )
+    )
+    return strategy.DifferentialPrivacyClientSideFixedClipping(
+        base,
+        noise_multiplier=spec.privacy.noise_multiplier,
+        clipping_norm=spec.privacy.clipping_norm,
+        num_sampled_clients=spec.clients_per_round,
+        accountant=accountant,
+    )
+
+
+def _fit_sample(fl_strategy: strategy.Strategy, spec: JobSpec, grid: Grid) -> None:
+    """Sample ``clients_per_round`` devices: wait up to the round deadline for that many to connect, then
+    take as many as are there (at least ``min_clients``), so a device that went away does not stall the
+    job. With DP accounting the sample stays fixed: the noise is calibrated to it."""
+    if spec.privacy is not None:
+        return
+    deadline = time.monotonic() + spec.round_deadline_s
+    while len(list(grid.get_node_ids())) < spec.clients_per_round and time.monotonic() < deadline:
+        time.sleep(0.5)
+    base = fl_strategy
+    assert isinstance(base, strategy.FedAvg)
+    base.min_available_nodes = spec.min_clients
+    base.min_train_nodes = max(spec.min_clients, min(spec.clients_per_round, len(list(grid.get_node_ids()))))
+
+
+def _payload_bytes(record: ArrayRecord) -> int:
+    return sum(a.nbytes for a in record.to_numpy_ndarrays())
+
+
+def _reply_arrays(reply: Message) -> list[np.ndarray]:
+    return next(iter(reply.content.array_records.values())).to_numpy_ndarrays()
+
+
+def _load_eval(job_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    path = job_dir / EVAL_DATA
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as npz:
+        return npz["x"].astype(np.float32), npz["y"].astype(np.int64)
+
+
+class _Progress:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def write(self, event: dict[str, Any]) -> None:
+        with self._path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"t": time.time(), **event}) + "\n")
+
+
+def run_rounds(grid: Grid, job_dir: Path) -> None:
+    """Every round of the job in ``job_dir``; the final head lands in ``final_head.npz``."""
+    spec = JobSpec.load(job_dir)
+    progress = _Progress(job_dir / PROGRESS_FILE)
+    with np.load(job_dir / INITIAL_HEAD, allow_pickle=False) as npz:
+        head = SoftmaxHead.from_arrays([npz["W"], npz["b"]])
+    evaluation = _load_eval(job_dir)
+    fl_strategy = build_strategy(spec)
+    arrays = ArrayRecord(head.arrays())
+    base_accuracy = head.accuracy(*evaluation) if evaluation else None
+    progress.write({"event": "started", "rounds": spec.rounds, "accuracy": base_accuracy})
+    for rnd in range(1, spec.rounds + 1):
+        arrays = _one_round(grid, spec, fl_strategy, rnd, arrays, evaluation, progress)
+    final = SoftmaxHead.from_arrays(arrays.to_numpy_ndarrays())
+    np.savez(job_dir / FINAL_HEAD, W=final.W, b=final.b)
+    progress.write({"event": "finished", "accuracy": final.accuracy(*evaluation) if evaluation else None})
+
+
+def _one_round(
+    grid: Grid,
+    spec: JobSpec,
+    fl_strategy: strategy.Strategy,
+    rnd: int,
+    arrays: ArrayRecord,
+    evaluation: tuple[np.ndarray, np.ndarray] | None,
+    progress: _Progress,
+) -> ArrayRecord:
+    config = ConfigRecord(
+        {
+            "local-epochs": spec.local_epochs,
+            "learning-rate": spec.learning_rate,
+            "equal-weights": spec.privacy is not None,
+        }
+    )
+    _fit_sample(fl_strategy, spec, grid)
+    messages = list(fl_strategy.configure_train(rnd, arrays, config, grid))
+    selected = {m.metadata.dst_node_id for m in messages}
+    progress.write({"event": "round_started", "round": rnd, "selected": len(selected)})
+    started = time.monotonic()
+    replies = list(grid.send_and_receive(messages, timeout=spec.round_deadline_s))
+    ok = [r for r in replies if not r.has_error()]
+    failed = {r.metadata.src_node_id for r in replies if r.has_error()}
+    missing = selected - {r.metadata.src_node_id for r in replies}
+    connected = set(grid.get_node_ids())
+    report: dict[str, Any] = {
+        "event": "round",
+        "round": rnd,
+        "selected": len(selected),
+        "answered": len(ok),
+        # no answer by the deadline while still connected: a straggler; gone or failed: dropped
+        "late": len(missing & connected),
+        "dropped": len(missing - connected) + len(failed),
+        "bytes_down": _payload_bytes(arrays) * len(messages),
+        "bytes_up": sum(sum(a.nbytes for a in _reply_arrays(r)) for r in ok),
+        "aggregated": False,
+    }
+    if len(ok) >= spec.min_clients:
+        plain_mean = [np.mean(layer, axis=0) for layer in zip(*(_reply_arrays(r) for r in ok), strict=True)]
+        new_arrays, _ = fl_strategy.aggregate_train(rnd, ok)
+        if new_arrays is not None:
+            arrays = new_arrays
+            report["aggregated"] = True
+            if spec.privacy is not None:
+                report.update(_privacy_report(fl_strategy, spec, arrays, plain_mean))
+    report["seconds"] = round(time.monotonic() - started, 3)
+    report["accuracy"] = (
+        SoftmaxHead.from_arrays(arrays.to_numpy_ndarrays()).accuracy(*evaluation) if evaluation else None
+    )
+    progress.write(report)
+    return arrays
+
+
+def _privacy_report(
+    fl_strategy: strategy.Strategy, spec: JobSpec, arrays: ArrayRecord, plain_mean: list[np.ndarray]
+) -> dict[str, Any]:
+    """ε spent so far, and the noise Flower added: the aggregate minus the plain mean of the clipped updates."""
+    assert spec.privacy is not None
+    spent = fl_strategy.privacy_spent()  # type: ignore[attr-defined]
+    noise = np.concatenate(
+        [(a - m).ravel() for a, m in zip(arrays.to_numpy_ndarrays(), plain_mean, strict=True)]
+    )
+    return {
+        "epsilon": None if spent is None else spent.epsilon,
+        "delta": spec.privacy.delta,
+        "noise_std": float(noise.std()),
+        "noise_std_expected": spec.privacy.noise_multiplier
+        * spec.privacy.clipping_norm
+        / spec.clients_per_round,
+    }
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    job_dir = Path(str(context.run_config["job-dir"]))
+    try:
+        run_rounds(grid, job_dir)
+    except Exception as e:  # the coordinator reads the failure from the progress file
+        _Progress(job_dir / PROGRESS_FILE).write({"event": "failed", "error": f"{type(e).__name__}: {e}"})
+        raise
