@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,20 @@ class _Bars:
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
+    def log(self, line: str) -> None:
+        """A progress line above the bars."""
+        self.progress.console.print(line, highlight=False, markup=False)
+
     def __call__(self, name: str, done: int, total: int) -> None:
         if name not in self.tasks:
             self.tasks[name] = self.progress.add_task(name, total=total)
         self.progress.update(self.tasks[name], completed=done, total=total)
+
+
+def _log_line(line: str) -> None:
+    """A plain progress line on stderr, flushed at once (for logs and files, where bars print nothing)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _print_report_table(report: Any) -> None:
@@ -79,6 +90,11 @@ def _print_report_table(report: Any) -> None:
     console.print(t)
     for w in report.warnings:
         console.print(f"[yellow]warning[/] {w['code']}: {w['message']}", highlight=False)
+    console.print(
+        f"[bold]quality:[/] {report.task}, {report.metric}"
+        + (f" (inferred from: {report.task_reason})" if report.task_reason else ""),
+        highlight=False,
+    )
     console.print(f"[bold]chosen:[/] {report.chosen or 'none'} — {report.reason}", highlight=False)
 
 
@@ -98,7 +114,9 @@ def register(app: typer.Typer) -> None:
         labels: Path | None = typer.Option(
             None, "--labels", help="Integer labels (.npy) for the evaluation data."
         ),
-        max_drop: float = typer.Option(1.0, "--max-drop", help="Largest quality drop vs fp32, in points."),
+        max_drop: float = typer.Option(
+            1.0, "--max-drop", help="Largest quality drop vs fp32, in points of the task's metric."
+        ),
         min_accuracy: float | None = typer.Option(
             None, "--min-accuracy", help="Absolute quality floor, in points."
         ),
@@ -112,6 +130,18 @@ def register(app: typer.Typer) -> None:
         ),
         output: str | None = typer.Option(
             None, "--output", help="Model output to score (default: first float output)."
+        ),
+        time_budget: float | None = typer.Option(
+            None,
+            "--time-budget",
+            help="Seconds the whole search may take: candidates in order of expected value, clear losers "
+            "dropped early, and the best so far kept when time runs out (the report names what was skipped).",
+        ),
+        metric: str | None = typer.Option(
+            None,
+            "--metric",
+            help="How quality is judged: accuracy | agreement | cosine | relative-error | sequence "
+            "(default: inferred from the outputs and labels; the report says from what).",
         ),
         preprocess: Path | None = typer.Option(
             None, "--preprocess", help="Preprocessing contract (JSON/YAML list) for image folders."
@@ -162,7 +192,8 @@ def register(app: typer.Typer) -> None:
             }
         report = None
         try:
-            with _Bars(enabled=True) as bars:
+            live = err_console.is_terminal
+            with _Bars(enabled=live) as bars:
                 report = optimize(
                     model,
                     calib=calib,
@@ -182,6 +213,9 @@ def register(app: typer.Typer) -> None:
                     bundle=bundle_opts,
                     settings=settings,
                     progress=bars,
+                    metric=metric,
+                    time_budget_s=time_budget,
+                    notify=bars.log if live else _log_line,
                 )
         except BudgetNotMetError as e:
             rep = getattr(e, "report", None)

@@ -81,6 +81,37 @@ class _Reader:
         self._it = iter(self._samples[start_index:end_index])
 
 
+def _nodes_touching(model_path: Path, tensors: set[str]) -> list[str]:
+    """Names of the nodes that read or write any of ``tensors``."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.name and tensors & {*n.input, *n.output}]
+
+
+class _FiniteOutputs:
+    """The calibrator's session, with non-finite values clipped to each tensor's finite range (and the
+    tensor's name remembered) so histograms can be built."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._names = [o.name for o in session.get_outputs()]
+        self.nonfinite: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def run(self, names: Any, feed: Any, *args: Any) -> list[Any]:
+        outs = self._session.run(names, feed, *args)
+        for i, (name, arr) in enumerate(zip(names or self._names, outs, strict=False)):
+            if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                self.nonfinite.add(name)
+                fin = arr[np.isfinite(arr)]
+                lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 0.0)
+                outs[i] = np.nan_to_num(arr, nan=0.0, posinf=hi, neginf=lo)
+        return outs
+
+
 def weight_initializers(model: Any) -> dict[str, Any]:
     """Float initializers of the graph and of its control-flow subgraphs, by name."""
     from edgefleet.optimize._graph import _iter_graphs
@@ -124,6 +155,8 @@ class Builder:
         self.facts = facts
         self.profile = profile
         self.settings = settings
+        self._skipped: dict[str, list[str]] = {}  # calibration method -> tensors left unquantized
+        self._float_nodes: dict[str, list[str]] = {}  # calibration method -> the nodes that touch them
 
     def build(self, v: Variant, exclude: list[str] | None = None, tag: str = "") -> Built:
         dst = self.work / f"{v.name}{tag}.onnx"
@@ -224,13 +257,34 @@ class Builder:
             extra["CalibPercentile"] = self.settings.percentile
         if arm:
             extra["ActivationSymmetric"] = True
-        cache = self.work / f"calib-{v.calibration}.json"
+        try:
+            cache, skipped = self._calibration(v.calibration or "minmax", method, extra)
+        except ValueError as e:
+            if "Histogram has not been collected" not in str(e):
+                raise
+            raise OptimizeError(
+                f"{v.calibration} calibration found no tensors to calibrate"
+                + (
+                    " outside control-flow subgraphs (static quantization skips If/Loop bodies)"
+                    if self.facts.has_subgraphs
+                    else ""
+                ),
+                hint="use dynamic-int8 for models whose layers live in If/Loop subgraphs",
+            ) from e
         notes = [
             f"{'per-channel' if v.per_channel else 'per-tensor'} int8 weights, "
             f"{'int8' if arm else 'uint8'} activations, {v.calibration} calibration on {len(self.calib)} samples",
         ]
         if reduce_range:
             notes.append("7-bit weights (reduce_range) because the CPU has no VNNI")
+        float_nodes = self._float_nodes.get(v.calibration or "minmax", [])
+        if skipped:
+            notes.append(
+                f"{len(skipped)} tensors with non-finite values (e.g. -inf attention masks) and the "
+                f"{len(float_nodes)} nodes that touch them left unquantized: "
+                + ", ".join(skipped[:4])
+                + (" ..." if len(skipped) > 4 else "")
+            )
         kw = dict(
             quant_format=QuantFormat.QOperator if v.quant_format == "qoperator" else QuantFormat.QDQ,
             op_types_to_quantize=STATIC_OP_TYPES,
@@ -238,7 +292,7 @@ class Builder:
             reduce_range=reduce_range,
             activation_type=act,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude,
+            nodes_to_exclude=[*exclude, *(n for n in float_nodes if n not in exclude)],
             calibrate_method=method,
             calibration_cache_path=str(cache),
         )
@@ -251,16 +305,6 @@ class Builder:
                 **kw,
             )
         except ValueError as e:
-            if "Histogram has not been collected" in str(e):
-                raise OptimizeError(
-                    f"{v.calibration} calibration found no tensors to calibrate"
-                    + (
-                        " outside control-flow subgraphs (static quantization skips If/Loop bodies)"
-                        if self.facts.has_subgraphs
-                        else ""
-                    ),
-                    hint="use dynamic-int8 for models whose layers live in If/Loop subgraphs",
-                ) from e
             # onnxruntime's int32-bias scale adjustment fails on some per-channel weights; without it
             # the bias just keeps its natural scale.
             log.info("static quantization failed (%s); retrying without the int32-bias weight adjustment", e)
@@ -277,6 +321,46 @@ class Builder:
         if exclude:
             notes.append(f"{len(exclude)} sensitive nodes kept in float")
         return Built(dst, notes, {"excluded_nodes": exclude, "calibration": v.calibration})
+
+    def _calibration(self, name: str, method: Any, extra: dict[str, Any]) -> tuple[Path, list[str]]:
+        """Activation ranges for ``method``, computed once per method and cached for every variant and
+        exclusion round that uses it (``calib-<method>.json``, read back by quantize_static).
+
+        Tensors holding -inf/NaN on the calibration data (attention masks) break entropy and percentile
+        histograms and give minmax an infinite scale; they are clipped while collecting and then left out
+        of the ranges, so the quantizer keeps them in float instead of the whole variant failing.
+        """
+        cache = self.work / f"calib-{name}.json"
+        if name in self._skipped:
+            return cache, self._skipped[name]
+        from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
+
+        options = {"percentile": extra["CalibPercentile"]} if "CalibPercentile" in extra else {}
+        aug = self.work / f"calib-{name}-augmented.onnx"
+        calibrator = create_calibrator(
+            Path(self.prepared.quant_input),
+            STATIC_OP_TYPES,
+            augmented_model_path=str(aug),
+            calibrate_method=method,
+            extra_options=options,
+        )
+        session = _FiniteOutputs(calibrator.infer_session)
+        calibrator.infer_session = session
+        try:
+            calibrator.collect_data(_Reader(self.calib.samples))
+            ranges = calibrator.compute_data()
+        finally:
+            del calibrator
+            aug.unlink(missing_ok=True)
+            aug.with_suffix(".onnx.data").unlink(missing_ok=True)
+        skipped = sorted(session.nonfinite)
+        self._float_nodes[name] = _nodes_touching(Path(self.prepared.quant_input), session.nonfinite)
+        kept = TensorsData(
+            ranges.calibration_method, {k: t for k, t in ranges.items() if k not in session.nonfinite}
+        )
+        save_tensors_data(kept, cache)
+        self._skipped[name] = skipped
+        return cache, skipped
 
     # --- int4 weight-only -----------------------------------------------------------------------
     def _int4(self, v: Variant, dst: Path, exclude: list[str]) -> Built:

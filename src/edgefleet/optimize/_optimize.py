@@ -31,6 +31,7 @@ from edgefleet.optimize._prepare import prepare
 from edgefleet.optimize._quality import Task, check_labels, infer_task, measure_quality, run_dataset
 from edgefleet.optimize._report import OptimizeReport, PrepStepResult, QualityFigures, VariantResult
 from edgefleet.optimize._runner import OrtRunner, open_runner
+from edgefleet.optimize._search import Notify, Search, expected_order
 from edgefleet.optimize._select import OBJECTIVES, select
 from edgefleet.optimize._spec import Budget, DeviceProfile, Variant, default_variant_names
 
@@ -129,6 +130,9 @@ def optimize(
     bundle: dict[str, Any] | None = None,
     settings: OptimizeConfig | None = None,
     progress: Progress | None = None,
+    metric: str | None = None,
+    time_budget_s: float | None = None,
+    notify: Notify | None = None,
 ) -> OptimizeReport:
     """Build variants of ``model``, measure them on ``profile`` and pick one under the budget.
 
@@ -136,7 +140,8 @@ def optimize(
         model: an .onnx/.tflite path, an onnx.ModelProto, a torch nn.Module or a scikit-learn estimator.
         calib: calibration data (see ``load_data``); its first sample doubles as the export example.
         eval: evaluation data; ``labels`` (or a ``labels`` array in the .npz) switch quality to accuracy.
-        max_drop: largest quality drop against fp32, in points (accuracy/agreement %, or cosine x 100).
+        max_drop: largest quality drop against fp32, in points of the task's metric (accuracy/agreement %,
+            mean cosine x 100, 100 - relative error %, exact sequences %).
         objective: ``latency``, ``size`` or ``balanced``.
         profile: a DeviceProfile or YAML path (threads, providers, ISA flags, budgets); None: this machine.
         variants: variant names (``Variant.parse``); None builds every sensible one.
@@ -149,6 +154,12 @@ def optimize(
         overwrite: replace a non-empty ``out_dir`` (only once the new output is complete).
         exclusion: re-quantize with the most sensitive nodes in float when a variant misses the budget.
         bundle: make the winner a bundle: ``{"name": ..., "version": ..., ...}`` passed to create_bundle.
+        metric: how quality is judged (``accuracy``, ``agreement``, ``cosine``, ``relative-error``,
+            ``sequence``); None infers it from the outputs and labels, and the report says from what.
+        time_budget_s: wall-clock budget of the whole run: candidates are tried in order of expected value,
+            each measured as soon as it is built, clear losers are dropped after a subset of the evaluation
+            data, and the search stops with the best so far, reporting what it skipped.
+        notify: called with one line per stage and variant (elapsed time first): progress for logs.
 
     Returns:
         The report; ``report.chosen`` names the winner.
@@ -158,7 +169,12 @@ def optimize(
             attached as ``error.report``.
         InputError / ModelLoadError / ConfigError / OptimizeError: bad inputs, with nothing written.
     """
+    search = Search([], time_budget_s, notify=notify)
     settings = settings or OptimizeConfig()
+    if time_budget_s is not None and time_budget_s <= 0:
+        raise ConfigError(
+            f"time budget must be > 0 seconds, got {time_budget_s:g}", hint="e.g. --time-budget 600"
+        )
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective {objective!r} is unknown", hint=f"use one of {', '.join(OBJECTIVES)}")
     if max_drop < 0:
@@ -198,12 +214,15 @@ def optimize(
             bundle,
             settings,
             progress,
+            metric,
+            search,
         )
         shutil.rmtree(work, ignore_errors=True)
         _finalize(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    search.say(f"done: chosen {report.chosen or 'none'}")
     if report.chosen is None:
         err = BudgetNotMetError(
             report.reason,
@@ -268,10 +287,13 @@ def _run(
     bundle: dict[str, Any] | None,
     settings: OptimizeConfig,
     progress: Progress | None,
+    metric: str | None,
+    search: Search,
 ) -> OptimizeReport:
     import onnx
 
     _tick(progress, "load model", 0, 1)
+    search.say("loading the model and data")
     source = load_source(
         model,
         work,
@@ -316,7 +338,9 @@ def _run(
         runtime=_runtime_versions(),
     )
     if source.format == "tflite":
-        report = _run_tflite(source, evald, report, budget, objective, prof, tmp, output, settings, progress)
+        report = _run_tflite(
+            source, evald, report, budget, objective, prof, tmp, output, settings, progress, metric
+        )
         if report.chosen is not None and bundle is not None:
             report.bundle = make_bundle(
                 report,
@@ -336,6 +360,7 @@ def _run(
     src_opset = analyze(proto).opset
 
     _tick(progress, "prepare", 0, 1)
+    search.say(f"preparing ({len(calib)} calibration, {len(evald)} evaluation samples)")
     prepared = prepare(source.path, work, calib.samples[: settings.parity_samples], settings)
     report.preparation = [PrepStepResult(**s.__dict__) for s in prepared.steps]
     _tick(progress, "prepare", 1, 1)
@@ -352,6 +377,9 @@ def _run(
     if not any(v.kind == "fp32" for v in wanted):
         wanted = [Variant.parse("fp32"), *wanted]  # the baseline every figure is compared with
     wanted = [v for v in wanted if v.kind != "tflite"]
+    if search.timed:
+        wanted = expected_order(wanted, facts, settings)
+    search.candidates = wanted
     report.warnings = [
         w.model_dump()
         for w in preflight(proto, dataclasses.replace(facts, opset=src_opset), prof, wanted, settings)
@@ -363,16 +391,66 @@ def _run(
     ref: dict[str, list[np.ndarray]] | None = None
     task: Task | None = None
     base_quality = None
+    feed = evald.samples[0]
+    bench_settings = settings
+    subset = _subset_size(len(evald), search.timed)
+    deferred: list[tuple[Variant, VariantResult, Path]] = []  # exclusion rounds, run once the rest is done
 
-    def evaluate(path: Path) -> dict[str, list[np.ndarray]]:
+    def evaluate(path: Path, data: Dataset = evald) -> dict[str, list[np.ndarray]]:
         r = OrtRunner(path, threads=prof.cores, providers=prof.execution_providers)
         try:
-            return run_dataset(r, evald, settings.eval_batch)
+            return run_dataset(r, data, settings.eval_batch)
         finally:
             r.close()
 
+    def measure(r: VariantResult, j: int, total: int) -> None:
+        def prog(_name: str, done: int, tot: int) -> None:
+            _tick(progress, "benchmark", j * 1000 + int(1000 * done / max(tot, 1)), total * 1000)
+
+        t0 = time.perf_counter()
+        try:
+            r.bench = benchmark_runner(
+                built_paths[r.name],
+                feed,
+                prof,
+                bench_settings,
+                progress=prog,
+                measure_memory=settings.measure_memory or budget.ram_mb is not None,  # a RAM budget needs it
+            )
+            search.say(
+                f"{r.name}: measured in {time.perf_counter() - t0:.1f} s, p50 {r.bench.latency.p50_ms:.3f} ms"
+            )
+        except Exception as e:  # noqa: BLE001
+            r.status, r.error = "failed", f"benchmark failed: {str(e).strip()[:200]}"
+
+    def exclusion_round(v: Variant, res: VariantResult, path: Path) -> None:
+        assert task is not None and ref is not None
+        search.say(f"{v.name}: keeping its most sensitive nodes in float")
+        extra = keep_sensitive_in_float(
+            v,
+            res,
+            builder,
+            prepared.quant_input,
+            path,
+            calib,
+            evaluate,
+            task,
+            ref,
+            evald,
+            base_quality or 0.0,
+            budget,
+            settings,
+            work,
+        )
+        if extra is not None:
+            ex_res, ex_path = extra
+            results.append(ex_res)
+            built_paths[ex_res.name] = ex_path
+            if search.timed:
+                measure(ex_res, 0, 1)
+
     n = len(wanted)
-    for i, v in enumerate(wanted):
+    for i, v in enumerate(search):
         _tick(progress, "build and evaluate", i, n)
         res = VariantResult(name=v.name, variant=v)
         results.append(res)
@@ -386,6 +464,7 @@ def _run(
             built = builder.build(v)
         except EdgefleetError as e:
             res.status, res.error = "failed", e.message
+            search.say(f"{v.name}: failed: {e.message[:120]}")
             if v.kind == "fp32":
                 raise
             continue
@@ -395,6 +474,7 @@ def _run(
                 "failed",
                 f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}",
             )
+            search.say(f"{v.name}: failed: {res.error[:120]}")
             if v.kind == "fp32":
                 raise OptimizeError(
                     f"the fp32 baseline cannot be built: {res.error}", hint="check the model"
@@ -406,7 +486,24 @@ def _run(
         res.size_bytes = built.path.stat().st_size
         built_paths[v.name] = built.path
         try:
+            if v.kind != "fp32" and subset and task is not None and ref is not None:
+                # a subset first: a clear loser is not worth the rest of the evaluation or a benchmark
+                early = _subset_drop(task, ref, evaluate(built.path, evald.head(subset)), evald, subset)
+                if early is not None and early[0] - early[1].score > _clear_loss(budget.max_drop):
+                    res.status = "skipped"
+                    res.quality = QualityFigures(**early[1].__dict__)
+                    res.drop = early[0] - early[1].score
+                    res.error = (
+                        f"dropped early: quality drop {res.drop:.2f} points on the first {subset} evaluation "
+                        f"samples (max {budget.max_drop:g})"
+                    )
+                    search.say(f"{v.name}: {res.error}")
+                    if exclusion and v.kind in _EXCLUDABLE and settings.max_exclusion_rounds > 0:
+                        deferred.append((v, res, built.path))
+                    continue
+            t_eval = time.perf_counter()
             outs = evaluate(built.path)
+            eval_s = time.perf_counter() - t_eval
         except EdgefleetError as e:
             res.status, res.error = "failed", e.message
             continue
@@ -415,68 +512,56 @@ def _run(
             continue
         if v.kind == "fp32":
             ref = outs
-            task = infer_task(outputs, ref, evald.labels is not None, output)
+            task = infer_task(outputs, ref, evald.labels is not None, output, metric)
             check_labels(task, evald.labels, ref)
             report.task, report.score_output, report.metric = task.kind, task.output, task.metric
+            report.task_reason = task.why
+            search.say(f"quality: {task.kind}, {task.metric} ({task.why})")
+            bench_settings = search.bench_settings(settings, eval_s / max(1, len(evald)))
         assert ref is not None and task is not None
         q = measure_quality(task, ref, outs, evald.labels)
         res.quality = QualityFigures(**q.__dict__)
         if v.kind == "fp32":
             base_quality = q.score
         res.drop = (base_quality or 0.0) - q.score
+        search.say(
+            f"{v.name}: built in {res.build_s:.1f} s, {task.metric} {q.score:.2f} (drop {res.drop:+.2f})"
+        )
         if prof.onnxruntime:
             res.target_issues = target_runtime_issues(
                 onnx.load(str(built.path), load_external_data=False), prof.onnxruntime
             )
+        if search.timed:
+            measure(res, 0, 1)  # measured now, so the search can stop at any point with the best so far
 
         # Sensitive-node exclusion: keep the worst nodes in float until the budget is met.
         if (
             exclusion
             and res.drop > budget.max_drop
-            and v.kind in ("static-int8", "dynamic-int8", "int4")
+            and v.kind in _EXCLUDABLE
             and settings.max_exclusion_rounds > 0
         ):
-            extra = keep_sensitive_in_float(
-                v,
-                res,
-                builder,
-                prepared.quant_input,
-                built.path,
-                calib,
-                evaluate,
-                task,
-                ref,
-                evald,
-                base_quality or 0.0,
-                budget,
-                settings,
-                work,
+            if search.timed:
+                deferred.append((v, res, built.path))
+            else:
+                exclusion_round(v, res, built.path)
+    for v, res, path in deferred:
+        need = search.expected_cost() * 2
+        if search.left() - search.reserve_share * (search.budget_s or 0.0) < need:
+            res.notes.append(
+                f"sensitive-node exclusion not tried: time budget ({max(0.0, search.left()):.0f} s left)"
             )
-            if extra is not None:
-                ex_res, ex_path = extra
-                results.append(ex_res)
-                built_paths[ex_res.name] = ex_path
+            search.say(f"{v.name}: exclusion skipped (time budget)")
+            continue
+        exclusion_round(v, res, path)
+    results += search.skipped
     _tick(progress, "build and evaluate", n, n)
 
-    # Benchmark every variant that works, on the same real sample.
-    feed = evald.samples[0]
-    ok = [r for r in results if r.status == "ok"]
+    # Benchmark every variant that works (with a time budget each was measured as soon as it was built).
+    ok = [r for r in results if r.status == "ok" and r.bench is None]
     for j, r in enumerate(ok):
-
-        def prog(_name: str, done: int, total: int, _j: int = j) -> None:
-            _tick(progress, "benchmark", _j * 1000 + int(1000 * done / max(total, 1)), len(ok) * 1000)
-
-        try:
-            r.bench = benchmark_runner(
-                built_paths[r.name],
-                feed,
-                prof,
-                settings,
-                progress=prog,
-                measure_memory=settings.measure_memory or budget.ram_mb is not None,  # a RAM budget needs it
-            )
-        except Exception as e:  # noqa: BLE001
-            r.status, r.error = "failed", f"benchmark failed: {str(e).strip()[:200]}"
+        search.say(f"{r.name}: measuring")
+        measure(r, j, len(ok))
     _tick(progress, "benchmark", len(ok) * 1000, len(ok) * 1000)
 
     # Choose, re-checking speed claims against the baseline with interleaved runs.
@@ -489,6 +574,7 @@ def _run(
             return None
         checks += 1
         _tick(progress, "interleaved check", checks, checks + 1)
+        search.say(f"{cand.name}: interleaved check against fp32")
         b = OrtRunner(base_path, threads=prof.cores, providers=prof.execution_providers)
         c = OrtRunner(built_paths[cand.name], threads=prof.cores, providers=prof.execution_providers)
         try:
@@ -502,6 +588,8 @@ def _run(
     )
     report.variants = results
     report.reason = why
+    if search.timed:
+        report.search = search.summary()
     write_outputs(report, chosen, built_paths, tmp, keep_variants, ".onnx")
     if chosen is not None and bundle is not None:
         report.bundle = make_bundle(
@@ -522,6 +610,7 @@ def _run_tflite(
     output: str | None,
     settings: OptimizeConfig,
     progress: Progress | None,
+    metric: str | None = None,
 ) -> OptimizeReport:
     """A .tflite model is measured and judged as it is (no conversion): one variant, ``tflite``."""
     from edgefleet.optimize._runner import TfliteRunner
@@ -534,9 +623,10 @@ def _run_tflite(
         outs = run_dataset(r, evald, settings.eval_batch)
     finally:
         r.close()
-    task = infer_task(report_outputs(report), outs, evald.labels is not None, output)
+    task = infer_task(report_outputs(report), outs, evald.labels is not None, output, metric)
     check_labels(task, evald.labels, outs)
     report.task, report.score_output, report.metric = task.kind, task.output, task.metric
+    report.task_reason = task.why
     q = measure_quality(task, outs, outs, evald.labels)
     res.quality = QualityFigures(**q.__dict__)
     res.drop = 0.0
@@ -559,3 +649,46 @@ def report_outputs(report: OptimizeReport):
     from edgefleet.optimize._runner import TensorInfo
 
     return [TensorInfo(o["name"], np.dtype(o["dtype"]), tuple(o["shape"]) or None) for o in report.outputs]
+
+
+_EXCLUDABLE = ("static-int8", "dynamic-int8", "int4")
+
+
+def _subset_size(n: int, timed: bool) -> int:
+    """Samples a candidate is judged on before the rest (0: no subset step). Only a timed search uses one,
+    and only where the evaluation set is at least four times larger."""
+    k = max(16, n // 8)
+    return k if timed and n >= 4 * k else 0
+
+
+def _clear_loss(max_drop: float) -> float:
+    """A drop on the subset beyond which the full evaluation could not plausibly bring it within budget."""
+    return max(3.0 * max_drop, max_drop + 5.0)
+
+
+def _head(outs: dict[str, list[np.ndarray]], n: int) -> dict[str, list[np.ndarray]]:
+    """The first ``n`` samples of per-call outputs (calls may be batched)."""
+    out = {}
+    for k, chunks in outs.items():
+        got, left = [], n
+        for c in chunks:
+            if left <= 0:
+                break
+            got.append(c[:left] if c.ndim and c.shape[0] > 1 else c)
+            left -= c.shape[0] if c.ndim and c.shape[0] > 1 else 1
+        out[k] = got
+    return out
+
+
+def _subset_drop(
+    task: Task, ref: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]], evald: Dataset, n: int
+) -> tuple[float, Any] | None:
+    """(fp32's score, the candidate's quality) on the first ``n`` samples; None where the outputs cannot be
+    lined up (then the candidate is simply evaluated in full)."""
+    labels = None if evald.labels is None else evald.labels[:n]
+    try:
+        head = _head(ref, n)
+        return measure_quality(task, head, head, labels).score, measure_quality(task, head, got, labels)
+    except Exception:  # noqa: BLE001 - the subset step is a shortcut, never a verdict of its own
+        log.info("subset evaluation could not be lined up", exc_info=True)
+        return None

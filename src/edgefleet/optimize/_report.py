@@ -25,6 +25,23 @@ class QualityFigures(BaseModel):
     max_abs_err: float | None = None
     mean_abs_err: float | None = None
     nonfinite: int = 0
+    cosine_p5: float | None = Field(None, description="5th percentile of per-sample cosine (embeddings)")
+    relative_error: float | None = Field(None, description="relative L2 error to fp32 (regression)")
+    sequence_exact: float | None = Field(None, description="share of decoded sequences equal to fp32's")
+    cer: float | None = Field(None, description="character error rate of decoded sequences against fp32's")
+
+    def task_figures(self) -> str:
+        """The task's secondary figures in words (empty when there are none)."""
+        parts = []
+        if self.cosine_p5 is not None:
+            parts.append(f"cosine mean {self.cosine:.4f}, 5th percentile {self.cosine_p5:.4f}")
+        if self.relative_error is not None:
+            parts.append(f"relative error {self.relative_error:.2%}")
+        if self.sequence_exact is not None:
+            parts.append(
+                f"exact sequences {self.sequence_exact:.1%}, CER {self.cer:.2%} (greedy CTC vs fp32)"
+            )
+        return "; ".join(parts)
 
 
 class VariantResult(BaseModel):
@@ -87,6 +104,7 @@ class OptimizeReport(BaseModel):
     inputs: list[dict[str, Any]] = Field(default_factory=list)
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     task: str = "classification"
+    task_reason: str = Field("", description="what the task was inferred from (or the --metric given)")
     score_output: str | None = None
     metric: str = "accuracy"
     objective: str = "balanced"
@@ -104,6 +122,9 @@ class OptimizeReport(BaseModel):
     reason: str = ""
     bundle: str | None = None
     runtime: dict[str, str] = Field(default_factory=dict)
+    search: dict[str, Any] | None = Field(
+        None, description="with a time budget: the budget, time taken, order tried and candidates skipped"
+    )
 
     def variant(self, name: str) -> VariantResult:
         for v in self.variants:
@@ -154,7 +175,8 @@ class OptimizeReport(BaseModel):
             "",
             f"- source: {self.source} ({self.source_format})",
             f"- task: {self.task}, quality metric: **{self.metric}** on output `{self.score_output}` "
-            f"({self.eval_samples} evaluation samples, {self.calib_samples} calibration samples)",
+            f"({self.eval_samples} evaluation samples, {self.calib_samples} calibration samples)"
+            + (f"; inferred from: {self.task_reason}" if self.task_reason else ""),
             f"- objective: **{self.objective}**; budget: max drop {b.max_drop} points"
             + (f", min quality {b.min_quality}" if b.min_quality is not None else "")
             + (f", p95 <= {b.latency_p95_ms} ms" if b.latency_p95_ms else "")
@@ -169,6 +191,16 @@ class OptimizeReport(BaseModel):
             self.reason,
             "",
         ]
+        if self.search:
+            sk = self.search.get("skipped") or []
+            lines += [
+                "## Search",
+                "",
+                f"- time budget {self.search['time_budget_s']:g} s, took {self.search['elapsed_s']:g} s; "
+                f"candidates in order of expected value: {', '.join(self.search['order'])}",
+                f"- skipped for time: {', '.join(sk) if sk else 'none'}",
+                "",
+            ]
         if self.warnings:
             lines += ["## Pre-flight warnings", ""]
             lines += [f"- `{w['code']}`: {w['message']}" for w in self.warnings]
@@ -196,6 +228,8 @@ class OptimizeReport(BaseModel):
         lines += ["## Notes per variant", ""]
         for v in self.variants:
             extra = list(v.notes)
+            if v.quality is not None and (figs := v.quality.task_figures()):
+                extra.insert(0, figs)
             if v.interleaved:
                 il = v.interleaved
                 extra.append(
