@@ -4,12 +4,21 @@ non-IID slice of scikit-learn's digits. The "devices" are SuperNode processes, n
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 from conftest import digits_federation, wait_for
-from edgefleet.federated import JobSpec, PrivacySettings, load_final_head
+from edgefleet.federated import JobSpec, PrivacySettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -18,30 +27,76 @@ def _rounds(events):
     return [e for e in events if e["event"] == "round"]
 
 
-def test_five_devices_improve_the_base_head_and_only_weights_travel(tmp_path, federation):
-    folders, base, held_out = digits_federation(5, tmp_path / "data")
-    spec = JobSpec(
-        job_id="digits",
-        rounds=3,
-        clients_per_round=5,
-        min_clients=5,
-        local_epochs=2,
-        learning_rate=0.5,
-        round_deadline_s=240,
-    )
-    coordinator, _ = federation(spec, base, held_out, folders)
-    events = coordinator.wait(timeout_s=300)
+def test_cli_job_over_five_devices_improves_the_base_model_and_writes_it_back(tmp_path):
+    """`edgefleet fl start` (SuperLink + ServerApp) with an ONNX base model; one device joins through
+    `edgefleet fl join` (device state read from an empty sysfs-like tree: nothing blocks it), four more
+    as SuperNode processes. Devices hold raw inputs; the ClientApp trains the model's final layer on its
+    frozen penultimate features; `--out` writes the federated head back into the model."""
+    import onnxruntime as ort
 
-    rounds = _rounds(events)
+    from edgefleet.examples import DigitsSplit, train_digits_mlp
+    from edgefleet.federated import SuperNode
+    from edgefleet.federated._process import free_port
+
+    folders, _, (x_eval, y_eval) = digits_federation(5, tmp_path / "data")
+    x, y = load_digits(return_X_y=True)
+    small = DigitsSplit(x[:80].astype("float32"), y[:80], x[80:90].astype("float32"), y[80:90])
+    base_model = tmp_path / "base.onnx"
+    with warnings.catch_warnings():  # a deliberately under-trained base: sklearn warns it did not converge
+        warnings.simplefilter("ignore")
+        train_digits_mlp(base_model, hidden=(32,), max_iter=60, data=small)
+    np.savez(tmp_path / "eval.npz", x=x_eval, y=y_eval)
+    port = free_port()
+    job_dir, out = tmp_path / "job", tmp_path / "federated.onnx"
+    cli = [sys.executable, "-m", "edgefleet.cli", "fl"]
+    start = subprocess.Popen(
+        cli + ["start", str(job_dir), "--job-id", "digits", "--base-model", str(base_model),
+               "--eval-data", str(tmp_path / "eval.npz"), "--rounds", "3", "--clients-per-round", "5",
+               "--min-clients", "5", "--local-epochs", "2", "--learning-rate", "0.5", "--deadline", "4m",
+               "--port", str(port), "--out", str(out), "--timeout", "5m", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    (tmp_path / "sys").mkdir()
+    join = subprocess.Popen(
+        cli + ["join", f"127.0.0.1:{port}", "--data-dir", str(folders[0]), "--work-dir", str(tmp_path / "n0"),
+               "--state-source", f"sysfs:{tmp_path / 'sys'}", "--duration", "5m"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    nodes = [SuperNode(f"127.0.0.1:{port}", f, tmp_path / f"n{i + 1}") for i, f in enumerate(folders[1:])]
+    try:
+        for node in nodes:
+            node.start()
+        stdout, stderr = start.communicate(timeout=360)
+    finally:
+        start.kill()
+        os.killpg(join.pid, signal.SIGTERM)
+        join.wait(30)
+        for node in nodes:
+            node.stop()
+    assert start.returncode == 0, stderr[-2000:]
+    result = json.loads(stdout)
+    rounds = _rounds(result["events"])
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert all(r["answered"] == 5 and r["aggregated"] for r in rounds)
-    final = load_final_head(coordinator.job_dir)
-    base_accuracy = base.accuracy(*held_out)
-    assert final.accuracy(*held_out) > base_accuracy + 0.2, (base_accuracy, final.accuracy(*held_out))
-    assert rounds[-1]["accuracy"] == pytest.approx(final.accuracy(*held_out))
-    # what went up is the head (W 64x10 + b 10, float32) from each device, nothing else
-    head_bytes = (64 * 10 + 10) * 4
-    assert all(r["bytes_up"] == 5 * head_bytes == r["bytes_down"] for r in rounds)
+    lineage = result["export"]["lineage"]
+    assert lineage["participants"] == 5 and lineage["rounds"] == 3 and lineage["epsilon"] is None
+
+    def accuracy(model: Path) -> float:
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        probabilities = sess.run(["probabilities"], {"input": x_eval.astype(np.float32)})[0]
+        return float((probabilities.argmax(axis=1) == y_eval).mean())
+
+    base_accuracy, federated_accuracy = accuracy(base_model), accuracy(out)
+    assert lineage["accuracy_base"] == pytest.approx(base_accuracy)
+    assert lineage["accuracy_final"] == pytest.approx(federated_accuracy, abs=1e-6)
+    assert federated_accuracy > base_accuracy + 0.05, (base_accuracy, federated_accuracy)
+    # down: the head (W 32x10 + b 10, float32) and the feature model; up: the head only
+    head_bytes = (32 * 10 + 10) * 4
+    assert all(r["bytes_up"] == 5 * head_bytes for r in rounds)
+    assert all(
+        r["bytes_down"] == 5 * (head_bytes + (job_dir / "features.onnx").stat().st_size) for r in rounds
+    )
+    assert json.loads(out.with_suffix(".lineage.json").read_text()) == lineage
 
 
 def test_a_straggler_is_left_out_and_a_dead_device_does_not_stall_the_job(tmp_path, federation):

@@ -41,6 +41,7 @@ _COMMAND_MODULES = [
     "_fleet",
     "_demo",
     "_device",
+    "_fl",
 ]
 
 

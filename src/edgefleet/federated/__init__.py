@@ -8,21 +8,26 @@ SuperNode on a device while the job wants it and the device's state allows (``Su
 
 from edgefleet.federated._coordinator import Coordinator, JobFailed, load_final_head, read_progress
 from edgefleet.federated._data import label_skewed_split, load_dataset
+from edgefleet.federated._export import export_model, job_lineage
 from edgefleet.federated._head import SoftmaxHead
-from edgefleet.federated._node import DeviceState, SuperNode, TrainingPolicy
+from edgefleet.federated._model_head import head_of_model, write_head
+from edgefleet.federated._node import SuperNode, TrainingPolicy
 from edgefleet.federated._spec import JobSpec, PrivacySettings
 
 __all__ = [
     "Coordinator",
-    "DeviceState",
     "JobFailed",
     "JobSpec",
     "PrivacySettings",
     "SoftmaxHead",
     "SuperNode",
     "TrainingPolicy",
+    "export_model",
+    "head_of_model",
+    "job_lineage",
     "label_skewed_split",
     "load_dataset",
     "load_final_head",
     "read_progress",
+    "write_head",
 ]

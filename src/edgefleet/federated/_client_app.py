@@ -20,6 +20,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 
 from edgefleet.federated._data import load_dataset
 from edgefleet.federated._head import SoftmaxHead
+from edgefleet.federated._model_head import FeatureExtractor
 from edgefleet.federated._spec import WEIGHT_KEY
 
 
@@ -27,6 +28,8 @@ def train(msg: Message, context: Context) -> Message:
     head = SoftmaxHead.from_arrays(msg.content["arrays"].to_numpy_ndarrays())
     config = msg.content["config"]
     x, y = load_dataset(Path(str(context.node_config["data-dir"])))
+    if "feature-model" in config:  # raw inputs -> the base model's frozen penultimate features
+        x = FeatureExtractor(bytes(config["feature-model"]))(x)
     trained = head.train(
         x,
         y,

@@ -25,7 +25,14 @@ from edgefleet.federated._process import (
     free_port,
     wait_for_port,
 )
-from edgefleet.federated._spec import EVAL_DATA, FINAL_HEAD, INITIAL_HEAD, PROGRESS_FILE, JobSpec
+from edgefleet.federated._spec import (
+    EVAL_DATA,
+    FEATURE_MODEL,
+    FINAL_HEAD,
+    INITIAL_HEAD,
+    PROGRESS_FILE,
+    JobSpec,
+)
 
 START_TIMEOUT_S = 120.0
 
@@ -105,7 +112,8 @@ def job_state(events: list[dict[str, Any]]) -> str:
 
 class Coordinator:
     """One job's SuperLink and run. ``start()`` returns once the run is submitted; devices join
-    ``address`` with their SuperNodes."""
+    ``address`` with their SuperNodes. With ``feature_model`` (see ``head_of_model``) the head trains on
+    that model's features of the devices' raw inputs, and ``eval_data`` holds raw inputs too."""
 
     def __init__(
         self,
@@ -114,6 +122,7 @@ class Coordinator:
         head: SoftmaxHead,
         *,
         eval_data: tuple[np.ndarray, np.ndarray] | None = None,
+        feature_model: bytes | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
     ) -> None:
@@ -121,6 +130,7 @@ class Coordinator:
         self.spec = spec
         self.head = head
         self.eval_data = eval_data
+        self.feature_model = feature_model
         self.host = host
         self.port = port or free_port()
         self.run_id: str | None = None
@@ -136,6 +146,8 @@ class Coordinator:
         np.savez(self.job_dir / INITIAL_HEAD, W=self.head.W, b=self.head.b)
         if self.eval_data is not None:
             np.savez(self.job_dir / EVAL_DATA, x=self.eval_data[0], y=self.eval_data[1])
+        if self.feature_model is not None:
+            (self.job_dir / FEATURE_MODEL).write_bytes(self.feature_model)
         app_dir = write_flower_app(self.job_dir / "app", self.spec, self.job_dir)
         env = flower_env(self.job_dir / "flwr-home")
         (self.job_dir / "flwr-home" / "config.toml").write_text(
@@ -185,6 +197,10 @@ class Coordinator:
             )
         return str(answer["run-id"])
 
+    def alive(self) -> bool:
+        """Whether the job's SuperLink still runs."""
+        return self._superlink is not None and self._superlink.alive()
+
     def events(self) -> list[dict[str, Any]]:
         return read_progress(self.job_dir)
 
@@ -201,7 +217,7 @@ class Coordinator:
                 return events
             if state == "failed":
                 raise JobFailed(f"federated job {self.spec.job_id} failed: {events[-1].get('error')}")
-            if self._superlink is not None and not self._superlink.alive():
+            if self._superlink is not None and not self.alive():
                 raise JobFailed(f"the SuperLink exited: {self._superlink.log_tail(600)}")
             time.sleep(0.25)
         raise JobFailed(

@@ -11,34 +11,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.federated._process import ManagedProcess, flower_command, flower_env, free_port
-
-
-@dataclass(frozen=True)
-class DeviceState:
-    """What the training policy looks at. ``None`` means the device cannot tell (no battery, no meter)."""
-
-    idle: bool = True
-    charging: bool | None = None
-    battery_percent: float | None = None
-    metered: bool | None = None
+from edgefleet.power import DeviceState
 
 
 @dataclass(frozen=True)
 class TrainingPolicy:
-    """Gboard-style rule: train only when idle, on power or with battery above a level, and unmetered."""
+    """Gboard-style rule over the device state source of ``edgefleet.power`` (sysfs, or a scripted trace):
+    train only when idle (CPU pressure below a level), on power or with battery above a level, and not on
+    a metered link. What the device cannot tell (``None``) does not block training."""
 
     min_battery_percent: float = 50.0
-    require_idle: bool = True
+    max_cpu_pressure: float = 20.0  # PSI "some" avg10, percent
     allow_metered: bool = False
 
     def allows(self, state: DeviceState) -> tuple[bool, str]:
-        if self.require_idle and not state.idle:
-            return False, "busy"
-        if state.metered and not self.allow_metered:
+        if state.cpu_pressure is not None and state.cpu_pressure > self.max_cpu_pressure:
+            return False, f"busy (CPU pressure {state.cpu_pressure:.0f}%)"
+        if state.link == "metered" and not self.allow_metered:
             return False, "metered link"
-        on_power = state.charging is not False or state.battery_percent is None
-        if not on_power and state.battery_percent < self.min_battery_percent:
-            return False, f"battery {state.battery_percent:.0f}% < {self.min_battery_percent:.0f}%"
+        on_battery = state.power_source == "battery"
+        if (
+            on_battery
+            and state.battery_percent is not None
+            and state.battery_percent < self.min_battery_percent
+        ):
+            return False, f"on battery at {state.battery_percent:.0f}% (< {self.min_battery_percent:.0f}%)"
         return True, "ok"
 
 

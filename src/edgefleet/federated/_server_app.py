@@ -27,7 +27,16 @@ from flwr.serverapp import (
 )
 
 from edgefleet.federated._head import SoftmaxHead
-from edgefleet.federated._spec import EVAL_DATA, FINAL_HEAD, INITIAL_HEAD, PROGRESS_FILE, WEIGHT_KEY, JobSpec
+from edgefleet.federated._model_head import FeatureExtractor
+from edgefleet.federated._spec import (
+    EVAL_DATA,
+    FEATURE_MODEL,
+    FINAL_HEAD,
+    INITIAL_HEAD,
+    PROGRESS_FILE,
+    WEIGHT_KEY,
+    JobSpec,
+)
 
 app = ServerApp()
 
@@ -90,12 +99,14 @@ def _reply_arrays(reply: Message) -> list[np.ndarray]:
     return next(iter(reply.content.array_records.values())).to_numpy_ndarrays()
 
 
-def _load_eval(job_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def _load_eval(job_dir: Path, feature_model: bytes | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The server's held-out set, as the head's features."""
     path = job_dir / EVAL_DATA
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as npz:
-        return npz["x"].astype(np.float32), npz["y"].astype(np.int64)
+        x, y = npz["x"].astype(np.float32), npz["y"].astype(np.int64)
+    return (FeatureExtractor(feature_model)(x) if feature_model else x), y
 
 
 class _Progress:
@@ -113,16 +124,27 @@ def run_rounds(grid: Grid, job_dir: Path) -> None:
     progress = _Progress(job_dir / PROGRESS_FILE)
     with np.load(job_dir / INITIAL_HEAD, allow_pickle=False) as npz:
         head = SoftmaxHead.from_arrays([npz["W"], npz["b"]])
-    evaluation = _load_eval(job_dir)
+    feature_path = job_dir / FEATURE_MODEL
+    feature_model = feature_path.read_bytes() if feature_path.exists() else None
+    evaluation = _load_eval(job_dir, feature_model)
     fl_strategy = build_strategy(spec)
     arrays = ArrayRecord(head.arrays())
     base_accuracy = head.accuracy(*evaluation) if evaluation else None
     progress.write({"event": "started", "rounds": spec.rounds, "accuracy": base_accuracy})
+    participants: set[int] = set()  # Flower node ids, counted only: no id leaves this function
     for rnd in range(1, spec.rounds + 1):
-        arrays = _one_round(grid, spec, fl_strategy, rnd, arrays, evaluation, progress)
+        arrays = _one_round(
+            grid, spec, fl_strategy, rnd, arrays, evaluation, progress, feature_model, participants
+        )
     final = SoftmaxHead.from_arrays(arrays.to_numpy_ndarrays())
     np.savez(job_dir / FINAL_HEAD, W=final.W, b=final.b)
-    progress.write({"event": "finished", "accuracy": final.accuracy(*evaluation) if evaluation else None})
+    progress.write(
+        {
+            "event": "finished",
+            "accuracy": final.accuracy(*evaluation) if evaluation else None,
+            "participants": len(participants),
+        }
+    )
 
 
 def _one_round(
@@ -133,6 +155,8 @@ def _one_round(
     arrays: ArrayRecord,
     evaluation: tuple[np.ndarray, np.ndarray] | None,
     progress: _Progress,
+    feature_model: bytes | None,
+    participants: set[int],
 ) -> ArrayRecord:
     config = ConfigRecord(
         {
@@ -141,6 +165,8 @@ def _one_round(
             "equal-weights": spec.privacy is not None,
         }
     )
+    if feature_model is not None:  # every round: a device may join in any round
+        config["feature-model"] = feature_model
     _fit_sample(fl_strategy, spec, grid)
     messages = list(fl_strategy.configure_train(rnd, arrays, config, grid))
     selected = {m.metadata.dst_node_id for m in messages}
@@ -159,7 +185,7 @@ def _one_round(
         # no answer by the deadline while still connected: a straggler; gone or failed: dropped
         "late": len(missing & connected),
         "dropped": len(missing - connected) + len(failed),
-        "bytes_down": _payload_bytes(arrays) * len(messages),
+        "bytes_down": (_payload_bytes(arrays) + len(feature_model or b"")) * len(messages),
         "bytes_up": sum(sum(a.nbytes for a in _reply_arrays(r)) for r in ok),
         "aggregated": False,
     }
@@ -169,6 +195,7 @@ def _one_round(
         if new_arrays is not None:
             arrays = new_arrays
             report["aggregated"] = True
+            participants.update(r.metadata.src_node_id for r in ok)
             if spec.privacy is not None:
                 report.update(_privacy_report(fl_strategy, spec, arrays, plain_mean))
     report["seconds"] = round(time.monotonic() - started, 3)

@@ -15,6 +15,7 @@ PROGRESS_FILE = "progress.jsonl"
 INITIAL_HEAD = "initial_head.npz"
 FINAL_HEAD = "final_head.npz"
 EVAL_DATA = "eval.npz"
+FEATURE_MODEL = "features.onnx"  # the base model with its head's input exposed; devices run it
 WEIGHT_KEY = "weight"  # samples a client trained on; 1 for all when DP accounting needs equal weights
 
 

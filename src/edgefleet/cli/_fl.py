@@ -1,0 +1,276 @@
+"""``edgefleet fl start | join | status | export``: federated learning on Flower.
+
+``start`` runs a job's SuperLink on this (the control-plane) host and waits for it with live progress;
+``join`` is the device side: a SuperNode for the job, started only if the device's state allows;
+``status`` reads a job folder's progress (``--watch`` follows it); ``export`` writes the final head back
+into the base model with the job's lineage.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgefleet.cli._common import console, emit, parse_duration
+from edgefleet.errors import InputError
+
+fl_app = typer.Typer(help="Federated learning across the fleet, on Flower.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(fl_app, name="fl")
+
+
+def _load_xy(path: Path) -> tuple[Any, Any]:
+    from edgefleet.federated import load_dataset
+
+    if path.is_dir():
+        return load_dataset(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist", hint="pass an .npz with x and y, or a folder of them")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:  # one file: read it through the same bounded reader
+        (Path(d) / path.name).symlink_to(path.resolve())
+        return load_dataset(Path(d))
+
+
+def _round_table(events: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title="rounds", show_lines=False)
+    for col in (
+        "round",
+        "selected",
+        "answered",
+        "late",
+        "dropped",
+        "KiB down",
+        "KiB up",
+        "s",
+        "accuracy",
+        "ε",
+    ):
+        table.add_column(col, justify="right")
+    for e in events:
+        if e.get("event") != "round":
+            continue
+        eps = e.get("epsilon")
+        acc = e.get("accuracy")
+        table.add_row(
+            str(e["round"]),
+            str(e["selected"]),
+            str(e["answered"]),
+            str(e["late"]),
+            str(e["dropped"]),
+            f"{e['bytes_down'] / 1024:.1f}",
+            f"{e['bytes_up'] / 1024:.1f}",
+            f"{e['seconds']:.1f}",
+            "-" if acc is None else f"{acc:.3f}",
+            "-" if eps is None else f"{eps:.2f}",
+        )
+    return table
+
+
+def _summary(job_dir: Path) -> dict[str, Any]:
+    from edgefleet.federated import JobSpec, read_progress
+    from edgefleet.federated._coordinator import job_state
+
+    if not (job_dir / "job.json").is_file():
+        raise InputError(f"{job_dir} is not a federated job folder", hint="pass the folder given to fl start")
+    spec = JobSpec.load(job_dir)
+    events = read_progress(job_dir)
+    rounds = [e for e in events if e.get("event") == "round"]
+    return {
+        "job_id": spec.job_id,
+        "state": job_state(events),
+        "rounds_done": len(rounds),
+        "rounds": spec.rounds,
+        "events": events,
+    }
+
+
+def _show_progress(job_dir: Path, *, watch: bool, until=None) -> dict[str, Any]:
+    """Print (or, with ``watch``, follow until finished/failed) a job's rounds as a rich table and bar."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    summary = _summary(job_dir)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console)
+    task = bar.add_task(f"job {summary['job_id']}", total=summary["rounds"], completed=summary["rounds_done"])
+
+    def view(s: dict[str, Any]):
+        bar.update(task, completed=s["rounds_done"], description=f"job {s['job_id']} ({s['state']})")
+        return Group(bar, _round_table(s["events"]))
+
+    if not watch:
+        console.print(view(summary))
+        return summary
+    with Live(view(summary), console=console, refresh_per_second=2) as live:
+        while summary["state"] not in ("finished", "failed") and (until is None or until()):
+            time.sleep(0.5)
+            summary = _summary(job_dir)
+            live.update(view(summary))
+    return summary
+
+
+@fl_app.command("start")
+def start(
+    job_dir: Annotated[Path, typer.Argument(help="Folder for the job (created).")],
+    job_id: Annotated[str, typer.Option("--job-id", help="Name of the job (lowercase, digits, -).")],
+    base_model: Annotated[
+        Path | None, typer.Option("--base-model", help="ONNX model whose final Softmax(linear) layer trains.")
+    ] = None,
+    base_head: Annotated[
+        Path | None, typer.Option("--base-head", help="Or a head .npz (W [F,C], b [C]) on raw features.")
+    ] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option("--eval-data", help="Server-held .npz (x, y) to score each round.")
+    ] = None,
+    rounds: int = typer.Option(5, help="Rounds of training."),
+    clients_per_round: int = typer.Option(5, help="Devices sampled per round."),
+    min_clients: int = typer.Option(2, help="Answers a round needs by its deadline to count."),
+    local_epochs: int = typer.Option(1, help="Epochs each device trains per round."),
+    learning_rate: float = typer.Option(0.1, help="Devices' learning rate."),
+    deadline: str = typer.Option("30s", help="Round deadline: the round closes with whoever answered."),
+    strategy: str = typer.Option("fedavg", help="fedavg, fedprox or fedadam (Flower's)."),
+    proximal_mu: float = typer.Option(0.1, help="FedProx's proximal term."),
+    dp_noise: Annotated[
+        float | None, typer.Option("--dp-noise", help="DP noise multiplier (enables central DP).")
+    ] = None,
+    dp_clip: float = typer.Option(1.0, "--dp-clip", help="DP: clients clip their update to this L2 norm."),
+    dp_delta: float = typer.Option(1e-5, "--dp-delta", help="DP: the δ ε is reported at."),
+    host: str = typer.Option("127.0.0.1", help="Address the SuperLink listens on (devices connect to it)."),
+    port: int = typer.Option(0, help="SuperLink port (0: a free one)."),
+    out: Annotated[
+        Path | None, typer.Option("--out", help="With --base-model: write the federated model here.")
+    ] = None,
+    timeout: str = typer.Option("1h", help="Give up on the job after this long."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Start a federated job: its Flower SuperLink runs here until the job ends; devices join it."""
+    from edgefleet.federated import Coordinator, JobSpec, SoftmaxHead, export_model, head_of_model
+
+    if (base_model is None) == (base_head is None):
+        raise InputError("give exactly one of --base-model and --base-head")
+    privacy = (
+        None
+        if dp_noise is None
+        else {"noise_multiplier": dp_noise, "clipping_norm": dp_clip, "delta": dp_delta}
+    )
+    spec = JobSpec.parse(
+        {
+            "job_id": job_id,
+            "rounds": rounds,
+            "clients_per_round": clients_per_round,
+            "min_clients": min_clients,
+            "local_epochs": local_epochs,
+            "learning_rate": learning_rate,
+            "round_deadline_s": parse_duration(deadline, positive=True),
+            "strategy": strategy,
+            "proximal_mu": proximal_mu,
+            "privacy": privacy,
+        }
+    )
+    feature_model = None
+    if base_model is not None:
+        head, feature_model = head_of_model(base_model)
+    else:
+        assert base_head is not None
+        import numpy as np
+
+        try:
+            with np.load(base_head, allow_pickle=False) as npz:
+                head = SoftmaxHead.from_arrays([npz["W"], npz["b"]])
+        except (OSError, KeyError, ValueError) as e:
+            raise InputError(f"cannot read the head {base_head}: {e}", hint="an .npz with W and b") from e
+    coordinator = Coordinator(
+        job_dir,
+        spec,
+        head,
+        eval_data=_load_xy(eval_data) if eval_data else None,
+        feature_model=feature_model,
+        host=host,
+        port=port or None,
+    )
+    coordinator.start()
+    try:
+        if not json_out:
+            console.print(f"SuperLink for job [bold]{job_id}[/] at {coordinator.address}; devices join with")
+            console.print(f"  edgefleet fl join {coordinator.address} --data-dir DIR")
+            _show_progress(coordinator.job_dir, watch=True, until=coordinator.alive)
+        coordinator.wait(parse_duration(timeout, positive=True))
+    finally:
+        coordinator.stop()
+    result = _summary(coordinator.job_dir)
+    if out is not None and base_model is not None:
+        result["export"] = export_model(coordinator.job_dir, base_model, out)
+        if not json_out:
+            console.print(f"federated model written to {out}")
+    emit(result, json_out)
+
+
+@fl_app.command("join")
+def join(
+    superlink: Annotated[str, typer.Argument(help="The job's SuperLink, host:port.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The device's dataset folder (.npz: x, y).")],
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="Where the SuperNode keeps its state.")] = Path(
+        "fl-node"
+    ),
+    state_source: str = typer.Option("sysfs", help="Device state: sysfs, sysfs:ROOT or scripted:TRACE."),
+    min_battery: float = typer.Option(50.0, help="On battery, train only above this level (%)."),
+    allow_metered: bool = typer.Option(False, help="Train on a metered link too."),
+    duration: str = typer.Option("1h", help="Leave the job after this long."),
+) -> None:
+    """Join a federated job from this device while its state allows (idle, power or battery, unmetered)."""
+    from edgefleet.federated import SuperNode, TrainingPolicy, load_dataset
+    from edgefleet.power import open_state_source
+
+    load_dataset(data_dir)  # a bad folder is an error now, not a failed round later
+    source = open_state_source(state_source)
+    policy = TrainingPolicy(min_battery_percent=min_battery, allow_metered=allow_metered)
+    node = SuperNode(superlink, data_dir, work_dir)
+    end = time.monotonic() + parse_duration(duration, positive=True)
+    try:
+        while time.monotonic() < end:
+            ok, why = policy.allows(source.read())
+            if ok and not node.alive():
+                console.print(f"joining {superlink}")
+                node.start()
+            elif not ok and node.alive():
+                console.print(f"leaving the job: {why}")
+                node.stop()
+            time.sleep(2.0)
+    finally:
+        node.stop()
+
+
+@fl_app.command("status")
+def status(
+    job_dir: Annotated[Path, typer.Argument(help="The job's folder.")],
+    watch: bool = typer.Option(False, "--watch", help="Follow the job until it ends."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """A job's rounds: selected, answered, late, dropped, bytes, accuracy, ε."""
+    if json_out:
+        emit(_summary(job_dir), True)
+        return
+    _show_progress(job_dir, watch=watch)
+
+
+@fl_app.command("export")
+def export(
+    job_dir: Annotated[Path, typer.Argument(help="The finished job's folder.")],
+    base_model: Annotated[Path, typer.Option("--base-model", help="The ONNX model the job started from.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the federated model.")],
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Write the job's final head into the base model (lineage in OUT.lineage.json: no device ids)."""
+    from edgefleet.federated import export_model
+
+    result = export_model(job_dir, base_model, out)
+    emit(result, json_out, lambda r: console.print(f"wrote {r['model']}: {r['lineage']}"))
