@@ -38,6 +38,8 @@ _MAX_DETAILS = 16 << 10  # bytes of JSON one step's details may hold
 _MAX_DEPTH = 64  # releases a lineage walk follows
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
 Slug = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+Viewer = Annotated[Operator, Depends(operator(Role.viewer))]
+Deployer = Annotated[Operator, Depends(operator(Role.deployer))]
 
 
 class _In(BaseModel):
@@ -346,41 +348,39 @@ def _json_or_none(text: str | None) -> Any:
 
 def retrain_router(jobs: RetrainJobs) -> APIRouter:
     r = APIRouter(tags=["retrain"], responses=ERRORS)
-    viewer = Annotated[Operator, Depends(operator(Role.viewer))]
-    deployer = Annotated[Operator, Depends(operator(Role.deployer))]
 
     @r.get("/v1/retrain/jobs", summary="Retraining jobs, newest first")
-    def list_jobs(_: viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+    def list_jobs(_: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
         return jobs.jobs(limit=limit)
 
     @r.get("/v1/retrain/jobs/{job_id}", summary="One retraining job with its steps")
-    def get_job(job_id: JobId, _: viewer) -> dict[str, Any]:
+    def get_job(job_id: JobId, _: Viewer) -> dict[str, Any]:
         return jobs.job(job_id)
 
     @r.put("/v1/retrain/jobs/{job_id}", status_code=201, summary="Start recording a retraining job")
-    def create_job(job_id: JobId, body: RetrainJobCreate, me: deployer) -> dict[str, Any]:
+    def create_job(job_id: JobId, body: RetrainJobCreate, me: Deployer) -> dict[str, Any]:
         return jobs.create(job_id, body, actor=me.actor)
 
     @r.post("/v1/retrain/jobs/{job_id}/steps", summary="Record a step of a job (audited)")
-    def job_step(job_id: JobId, body: RetrainJobStep, me: deployer) -> dict[str, Any]:
+    def job_step(job_id: JobId, body: RetrainJobStep, me: Deployer) -> dict[str, Any]:
         return jobs.step(job_id, body, actor=me.actor)
 
     @r.post(
         "/v1/retrain/jobs/{job_id}/rollout", summary="Propose the new release's rollout (start: policy auto)"
     )
-    def propose(job_id: JobId, body: RetrainRolloutProposal, me: deployer) -> dict[str, Any]:
+    def propose(job_id: JobId, body: RetrainRolloutProposal, me: Deployer) -> dict[str, Any]:
         return jobs.propose(job_id, body, actor=me.actor)
 
     @r.post("/v1/retrain/jobs/{job_id}/approve", summary="Approve a proposed rollout: it starts")
-    def approve(job_id: JobId, me: deployer) -> dict[str, Any]:
+    def approve(job_id: JobId, me: Deployer) -> dict[str, Any]:
         return jobs.approve(job_id, actor=me.actor)
 
     @r.post("/v1/retrain/jobs/{job_id}/reject", summary="Reject a proposed rollout")
-    def reject(job_id: JobId, me: deployer) -> dict[str, Any]:
+    def reject(job_id: JobId, me: Deployer) -> dict[str, Any]:
         return jobs.reject(job_id, actor=me.actor)
 
     @r.get("/v1/releases/{name}/{version}/lineage", summary="Parents, data snapshots, labels, optimize runs")
-    def lineage(name: Slug, version: Slug, _: viewer) -> dict[str, Any]:
+    def lineage(name: Slug, version: Slug, _: Viewer) -> dict[str, Any]:
         return jobs.lineage(name, version)
 
     return r
