@@ -221,6 +221,17 @@ SURFACE = {
         "start_server",
         "start_server_process",
     ],
+    "edgefleet.retrain": [
+        "DataSnapshot",
+        "RetrainJob",
+        "RetrainSpec",
+        "Trainer",
+        "find_head",
+        "load_snapshot",
+        "retrain_head",
+        "snapshot_hash",
+        "write_snapshot",
+    ],
     "edgefleet.sim": [
         "Fleet",
         "ReleaseBehavior",
