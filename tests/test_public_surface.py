@@ -104,6 +104,7 @@ SURFACE = {
     ],
     "edgefleet.federated": [
         "Coordinator",
+        "JobCollector",
         "JobFailed",
         "JobSpec",
         "PrivacySettings",

@@ -6,27 +6,16 @@ import contextlib
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
-from edgefleet.federated import Coordinator, JobSpec, SoftmaxHead, SuperNode, label_skewed_split
+from edgefleet.federated import Coordinator, JobSpec, SoftmaxHead, SuperNode
+from edgefleet.federated._data import digits_federation as example_federation
 
 
 def digits_federation(n_devices: int, root: Path, *, seed: int = 0):
-    """(device data folders, base head, held-out (x, y)); the base head saw 60 public samples only."""
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    order = np.random.default_rng(seed).permutation(len(y))
-    public, held_out, private = order[:60], order[60:460], order[460:]
-    base = SoftmaxHead.zeros(x.shape[1], 10).train(x[public], y[public], epochs=3, lr=0.1)
-    folders = []
-    for i, part in enumerate(label_skewed_split(y[private], n_devices, alpha=0.5, seed=seed)):
-        folder = root / f"device{i}"
-        folder.mkdir(parents=True)
-        np.savez(folder / "samples.npz", x=x[private][part], y=y[private][part])
-        folders.append(folder)
-    return folders, base, (x[held_out], y[held_out])
+    """(device data folders, base head, held-out (x, y)): see edgefleet.federated._data.digits_federation."""
+    folders, base, held_out, _ = example_federation(n_devices, root, seed=seed)
+    return folders, base, held_out
 
 
 def wait_for(predicate, timeout_s: float = 60.0):

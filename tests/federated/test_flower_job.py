@@ -123,6 +123,20 @@ def test_a_straggler_is_left_out_and_a_dead_device_does_not_stall_the_job(tmp_pa
     assert first["late"] + first["dropped"] >= 2
     assert events[-1]["event"] == "finished"
 
+    # the same counts reach Prometheus
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from edgefleet.federated import JobCollector
+
+    registry = CollectorRegistry()
+    registry.register(JobCollector(coordinator.job_dir))
+    text = generate_latest(registry).decode()
+    last = _rounds(events)[-1]
+    for state in ("selected", "answered", "late", "dropped"):
+        assert f'edgefleet_fl_round_clients{{job="churn",state="{state}"}} {float(last[state])}' in text
+    assert 'edgefleet_fl_rounds_total{job="churn"} 2.0' in text
+    assert 'edgefleet_fl_running{job="churn"} 0.0' in text
+
 
 def test_with_dp_the_accountant_reports_epsilon_and_the_noise_is_really_added(tmp_path, federation):
     folders, base, held_out = digits_federation(5, tmp_path / "data")

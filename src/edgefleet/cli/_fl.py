@@ -150,6 +150,9 @@ def start(
         Path | None, typer.Option("--out", help="With --base-model: write the federated model here.")
     ] = None,
     timeout: str = typer.Option("1h", help="Give up on the job after this long."),
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve the job's Prometheus metrics on this port.")
+    ] = None,
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Start a federated job: its Flower SuperLink runs here until the job ends; devices join it."""
@@ -198,6 +201,14 @@ def start(
         port=port or None,
     )
     coordinator.start()
+    if metrics_port is not None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from edgefleet.federated import JobCollector
+
+        registry = CollectorRegistry()
+        registry.register(JobCollector(coordinator.job_dir))
+        start_http_server(metrics_port, addr=host, registry=registry)
     try:
         if not json_out:
             console.print(f"SuperLink for job [bold]{job_id}[/] at {coordinator.address}; devices join with")

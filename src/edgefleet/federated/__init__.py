@@ -10,12 +10,14 @@ from edgefleet.federated._coordinator import Coordinator, JobFailed, load_final_
 from edgefleet.federated._data import label_skewed_split, load_dataset
 from edgefleet.federated._export import export_model, job_lineage
 from edgefleet.federated._head import SoftmaxHead
+from edgefleet.federated._metrics import JobCollector
 from edgefleet.federated._model_head import head_of_model, write_head
 from edgefleet.federated._node import SuperNode, TrainingPolicy
 from edgefleet.federated._spec import JobSpec, PrivacySettings
 
 __all__ = [
     "Coordinator",
+    "JobCollector",
     "JobFailed",
     "JobSpec",
     "PrivacySettings",

@@ -89,3 +89,28 @@ def label_skewed_split(y: np.ndarray, n_parts: int, *, alpha: float = 0.5, seed:
         for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
             part.extend(chunk.tolist())
     return [np.array(sorted(p), dtype=np.int64) for p in parts]
+
+
+def digits_federation(n_devices: int, root: Path, *, alpha: float = 0.5, seed: int = 0):
+    """Example federation for tests, benchmarks and demos: scikit-learn's digits (scaled to [0, 1]) split
+    non-IID over ``n_devices`` dataset folders under ``root``.
+
+    Returns ``(folders, base head, held-out (x, y), pooled device data (x, y))``; the base head saw 60
+    "public" samples only, the held-out set (400 samples) stays on the server.
+    """
+    from sklearn.datasets import load_digits
+
+    from edgefleet.federated._head import SoftmaxHead
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    order = np.random.default_rng(seed).permutation(len(y))
+    public, held_out, private = order[:60], order[60:460], order[460:]
+    base = SoftmaxHead.zeros(x.shape[1], 10).train(x[public], y[public], epochs=3, lr=0.1)
+    folders = []
+    for i, part in enumerate(label_skewed_split(y[private], n_devices, alpha=alpha, seed=seed)):
+        folder = Path(root) / f"device{i}"
+        folder.mkdir(parents=True)
+        np.savez(folder / "samples.npz", x=x[private][part], y=y[private][part])
+        folders.append(folder)
+    return folders, base, (x[held_out], y[held_out]), (x[private], y[private])
