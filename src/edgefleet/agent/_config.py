@@ -87,6 +87,17 @@ class AgentConfig(BaseSettings):
         False, description="allow the local API in clear text off loopback (behind a TLS-terminating proxy)"
     )
 
+    # Device awareness (edgefleet.power): state source and power/thermal policy.
+    device_state: str = Field(
+        "sysfs",
+        description="where the device state is read: sysfs (this device), sysfs:ROOT, or scripted:TRACE "
+        "(a YAML/CSV battery and temperature trace standing in for hardware this machine lacks)",
+    )
+    device_trace_speed: float = Field(1.0, gt=0, description="trace seconds per second for scripted:TRACE")
+    device_policy: Path | None = Field(
+        None, description="power/thermal policy YAML; None: device_policy.yaml in the active bundle, if any"
+    )
+
     # Outbox and telemetry.
     telemetry_interval_s: float = Field(
         60.0,
@@ -102,3 +113,7 @@ class AgentConfig(BaseSettings):
         "features every 600 s)",
     )
     history_events: int = Field(50, ge=1, description="events kept in the journal for `agent status`")
+    metered: bool = Field(
+        False,
+        description="the uplink is metered: samples wait for an unmetered link unless the policy allows",
+    )

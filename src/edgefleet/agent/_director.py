@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -52,9 +53,21 @@ class DirectorClient:
         self.client.close()
 
     def post(self, path: str, body: Any) -> dict[str, Any]:
+        """POST a protocol message (or a JSON-able dict); the answer's JSON object."""
+        content = body.model_dump_json() if hasattr(body, "model_dump_json") else json.dumps(body)
+        return self._send("POST", path, content)
+
+    def get(self, path: str) -> dict[str, Any]:
+        """GET a JSON object (e.g. the device's sample policy)."""
+        return self._send("GET", path, None)
+
+    def _send(self, method: str, path: str, content: str | None) -> dict[str, Any]:
         try:
-            r = self.client.post(
-                path, content=body.model_dump_json(), headers={"Content-Type": "application/json"}
+            r = self.client.request(
+                method,
+                path,
+                content=content,
+                headers={"Content-Type": "application/json"} if content else None,
             )
         except httpx.HTTPError as e:
             raise ServerUnreachable(

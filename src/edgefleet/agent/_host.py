@@ -8,6 +8,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,30 @@ class _Instrumented:
         self._host = host
 
     def predict(self, raw: Any, **opts: Any) -> Any:
-        return self._host.predict_result(raw, **opts)
+        return self._answer(*self._host._predict(raw, opts))
 
     async def apredict(self, raw: Any, **opts: Any) -> Any:
-        return await self._host.apredict_result(raw, **opts)  # the local API awaits this one
+        return self._answer(*await self._host._apredict(raw, opts))  # the local API awaits this one
+
+    @staticmethod
+    def _answer(res: Any, request_id: str | None) -> Any:
+        return res if request_id is None else _Sampled(res, request_id)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._host._ensure_runtime(), name)
+
+
+class _Sampled:
+    """A ``Result`` whose JSON answer also names the sampled request (``request_id``: feedback refers to it)."""
+
+    def __init__(self, res: Any, request_id: str) -> None:
+        self._res, self.request_id = res, request_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._res.to_dict(), "request_id": self.request_id}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._res, name)
 
 
 class RuntimeHost:
@@ -45,6 +63,12 @@ class RuntimeHost:
     telemetry windows it closes, and :meth:`health` (requests, errors, latency, confidence, drift) for
     heartbeats and the watch window. The host also keeps a sample of live requests for a candidate's
     shadow run, and serves the runtime's local API (``edgefleet.runtime.create_app``).
+
+    When :attr:`sampler` (an ``edgefleet.telemetry.Sampler``, set by the agent) is enabled, every answer
+    is offered to it with a fresh request id (``<id>`` for one row, ``<id>-<row>`` for more) and the
+    sampled input (the bytes the caller sent when it sent encoded bytes, else the model input); a sampled
+    answer of the local API carries its ``request_id``. :attr:`on_load` is called with each bundle root
+    the host starts serving.
 
     Args:
         shadow_rate: fraction of live requests kept (input and answer) for a candidate's shadow run.
@@ -74,6 +98,8 @@ class RuntimeHost:
         self._closed_windows: list[Any] = []  # closed windows not yet collected by telemetry_windows()
         self._lock = threading.Lock()
         self.loaded: Path | None = None
+        # edgefleet.power.PowerGate set by the agent: the device policy's rate limit and paused escalation
+        self.power_gate: Any = None
         self.shadow_rate = shadow_rate
         self._shadow: collections.deque[tuple[Any, dict[str, np.ndarray]]] = collections.deque(
             maxlen=shadow_keep
@@ -83,6 +109,8 @@ class RuntimeHost:
         self._counted = [0, 0]
         self._recent: collections.deque[Any] = collections.deque(maxlen=max(0, recent_windows))
         self._server: Any = None
+        self.sampler: Any = None  # edgefleet.telemetry.Sampler, set by the agent (issue 13)
+        self.on_load: Any = None  # called with the root of each bundle loaded
 
     # --- model ---------------------------------------------------------------------------------
 
@@ -101,6 +129,9 @@ class RuntimeHost:
             self._shadow.clear()  # samples were answered by the old model
             old, self.aggregator, self._pre = self.aggregator, agg, pre
         self._retire(old)
+        if self.on_load is not None:
+            with contextlib.suppress(Exception):
+                self.on_load(root)
         log.info("serving %s", self.model_key, extra={"bundle": str(root)})
 
     def _new_aggregator(self, bundle_dir: Path) -> tuple[Any, Any]:
@@ -190,7 +221,15 @@ class RuntimeHost:
 
     def predict_result(self, raw: Any, **opts: Any) -> Any:
         """Like :meth:`predict` but return the runtime's full ``Result``."""
-        rt, loaded = self._serving()
+        return self._predict(raw, opts)[0]
+
+    async def apredict_result(self, raw: Any, **opts: Any) -> Any:
+        """:meth:`predict_result` for asyncio callers (the runtime's ``apredict``), counted the same way."""
+        return (await self._apredict(raw, opts))[0]
+
+    def _predict(self, raw: Any, opts: dict[str, Any]) -> tuple[Any, str | None]:
+        """The answer and the request id it was sampled under (None: not sampled)."""
+        rt, loaded = self._serving(opts)
         t0 = time.perf_counter()
         try:
             res = rt.predict(raw, **opts)
@@ -199,12 +238,10 @@ class RuntimeHost:
         except Exception:
             self._count_error()
             raise
-        self._count(raw, res, t0, loaded)
-        return res
+        return res, self._count(raw, res, t0, loaded)
 
-    async def apredict_result(self, raw: Any, **opts: Any) -> Any:
-        """:meth:`predict_result` for asyncio callers (the runtime's ``apredict``), counted the same way."""
-        rt, loaded = self._serving()
+    async def _apredict(self, raw: Any, opts: dict[str, Any]) -> tuple[Any, str | None]:
+        rt, loaded = self._serving(opts)
         t0 = time.perf_counter()
         try:
             res = await rt.apredict(raw, **opts)
@@ -213,14 +250,18 @@ class RuntimeHost:
         except Exception:
             self._count_error()
             raise
-        self._count(raw, res, t0, loaded)
-        return res
+        return res, self._count(raw, res, t0, loaded)
 
-    def _serving(self) -> tuple[Any, Path]:
+    def _serving(self, opts: dict[str, Any]) -> tuple[Any, Path]:
         rt = self.runtime
         loaded = self.loaded
         if rt is None or loaded is None:  # the local API starts before the first model: not a model error
             raise NotFoundError("no model is active on this device yet", hint="wait for the first assignment")
+        gate = self.power_gate
+        if gate is not None:
+            gate.admit()  # RateLimitedError while the device's power policy limits the rate
+            if gate.pause_escalation:
+                opts["escalate"] = False
         return rt, loaded
 
     def _count_error(self) -> None:
@@ -228,14 +269,20 @@ class RuntimeHost:
         if agg is not None:
             agg.record(None, None, error="model_error")
 
-    def _count(self, raw: Any, res: Any, t0: float, loaded: Path) -> None:
+    def _count(self, raw: Any, res: Any, t0: float, loaded: Path) -> str | None:
+        """Record one answer (health, telemetry, shadow set, sampler); the request id if it was sampled."""
         ms = (time.perf_counter() - t0) * 1000
         with self._lock:
             if self.shadow_rate > 0 and self._rng.random() < self.shadow_rate and loaded == self.loaded:
                 self._shadow.append((raw, res.outputs))
             agg, pre = (self.aggregator, self._pre) if loaded == self.loaded else (None, None)
+        x = _model_inputs(raw, pre) if agg is not None else None
         if agg is not None:
-            agg.record(_model_inputs(raw, pre), res.outputs, latency_ms=ms)
+            agg.record(x, res.outputs, latency_ms=ms)
+        sampler = self.sampler
+        if sampler is None or not sampler.config.enabled or res.confidence is None:
+            return None
+        return _offer(sampler, raw, x, res)
 
     def health(self, *, reset: bool = False) -> ModelHealth:
         """Figures of the telemetry aggregators since the last reset, as a heartbeat's ``ModelHealth``.
@@ -327,3 +374,34 @@ def _model_inputs(raw: Any, pre: Any) -> Any:
         return pre.apply(raw) if len(pre) else np.asarray(raw)
     except Exception:  # noqa: BLE001 - the runtime accepted it; telemetry just skips its features
         return None
+
+
+def _offer(sampler: Any, raw: Any, x: Any, res: Any) -> str | None:
+    """Offer one answer's rows to the sampler; the request id when it kept any."""
+    conf = np.asarray(res.confidence).reshape(-1)
+    n = len(conf)
+    rid = uuid.uuid4().hex
+    ids = [rid] if n == 1 else [f"{rid}-{i}" for i in range(n)]
+    encoded = (
+        raw if isinstance(raw, list) and len(raw) == n and all(isinstance(b, bytes) for b in raw) else None
+    )
+    labels = res.labels
+    if labels is None and res.classes is not None:
+        labels = [str(c) for c in res.classes]
+    scores = next((v for v in res.outputs.values() if getattr(v, "ndim", 0) == 2 and len(v) == n), None)
+    inputs = x if encoded is None and isinstance(x, np.ndarray) and len(x) == n else None
+    tags = {"model": res.model, "version": res.version, "variant": res.variant}
+    try:
+        kept = sampler.offer(
+            confidence=conf,
+            scores=scores,
+            labels=labels,
+            inputs=inputs,
+            raw=encoded,
+            request_ids=ids,
+            tags=tags,
+        )
+    except Exception as e:  # noqa: BLE001 - sampling never fails a request
+        log.warning("sampling failed: %s", e)
+        return None
+    return rid if kept else None

@@ -148,10 +148,17 @@ class Uplink(AgentCore):
             import psutil
 
             proc = psutil.Process()
+            power = getattr(self, "power", None)  # the DeviceGovernor (agent/_power.py)
+            st = power.state if power is not None else None
             return Resources(
                 cpu_percent=proc.cpu_percent(None),
                 rss_mb=proc.memory_info().rss / 2**20,
                 disk_free_mb=shutil.disk_usage(self.state_dir).free / 2**20,
+                temperature_c=st.temp_c if st else None,
+                battery_percent=st.battery_percent if st else None,
+                power_source=st.power_source if st else None,
+                power_rules=[r[:64] for r in power.decision.active] if power is not None else None,
+                power_switches=power.switch_count if power is not None else None,
             )
         except Exception:  # pragma: no cover
             return Resources()
@@ -175,6 +182,28 @@ class Uplink(AgentCore):
             self._outbox = Outbox(self.state_dir / "outbox.sqlite")
         except Exception as e:  # pragma: no cover - outbox is best effort; the journal has the events
             log.warning("outbox unavailable: %s", e)
+        self._start_sampling()
+
+    def _start_sampling(self) -> None:
+        """Give the host a sampler whose policy follows the bundle and the server (``_samples``)."""
+        from edgefleet.agent._samples import DeviceSampling
+
+        self.sampling = DeviceSampling(
+            self._outbox,
+            self.director,
+            self.creds.device_id,
+            metered=self.link_metered,
+            policy_interval_s=self.config.telemetry_interval_s,
+        )
+        if self.host is not None and hasattr(self.host, "sampler"):
+            self.host.sampler = self.sampling.sampler
+            self.host.on_load = self.sampling.bundle_loaded
+            self.sampling.bundle_loaded(getattr(self.host, "loaded", None))
+
+    def link_metered(self) -> bool:
+        """Whether the uplink is metered now: ``AgentConfig.metered``, or the device state says so."""
+        state = getattr(getattr(self, "power", None), "state", None)  # agent/_power.py's device state
+        return bool(self.config.metered) or getattr(state, "link", None) == "metered"
 
     def _outbox_put(self, kind: str, payload: dict[str, Any]) -> None:
         if self._outbox is None:
@@ -214,7 +243,8 @@ class Uplink(AgentCore):
             return
         interval = min(self.config.telemetry_interval_s, self._outbox.config.upload_interval_s)
         due = time.monotonic() - self._telemetry_sent_t >= interval
-        kinds = None if due else ["event"]
+        # samples have their own route (DeviceSampling.upload), after the telemetry
+        kinds = [k for k in self._outbox.config.priorities if k != "sample"] if due else ["event"]
         for _ in range(10):  # bounded: one pass never blocks the loop for long
             try:
                 items = self._outbox.batch(kinds=kinds)
@@ -239,3 +269,7 @@ class Uplink(AgentCore):
             self._outbox.ack([i.id for i in items])
         if due:
             self._telemetry_sent_t = time.monotonic()
+            sampling = getattr(self, "sampling", None)
+            if sampling is not None:
+                sampling.refresh_policy()
+                sampling.upload()
