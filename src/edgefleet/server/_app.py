@@ -54,6 +54,7 @@ from edgefleet.server._identity import ServerIdentity, prepare_data_dir
 from edgefleet.server._notify import Notifier, make_notifier
 from edgefleet.server._retrain_jobs import install_retrain
 from edgefleet.server._rollouts import RolloutEngine
+from edgefleet.server._samples_api import install_samples
 from edgefleet.server._scheduler import Scheduler
 from edgefleet.server._schemas import (
     DevicePatch,
@@ -206,6 +207,7 @@ def create_app(
     _repository_routes(app, ctx)
     _operator_routes(app, ctx)
     install_fleet(app, ctx, background=run_bg)  # /v1/fleet, /dashboard, fleet figures in /metrics
+    install_samples(app, ctx)  # samples, feedback, sample policies, live accuracy (issue 13)
     install_retrain(app, ctx)  # retraining jobs, their rollout proposals, release lineage (issue 13)
     app.add_middleware(BodyLimit, default=cfg.max_body_bytes, telemetry=cfg.max_telemetry_bytes)
     return app
