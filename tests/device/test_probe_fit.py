@@ -126,7 +126,7 @@ def test_fit_verdicts(tmp_path, digits_mlp):
         runs=20,
         measure_memory=False,
     )
-    assert "fewer usable cores" in quota.reasons[0]
+    assert "cgroup CPU quota 0.5 cores" in quota.reasons[1]
 
 
 def test_fit_cli(tmp_path, digits_mlp, cli):

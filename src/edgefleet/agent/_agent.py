@@ -29,6 +29,7 @@ from edgefleet.agent._enroll import Credentials
 from edgefleet.agent._fetcher import HttpxFetcher
 from edgefleet.agent._identity import DeviceIdentity
 from edgefleet.agent._journal import Journal
+from edgefleet.agent._power import DevicePower
 from edgefleet.agent._store import ModelStore
 from edgefleet.agent._tuf import TrustedRepository
 from edgefleet.agent._update import UpdateSteps
@@ -59,7 +60,7 @@ def backoff_delay(failures: int, initial: float, maximum: float, rng: random.Ran
     return cap / 2 + r.uniform(0, cap / 2)
 
 
-class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl):
+class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl, DevicePower):
     """The device daemon over one state directory.
 
     Args:
@@ -146,6 +147,7 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl):
         self._health_pending = (0, 0)
         self._telemetry_sent_t = time.monotonic()  # first telemetry upload one interval after start
         self._hardware_sent = False  # the first heartbeat of a run carries the hardware profile
+        self._power_start()  # device state source and power/thermal policy (agent/_power.py)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -238,12 +240,13 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl):
             Seconds to wait before the next pass (poll interval with jitter, or backoff).
         """
         self._collect_telemetry()
+        self._power_tick()
         resp = self.heartbeat()
         if resp is not None:
             for cmd in [*self._queued_commands, *resp.commands]:
                 self._command(cmd)
             self._queued_commands.clear()
-            if resp.assignment is not None:
+            if resp.assignment is not None and not self._download_deferred(resp.assignment):
                 self.apply_assignment(resp.assignment)
         elif self.journal.state.pending is not None and self.journal.state.pending.step != "assigned":
             # Server unreachable: an update already agreed and verified may still finish (repository may be up).

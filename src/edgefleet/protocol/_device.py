@@ -96,6 +96,11 @@ class Resources(_Msg):
     disk_free_mb: float | None = None
     temperature_c: float | None = None
     battery_percent: float | None = None
+    power_source: str | None = Field(None, max_length=16, description="ac, usb or battery")
+    power_rules: list[str] | None = Field(
+        None, max_length=64, description="device policy rules on now (edgefleet.power)"
+    )
+    power_switches: int | None = Field(None, ge=0, description="policy rule switches since the agent started")
 
 
 class ModelHealth(_Msg):

@@ -144,6 +144,7 @@ class DashboardModel(OnQueries):
                     "health": self.health_of(d, now),
                     "state": d.state,
                     "last_seen_s_ago": round(now - d.last_seen, 1),
+                    "power": _power(d.resources),
                 }
                 for d in rows
             ]
@@ -169,3 +170,12 @@ class DashboardModel(OnQueries):
                 }
                 for a in s.scalars(q)
             ]
+
+
+def _power(resources: dict[str, Any] | None) -> str:
+    """The device policy in one cell: rules on now and switches so far (edgefleet.power), '-' if none."""
+    r = resources or {}
+    if r.get("power_switches") is None:
+        return "-"
+    rules = ", ".join(str(x) for x in (r.get("power_rules") or [])[:8]) or "normal"
+    return f"{rules} ({int(r['power_switches'])} switches)"

@@ -187,9 +187,9 @@
               ["hourly rollups", fmt(ov.telemetry.rollups)],
             ], { num: [1] }))),
         card("Devices", h("div", { class: "scroll" }, table(
-          ["device", "class", "region", "version", "status", "health", "state", "last seen"],
+          ["device", "class", "region", "version", "status", "health", "state", "power policy", "last seen"],
           devs.slice().sort((a, b) => (a.name || a.id).localeCompare(b.name || b.id)).map((x) => [x.name || x.id, x.class, x.region, x.version || "none", pill(x.status), pill(x.health),
-            x.state || "–", x.last_seen_s_ago + " s ago"])))),
+            x.state || "–", x.power || "-", x.last_seen_s_ago + " s ago"])))),
       ];
     },
 

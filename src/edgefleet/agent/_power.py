@@ -1,0 +1,146 @@
+"""The agent's device awareness: the state seam, the power/thermal policy, and what the agent does about it.
+
+Each pass of the loop reads the device state (``AgentConfig.device_state``: sysfs, or a scripted trace
+standing in for a battery and a thermal zone), evaluates the policy (``AgentConfig.device_policy``, else
+``device_policy.yaml`` in the active bundle), logs every switch in the journal (so heartbeats carry it),
+serves the smaller kept variant of the same model while a rule asks for it, and defers downloads. The
+host's serving path obeys the governor's gate (rate limit, duty cycle, paused escalation).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edgefleet.agent._core import AgentCore
+from edgefleet.errors import EdgefleetError
+from edgefleet.protocol import Assignment
+
+__all__ = ["DevicePower"]
+
+log = logging.getLogger(__name__)
+
+
+class DevicePower(AgentCore):
+    """Mixed into :class:`~edgefleet.agent.Agent`: ``self.power`` is its ``DeviceGovernor``."""
+
+    power: Any  # edgefleet.power.DeviceGovernor
+    _power_policy_sha: str | None  # the bundle whose policy is in force (None: the config's file)
+    _power_small: tuple[str, str] | None  # (smaller variant served, the active version it stands in for)
+    _power_deferred: str | None  # the assignment whose download was last reported deferred
+
+    def _power_start(self) -> None:
+        from edgefleet.power import DeviceGovernor, Policy, open_state_source
+
+        self.power = DeviceGovernor(
+            open_state_source(self.config.device_state, speed=self.config.device_trace_speed)
+        )
+        self._power_policy_sha = None
+        self._power_small = None
+        self._power_deferred = None
+        if self.config.device_policy is not None:
+            self.power.set_policy(Policy.from_yaml(self.config.device_policy), str(self.config.device_policy))
+
+    def _power_bundle_policy(self) -> None:
+        """Take ``device_policy.yaml`` of the active bundle when no policy file is configured."""
+        from edgefleet.power import POLICY_FILE, Policy
+
+        if self.config.device_policy is not None:
+            return
+        cur = self.store.current()
+        sha = cur.sha256 if cur else None
+        if sha == self._power_policy_sha:
+            return
+        self._power_policy_sha = sha
+        f = cur.bundle_dir / POLICY_FILE if cur else None
+        if f is None or not f.is_file():
+            self.power.set_policy(None)
+            return
+        try:  # the bundle's files were checked against its signed manifest when it was installed
+            self.power.set_policy(Policy.from_yaml(f), f"{cur.name} {cur.version}")
+        except EdgefleetError as e:
+            self.power.set_policy(None)
+            self._error(f"device policy in {cur.version} ignored: {e.message}")
+
+    def _power_tick(self) -> None:
+        """Read the device, apply the policy, log its switches, serve the variant it asks for."""
+        if self.host is not None and getattr(self.host, "power_gate", False) is None:
+            self.host.power_gate = self.power.gate  # the serving path obeys the policy's rate limit
+        self._power_bundle_policy()
+        switches = self.power.tick()
+        for sw in switches:
+            st = sw.state
+            self.journal.event(
+                "power_policy",
+                rule=sw.rule,
+                on=sw.on,
+                battery_percent=st.get("battery_percent"),
+                power_source=st.get("power_source"),
+                temp_c=st.get("temp_c"),
+                headroom_c=st.get("headroom_c"),
+            )
+        if switches:
+            self._save_quietly()
+        self._power_variant()
+
+    def _power_variant(self) -> None:
+        st = self.journal.state
+        cur = self.store.current()
+        if cur is None or self.host is None or st.pending is not None or st.watch is not None:
+            return  # an update owns the host until it is activated and watched
+        if self._power_small is not None and self._power_small[1] != cur.sha256:
+            self._power_small = None  # an update activated a new version since: it is what serves
+        want = self.power.decision.variant == "smaller"
+        if want and self._power_small is None:
+            kept = [m for m in self.store.list() if m.name == cur.name and m.length < cur.length]
+            if not kept:
+                return
+            small = min(kept, key=lambda m: m.length)
+            if self._power_load(small.sha256):
+                self._power_small = (small.sha256, cur.sha256)
+                self.journal.event(
+                    "power_variant", serving=small.version, variant=small.variant, instead_of=cur.version
+                )
+                self._save_quietly()
+        elif not want and self._power_small is not None and self._power_load(cur.sha256):
+            self._power_small = None
+            self.journal.event("power_variant", serving=cur.version, variant=cur.variant)
+            self._save_quietly()
+
+    def _power_load(self, sha: str) -> bool:
+        try:
+            self.host.load(self.store.open(sha))
+            return True
+        except EdgefleetError as e:
+            self._error(f"power policy could not switch to {self._ver(sha)}: {e.message}")
+            return False
+
+    def _download_deferred(self, a: Assignment) -> bool:
+        """True when a rule defers downloads and this assignment still needs one (reported once)."""
+        if self.power.may("download"):
+            self._power_deferred = None
+            return False
+        st = self.journal.state
+        sha = (a.hashes.get("sha256") or "").lower()
+        if sha == st.active or self.store.get(sha) is not None:
+            return False  # nothing to download
+        if (
+            st.pending is not None
+            and st.pending.sha256 == sha
+            and st.pending.step not in ("assigned", "downloading")
+        ):
+            return False  # downloaded already: the rest of the update is local
+        if self._power_deferred != sha:
+            self._power_deferred = sha
+            self.journal.event(
+                "download_deferred", version=a.version, rules=",".join(self.power.decision.active)
+            )
+            self._save_quietly()
+        return True
+
+    def power_status(self) -> dict[str, Any]:
+        """The governor's summary plus the variant served in place of the active one, if any."""
+        out = self.power.summary()
+        if self._power_small is not None:
+            out["serving_instead"] = self._ver(self._power_small[0])
+        return out

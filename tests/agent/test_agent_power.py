@@ -1,0 +1,112 @@
+"""The agent obeys its device's power policy: a scripted device (the stand-in for a battery this machine
+lacks) drains; the agent serves the smaller kept variant, limits the rate, defers a download, reports the
+switches in its heartbeats, and goes back when the device is on mains again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from agenttools import run_until
+
+from edgefleet.errors import RateLimitedError
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def device_files(tmp_path):
+    trace = tmp_path / "trace.yaml"
+    trace.write_text(
+        yaml.safe_dump(
+            [
+                {"t": 0, "battery_percent": 90, "power_source": "battery", "temp_c": 50, "trip_c": 85},
+                {"t": 100, "battery_percent": 20},
+                {"t": 200, "battery_percent": 22, "power_source": "ac"},
+            ]
+        )
+    )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        yaml.safe_dump(
+            {
+                "min_dwell_s": 0,
+                "rules": [
+                    {
+                        "name": "low-battery",
+                        "when": {"battery_below": 30, "power_source": "battery"},
+                        "actions": {"variant": "smaller", "rate_limit_rps": 0.5, "defer": ["download"]},
+                    }
+                ],
+            }
+        )
+    )
+    return trace, policy
+
+
+def test_agent_follows_a_draining_battery(world, device_files):
+    trace, policy = device_files
+    agent = world.agent(device_state=f"scripted:{trace}", device_policy=str(policy))
+    clock = FakeClock()
+    agent.power.source.clock = clock  # the trace advances when the test says, not with the wall clock
+    world.install(agent, "1.0.0")
+    world.install(agent, "1.3.0")  # a larger model of the same name; 1.0.0 stays kept
+    small, big = world.sha("1.0.0"), world.sha("1.3.0")
+    assert agent.store.get(small).length < agent.store.get(big).length
+    assert agent.host.loaded.parent.name == big or big in str(agent.host.loaded)
+    x = np.zeros((1, 64), dtype=np.float32)
+    for _ in range(3):
+        agent.host.predict(x)  # no limit yet
+    assert agent.power.switch_count == 0
+
+    clock.t = 100  # battery 20 % on battery
+    agent.run_once()
+    assert agent.power.decision.active == ["low-battery"]
+    assert small in str(agent.host.loaded), agent.host.loaded  # the smaller kept variant serves
+    assert agent.store.current().sha256 == big  # what is installed does not change
+    agent.host.predict(x)
+    with pytest.raises(RateLimitedError, match="power policy"):
+        agent.host.predict(x)
+    world.standin.assign(world.target("1.1.0"))
+    for _ in range(5):
+        agent.run_once()
+    assert agent.store.get(world.sha("1.1.0")) is None and agent.journal.state.pending is None
+    events = [e["event"] for e in agent.journal.state.history]
+    assert events.count("download_deferred") == 1 and "power_policy" in events and "power_variant" in events
+    hb = world.standin.last_heartbeat()["resources"]
+    assert hb["battery_percent"] == 20 and hb["power_rules"] == ["low-battery"] and hb["power_switches"] == 1
+
+    clock.t = 200  # plugged in: the rule lets go, the big model serves again, the download goes ahead
+    run_until(agent, lambda: agent.journal.state.committed == world.sha("1.1.0"), timeout=60)
+    assert agent.power.decision.active == [] and agent.power.switch_count == 2
+    assert agent.store.current().sha256 == world.sha("1.1.0")
+    for _ in range(3):
+        agent.host.predict(x)  # the limit is gone
+    on = [e for e in agent.journal.state.history if e["event"] == "power_policy"]
+    assert [(e["rule"], e["on"]) for e in on] == [("low-battery", True), ("low-battery", False)]
+    assert world.standin.last_heartbeat()["resources"]["power_switches"] == 2
+
+
+def test_agent_takes_the_policy_from_its_bundle(world, tmp_path, device_files):
+    """No policy file configured and none in the bundle: state is still read and reported, nothing deferred."""
+    trace, _ = device_files
+    agent = world.agent(device_state=f"scripted:{trace}")
+    world.install(agent, "1.0.0")
+    assert agent.power.engine is None and agent.power.may("download") and agent.power.may_train()
+    assert world.standin.last_heartbeat()["resources"]["battery_percent"] == 90
+
+
+def test_bad_policy_file_is_a_config_error(world, tmp_path):
+    from edgefleet.agent import Agent
+    from edgefleet.errors import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [{name: x, when: {battery_below: 300}, actions: {}}]\n")
+    with pytest.raises(ConfigError, match="battery_below"):
+        Agent(world.config(device_policy=str(bad)))
