@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet._fs import sha256_file
+from edgefleet._tracing import span
 from edgefleet.agent._core import AgentCore
 from edgefleet.agent._director import ServerUnreachable
 from edgefleet.agent._journal import PendingUpdate, WatchState
@@ -170,37 +171,10 @@ class UpdateSteps(AgentCore):
         p = st.pending
         if p is None:
             return
+        version = p.assignment.version
         try:
-            if p.step in ("assigned", "downloading"):
-                info = self.repo.check_assignment(p.assignment)  # refreshes TUF metadata
-                if self.store.get(p.sha256) is None:
-                    self.journal.step("downloading")
-                    b0 = self.fetcher.bytes_received
-                    p.via = self._download(info, p)
-                    self._archive_checked = p.sha256
-                    self.journal.event(
-                        "downloaded",
-                        version=p.assignment.version,
-                        via=p.via,
-                        bytes=self.fetcher.bytes_received - b0,
-                    )
-                    self.journal.step("downloaded")
-                else:
-                    self.journal.step("staged")  # a kept version: nothing to download
-            if p.step in ("downloaded", "staging"):
-                self.journal.step("staging")
-                self._stage(p)
-                self.journal.event("staged", version=p.assignment.version)
-                self.journal.step("staged")
-            if p.step == "staged":
-                self.last_health = self._health_gate(p)
-                self.journal.event(
-                    "health_passed", version=p.assignment.version, **_scalars(self.last_health)
-                )
-                self.journal.step("health_checked")
-            if p.step in ("health_checked", "activating"):
-                self.journal.step("activating")
-                self._activate(p)
+            with span("edgefleet.agent.update", version=version, sha256=p.sha256, resumed_at=p.step):
+                self._steps(p)
         except (DownloadError, ServerUnreachable) as e:
             self._error(f"download of {p.assignment.version} interrupted: {e}")  # resumes next pass
         except DiskSpaceError as e:
@@ -222,6 +196,40 @@ class UpdateSteps(AgentCore):
                 self._error(f"update of {p.assignment.version} failed: {e!r}")
         finally:
             self.progress = None
+
+    def _steps(self, p: PendingUpdate) -> None:
+        """The update's steps from where the journal says it stands, each an OpenTelemetry span."""
+        version = p.assignment.version
+        if p.step in ("assigned", "downloading"):
+            with span("edgefleet.agent.update.download", version=version) as sp:
+                info = self.repo.check_assignment(p.assignment)  # refreshes TUF metadata
+                if self.store.get(p.sha256) is None:
+                    self.journal.step("downloading")
+                    b0 = self.fetcher.bytes_received
+                    p.via = self._download(info, p)
+                    self._archive_checked = p.sha256
+                    got = self.fetcher.bytes_received - b0
+                    self.journal.event("downloaded", version=version, via=p.via, bytes=got)
+                    self.journal.step("downloaded")
+                    if sp is not None:
+                        sp.set_attributes({"via": p.via, "bytes": got})
+                else:
+                    self.journal.step("staged")  # a kept version: nothing to download
+        if p.step in ("downloaded", "staging"):
+            with span("edgefleet.agent.update.stage", version=version):
+                self.journal.step("staging")
+                self._stage(p)
+                self.journal.event("staged", version=version)
+                self.journal.step("staged")
+        if p.step == "staged":
+            with span("edgefleet.agent.update.health_gate", version=version):
+                self.last_health = self._health_gate(p)
+                self.journal.event("health_passed", version=version, **_scalars(self.last_health))
+                self.journal.step("health_checked")
+        if p.step in ("health_checked", "activating"):
+            with span("edgefleet.agent.update.activate", version=version):
+                self.journal.step("activating")
+                self._activate(p)
 
     def _refuse(self, sha: str, reason: str, *, permanent: bool, keep_downloads: bool = False) -> None:
         st = self.journal.state

@@ -162,9 +162,11 @@ def run_cmd(
     """Run the agent in the foreground (logs to stderr; SIGTERM or Ctrl-C stops it cleanly)."""
     import signal
 
+    from edgefleet._tracing import configure_from_env
     from edgefleet.agent import Agent
 
     daemon_logging()
+    configure_from_env("edgefleet-agent")  # update steps as spans when OTEL_TRACES_EXPORTER is set
     cfg = _config(
         state,
         api_port=api_port,

@@ -53,6 +53,7 @@ from edgefleet.server._http import (
 from edgefleet.server._identity import ServerIdentity, prepare_data_dir
 from edgefleet.server._notify import Notifier, make_notifier
 from edgefleet.server._retrain_jobs import install_retrain
+from edgefleet.server._observability import install_observability, register_process_metrics
 from edgefleet.server._rollouts import RolloutEngine
 from edgefleet.server._samples_api import install_samples
 from edgefleet.server._scheduler import Scheduler
@@ -119,6 +120,7 @@ class _Metrics:
             "edgefleet_telemetry_batches", "telemetry batches accepted", registry=self.registry
         )
         self.errors = Counter("edgefleet_http_errors", "error responses", ["code"], registry=self.registry)
+        self.request_duration = register_process_metrics(self.registry)
 
 
 # --- construction ------------------------------------------------------------------------------
@@ -130,6 +132,7 @@ def create_app(
     clock: Callable[[], float] | None = None,
     notifier: Notifier | None = None,
     background: bool | None = None,
+    tracer_provider: Any = None,
 ) -> FastAPI:
     """Build the control-plane app: migrate the database, bootstrap an admin token, wire the services.
 
@@ -138,6 +141,8 @@ def create_app(
         clock: time source for tests (UNIX seconds).
         notifier: nudge transport (default: MQTT when ``config.mqtt_url`` is set, else none).
         background: run the rollout engine / timestamp refresh thread (default ``config.engine_enabled``).
+        tracer_provider: trace requests into this OpenTelemetry provider (default: the one configured
+            by ``OTEL_TRACES_EXPORTER``, else no tracing).
 
     Raises:
         SchemaVersionError: the database was written by a newer edgefleet.
@@ -191,6 +196,7 @@ def create_app(
             if bg:
                 bg.close()
             ctx.notifier.close()
+            ctx.devices.close()  # heartbeats still queued are written first
             ctx.db.dispose()
 
     app = FastAPIOffline(  # Swagger UI and ReDoc served from the package: /docs works air-gapped
@@ -198,7 +204,8 @@ def create_app(
         version="1",
         description="Fleet registry, director (assignments), gated rollouts and the TUF image repository.",
         lifespan=lifespan,
-        # No OpenTelemetry: /metrics is the server's telemetry, and the per-request check costs CPU.
+        # FastAPI's own telemetry off (a per-request check costs CPU); OpenTelemetry request spans are
+        # opt-in through install_observability (OTEL_TRACES_EXPORTER or tracer_provider).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.ctx = ctx
@@ -207,16 +214,17 @@ def create_app(
     _repository_routes(app, ctx)
     _operator_routes(app, ctx)
     install_fleet(app, ctx, background=run_bg)  # /v1/fleet, /dashboard, fleet figures in /metrics
-    install_samples(app, ctx)  # samples, feedback, sample policies, live accuracy (issue 13)
     install_retrain(app, ctx)  # retraining jobs, their rollout proposals, release lineage (issue 13)
+    install_samples(app, ctx)  # samples, feedback, sample policies, live accuracy (issue 13)
     app.add_middleware(BodyLimit, default=cfg.max_body_bytes, telemetry=cfg.max_telemetry_bytes)
+    install_observability(app, ctx.metrics.request_duration, tracer_provider)  # outermost: times all
     return app
 
 
 def _background(ctx: ServerContext) -> Scheduler:
-    """The rollout engine's ticks and the timestamp refresh, in a thread of each server process."""
+    """The rollout engine's ticks and the timestamp refresh, in a thread of the leading server process."""
     cfg = ctx.config
-    s = Scheduler("edgefleet-engine")
+    s = Scheduler("edgefleet-engine", leader=ctx.db.leader)  # one process of several runs it
     s.every(cfg.engine_tick_s, "rollout engine tick", ctx.engine.tick)
     s.every(cfg.timestamp_check_s, "timestamp refresh", lambda: ctx.repo.refresh_if_due(ctx.db))
     return s
@@ -374,6 +382,7 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
             "db": ctx.db.dialect,
             "mqtt": ctx.notifier.connected,
             "repository": ctx.repo.exists,
+            "leader": ctx.db.leader.leading,  # this process runs the periodic jobs
         }
 
     @app.get("/metrics", tags=T, responses=ERRORS, summary="Prometheus metrics")
