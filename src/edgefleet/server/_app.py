@@ -52,8 +52,8 @@ from edgefleet.server._http import (
 )
 from edgefleet.server._identity import ServerIdentity, prepare_data_dir
 from edgefleet.server._notify import Notifier, make_notifier
-from edgefleet.server._retrain_jobs import install_retrain
 from edgefleet.server._observability import install_observability, register_process_metrics
+from edgefleet.server._retrain_jobs import install_retrain
 from edgefleet.server._rollouts import RolloutEngine
 from edgefleet.server._samples_api import install_samples
 from edgefleet.server._scheduler import Scheduler
