@@ -37,6 +37,7 @@ _COMMAND_MODULES = [
     "_devices",
     "_release",
     "_retrain",
+    "_samples",
     "_telemetry",
     "_fleet",
     "_demo",

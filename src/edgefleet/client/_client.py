@@ -323,6 +323,87 @@ class Client:
     def retrain_job(self, job_id: str) -> Json:
         return self.request("GET", f"/v1/retrain/jobs/{job_id}")
 
+    # --- samples, labels and live accuracy (issue 13) ------------------------------------------
+
+    def samples(self, *, limit: int = 100, **filters: Any) -> list[Json]:
+        """Samples, newest first; filters: device_id, release (``name@version``), predicted, label,
+        labelled (bool), reason, max_confidence, before_id."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", "/v1/samples", params={**params, "limit": limit})
+
+    def sample(self, request_id: str) -> Json:
+        return self.request("GET", f"/v1/samples/{request_id}")
+
+    def sample_stats(self, *, release: str | None = None) -> Json:
+        return self.request("GET", "/v1/samples/stats", params={"release": release} if release else None)
+
+    def label_samples(self, request_ids: list[str], label: str | None) -> Json:
+        """Label samples (``None`` clears the label: undo); audited."""
+        return self.request("POST", "/v1/samples/labels", json={"request_ids": request_ids, "label": label})
+
+    def feedback(self, request_id: str, *, label: str | None = None, outcome: Any = None) -> Json:
+        """An application's ground truth for a sampled request: its true label and/or a delayed outcome."""
+        body: Json = {"request_id": request_id}
+        if label is not None:
+            body["label"] = label
+        if outcome is not None:
+            body["outcome"] = outcome
+        return self.request("POST", "/v1/feedback", json=body)
+
+    def delete_device_data(self, device_id: str) -> Json:
+        """Erase a device's samples, labels and telemetry (admin role; audited)."""
+        return self.request("DELETE", f"/v1/devices/{device_id}/data")
+
+    def export_samples(
+        self, *, release: str | None = None, labelled: bool | None = None, limit: int = 100
+    ) -> list[Json]:
+        """Samples as Label Studio tasks (inputs inlined as data URIs)."""
+        params: Json = {"format": "label-studio", "limit": limit}
+        if release:
+            params["release"] = release
+        if labelled is not None:
+            params["labelled"] = labelled
+        return self.request("GET", "/v1/samples/export", params=params)
+
+    def import_labels(self, tasks: list[Json], *, chunk: int = 500) -> Json:
+        """Apply the labels of Label Studio tasks (sent ``chunk`` at a time, without their inputs)."""
+        total: Json = {"labelled": 0, "unchanged": 0, "unlabelled": 0, "unknown": 0}
+        slim = [
+            {
+                "data": {"request_id": (t.get("data") or {}).get("request_id")},
+                "annotations": t.get("annotations"),
+            }
+            if isinstance(t, dict)
+            else t
+            for t in tasks
+        ]
+        for i in range(0, len(slim), chunk):
+            got = self.request("POST", "/v1/samples/import-labels", json=slim[i : i + chunk])
+            for k in total:
+                total[k] += got.get(k, 0)
+        return total
+
+    def sample_policies(self) -> list[Json]:
+        return self.request("GET", "/v1/sample-policies")
+
+    def set_sample_policy(self, name: str, policy: Json, *, selector: str = "*", priority: int = 0) -> Json:
+        """Set the sample policy of the devices ``selector`` matches (no new release needed)."""
+        return self.request(
+            "PUT",
+            f"/v1/sample-policies/{name}",
+            json={"selector": selector, "priority": priority, "policy": policy},
+        )
+
+    def delete_sample_policy(self, name: str) -> Json:
+        return self.request("DELETE", f"/v1/sample-policies/{name}")
+
+    def accuracy(self, *, release: str | None = None, by: str = "release") -> list[Json]:
+        """Live accuracy from labelled samples per release (``by``: also device_class, region)."""
+        params: Json = {"by": by}
+        if release:
+            params["release"] = release
+        return self.request("GET", "/v1/accuracy", params=params)
+
     def sample_input(self, request_id: str) -> bytes:
         """A sampled request's stored input bytes (samples sent with privacy ``raw``)."""
         try:
