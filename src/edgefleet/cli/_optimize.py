@@ -165,6 +165,12 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, "--name", help="Bundle name (with --bundle)."),
         version: str = typer.Option("0.1.0", "--version", help="Bundle version (with --bundle)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+        mlflow_uri: str | None = typer.Option(
+            None,
+            "--mlflow-uri",
+            envvar="MLFLOW_TRACKING_URI",
+            help="Log the run (params, figures per variant, report and plot) to this MLflow tracking URI.",
+        ),
     ) -> None:
         """Build every sensible variant, measure it on the device profile, and choose one under the budget."""
         from edgefleet.optimize import OptimizeConfig, optimize
@@ -225,6 +231,11 @@ def register(app: typer.Typer) -> None:
                 else:
                     _print_report_table(rep)
             raise
+        if mlflow_uri:
+            from edgefleet.retrain._mlflow import log_optimize_run
+
+            run_id = log_optimize_run(mlflow_uri, report, out)
+            err_console.print(f"logged to MLflow {mlflow_uri}: run {run_id}", highlight=False)
         if as_json:
             print_json(json.loads(report.model_dump_json()))
             return

@@ -83,16 +83,15 @@ def log_optimize_run(
     }
     for k, v in params.items():
         c.log_param(rid, k, v)
-    for row in report.table_rows():
-        for k, v in _numbers(
-            {
-                "size_kb": row["size_kb"],
-                "p50_ms": row["p50_ms"],
-                "quality": row["quality"],
-                "drop": row["drop"],
-            },
-            prefix=f"{row['variant']}.",
-        ).items():
+    for r in report.variants:
+        lat = r.bench.latency if r.bench else None
+        figures = {
+            "size_bytes": r.size_bytes,
+            "p50_ms": lat.p50_ms if lat else None,
+            "quality": r.quality.score if r.quality else None,
+            "drop": r.drop,
+        }
+        for k, v in _numbers(figures, prefix=f"{r.name}.").items():
             c.log_metric(rid, k, v)
     chosen = report.variant(report.chosen) if report.chosen else None
     if chosen is not None and chosen.quality is not None:
