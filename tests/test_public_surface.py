@@ -111,6 +111,7 @@ SURFACE = {
         "SoftmaxHead",
         "SuperNode",
         "TrainingPolicy",
+        "bundle_model",
         "export_model",
         "head_of_model",
         "job_lineage",

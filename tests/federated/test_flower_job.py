@@ -98,6 +98,22 @@ def test_cli_job_over_five_devices_improves_the_base_model_and_writes_it_back(tm
     )
     assert json.loads(out.with_suffix(".lineage.json").read_text()) == lineage
 
+    # the federated model as a bundle whose lineage carries the job's (no device ids), for publishing
+    from edgefleet.bundle import Bundle
+
+    done = subprocess.run(
+        cli + ["export", str(job_dir), "--base-model", str(base_model), "--out", str(tmp_path / "again.onnx"),
+               "--bundle", str(tmp_path / "fed.tar"), "--name", "digits", "--version", "1.1.0",
+               "--parent-version", "1.0.0", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    with Bundle.open(tmp_path / "fed.tar") as bundle:
+        m = bundle.manifest
+        assert (m.name, m.version, m.lineage.parent_version) == ("digits", "1.1.0", "1.0.0")
+        assert m.lineage.tags["federated_job"] == "digits" and m.lineage.tags["participants"] == "5"
+        assert m.metrics.accuracy == pytest.approx(federated_accuracy, abs=1e-6)
+
 
 def test_a_straggler_is_left_out_and_a_dead_device_does_not_stall_the_job(tmp_path, federation):
     folders, base, held_out = digits_federation(6, tmp_path / "data")

@@ -79,8 +79,13 @@ def test_job_settings_are_checked_before_anything_starts(tmp_path):
     done = _cli("start", str(tmp_path / "job"), "--job-id", "a", "--base-head", str(tmp_path / "none.npz"))
     assert done.returncode == 1 and "cannot read the head" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "job").exists()
+    for command in (["status"], ["export", "--base-model", "m.onnx", "--out", str(tmp_path / "o.onnx")]):
+        done = _cli(command[0], str(tmp_path), *command[1:])
+        assert done.returncode == 1 and "not a federated job folder" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    (tmp_path / "job.json").write_text("{not json")
     done = _cli("status", str(tmp_path))
-    assert done.returncode == 1 and "not a federated job folder" in done.stderr
+    assert done.returncode == 1 and "cannot be read" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_training_policy_follows_the_device_state():

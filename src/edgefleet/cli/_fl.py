@@ -79,8 +79,6 @@ def _summary(job_dir: Path) -> dict[str, Any]:
     from edgefleet.federated import JobSpec, read_progress
     from edgefleet.federated._coordinator import job_state
 
-    if not (job_dir / "job.json").is_file():
-        raise InputError(f"{job_dir} is not a federated job folder", hint="pass the folder given to fl start")
     spec = JobSpec.load(job_dir)
     events = read_progress(job_dir)
     rounds = [e for e in events if e.get("event") == "round"]
@@ -278,10 +276,41 @@ def export(
     job_dir: Annotated[Path, typer.Argument(help="The finished job's folder.")],
     base_model: Annotated[Path, typer.Option("--base-model", help="The ONNX model the job started from.")],
     out: Annotated[Path, typer.Option("--out", help="Where to write the federated model.")],
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", help="Also build a bundle archive here (needs --name, --version)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="The bundle's model name.")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="The bundle's version.")] = None,
+    parent_version: Annotated[
+        str | None, typer.Option("--parent-version", help="The base release's version (lineage).")
+    ] = None,
+    preprocess: Annotated[
+        Path | None,
+        typer.Option("--preprocess", help="The base release's preprocessing contract (JSON/YAML)."),
+    ] = None,
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Write the job's final head into the base model (lineage in OUT.lineage.json: no device ids)."""
-    from edgefleet.federated import export_model
+    """Write the job's final head into the base model (lineage in OUT.lineage.json: no device ids); with
+    --bundle, a bundle ready for `registry publish`, `release register` and a gated rollout."""
+    from edgefleet.cli._common import load_preprocess
+    from edgefleet.federated import bundle_model, export_model
 
+    if bundle is not None and not (name and version):
+        raise InputError("--bundle needs --name and --version", hint="e.g. --name digits --version 1.1.0")
     result = export_model(job_dir, base_model, out)
+    if bundle is not None:
+        assert name and version
+        steps = load_preprocess(preprocess) if preprocess else None
+        result["bundle"] = str(
+            bundle_model(
+                job_dir,
+                out,
+                bundle,
+                name=name,
+                version=version,
+                parent_version=parent_version,
+                preprocess=steps,
+            )
+        )
     emit(result, json_out, lambda r: console.print(f"wrote {r['model']}: {r['lineage']}"))

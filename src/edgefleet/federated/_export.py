@@ -14,7 +14,7 @@ from edgefleet._fs import atomic_write
 from edgefleet.errors import InputError
 from edgefleet.federated._coordinator import job_state, load_final_head, read_progress
 from edgefleet.federated._model_head import write_head
-from edgefleet.federated._spec import JobSpec
+from edgefleet.federated._spec import EVAL_DATA, JobSpec
 
 
 def job_lineage(job_dir: Path) -> dict[str, Any]:
@@ -46,3 +46,46 @@ def export_model(job_dir: Path, base_model: Path, out: Path) -> dict[str, Any]:
     write_head(base_model, load_final_head(job_dir), out)
     atomic_write(out.with_suffix(".lineage.json"), json.dumps(lineage, indent=1).encode())
     return {"model": str(out), "lineage": lineage}
+
+
+def bundle_model(
+    job_dir: Path,
+    model: Path,
+    out: Path,
+    *,
+    name: str,
+    version: str,
+    variant: str = "fp32",
+    parent_version: str | None = None,
+    preprocess: list[dict[str, Any]] | None = None,
+) -> Path:
+    """A bundle of the federated ``model`` (from ``export_model``) whose lineage tags carry the job's lineage;
+    the golden and reference inputs are the server's held-out raw inputs. Publish, register and roll it out
+    like any bundle (``registry publish``, ``release register``, ``rollout``)."""
+    import numpy as np
+
+    from edgefleet.bundle import create_bundle
+    from edgefleet.protocol import Lineage, Metrics
+
+    lineage = job_lineage(job_dir)
+    eval_path = Path(job_dir) / EVAL_DATA
+    if not eval_path.exists():
+        raise InputError(
+            f"job {lineage['federated_job']} has no held-out inputs for the bundle's golden set",
+            hint="start the job with --eval-data",
+        )
+    with np.load(eval_path, allow_pickle=False) as npz:
+        x = npz["x"]
+    tags = {k: str(v) for k, v in lineage.items() if v is not None}
+    return create_bundle(
+        model,
+        out,
+        name=name,
+        version=version,
+        variant=variant,
+        inputs_raw=x[:16],
+        reference_raw=x,
+        preprocess=preprocess,
+        metrics=Metrics(accuracy=lineage["accuracy_final"]),
+        lineage=Lineage(parent_version=parent_version, tags=tags),
+    )

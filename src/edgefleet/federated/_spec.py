@@ -60,7 +60,18 @@ class JobSpec(BaseModel):
 
     @classmethod
     def load(cls, job_dir: Path) -> JobSpec:
-        return cls.parse(json.loads((job_dir / JOB_FILE).read_text(encoding="utf-8")))
+        path = Path(job_dir) / JOB_FILE
+        try:
+            data = json.loads(path.read_bytes()[: 1 << 20])
+        except FileNotFoundError:
+            raise InputError(
+                f"{job_dir} is not a federated job folder", hint="pass the folder given to fl start"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path} cannot be read: {e}", hint="the job folder is damaged") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path} does not hold a job", hint="the job folder is damaged")
+        return cls.parse(data)
 
     @classmethod
     def parse(cls, data: dict) -> JobSpec:
