@@ -109,6 +109,13 @@ def server_run(
     insecure_http: bool = typer.Option(
         False, "--insecure-http", help="Allow clear text off loopback (a TLS-terminating proxy in front)."
     ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        max=64,
+        help="Server processes sharing the port (SO_REUSEPORT); one of them runs the periodic jobs.",
+    ),
 ) -> None:
     """Run the control plane (migrates the database first; refuses one from a newer edgefleet)."""
     import uvicorn
@@ -144,6 +151,12 @@ def server_run(
             f"device CA: {tls['ssl_ca_certs']} (devices enroll with --ca <the CA of the server certificate>); "
             f"device auth: {cfg.device_auth}"
         )
+    if workers > 1:
+        from edgefleet.server._runner import serve_workers
+
+        console.print(f"{workers} server processes on port {port}")
+        app.state.ctx.db.dispose()  # migrated, keys and CA made: the workers start from there
+        raise typer.Exit(serve_workers(cfg, host=host, port=port, workers=workers))
     uvicorn.run(
         app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=30, **tls
     )

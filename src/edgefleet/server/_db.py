@@ -16,6 +16,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.errors import ConfigError, SchemaVersionError
+from edgefleet.server._leader import LeaderLease
 
 __all__ = ["Database", "MIGRATIONS_DIR", "schema_head"]
 
@@ -109,6 +110,7 @@ class Database:
         self._write = sessionmaker(self.engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
         self._prefix_lock = threading.Lock()
+        self.leader = LeaderLease(self)  # which server process runs the periodic jobs
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -169,6 +171,7 @@ class Database:
             s.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
+        self.leader.release()
         for e in {id(x): x for x in (self.engine, self.read_engine, self.hot_engine)}.values():
             e.dispose()
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from edgefleet.errors import (
     AuthError,
@@ -50,6 +51,7 @@ from edgefleet.server._config import ServerConfig
 from edgefleet.server._db import Database
 from edgefleet.server._device_health import DeviceHealth
 from edgefleet.server._heartbeat import HeartbeatWriter, failure_of
+from edgefleet.server._heartbeat_batch import HeartbeatBatcher
 from edgefleet.server._identity import ServerIdentity, device_of_cert
 from edgefleet.server._models import (
     Device,
@@ -102,6 +104,7 @@ class DeviceService:
         self._rng = random.Random()
         self._window_cls = _telemetry_window_class()
         self._beats = HeartbeatWriter(db)
+        self._batcher = HeartbeatBatcher(self._beats) if db.dialect == "postgresql" else None
         self.identity = identity or ServerIdentity(config)
 
     # --- enrollment ----------------------------------------------------------------------------
@@ -296,8 +299,33 @@ class DeviceService:
         row, done = self._beats.record(device_id, cred.token, hb, now)
         if row is None:
             raise self._diagnose(device_id, cred)
-        variant_id, rollout_id, command, _, seq = row
-        assignment = self.assignment(variant_id, rollout_id) if variant_id is not None else None
+        return self._answer(device_id, row, done, now, self._assignment_of(row))
+
+    async def aheartbeat(self, device_id: str, cred: DeviceCredential, hb: Heartbeat) -> dict[str, Any]:
+        """``heartbeat`` for the event loop: on PostgreSQL the write joins the next coalesced batch
+        (``HeartbeatBatcher``); database reads that are not cached run in the thread pool."""
+        if self._batcher is None:
+            return await run_in_threadpool(self.heartbeat, device_id, cred, hb)
+        now = self.clock()
+        row, done = await self._batcher.record(self._beats.prepare(device_id, cred.token, hb, now))
+        if row is None:
+            raise await run_in_threadpool(self._diagnose, device_id, cred)
+        variant_id, rollout_id = row[0], row[1]
+        if variant_id is None:
+            assignment = None
+        elif (variant_id, rollout_id) in self._assign_cache:
+            assignment = self._assign_cache[(variant_id, rollout_id)]
+        else:
+            assignment = await run_in_threadpool(self.assignment, variant_id, rollout_id)
+        return self._answer(device_id, row, done, now, assignment)
+
+    def _assignment_of(self, row: Any) -> dict[str, Any] | None:
+        return self.assignment(row[0], row[1]) if row[0] is not None else None
+
+    def _answer(
+        self, device_id: str, row: Any, done: bool, now: float, assignment: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        command, seq = row[2], row[4]
         commands = [command] if command is not None and not done else []
         return {
             "assignment": assignment,
@@ -306,6 +334,11 @@ class DeviceService:
             "server_time": datetime.fromtimestamp(now, UTC).isoformat(),
             "signed": self.identity.sign(device_id, int(seq), now, assignment, commands),
         }
+
+    def close(self) -> None:
+        """Write the heartbeats still queued and stop the writer thread (PostgreSQL)."""
+        if self._batcher is not None:
+            self._batcher.close()
 
     def assignment(self, variant_id: int, rollout_id: str | None) -> dict[str, Any] | None:
         """The ``Assignment`` (as JSON data) of a variant in a rollout (cached: its rows never change)."""

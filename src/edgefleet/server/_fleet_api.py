@@ -58,9 +58,9 @@ Name = Annotated[str | None, Query(max_length=160)]
 
 
 def _background(view: FleetView) -> Scheduler:
-    """Alert evaluation and retention on their intervals, in a thread of each server process."""
+    """Alert evaluation and retention on their intervals, in a thread of the leading server process."""
     cfg = view.config
-    s = Scheduler("edgefleet-fleet")
+    s = Scheduler("edgefleet-fleet", leader=view.db.leader)  # one process of several runs it
     # first run after one full interval: a freshly started server has nothing to judge yet
     s.every(cfg.alert_interval_s, "alert evaluation", view.evaluate, first_after_s=cfg.alert_interval_s)
     s.every(

@@ -10,13 +10,13 @@ in ``_app`` documents the endpoint in OpenAPI, and both answer alike.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import ValidationError as PydanticValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,7 +28,7 @@ from edgefleet.server._device_health import DeviceHealth
 from edgefleet.server._http import DEVICE_ID_RE, validation_error
 from edgefleet.tls import peer_cert_der
 
-__all__ = ["HeartbeatWriter", "failure_of", "heartbeat_endpoint"]
+__all__ = ["HeartbeatWriter", "PreparedBeat", "failure_of", "heartbeat_endpoint", "json_response"]
 
 # Agent events that mean "this build failed on the device" (see edgefleet.agent's journal events).
 _FAIL_EVENTS = {
@@ -132,18 +132,27 @@ def clear_command_sql(dialect: str) -> str:
     return "UPDATE devices SET command = NULL, command_version = NULL WHERE id = :id AND command = :cmd"
 
 
+@dataclass(frozen=True)
+class PreparedBeat:
+    """A checked heartbeat, ready to write: the statement's parameters and what decides its command."""
+
+    device_id: str
+    by_token: bool
+    params: dict[str, Any]
+    active_version: str | None
+    rollback_impossible: bool
+
+
 class HeartbeatWriter:
     """Checks a heartbeat and records it with one statement; returns the device's row of the director."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._sql = heartbeat_sql(db.dialect)
-        self._sql_by_cert = heartbeat_sql(db.dialect, by_token=False)
+        self.sql = {True: heartbeat_sql(db.dialect), False: heartbeat_sql(db.dialect, by_token=False)}
         self._clear_sql = clear_command_sql(db.dialect)
 
-    def record(self, device_id: str, token: str | None, hb: Heartbeat, now: float) -> tuple[Any, bool]:
-        """``(row, command_done)``; ``row`` is ``(variant_id, rollout_id, command, command_version, seq)``,
-        or None when the device/token pair did not authenticate (nothing was written then).
+    def prepare(self, device_id: str, token: str | None, hb: Heartbeat, now: float) -> PreparedBeat:
+        """Check ``hb`` and build its statement's parameters (no database access).
 
         ``token`` None: the caller authenticated the device by its client certificate.
         """
@@ -177,8 +186,9 @@ class HeartbeatWriter:
             "state": hb.state[:64],
             "progress": hb.progress,
             "last_error": hb.last_error,
-            "resources": json.dumps(hb.resources.model_dump(exclude_none=True)),
-            "health": json.dumps(hb.health.model_dump(exclude_none=True)),
+            # pydantic writes the JSON itself: no dict built and serialised again
+            "resources": hb.resources.model_dump_json(exclude_none=True),
+            "health": hb.health.model_dump_json(exclude_none=True),
             "an": a.name[:64] if a else None,
             "av": a.version[:64] if a else None,
             "avar": a.variant[:64] if a else None,
@@ -187,25 +197,34 @@ class HeartbeatWriter:
             "fval": fval,
             "freason": freason,
             "hw_set": hw is not None,
-            "hardware": json.dumps(hw.model_dump(mode="json", exclude={"tags"})) if hw else None,
+            "hardware": hw.model_dump_json(exclude={"tags"}) if hw else None,
             "dclass": hw.device_class[:64] if hw else None,
             "arch": hw.arch[:64] if hw else None,
         }
-        active_version = a.version if a else None
         # A device with no earlier version cannot carry out a rollback: asking again on every beat
         # would loop forever, so its report of that ends the command.
         impossible = any(str(e.get("event") or "").lower() == "rollback_impossible" for e in hb.events)
+        return PreparedBeat(device_id, token is not None, params, a.version if a else None, impossible)
+
+    def finish(self, cur: Any, beat: PreparedBeat, row: Any) -> bool:
+        """After the statement: clear the device's command when its report satisfies it; True if it did."""
+        if row is None or row[2] is None:
+            return False
+        done = _command_done(row[3], beat.active_version) or beat.rollback_impossible
+        if done:
+            cur.execute(self._clear_sql, {"id": beat.device_id, "cmd": row[2]})
+        return done
+
+    def record(self, device_id: str, token: str | None, hb: Heartbeat, now: float) -> tuple[Any, bool]:
+        """``(row, command_done)``; ``row`` is ``(variant_id, rollout_id, command, command_version, seq)``,
+        or None when the device/token pair did not authenticate (nothing was written then)."""
+        beat = self.prepare(device_id, token, hb, now)
 
         def run(cur: Any) -> tuple[Any, bool]:
-            cur.execute(self._sql if token is not None else self._sql_by_cert, params)
+            cur.execute(self.sql[beat.by_token], beat.params)
             rows = cur.fetchall()  # exhausted, so SQLite finishes (commits) the statement now
             row = rows[0] if rows else None
-            done = False
-            if row is not None and row[2] is not None:
-                done = _command_done(row[3], active_version) or impossible
-                if done:
-                    cur.execute(self._clear_sql, {"id": device_id, "cmd": row[2]})
-            return row, done
+            return row, self.finish(cur, beat, row)
 
         return self.db.hot(run)
 
@@ -241,7 +260,8 @@ def heartbeat_endpoint(ctx: Any, on_beat: Callable[[], None]) -> Callable[[Reque
     It makes the same checks in the same order as the documented FastAPI route (credentials before the
     body) and answers with the same bodies. On SQLite the statement runs on the event loop (local CPU
     work under one write lock; a hop to the thread pool would cost more than the query); on PostgreSQL
-    it runs in the thread pool, so that the waits for the database overlap.
+    it joins the next coalesced batch of the writer thread (``_heartbeat_batch``), so the waits for the
+    database overlap and many heartbeats share one round trip.
     """
     inline = ctx.db.dialect == "sqlite"
 
@@ -262,7 +282,7 @@ def heartbeat_endpoint(ctx: Any, on_beat: Callable[[], None]) -> Callable[[Reque
         if inline:
             out = ctx.devices.heartbeat(device_id, cred, hb)
         else:
-            out = await run_in_threadpool(ctx.devices.heartbeat, device_id, cred, hb)
+            out = await ctx.devices.aheartbeat(device_id, cred, hb)
         on_beat()
         return json_response(out)
 
@@ -271,4 +291,4 @@ def heartbeat_endpoint(ctx: Any, on_beat: Callable[[], None]) -> Callable[[Reque
 
 def json_response(out: dict[str, Any]) -> Response:
     """The heartbeat's answer, compact (both heartbeat routes answer with these bytes)."""
-    return Response(json.dumps(out, separators=(",", ":")).encode(), media_type="application/json")
+    return Response(orjson.dumps(out), media_type="application/json")

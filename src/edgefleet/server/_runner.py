@@ -17,7 +17,14 @@ import httpx
 from edgefleet.errors import ServerError
 from edgefleet.server._config import ServerConfig
 
-__all__ = ["ServerHandle", "start_server", "start_server_process", "free_port", "uvicorn_tls"]
+__all__ = [
+    "ServerHandle",
+    "serve_workers",
+    "start_server",
+    "start_server_process",
+    "free_port",
+    "uvicorn_tls",
+]
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +166,12 @@ def start_server_process(
     timeout: float = 60.0,
     log_file: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> ServerHandle:
-    """Run the control plane as a real ``uvicorn`` subprocess configured through EDGEFLEET_SERVER_*."""
+    """Run the control plane as a real ``uvicorn`` subprocess configured through EDGEFLEET_SERVER_*.
+
+    ``workers`` > 1: that many server processes share the port (``serve_workers``).
+    """
     port = port or free_port(host)
     env = dict(os.environ)
     for k, v in config.model_dump(exclude_none=True).items():
@@ -169,8 +180,10 @@ def start_server_process(
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
+    if workers > 1:
+        cmd = [sys.executable, "-m", "edgefleet.server._runner", host, str(port), str(workers)]
+    else:
+        cmd = [
             sys.executable,
             "-m",
             "uvicorn",
@@ -185,7 +198,9 @@ def start_server_process(
             "--no-access-log",
             "--timeout-keep-alive",
             "30",
-        ],
+        ]
+    proc = subprocess.Popen(
+        cmd,
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -198,3 +213,94 @@ def start_server_process(
         proc.wait(5)
         raise
     return ServerHandle(url, config, process=proc)
+
+
+# --- several processes on one port -----------------------------------------------------------------
+
+
+def serve_workers(config: ServerConfig, *, host: str, port: int, workers: int) -> int:
+    """Serve with ``workers`` processes on one port until SIGTERM/SIGINT; the exit code to return.
+
+    Each process binds the port with ``SO_REUSEPORT`` (the kernel spreads new connections across them)
+    and runs the whole app; the periodic jobs run in whichever holds the database's leader lease.
+    The database should be migrated first (``create_app`` in this process does it). When one process
+    dies, the others are stopped: a supervisor (systemd, Kubernetes) restarts the whole server.
+    """
+    import multiprocessing
+    import signal
+
+    mp = multiprocessing.get_context("spawn")
+    procs = [
+        mp.Process(target=_worker, args=(config, host, port, os.getpid()), name=f"edgefleet-server-{i}")
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    stopping = threading.Event()
+
+    def stop(*_: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping.is_set() and all(p.is_alive() for p in procs):
+        stopping.wait(0.5)
+    code = 0 if stopping.is_set() else 1
+    if code:
+        log.error("a server process exited (code %s); stopping the others", [p.exitcode for p in procs])
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(15)
+        if p.is_alive():
+            p.kill()
+    return code
+
+
+def _worker(config: ServerConfig, host: str, port: int, parent: int) -> None:
+    import signal
+
+    import uvicorn
+
+    from edgefleet.server._app import create_app
+
+    def orphaned() -> None:  # the supervisor was killed without stopping us: stop too
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=orphaned, name="edgefleet-orphan-watch", daemon=True).start()
+    logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
+    app = create_app(config)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            timeout_keep_alive=30,
+            **uvicorn_tls(app),
+        )
+    )
+    server.run(sockets=[sock])
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m edgefleet.server._runner HOST PORT WORKERS``, settings from EDGEFLEET_SERVER_*."""
+    from edgefleet.server._app import create_app
+
+    logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
+    cfg = ServerConfig()
+    create_app(cfg).state.ctx.db.dispose()  # migrate once, before the workers start
+    return serve_workers(cfg, host=argv[0], port=int(argv[1]), workers=int(argv[2]))
+
+
+if __name__ == "__main__":
+    from edgefleet.server import _runner  # the importable module, so workers unpickle its _worker
+
+    sys.exit(_runner._main(sys.argv[1:]))

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgefleet.server._db import is_db_unavailable
+from edgefleet.server._leader import LeaderLease
 
 __all__ = ["Scheduler"]
 
 log = logging.getLogger(__name__)
 
 _WARN_EVERY_S = 10.0
+_LEADER_RETRY_S = 2.0  # how often a process that does not lead tries to take over
 
 
 @dataclass
@@ -33,14 +35,18 @@ class _Job:
 class Scheduler:
     """Runs each job every ``interval_s`` seconds (measured from the end of its previous run) in one thread.
 
+    With ``leader`` (a database's ``LeaderLease``) the jobs run only while this process holds it, so of
+    several server processes on one database one runs them; the others try to take over every 2 s.
+
     Example:
-        s = Scheduler("edgefleet-engine")
+        s = Scheduler("edgefleet-engine", leader=db.leader)
         s.every(1.0, "rollout engine tick", engine.tick)
         s.start(); ...; s.close()
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, leader: LeaderLease | None = None) -> None:
         self.name = name
+        self.leader = leader
         self._jobs: list[_Job] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,6 +68,9 @@ class Scheduler:
 
     def _run(self) -> None:
         while not self._stop.is_set() and self._jobs:
+            if self.leader is not None and not self.leader.held():
+                self._stop.wait(_LEADER_RETRY_S)
+                continue
             for job in self._jobs:
                 if self._stop.is_set():
                     return
