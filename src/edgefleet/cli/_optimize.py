@@ -171,9 +171,35 @@ def register(app: typer.Typer) -> None:
             envvar="MLFLOW_TRACKING_URI",
             help="Log the run (params, figures per variant, report and plot) to this MLflow tracking URI.",
         ),
+        teacher: Path | None = typer.Option(
+            None, "--teacher", help="Torch recipe: teacher .pt (default: MODEL)."
+        ),
+        student: str | None = typer.Option(
+            None, "--student", help="Torch recipe: auto | widthX | pkg.mod:fn | .pt."
+        ),
+        prune: float | None = typer.Option(
+            None, "--prune", help="Torch recipe: share of channels to remove."
+        ),
+        train: Path | None = typer.Option(
+            None, "--train", help="Torch recipe: training .npz (input, labels)."
+        ),
+        unlabeled: Path | None = typer.Option(
+            None, "--unlabeled", help="Torch recipe: extra inputs, no labels."
+        ),
+        qat: str = typer.Option(
+            "auto", "--qat", help="Torch recipe: auto (when PTQ int8 misses) | on | off."
+        ),
+        epochs: int = typer.Option(20, "--epochs", help="Torch recipe: distillation epochs."),
     ) -> None:
-        """Build every sensible variant, measure it on the device profile, and choose one under the budget."""
+        """Build every sensible variant, measure it on the device profile, and choose one under the budget.
+        A torch model (.pt) first runs the recipe: --student distillation, --prune structured pruning, QAT."""
+        from edgefleet.cli._recipe import torch_recipe
         from edgefleet.optimize import OptimizeConfig, optimize
+
+        recipe = torch_recipe(
+            model, teacher=teacher, student=student, prune=prune, train=train, unlabeled=unlabeled, qat=qat,
+            epochs=epochs, as_json=as_json,
+        )  # fmt: skip
 
         overrides: dict[str, Any] = {}
         if runs is not None:
@@ -200,7 +226,7 @@ def register(app: typer.Typer) -> None:
         try:
             live = err_console.is_terminal
             with _Bars(enabled=live) as bars:
-                report = optimize(
+                report = (recipe or optimize)(
                     model,
                     calib=calib,
                     eval=eval_,

@@ -124,3 +124,60 @@ def distill_stage(
             json.dumps({"teacher_score": teacher_score, "candidates": [asdict(c) for c in cands]}, indent=2)
         )
     return chosen[0], chosen[1], cands
+
+
+def measure_stage(
+    stage: str,
+    model: Any,
+    x_eval: np.ndarray,
+    y_eval: np.ndarray | None,
+    work: Path,
+    *,
+    onnx_path: Path | None = None,
+    profile: Any = None,
+    settings: Any = None,
+    ref: np.ndarray | None = None,
+    counted: Any = None,
+) -> StageResult:
+    """Parameters and MACs of ``model``; size, p50/p95 (benchmark on ``profile``) and accuracy (or
+    agreement with ``ref`` logits) of its ONNX export (``onnx_path`` if given, e.g. a QDQ file). MACs and
+    parameters are those of ``counted`` when given (a fake-quant model computes through wrappers)."""
+    import onnxruntime as ort
+    import torch
+
+    from edgefleet.optimize._bench import benchmark
+    from edgefleet.optimize._convert import load_source
+
+    example = torch.from_numpy(x_eval[:1])
+    macs, params = macs_params(counted if counted is not None else model, example)
+    if onnx_path is None:
+        onnx_path = load_source(model, work / stage, example_inputs={"input": x_eval[:1]}).path
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits = np.concatenate(
+        [sess.run(None, {"input": x_eval[i : i + 256]})[0] for i in range(0, len(x_eval), 256)]
+    )
+    if y_eval is not None:
+        score, name = float((logits.argmax(1) == y_eval).mean()), "accuracy"
+    else:
+        score, name = (
+            float((logits.argmax(1) == (ref if ref is not None else logits).argmax(1)).mean()),
+            "agreement",
+        )
+    b = benchmark(
+        onnx_path,
+        profile,
+        data={"input": x_eval[:1]},
+        batch_sizes=(1,),
+        measure_memory=False,
+        settings=settings,
+    )
+    return StageResult(
+        stage=stage,
+        params=params,
+        macs=macs,
+        score=score,
+        score_name=name,
+        size_bytes=onnx_path.stat().st_size,
+        p50_ms=b.latency.p50_ms,
+        p95_ms=b.latency.p95_ms,
+    )
