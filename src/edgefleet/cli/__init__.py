@@ -41,6 +41,7 @@ _COMMAND_MODULES = [
     "_telemetry",
     "_fleet",
     "_demo",
+    "_sim",
     "_device",
     "_fl",
 ]

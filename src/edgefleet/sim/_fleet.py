@@ -49,6 +49,8 @@ class Scenario:
 
     Args:
         behaviors: version -> behaviour; versions not listed behave like ``default``.
+        class_behaviors: (version, device class) -> behaviour, before ``behaviors`` (a release bad on
+            some classes only).
         install_delay_s: simulated download + health check time before an assignment is active.
         poll_interval_s: override the server's advice (scaled-down time for tests and benchmarks).
         jitter: +/- fraction of jitter on each wait.
@@ -58,6 +60,7 @@ class Scenario:
     """
 
     behaviors: dict[str, ReleaseBehavior] = field(default_factory=dict)
+    class_behaviors: dict[tuple[str, str], ReleaseBehavior] = field(default_factory=dict)
     default: ReleaseBehavior = field(default_factory=ReleaseBehavior)
     install_delay_s: float = 0.2
     poll_interval_s: float | None = None
@@ -68,8 +71,9 @@ class Scenario:
     onnxruntime_version: str = "1.20.0"
     isa_flags: list[str] = field(default_factory=lambda: ["sse4_2", "avx2"])
 
-    def behavior(self, version: str | None) -> ReleaseBehavior:
-        return self.behaviors.get(version or "", self.default)
+    def behavior(self, version: str | None, device_class: str | None = None) -> ReleaseBehavior:
+        found = self.class_behaviors.get((version or "", device_class or ""))
+        return found or self.behaviors.get(version or "", self.default)
 
 
 @dataclass
@@ -107,6 +111,8 @@ class Fleet:
         mqtt_url: subscribe to nudges (``edgefleet/devices/+/nudge``) and poll at once on one.
         seed: randomness of health figures and jitter.
         max_connections: HTTP connections shared by all devices.
+        route: which of ``server_url``'s addresses a device talks to (default: spread by index), e.g.
+            its region's fault-injecting proxy.
     """
 
     def __init__(
@@ -120,6 +126,7 @@ class Fleet:
         seed: int = 0,
         max_connections: int = 64,
         timeout_s: float = 30.0,
+        route: Callable[[SimDevice], int] | None = None,
     ) -> None:
         urls = [server_url] if isinstance(server_url, str) else list(server_url)
         self.urls = [u.rstrip("/") for u in urls]
@@ -130,6 +137,7 @@ class Fleet:
         self.rng = random.Random(seed)
         self.timeout_s = timeout_s
         self.max_connections = max_connections
+        self.route = route or (lambda d: d.index % len(self.urls))
         classes = list(scenario.device_classes.items())
         self.devices: list[SimDevice] = []
         for i in range(size):
@@ -164,7 +172,12 @@ class Fleet:
         )
         return httpx.AsyncClient(base_url=url or self.url, timeout=self.timeout_s, limits=limits)
 
-    async def enroll(self, *, tags_for: Callable[[SimDevice], dict[str, str]] | None = None) -> None:
+    async def enroll(
+        self,
+        *,
+        tags_for: Callable[[SimDevice], dict[str, str]] | None = None,
+        hardware_for: Callable[[SimDevice], dict[str, Any]] | None = None,
+    ) -> None:
         """Create one enrollment token per device (as the operator, through ``edgefleet.client``) and
         enroll every device."""
         sem = asyncio.Semaphore(self.max_connections)
@@ -177,7 +190,8 @@ class Fleet:
                         for attempt in range(3):  # a keep-alive connection closed under us: a fresh token
                             try:
                                 tok = await asyncio.to_thread(operator.create_enrollment_token, tags=tags)
-                                await self._enroll_one(c, d, tok["token"], tags)
+                                hw = hardware_for(d) if hardware_for else {}
+                                await self._enroll_one(c, d, tok["token"], tags, hw)
                                 return
                             except (httpx.TransportError, ServerError) as e:
                                 # plain ServerError: unreachable or unavailable for now, worth another try
@@ -189,7 +203,9 @@ class Fleet:
                 await asyncio.gather(*(one(d) for d in self.devices))
         self.by_id = {d.device_id: d for d in self.devices}
 
-    async def _enroll_one(self, c: httpx.AsyncClient, d: SimDevice, token: str, tags: dict[str, str]) -> None:
+    async def _enroll_one(
+        self, c: httpx.AsyncClient, d: SimDevice, token: str, tags: dict[str, str], profile: dict[str, Any]
+    ) -> None:
         hw = {
             "arch": "x86_64",
             "cores": 4,
@@ -199,6 +215,7 @@ class Fleet:
             "onnxruntime_version": self.scenario.onnxruntime_version,
             "device_class": d.device_class,
             "tags": tags,
+            **profile,
         }
         r = await c.post("/v1/enroll", json={"token": token, "name": f"sim-{d.index}", "hardware": hw})
         _check(r, "enroll")
@@ -248,8 +265,7 @@ class Fleet:
                 for c in clients:
                     await stack.enter_async_context(c)
                 tasks = [
-                    asyncio.create_task(self._device_loop(clients[d.index % len(clients)], d))
-                    for d in self.devices
+                    asyncio.create_task(self._device_loop(clients[self.route(d)], d)) for d in self.devices
                 ]
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline and not self._stop.is_set():
@@ -281,7 +297,7 @@ class Fleet:
             d.nudge.clear()
 
     def heartbeat_body(self, d: SimDevice, rng: random.Random) -> dict[str, Any]:
-        b = self.scenario.behavior(d.version)
+        b = self.scenario.behavior(d.version, d.device_class)
         health: dict[str, Any] = {}
         if d.active is not None:
             n = b.requests_per_beat
@@ -388,7 +404,7 @@ class Fleet:
         if d.installing != sha:
             return  # superseded (rollback command, new assignment)
         d.installing = None
-        if self.scenario.behavior(a["version"]).install_fails:
+        if self.scenario.behavior(a["version"], d.device_class).install_fails:
             d.failed.add(sha)
             d.events.append(
                 {

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["LoadResult", "heartbeat_body", "run_heartbeat_load"]
+__all__ = ["EnrollResult", "LoadResult", "heartbeat_body", "run_enroll_load", "run_heartbeat_load"]
 
 
 @dataclass
@@ -178,6 +178,57 @@ async def run_heartbeat_load(
         p99_ms=round(q[98] * 1000, 3) if q else None,
         mean_ms=round(statistics.fmean(lat) * 1000, 3) if lat else None,
     )
+
+
+@dataclass
+class EnrollResult:
+    devices: list[tuple[str, str]]  # (device id, device token) of each device that enrolled
+    errors: int
+    seconds: float
+    per_s: float
+
+
+async def run_enroll_load(url: str, tokens: list[str], *, concurrency: int = 32) -> EnrollResult:
+    """Enroll one device per one-time enrollment token through ``POST /v1/enroll`` (real requests, real
+    database writes), ``concurrency`` at a time; then each reports once, as an agent does."""
+    import httpx
+
+    queue = list(reversed(tokens))
+    devices: list[tuple[str, str]] = []
+    errors = 0
+    hw = {"arch": "x86_64", "cores": 4, "ram_mb": 2048, "disk_free_mb": 10_000, "device_class": "cpu"}
+
+    async def worker(c: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while queue:
+            tok = queue.pop()
+            try:
+                r = await c.post("/v1/enroll", json={"token": tok, "hardware": hw})
+                if r.status_code != 200:
+                    errors += 1
+                    continue
+                body = r.json()
+                devices.append((body["device_id"], body["device_token"]))
+            except httpx.HTTPError:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as c:
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
+        seconds = time.monotonic() - t0
+        for i in range(0, len(devices), concurrency):  # the first report: "pending" until then
+            await asyncio.gather(
+                *(
+                    c.post(
+                        f"/v1/devices/{d}/heartbeat",
+                        content=heartbeat_body(d),
+                        headers={"Authorization": f"Bearer {t}", "Content-Type": "application/json"},
+                    )
+                    for d, t in devices[i : i + concurrency]
+                )
+            )
+    return EnrollResult(devices, errors, round(seconds, 3), round(len(devices) / seconds, 1))
 
 
 def main(argv: list[str] | None = None) -> None:

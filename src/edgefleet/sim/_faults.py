@@ -1,0 +1,129 @@
+"""A fault-injecting TCP proxy on loopback (toxiproxy's job, in-process): latency, loss, partitions, resets.
+
+Each region of a simulated fleet reaches the server through its own proxy, so a fault applies to one
+region only. The kernel here has no netem, so loss is modelled at the connection level: a lost connection
+is reset (RST) before it is forwarded, which a device sees like a dropped link and retries on its next
+poll. A partition resets every connection (and the ones open when it starts) until it is healed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FaultProxy", "FaultState"]
+
+
+@dataclass
+class FaultState:
+    """What the proxy does to traffic right now."""
+
+    latency_s: float = 0.0
+    loss: float = 0.0  # share of new connections reset before they are forwarded
+    partitioned: bool = False
+
+
+@dataclass
+class ProxyStats:
+    connections: int = 0
+    reset: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    by_fault: dict[str, int] = field(default_factory=dict)
+
+    def count(self, why: str) -> None:
+        self.reset += 1
+        self.by_fault[why] = self.by_fault.get(why, 0) + 1
+
+
+class FaultProxy:
+    """Forward ``127.0.0.1:port`` to ``target_host:target_port`` through the current :class:`FaultState`."""
+
+    def __init__(self, target_host: str, target_port: int, *, name: str = "proxy", seed: int = 0) -> None:
+        self.target = (target_host, target_port)
+        self.name = name
+        self.state = FaultState()
+        self.stats = ProxyStats()
+        self._rng = random.Random(seed)
+        self._server: asyncio.base_events.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> FaultProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for w in list(self._open):
+                _reset(w)
+            await self._server.wait_closed()
+
+    def partition(self, on: bool = True) -> None:
+        """Cut (or heal) the link; cutting resets every connection open through it."""
+        self.state.partitioned = on
+        if on:
+            for w in list(self._open):
+                self.stats.count("partition")
+                _reset(w)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats.connections += 1
+        st = self.state
+        if st.partitioned or (st.loss and self._rng.random() < st.loss):
+            self.stats.count("partition" if st.partitioned else "loss")
+            _reset(writer)
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            self.stats.count("server_unreachable")
+            _reset(writer)
+            return
+        self._open.update((writer, up_w))
+        try:
+            await asyncio.gather(self._pipe(reader, up_w, up=True), self._pipe(up_r, writer, up=False))
+        finally:
+            self._open.discard(writer)
+            self._open.discard(up_w)
+            for w in (writer, up_w):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, *, up: bool) -> None:
+        try:
+            while data := await r.read(65536):
+                if self.state.latency_s:
+                    await asyncio.sleep(self.state.latency_s)
+                if self.state.partitioned:
+                    raise ConnectionResetError("partitioned")
+                if up:
+                    self.stats.bytes_up += len(data)
+                else:
+                    self.stats.bytes_down += len(data)
+                w.write(data)
+                await w.drain()
+            if w.can_write_eof():
+                w.write_eof()
+        except (ConnectionError, OSError):
+            _reset(w)
+
+
+def _reset(w: Any) -> None:
+    """Close with RST (SO_LINGER 0), as a dropped link looks to the peer."""
+    sock = w.get_extra_info("socket")
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(Exception):
+        w.close()

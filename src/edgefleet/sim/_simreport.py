@@ -1,0 +1,168 @@
+"""A scenario run's verdict and report: assertions on the outcome, Markdown + JSON, PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgefleet._fs import atomic_write
+from edgefleet.sim._scenario import SimScenario
+
+__all__ = ["check", "heartbeat_quantiles", "peak_over_mean", "write_report"]
+
+
+def _quantile(buckets: dict[float, float], q: float) -> float | None:
+    """Histogram quantile (Prometheus' linear interpolation) of cumulative ``le -> count`` buckets."""
+    items = sorted(buckets.items())
+    if not items or items[-1][1] <= 0:
+        return None
+    rank, prev_le, prev_n = q * items[-1][1], 0.0, 0.0
+    for le, n in items:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_n) / (n - prev_n) if n > prev_n else 1.0)
+        prev_le, prev_n = le, n
+    return prev_le
+
+
+def heartbeat_quantiles(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per interval between samples: heartbeat p50/p99 (server side, from /metrics) and requests/s."""
+    out = []
+    for a, b in zip(samples, samples[1:], strict=False):
+        dt = b["t"] - a["t"]
+        delta = {le: n - a["buckets"].get(le, 0.0) for le, n in b["buckets"].items()}
+        if dt <= 0:
+            continue
+        p50, p99 = _quantile(delta, 0.5), _quantile(delta, 0.99)
+        out.append(
+            {
+                "t": b["t"],
+                "rps": round((b["heartbeats"] - a["heartbeats"]) / dt, 1),
+                "p50_ms": None if p50 is None else round(p50 * 1000, 2),
+                "p99_ms": None if p99 is None else round(p99 * 1000, 2),
+            }
+        )
+    return out
+
+
+def peak_over_mean(result: dict[str, Any]) -> float | None:
+    """Heartbeat rate's peak (one sampling interval) over its mean, from the first herd fault to the end."""
+    herd = next((f for f in result["faults"] if f["kind"] == "herd"), None)
+    if herd is None:
+        return None
+    rates = [r["rps"] for r in heartbeat_quantiles(result["samples"]) if r["t"] > herd["at_s"]]
+    if not rates or sum(rates) == 0:
+        return None
+    return round(max(rates) / (sum(rates) / len(rates)), 2)
+
+
+def check(sc: SimScenario, result: dict[str, Any]) -> list[str]:
+    """What the scenario expected and did not get (empty: it passed)."""
+    e, fails = sc.expect, []
+    state = result["rollout"]["state"]
+    if e.rollout_state and state != e.rollout_state:
+        fails.append(f"rollout ended {state!r}, expected {e.rollout_state!r}")
+    if e.all_on:
+        version = sc.baseline.version if e.all_on == "baseline" else sc.candidate.version
+        on = result["final_versions"].get(version, 0)
+        if on != sc.devices:
+            fails.append(f"{on}/{sc.devices} devices on {version} at the end, expected all")
+    if e.max_bad_share is not None and result["ever_ran_candidate_share"] > e.max_bad_share:
+        fails.append(
+            f"{result['ever_ran_candidate_share']:.1%} of the fleet ran {sc.candidate.version}, "
+            f"expected at most {e.max_bad_share:.1%}"
+        )
+    errors5xx = sum(n for code, n in result["status_counts"].items() if code.startswith("5"))
+    if errors5xx > e.max_server_errors:
+        fails.append(f"devices saw {errors5xx} server errors (5xx), expected at most {e.max_server_errors}")
+    if e.max_peak_over_mean is not None:
+        pm = peak_over_mean(result)
+        if pm is None or pm > e.max_peak_over_mean:
+            fails.append(f"heartbeat peak over mean {pm}, expected at most {e.max_peak_over_mean}")
+    return fails
+
+
+def write_report(sc: SimScenario, result: dict[str, Any], failures: list[str], out: Path) -> list[Path]:
+    """report.json, report.md, versions.png and server.png in ``out``; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    series = heartbeat_quantiles(result["samples"])
+    doc = {**result, "passed": not failures, "failures": failures, "server_series": series}
+    doc["samples"] = [{k: v for k, v in s.items() if k != "buckets"} for s in result["samples"]]
+    paths = [out / "report.json", out / "report.md", out / "versions.png", out / "server.png"]
+    atomic_write(paths[0], json.dumps(doc, indent=2, default=str).encode())
+    atomic_write(paths[1], _markdown(sc, doc).encode())
+    _plots(sc, doc, paths[2], paths[3])
+    return paths
+
+
+def _markdown(sc: SimScenario, d: dict[str, Any]) -> str:
+    r = d["rollout"]
+    lines = [
+        f"# Scenario {sc.name}: {'passed' if d['passed'] else 'FAILED'}",
+        "",
+        sc.description.strip(),
+        "",
+        f"- devices: {d['devices']}, heartbeats: {d['heartbeats']}, run: {d['seconds']} s after the rollout began",
+        f"- rollout {r['id']}: **{r['state']}** (first wave {r['first_wave']} devices; failed gates: "
+        f"{', '.join(r['failed_gates'] or []) or 'none'})",
+        f"- devices that ever ran {sc.candidate.version}: {d['ever_ran_candidate']} "
+        f"({d['ever_ran_candidate_share']:.1%})",
+        f"- at the end: {', '.join(f'{n} on {v}' for v, n in d['final_versions'].items())}",
+        f"- answers the devices saw: {', '.join(f'{k}: {v}' for k, v in sorted(d['status_counts'].items()))}",
+    ]
+    lines += [f"- **failed**: {f}" for f in d["failures"]]
+    lines += ["", "## Rollout events", "", "| action | details |", "| --- | --- |"]
+    for ev in r["events"]:
+        det = {k: v for k, v in ev.items() if k not in ("action", "at")}
+        lines.append(f"| {ev['action']} | {json.dumps(det, default=str)[:300]} |")
+    lines += ["", "## Faults", "", "| kind | region | at (s) | what it did |", "| --- | --- | --- | --- |"]
+    for f in d["faults"]:
+        did = {k: v for k, v in f.items() if k not in ("kind", "region", "at_s")}
+        lines.append(f"| {f['kind']} | {f['region']} | {f['at_s']} | {json.dumps(did)} |")
+    ok = [s for s in d["server_series"] if s["p99_ms"] is not None]
+    if ok:
+        lines += [
+            "",
+            "## Server (heartbeat route, from its /metrics)",
+            "",
+            f"peak {max(s['rps'] for s in ok)} requests/s; worst interval p50 {max(s['p50_ms'] for s in ok)} ms, "
+            f"p99 {max(s['p99_ms'] for s in ok)} ms. Plots: versions.png, server.png.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(sc: SimScenario, d: dict[str, Any], versions_png: Path, server_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t"] for s in d["samples"]]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for v in (sc.baseline.version, sc.candidate.version):
+        ax.plot(t, [s["versions"].get(v, 0) for s in d["samples"]], label=v)
+    for ev in d["rollout"]["events"]:
+        if ev["action"] in ("rollout.wave_opened", "rollout.rolled_back", "rollout.completed") and "t" in ev:
+            ax.axvline(ev["t"], color="grey", lw=0.5)
+    for f in d["faults"]:
+        ax.axvspan(f["at_s"], f["at_s"] + f.get("for_s", 0.1), color="red", alpha=0.15)
+    ax.set(
+        xlabel="seconds since the rollout began", ylabel="devices", title=f"{sc.name}: devices per version"
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(versions_png, dpi=90)
+    plt.close(fig)
+    s = d["server_series"]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    a1.plot([x["t"] for x in s], [x["rps"] for x in s])
+    a1.set(ylabel="heartbeats/s", title=f"{sc.name}: server")
+    a2.plot([x["t"] for x in s], [x["p50_ms"] for x in s], label="p50")
+    a2.plot([x["t"] for x in s], [x["p99_ms"] for x in s], label="p99")
+    a2.set(xlabel="seconds since the rollout began", ylabel="ms")
+    a2.legend()
+    fig.tight_layout()
+    fig.savefig(server_png, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,323 @@
+"""``edgefleet sim``: run a scenario — a real control plane, a simulated fleet behind fault-injecting
+proxies (one per region), a gated rollout of the scenario's candidate — and check its expected outcome.
+
+The devices are :class:`edgefleet.sim.Fleet` devices: each enrolls with its own token, heartbeats the real
+protocol and follows the director's assignments and rollback commands; the health they report comes from
+the release and their device class. They download no artifact (the install takes ``install_delay_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgefleet.client import Client
+from edgefleet.sim._faults import FaultProxy
+from edgefleet.sim._fleet import Fleet, ReleaseBehavior, Scenario
+from edgefleet.sim._scenario import Behavior, SimScenario
+
+__all__ = ["build_repository", "run_scenario"]
+
+FINAL = ("completed", "rolled_back", "aborted")
+HEARTBEAT_ROUTE = "/v1/devices/{device_id}/heartbeat"
+
+
+def build_repository(work: Path, versions: list[str], classes: list[str], *, seed: int = 0) -> Path:
+    """A TUF repository holding a small digits MLP per version, bundled once per device class (the
+    variant a device of that class is given); returns its folder (kept in ``work`` for the next run)."""
+    from edgefleet.bundle import create_bundle
+    from edgefleet.examples import digits, train_digits_mlp
+    from edgefleet.registry import Repository, init_keys
+
+    repo_dir = work / ("repo-" + "-".join(sorted(versions)) + "-" + "-".join(sorted(classes)))
+    if (repo_dir / "metadata").is_dir():
+        return repo_dir
+    data = digits(seed=0)
+    repo = Repository.init(repo_dir, init_keys(repo_dir.with_suffix(".keys"), root_keys=1, root_threshold=1))
+    for i, version in enumerate(versions):
+        model = work / f"model-{version}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn's ConvergenceWarning at a small max_iter
+            train_digits_mlp(model, hidden=(16,), seed=seed + i, max_iter=40, data=data)
+        for cls in classes:
+            out = create_bundle(
+                model,
+                work / f"{version}-{cls}.tar",
+                name="digits",
+                version=version,
+                variant=cls,
+                inputs_raw=data.x_test[:8],
+                preprocess=[{"op": "scale", "factor": 1 / 16}],
+                created=datetime(2025, 1, 2, tzinfo=UTC),
+            )
+            repo.publish(out, delta=False)
+    return repo_dir
+
+
+def _behavior(b: Behavior) -> ReleaseBehavior:
+    return ReleaseBehavior(
+        error_rate=b.error_rate,
+        latency_p95_ms=b.latency_p95_ms,
+        mean_confidence=b.mean_confidence,
+        drift_score=b.drift_score,
+        install_fails=b.install_fails,
+    )
+
+
+def _share_index(shares: list[float], i: int, n: int) -> int:
+    total, acc = sum(shares), 0.0
+    pos = (i + 0.5) / n * total
+    for k, w in enumerate(shares):
+        acc += w
+        if pos <= acc:
+            return k
+    return len(shares) - 1
+
+
+class _Run:
+    def __init__(self, sc: SimScenario, url: str, admin_token: str, *, seed: int, on_sample: Callable | None):
+        self.sc, self.url, self.token, self.seed, self.on_sample = sc, url, admin_token, seed, on_sample
+        self.regions = list(sc.regions)
+        self.samples: list[dict[str, Any]] = []
+        self.faults: list[dict[str, Any]] = []
+        self.rollout: dict[str, Any] = {}
+        self.t0 = 0.0
+        self.faults_done = not sc.faults
+
+    async def go(self) -> dict[str, Any]:
+        sc = self.sc
+        host, port = httpx.URL(self.url).host, httpx.URL(self.url).port
+        self.proxies = [await FaultProxy(host, port, name=r, seed=self.seed).start() for r in self.regions]
+        region_of = [
+            _share_index(list(sc.regions.values()), i, sc.devices) for i in range(sc.devices)
+        ]  # fmt: skip
+        scenario = Scenario(
+            behaviors={r.version: _behavior(r.behavior) for r in (sc.baseline, sc.candidate)},
+            class_behaviors={
+                (r.version, c): _behavior(b)
+                for r in (sc.baseline, sc.candidate)
+                for c, b in r.classes.items()
+            },
+            install_delay_s=sc.install_delay_s,
+            poll_interval_s=sc.poll_interval_s,
+            jitter=sc.jitter,
+            device_classes={c.name: c.share for c in sc.classes},
+        )
+        fleet = Fleet(
+            [p.url for p in self.proxies],
+            scenario,
+            size=sc.devices,
+            admin_token=self.token,
+            seed=self.seed,
+            max_connections=min(256, max(8, sc.devices // 4)),
+            route=lambda d: region_of[d.index],
+        )
+        self.fleet = fleet
+        rng = random.Random(self.seed)
+        classes = {c.name: c for c in sc.classes}
+
+        def hardware(d: Any) -> dict[str, Any]:
+            c = classes[d.device_class]
+            return {"ram_mb": rng.randint(*c.ram_mb), "cores": rng.randint(*c.cores), "arch": c.arch}
+
+        await fleet.enroll(
+            tags_for=lambda d: {"region": self.regions[region_of[d.index]]}, hardware_for=hardware
+        )
+        api = Client(self.url, token=self.token, timeout=30)
+        base = await asyncio.to_thread(api.register_release, "digits", sc.baseline.version)
+        await asyncio.to_thread(api.register_release, "digits", sc.candidate.version)
+        by_class = {v["variant"]: v for v in base["variants"]}
+        keys = ("variant", "target_path", "sha256")
+        fleet.preinstall(
+            lambda d: {
+                "name": "digits",
+                "version": sc.baseline.version,
+                **{k: by_class[d.device_class][k] for k in keys},
+            }
+        )
+        await fleet.run(timeout=3 * sc.poll_interval_s)  # the control group reports on the baseline
+        r = await asyncio.to_thread(
+            api.create_rollout, "digits", sc.candidate.version, soak_s=sc.soak_s, gates=sc.gates or None
+        )
+        self.rid, self.first_wave = r["id"], r["members"]["admitted"]
+        self.t0 = time.monotonic()
+        async with httpx.AsyncClient(base_url=self.url, timeout=10) as metrics_client:
+            tasks = [
+                asyncio.create_task(self._faults()),
+                asyncio.create_task(self._sample(api, metrics_client)),
+            ]
+            met = await fleet.run(until=self._done, timeout=sc.timeout_s, check_every=0.2)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._sample_once(api, metrics_client)
+        audit = await asyncio.to_thread(api.rollout_audit, self.rid)
+        for p in self.proxies:
+            await p.close()
+        return self._result(met, audit)
+
+    def _final_version(self) -> str | None:
+        state = self.rollout.get("state")
+        if state == "completed":
+            return self.sc.candidate.version
+        if state in ("rolled_back", "aborted"):
+            return self.sc.baseline.version
+        return None
+
+    def _done(self, f: Fleet) -> bool:
+        want = self._final_version()
+        return self.faults_done and want is not None and f.count_on(want) == self.sc.devices
+
+    async def _faults(self) -> None:
+        loop = asyncio.get_running_loop()
+        pending = sorted(self.sc.faults, key=lambda f: f.at_s)
+        for f in pending:
+            await asyncio.sleep(max(0.0, self.t0 + f.at_s - time.monotonic()))
+            targets = [p for p in self.proxies if f.region in (None, p.name)]
+            before = {p.name: p.stats.reset for p in targets}
+            entry = {
+                "kind": f.kind,
+                "region": f.region or "all",
+                "at_s": round(time.monotonic() - self.t0, 2),
+            }
+            if f.kind == "herd":
+                rng = random.Random(self.seed)
+                for d in self.fleet.devices:
+                    if d.nudge is not None:
+                        loop.call_later(rng.uniform(0, f.spread_s), d.nudge.set)
+                entry["nudged"] = len(self.fleet.devices)
+                entry["spread_s"] = f.spread_s
+                self.faults.append(entry)
+                continue
+            for p in targets:
+                if f.kind == "partition":
+                    p.partition(True)
+                elif f.kind == "latency":
+                    p.state.latency_s = f.latency_ms / 1000
+                elif f.kind == "loss":
+                    p.state.loss = f.loss
+            on_before = {
+                v: self.fleet.count_on(v) for v in (self.sc.baseline.version, self.sc.candidate.version)
+            }
+            await asyncio.sleep(f.for_s)
+            for p in targets:
+                p.partition(False)
+                p.state.latency_s, p.state.loss = 0.0, 0.0
+            entry.update(
+                for_s=f.for_s,
+                connections_reset=sum(p.stats.reset - before[p.name] for p in targets),
+                devices_on_before=on_before,
+                devices_on_after={v: self.fleet.count_on(v) for v in on_before},
+            )
+            self.faults.append(entry)
+        self.faults_done = True
+
+    async def _sample(self, api: Client, mc: httpx.AsyncClient) -> None:
+        while True:
+            await self._sample_once(api, mc)
+            await asyncio.sleep(0.5)
+
+    async def _sample_once(self, api: Client, mc: httpx.AsyncClient) -> None:
+        with contextlib.suppress(Exception):
+            self.rollout = await asyncio.to_thread(api.rollout, self.rid)
+        buckets: dict[float, float] = {}
+        with contextlib.suppress(Exception):
+            text = (await mc.get("/metrics", headers={"Authorization": f"Bearer {self.token}"})).text
+            for fam in text_string_to_metric_families(text):
+                for s in fam.samples:
+                    if s.name.endswith("_bucket") and s.labels.get("route") == HEARTBEAT_ROUTE:
+                        le = float(s.labels["le"])
+                        buckets[le] = buckets.get(le, 0.0) + s.value
+        f = self.fleet
+        s = {
+            "t": round(time.monotonic() - self.t0, 2),
+            "versions": {v: f.count_on(v) for v in (self.sc.baseline.version, self.sc.candidate.version)},
+            "heartbeats": f.heartbeats,
+            "errors": f.http_errors,
+            "state": self.rollout.get("state"),
+            "wave": self.rollout.get("wave"),
+            "buckets": buckets,
+        }
+        self.samples.append(s)
+        if self.on_sample is not None:
+            self.on_sample(s, self)
+
+    def _result(self, met: bool, audit: list[dict[str, Any]]) -> dict[str, Any]:
+        sc, f = self.sc, self.fleet
+        ran_bad = len(f.ran(sc.candidate.version))
+        ev = self.rollout.get("evaluation") or {}
+        waves = [
+            {"at": a.get("at") or a.get("created_at"), "action": a["action"], **(a.get("details") or {})}
+            for a in audit
+            if a["action"].startswith("rollout.")
+        ]
+        return {
+            "scenario": sc.name,
+            "devices": sc.devices,
+            "reached_end": met,
+            "rollout": {
+                "id": self.rid,
+                "state": self.rollout.get("state"),
+                "first_wave": self.first_wave,
+                "failed_gates": ev.get("failed_gates"),
+                "events": waves,
+            },
+            "ever_ran_candidate": ran_bad,
+            "ever_ran_candidate_share": round(ran_bad / sc.devices, 4),
+            "final_versions": {v: f.count_on(v) for v in (sc.baseline.version, sc.candidate.version)},
+            "status_counts": dict(f.status_counts),
+            "heartbeats": f.heartbeats,
+            "faults": self.faults,
+            "proxies": {p.name: vars(p.stats) for p in self.proxies},
+            "samples": self.samples,
+            "seconds": round(time.monotonic() - self.t0, 2),
+        }
+
+
+def run_scenario(
+    sc: SimScenario,
+    *,
+    work: Path | None = None,
+    database_url: str | None = None,
+    seed: int = 0,
+    on_sample: Callable[[dict[str, Any], Any], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``sc`` against a control plane started here (SQLite in ``work``, or ``database_url``).
+
+    Returns the result (see :func:`edgefleet.sim._simreport.check`); ``work`` keeps the repository
+    between runs (training is skipped when it exists).
+    """
+    from edgefleet.server import ServerConfig, start_server
+
+    tmp = None
+    if work is None:
+        tmp = tempfile.TemporaryDirectory(prefix="edgefleet-sim-")
+        work = Path(tmp.name)
+    try:
+        versions = [sc.baseline.version, sc.candidate.version]
+        repo = build_repository(work, versions, [c.name for c in sc.classes], seed=seed)
+        server_dir = Path(tempfile.mkdtemp(prefix="server-", dir=work))
+        cfg = ServerConfig(
+            data_dir=server_dir,
+            repo_dir=repo,
+            keys_dir=server_dir / "nokeys",
+            engine_tick_s=0.2,
+            poll_interval_s=sc.poll_interval_s,
+            **({"database_url": database_url} if database_url else {}),
+        )
+        with start_server(cfg) as srv:
+            return asyncio.run(_Run(sc, srv.url, srv.admin_token, seed=seed, on_sample=on_sample).go())
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
