@@ -47,3 +47,20 @@ def sim_server(tmp_path, sim_repo):
     )
     with start_server(cfg) as srv:
         yield srv
+
+
+@pytest.fixture
+def pg_schema_url(postgres_url):
+    """A PostgreSQL URL whose search_path is a fresh schema of its own (dropped afterwards)."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    schema = "ef_sim_" + secrets.token_hex(4)
+    eng = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+    with eng.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    yield f"{postgres_url}?options=-csearch_path%3D{schema}"
+    with eng.begin() as c:
+        c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    eng.dispose()

@@ -99,3 +99,17 @@ def test_a_broken_scenario_is_a_clear_error(tmp_path):
         [sys.executable, "-m", "edgefleet.cli", "sim", str(bad)], capture_output=True, text=True
     )
     assert out.returncode == 1 and "Traceback" not in out.stderr and "not valid YAML" in out.stderr
+
+
+def test_server_killed_mid_rollout_and_the_replica_takes_over(work, pg_schema_url):
+    sc = load_scenario("server-failover")
+    result = run_scenario(sc, work=work, database_url=pg_schema_url)
+    failures = check(sc, result)
+    assert not failures, failures
+    kill = next(f for f in result["faults"] if f["kind"] == "kill_server")
+    assert kill["killed_pid"] and kill["heartbeats_after"] > kill["heartbeats_before"]
+
+
+def test_a_kill_scenario_without_postgresql_is_refused(work):
+    with pytest.raises(ConfigError, match="PostgreSQL"):
+        run_scenario(load_scenario("server-failover"), work=work)

@@ -42,10 +42,20 @@ class ProxyStats:
 
 
 class FaultProxy:
-    """Forward ``127.0.0.1:port`` to ``target_host:target_port`` through the current :class:`FaultState`."""
+    """Forward ``127.0.0.1:port`` to ``target_host:target_port`` through the current :class:`FaultState`;
+    when that server refuses the connection (killed), to the first of ``fallbacks`` that accepts it (a
+    load balancer in front of replicas)."""
 
-    def __init__(self, target_host: str, target_port: int, *, name: str = "proxy", seed: int = 0) -> None:
-        self.target = (target_host, target_port)
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        name: str = "proxy",
+        seed: int = 0,
+        fallbacks: list[tuple[str, int]] | None = None,
+    ) -> None:
+        self.targets = [(target_host, target_port), *(fallbacks or [])]
         self.name = name
         self.state = FaultState()
         self.stats = ProxyStats()
@@ -85,9 +95,13 @@ class FaultProxy:
             self.stats.count("partition" if st.partitioned else "loss")
             _reset(writer)
             return
-        try:
-            up_r, up_w = await asyncio.open_connection(*self.target)
-        except OSError:
+        for host, port in self.targets:
+            try:
+                up_r, up_w = await asyncio.open_connection(host, port)
+                break
+            except OSError:
+                continue
+        else:
             self.stats.count("server_unreachable")
             _reset(writer)
             return

@@ -47,7 +47,7 @@ class ReleaseSpec(_M):
 
 
 class Fault(_M):
-    kind: Literal["partition", "latency", "loss", "herd"]
+    kind: Literal["partition", "latency", "loss", "herd", "kill_server"]  # kill_server: kill -9
     at_s: float = Field(ge=0)  # seconds after the rollout starts
     for_s: float = Field(0.0, ge=0)
     region: str | None = None  # None: every region

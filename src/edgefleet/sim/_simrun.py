@@ -86,8 +86,20 @@ def _share_index(shares: list[float], i: int, n: int) -> int:
 
 
 class _Run:
-    def __init__(self, sc: SimScenario, url: str, admin_token: str, *, seed: int, on_sample: Callable | None):
+    def __init__(
+        self,
+        sc: SimScenario,
+        url: str,
+        admin_token: str,
+        *,
+        seed: int,
+        on_sample: Callable | None,
+        device_urls: list[str] | None = None,
+        kill: Callable[[], Any] | None = None,
+    ):
         self.sc, self.url, self.token, self.seed, self.on_sample = sc, url, admin_token, seed, on_sample
+        self.targets = [(httpx.URL(u).host, httpx.URL(u).port) for u in (device_urls or [url])]
+        self.kill = kill
         self.regions = list(sc.regions)
         self.samples: list[dict[str, Any]] = []
         self.faults: list[dict[str, Any]] = []
@@ -97,8 +109,10 @@ class _Run:
 
     async def go(self) -> dict[str, Any]:
         sc = self.sc
-        host, port = httpx.URL(self.url).host, httpx.URL(self.url).port
-        self.proxies = [await FaultProxy(host, port, name=r, seed=self.seed).start() for r in self.regions]
+        (host, port), rest = self.targets[0], self.targets[1:]
+        self.proxies = [
+            await FaultProxy(host, port, name=r, seed=self.seed, fallbacks=rest).start() for r in self.regions
+        ]
         region_of = [
             _share_index(list(sc.regions.values()), i, sc.devices) for i in range(sc.devices)
         ]  # fmt: skip
@@ -191,6 +205,13 @@ class _Run:
                 "region": f.region or "all",
                 "at_s": round(time.monotonic() - self.t0, 2),
             }
+            if f.kind == "kill_server":
+                pid = self.kill() if self.kill else None
+                entry.update(killed_pid=pid, heartbeats_before=self.fleet.heartbeats)
+                await asyncio.sleep(f.for_s)
+                entry["heartbeats_after"] = self.fleet.heartbeats  # answered by the replica
+                self.faults.append(entry)
+                continue
             if f.kind == "herd":
                 rng = random.Random(self.seed)
                 for d in self.fleet.devices:
@@ -292,13 +313,15 @@ def run_scenario(
     database_url: str | None = None,
     seed: int = 0,
     on_sample: Callable[[dict[str, Any], Any], None] | None = None,
+    server_process: bool = False,
 ) -> dict[str, Any]:
     """Run ``sc`` against a control plane started here (SQLite in ``work``, or ``database_url``).
 
     Returns the result (see :func:`edgefleet.sim._simreport.check`); ``work`` keeps the repository
-    between runs (training is skipped when it exists).
+    between runs (training is skipped when it exists). ``server_process`` runs the server as its own
+    ``uvicorn`` process (else a thread of this one, sharing its interpreter with the devices).
     """
-    from edgefleet.server import ServerConfig, start_server
+    from edgefleet.server import ServerConfig, start_server, start_server_process
 
     tmp = None
     if work is None:
@@ -314,10 +337,42 @@ def run_scenario(
             keys_dir=server_dir / "nokeys",
             engine_tick_s=0.2,
             poll_interval_s=sc.poll_interval_s,
-            **({"database_url": database_url} if database_url else {}),
+            db_url=database_url,
         )
-        with start_server(cfg) as srv:
+        if any(f.kind == "kill_server" for f in sc.faults):
+            return _with_replicas(sc, cfg, seed=seed, on_sample=on_sample)
+        start = start_server_process if server_process else start_server
+        with start(cfg) as srv:
             return asyncio.run(_Run(sc, srv.url, srv.admin_token, seed=seed, on_sample=on_sample).go())
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def _with_replicas(sc: SimScenario, cfg: Any, *, seed: int, on_sample: Callable | None) -> dict[str, Any]:
+    """Two server processes on one PostgreSQL database; devices reach the first through their region's
+    proxy (falling back to the second), the run's ``kill_server`` fault kills the first with SIGKILL."""
+    from edgefleet.errors import ConfigError
+    from edgefleet.server import start_server_process
+
+    if not str(cfg.database_url or "").startswith("postgresql"):
+        raise ConfigError(
+            f"scenario {sc.name} kills a server: it needs two replicas on one PostgreSQL database",
+            hint="give --db postgresql+psycopg://user@host/db",
+        )
+    with start_server_process(cfg) as primary, start_server_process(cfg) as replica:
+
+        def kill() -> int:
+            primary.process.kill()  # SIGKILL: no shutdown, connections reset mid-request
+            return primary.process.pid
+
+        run = _Run(
+            sc,
+            replica.url,
+            replica.admin_token,
+            seed=seed,
+            on_sample=on_sample,
+            device_urls=[primary.url, replica.url],
+            kill=kill,
+        )
+        return asyncio.run(run.go())
