@@ -95,6 +95,22 @@ def _print_report_table(report: Any) -> None:
         + (f" (inferred from: {report.task_reason})" if report.task_reason else ""),
         highlight=False,
     )
+    for p in report.providers:
+        if p.status != "measured":
+            console.print(f"[bold]{p.provider}:[/] not measured: {p.status}", highlight=False)
+            continue
+        best = next((f for f in p.variants if f.variant == p.best), None)
+        console.print(
+            f"[bold]{p.provider}:[/] {len(p.variants)} variants measured (onnxruntime {p.onnxruntime}); best within "
+            f"budget: {p.best or 'none'}" + (f", p50 {best.p50_ms:.3f} ms" if best and best.p50_ms else ""),
+            highlight=False,
+        )
+    if report.search:
+        console.print(
+            f"[bold]search:[/] {report.search['elapsed_s']:g} s of {report.search['time_budget_s']:g} s; "
+            f"skipped for time: {', '.join(report.search['skipped']) or 'none'}",
+            highlight=False,
+        )
     console.print(f"[bold]chosen:[/] {report.chosen or 'none'} — {report.reason}", highlight=False)
 
 
@@ -130,6 +146,13 @@ def register(app: typer.Typer) -> None:
         ),
         output: str | None = typer.Option(
             None, "--output", help="Model output to score (default: first float output)."
+        ),
+        providers: str | None = typer.Option(
+            None,
+            "--providers",
+            help="Execution providers to measure every variant on, e.g. cpu,openvino,cuda (default: the "
+            "profile's). One this onnxruntime lacks runs in the interpreter EDGEFLEET_OPTIMIZE_PROVIDER_PYTHONS "
+            "names, else is reported 'not available here'.",
         ),
         time_budget: float | None = typer.Option(
             None,
@@ -247,6 +270,7 @@ def register(app: typer.Typer) -> None:
                     progress=bars,
                     metric=metric,
                     time_budget_s=time_budget,
+                    providers=providers.split(",") if providers is not None else None,
                     notify=bars.log if live else _log_line,
                 )
         except BudgetNotMetError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,9 @@ class _FiniteOutputs:
         outs = self._session.run(names, feed, *args)
         for i, (name, arr) in enumerate(zip(names or self._names, outs, strict=False)):
             if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                self.nonfinite.add(name)
+                # minmax augments the graph with <tensor>_ReduceMin/_ReduceMax outputs; histograms with the
+                # tensors themselves
+                self.nonfinite.add(re.sub(r"_Reduce(Min|Max)$", "", name))
                 fin = arr[np.isfinite(arr)]
                 lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 0.0)
                 outs[i] = np.nan_to_num(arr, nan=0.0, posinf=hi, neginf=lo)

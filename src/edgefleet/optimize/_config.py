@@ -62,6 +62,15 @@ class OptimizeConfig(BaseSettings):
     interleave_round_s: float = Field(
         0.05, ge=0.0, description="least duration of one model's interleaved round"
     )
+    provider_runs: int = Field(50, ge=3, description="timed runs per variant on each execution provider")
+    provider_samples: int = Field(
+        64, ge=1, description="evaluation samples each provider's quality is judged on"
+    )
+    provider_pythons: dict[str, str] = Field(
+        default_factory=dict,
+        description="execution provider -> Python interpreter that has it, for providers this onnxruntime "
+        'lacks, e.g. {"openvino": "/opt/ov-venv/bin/python"} (JSON in EDGEFLEET_OPTIMIZE_PROVIDER_PYTHONS)',
+    )
     noise_floor: float = Field(
         0.05, ge=0.0, description="relative p50 difference always treated as noise (0.05 = 5 %)"
     )

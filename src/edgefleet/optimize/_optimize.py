@@ -28,10 +28,19 @@ from edgefleet.optimize._graph import analyze, target_runtime_issues
 from edgefleet.optimize._outputs import make_bundle, write_outputs, write_reports
 from edgefleet.optimize._preflight import preflight
 from edgefleet.optimize._prepare import prepare
+from edgefleet.optimize._providers import measure_providers, provider_names
 from edgefleet.optimize._quality import Task, check_labels, infer_task, measure_quality, run_dataset
 from edgefleet.optimize._report import OptimizeReport, PrepStepResult, QualityFigures, VariantResult
 from edgefleet.optimize._runner import OrtRunner, open_runner
-from edgefleet.optimize._search import Notify, Search, expected_order
+from edgefleet.optimize._search import (
+    EXCLUDABLE,
+    Notify,
+    Search,
+    clear_loss,
+    expected_order,
+    subset_drop,
+    subset_size,
+)
 from edgefleet.optimize._select import OBJECTIVES, select
 from edgefleet.optimize._spec import Budget, DeviceProfile, Variant, default_variant_names
 
@@ -133,6 +142,7 @@ def optimize(
     metric: str | None = None,
     time_budget_s: float | None = None,
     notify: Notify | None = None,
+    providers: Sequence[str] | None = None,
 ) -> OptimizeReport:
     """Build variants of ``model``, measure them on ``profile`` and pick one under the budget.
 
@@ -160,6 +170,10 @@ def optimize(
             each measured as soon as it is built, clear losers are dropped after a subset of the evaluation
             data, and the search stops with the best so far, reporting what it skipped.
         notify: called with one line per stage and variant (elapsed time first): progress for logs.
+        providers: execution providers to measure every working variant on (``cpu``, ``openvino``, ``cuda``,
+            ... or onnxruntime names); None: the profile's when it lists more than the CPU. Providers this
+            onnxruntime lacks run in the interpreter ``settings.provider_pythons`` names, else are reported
+            "not available here".
 
     Returns:
         The report; ``report.chosen`` names the winner.
@@ -170,6 +184,7 @@ def optimize(
         InputError / ModelLoadError / ConfigError / OptimizeError: bad inputs, with nothing written.
     """
     search = Search([], time_budget_s, notify=notify)
+    eps = provider_names(",".join(providers)) if providers is not None else None
     settings = settings or OptimizeConfig()
     if time_budget_s is not None and time_budget_s <= 0:
         raise ConfigError(
@@ -216,6 +231,7 @@ def optimize(
             progress,
             metric,
             search,
+            eps,
         )
         shutil.rmtree(work, ignore_errors=True)
         _finalize(tmp, out)
@@ -289,6 +305,7 @@ def _run(
     progress: Progress | None,
     metric: str | None,
     search: Search,
+    eps: list[str] | None,
 ) -> OptimizeReport:
     import onnx
 
@@ -393,7 +410,7 @@ def _run(
     base_quality = None
     feed = evald.samples[0]
     bench_settings = settings
-    subset = _subset_size(len(evald), search.timed)
+    subset = subset_size(len(evald), search.timed)
     deferred: list[tuple[Variant, VariantResult, Path]] = []  # exclusion rounds, run once the rest is done
 
     def evaluate(path: Path, data: Dataset = evald) -> dict[str, list[np.ndarray]]:
@@ -488,8 +505,8 @@ def _run(
         try:
             if v.kind != "fp32" and subset and task is not None and ref is not None:
                 # a subset first: a clear loser is not worth the rest of the evaluation or a benchmark
-                early = _subset_drop(task, ref, evaluate(built.path, evald.head(subset)), evald, subset)
-                if early is not None and early[0] - early[1].score > _clear_loss(budget.max_drop):
+                early = subset_drop(task, ref, evaluate(built.path, evald.head(subset)), evald, subset)
+                if early is not None and early[0] - early[1].score > clear_loss(budget.max_drop):
                     res.status = "skipped"
                     res.quality = QualityFigures(**early[1].__dict__)
                     res.drop = early[0] - early[1].score
@@ -498,7 +515,7 @@ def _run(
                         f"samples (max {budget.max_drop:g})"
                     )
                     search.say(f"{v.name}: {res.error}")
-                    if exclusion and v.kind in _EXCLUDABLE and settings.max_exclusion_rounds > 0:
+                    if exclusion and v.kind in EXCLUDABLE and settings.max_exclusion_rounds > 0:
                         deferred.append((v, res, built.path))
                     continue
             t_eval = time.perf_counter()
@@ -538,7 +555,7 @@ def _run(
         if (
             exclusion
             and res.drop > budget.max_drop
-            and v.kind in _EXCLUDABLE
+            and v.kind in EXCLUDABLE
             and settings.max_exclusion_rounds > 0
         ):
             if search.timed:
@@ -588,6 +605,13 @@ def _run(
     )
     report.variants = results
     report.reason = why
+    if eps is None and len(prof.execution_providers) > 1:
+        eps = list(prof.execution_providers)
+    if eps and task is not None:
+        search.say(f"measuring on {', '.join(eps)}")
+        report.providers = measure_providers(
+            eps, results, built_paths, evald, task, budget.max_drop, settings, say=search.say
+        )
     if search.timed:
         report.search = search.summary()
     write_outputs(report, chosen, built_paths, tmp, keep_variants, ".onnx")
@@ -649,46 +673,3 @@ def report_outputs(report: OptimizeReport):
     from edgefleet.optimize._runner import TensorInfo
 
     return [TensorInfo(o["name"], np.dtype(o["dtype"]), tuple(o["shape"]) or None) for o in report.outputs]
-
-
-_EXCLUDABLE = ("static-int8", "dynamic-int8", "int4")
-
-
-def _subset_size(n: int, timed: bool) -> int:
-    """Samples a candidate is judged on before the rest (0: no subset step). Only a timed search uses one,
-    and only where the evaluation set is at least four times larger."""
-    k = max(16, n // 8)
-    return k if timed and n >= 4 * k else 0
-
-
-def _clear_loss(max_drop: float) -> float:
-    """A drop on the subset beyond which the full evaluation could not plausibly bring it within budget."""
-    return max(3.0 * max_drop, max_drop + 5.0)
-
-
-def _head(outs: dict[str, list[np.ndarray]], n: int) -> dict[str, list[np.ndarray]]:
-    """The first ``n`` samples of per-call outputs (calls may be batched)."""
-    out = {}
-    for k, chunks in outs.items():
-        got, left = [], n
-        for c in chunks:
-            if left <= 0:
-                break
-            got.append(c[:left] if c.ndim and c.shape[0] > 1 else c)
-            left -= c.shape[0] if c.ndim and c.shape[0] > 1 else 1
-        out[k] = got
-    return out
-
-
-def _subset_drop(
-    task: Task, ref: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]], evald: Dataset, n: int
-) -> tuple[float, Any] | None:
-    """(fp32's score, the candidate's quality) on the first ``n`` samples; None where the outputs cannot be
-    lined up (then the candidate is simply evaluated in full)."""
-    labels = None if evald.labels is None else evald.labels[:n]
-    try:
-        head = _head(ref, n)
-        return measure_quality(task, head, head, labels).score, measure_quality(task, head, got, labels)
-    except Exception:  # noqa: BLE001 - the subset step is a shortcut, never a verdict of its own
-        log.info("subset evaluation could not be lined up", exc_info=True)
-        return None

@@ -11,7 +11,14 @@ from pydantic import BaseModel, Field
 from edgefleet.optimize._bench import BenchResult, Interleaved
 from edgefleet.optimize._spec import Budget, DeviceProfile, Variant
 
-__all__ = ["QualityFigures", "VariantResult", "PrepStepResult", "OptimizeReport"]
+__all__ = [
+    "QualityFigures",
+    "VariantResult",
+    "PrepStepResult",
+    "ProviderFigures",
+    "ProviderResult",
+    "OptimizeReport",
+]
 
 Outcome = Literal["chosen", "lost", "rejected", "failed", "skipped", "pending"]
 
@@ -77,6 +84,30 @@ class VariantResult(BaseModel):
         return self.bench.latency.p95_ms if self.bench else None
 
 
+class ProviderFigures(BaseModel):
+    """One variant on one execution provider."""
+
+    variant: str
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    init_ms: float | None = None
+    drop: float | None = Field(None, description="quality points lost against fp32 on the CPU provider")
+    ran_on: list[str] = Field(default_factory=list, description="providers the session really used")
+    error: str | None = None
+
+
+class ProviderResult(BaseModel):
+    """Every working variant measured on one execution provider (or why it was not)."""
+
+    provider: str
+    status: Literal["measured", "not available here"]
+    interpreter: str | None = Field(None, description="the Python that ran it, when not this one")
+    onnxruntime: str | None = None
+    note: str = ""
+    variants: list[ProviderFigures] = Field(default_factory=list)
+    best: str | None = Field(None, description="fastest variant within the quality budget on this provider")
+
+
 class PrepStepResult(BaseModel):
     name: str
     applied: bool
@@ -122,6 +153,9 @@ class OptimizeReport(BaseModel):
     reason: str = ""
     bundle: str | None = None
     runtime: dict[str, str] = Field(default_factory=dict)
+    providers: list[ProviderResult] = Field(
+        default_factory=list, description="variants measured per execution provider (--providers)"
+    )
     search: dict[str, Any] | None = Field(
         None, description="with a time budget: the budget, time taken, order tried and candidates skipped"
     )
@@ -258,9 +292,37 @@ class OptimizeReport(BaseModel):
             if extra:
                 lines.append(f"- **{v.name}**: " + "; ".join(extra))
         lines.append("")
+        if self.providers:
+            lines += self._provider_lines()
         if self.data_notes:
             lines += ["## Data", ""] + [f"- {n}" for n in self.data_notes] + [""]
         return "\n".join(lines)
+
+    def _provider_lines(self) -> list[str]:
+        lines = [
+            "## Execution providers",
+            "",
+            "Each working variant run by each provider (p50/p95 at batch 1, quality drop against fp32 on the "
+            "CPU provider); a provider that cannot run here is not measured, and nothing is estimated for it.",
+            "",
+            "| provider | variant | p50 ms | p95 ms | init ms | drop | ran on | note |",
+            "|---|---|---:|---:|---:|---:|---|---|",
+        ]
+        for p in self.providers:
+            if p.status != "measured":
+                lines.append(f"| {p.provider} | - | - | - | - | - | - | not measured: {p.status}; {p.note} |")
+                continue
+            where = f"onnxruntime {p.onnxruntime}" + (f" in {p.interpreter}" if p.interpreter else "")
+            for f in p.variants:
+                fmt = lambda x: f"{x:.3f}" if x is not None else "-"  # noqa: E731
+                note = f.error or ("best within budget" if f.variant == p.best else "")
+                lines.append(
+                    f"| {p.provider} | {f.variant} | {fmt(f.p50_ms)} | {fmt(f.p95_ms)} | "
+                    f"{f.init_ms:.0f} | {f.drop:+.2f} | {', '.join(f.ran_on)} | {note} ({where}) |"
+                    if f.error is None
+                    else f"| {p.provider} | {f.variant} | - | - | - | - | - | failed: {f.error} |"
+                )
+        return [*lines, ""]
 
     def plot(self, path: Path) -> Path:
         """PNG: p50 latency (x) against quality (y), marker area proportional to file size."""

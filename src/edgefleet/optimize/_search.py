@@ -9,16 +9,32 @@ and the ones it does not reach are reported as skipped, with the time that was l
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from edgefleet.optimize._config import OptimizeConfig
+from edgefleet.optimize._data import Dataset
 from edgefleet.optimize._graph import GraphFacts
+from edgefleet.optimize._quality import Task, measure_quality
 from edgefleet.optimize._report import VariantResult
 from edgefleet.optimize._spec import Variant
 
-__all__ = ["Search", "expected_order", "Notify"]
+__all__ = [
+    "EXCLUDABLE",
+    "Notify",
+    "Search",
+    "clear_loss",
+    "expected_order",
+    "subset_drop",
+    "subset_size",
+]
+
+log = logging.getLogger(__name__)
 
 Notify = Callable[[str], None]
 
@@ -150,3 +166,46 @@ class Search:
             "order": [v.name for v in self.candidates],
             "skipped": [r.name for r in self.skipped],
         }
+
+
+EXCLUDABLE = ("static-int8", "dynamic-int8", "int4")
+
+
+def subset_size(n: int, timed: bool) -> int:
+    """Samples a candidate is judged on before the rest (0: no subset step). Only a timed search uses one,
+    and only where the evaluation set is at least four times larger."""
+    k = max(16, n // 8)
+    return k if timed and n >= 4 * k else 0
+
+
+def clear_loss(max_drop: float) -> float:
+    """A drop on the subset beyond which the full evaluation could not plausibly bring it within budget."""
+    return max(3.0 * max_drop, max_drop + 5.0)
+
+
+def _head(outs: dict[str, list[np.ndarray]], n: int) -> dict[str, list[np.ndarray]]:
+    """The first ``n`` samples of per-call outputs (calls may be batched)."""
+    out = {}
+    for k, chunks in outs.items():
+        got, left = [], n
+        for c in chunks:
+            if left <= 0:
+                break
+            got.append(c[:left] if c.ndim and c.shape[0] > 1 else c)
+            left -= c.shape[0] if c.ndim and c.shape[0] > 1 else 1
+        out[k] = got
+    return out
+
+
+def subset_drop(
+    task: Task, ref: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]], evald: Dataset, n: int
+) -> tuple[float, Any] | None:
+    """(fp32's score, the candidate's quality) on the first ``n`` samples; None where the outputs cannot be
+    lined up (then the candidate is simply evaluated in full)."""
+    labels = None if evald.labels is None else evald.labels[:n]
+    try:
+        head = _head(ref, n)
+        return measure_quality(task, head, head, labels).score, measure_quality(task, head, got, labels)
+    except Exception:  # noqa: BLE001 - the subset step is a shortcut, never a verdict of its own
+        log.info("subset evaluation could not be lined up", exc_info=True)
+        return None
