@@ -181,7 +181,6 @@ def _fewer_blocks(teacher: Any, found: tuple[Any, str], width: float) -> Any:
     for p in path:
         parent = getattr(parent, p)
     setattr(parent, last, new)
-    enc = getattr(student, "num_layers", None)  # nn.TransformerEncoder keeps a layer count
-    if isinstance(enc, int):
-        student.num_layers = len(kept)
+    if isinstance(getattr(parent, "num_layers", None), int):  # nn.TransformerEncoder keeps a layer count
+        parent.num_layers = len(kept)
     return student
