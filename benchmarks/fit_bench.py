@@ -187,7 +187,7 @@ def main() -> None:
 
     from types import SimpleNamespace
 
-    from edgefleet.power._fit import predict_p50
+    from edgefleet.power._fit import fit_threads, predict_p50
 
     work = args.work or Path(tempfile.mkdtemp(prefix="fit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -210,14 +210,14 @@ def main() -> None:
         for shape in SHAPES:
             threads, _cpus, quota = SHAPES[shape]
             dev = run_child(shape, spec, work)
-            ref = here[threads]
             profile = SimpleNamespace(
                 cores=dev["cores"],
                 compute_score=dev["score"],
                 device={"cgroup": {"cpu_quota_cores": quota}} if quota else None,
             )
             for name in models:
-                pred = predict_p50(ref["p50_ms"][name], ref["score"], profile, threads, local_cores)
+                ref = here[fit_threads(threads, profile)]  # what `device fit` measures here
+                pred = predict_p50(ref["p50_ms"][name], ref["score"], profile)
                 r = rows.setdefault((shape, name), {"pred": [], "meas": [], "ratio": []})
                 r["pred"].append(pred)
                 r["meas"].append(dev["p50_ms"][name])

@@ -2,15 +2,14 @@
 
 The model is measured on this machine (p50 latency at the device's thread count, and the resident memory
 its session adds, in a fresh process); this machine's compute score is measured in the same run. The
-device's p50 is predicted as ``p50 here x score here / score there``, times the extra slowdown when the
-device has fewer cores than the threads asked for (a cgroup CPU quota is reported, see predict_p50). Memory is predicted as
+device's p50 is predicted as ``p50 here x score here / score there``, measured here at the
+device's threads capped at its cores (a cgroup CPU quota is reported, see predict_p50). Memory is predicted as
 measured: a session's RSS depends on the model and the runtime, not the clock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from edgefleet.errors import InputError
 
-__all__ = ["FitReport", "fit_model", "predict_p50", "usable_cores"]
+__all__ = ["FitReport", "fit_model", "fit_threads", "predict_p50", "usable_cores"]
 
 
 @dataclass
@@ -48,14 +47,18 @@ def usable_cores(cores: int, device: dict[str, Any] | None) -> float:
     return min(float(cores), float(quota)) if quota else float(cores)
 
 
-def predict_p50(p50_here_ms: float, score_here: float, profile: Any, threads: int, local_cores: int) -> float:
-    """The device's p50: ours x (our compute score / the device's) x (our cores / its, when it has fewer
-    than the threads asked for). A cgroup CPU quota is left out on purpose: CFS lets a process run at full
-    speed for its quota in every 100 ms period, so a request much shorter than that is not slowed at the
-    median (its throughput and tail are; the reasons say so)."""
-    cores_here = min(float(threads), float(local_cores))
-    cores_there = min(float(threads), float(profile.cores))
-    return p50_here_ms * score_here / profile.compute_score * max(1.0, cores_here / max(cores_there, 1e-3))
+def predict_p50(p50_here_ms: float, score_here: float, profile: Any) -> float:
+    """The device's p50 from ours, measured at the threads the device can run (``fit_threads``): ours x
+    (our compute score / the device's). A cgroup CPU quota is left out on purpose: CFS lets a process run at
+    full speed for its quota in every 100 ms period, so a request much shorter than that is not slowed at
+    the median (its throughput and tail are; the reasons say so)."""
+    return p50_here_ms * score_here / profile.compute_score
+
+
+def fit_threads(threads: int, profile: Any) -> int:
+    """Threads to measure with here: the device's threads, but no more than it has cores (more threads
+    than cores buys nothing on a small model: they share the cores)."""
+    return max(1, min(int(threads), int(profile.cores)))
 
 
 @contextlib.contextmanager
@@ -102,8 +105,8 @@ def _fit(
     from edgefleet.optimize import DeviceProfile, benchmark
     from edgefleet.power._profile import compute_score
 
-    local_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    here = DeviceProfile(name="here", cores=max(1, threads), execution_providers=["CPUExecutionProvider"])
+    measured_threads = fit_threads(threads, profile)
+    here = DeviceProfile(name="here", cores=measured_threads, execution_providers=["CPUExecutionProvider"])
     before = compute_score(threads=1, seconds=0.3)["score"]
     res = benchmark(model, here, runs=runs, warmup=10, batch_sizes=(1,), measure_memory=measure_memory)
     after = compute_score(threads=1, seconds=0.3)["score"]
@@ -126,13 +129,15 @@ def _fit(
         rep.reasons.append("the profile has no compute_score: run `edgefleet device probe` on the device")
     else:
         ratio = score_here / profile.compute_score
-        cores_here = min(float(threads), float(local_cores))
-        cores_there = min(float(threads), float(profile.cores))
-        rep.predicted_p50_ms = predict_p50(res.latency.p50_ms, score_here, profile, threads, local_cores)
+        rep.predicted_p50_ms = predict_p50(res.latency.p50_ms, score_here, profile)
         rep.reasons.append(
-            f"p50 {res.latency.p50_ms:.3f} ms here x {ratio:.2f} (compute score {score_here:.1f} here, "
-            f"{profile.compute_score:.1f} there)"
-            + (f" x {cores_here / cores_there:.2f} (fewer cores)" if cores_there < cores_here else "")
+            f"p50 {res.latency.p50_ms:.3f} ms here at {measured_threads} thread(s) x {ratio:.2f} (compute score "
+            f"{score_here:.1f} here, {profile.compute_score:.1f} there)"
+            + (
+                f"; {threads} threads on {profile.cores} core(s) run as {measured_threads}"
+                if measured_threads < threads
+                else ""
+            )
         )
         quota = usable_cores(profile.cores, profile.device)
         if quota < min(float(threads), float(profile.cores)):
