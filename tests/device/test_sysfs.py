@@ -7,7 +7,7 @@ import os
 import fakesys
 import pytest
 
-from edgefleet.power._state import SysfsSource
+from edgefleet.power._state import SysfsSource, open_state_source
 from edgefleet.power._sysfs import (
     own_cgroup_dir,
     read_cgroup,
@@ -112,6 +112,7 @@ def test_source_on_mains_and_metered_from_env(tmp_path, monkeypatch):
     assert s.power_source == "ac" and s.link == "unmetered"
     monkeypatch.delenv("EDGEFLEET_METERED")
     assert SysfsSource(tmp_path).read().link is None
+    assert open_state_source(f"sysfs:{tmp_path}", metered=True).read().link == "metered"
 
 
 def test_real_machine_reads_without_error():

@@ -32,8 +32,9 @@ class DevicePower(AgentCore):
     def _power_start(self) -> None:
         from edgefleet.power import DeviceGovernor, Policy, open_state_source
 
+        metered = True if self.config.metered else None  # AgentConfig.metered: the link is known metered
         self.power = DeviceGovernor(
-            open_state_source(self.config.device_state, speed=self.config.device_trace_speed)
+            open_state_source(self.config.device_state, speed=self.config.device_trace_speed, metered=metered)
         )
         self._power_policy_sha = None
         self._power_small = None

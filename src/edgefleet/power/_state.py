@@ -280,11 +280,12 @@ def _parse_csv(p: Path, text: str) -> list[Any]:
     return rows
 
 
-def open_state_source(spec: str, *, speed: float = 1.0) -> StateSource:
-    """``sysfs`` (this device, the default), ``sysfs:ROOT`` (a tree laid out like /) or ``scripted:TRACE``."""
+def open_state_source(spec: str, *, speed: float = 1.0, metered: bool | None = None) -> StateSource:
+    """``sysfs`` (this device, the default), ``sysfs:ROOT`` (a tree laid out like /) or ``scripted:TRACE``;
+    ``metered``: the link is known to be metered (True) or not (False), for sysfs sources."""
     kind, _, arg = spec.partition(":")
     if kind == "sysfs":
-        return SysfsSource(arg or "/")
+        return SysfsSource(arg or "/", metered=metered)
     if kind == "scripted" and arg:
         return ScriptedSource.from_file(arg, speed=speed)
     raise ConfigError(
