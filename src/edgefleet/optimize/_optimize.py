@@ -595,7 +595,7 @@ def _run(
         b = OrtRunner(base_path, threads=prof.cores, providers=prof.execution_providers)
         c = OrtRunner(built_paths[cand.name], threads=prof.cores, providers=prof.execution_providers)
         try:
-            return interleaved(b, c, feed, feed, settings)
+            return interleaved(b, c, feed, feed, bench_settings)
         finally:
             b.close()
             c.close()

@@ -152,6 +152,10 @@ class Search:
                 "runs": runs,
                 "warmup_runs": min(settings.warmup_runs, max(2, runs // 10)),
                 "throughput_batches": batches or (1,),
+                # the interleaved check plays up to 3x its rounds of both models: keep it within the share
+                "interleave_runs": int(
+                    min(settings.interleave_runs, max(3, share / (6 * settings.interleave_rounds * per_run)))
+                ),
                 "throughput_runs": int(
                     min(settings.throughput_runs, max(3, thr_samples / max(1, sum(batches or (1,)))))
                 ),
