@@ -60,6 +60,7 @@ def _run(tmp_path, model, calib, ev, settings, providers):
     )
 
 
+@pytest.mark.slow
 def test_cpu_measured_and_missing_providers_declared_not_measured(tmp_path, linear, fast):
     model, calib, ev = linear
     settings = fast.model_copy(
@@ -94,6 +95,7 @@ def test_an_interpreter_that_cannot_run_is_reported(tmp_path, linear, fast):
     assert ov.status == "not available here" and "cannot be asked" in ov.note and rep.chosen
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(OPENVINO_PYTHON).exists(), reason="no venv with onnxruntime-openvino here")
 def test_openvino_in_its_own_venv_measures_every_variant(tmp_path, linear, fast):
     model, calib, ev = linear
