@@ -3,6 +3,7 @@ bad inputs as one-line errors."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import fakesys
@@ -127,6 +128,43 @@ def test_fit_verdicts(tmp_path, digits_mlp):
         measure_memory=False,
     )
     assert "cgroup CPU quota 0.5 cores" in quota.reasons[1]
+
+
+def test_energy_per_inference(tmp_path, digits_mlp, monkeypatch):
+    score = compute_score(seconds=0.2)["score"]
+    est = fit_model(
+        digits_mlp,
+        _profile(tmp_path, compute_score=score, device={"cpu_watts": 4.0}),
+        runs=20,
+        measure_memory=False,
+    )
+    assert est.energy_method == "estimate" and est.energy_mj == pytest.approx(est.predicted_p50_ms * 4.0)
+    assert any("(estimate)" in r for r in est.reasons)
+    # RAPL where it exists: the probe reads the package counter around its micro-benchmark
+    import edgefleet.power._profile as prof
+
+    root = fakesys.laptop(tmp_path / "root")
+    ticks = itertools.chain([1_000_000], itertools.repeat(3_000_000))  # 2 J across the benchmark
+    real = prof.read_energy_counters
+
+    def counters(path):
+        out = real(path)
+        for c in out:
+            if c.zone == "intel-rapl:0":
+                c.energy_uj = next(ticks)
+        return out
+
+    monkeypatch.setattr(prof, "read_energy_counters", counters)
+    monkeypatch.setattr(prof, "compute_score", lambda threads=1, seconds=0.6: {"score": score})
+    p = probe_device(tmp_path, sys_root=root)
+    watts = p["device"]["compute"]["rapl_watts"]
+    assert watts > 0
+    rapl = fit_model(
+        digits_mlp, _profile(tmp_path, compute_score=score, device=p["device"]), runs=20, measure_memory=False
+    )
+    assert rapl.energy_method == "rapl" and rapl.energy_mj == pytest.approx(
+        rapl.predicted_p50_ms * watts, rel=1e-3
+    )
 
 
 def test_fit_cli(tmp_path, digits_mlp, cli):

@@ -36,6 +36,8 @@ class FitReport:
     score_device: float | None = None
     latency_budget_ms: float | None = None
     ram_limit_mb: float | None = None
+    energy_mj: float | None = None  # per inference on the device
+    energy_method: str | None = None  # "rapl" (package power measured by the probe) or "estimate"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -139,6 +141,7 @@ def _fit(
                 else ""
             )
         )
+        _energy(rep, profile)
         quota = usable_cores(profile.cores, profile.device)
         if quota < min(float(threads), float(profile.cores)):
             rep.reasons.append(
@@ -169,3 +172,23 @@ def _fit(
             "no latency or memory budget to judge against (set latency_budget_ms in the profile)"
         )
     return rep
+
+
+def _energy(rep: FitReport, profile: Any) -> None:
+    """Energy per inference: the predicted p50 x the package power RAPL measured during the device's probe,
+    else x ``device.cpu_watts`` (a per-profile power figure the operator writes: an estimate)."""
+    dev = profile.device or {}
+    rapl = (dev.get("compute") or {}).get("rapl_watts")
+    watts, method = (rapl, "rapl") if rapl else (dev.get("cpu_watts"), "estimate")
+    if not watts or rep.predicted_p50_ms is None:
+        return
+    rep.energy_mj = rep.predicted_p50_ms * float(watts)  # ms x W = mJ
+    rep.energy_method = method
+    what = (
+        "package power measured by RAPL during the probe"
+        if method == "rapl"
+        else "device.cpu_watts (estimate)"
+    )
+    rep.reasons.append(
+        f"energy {rep.energy_mj:.3f} mJ per inference: predicted p50 x {float(watts):g} W, {what}"
+    )

@@ -146,7 +146,14 @@ def probe_device(
     hw = probe(disk_path)
     root = Path(sys_root)
     cg = read_cgroup(own_cgroup_dir(root / "sys/fs/cgroup", root / "proc/self/cgroup"))
+    powercap = root / "sys/class/powercap"
+    before, t0 = _package_uj(powercap), time.perf_counter()
     score = compute_score(threads=threads) if measure else None
+    after, wall = _package_uj(powercap), time.perf_counter() - t0
+    if score is not None and before is not None and after is not None:
+        joules = sum(c.joules_since(before[c.zone].energy_uj) for c in after.values() if c.zone in before)
+        if joules > 0:  # RAPL measured the whole package while the micro-benchmark ran
+            score["rapl_watts"] = joules / wall
     version = hw.onnxruntime_version
     return {
         "name": name or platform.node() or "device",
@@ -169,6 +176,12 @@ def probe_device(
             "energy_counters": [asdict(c) for c in read_energy_counters(root / "sys/class/powercap")],
         },
     }
+
+
+def _package_uj(powercap: Path) -> dict[str, Any] | None:
+    """RAPL package counters (``intel-rapl:N``) by zone, or None where there are none or none readable."""
+    counters = {c.zone: c for c in read_energy_counters(powercap) if c.zone.count(":") == 1}
+    return counters or None
 
 
 def write_profile(profile: dict[str, Any], path: str | Path) -> Path:
