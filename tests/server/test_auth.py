@@ -47,6 +47,23 @@ ACCESS = {
     ("DELETE", "/v1/enrollment-tokens/{token_id}"): "admin",
     ("POST", "/v1/devices/{device_id}/revoke"): "admin",
     ("POST", "/v1/repository/refresh"): "admin",
+    # samples, ground truth and live accuracy (issue 13, server/_samples_api.py)
+    ("POST", "/v1/devices/{device_id}/samples"): "device",
+    ("GET", "/v1/devices/{device_id}/sample-policy"): "device",
+    ("POST", "/v1/devices/{device_id}/feedback"): "device",
+    ("POST", "/v1/feedback"): "deployer",
+    ("GET", "/v1/samples"): "viewer",
+    ("GET", "/v1/samples/stats"): "viewer",
+    ("GET", "/v1/samples/export"): "viewer",
+    ("POST", "/v1/samples/import-labels"): "deployer",
+    ("POST", "/v1/samples/labels"): "deployer",
+    ("GET", "/v1/samples/{request_id}"): "viewer",
+    ("GET", "/v1/samples/{request_id}/input"): "viewer",
+    ("DELETE", "/v1/devices/{device_id}/data"): "admin",
+    ("GET", "/v1/sample-policies"): "viewer",
+    ("PUT", "/v1/sample-policies/{name}"): "deployer",
+    ("DELETE", "/v1/sample-policies/{name}"): "deployer",
+    ("GET", "/v1/accuracy"): "viewer",
 }
 ROLES = ["viewer", "deployer", "admin"]
 DOC_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
@@ -77,6 +94,7 @@ def _fill(path: str, dev: str) -> str:
         .replace("{rollout_id}", "ro-none")
         .replace("{action}", "pause")
         .replace("{token_id}", "op-none")
+        .replace("{request_id}", "req-none")
     )
 
 

@@ -271,5 +271,7 @@ class Uplink(AgentCore):
             self._telemetry_sent_t = time.monotonic()
             sampling = getattr(self, "sampling", None)
             if sampling is not None:
+                # the client and identity the agent holds now (enrollment or a test may replace them)
+                sampling.director, sampling.device_id = self.director, self.creds.device_id
                 sampling.refresh_policy()
                 sampling.upload()

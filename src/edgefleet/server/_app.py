@@ -38,13 +38,14 @@ from edgefleet.server._blobs import BlobStore, FileBlobStore
 from edgefleet.server._config import ServerConfig
 from edgefleet.server._db import Database
 from edgefleet.server._devices import DeviceRegistry
-from edgefleet.server._director import DeviceCredential, DeviceService
+from edgefleet.server._director import DeviceService
 from edgefleet.server._fleet_api import install_fleet
 from edgefleet.server._heartbeat import heartbeat_endpoint, json_response
 from edgefleet.server._http import (
     ERRORS,
     Bearer,
     BodyLimit,
+    DeviceCred,
     authenticate,
     install_error_handlers,
     operator,
@@ -77,14 +78,6 @@ log = logging.getLogger(__name__)
 DeviceId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
-async def _device_credential(device_id: DeviceId, request: Request, cred: Bearer) -> DeviceCredential:
-    """The device's client certificate or bearer token, refused before the body is even validated when
-    neither is acceptable (``ServerConfig.device_auth``)."""
-    devices: DeviceService = request.app.state.ctx.devices
-    return devices.credential(device_id, cred.credentials if cred else None, peer_cert_der(request.scope))
-
-
-DeviceCred = Annotated[DeviceCredential, Depends(_device_credential)]
 Viewer = Annotated[Operator, Depends(operator(Role.viewer))]
 Deployer = Annotated[Operator, Depends(operator(Role.deployer))]
 Admin = Annotated[Operator, Depends(operator(Role.admin))]

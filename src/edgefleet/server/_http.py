@@ -74,6 +74,29 @@ def operator(role: Role, *, fleet: bool = False) -> Callable[..., Operator]:
     return dep
 
 
+async def _device_credential(device_id: str, request: Request, cred: Bearer) -> Any:
+    """The device's client certificate or bearer token, refused before the body is even validated when
+    neither is acceptable (``ServerConfig.device_auth``)."""
+    from edgefleet.tls import peer_cert_der
+
+    token = cred.credentials if cred else None
+    return request.app.state.ctx.devices.credential(device_id, token, peer_cert_der(request.scope))
+
+
+def _authenticated_device(device_id: str, request: Request, cred: DeviceCred) -> Any:
+    """The credential, checked against ``device_id``'s record (unrevoked, its own token or certificate)
+    before the body is validated: another device's token is refused with 403, never told what was wrong
+    with the body."""
+    request.app.state.ctx.devices.authenticate(device_id, cred)
+    return cred
+
+
+# ``device_id`` is the route's path parameter (each route declares its pattern); the credential is a
+# ``server._director.DeviceCredential``.
+DeviceCred = Annotated[Any, Depends(_device_credential)]
+AuthenticatedDevice = Annotated[Any, Depends(_authenticated_device)]
+
+
 def authenticate(db: Database, token: str, role: Role) -> Operator:
     """The operator ``token`` belongs to, refused unless it has at least ``role``."""
     with db.read() as s:

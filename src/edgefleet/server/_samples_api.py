@@ -24,14 +24,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Path, Query, Request
+from fastapi import Body, Depends, FastAPI, Path, Query
 from fastapi.responses import Response
 
 from edgefleet.server._accuracy import accuracy_report
 from edgefleet.server._auth import Operator, Role
-from edgefleet.server._director import DeviceCredential
 from edgefleet.server._feedback import FeedbackIn, LabelIn, LabelService, export_label_studio
-from edgefleet.server._http import DEVICE_ID_RE, ERRORS, Bearer, operator
+from edgefleet.server._http import DEVICE_ID_RE, ERRORS, AuthenticatedDevice, operator
 from edgefleet.server._samples import (
     REQUEST_ID_PATTERN,
     SamplePolicyIn,
@@ -42,25 +41,14 @@ from edgefleet.server._samples import (
 
 __all__ = ["install_samples"]
 
-Viewer = Annotated[Operator, Depends(operator(Role.viewer, fleet=True))]
-Deployer = Annotated[Operator, Depends(operator(Role.deployer, fleet=True))]
-Admin = Annotated[Operator, Depends(operator(Role.admin, fleet=True))]
+Viewer = Annotated[Operator, Depends(operator(Role.viewer))]
+Deployer = Annotated[Operator, Depends(operator(Role.deployer))]
+Admin = Annotated[Operator, Depends(operator(Role.admin))]
 RequestId = Annotated[str, Path(pattern=REQUEST_ID_PATTERN)]
 PolicyName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")]
 Text = Annotated[str | None, Query(max_length=160)]
 T = ["samples"]
 DeviceId = Annotated[str, Path(min_length=1, max_length=64, pattern=DEVICE_ID_RE.pattern)]
-
-
-async def _device_credential(device_id: DeviceId, request: Request, cred: Bearer) -> DeviceCredential:
-    """The device's client certificate or bearer token (the same check as the app's telemetry route)."""
-    from edgefleet.tls import peer_cert_der
-
-    token = cred.credentials if cred else None
-    return request.app.state.ctx.devices.credential(device_id, token, peer_cert_der(request.scope))
-
-
-DeviceCred = Annotated[DeviceCredential, Depends(_device_credential)]
 
 
 def install_samples(app: FastAPI, ctx: Any, config: SampleStoreConfig | None = None) -> SampleStore:
@@ -70,8 +58,7 @@ def install_samples(app: FastAPI, ctx: Any, config: SampleStoreConfig | None = N
     app.state.samples, app.state.labels = store, labels
 
     @app.post("/v1/devices/{device_id}/samples", tags=T, responses=ERRORS, summary="Upload sampled requests")
-    def upload(device_id: DeviceId, batch: SampleUpload, cred: DeviceCred) -> dict[str, int]:
-        ctx.devices.authenticate(device_id, cred)
+    def upload(device_id: DeviceId, batch: SampleUpload, cred: AuthenticatedDevice) -> dict[str, int]:
         return store.upload(device_id, batch)
 
     @app.get(
@@ -80,15 +67,13 @@ def install_samples(app: FastAPI, ctx: Any, config: SampleStoreConfig | None = N
         responses=ERRORS,
         summary="The device's sample policy",
     )
-    def device_policy(device_id: DeviceId, cred: DeviceCred) -> dict[str, Any]:
-        ctx.devices.authenticate(device_id, cred)
+    def device_policy(device_id: DeviceId, cred: AuthenticatedDevice) -> dict[str, Any]:
         return store.policy_for(device_id)
 
     @app.post(
         "/v1/devices/{device_id}/feedback", tags=T, responses=ERRORS, summary="Ground truth from a device"
     )
-    def device_feedback(device_id: DeviceId, body: FeedbackIn, cred: DeviceCred) -> dict[str, Any]:
-        ctx.devices.authenticate(device_id, cred)
+    def device_feedback(device_id: DeviceId, body: FeedbackIn, cred: AuthenticatedDevice) -> dict[str, Any]:
         return labels.feedback(body, source="device", actor=f"device:{device_id}", device_id=device_id)
 
     @app.post("/v1/feedback", tags=T, responses=ERRORS, summary="Ground truth from an application")

@@ -44,7 +44,9 @@ def build_repository(work: Path, versions: list[str], classes: list[str], *, see
     if (repo_dir / "metadata").is_dir():
         return repo_dir
     data = digits(seed=0)
-    repo = Repository.init(repo_dir, init_keys(repo_dir.with_suffix(".keys"), root_keys=1, root_threshold=1))
+    repo = Repository.init(
+        repo_dir, init_keys(work / (repo_dir.name + ".keys"), root_keys=1, root_threshold=1)
+    )
     for i, version in enumerate(versions):
         model = work / f"model-{version}.onnx"
         with warnings.catch_warnings():
