@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from edgefleet.errors import ConflictError, NotFoundError, RolloutError
 from edgefleet.protocol import GateThresholds
+from edgefleet.server._accuracy import accuracy_gate, labelled_counts
 from edgefleet.server._aggregate import Aggregate
 from edgefleet.server._audit import audit
 from edgefleet.server._db import Database
@@ -300,6 +301,17 @@ class RolloutEngine:
             ),
             *health_gates(new, ref, g, judged=enough_devices and enough_requests, same_minutes=same_minutes),
         ]
+        if g.min_labelled:  # live accuracy from labelled samples (issue 13)
+            key = f"{rel.row.name}@{version}"
+            gates.append(
+                accuracy_gate(
+                    labelled_counts(ctx.s, [d.id for d in installed], release=key),
+                    labelled_counts(ctx.s, [d.id for d in control_devices], not_release=key),
+                    min_labelled=g.min_labelled,
+                    margin=g.max_accuracy_drop,
+                    min_accuracy=g.min_accuracy,
+                )
+            )
         looks = self._latency_looks(ctx, r, g, gates)
 
         soak = r.soak_s[r.wave_index] if r.wave_index < len(r.soak_s) else r.soak_s[-1]

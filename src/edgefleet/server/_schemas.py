@@ -74,6 +74,21 @@ class RolloutGates(_In):
     )
     min_shadow_agreement: float = Field(0.9, ge=0, le=1, description="mean agreement of shadow runs")
     max_drift_increase: float = Field(0.2, ge=0, description="wave drift score minus control's")
+    min_labelled: int = Field(
+        0,
+        ge=0,
+        description="live accuracy gate (issue 13): labelled samples the wave needs before it is judged "
+        "(0: gate off); see server/_accuracy.accuracy_gate",
+    )
+    max_accuracy_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="non-inferiority margin: how much lower than control's live accuracy may be",
+    )
+    min_accuracy: float | None = Field(
+        None, ge=0, le=1, description="live accuracy floor when the control group has too few labels"
+    )
 
 
 class RolloutCreate(_In):
