@@ -32,7 +32,8 @@ DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 _ASSETS = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
 # The page loads only its own script and style, and talks only to this server.
 _CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' data:; "
+    "connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _ERRORS: dict[int | str, dict[str, Any]] = {

@@ -153,6 +153,120 @@
     return body;
   }
   const rangeQ = () => "range_s=" + state.range;
+  async function apiJson(path, method, body) {
+    const r = await fetch(path, { method, cache: "no-store", body: JSON.stringify(body),
+      headers: { Authorization: "Bearer " + state.token, Accept: "application/json", "Content-Type": "application/json" } });
+    let out = null;
+    try { out = await r.json(); } catch (e) { out = null; }
+    if (!r.ok) throw new ApiError(r.status, (out && out.message) || r.statusText || "request failed", out && out.hint);
+    return out;
+  }
+  async function dataUri(path) { // a sample's input as a data: URI (the page's CSP allows data: images and media)
+    const r = await fetch(path, { headers: { Authorization: "Bearer " + state.token }, cache: "no-store" });
+    if (!r.ok) throw new ApiError(r.status, "input not available");
+    const blob = await r.blob();
+    return await new Promise((ok, fail) => {
+      const fr = new FileReader();
+      fr.onload = () => ok(fr.result);
+      fr.onerror = () => fail(fr.error);
+      fr.readAsDataURL(blob);
+    });
+  }
+
+  // --- review queue (issue 13): unlabelled samples, lowest confidence first --------------------------
+  const rv = { focus: null, selected: new Set(), undo: [], items: [], busy: false };
+  const TYPED = { float32: [4, "getFloat32"], float64: [8, "getFloat64"], int32: [4, "getInt32"],
+    int64: [8, "getBigInt64"], uint8: [1, "getUint8"], int8: [1, "getInt8"] };
+  function valuesTable(values, cols) {
+    const rows = [];
+    for (let i = 0; i < values.length; i += cols) rows.push(values.slice(i, i + cols).map((v) => fmt(Number(v), 3)));
+    return h("table", { class: "values" }, h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c) => h("td", {}, c))))));
+  }
+  async function fillInput(box, x) {
+    const id = encodeURIComponent(x.request_id);
+    try {
+      if (x.has_input && x.input_kind === "image") {
+        box.replaceChildren(h("img", { alt: `input of ${x.request_id}`, src: await dataUri(`/v1/samples/${id}/input`) }));
+      } else if (x.has_input && x.input_kind === "audio") {
+        box.replaceChildren(h("audio", { controls: true, src: await dataUri(`/v1/samples/${id}/input`) }));
+      } else {
+        const full = await api(`/v1/samples/${id}`);
+        const meta = full.meta || {};
+        const im = meta.input_meta;
+        let values = null;
+        if (x.has_input && im && TYPED[im.dtype]) {
+          const buf = await (await fetch(`/v1/samples/${id}/input`, { headers: { Authorization: "Bearer " + state.token } })).arrayBuffer();
+          const [size, get] = TYPED[im.dtype];
+          const dv = new DataView(buf);
+          values = [];
+          for (let o = 0; o + size <= buf.byteLength && values.length < 1024; o += size) values.push(dv[get](o, true));
+        } else if (meta.features && meta.features.length) values = meta.features;
+        const shape = im && im.shape;
+        const cols = shape && shape.length ? Math.min(16, Number(shape[shape.length - 1]) === 64 ? 8 : Number(shape[shape.length - 1])) : 8;
+        box.replaceChildren(values ? valuesTable(values, cols || 8)
+          : h("div", { class: "muted" }, `input not kept (privacy ${x.privacy})`));
+      }
+    } catch (e) { box.replaceChildren(h("div", { class: "muted" }, e.message || String(e))); }
+  }
+  function markFocus() {
+    for (const el of document.querySelectorAll(".sample")) {
+      el.classList.toggle("focused", el.dataset.id === rv.focus);
+      el.classList.toggle("selected", rv.selected.has(el.dataset.id));
+      const cb = el.querySelector("input[type=checkbox]");
+      if (cb) cb.checked = rv.selected.has(el.dataset.id);
+    }
+    const f = document.querySelector(".sample.focused");
+    if (f && f.scrollIntoView) f.scrollIntoView({ block: "nearest" });
+  }
+  async function applyLabel(ids, label) {
+    if (!ids.length || rv.busy) return;
+    rv.busy = true;
+    try {
+      await apiJson("/v1/samples/labels", "POST", { request_ids: ids, label });
+      rv.undo.push(ids);
+      for (const id of ids) rv.selected.delete(id);
+      const i = rv.items.findIndex((x) => x.request_id === rv.focus);
+      const next = rv.items.slice(i + 1).find((x) => !ids.includes(x.request_id));
+      rv.focus = next ? next.request_id : null;
+      document.getElementById("review-status").textContent = `labelled ${ids.length} as ${label}`;
+    } catch (e) { alert(`${e.message}${e.hint ? "\n" + e.hint : ""}`); }
+    finally { rv.busy = false; }
+    await render();
+  }
+  async function undoLabel() {
+    const ids = rv.undo.pop();
+    if (!ids || rv.busy) return;
+    rv.busy = true;
+    try {
+      await apiJson("/v1/samples/labels", "POST", { request_ids: ids, label: null });
+      rv.focus = ids[0];
+    } catch (e) { alert(e.message); } finally { rv.busy = false; }
+    await render();
+    const st = document.getElementById("review-status");
+    if (st) st.textContent = `undone: ${ids.length} back in the queue`;
+  }
+  function typedLabel() { const el = document.getElementById("review-label"); return el ? el.value.trim() : ""; }
+  function targets() { return rv.selected.size ? [...rv.selected] : (rv.focus ? [rv.focus] : []); }
+  function reviewKey(ev) {
+    if (state.page !== "review" || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const inBox = ev.target && ev.target.id === "review-label";
+    if (inBox) {
+      if (ev.key === "Enter" && typedLabel()) { ev.preventDefault(); applyLabel(targets(), typedLabel()); }
+      if (ev.key === "Escape") ev.target.blur();
+      return;
+    }
+    const i = rv.items.findIndex((x) => x.request_id === rv.focus);
+    const move = (d) => { const n = rv.items[Math.max(0, Math.min(rv.items.length - 1, i + d))]; if (n) rv.focus = n.request_id; markFocus(); };
+    const cur = rv.items[i];
+    if (ev.key === "j" || ev.key === "ArrowDown") move(1);
+    else if (ev.key === "k" || ev.key === "ArrowUp") move(-1);
+    else if (ev.key === "x" && cur) { rv.selected.has(cur.request_id) ? rv.selected.delete(cur.request_id) : rv.selected.add(cur.request_id); markFocus(); }
+    else if (ev.key === "Enter" && cur && cur.predicted !== null) applyLabel(targets(), cur.predicted);
+    else if (ev.key === "l") { const el = document.getElementById("review-label"); if (el) el.focus(); }
+    else if (ev.key === "u") undoLabel();
+    else return;
+    ev.preventDefault();
+  }
 
   // --- pages ----------------------------------------------------------------------------------------
   const pages = {
@@ -287,6 +401,53 @@
       ];
     },
 
+    async review() {
+      const [items, stats, acc] = await Promise.all([api("/v1/samples?labelled=false&limit=60"),
+        api("/v1/samples/stats"), api("/v1/accuracy?by=release,region")]);
+      items.sort((a, b) => (a.confidence === null ? 2 : a.confidence) - (b.confidence === null ? 2 : b.confidence));
+      rv.items = items;
+      if (!items.some((x) => x.request_id === rv.focus)) rv.focus = items.length ? items[0].request_id : null;
+      for (const id of [...rv.selected]) if (!items.some((x) => x.request_id === id)) rv.selected.delete(id);
+      const list = h("div", { class: "review-list" }, items.map((x) => {
+        const box = h("div", { class: "input" }, "loading…");
+        fillInput(box, x);
+        return h("div", { class: "sample", "data-id": x.request_id, onclick: (ev) => {
+            if (ev.target.tagName === "BUTTON" || ev.target.tagName === "INPUT" || ev.target.tagName === "AUDIO") return;
+            rv.focus = x.request_id; markFocus(); } },
+          h("input", { type: "checkbox", "aria-label": `select ${x.request_id}`, onchange: (ev) => {
+            ev.target.checked ? rv.selected.add(x.request_id) : rv.selected.delete(x.request_id); markFocus(); } }),
+          box,
+          h("div", { class: "answer" },
+            h("div", {}, "model: ", h("b", { class: "predicted" }, x.predicted === null ? "–" : x.predicted), " · ", pct(x.confidence)),
+            h("div", { class: "muted" }, pill(x.reason.replace("_", " "), x.reason), " ", x.release, " · ", x.device_id,
+              x.region ? " · " + x.region : "", " · ", ago(x.received_at)),
+            h("code", { class: "muted" }, x.request_id)),
+          h("span", { class: "actions" }, h("button", { type: "button", onclick: () => applyLabel([x.request_id], x.predicted) },
+            "Model is right")));
+      }));
+      const accRows = acc.map((a) => [a.release, a.region || "–", fmt(a.labelled), pct(a.accuracy),
+        `${pct(a.accuracy_ci[0])} – ${pct(a.accuracy_ci[1])}`, a.ece === null ? "–" : fmt(a.ece, 3),
+        Object.entries(a.classes).map(([c, v]) => `${c}: P ${pct(v.precision)} R ${pct(v.recall)}`).join("; ")]);
+      setTimeout(markFocus, 0);
+      return [
+        h("h1", {}, "Review queue"),
+        h("p", { class: "muted" }, `${fmt(stats.samples)} samples from devices, ${fmt(stats.labelled)} labelled, ` +
+          `${fmt(stats.low_confidence)} kept for low confidence. Keys: j/k move, Enter = the model is right, ` +
+          "l = type a label (Enter applies it), x = select (labels apply to the selection), u = undo."),
+        card("Live accuracy from labelled samples (Wilson 95% interval, calibration error)", acc.length
+          ? table(["release", "region", "labelled", "accuracy", "95% CI", "ECE", "per class"], accRows, { num: [2, 3, 5], cls: "accuracy" })
+          : empty("no labelled samples yet")),
+        card(`Unlabelled samples (${items.length})`,
+          h("div", { class: "toolbar" },
+            h("input", { id: "review-label", type: "text", placeholder: "label", "aria-label": "label", autocomplete: "off" }),
+            h("button", { type: "button", id: "review-apply", onclick: () => typedLabel() && applyLabel(targets(), typedLabel()) },
+              "Label selected / focused"),
+            h("button", { type: "button", id: "review-undo", onclick: undoLabel }, "Undo"),
+            h("span", { id: "review-status", class: "muted", "aria-live": "polite" })),
+          items.length ? list : empty("nothing to review: devices sample when a sample policy enables it")),
+      ];
+    },
+
     async events() {
       const [alerts, reqs, evs] = await Promise.all([api("/v1/fleet/alerts?state=open"),
         api("/v1/fleet/retrain-requests?limit=20"), api("/v1/fleet/events?limit=60")]);
@@ -383,6 +544,7 @@
       state.token = null;
       showLogin("signed out");
     });
+    document.addEventListener("keydown", reviewKey);
     window.addEventListener("hashchange", () => { state.page = location.hash.slice(1) || "overview"; render(); });
     state.page = location.hash.slice(1) || "overview";
     if (!state.token) { showLogin(""); return; }
