@@ -52,7 +52,7 @@ def test_recipe_distills_prunes_quantizes_and_reports_every_stage(files, capsys,
     d = files
     out = d / "out"
     code, stdout, err = _optimize(
-        capsys, monkeypatch, d / "model.pt", "--student", "width0.75", "--prune", "0.5", "--train",
+        capsys, monkeypatch, d / "model.pt", "--student", "width0.75", "--prune", "0.5", "--prune-importance", "taylor", "--train",
         d / "train.npz", "--calib", d / "calib.npz", "--eval", d / "eval.npz", "-o", out, "--epochs", "2",
         "--variants", "fp32,dynamic-int8", "--qat", "on", "--no-memory", "--profile", d / "p.yaml",
         "--max-drop", "100",
@@ -61,7 +61,7 @@ def test_recipe_distills_prunes_quantizes_and_reports_every_stage(files, capsys,
     assert "distill width0.75: 2/2" in err and "prune step 1 fine-tune: 2/2" in err  # plain progress lines
     rec = json.loads((out / "recipe.json").read_text())
     names = [s["stage"] for s in rec["stages"]]
-    assert names == ["teacher", "student width0.75 (distilled)", "pruned 50% (magnitude)", "QAT int8 (QDQ)"]
+    assert names == ["teacher", "student width0.75 (distilled)", "pruned 50% (taylor)", "QAT int8 (QDQ)"]
     teacher, student, pruned, qat = rec["stages"]
     assert student["params"] < teacher["params"] and pruned["params"] < student["params"] * 0.5
     assert pruned["macs"] < student["macs"] and qat["macs"] == pruned["macs"]
@@ -84,6 +84,8 @@ def test_recipe_refuses_what_it_cannot_do(files, capsys, monkeypatch):
         ([onnx_model, "--student", "auto"], "need a torch model (.pt)"),
         ([d / "model.pt", "--train", d / "train.npz", "--student", "tiny"], "not understood"),
         ([d / "model.pt", "--train", d / "train.npz", "--qat", "sometimes"], "qat mode"),
+        ([d / "model.pt", "--train", d / "train.npz", "--prune", "1.5"], "between 0 and 1"),
+        ([d / "model.pt", "--train", d / "train.npz", "--prune-importance", "lottery"], "--prune-importance"),
     ]
     for args, msg in cases:
         out = d / "never"

@@ -213,6 +213,15 @@ def register(app: typer.Typer) -> None:
             "auto", "--qat", help="Torch recipe: auto (when PTQ int8 misses) | on | off."
         ),
         epochs: int = typer.Option(20, "--epochs", help="Torch recipe: distillation epochs."),
+        prune_importance: str = typer.Option(
+            "magnitude", "--prune-importance", help="Torch recipe: magnitude | taylor channel importance."
+        ),
+        prune_global: bool = typer.Option(
+            False, "--prune-global", help="Torch recipe: channels compete across layers (one global ratio)."
+        ),
+        prune_steps: int = typer.Option(
+            1, "--prune-steps", help="Torch recipe: iterative prune -> fine-tune steps."
+        ),
     ) -> None:
         """Build every sensible variant, measure it on the device profile, and choose one under the budget.
         A torch model (.pt) first runs the recipe: --student distillation, --prune structured pruning, QAT."""
@@ -221,7 +230,8 @@ def register(app: typer.Typer) -> None:
 
         recipe = torch_recipe(
             model, teacher=teacher, student=student, prune=prune, train=train, unlabeled=unlabeled, qat=qat,
-            epochs=epochs, as_json=as_json,
+            epochs=epochs, as_json=as_json, prune_importance=prune_importance, prune_global=prune_global,
+            prune_steps=prune_steps,
         )  # fmt: skip
 
         overrides: dict[str, Any] = {}

@@ -24,6 +24,9 @@ def torch_recipe(
     qat: str,
     epochs: int,
     as_json: bool,
+    prune_importance: str = "magnitude",
+    prune_global: bool = False,
+    prune_steps: int = 1,
 ) -> Callable[..., Any] | None:
     """None when the command is a plain ONNX/.tflite optimize; else a drop-in for ``optimize()`` that runs
     the recipe, prints its stage table and returns the optimizer's report."""
@@ -47,6 +50,16 @@ def torch_recipe(
         parse_student(student)
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs} must be >= 1", hint="e.g. --epochs 20")
+    from edgefleet.optimize._prune import IMPORTANCES
+
+    if prune_importance not in IMPORTANCES:
+        raise ConfigError(
+            f"--prune-importance {prune_importance!r} is unknown", hint=f"use one of {', '.join(IMPORTANCES)}"
+        )
+    if prune is not None and not 0 < prune < 1:
+        raise ConfigError(
+            f"--prune {prune:g} must be between 0 and 1", hint="the share of channels, e.g. 0.5"
+        )
 
     def run(_model: Any, **kw: Any) -> Any:
         from edgefleet.optimize._torch_recipe import optimize_torch
@@ -67,6 +80,9 @@ def torch_recipe(
                 teacher=teacher,
                 student=student,
                 prune=prune,
+                prune_importance=prune_importance,
+                prune_global=prune_global,
+                prune_steps=prune_steps,
                 train=train,
                 unlabeled=unlabeled,
                 qat_mode=qat,
