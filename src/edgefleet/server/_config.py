@@ -59,6 +59,11 @@ class ServerConfig(BaseSettings):
 
     poll_interval_s: float = Field(60.0, gt=0, description="how often devices should send a heartbeat")
     poll_jitter: float = Field(0.1, ge=0, lt=1, description="+/- fraction of jitter added to the advice")
+    heartbeat_batch_max: int = Field(
+        256,
+        ge=0,
+        description="PostgreSQL: most heartbeats written in one pipelined round trip (0: each on its own)",
+    )
     stale_after_s: float = Field(180.0, gt=0, description="a device not seen for this long is 'stale'")
     offline_after_s: float = Field(600.0, gt=0, description="a device not seen for this long is 'offline'")
 

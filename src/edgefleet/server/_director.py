@@ -104,7 +104,8 @@ class DeviceService:
         self._rng = random.Random()
         self._window_cls = _telemetry_window_class()
         self._beats = HeartbeatWriter(db)
-        self._batcher = HeartbeatBatcher(self._beats) if db.dialect == "postgresql" else None
+        batch = config.heartbeat_batch_max if db.dialect == "postgresql" else 0
+        self._batcher = HeartbeatBatcher(self._beats, max_batch=batch) if batch else None
         self.identity = identity or ServerIdentity(config)
 
     # --- enrollment ----------------------------------------------------------------------------
