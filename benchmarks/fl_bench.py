@@ -5,7 +5,8 @@ and one SuperNode process per device, training edgefleet's numpy softmax head on
 alpha=0.5 over labels) split of scikit-learn's digits; accuracy is on 400 held-out samples the server keeps.
 
 - FedAvg (the default) vs FedProx vs centralized training on the pooled device data;
-- round time with 0 %, 20 % and 50 % stragglers (a straggler holds its reply 3x the deadline);
+- round time with 0 %, 20 % and 50 % stragglers (a straggler holds its reply 3x the deadline), two
+  rounds each: the first pays the cold start (Flower installs the App, first ClientApp processes);
 - payload bytes per device per round, down and up;
 - accuracy at DP ε = 1, 3, 8 (δ = 1e-5): the noise multiplier that spends exactly that ε over the job's
   rounds, found with Flower's RDP accountant.
@@ -13,7 +14,7 @@ alpha=0.5 over labels) split of scikit-learn's digits; accuracy is on 400 held-o
 One run per configuration (each is a minute or more of real processes on a shared 2-core machine), so no
 spreads: read the round times as single observations.
 
-    python benchmarks/fl_bench.py [--rounds 4] [--devices 5] [--straggler-devices 10] [--deadline 20]
+    python benchmarks/fl_bench.py [--rounds 4] [--devices 5] [--straggler-devices 10] [--deadline 45]
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -111,9 +114,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--devices", type=int, default=5)
     ap.add_argument("--straggler-devices", type=int, default=10)
-    ap.add_argument("--deadline", type=float, default=20.0)
+    ap.add_argument("--deadline", type=float, default=45.0)
     ap.add_argument("--only", choices=["accuracy", "stragglers", "dp"], action="append")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the Flower processes on the way out
     parts = set(args.only or ["accuracy", "stragglers", "dp"])
     common = {"local_epochs": 2, "learning_rate": 0.5, "clients_per_round": args.devices, "min_clients": 1}
     out: dict[str, Any] = {"config": vars(args), "runs": []}
@@ -132,7 +136,7 @@ def main() -> None:
             for share in (0.0, 0.2, 0.5):
                 spec = JobSpec(
                     job_id=f"stragglers-{int(share * 100)}",
-                    rounds=1,
+                    rounds=2,
                     round_deadline_s=args.deadline,
                     **{**common, "clients_per_round": n},
                 )

@@ -74,6 +74,15 @@ def test_cli_job_over_five_devices_improves_the_base_model_and_writes_it_back(tm
         for node in nodes:
             node.stop()
     assert start.returncode == 0, stderr[-2000:]
+    # `fl join` stopped its SuperNode when it was told to stop (SIGTERM): no Flower process of the job is left
+    import psutil
+
+    left = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if f"127.0.0.1:{port}" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not left, [p.info["cmdline"] for p in left]
     result = json.loads(stdout)
     rounds = _rounds(result["events"])
     assert [r["round"] for r in rounds] == [1, 2, 3]

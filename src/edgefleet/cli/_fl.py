@@ -8,6 +8,7 @@ into the base model with the job's lineage.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -223,6 +224,10 @@ def start(
     emit(result, json_out)
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 @fl_app.command("join")
 def join(
     superlink: Annotated[str, typer.Argument(help="The job's SuperLink, host:port.")],
@@ -244,6 +249,7 @@ def join(
     policy = TrainingPolicy(min_battery_percent=min_battery, allow_metered=allow_metered)
     node = SuperNode(superlink, data_dir, work_dir)
     end = time.monotonic() + parse_duration(duration, positive=True)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the SuperNode (own session) is stopped too
     try:
         while time.monotonic() < end:
             ok, why = policy.allows(source.read())
