@@ -63,6 +63,7 @@ def _log_line(line: str) -> None:
 def _print_report_table(report: Any) -> None:
     from rich.table import Table
 
+    report.fill_energy()
     t = Table(
         title=f"variants ({report.objective}, max drop {report.budget.max_drop:g} {report.metric} points)"
     )
@@ -75,6 +76,7 @@ def _print_report_table(report: Any) -> None:
         ("p95_ms", "p95 ms", "right"),
         ("speedup", "speed-up", "right"),
         ("rss_mb", "RSS MB", "right"),
+        ("energy_mj", report.energy_header, "right"),
         ("quality", report.metric, "right"),
         ("drop", "drop", "right"),
         ("short", "why", "left"),

@@ -104,8 +104,20 @@ def torch_recipe(
 def print_stages(rep: Any) -> None:
     from rich.table import Table
 
+    from edgefleet.optimize._torch_recipe import energy_cell
+
     t = Table(title="torch recipe: every stage, exported and measured")
-    for col in ("stage", "params", "MACs", "size KB", "p50 ms", "p95 ms", "score", "notes"):
+    for col in (
+        "stage",
+        "params",
+        "MACs",
+        "size KB",
+        "p50 ms",
+        "p95 ms",
+        rep.energy_header,
+        "score",
+        "notes",
+    ):
         t.add_column(col, justify="left" if col in ("stage", "notes") else "right", overflow="fold")
     for s in rep.stages:
         t.add_row(
@@ -115,6 +127,7 @@ def print_stages(rep: Any) -> None:
             f"{(s.size_bytes or 0) / 1024:.1f}",
             f"{s.p50_ms or 0:.4f}",
             f"{s.p95_ms or 0:.4f}",
+            energy_cell(s),
             f"{s.score_name} {s.score or 0:.4f}",
             "; ".join(s.notes),
         )

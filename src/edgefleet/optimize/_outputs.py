@@ -48,6 +48,7 @@ def write_outputs(
 
 
 def write_reports(report: OptimizeReport, tmp: Path) -> None:
+    report.fill_energy()
     (tmp / "report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
     (tmp / "report.md").write_text(report.to_markdown(), encoding="utf-8")
     try:

@@ -34,6 +34,8 @@ class StageResult:
     p50_ms: float | None = None
     p95_ms: float | None = None
     notes: list[str] = field(default_factory=list)
+    energy_mj: float | None = None  # p50 x the profile's power figure (power.energy_per_inference)
+    energy_method: str | None = None  # "rapl" or "estimate"; None: the profile has no power figure
 
 
 @dataclass
@@ -171,8 +173,13 @@ def measure_stage(
         measure_memory=False,
         settings=settings,
     )
+    from edgefleet.power._fit import energy_per_inference
+
+    energy = energy_per_inference(b.latency.p50_ms, profile)
     return StageResult(
         stage=stage,
+        energy_mj=energy[0] if energy else None,
+        energy_method=energy[1] if energy else None,
         params=params,
         macs=macs,
         score=score,

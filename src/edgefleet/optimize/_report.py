@@ -72,6 +72,9 @@ class VariantResult(BaseModel):
     target_issues: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     build_s: float | None = None
+    energy_mj: float | None = Field(
+        None, description="p50 x the profile's power figure (see OptimizeReport.energy); None without one"
+    )
     outcome: Outcome = "pending"
     reason: str = ""
 
@@ -159,6 +162,11 @@ class OptimizeReport(BaseModel):
     search: dict[str, Any] | None = Field(
         None, description="with a time budget: the budget, time taken, order tried and candidates skipped"
     )
+    energy: dict[str, Any] | None = Field(
+        None,
+        description="energy per inference: method (rapl: package power measured by `device probe`; "
+        "estimate: the profile's device.cpu_watts), watts; None when the profile has no power figure",
+    )
 
     def variant(self, name: str) -> VariantResult:
         for v in self.variants:
@@ -170,9 +178,28 @@ class OptimizeReport(BaseModel):
     def chosen_result(self) -> VariantResult | None:
         return self.variant(self.chosen) if self.chosen else None
 
+    def fill_energy(self) -> None:
+        """Energy per inference of every measured variant: its p50 x the profile's power figure
+        (``power.energy_per_inference``, the formula ``device fit`` uses). Idempotent."""
+        from edgefleet.power._fit import energy_per_inference
+
+        self.energy = None
+        for v in self.variants:
+            e = energy_per_inference(v.p50, self.profile)
+            v.energy_mj = e[0] if e else None
+            if e:
+                self.energy = {"method": e[1], "watts": e[2], "basis": "p50 at batch 1 x watts"}
+
+    @property
+    def energy_header(self) -> str:
+        """The energy column's title: ``energy mJ (est.)`` for an estimate, ``(RAPL)`` when measured."""
+        m = (self.energy or {}).get("method")
+        return "energy mJ (RAPL)" if m == "rapl" else "energy mJ (est.)"
+
     # --- rendering -------------------------------------------------------------------------------
     def table_rows(self) -> list[dict[str, str]]:
         """One row of display strings per variant (shared by Markdown and the CLI table)."""
+        self.fill_energy()
         rows = []
         for v in self.variants:
             q = v.quality
@@ -194,6 +221,7 @@ class OptimizeReport(BaseModel):
                     "rss_mb": f"{v.bench.peak_rss_mb:.1f}"
                     if v.bench and v.bench.peak_rss_mb is not None
                     else "-",
+                    "energy_mj": f"{v.energy_mj:.3f}" if v.energy_mj is not None else "\u2014",
                     "quality": f"{q.score:.2f}" if q else "-",
                     "drop": f"{v.drop:+.2f}" if v.drop is not None else "-",
                     "reason": v.reason or (v.error or ""),
@@ -203,6 +231,7 @@ class OptimizeReport(BaseModel):
         return rows
 
     def to_markdown(self) -> str:
+        self.fill_energy()
         b = self.budget
         lines = [
             "# edgefleet optimize report",
@@ -249,16 +278,30 @@ class OptimizeReport(BaseModel):
             "## Variants",
             "",
             "| variant | outcome | size KB | smaller | p50 ms | p95 ms | speed-up | batch-8 /s | RSS MB "
-            f"| {self.metric} | drop | why |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            f"| {self.energy_header} | {self.metric} | drop | why |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in self.table_rows():
             lines.append(
                 f"| {r['variant']} | {r['outcome']} | {r['size_kb']} | {r['smaller']} | {r['p50_ms']} | "
-                f"{r['p95_ms']} | {r['speedup']} | {r['thr8']} | {r['rss_mb']} | {r['quality']} | "
+                f"{r['p95_ms']} | {r['speedup']} | {r['thr8']} | {r['rss_mb']} | {r['energy_mj']} | {r['quality']} | "
                 f"{r['drop']} | {r['reason'].replace('|', '/')} |"
             )
         lines.append("")
+        if self.energy:
+            e = self.energy
+            what = (
+                "package power RAPL measured during `edgefleet device probe`"
+                if e["method"] == "rapl"
+                else "the profile's `device.cpu_watts` (an estimate, not a measurement)"
+            )
+            lines += [f"Energy per inference: p50 x {e['watts']:g} W, {what}.", ""]
+        else:
+            lines += [
+                "Energy per inference: \u2014 (the profile has no power figure: `device.cpu_watts` "
+                "or a RAPL measurement from `edgefleet device probe`).",
+                "",
+            ]
         lines += ["## Notes per variant", ""]
         for v in self.variants:
             extra = list(v.notes)

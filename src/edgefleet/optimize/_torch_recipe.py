@@ -23,7 +23,7 @@ from edgefleet.optimize._distill import DistillConfig, distill, read_training_da
 from edgefleet.optimize._recipe import StageProgress, StageResult, distill_stage, measure_stage
 from edgefleet.optimize._students import load_torch_module
 
-__all__ = ["RecipeReport", "optimize_torch", "QAT_MODES"]
+__all__ = ["RecipeReport", "energy_cell", "optimize_torch", "QAT_MODES"]
 
 QAT_MODES = ("auto", "on", "off")
 _INT8 = ("static-int8", "dynamic-int8")
@@ -47,23 +47,34 @@ class RecipeReport:
             "notes": self.notes,
         }
 
+    @property
+    def energy_header(self) -> str:
+        """``energy mJ (est.)``, or ``(RAPL)`` when the profile's power figure was measured by RAPL."""
+        rapl = any(s.energy_method == "rapl" for s in self.stages)
+        return "energy mJ (RAPL)" if rapl else "energy mJ (est.)"
+
     def markdown(self) -> str:
         lines = [
             "# edgefleet torch recipe",
             "",
-            "| stage | params | MACs | size KB | p50 ms | p95 ms | score | notes |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
+            f"| stage | params | MACs | size KB | p50 ms | p95 ms | {self.energy_header} | score | notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for s in self.stages:
             lines.append(
                 f"| {s.stage} | {s.params:,} | {s.macs:,} | {(s.size_bytes or 0) / 1024:.1f} | "
-                f"{s.p50_ms or 0:.4f} | {s.p95_ms or 0:.4f} | {s.score_name} {s.score or 0:.4f} | "
+                f"{s.p50_ms or 0:.4f} | {s.p95_ms or 0:.4f} | {energy_cell(s)} | {s.score_name} {s.score or 0:.4f} | "
                 f"{'; '.join(s.notes)} |"
             )
         lines += ["", f"QAT: {self.qat}", "", f"chosen variant: {self.chosen or 'none'} — {self.reason}", ""]
         lines += [f"- {n}" for n in self.notes]
         lines.append("\nEvery quantization variant's figures and why it lost: report.md.")
         return "\n".join(lines) + "\n"
+
+
+def energy_cell(s: StageResult) -> str:
+    """A stage's energy per inference for a table: mJ to 3 decimals, or an em dash without a power figure."""
+    return f"{s.energy_mj:.3f}" if s.energy_mj is not None else "\u2014"
 
 
 def _module(m: Any, what: str) -> Any:

@@ -17,7 +17,15 @@ from typing import Any
 
 from edgefleet.errors import InputError
 
-__all__ = ["FitReport", "fit_model", "fit_threads", "predict_p50", "usable_cores"]
+__all__ = [
+    "FitReport",
+    "energy_per_inference",
+    "fit_model",
+    "fit_threads",
+    "power_figure",
+    "predict_p50",
+    "usable_cores",
+]
 
 
 @dataclass
@@ -174,21 +182,39 @@ def _fit(
     return rep
 
 
-def _energy(rep: FitReport, profile: Any) -> None:
-    """Energy per inference: the predicted p50 x the package power RAPL measured during the device's probe,
-    else x ``device.cpu_watts`` (a per-profile power figure the operator writes: an estimate)."""
-    dev = profile.device or {}
+def power_figure(device: dict[str, Any] | None) -> tuple[float, str] | None:
+    """(watts, method) of a profile's ``device`` section: the package power RAPL measured around the probe's
+    micro-benchmark (``compute.rapl_watts``, method ``rapl``), else ``cpu_watts`` (a per-profile power figure
+    the operator writes, method ``estimate``); None when the profile has neither."""
+    dev = device or {}
     rapl = (dev.get("compute") or {}).get("rapl_watts")
-    watts, method = (rapl, "rapl") if rapl else (dev.get("cpu_watts"), "estimate")
-    if not watts or rep.predicted_p50_ms is None:
+    if rapl:
+        return float(rapl), "rapl"
+    watts = dev.get("cpu_watts")
+    return (float(watts), "estimate") if watts else None
+
+
+def energy_per_inference(p50_ms: float | None, profile: Any) -> tuple[float, str, float] | None:
+    """(mJ, method, watts) for one inference of ``p50_ms`` on ``profile`` (a ``DeviceProfile`` or its
+    ``device`` mapping): p50 x the profile's power figure (:func:`power_figure`). None when either is
+    missing. The one formula ``device fit``, the optimizer's table and the recipe's stage table use."""
+    device = profile if isinstance(profile, dict) or profile is None else getattr(profile, "device", None)
+    fig = power_figure(device)
+    if fig is None or p50_ms is None:
+        return None
+    watts, method = fig
+    return p50_ms * watts, method, watts  # ms x W = mJ
+
+
+def _energy(rep: FitReport, profile: Any) -> None:
+    """Energy per inference on the device: the predicted p50 x the profile's power figure."""
+    e = energy_per_inference(rep.predicted_p50_ms, profile)
+    if e is None:
         return
-    rep.energy_mj = rep.predicted_p50_ms * float(watts)  # ms x W = mJ
-    rep.energy_method = method
+    rep.energy_mj, rep.energy_method, watts = e
     what = (
         "package power measured by RAPL during the probe"
-        if method == "rapl"
+        if rep.energy_method == "rapl"
         else "device.cpu_watts (estimate)"
     )
-    rep.reasons.append(
-        f"energy {rep.energy_mj:.3f} mJ per inference: predicted p50 x {float(watts):g} W, {what}"
-    )
+    rep.reasons.append(f"energy {rep.energy_mj:.3f} mJ per inference: predicted p50 x {watts:g} W, {what}")
