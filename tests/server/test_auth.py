@@ -63,6 +63,10 @@ ACCESS = {
     ("GET", "/v1/sample-policies"): "viewer",
     ("PUT", "/v1/sample-policies/{name}"): "deployer",
     ("DELETE", "/v1/sample-policies/{name}"): "deployer",
+    ("GET", "/v1/update-policies"): "viewer",
+    ("GET", "/v1/update-policies/{name}"): "viewer",
+    ("PUT", "/v1/update-policies/{name}"): "deployer",
+    ("DELETE", "/v1/update-policies/{name}"): "deployer",
     ("GET", "/v1/accuracy"): "viewer",
 }
 ROLES = ["viewer", "deployer", "admin"]

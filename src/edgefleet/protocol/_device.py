@@ -101,6 +101,7 @@ class Resources(_Msg):
         None, max_length=64, description="device policy rules on now (edgefleet.power)"
     )
     power_switches: int | None = Field(None, ge=0, description="policy rule switches since the agent started")
+    metered: bool | None = Field(None, description="the device's link is metered (None: cannot tell)")
 
 
 class ModelHealth(_Msg):
@@ -184,6 +185,11 @@ class HeartbeatResponse(_Msg):
         None,
         description="the assignment and commands, signed by the director key with a sequence number and an "
         "expiry; a device that pinned the key acts only on this",
+    )
+    wait_reason: str | None = Field(
+        None,
+        max_length=1024,
+        description="why the device gets no new assignment now (its group's update policy holds it)",
     )
 
 

@@ -68,6 +68,7 @@ from edgefleet.server._schemas import (
 )
 from edgefleet.server._tokens import TokenService
 from edgefleet.server._tufrepo import RepositoryService
+from edgefleet.server._update_policies_api import install_update_policies
 from edgefleet.tls import peer_cert_der
 
 __all__ = ["create_app", "ServerContext", "app_from_env"]
@@ -209,6 +210,7 @@ def create_app(
     install_fleet(app, ctx, background=run_bg)  # /v1/fleet, /dashboard, fleet figures in /metrics
     install_retrain(app, ctx)  # retraining jobs, their rollout proposals, release lineage (issue 13)
     install_samples(app, ctx)  # samples, feedback, sample policies, live accuracy (issue 13)
+    install_update_policies(app, ctx)  # maintenance windows, pins, deferral per device group (issue 15)
     app.add_middleware(BodyLimit, default=cfg.max_body_bytes, telemetry=cfg.max_telemetry_bytes)
     install_observability(app, ctx.metrics.request_duration, tracer_provider)  # outermost: times all
     return app

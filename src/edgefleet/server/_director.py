@@ -63,6 +63,8 @@ from edgefleet.server._models import (
     TelemetryWindowRow,
 )
 from edgefleet.server._schemas import _check_tags
+from edgefleet.server._selector import device_attrs
+from edgefleet.server._update_policies import UpdatePolicies
 
 __all__ = ["DeviceCredential", "DeviceService"]
 
@@ -107,6 +109,9 @@ class DeviceService:
         batch = config.heartbeat_batch_max if db.dialect == "postgresql" else 0
         self._batcher = HeartbeatBatcher(self._beats, max_batch=batch) if batch else None
         self.identity = identity or ServerIdentity(config)
+        #: update policies per device group (``_update_policies``); set by ``create_app``
+        self.update_policies: UpdatePolicies | None = None
+        self._force_cache: dict[str, bool] = {}
 
     # --- enrollment ----------------------------------------------------------------------------
 
@@ -300,7 +305,9 @@ class DeviceService:
         row, done = self._beats.record(device_id, cred.token, hb, now)
         if row is None:
             raise self._diagnose(device_id, cred)
-        return self._answer(device_id, row, done, now, self._assignment_of(row))
+        assignment = self._assignment_of(row)
+        wait = self._policy_hold(device_id, row, hb, assignment, now) if assignment else None
+        return self._answer(device_id, row, done, now, None if wait else assignment, wait)
 
     async def aheartbeat(self, device_id: str, cred: DeviceCredential, hb: Heartbeat) -> dict[str, Any]:
         """``heartbeat`` for the event loop: on PostgreSQL the write joins the next coalesced batch
@@ -318,23 +325,82 @@ class DeviceService:
             assignment = self._assign_cache[(variant_id, rollout_id)]
         else:
             assignment = await run_in_threadpool(self.assignment, variant_id, rollout_id)
-        return self._answer(device_id, row, done, now, assignment)
+        wait = None
+        if assignment is not None and rollout_id is not None and self.update_policies is not None:
+            if self.update_policies.fresh() and rollout_id in self._force_cache:  # no database read
+                wait = self._policy_hold(device_id, row, hb, assignment, now)
+            else:
+                wait = await run_in_threadpool(self._policy_hold, device_id, row, hb, assignment, now)
+        return self._answer(device_id, row, done, now, None if wait else assignment, wait)
 
     def _assignment_of(self, row: Any) -> dict[str, Any] | None:
         return self.assignment(row[0], row[1]) if row[0] is not None else None
 
+    def _policy_hold(
+        self, device_id: str, row: Any, hb: Heartbeat, assignment: dict[str, Any], now: float
+    ) -> str | None:
+        """Why the device's update policy holds back this rollout assignment now (None: it does not).
+
+        Only rollout assignments wait, never a forced rollout's, nor one the device already runs.
+        """
+        rollout_id = row[1]
+        if self.update_policies is None or rollout_id is None or self._forced(rollout_id):
+            return None
+        if hb.active is not None and hb.active.sha256 == assignment["hashes"].get("sha256"):
+            return None
+        tags = row[8]
+
+        def attrs() -> dict[str, str | None]:
+            return device_attrs(
+                device_id=device_id,
+                name=row[5],
+                device_class=row[6],
+                arch=row[7],
+                tags=json.loads(tags) if isinstance(tags, str) else tags,
+                active_version=hb.active.version if hb.active else None,
+                active_name=hb.active.name if hb.active else None,
+            )
+
+        hold = self.update_policies.hold(
+            attrs,
+            version=assignment["version"],
+            resources={"metered": hb.resources.metered, "power_source": hb.resources.power_source},
+            now=now,
+        )
+        return None if hold is None else f"{assignment['name']} {assignment['version']} waits: {hold.message}"
+
+    def _forced(self, rollout_id: str) -> bool:
+        """Was the rollout created with ``force`` (cached: the flag never changes)."""
+        forced = self._force_cache.get(rollout_id)
+        if forced is None:
+            with self.db.read() as s:
+                forced = bool(s.scalar(select(Rollout.force).where(Rollout.id == rollout_id)))
+            if len(self._force_cache) > 10_000:
+                self._force_cache.clear()
+            self._force_cache[rollout_id] = forced
+        return forced
+
     def _answer(
-        self, device_id: str, row: Any, done: bool, now: float, assignment: dict[str, Any] | None
+        self,
+        device_id: str,
+        row: Any,
+        done: bool,
+        now: float,
+        assignment: dict[str, Any] | None,
+        wait: str | None = None,
     ) -> dict[str, Any]:
         command, seq = row[2], row[4]
         commands = [command] if command is not None and not done else []
-        return {
+        out = {
             "assignment": assignment,
             "poll_interval_s": self._poll_interval(),
             "commands": commands,
             "server_time": datetime.fromtimestamp(now, UTC).isoformat(),
             "signed": self.identity.sign(device_id, int(seq), now, assignment, commands),
         }
+        if wait is not None:
+            out["wait_reason"] = wait
+        return out
 
     def close(self) -> None:
         """Write the heartbeats still queued and stop the writer thread (PostgreSQL)."""

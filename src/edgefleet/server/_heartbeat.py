@@ -122,7 +122,8 @@ def heartbeat_sql(dialect: str, *, by_token: bool = True) -> str:
           arch = COALESCE({p("arch")}, arch),
           director_seq = director_seq + 1
         WHERE {who} AND revoked = FALSE
-        RETURNING assigned_variant_id, assigned_rollout_id, command, command_version, director_seq
+        RETURNING assigned_variant_id, assigned_rollout_id, command, command_version, director_seq,
+          name, device_class, arch, tags
         """
 
 
@@ -216,8 +217,9 @@ class HeartbeatWriter:
         return done
 
     def record(self, device_id: str, token: str | None, hb: Heartbeat, now: float) -> tuple[Any, bool]:
-        """``(row, command_done)``; ``row`` is ``(variant_id, rollout_id, command, command_version, seq)``,
-        or None when the device/token pair did not authenticate (nothing was written then)."""
+        """``(row, command_done)``; ``row`` is ``(variant_id, rollout_id, command, command_version, seq,
+        name, device_class, arch, tags)`` (the last four match update policies' selectors), or None when
+        the device/token pair did not authenticate (nothing was written then)."""
         beat = self.prepare(device_id, token, hb, now)
 
         def run(cur: Any) -> tuple[Any, bool]:

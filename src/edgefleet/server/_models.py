@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -186,6 +187,8 @@ class Rollout(Base):
     baseline: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     reason: Mapped[str | None] = mapped_column(Text)
+    # a forced rollout (security fix) ignores update policies (``_update_policies``)
+    force: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class RolloutDevice(Base):

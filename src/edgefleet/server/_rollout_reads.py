@@ -37,6 +37,7 @@ def describe_rollout(s: Session, r: Rollout, *, devices: bool = False) -> dict[s
         "soak_s": r.soak_s,
         "policy": r.policy,
         "on_fail": r.on_fail,
+        "force": bool(r.force),
         "gates": r.gates,
         "device_gates": r.device_gates,
         "state": r.state,

@@ -39,6 +39,7 @@ from edgefleet.server._notify import Notifier, NullNotifier
 from edgefleet.server._rollout_reads import FINAL_STATES, describe_rollout, wave_history
 from edgefleet.server._schemas import RolloutCreate, RolloutGates
 from edgefleet.server._selector import Selector
+from edgefleet.server._update_policies import UpdatePolicies
 from edgefleet.server._waves import (
     ENGINE,
     EnginePass,
@@ -81,6 +82,8 @@ class RolloutEngine:
         self.notifier = notifier or NullNotifier()
         self.clock = clock
         self._late_mark: float | None = None
+        #: update policies per device group (``_update_policies``); set by ``create_app``
+        self.update_policies: UpdatePolicies | None = None
 
     # --- creation ------------------------------------------------------------------------------
 
@@ -156,6 +159,7 @@ class RolloutEngine:
                 updated_at=now,
                 created_by=actor,
                 baseline=control.to_dict() if control.requests else None,
+                force=spec.force,
             )
             s.add(r)
             s.flush()
@@ -175,6 +179,7 @@ class RolloutEngine:
                 selected=len(selected),
                 does_not_fit=sum(1 for f in fits.values() if not f.fits),
                 baseline=r.baseline,
+                force=spec.force,
             )
             admit(ctx, r, opened=True)
             r.evaluation = self.evaluate(ctx, r)
@@ -266,6 +271,7 @@ class RolloutEngine:
             for d, rd in wave
             if install_failed(d, rd, version, getattr(rel.by_id.get(rd.variant_id), "sha256", None))
         ]
+        held = self._held(ctx, r, wave, version, skip={d.id for d in (*installed, *failed)})
         reporting = [
             d
             for d in installed
@@ -347,7 +353,9 @@ class RolloutEngine:
                 "reporting": len(reporting),
                 "does_not_fit": sum(1 for rd in rows.values() if rd.status == "does_not_fit"),
                 "min_devices": min_dev,
+                "held": sum(held.values()),
             },
+            "held": held,
             "wave_health": new.to_dict(),
             "reference": ref.to_dict() if ref is not None else None,
             "reference_source": ref_source,
@@ -359,6 +367,26 @@ class RolloutEngine:
             ),
             "latency_looks": looks,
         }
+
+    def _held(
+        self, ctx: EnginePass, r: Rollout, wave: list[tuple[Device, Any]], version: str, skip: set[str]
+    ) -> dict[str, int]:
+        """Admitted devices not yet on the release that their update policy holds, per reason kind.
+
+        They wait (window closed, metered link, on battery, pinned, deferred); they are not failures.
+        """
+        if self.update_policies is None or r.force:
+            return {}
+        held: dict[str, int] = {}
+        for d, _ in wave:
+            if d.id in skip:
+                continue
+            hold = self.update_policies.hold(
+                lambda d=d: selector_attrs(d), version=version, resources=d.resources, now=ctx.now
+            )
+            if hold is not None:
+                held[hold.kind] = held.get(hold.kind, 0) + 1
+        return held
 
     def _latency_looks(
         self, ctx: EnginePass, r: Rollout, g: RolloutGates, gates: list[GateResult]

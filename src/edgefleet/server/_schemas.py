@@ -109,6 +109,9 @@ class RolloutCreate(_In):
     device_gates: GateThresholds | None = Field(
         None, description="device-side health gate sent with each assignment (default: GateThresholds())"
     )
+    force: bool = Field(
+        False, description="a forced update (security fix): ignores the devices' update policies"
+    )
 
     @field_validator("waves")
     @classmethod
