@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from edgefleet.errors import ConfigError
-from edgefleet.sim._scenario import load_scenario, shipped_scenarios
+from edgefleet.sim._scenario import Expect, Fault, load_scenario, shipped_scenarios
 from edgefleet.sim._simreport import check, peak_over_mean, write_report
 from edgefleet.sim._simrun import run_scenario
 
@@ -38,6 +38,7 @@ def test_shipped_scenarios_are_all_there_and_valid():
         "regional-outage",
         "thundering-herd",
         "scale-10k",
+        "drift-in-one-region",
     } <= set(names)
     for n in names:
         assert load_scenario(n).expect.rollout_state in ("completed", "rolled_back")
@@ -83,6 +84,72 @@ def test_good_rollout_and_scale_scenario_at_small_size(work):
     )
     assert not failures, failures
     assert result["final_versions"][sc.candidate.version] == 30
+
+
+def test_drift_in_one_region_alerts_for_that_region_only(work, tmp_path):
+    sc, result, failures = _run("drift-in-one-region", work)
+    assert not failures, failures
+    tel = result["telemetry"]
+    assert tel["windows_sent"] > 0 and set(tel["uploads"]) == {"200"}  # real windows, every one accepted
+    drift = [a for a in result["alerts"] if a["rule"] == "drift"]
+    assert drift and {a["subject"]["region"] for a in drift} == {"eu"}
+    fault = next(f for f in result["faults"] if f["kind"] == "drift")
+    assert fault["windows_shifted"] > 0 and fault["devices_drifting"] == sc.devices // 2
+    assert "drift alerts open for regions: eu" in fault["did"]
+    paths = write_report(sc, result, failures, tmp_path)
+    assert "input drift" in paths[1].read_text()
+
+
+def test_a_release_that_crash_loops_on_one_class_is_rolled_back(work):
+    """The candidate crashes on start on the pi4 class: those devices restart, roll themselves back (the
+    agent's crash-loop rule), report it, and the install-failure gate rolls the rollout back."""
+    sc = load_scenario("good-rollout").model_copy(
+        update={
+            "devices": 30,
+            "faults": [Fault(kind="crash_loop", at_s=0, device_class="pi4")],
+            "expect": Expect(rollout_state="rolled_back", all_on="baseline"),
+        }
+    )
+    result = run_scenario(sc, work=work)
+    failures = check(sc, result)
+    assert not failures, failures
+    crash = next(f for f in result["faults"] if f["kind"] == "crash_loop")
+    assert crash["crashed"] >= 1 and crash["rolled_themselves_back"] == crash["crashed"]
+    assert crash["restarts"] == 3 * crash["crashed"]  # the assignment's crash_loop_failures
+    assert "install_failure_rate" in result["rollout"]["failed_gates"]
+    assert "rolled themselves back" in crash["did"]
+
+
+def test_clock_skew_and_devices_offline_mid_update_change_nothing(work):
+    """One region's clocks run an hour ahead, the other's two minutes behind, and devices that start a
+    download vanish for two seconds: the good rollout completes, every device ends on it exactly once."""
+    sc = load_scenario("good-rollout").model_copy(
+        update={
+            "devices": 30,
+            "telemetry_every_s": 1.0,
+            "faults": [
+                Fault(kind="clock_skew", at_s=0, region="eu", skew_s=3600),
+                Fault(kind="clock_skew", at_s=0, region="us", skew_s=-120),
+                Fault(kind="offline_mid_update", at_s=0, for_s=6, region="us", offline_s=2.0),
+            ],
+        }
+    )
+    result = run_scenario(sc, work=work)
+    failures = check(sc, result)
+    assert not failures, failures
+    eu, us = (f for f in result["faults"] if f["kind"] == "clock_skew")
+    assert eu["errors"] == 0 and eu["heartbeats_answered"] > 0 and eu["ended_on_final"] == eu["devices"]
+    assert us["errors"] == 0 and us["ended_on_final"] == us["devices"]
+    off = next(f for f in result["faults"] if f["kind"] == "offline_mid_update")
+    assert off["vanished"] > 0 and off["came_back"] == off["vanished"] == off["ended_on_final"]
+    # nothing double-counted: each device once, on the candidate; the rollout counted each device once
+    assert result["final_versions"] == {sc.baseline.version: 0, sc.candidate.version: sc.devices}
+    assert result["rollout"]["members_total"] == sc.devices
+    # an hour ahead is past the server's window clock tolerance: those windows are refused (422), the
+    # ones two minutes behind are accepted; heartbeats carry no time the server trusts
+    assert (
+        result["telemetry"]["uploads"].get("422", 0) > 0 and result["telemetry"]["uploads"].get("200", 0) > 0
+    )
 
 
 def test_a_broken_scenario_is_a_clear_error(tmp_path):

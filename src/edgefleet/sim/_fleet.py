@@ -15,8 +15,10 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -93,6 +95,12 @@ class SimDevice:
     nudge: asyncio.Event | None = None
     beats: int = 0
     errors: int = 0
+    skew_s: float = 0.0  # the device's clock is this far off (clock_skew fault)
+    offline_until: float = 0.0  # monotonic time until which the device is away (no requests)
+    crash: tuple[str, int, float] | None = None  # (sha256, restarts, window) of a build that crash-loops
+    restarts: int = 0
+    vanished: int = 0  # downloads interrupted by going offline
+    next_upload: float = 0.0
 
     @property
     def version(self) -> str | None:
@@ -150,6 +158,17 @@ class Fleet:
         self.heartbeats = 0
         self.http_errors = 0
         self.status_counts: dict[str, int] = {}
+        # Optional behaviours (fault injection in ``edgefleet sim``), all off by default:
+        # windows_for(device, end, length_s) -> telemetry windows to upload every telemetry_every_s;
+        # crash_loop(device, version) -> the build crash-loops on start on this device;
+        # vanish(device) -> seconds the device goes offline when it starts a download (0: it stays).
+        self.telemetry_every_s = 0.0
+        self.windows_for: Callable[[SimDevice, float, float], list[dict[str, Any]]] | None = None
+        self.crash_loop: Callable[[SimDevice, str], bool] | None = None
+        self.vanish: Callable[[SimDevice], float] | None = None
+        self.telemetry_counts: dict[str, int] = {}
+        self.windows_sent = 0
+        self.crash_rollbacks = 0
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -289,12 +308,82 @@ class Fleet:
             rng.uniform(0, min(d.poll_interval, self.scenario.poll_interval_s or d.poll_interval))
         )
         while not self._stop.is_set():
+            if d.offline_until > time.monotonic():
+                await self._away(d.offline_until - time.monotonic())
+                continue
             await self._beat(c, d, rng)
+            if d.crash is not None:
+                await self._crash_loop(d)
+                continue
+            uploads = self.windows_for is not None and self.telemetry_every_s > 0
+            if uploads and d.active is not None and time.monotonic() >= d.next_upload:
+                d.next_upload = time.monotonic() + self.telemetry_every_s
+                await self._upload(c, d)
+            if d.offline_until > time.monotonic():
+                continue
             base = self.scenario.poll_interval_s or d.poll_interval
             wait = base * (1 + rng.uniform(-self.scenario.jitter, self.scenario.jitter))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(d.nudge.wait(), timeout=max(0.01, wait))
             d.nudge.clear()
+
+    async def _away(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, seconds))
+
+    @staticmethod
+    def now(d: SimDevice) -> float:
+        """The device's own wall clock (skewed by a clock_skew fault)."""
+        return time.time() + d.skew_s
+
+    async def _crash_loop(self, d: SimDevice) -> None:
+        """The build just activated crashes on start: the agent restarts ``restarts`` times (no requests
+        meanwhile), then rolls itself back to the build it ran before, as the agent's crash-loop rule does."""
+        sha, restarts, window = d.crash or ("", 0, 0.0)
+        d.crash = None
+        version = d.version
+        for k in range(restarts):
+            await self._away(max(0.05, self.scenario.install_delay_s))
+            if self._stop.is_set():
+                return
+            d.restarts += 1
+            d.events.append(
+                {"t": self.now(d), "event": "agent_restarted", "boot": k + 1, "watching": version}
+            )
+        target = next((k for k in reversed(d.kept) if k["sha256"] != sha), None)
+        d.failed.add(sha)
+        if target is None:
+            return
+        self._switch(d, target)
+        self.crash_rollbacks += 1
+        d.events.append(
+            {
+                "t": self.now(d),
+                "event": "rolled_back",
+                "to": target["version"],
+                "auto": True,
+                "reason": f"crash loop: {restarts} agent restarts within {window:.0f}s while watching {version}",
+            }
+        )
+
+    async def _upload(self, c: httpx.AsyncClient, d: SimDevice) -> None:
+        assert self.windows_for is not None
+        windows = self.windows_for(d, self.now(d), self.telemetry_every_s)
+        if not windows:
+            return
+        body = {"batch_id": uuid.uuid4().hex, "device_id": d.device_id, "windows": windows}
+        try:
+            r = await c.post(
+                f"/v1/devices/{d.device_id}/telemetry",
+                content=json.dumps(body),
+                headers={"Authorization": f"Bearer {d.token}", "Content-Type": "application/json"},
+            )
+            code = str(r.status_code)
+        except httpx.HTTPError:
+            code = "io_error"  # lost: this simulator keeps no outbox
+        self.telemetry_counts[code] = self.telemetry_counts.get(code, 0) + 1
+        if code == "200":
+            self.windows_sent += len(windows)
 
     def heartbeat_body(self, d: SimDevice, rng: random.Random) -> dict[str, Any]:
         b = self.scenario.behavior(d.version, d.device_class)
@@ -321,6 +410,7 @@ class Fleet:
         events, d.events = d.events[-100:], []
         return {
             "device_id": d.device_id,
+            "sent_at": datetime.fromtimestamp(self.now(d), UTC).isoformat(),
             "active": d.active,
             "state": "downloading" if d.installing else ("idle" if d.active else "empty"),
             "health": health,
@@ -386,7 +476,7 @@ class Fleet:
             d.failed.add(d.active["sha256"])
         d.installing = None
         self._switch(d, target)
-        d.events.append({"t": time.time(), "event": "rolled_back", "to": target["version"], "auto": False})
+        d.events.append({"t": self.now(d), "event": "rolled_back", "to": target["version"], "auto": False})
 
     def _assigned(self, d: SimDevice, a: dict[str, Any]) -> None:
         sha = a["hashes"]["sha256"]
@@ -397,7 +487,16 @@ class Fleet:
             self._switch(d, kept)
             return
         d.installing = sha
-        asyncio.get_running_loop().call_later(self.scenario.install_delay_s, self._installed, d, a)
+        delay = self.scenario.install_delay_s
+        gone = self.vanish(d) if self.vanish is not None else 0.0
+        if gone > 0:  # the device vanishes mid-download and resumes it when it is back
+            d.offline_until = time.monotonic() + gone
+            d.vanished += 1
+            d.events.append(
+                {"t": self.now(d), "event": "download_resumed", "sha256": sha[:12], "away_s": gone}
+            )
+            delay += gone
+        asyncio.get_running_loop().call_later(delay, self._installed, d, a)
 
     def _installed(self, d: SimDevice, a: dict[str, Any]) -> None:
         sha = a["hashes"]["sha256"]
@@ -408,7 +507,7 @@ class Fleet:
             d.failed.add(sha)
             d.events.append(
                 {
-                    "t": time.time(),
+                    "t": self.now(d),
                     "event": "refused",
                     "sha256": sha[:12],
                     "reason": "simulated health check failure",
@@ -426,7 +525,10 @@ class Fleet:
                 "sha256": sha,
             },
         )
-        d.events.append({"t": time.time(), "event": "activated", "version": a["version"], "sha256": sha[:12]})
+        d.events.append({"t": self.now(d), "event": "activated", "version": a["version"], "sha256": sha[:12]})
+        if self.crash_loop is not None and self.crash_loop(d, a["version"]):
+            g = a.get("gates") or {}
+            d.crash = (sha, int(g.get("crash_loop_failures", 3)), float(g.get("crash_loop_window_s", 300.0)))
         if d.nudge is not None:
             d.nudge.set()  # report the new version at once, like the agent does after activation
 

@@ -47,13 +47,35 @@ class ReleaseSpec(_M):
 
 
 class Fault(_M):
-    kind: Literal["partition", "latency", "loss", "herd", "kill_server"]  # kill_server: kill -9
+    """One fault. ``kill_server``: kill -9 of the server the devices talk to; ``crash_loop``: the candidate
+    crashes on start (on ``device_class`` only, when given) and the devices roll themselves back after the
+    assignment's ``crash_loop_failures`` restarts; ``clock_skew``: the devices' clocks are ``skew_s`` off;
+    ``offline_mid_update``: a device that starts a download vanishes for ``offline_s``, then resumes it;
+    ``drift``: the region's inputs are shifted (``shift``, ``strength``) in the telemetry windows its
+    devices upload (the scenario's ``telemetry_every_s`` must be set)."""
+
+    kind: Literal[
+        "partition",
+        "latency",
+        "loss",
+        "herd",
+        "kill_server",
+        "crash_loop",
+        "clock_skew",
+        "offline_mid_update",
+        "drift",
+    ]
     at_s: float = Field(ge=0)  # seconds after the rollout starts
-    for_s: float = Field(0.0, ge=0)
+    for_s: float = Field(0.0, ge=0)  # crash_loop, clock_skew, drift: 0 is until the end of the run
     region: str | None = None  # None: every region
+    device_class: str | None = None  # crash_loop, clock_skew, offline_mid_update: this class only
     latency_ms: float = Field(0.0, ge=0, le=60_000)
     loss: float = Field(0.0, ge=0, le=1)
     spread_s: float = Field(0.0, ge=0)  # herd: nudges spread over this long (0: all at once)
+    skew_s: float = Field(0.0, ge=-30 * 86_400, le=30 * 86_400)  # clock_skew: + ahead, - behind
+    offline_s: float = Field(2.0, ge=0, le=86_400)  # offline_mid_update: how long a device is away
+    shift: Literal["noise", "brightness", "contrast"] = "noise"  # drift: what the inputs suffer
+    strength: float = Field(0.35, gt=0, le=5)  # drift: its size (edgefleet.telemetry._shifts)
 
 
 class Expect(_M):
@@ -62,6 +84,7 @@ class Expect(_M):
     max_bad_share: float | None = Field(None, ge=0, le=1)  # devices that ever ran the candidate / fleet
     max_server_errors: int = 0  # 5xx answers the devices saw
     max_peak_over_mean: float | None = Field(None, gt=0)  # herd: peak request rate over the mean
+    drift_alert_regions: list[str] | None = None  # exactly the regions with an open drift alert at the end
 
 
 class SimScenario(_M):
@@ -79,6 +102,8 @@ class SimScenario(_M):
     gates: dict[str, float] = Field(default_factory=dict)
     faults: list[Fault] = Field(default_factory=list)
     timeout_s: float = Field(120.0, gt=0)
+    telemetry_every_s: float = Field(0.0, ge=0)  # >0: every device uploads a telemetry window this often
+    telemetry_rows: int = Field(120, ge=1, le=10_000)  # input rows (real inferences) per window
     expect: Expect = Field(default_factory=Expect)
 
     @model_validator(mode="after")
@@ -89,6 +114,19 @@ class SimScenario(_M):
                 raise ValueError(
                     f"fault {f.kind} names region {f.region!r}, not one of {sorted(self.regions)}"
                 )
+            if f.device_class is not None and f.device_class not in names:
+                raise ValueError(
+                    f"fault {f.kind} names device class {f.device_class!r}, not one of {sorted(names)}"
+                )
+            if f.kind == "drift" and not self.telemetry_every_s:
+                raise ValueError("a drift fault needs telemetry_every_s > 0 (the windows it shifts)")
+        for r in self.expect.drift_alert_regions or []:
+            if r not in self.regions:
+                raise ValueError(
+                    f"expect.drift_alert_regions names region {r!r}, not one of {sorted(self.regions)}"
+                )
+        if self.expect.drift_alert_regions is not None and not self.telemetry_every_s:
+            raise ValueError("expect.drift_alert_regions needs telemetry_every_s > 0")
         for rel in (self.baseline, self.candidate):
             unknown = set(rel.classes) - names
             if unknown:

@@ -74,13 +74,25 @@ def check(sc: SimScenario, result: dict[str, Any]) -> list[str]:
             f"{result['ever_ran_candidate_share']:.1%} of the fleet ran {sc.candidate.version}, "
             f"expected at most {e.max_bad_share:.1%}"
         )
-    errors5xx = sum(n for code, n in result["status_counts"].items() if code.startswith("5"))
+    uploads = (result.get("telemetry") or {}).get("uploads") or {}
+    errors5xx = sum(
+        n
+        for counts in (result["status_counts"], uploads)
+        for code, n in counts.items()
+        if code.startswith("5")
+    )
     if errors5xx > e.max_server_errors:
         fails.append(f"devices saw {errors5xx} server errors (5xx), expected at most {e.max_server_errors}")
     if e.max_peak_over_mean is not None:
         pm = peak_over_mean(result)
         if pm is None or pm > e.max_peak_over_mean:
             fails.append(f"heartbeat peak over mean {pm}, expected at most {e.max_peak_over_mean}")
+    if e.drift_alert_regions is not None:
+        got = result.get("drift_alert_regions") or []
+        if sorted(got) != sorted(e.drift_alert_regions):
+            fails.append(
+                f"drift alerts open for regions {got or 'none'}, expected exactly {sorted(e.drift_alert_regions)}"
+            )
     return fails
 
 
@@ -119,8 +131,22 @@ def _markdown(sc: SimScenario, d: dict[str, Any]) -> str:
         lines.append(f"| {ev['action']} | {json.dumps(det, default=str)[:300]} |")
     lines += ["", "## Faults", "", "| kind | region | at (s) | what it did |", "| --- | --- | --- | --- |"]
     for f in d["faults"]:
-        did = {k: v for k, v in f.items() if k not in ("kind", "region", "at_s")}
-        lines.append(f"| {f['kind']} | {f['region']} | {f['at_s']} | {json.dumps(did)} |")
+        did = f.get("did") or {k: v for k, v in f.items() if k not in ("kind", "region", "at_s")}
+        lines.append(
+            f"| {f['kind']} | {f['region']} | {f['at_s']} | {did if isinstance(did, str) else json.dumps(did)} |"
+        )
+    tel = d.get("telemetry") or {}
+    if tel.get("every_s"):
+        lines += [
+            "",
+            "## Telemetry and alerts",
+            "",
+            f"{tel['windows_sent']} telemetry windows accepted (uploads: "
+            f"{', '.join(f'{k}: {v}' for k, v in sorted(tel['uploads'].items())) or 'none'}); open alerts "
+            f"after the control plane's evaluation:",
+            "",
+        ]
+        lines += [f"- {a['rule']}: {a['message']}" for a in d.get("alerts") or []] or ["- none"]
     ok = [s for s in d["server_series"] if s["p99_ms"] is not None]
     if ok:
         lines += [

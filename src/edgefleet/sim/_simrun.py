@@ -25,11 +25,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgefleet.client import Client
 from edgefleet.sim._faults import FaultProxy
 from edgefleet.sim._fleet import Fleet, ReleaseBehavior, Scenario
-from edgefleet.sim._scenario import Behavior, SimScenario
+from edgefleet.sim._scenario import Behavior, Fault, SimScenario
+from edgefleet.sim._windows import WindowMaker, seed_of
 
 __all__ = ["build_repository", "run_scenario"]
 
 FINAL = ("completed", "rolled_back", "aborted")
+# Faults that act on the simulated devices themselves; they run side by side (the network faults in turn).
+DEVICE_FAULTS = ("crash_loop", "clock_skew", "offline_mid_update", "drift")
 HEARTBEAT_ROUTE = "/v1/devices/{device_id}/heartbeat"
 
 
@@ -60,6 +63,7 @@ def build_repository(work: Path, versions: list[str], classes: list[str], *, see
                 version=version,
                 variant=cls,
                 inputs_raw=data.x_test[:8],
+                reference_raw=data.x_train,  # reference.json: what the fleet's drift detection compares to
                 preprocess=[{"op": "scale", "factor": 1 / 16}],
                 created=datetime(2025, 1, 2, tzinfo=UTC),
             )
@@ -98,6 +102,8 @@ class _Run:
         on_sample: Callable | None,
         device_urls: list[str] | None = None,
         kill: Callable[[], Any] | None = None,
+        repo_dir: Path | None = None,
+        work: Path | None = None,
     ):
         self.sc, self.url, self.token, self.seed, self.on_sample = sc, url, admin_token, seed, on_sample
         self.targets = [(httpx.URL(u).host, httpx.URL(u).port) for u in (device_urls or [url])]
@@ -107,7 +113,11 @@ class _Run:
         self.faults: list[dict[str, Any]] = []
         self.rollout: dict[str, Any] = {}
         self.t0 = 0.0
-        self.faults_done = not sc.faults
+        self.faults_done = not [f for f in sc.faults if f.kind not in DEVICE_FAULTS]
+        self.device_faults_pending = sum(1 for f in sc.faults if f.kind in DEVICE_FAULTS)
+        self.live: list[tuple[Fault, dict[str, Any]]] = []  # device faults in effect, with their report entry
+        self.repo_dir, self.work = repo_dir, work
+        self.alerts: list[dict[str, Any]] = []
 
     async def go(self) -> dict[str, Any]:
         sc = self.sc
@@ -140,6 +150,8 @@ class _Run:
             route=lambda d: region_of[d.index],
         )
         self.fleet = fleet
+        self.region_of = region_of
+        self._device_hooks(fleet)
         rng = random.Random(self.seed)
         classes = {c.name: c for c in sc.classes}
 
@@ -172,12 +184,16 @@ class _Run:
             tasks = [
                 asyncio.create_task(self._faults()),
                 asyncio.create_task(self._sample(api, metrics_client)),
+                *(asyncio.create_task(self._device_fault(f)) for f in sc.faults if f.kind in DEVICE_FAULTS),
             ]
             met = await fleet.run(until=self._done, timeout=sc.timeout_s, check_every=0.2)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._sample_once(api, metrics_client)
+            if sc.telemetry_every_s:
+                await self._read_alerts(metrics_client)
+        self._close_device_faults()
         audit = await asyncio.to_thread(api.rollout_audit, self.rid)
         for p in self.proxies:
             await p.close()
@@ -193,11 +209,186 @@ class _Run:
 
     def _done(self, f: Fleet) -> bool:
         want = self._final_version()
-        return self.faults_done and want is not None and f.count_on(want) == self.sc.devices
+        return (
+            self.faults_done
+            and not self.device_faults_pending
+            and want is not None
+            and f.count_on(want) == self.sc.devices
+        )
+
+    # --- faults on the devices themselves --------------------------------------------------------
+
+    def _applies(self, f: Fault, d: Any) -> bool:
+        return f.region in (None, self.regions[self.region_of[d.index]]) and f.device_class in (
+            None,
+            d.device_class,
+        )
+
+    def _live(self, kind: str, d: Any) -> list[tuple[Fault, dict[str, Any]]]:
+        return [(f, e) for f, e in self.live if f.kind == kind and self._applies(f, d)]
+
+    def _device_hooks(self, fleet: Fleet) -> None:
+        sc = self.sc
+        kinds = {f.kind for f in sc.faults}
+        if "crash_loop" in kinds:
+
+            def crash(d: Any, version: str) -> bool:
+                hit = self._live("crash_loop", d) if version == sc.candidate.version else []
+                for _, e in hit:
+                    e["_ids"].add(d.device_id)
+                return bool(hit)
+
+            fleet.crash_loop = crash
+        if "offline_mid_update" in kinds:
+
+            def vanish(d: Any) -> float:
+                for f, e in self._live("offline_mid_update", d):
+                    if d.device_id not in e["_ids"]:  # once per fault and device
+                        e["_ids"][d.device_id] = d.beats
+                        return f.offline_s
+                return 0.0
+
+            fleet.vanish = vanish
+        if sc.telemetry_every_s:
+            from edgefleet.examples import digits
+
+            assert self.repo_dir is not None and self.work is not None
+            versions = (sc.baseline.version, sc.candidate.version)
+            self.maker = WindowMaker(
+                self.repo_dir,
+                {v: self.work / f"model-{v}.onnx" for v in versions},
+                digits(seed=0).x_train,  # the population the bundles' reference describes
+                rows=sc.telemetry_rows,
+            )
+
+            def windows(d: Any, end: float, length_s: float) -> list[dict[str, Any]]:
+                drift = self._live("drift", d)
+                shift = (drift[0][0].shift, drift[0][0].strength) if drift else None
+                if drift:
+                    drift[0][1]["_ids"].add(d.device_id)
+                    drift[0][1]["windows_shifted"] += 1
+                w = self.maker.window(
+                    d.version,
+                    d.device_class,
+                    end=end,
+                    length_s=length_s,
+                    seed=seed_of(self.seed, d.index, d.beats),
+                    shift=shift,
+                )
+                return [w]
+
+            fleet.telemetry_every_s = sc.telemetry_every_s
+            fleet.windows_for = windows
+
+    async def _device_fault(self, f: Fault) -> None:
+        await asyncio.sleep(max(0.0, self.t0 + f.at_s - time.monotonic()))
+        targets = [d for d in self.fleet.devices if self._applies(f, d)]
+        entry: dict[str, Any] = {
+            "kind": f.kind,
+            "region": f.region or "all",
+            "at_s": round(time.monotonic() - self.t0, 2),
+            "for_s": f.for_s or None,
+            "devices": len(targets),
+            "_ids": {} if f.kind == "offline_mid_update" else set(),
+            "_beats": {d.device_id: (d.beats, d.errors) for d in targets},
+        }
+        if f.device_class:
+            entry["device_class"] = f.device_class
+        if f.kind == "drift":
+            entry.update(shift=f.shift, strength=f.strength, windows_shifted=0)
+        if f.kind == "clock_skew":
+            entry["skew_s"] = f.skew_s
+            for d in targets:
+                d.skew_s = f.skew_s
+        self.faults.append(entry)
+        self.live.append((f, entry))
+        self.device_faults_pending -= 1
+        if not f.for_s:
+            return  # in effect until the end of the run
+        await asyncio.sleep(f.for_s)
+        self._end_device_fault(f, entry)
+
+    def _end_device_fault(self, f: Fault, entry: dict[str, Any]) -> None:
+        if (f, entry) not in self.live:
+            return
+        self.live.remove((f, entry))
+        entry["ended_s"] = round(time.monotonic() - self.t0, 2)
+        if f.kind == "clock_skew":
+            for d in self.fleet.devices:
+                if d.device_id in entry["_beats"]:
+                    d.skew_s = 0.0
+
+    def _close_device_faults(self) -> None:
+        """End the faults still in effect and say, for each device fault, what it did."""
+        for f, e in list(self.live):
+            self._end_device_fault(f, e)
+        by_id = self.fleet.by_id
+        final = self._final_version()
+        for e in self.faults:
+            if e["kind"] not in DEVICE_FAULTS or "_ids" not in e:
+                continue
+            ids, beats = e.pop("_ids"), e.pop("_beats")
+            where = f"{e['devices']} devices" + (f" in {e['region']}" if e["region"] != "all" else "")
+            where += f" of class {e['device_class']}" if "device_class" in e else ""
+            if e["kind"] == "crash_loop":
+                hit = [by_id[i] for i in ids]
+                e.update(
+                    crashed=len(hit),
+                    restarts=sum(d.restarts for d in hit),
+                    rolled_themselves_back=sum(1 for d in hit if d.version != self.sc.candidate.version),
+                )
+                e["did"] = (
+                    f"{e['crashed']} of {where} activated {self.sc.candidate.version} and crashed on start; "
+                    f"{e['restarts']} agent restarts in all, {e['rolled_themselves_back']} devices rolled "
+                    f"themselves back; the rollout ended {self.rollout.get('state')}"
+                )
+            elif e["kind"] == "clock_skew":
+                answered = sum(by_id[i].beats - b for i, (b, _) in beats.items())
+                errors = sum(by_id[i].errors - n for i, (_, n) in beats.items())
+                on = sum(1 for i in beats if final is not None and by_id[i].version == final)
+                e.update(heartbeats_answered=answered, errors=errors, ended_on_final=on)
+                e["did"] = (
+                    f"{where} ran {e['skew_s']:+.0f} s off; {answered} of their heartbeats answered, "
+                    f"{errors} failed; {on}/{e['devices']} ended on {final}"
+                )
+            elif e["kind"] == "offline_mid_update":
+                back = sum(1 for i, b in ids.items() if by_id[i].beats > b)
+                on = sum(1 for i in ids if final is not None and by_id[i].version == final)
+                e.update(vanished=len(ids), came_back=back, ended_on_final=on)
+                e["did"] = (
+                    f"{len(ids)} of {where} vanished mid-download for {self._fault_of(e).offline_s:g} s; "
+                    f"{back} came back and resumed, {on} ended on {final}"
+                )
+            elif e["kind"] == "drift":
+                regions = sorted({a["subject"].get("region") for a in self.alerts if a["rule"] == "drift"})
+                e.update(devices_drifting=len(ids), drift_alert_regions=regions)
+                e["did"] = (
+                    f"{e['windows_shifted']} telemetry windows from {len(ids)} of {where} carried "
+                    f"{e['shift']}-shifted inputs (strength {e['strength']:g}); drift alerts open for "
+                    f"regions: {', '.join(map(str, regions)) or 'none'}"
+                )
+
+    def _fault_of(self, entry: dict[str, Any]) -> Fault:
+        return next(
+            f for f in self.sc.faults if f.kind == entry["kind"] and (f.region or "all") == entry["region"]
+        )
+
+    async def _read_alerts(self, mc: httpx.AsyncClient) -> None:
+        """Have the control plane evaluate its alert rules now (as its scheduler does every minute) and
+        read the open alerts."""
+        h = {"Authorization": f"Bearer {self.token}"}
+        r = await mc.post("/v1/fleet/alerts/evaluate", headers=h, timeout=60)
+        r.raise_for_status()
+        r = await mc.get("/v1/fleet/alerts", params={"state": "open"}, headers=h, timeout=60)
+        r.raise_for_status()
+        self.alerts = [
+            {k: a.get(k) for k in ("rule", "severity", "subject", "value", "threshold", "message")}
+            for a in r.json()
+        ]
 
     async def _faults(self) -> None:
         loop = asyncio.get_running_loop()
-        pending = sorted(self.sc.faults, key=lambda f: f.at_s)
+        pending = sorted((f for f in self.sc.faults if f.kind not in DEVICE_FAULTS), key=lambda f: f.at_s)
         for f in pending:
             await asyncio.sleep(max(0.0, self.t0 + f.at_s - time.monotonic()))
             targets = [p for p in self.proxies if f.region in (None, p.name)]
@@ -294,6 +485,8 @@ class _Run:
                 "state": self.rollout.get("state"),
                 "first_wave": self.first_wave,
                 "failed_gates": ev.get("failed_gates"),
+                "members": self.rollout.get("members"),
+                "members_total": sum((self.rollout.get("members") or {}).values()),
                 "events": waves,
             },
             "ever_ran_candidate": ran_bad,
@@ -301,6 +494,15 @@ class _Run:
             "final_versions": {v: f.count_on(v) for v in (sc.baseline.version, sc.candidate.version)},
             "status_counts": dict(f.status_counts),
             "heartbeats": f.heartbeats,
+            "telemetry": {
+                "every_s": sc.telemetry_every_s,
+                "windows_sent": f.windows_sent,
+                "uploads": dict(f.telemetry_counts),
+            },
+            "alerts": self.alerts,
+            "drift_alert_regions": sorted(
+                {str(a["subject"].get("region")) for a in self.alerts if a["rule"] == "drift"}
+            ),
             "faults": self.faults,
             "proxies": {p.name: vars(p.stats) for p in self.proxies},
             "samples": self.samples,
@@ -342,16 +544,19 @@ def run_scenario(
             db_url=database_url,
         )
         if any(f.kind == "kill_server" for f in sc.faults):
-            return _with_replicas(sc, cfg, seed=seed, on_sample=on_sample)
+            return _with_replicas(sc, cfg, seed=seed, on_sample=on_sample, repo=repo, work=work)
         start = start_server_process if server_process else start_server
         with start(cfg) as srv:
-            return asyncio.run(_Run(sc, srv.url, srv.admin_token, seed=seed, on_sample=on_sample).go())
+            run = _Run(sc, srv.url, srv.admin_token, seed=seed, on_sample=on_sample, repo_dir=repo, work=work)
+            return asyncio.run(run.go())
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
-def _with_replicas(sc: SimScenario, cfg: Any, *, seed: int, on_sample: Callable | None) -> dict[str, Any]:
+def _with_replicas(
+    sc: SimScenario, cfg: Any, *, seed: int, on_sample: Callable | None, repo: Path, work: Path
+) -> dict[str, Any]:
     """Two server processes on one PostgreSQL database; devices reach the first through their region's
     proxy (falling back to the second), the run's ``kill_server`` fault kills the first with SIGKILL."""
     from edgefleet.errors import ConfigError
@@ -376,5 +581,7 @@ def _with_replicas(sc: SimScenario, cfg: Any, *, seed: int, on_sample: Callable 
             on_sample=on_sample,
             device_urls=[primary.url, replica.url],
             kill=kill,
+            repo_dir=repo,
+            work=work,
         )
         return asyncio.run(run.go())
