@@ -133,6 +133,7 @@ SURFACE = {
     "edgefleet.power": [
         "DeviceGovernor",
         "DeviceState",
+        "EnergyGate",
         "POLICY_FILE",
         "Policy",
         "PolicyEngine",
@@ -140,6 +141,7 @@ SURFACE = {
         "ScriptedSource",
         "SysfsSource",
         "open_state_source",
+        "parse_trigger",
         "probe",
     ],
     "edgefleet.protocol": [

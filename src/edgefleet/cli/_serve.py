@@ -62,6 +62,18 @@ def serve(
     cache: bool = typer.Option(False, "--cache", help="Cache answers of repeated inputs."),
     rate_limit: float | None = typer.Option(None, help="Requests per second allowed per client."),
     threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads."),
+    trigger: str | None = typer.Option(
+        None,
+        "--trigger",
+        help="A cheap gate in front of the model: energy:-40dBFS[:HANGOVER_CHUNKS]. Inputs it rejects are "
+        "answered triggered=false without running the model.",
+    ),
+    trigger_input: str | None = typer.Option(
+        None, "--trigger-input", help="Input the trigger looks at (default: the model's first float input)."
+    ),
+    watts: float | None = typer.Option(
+        None, "--watts", help="The device's CPU power figure in W: estimates the energy the trigger saves."
+    ),
     tls_cert: Path | None = typer.Option(
         None, "--tls-cert", envvar="EDGEFLEET_API_TLS_CERT", help="PEM certificate: serve HTTPS."
     ),
@@ -119,6 +131,17 @@ def serve(
         updates["escalation"] = cfg.escalation.model_copy(update={"threshold": threshold})
     if threads is not None:
         updates["engine"] = cfg.engine.model_copy(update={"intra_op_threads": threads})
+    if trigger is not None:
+        from edgefleet.power._trigger import parse_trigger
+
+        parse_trigger(trigger)  # a bad spec is a clear error before the model loads
+        updates["trigger"] = trigger
+    if trigger_input is not None:
+        updates["trigger_input"] = trigger_input
+    if watts is not None:
+        if watts <= 0:
+            raise ConfigError(f"--watts {watts:g} must be positive", hint="e.g. --watts 4.5")
+        updates["power_watts"] = watts
     cfg = cfg.model_copy(update=updates)
 
     box = None
@@ -134,6 +157,12 @@ def serve(
         m = rt.manifest
         where = server.url
         err_console.print(f"serving [bold]{m.key}[/] on {where} (OpenAPI at /docs)", highlight=False)
+        if rt.trigger is not None:
+            err_console.print(
+                f"trigger: {rt.trigger.gate!r} on input {rt.trigger.watched(m)!r}; gated inputs answer "
+                "triggered=false (counts in GET /v1/model and /metrics)",
+                highlight=False,
+            )
         if api.token is None and not uds and host not in ("127.0.0.1", "::1", "localhost"):
             err_console.print(
                 "[yellow]warning:[/] no token and not on loopback: anyone on the network can call it"

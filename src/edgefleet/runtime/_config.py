@@ -197,3 +197,12 @@ class RuntimeConfig(BaseSettings):
     metrics: bool = Field(True, description="record Prometheus metrics")
     drain_timeout_s: float = Field(30.0, gt=0, description="longest wait for in-flight calls on swap")
     golden_check: bool = Field(True, description="run the bundle's golden set before serving it")
+    trigger: str | None = Field(
+        None,
+        description="a cheap gate in front of the model, e.g. energy:-40dBFS[:HANGOVER] (None: none); "
+        "inputs it rejects are answered triggered=false without running the model",
+    )
+    trigger_input: str | None = Field(None, description="input the trigger looks at (default: first float)")
+    power_watts: float | None = Field(
+        None, gt=0, description="the device's CPU power figure in W, for energy estimates (None: none)"
+    )

@@ -193,7 +193,8 @@ class OrtEngine:
             if isinstance(d, int) and d >= 0:
                 shape.append(d)
             else:
-                shape.append(d if isinstance(d, str) and d else ("batch" if i == 0 else f"d{i}"))
+                # an unnamed dim is its own: two tensors' unnamed dims are not known to agree
+                shape.append(d if isinstance(d, str) and d else ("batch" if i == 0 else f"{node.name}_d{i}"))
         return TensorSpec(name=node.name, dtype=dtype, shape=shape)
 
     def _warm_up(self) -> None:

@@ -130,6 +130,17 @@ class RuntimeMetrics:
             registry=r,
         )
         self.swaps = Counter(f"{ns}_swaps", "Hot swaps completed", registry=r)
+        self.trigger = Counter(
+            f"{ns}_trigger",
+            "Requests by the trigger stage's decision: model (the big model ran) or gated",
+            ["decision"],
+            registry=r,
+        )
+        self.trigger_energy_saved = Gauge(
+            f"{ns}_trigger_energy_saved_mj",
+            "Energy the trigger saved, estimated: gated requests x mean model latency x power_watts (mJ)",
+            registry=r,
+        )
 
     def answered(self, tier: str, seconds: float) -> None:
         """Count one answered request and its latency (the hot path)."""

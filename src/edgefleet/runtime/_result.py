@@ -29,6 +29,7 @@ class Result:
         "version",
         "variant",
         "latency_ms",
+        "triggered",
         "_classes",
         "_labels",
         "_confidence",
@@ -47,8 +48,11 @@ class Result:
         classes: np.ndarray | None = None,
         labels: list[str] | None = None,
         confidence: np.ndarray | None = None,
+        triggered: bool | None = None,
     ) -> None:
         self.outputs = outputs
+        # with a trigger stage: True when the model ran, False when the gate answered (no outputs)
+        self.triggered = triggered
         self.tiers = tiers
         self.events = events
         self.model = model
@@ -142,6 +146,7 @@ class Result:
                 {"kind": e.kind, "tier": e.tier, "detail": e.detail, "rows": e.rows} for e in self.events
             ],
             "latency_ms": round(self.latency_ms, 3),
+            **({} if self.triggered is None else {"triggered": self.triggered}),
         }
 
 

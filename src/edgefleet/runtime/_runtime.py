@@ -46,6 +46,7 @@ from edgefleet.runtime._predictor import (
 )
 from edgefleet.runtime._result import Result
 from edgefleet.runtime._served import _Borrowed, _is_predictor, _Served, _waker, manifest_for_model
+from edgefleet.runtime._trigger import TriggerStage
 from edgefleet.runtime._validation import Validator
 
 __all__ = ["Result", "Runtime"]
@@ -71,6 +72,7 @@ class Runtime:
         heuristic: Any = None,
         metrics: RuntimeMetrics | None = None,
         wrap: Callable[[Predictor], Predictor] | None = None,
+        trigger: Any = None,
     ) -> None:
         self.config = config or RuntimeConfig()
         self._wrap = wrap
@@ -91,6 +93,14 @@ class Runtime:
         self._large: Predictor | None = None
         self._cloud: Predictor | None = None
         self._targets: list[Predictor] = []
+        gate = trigger if trigger is not None else self.config.trigger
+        self.trigger: TriggerStage | None = None
+        if gate is not None:
+            self.trigger = TriggerStage(
+                gate, input_name=self.config.trigger_input, watts=self.config.power_watts, metrics=self._m
+            )
+            t = self.trigger
+            self.metrics.trigger_energy_saved.set_function(lambda: t.energy_saved_mj() or 0.0)
 
     # --- construction -----------------------------------------------------------------------------
 
@@ -108,6 +118,9 @@ class Runtime:
             outbox: where escalations wait when they cannot be sent (``telemetry.Outbox``).
             heuristic: a last-resort answer: a mapping of output name to one row, or ``fn(batch)``.
             wrap: ``fn(pipeline) -> predictor`` applied to each served model's pipeline (observers).
+            trigger: a cheap gate in front of the model (``power.EnergyGate``, ``fn(array) -> bool`` or a
+                spec such as ``"energy:-40dBFS"``; default ``config.trigger``): inputs it rejects are
+                answered ``triggered=False`` without running the model.
         """
         rt = cls(config, **kw)
         try:
@@ -265,6 +278,8 @@ class Runtime:
             if self._wrap is not None:  # e.g. telemetry's Aggregator; applied again to every swapped-in model
                 pipeline = self._wrap(pipeline)
             validator = Validator(manifest.inputs, cfg.validation) if cfg.validation.enabled else None
+            if self.trigger is not None:
+                self.trigger.watched(manifest)  # a trigger input the model lacks fails the load, not requests
             return _Served(
                 manifest,
                 pipeline,
@@ -379,11 +394,19 @@ class Runtime:
         served = self._acquire()
         try:
             tensors = served.prepare(raw_inputs, contract=not preprocessed)
-            out = as_prediction(
-                served.pipeline.predict(tensors, priority=priority, deadline=abs_deadline, escalate=escalate),
-                served.tier,
-            )
-            res = served.finish(out, t0)
+            trig = self.trigger
+            if trig is not None and (gated := trig.check(served, tensors, t0)) is not None:
+                res = gated
+            else:
+                out = as_prediction(
+                    served.pipeline.predict(
+                        tensors, priority=priority, deadline=abs_deadline, escalate=escalate
+                    ),
+                    served.tier,
+                )
+                res = served.finish(out, t0)
+                if trig is not None:
+                    trig.answered(res)
         except Exception as e:
             err = self._failed(e)
             if err is e:
@@ -414,7 +437,7 @@ class Runtime:
         import asyncio
 
         served = self._served
-        if served is None or served.batcher is None:
+        if served is None or served.batcher is None or self.trigger is not None:
             import functools
 
             import anyio
@@ -533,6 +556,7 @@ class Runtime:
             "inflight": served.inflight if served else 0,
             "breakers": breakers,
             "cache_entries": len(self.cache) if self.cache is not None else None,
+            **({"trigger": self.trigger.stats()} if self.trigger is not None else {}),
         }
 
     def _walk(self, p: Any) -> list[Any]:
