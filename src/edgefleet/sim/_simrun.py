@@ -387,55 +387,61 @@ class _Run:
         ]
 
     async def _faults(self) -> None:
-        loop = asyncio.get_running_loop()
+        """The network and server faults, each on its own schedule (overlapping ones overlap)."""
         pending = sorted((f for f in self.sc.faults if f.kind not in DEVICE_FAULTS), key=lambda f: f.at_s)
-        for f in pending:
-            await asyncio.sleep(max(0.0, self.t0 + f.at_s - time.monotonic()))
-            targets = [p for p in self.proxies if f.region in (None, p.name)]
-            before = {p.name: p.stats.reset for p in targets}
-            entry = {
-                "kind": f.kind,
-                "region": f.region or "all",
-                "at_s": round(time.monotonic() - self.t0, 2),
-            }
-            if f.kind == "kill_server":
-                pid = self.kill() if self.kill else None
-                entry.update(killed_pid=pid, heartbeats_before=self.fleet.heartbeats)
-                await asyncio.sleep(f.for_s)
-                entry["heartbeats_after"] = self.fleet.heartbeats  # answered by the replica
-                self.faults.append(entry)
-                continue
-            if f.kind == "herd":
-                rng = random.Random(self.seed)
-                for d in self.fleet.devices:
-                    if d.nudge is not None:
-                        loop.call_later(rng.uniform(0, f.spread_s), d.nudge.set)
-                entry["nudged"] = len(self.fleet.devices)
-                entry["spread_s"] = f.spread_s
-                self.faults.append(entry)
-                continue
-            for p in targets:
-                if f.kind == "partition":
-                    p.partition(True)
-                elif f.kind == "latency":
-                    p.state.latency_s = f.latency_ms / 1000
-                elif f.kind == "loss":
-                    p.state.loss = f.loss
-            on_before = {
-                v: self.fleet.count_on(v) for v in (self.sc.baseline.version, self.sc.candidate.version)
-            }
-            await asyncio.sleep(f.for_s)
-            for p in targets:
-                p.partition(False)
-                p.state.latency_s, p.state.loss = 0.0, 0.0
-            entry.update(
-                for_s=f.for_s,
-                connections_reset=sum(p.stats.reset - before[p.name] for p in targets),
-                devices_on_before=on_before,
-                devices_on_after={v: self.fleet.count_on(v) for v in on_before},
-            )
-            self.faults.append(entry)
+        await asyncio.gather(*(self._fault(f) for f in pending))
+        self.faults.sort(key=lambda e: e["at_s"])
         self.faults_done = True
+
+    async def _fault(self, f: Fault) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self.t0 + f.at_s - time.monotonic()))
+        targets = [p for p in self.proxies if f.region in (None, p.name)]
+        before = {p.name: p.stats.by_fault.get(f.kind, 0) for p in targets}
+        entry: dict[str, Any] = {
+            "kind": f.kind,
+            "region": f.region or "all",
+            "at_s": round(time.monotonic() - self.t0, 2),
+        }
+        if f.kind == "kill_server":
+            pid = self.kill() if self.kill else None
+            entry.update(killed_pid=pid, heartbeats_before=self.fleet.heartbeats)
+            await asyncio.sleep(f.for_s)
+            entry["heartbeats_after"] = self.fleet.heartbeats  # answered by the replica
+            self.faults.append(entry)
+            return
+        if f.kind == "herd":
+            rng = random.Random(self.seed)
+            for d in self.fleet.devices:
+                if d.nudge is not None:
+                    loop.call_later(rng.uniform(0, f.spread_s), d.nudge.set)
+            entry["nudged"] = len(self.fleet.devices)
+            entry["spread_s"] = f.spread_s
+            self.faults.append(entry)
+            return
+        for p in targets:
+            if f.kind == "partition":
+                p.partition(True)
+            elif f.kind == "latency":
+                p.state.latency_s = f.latency_ms / 1000
+            elif f.kind == "loss":
+                p.state.loss = f.loss
+        on_before = {v: self.fleet.count_on(v) for v in (self.sc.baseline.version, self.sc.candidate.version)}
+        await asyncio.sleep(f.for_s)
+        for p in targets:  # undo this fault only (another may still be in effect on the same proxy)
+            if f.kind == "partition":
+                p.partition(False)
+            elif f.kind == "latency":
+                p.state.latency_s = 0.0
+            elif f.kind == "loss":
+                p.state.loss = 0.0
+        entry.update(
+            for_s=f.for_s,
+            connections_reset=sum(p.stats.by_fault.get(f.kind, 0) - before[p.name] for p in targets),
+            devices_on_before=on_before,
+            devices_on_after={v: self.fleet.count_on(v) for v in on_before},
+        )
+        self.faults.append(entry)
 
     async def _sample(self, api: Client, mc: httpx.AsyncClient) -> None:
         while True:
