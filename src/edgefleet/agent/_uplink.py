@@ -71,8 +71,18 @@ class Uplink(AgentCore):
         self._hardware_sent = True
         self._health_sent = self._health_pending
         self.poll_interval = max(self.config.min_poll_interval_s, resp.poll_interval_s)
+        self._note_wait(resp.wait_reason)
         # act only on the signed, fresh decision (DeviceIdentity.accept), never on the unsigned fields
         return self.identity.accept(resp, self.journal, self.creds.device_id)
+
+    def _note_wait(self, reason: str | None) -> None:
+        """Journal (once per change) why the control plane holds an update back (the group's update policy)."""
+        if reason == getattr(self, "_wait_reason", None):
+            return
+        self._wait_reason = reason
+        if reason:
+            self.journal.event("update_waiting", reason=reason[:300])
+            self._save_quietly()
 
     def _renew_certificate(self) -> None:
         """Renew the device certificate when less than a third of its lifetime is left (best effort)."""
@@ -159,6 +169,7 @@ class Uplink(AgentCore):
                 power_source=st.power_source if st else None,
                 power_rules=[r[:64] for r in power.decision.active] if power is not None else None,
                 power_switches=power.switch_count if power is not None else None,
+                metered=(st.link == "metered") if st is not None and st.link is not None else None,
             )
         except Exception:  # pragma: no cover
             return Resources()

@@ -38,6 +38,7 @@ _COMMAND_MODULES = [
     "_release",
     "_retrain",
     "_samples",
+    "_update_policy",
     "_telemetry",
     "_fleet",
     "_demo",

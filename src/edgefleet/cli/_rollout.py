@@ -50,6 +50,9 @@ def rollout_create(
         None, "--min-requests", help="Requests served before ML gates judge."
     ),
     gate: list[str] = typer.Option(None, "--gate", help="Any gate setting, e.g. max_latency_p95_ratio=1.3."),
+    force: bool = typer.Option(
+        False, "--force", help="A forced update (security fix): ignore the devices' update policies."
+    ),
 ) -> dict[str, Any]:
     """Start a rollout of NAME VERSION through gated waves."""
     try:
@@ -76,6 +79,7 @@ def rollout_create(
         policy=policy,
         on_fail=on_fail,
         gates=gates,
+        force=force or None,
     )
 
 
@@ -110,7 +114,7 @@ def _show_rollout(r: dict[str, Any]) -> None:
     console.print(
         f"[bold]{r['id']}[/] {r['name']} {r['version']}  selector '{r['selector']}'  [bold]{r['state']}[/]"
         f"  wave {r['wave']}/{len(r['waves'])} ({r['wave_percent']:g}%)  policy {r['policy']}, "
-        f"on fail {r['on_fail']}"
+        f"on fail {r['on_fail']}" + ("  [red]forced[/] (update policies ignored)" if r.get("force") else "")
     )
     if r.get("reason"):
         console.print(f"reason: {r['reason']}")
@@ -135,6 +139,9 @@ def _show_rollout(r: dict[str, Any]) -> None:
         console.print(t)
         if ev.get("waiting_for"):
             console.print("waiting for: " + "; ".join(ev["waiting_for"]))
+        if ev.get("held"):
+            why = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(ev["held"].items()))
+            console.print(f"held by update policies: {sum(ev['held'].values())} devices ({why})")
     for x in r.get("does_not_fit", [])[:20]:
         console.print(f"[yellow]does not fit[/] {x['device_id']}: {x['reason']}")
 

@@ -213,8 +213,11 @@ class Client:
         on_fail: str | None = None,
         gates: dict[str, Any] | None = None,
         device_gates: dict[str, Any] | None = None,
+        force: bool | None = None,
     ) -> Json:
-        """Start a rollout of ``name`` ``version``; settings left out take the server's defaults."""
+        """Start a rollout of ``name`` ``version``; settings left out take the server's defaults.
+
+        ``force``: a forced update (security fix) that ignores the devices' update policies."""
         body: Json = {"name": name, "version": version}
         optional = {
             "selector": selector,
@@ -224,6 +227,7 @@ class Client:
             "on_fail": on_fail,
             "gates": gates,
             "device_gates": device_gates,
+            "force": force,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         return self.request("POST", "/v1/rollouts", json=body)
@@ -396,6 +400,25 @@ class Client:
 
     def delete_sample_policy(self, name: str) -> Json:
         return self.request("DELETE", f"/v1/sample-policies/{name}")
+
+    def update_policies(self) -> list[Json]:
+        """Update policies per device group, highest priority first."""
+        return self.request("GET", "/v1/update-policies")
+
+    def update_policy(self, name: str) -> Json:
+        return self.request("GET", f"/v1/update-policies/{name}")
+
+    def set_update_policy(self, name: str, policy: Json, *, selector: str = "*", priority: int = 0) -> Json:
+        """Set the update policy (windows, metered/charging, pin or deferral) of the devices ``selector``
+        matches."""
+        return self.request(
+            "PUT",
+            f"/v1/update-policies/{name}",
+            json={"selector": selector, "priority": priority, "policy": policy},
+        )
+
+    def delete_update_policy(self, name: str) -> Json:
+        return self.request("DELETE", f"/v1/update-policies/{name}")
 
     def accuracy(self, *, release: str | None = None, by: str = "release") -> list[Json]:
         """Live accuracy from labelled samples per release (``by``: also device_class, region)."""
