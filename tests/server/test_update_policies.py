@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from servertools import GOOD, Harness, active_of, fleet_on_v1
+from servertools import GOOD, Harness, active_of, fleet_on_v1, make_harness
 
 from edgefleet.server._update_policies import UpdatePolicy, parse_window
 
@@ -51,7 +51,17 @@ def group(h: Harness, n: int = 3) -> list[dict]:
 
 
 def test_a_closed_window_holds_the_update_and_says_so_until_it_opens(harness):
-    h = harness
+    _window_holds_until_it_opens(harness)
+
+
+def test_a_closed_window_holds_the_update_on_postgres(tmp_path, published, pg_url):
+    """The same on PostgreSQL, where heartbeats go through the coalescing writer (``aheartbeat``)."""
+    client, clock = make_harness(tmp_path, db_url=pg_url, repo_dir=published / "repo")
+    with client:
+        _window_holds_until_it_opens(Harness(client, clock))
+
+
+def _window_holds_until_it_opens(h: Harness) -> None:
     devs = group(h)
     put(h, "night", {"windows": ["02:00-05:00"], "timezone": "Europe/Berlin"})
     r = h.rollout("2.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
