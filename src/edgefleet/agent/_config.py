@@ -94,6 +94,12 @@ class AgentConfig(BaseSettings):
         "(a YAML/CSV battery and temperature trace standing in for hardware this machine lacks)",
     )
     device_trace_speed: float = Field(1.0, gt=0, description="trace seconds per second for scripted:TRACE")
+    cpu_watts: float | None = Field(
+        None,
+        gt=0,
+        description="the device's CPU power figure in W (a profile's device.cpu_watts): heartbeats carry "
+        "energy per inference as CPU time x watts, labelled an estimate; RAPL counters win where readable",
+    )
     device_policy: Path | None = Field(
         None, description="power/thermal policy YAML; None: device_policy.yaml in the active bundle, if any"
     )

@@ -10,6 +10,7 @@ host's serving path obeys the governor's gate (rate limit, duty cycle, paused es
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from edgefleet.agent._core import AgentCore
@@ -25,6 +26,7 @@ class DevicePower(AgentCore):
     """Mixed into :class:`~edgefleet.agent.Agent`: ``self.power`` is its ``DeviceGovernor``."""
 
     power: Any  # edgefleet.power.DeviceGovernor
+    energy: Any  # edgefleet.power._energy.EnergyMeter
     _power_policy_sha: str | None  # the bundle whose policy is in force (None: the config's file)
     _power_small: tuple[str, str] | None  # (smaller variant served, the active version it stands in for)
     _power_deferred: str | None  # the assignment whose download was last reported deferred
@@ -41,6 +43,20 @@ class DevicePower(AgentCore):
         self._power_deferred = None
         if self.config.device_policy is not None:
             self.power.set_policy(Policy.from_yaml(self.config.device_policy), str(self.config.device_policy))
+        from edgefleet.power._energy import EnergyMeter
+
+        kind, _, root = self.config.device_state.partition(":")
+        powercap = Path(root or "/") / "sys/class/powercap" if kind == "sysfs" else None
+        self.energy = EnergyMeter(self.config.cpu_watts, powercap=powercap)
+
+    def _energy_resources(self) -> dict[str, Any]:
+        """Energy per inference since the last heartbeat (``power._energy``), from the host's cumulative
+        request count the heartbeat has just read: computed here, never on the request path."""
+        requests = getattr(self, "_health_pending", (0, 0))[0]
+        try:
+            return self.energy.sample(requests)
+        except Exception:  # noqa: BLE001 - a figure must never stop a heartbeat
+            return {}
 
     def _power_bundle_policy(self) -> None:
         """Take ``device_policy.yaml`` of the active bundle when no policy file is configured."""

@@ -169,6 +169,7 @@ class Uplink(AgentCore):
                 power_source=st.power_source if st else None,
                 power_rules=[r[:64] for r in power.decision.active] if power is not None else None,
                 power_switches=power.switch_count if power is not None else None,
+                **(self._energy_resources() if hasattr(self, "_energy_resources") else {}),
                 metered=(st.link == "metered") if st is not None and st.link is not None else None,
             )
         except Exception:  # pragma: no cover

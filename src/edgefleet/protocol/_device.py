@@ -102,6 +102,13 @@ class Resources(_Msg):
     )
     power_switches: int | None = Field(None, ge=0, description="policy rule switches since the agent started")
     metered: bool | None = Field(None, description="the device's link is metered (None: cannot tell)")
+    cpu_ms_per_inference: float | None = Field(
+        None, ge=0, description="process CPU time per inference since the last heartbeat"
+    )
+    energy_mj: float | None = Field(None, ge=0, description="energy per inference since the last heartbeat")
+    energy_method: str | None = Field(
+        None, max_length=16, description="rapl (package counters) or estimate (CPU time x cpu_watts)"
+    )
 
 
 class ModelHealth(_Msg):

@@ -173,9 +173,14 @@ class DashboardModel(OnQueries):
 
 
 def _power(resources: dict[str, Any] | None) -> str:
-    """The device policy in one cell: rules on now and switches so far (edgefleet.power), '-' if none."""
+    """The device policy in one cell: rules on now and switches so far (edgefleet.power), then the energy
+    per inference (``est.`` when estimated from CPU time, ``RAPL`` when measured); '-' if none."""
     r = resources or {}
-    if r.get("power_switches") is None:
-        return "-"
-    rules = ", ".join(str(x) for x in (r.get("power_rules") or [])[:8]) or "normal"
-    return f"{rules} ({int(r['power_switches'])} switches)"
+    parts = []
+    if r.get("power_switches") is not None:
+        rules = ", ".join(str(x) for x in (r.get("power_rules") or [])[:8]) or "normal"
+        parts.append(f"{rules} ({int(r['power_switches'])} switches)")
+    if isinstance(r.get("energy_mj"), int | float):
+        how = "RAPL" if r.get("energy_method") == "rapl" else "est."
+        parts.append(f"{r['energy_mj']:.3g} mJ/inference ({how})")
+    return "; ".join(parts) or "-"
