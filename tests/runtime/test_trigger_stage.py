@@ -110,6 +110,10 @@ def test_trigger_from_config_and_errors(frames):
         Runtime(_cfg(trigger="energy:quiet"))
 
 
+def gate_rms(f):
+    return float(np.sqrt(np.mean(np.square(f))))
+
+
 def _wait_ready(c, proc, timeout=60.0):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -158,6 +162,26 @@ def test_serve_trigger_over_http(tmp_path, frames):
             assert st["model_runs"] == sum(seen) and st["gated"] == seen.count(False)
             assert st["energy_method"] == "estimate" and st["energy_saved_mj"] > 0
             prom = c.get("/metrics").text
+            # the Open Inference Protocol says the same in the response's parameters
+            loud, quiet = (frames[int(np.argmax([gate_rms(f) for f in frames]))], np.zeros(576, np.float32))
+            for chunk, want, times in (
+                (quiet, False, 9),
+                (loud, True, 1),
+            ):  # 9 quiet ones outlast the hangover
+                doc = {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 576], "datatype": "FP32", "data": chunk.tolist()},
+                        {"name": "state", "shape": [2, 1, 128], "datatype": "FP32", "data": [0.0] * 256},
+                        {"name": "sr", "shape": [], "datatype": "INT64", "data": [16000]},
+                    ],
+                    "outputs": [{"name": "output"}],
+                }
+                for _ in range(times):
+                    r = c.post("/v2/models/silero_vad/infer", json=doc)
+                    assert r.status_code == 200, r.text
+                body = r.json()
+                assert body["parameters"] == {"triggered": want}
+                assert [o["name"] for o in body["outputs"]] == (["output"] if want else [])
             assert f'edgefleet_runtime_trigger_total{{decision="gated"}} {float(seen.count(False))}' in prom
     finally:
         proc.send_signal(signal.SIGTERM)

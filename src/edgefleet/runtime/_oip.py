@@ -197,10 +197,17 @@ def decode_infer_request(
 
 
 def encode_infer_response(
-    doc: dict[str, Any], outputs: dict[str, np.ndarray], model: str, version: str
+    doc: dict[str, Any],
+    outputs: dict[str, np.ndarray],
+    model: str,
+    version: str,
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str], str]:
-    """(body, extra headers, content type) of an infer response, binary outputs where asked for."""
+    """(body, extra headers, content type) of an infer response, binary outputs where asked for;
+    ``parameters``: the response's own (``triggered`` with a trigger stage)."""
     params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+    if parameters is not None and parameters.get("triggered") is False:
+        doc = {k: v for k, v in doc.items() if k != "outputs"}  # the model did not run: no outputs to give
     all_binary = bool(params.get("binary_data_output", False))
     wanted: dict[str, bool] = {}
     for o in doc.get("outputs") or []:
@@ -237,6 +244,8 @@ def encode_infer_response(
             item["data"] = flat.tolist()
         items.append(item)
     resp: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": items}
+    if parameters:
+        resp["parameters"] = parameters
     if "id" in doc:
         resp["id"] = doc["id"]
     head = json.dumps(resp, separators=(",", ":")).encode()
@@ -320,7 +329,13 @@ def add_open_inference_routes(
             preprocessed=True,
             limiter=limiter,
         )
-        content, headers, ctype = encode_infer_response(doc, result.outputs, result.model, result.version)
+        content, headers, ctype = encode_infer_response(
+            doc,
+            result.outputs,
+            result.model,
+            result.version,
+            None if result.triggered is None else {"triggered": result.triggered},
+        )
         return Response(content, media_type=ctype, headers=headers)
 
     g = dependencies
