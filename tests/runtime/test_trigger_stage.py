@@ -203,3 +203,27 @@ def test_serve_bad_trigger_is_a_clear_error():
     )
     assert r.returncode != 0 and "trigger 'loudness' is not understood" in r.stderr
     assert "Traceback" not in r.stderr
+    env = {**os.environ, "EDGEFLEET_ENGINE_WARMUP_RUNS": "0"}
+    for extra, says in (
+        (["--trigger-input", "audio"], "trigger input 'audio' is not an input of silero_vad"),
+        (["--watts", "-2"], "--watts -2 must be positive"),
+    ):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgefleet.cli",
+                "serve",
+                str(MODEL),
+                "--no-batching",
+                "--trigger",
+                "energy:-40",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert r.returncode != 0 and says in " ".join(r.stderr.split()), r.stderr
+        assert "Traceback" not in r.stderr
