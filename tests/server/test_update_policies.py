@@ -94,6 +94,19 @@ def test_devices_outside_the_group_are_not_held(harness):
     assert all(beat(h, d)["assignment"]["version"] == "2.0.0" for d in devs)
 
 
+def test_a_device_moved_out_of_the_group_or_a_changed_policy_takes_effect_at_the_next_beat(harness):
+    h = harness
+    devs = group(h, 2)
+    put(h, "night", {"windows": ["02:00-05:00"], "timezone": "Europe/Berlin"})
+    h.rollout("2.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
+    assert all(beat(h, d)["assignment"] is None for d in devs)  # both held (and their group remembered)
+    r = h.c.patch(f"/v1/devices/{devs[0]['device_id']}", json={"tags": {"site": "paris"}}, headers=h.admin)
+    assert r.status_code == 200, r.text
+    assert beat(h, devs[0])["assignment"]["version"] == "2.0.0"  # re-tagged: no longer in the group
+    put(h, "night", {"windows": ["00:00-02:00"], "timezone": "Europe/Berlin"})  # now open at 01:00
+    assert beat(h, devs[1])["assignment"]["version"] == "2.0.0"
+
+
 def test_a_pinned_group_stays_on_its_version(harness):
     h = harness
     devs = group(h, 2)

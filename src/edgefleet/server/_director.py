@@ -343,12 +343,13 @@ class DeviceService:
 
         Only rollout assignments wait, never a forced rollout's, nor one the device already runs.
         """
-        rollout_id = row[1]
-        if self.update_policies is None or rollout_id is None or self._forced(rollout_id):
+        rollout_id, policies = row[1], self.update_policies
+        if policies is None or rollout_id is None or not policies.compiled() or self._forced(rollout_id):
             return None
         if hb.active is not None and hb.active.sha256 == assignment["hashes"].get("sha256"):
             return None
         tags = row[8]
+        active = (hb.active.name, hb.active.version) if hb.active else None
 
         def attrs() -> dict[str, str | None]:
             return device_attrs(
@@ -361,11 +362,12 @@ class DeviceService:
                 active_name=hb.active.name if hb.active else None,
             )
 
-        hold = self.update_policies.hold(
+        hold = policies.hold(
             attrs,
             version=assignment["version"],
             resources={"metered": hb.resources.metered, "power_source": hb.resources.power_source},
             now=now,
+            device=(device_id, (*row[5:8], tags if isinstance(tags, str) else repr(tags), active)),
         )
         return None if hold is None else f"{assignment['name']} {assignment['version']} waits: {hold.message}"
 

@@ -20,6 +20,7 @@ reloaded on every write here and at most ``ttl_s`` after a write by another serv
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -224,6 +225,10 @@ class UpdatePolicies:
         self._compiled: list[_Compiled] | None = None
         self._loaded_at = 0.0
         self._lock = threading.Lock()
+        # device id -> (its selector attributes' signature, its group's policy): matching selectors is
+        # most of a hold's cost, and a device's attributes rarely change; emptied when policies reload
+        self._groups: dict[str, tuple[Any, _Compiled | None]] = {}
+        self._sig: tuple[Any, ...] | None = None  # what the compiled policies were made from
 
     # --- writes (operators) ---------------------------------------------------------------------
 
@@ -286,10 +291,13 @@ class UpdatePolicies:
             return c
         with self.db.read() as s:
             q = select(UpdatePolicyRow).order_by(UpdatePolicyRow.priority.desc(), UpdatePolicyRow.name)
-            c = [_compile(r) for r in s.scalars(q)]
+            rows = list(s.scalars(q))
+        sig = tuple((r.name, r.selector, r.priority, json.dumps(r.policy, sort_keys=True)) for r in rows)
         with self._lock:
-            self._compiled, self._loaded_at = c, time.monotonic()
-        return c
+            if sig != self._sig or self._compiled is None:
+                self._compiled, self._sig, self._groups = [_compile(r) for r in rows], sig, {}
+            self._loaded_at = time.monotonic()
+            return self._compiled
 
     def hold(
         self,
@@ -298,19 +306,28 @@ class UpdatePolicies:
         version: str,
         resources: Mapping[str, Any] | None,
         now: float,
+        device: tuple[str, Any] | None = None,
     ) -> Hold | None:
         """Why the device with selector attributes ``attrs`` must not take ``version`` now (None: it may).
 
-        ``attrs`` may be a function, called only when there is a policy to match.
+        ``attrs`` may be a function, called only when there is a policy to match. ``device``: ``(id,
+        signature of its attributes)``; the policy its group matched is remembered while that holds.
         """
         policies = self.compiled()
         if not policies:
             return None
-        a = attrs() if callable(attrs) else attrs
-        for p in policies:
-            if p.selector.matches(a):
-                return p.hold(now=now, version=version, resources=resources)
-        return None
+        groups = self._groups
+        seen = groups.get(device[0]) if device is not None else None
+        if seen is not None and seen[0] == device[1]:
+            policy = seen[1]
+        else:
+            a = attrs() if callable(attrs) else attrs
+            policy = next((p for p in policies if p.selector.matches(a)), None)
+            if device is not None:
+                if len(groups) > 200_000:
+                    groups.clear()
+                groups[device[0]] = (device[1], policy)
+        return None if policy is None else policy.hold(now=now, version=version, resources=resources)
 
 
 def _as_dict(r: UpdatePolicyRow) -> dict[str, Any]:
