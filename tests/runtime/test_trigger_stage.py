@@ -129,11 +129,13 @@ def _wait_ready(c, proc, timeout=60.0):
 
 
 def test_serve_trigger_over_http(tmp_path, frames):
-    sock = tmp_path / "rt.sock"
+    sock, prof = tmp_path / "rt.sock", tmp_path / "device.yaml"
+    # the power figure comes from the device profile: RAPL-measured watts win over cpu_watts
+    prof.write_text("name: dev\ncores: 1\ndevice:\n  cpu_watts: 2.0\n  compute:\n    rapl_watts: 5.0\n")
     env = {**os.environ, "EDGEFLEET_ENGINE_WARMUP_RUNS": "0"}
     cmd = [sys.executable, "-m", "edgefleet.cli", "serve", str(MODEL), "--uds", str(sock), "--no-batching"]
     proc = subprocess.Popen(
-        [*cmd, "--trigger", "energy:-40dBFS:8", "--watts", "5"],
+        [*cmd, "--trigger", "energy:-40dBFS:8", "--profile", str(prof)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -160,7 +162,8 @@ def test_serve_trigger_over_http(tmp_path, frames):
             assert True in seen and False in seen
             st = c.get("/v1/model").json()["status"]["trigger"]
             assert st["model_runs"] == sum(seen) and st["gated"] == seen.count(False)
-            assert st["energy_method"] == "estimate" and st["energy_saved_mj"] > 0
+            assert st["energy_method"] == "estimate"
+            assert st["energy_saved_mj"] == pytest.approx(st["gated"] * st["mean_model_ms"] * 5.0)
             prom = c.get("/metrics").text
             # the Open Inference Protocol says the same in the response's parameters
             loud, quiet = (frames[int(np.argmax([gate_rms(f) for f in frames]))], np.zeros(576, np.float32))
@@ -194,7 +197,9 @@ def test_serve_trigger_over_http(tmp_path, frames):
     assert "trigger: EnergyGate(-40 dBFS, hangover 8)" in proc.stderr.read().decode()
 
 
-def test_serve_bad_trigger_is_a_clear_error():
+def test_serve_bad_trigger_is_a_clear_error(tmp_path):
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("name: bare\ncores: 1\n")
     r = subprocess.run(
         [sys.executable, "-m", "edgefleet.cli", "serve", str(MODEL), "--trigger", "loudness"],
         capture_output=True,
@@ -207,6 +212,7 @@ def test_serve_bad_trigger_is_a_clear_error():
     for extra, says in (
         (["--trigger-input", "audio"], "trigger input 'audio' is not an input of silero_vad"),
         (["--watts", "-2"], "--watts -2 must be positive"),
+        (["--profile", str(bare)], "has no power figure"),
     ):
         r = subprocess.run(
             [

@@ -74,6 +74,12 @@ def serve(
     watts: float | None = typer.Option(
         None, "--watts", help="The device's CPU power figure in W: estimates the energy the trigger saves."
     ),
+    profile: Path | None = typer.Option(
+        None,
+        "--profile",
+        help="Device profile (edgefleet device probe): its power figure (RAPL-measured watts, else "
+        "device.cpu_watts) when --watts is not given.",
+    ),
     tls_cert: Path | None = typer.Option(
         None, "--tls-cert", envvar="EDGEFLEET_API_TLS_CERT", help="PEM certificate: serve HTTPS."
     ),
@@ -142,6 +148,17 @@ def serve(
         if watts <= 0:
             raise ConfigError(f"--watts {watts:g} must be positive", hint="e.g. --watts 4.5")
         updates["power_watts"] = watts
+    elif profile is not None:
+        from edgefleet.optimize import DeviceProfile
+        from edgefleet.power._fit import power_figure
+
+        fig = power_figure(DeviceProfile.from_yaml(profile).device)
+        if fig is None:
+            raise ConfigError(
+                f"device profile {profile} has no power figure",
+                hint="add device.cpu_watts to it, or pass --watts",
+            )
+        updates["power_watts"] = fig[0]
     cfg = cfg.model_copy(update=updates)
 
     box = None
