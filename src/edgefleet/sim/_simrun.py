@@ -302,11 +302,12 @@ class _Run:
                 d.skew_s = f.skew_s
         self.faults.append(entry)
         self.live.append((f, entry))
-        self.device_faults_pending -= 1
         if not f.for_s:
+            self.device_faults_pending -= 1
             return  # in effect until the end of the run
         await asyncio.sleep(f.for_s)
         self._end_device_fault(f, entry)
+        self.device_faults_pending -= 1  # the run lasts at least until the fault is over
 
     def _end_device_fault(self, f: Fault, entry: dict[str, Any]) -> None:
         if (f, entry) not in self.live:
