@@ -122,6 +122,7 @@ def wave_history(s: Session, items: list[dict[str, Any]]) -> list[dict[str, Any]
                     "verdict": ev.get("status"),
                     "counts": ev.get("counts") or {},
                     "waiting_for": ev.get("waiting_for") or [],
+                    "held": ev.get("held") or {},
                     "gates": [
                         {k: g.get(k) for k in ("name", "status", "value", "threshold", "reference", "detail")}
                         for g in ev.get("gates") or []

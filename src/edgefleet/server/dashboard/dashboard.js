@@ -320,7 +320,9 @@
           h("div", { class: "waves" }, r.waves.map((w) => h("div", { class: "wave " + w.status },
             h("b", {}, `Wave ${w.wave} · ${w.percent}%`),
             h("span", {}, w.status + (w.counts.admitted !== undefined
-              ? ` · ${w.counts.installed || 0}/${w.counts.admitted} installed, ${w.counts.reporting || 0} reporting` : ""))))),
+              ? ` · ${w.counts.installed || 0}/${w.counts.admitted} installed, ${w.counts.reporting || 0} reporting` : "")
+              + (w.counts.held ? ` · ${w.counts.held} held by update policies (` +
+                Object.entries(w.held || {}).map(([k, v]) => `${v} ${k.replace("_", " ")}`).join(", ") + ")" : ""))))),
           current && current.gates.length ? h("div", {},
             h("div", { class: "muted" }, `Gates of wave ${current.wave}` +
               (current.waiting_for.length ? ` — waiting for: ${current.waiting_for.join("; ")}` : "")),
