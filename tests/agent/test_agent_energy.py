@@ -96,3 +96,18 @@ def test_dashboard_power_cell_shows_energy():
         _power({"power_rules": [], "power_switches": 2, "energy_mj": 12.0, "energy_method": "rapl"})
         == "normal (2 switches); 12 mJ/inference (RAPL)"
     )
+
+
+def test_gated_requests_are_not_model_answers_in_the_agent(world, monkeypatch):
+    """The runtime's trigger in the agent's host (EDGEFLEET_RUNTIME_TRIGGER, as a device sets it): gated
+    answers stay out of health, telemetry and samples."""
+    monkeypatch.setenv("EDGEFLEET_RUNTIME_TRIGGER", "energy:-30dBFS:0")
+    agent = world.agent(cpu_watts=5.0)
+    world.install(agent, "1.0.0")
+    before = agent.host.health().requests
+    quiet, loud = np.zeros((1, 64), np.float32), np.full((1, 64), 8.0, np.float32)  # raw pixels 0..16
+    assert [agent.host.predict_result(quiet).triggered for _ in range(4)] == [False] * 4
+    assert [agent.host.predict_result(loud).triggered for _ in range(3)] == [True] * 3
+    assert agent.host.health().requests - before == 3  # the model's answers only
+    st = agent.host.runtime.status()["trigger"]
+    assert st["gated"] >= 4 and st["model_runs"] >= 3

@@ -271,6 +271,8 @@ class RuntimeHost:
 
     def _count(self, raw: Any, res: Any, t0: float, loaded: Path) -> str | None:
         """Record one answer (health, telemetry, shadow set, sampler); the request id if it was sampled."""
+        if res.triggered is False:  # the runtime's trigger answered: the model did not run, nothing to record
+            return None
         ms = (time.perf_counter() - t0) * 1000
         with self._lock:
             if self.shadow_rate > 0 and self._rng.random() < self.shadow_rate and loaded == self.loaded:
