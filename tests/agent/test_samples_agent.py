@@ -107,7 +107,11 @@ def test_samples_flow_from_the_local_api_to_the_server_and_get_labelled(
         raw = c.get(f"/v1/samples/{sampled[0][0]}/input", headers=admin).content
         meta = first["meta"]["input_meta"]
         seen = np.frombuffer(raw, dtype=meta["dtype"]).reshape(meta["shape"])
-        assert seen.shape == (64,) and seen.min() >= 0 and seen.max() <= 1  # the model input (scaled by 1/16)
+        # the input as the caller sent it (raw pixel values 0..16), before the contract scales it by 1/16:
+        # what a reviewer looks at and what retraining feeds through the next release's contract
+        assert seen.shape == (64,) and seen.min() >= 0 and seen.max() > 1
+        sent = {tuple(row.reshape(-1).tolist()) for row in x}
+        assert tuple(seen.tolist()) in sent
         # the application sends the truth for one answer; the device for another
         r = c.post("/v1/feedback", json={"request_id": sampled[0][0], "label": "4"}, headers=admin)
         assert r.status_code == 200 and r.json()["label"] == "4" and r.json()["label_source"] == "application"

@@ -378,6 +378,17 @@ def _model_inputs(raw: Any, pre: Any) -> Any:
         return None
 
 
+def _numeric(raw: Any) -> np.ndarray | None:
+    """``raw`` as a numeric array with a batch axis (JSON rows arrive as lists), else None."""
+    if isinstance(raw, dict):
+        return None
+    try:
+        arr = np.asarray(raw)
+    except (ValueError, TypeError):
+        return None
+    return arr if arr.ndim >= 1 and arr.dtype.kind in "biuf" else None
+
+
 def _offer(sampler: Any, raw: Any, x: Any, res: Any) -> str | None:
     """Offer one answer's rows to the sampler; the request id when it kept any."""
     conf = np.asarray(res.confidence).reshape(-1)
@@ -391,7 +402,17 @@ def _offer(sampler: Any, raw: Any, x: Any, res: Any) -> str | None:
     if labels is None and res.classes is not None:
         labels = [str(c) for c in res.classes]
     scores = next((v for v in res.outputs.values() if getattr(v, "ndim", 0) == 2 and len(v) == n), None)
-    inputs = x if encoded is None and isinstance(x, np.ndarray) and len(x) == n else None
+    inputs = None
+    if encoded is None:  # the input as the caller sent it (what a reviewer looks at and retraining feeds
+        # through the contract of the next release); the model input where the raw one is not an array
+        arr = _numeric(raw)
+        inputs = (
+            arr
+            if arr is not None and len(arr) == n
+            else x
+            if isinstance(x, np.ndarray) and len(x) == n
+            else None
+        )
     tags = {"model": res.model, "version": res.version, "variant": res.variant}
     try:
         kept = sampler.offer(

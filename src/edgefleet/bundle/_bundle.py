@@ -329,14 +329,22 @@ def _feeds(inputs: list[TensorSpec], pre: Preprocess, raw: RawInputs) -> dict[st
         missing = [s.name for s in inputs if s.name not in raw]
         if missing:
             raise InputError(f"raw inputs lack model inputs {missing}", hint="give one array per model input")
-        return {s.name: np.asarray(raw[s.name]) for s in inputs}
+        return {s.name: _as_declared(np.asarray(raw[s.name]), s) for s in inputs}
     if len(inputs) != 1:
         raise InputError(
             f"the model has {len(inputs)} inputs ({[s.name for s in inputs]}); pass raw inputs as a dict",
             hint="a preprocessing contract feeds single-input models only",
         )
     x = pre.apply(raw) if len(pre) else np.asarray(raw)
-    return {inputs[0].name: x}
+    return {inputs[0].name: _as_declared(np.asarray(x), inputs[0])}
+
+
+def _as_declared(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``x`` in the input's declared numeric dtype (rows that came as JSON are float64; a float32 model
+    refuses them); strings and matching dtypes pass as they are."""
+    if spec.dtype in ("string", "bool") or x.dtype == np.dtype(spec.dtype) or x.dtype.kind not in "biuf":
+        return x
+    return x.astype(spec.dtype)
 
 
 def _created(created: datetime | None) -> datetime:
