@@ -4,7 +4,7 @@ server's injectable clock (no sleeping until 02:00)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -107,26 +107,98 @@ def test_a_device_moved_out_of_the_group_or_a_changed_policy_takes_effect_at_the
     assert beat(h, devs[1])["assignment"]["version"] == "2.0.0"
 
 
-def test_a_pinned_group_stays_on_its_version(harness):
+def test_a_pinned_group_sits_rollouts_out_and_joins_when_unpinned(harness):
+    h = harness
+    at(h, 1, 0)
+    pinned = fleet_on_v1(h, 2, tags={"site": "berlin"})
+    h.register("2.0.0")
+    others = [h.enroll(tags={"site": "paris"}) for _ in range(2)]
+    put(h, "stay", {"pin": "1.0.0"})
+    r = h.rollout("2.0.0", waves=[50, 100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
+    for d in pinned:  # never admitted: it keeps its 1.0.0 assignment, nothing to wait for
+        assert beat(h, d)["assignment"]["version"] == "1.0.0"
+    ev = h.show(r["id"])["evaluation"]
+    assert ev["held"] == {"pinned": 2} and ev["counts"]["eligible"] == 2 and ev["counts"]["admitted"] == 1
+    for _ in range(2):  # the other group's waves do not wait for the pinned one
+        for d in others:
+            a = h.beat(d)["assignment"]
+            if a is not None:
+                h.beat(d, active=active_of(a), health=GOOD)
+        h.tick(1)
+    shown = h.show(r["id"])
+    assert shown["state"] == "completed", shown["evaluation"]
+    assert all(beat(h, d)["assignment"]["version"] == "1.0.0" for d in pinned)
+    h.c.delete("/v1/update-policies/stay", headers=h.admin).raise_for_status()
+    h.tick(1)  # the completed rollout admits the devices whose pin ended
+    assert all(beat(h, d)["assignment"]["version"] == "2.0.0" for d in pinned)
+
+
+def _complete(h: Harness, r: dict, devs: list[dict], version: str) -> None:
+    """Every device assigned ``version`` installs it and reports well, until the rollout completes."""
+    for _ in range(len(r["waves"]) + 1):
+        for d in devs:
+            a = h.beat(d, active=d.get("active", d.get("v1")))["assignment"]
+            if a is not None and a["version"] == version:
+                d["active"] = active_of(a)
+                h.beat(d, active=d["active"], health=GOOD)
+        h.tick(1)
+    assert h.show(r["id"])["state"] == "completed", h.show(r["id"])["evaluation"]
+
+
+def test_a_group_that_sat_out_a_release_never_goes_back_to_it_after_a_later_one(harness):
+    h = harness
+    at(h, 1, 0)
+    pinned = fleet_on_v1(h, 2, tags={"site": "berlin"})
+    others = [h.enroll(tags={"site": "paris"}) for _ in range(2)]
+    h.register("1.1.0")
+    h.register("2.0.0")
+    put(h, "stay", {"pin": "2.0.0"})
+    gates = {"min_devices": 1, "min_requests": 0}
+    a = h.rollout("1.1.0", waves=[100], soak_s=0, gates=gates)
+    assert h.show(a["id"])["members"] == {"admitted": 2, "parked": 2}
+    _complete(h, a, others, "1.1.0")
+    b = h.rollout("2.0.0", waves=[100], soak_s=0, gates=gates)  # the pinned version: the group takes it
+    _complete(h, b, pinned + others, "2.0.0")
+    h.c.delete("/v1/update-policies/stay", headers=h.admin).raise_for_status()
+    h.tick(1)  # 1.1.0's completed rollout must not pull the group back from 2.0.0
+    assert all(beat(h, d)["assignment"]["version"] == "2.0.0" for d in pinned)
+
+
+def test_a_pin_set_after_admission_holds_the_device_and_says_so(harness):
     h = harness
     devs = group(h, 2)
+    r = h.rollout("2.0.0", waves=[100], soak_s=0, gates={"min_devices": 2, "min_requests": 0})
     put(h, "stay", {"pin": "1.0.0"})
-    r = h.rollout("2.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
     for d in devs:
         out = beat(h, d)
         assert out["assignment"] is None and "pins this group to 1.0.0" in out["wait_reason"]
     h.tick(3600)
-    assert h.show(r["id"])["evaluation"]["held"] == {"pinned": 2}
-    h.c.delete("/v1/update-policies/stay", headers=h.admin).raise_for_status()
-    assert all(beat(h, d)["assignment"]["version"] == "2.0.0" for d in devs)
+    shown = h.show(r["id"])
+    assert shown["state"] == "running" and shown["evaluation"]["held"] == {"pinned": 2}
+    assert shown["evaluation"]["counts"]["failed"] == 0
 
 
-def test_deferral_holds_until_its_time(harness):
+def test_a_deferred_group_joins_when_its_deferral_ends(harness):
     h = harness
     devs = group(h, 1)
-    until = datetime.fromtimestamp(h.clock.t, BERLIN) + timedelta(hours=6)
-    put(h, "later", {"defer_until": until.replace(tzinfo=None).isoformat(), "timezone": "Europe/Berlin"})
+    put(h, "later", {"defer_until": "2026-12-07T07:00:00", "timezone": "Europe/Berlin"})  # 6 h from now
+    assert h.c.get("/v1/update-policies/later", headers=h.admin).json()["policy"]["defer_until"] == (
+        "2026-12-07T07:00:00+01:00"
+    )
+    r = h.rollout("2.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
+    assert beat(h, devs[0])["assignment"]["version"] == "1.0.0"
+    shown = h.show(r["id"])
+    assert shown["evaluation"]["held"] == {"deferred": 1} and shown["members"] == {"parked": 1}
+    h.tick(6 * 3600)  # the deferral ends at 07:00: the running rollout admits the device
+    assert h.show(r["id"])["members"] == {"admitted": 1}
+    assert beat(h, devs[0])["assignment"]["version"] == "2.0.0"
+
+
+def test_a_deferral_set_after_admission_says_until_when(harness):
+    h = harness
+    devs = group(h, 1)
     h.rollout("2.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
+    put(h, "later", {"defer_until": "2026-12-07T07:00:00+01:00", "timezone": "Europe/Berlin"})
     out = beat(h, devs[0])
     assert out["assignment"] is None and "defers updates until 2026-12-07T07:00+01:00" in out["wait_reason"]
     h.clock.advance(6 * 3600 + 1)

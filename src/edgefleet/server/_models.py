@@ -198,7 +198,8 @@ class RolloutDevice(Base):
 
     rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16))  # admitted | does_not_fit | rolled_back
+    # admitted | does_not_fit | rolled_back | parked (its update policy pins another version or defers)
+    status: Mapped[str] = mapped_column(String(16))
     wave: Mapped[int | None] = mapped_column(Integer)
     admitted_at: Mapped[float | None] = mapped_column(Float)
     variant_id: Mapped[int | None] = mapped_column(ForeignKey("release_variants.id"))

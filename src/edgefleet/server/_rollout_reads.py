@@ -69,7 +69,7 @@ def describe_rollout(s: Session, r: Rollout, *, devices: bool = False) -> dict[s
                 "variant": variant,
                 "prev_version": rd.prev_version,
                 "admitted_at": rd.admitted_at,
-                "reason": rd.reason if rd.status == "does_not_fit" else None,
+                "reason": rd.reason if rd.status in ("does_not_fit", "parked") else None,
             }
             for rd, variant in rows
         ]

@@ -81,7 +81,7 @@ class RolloutEngine:
         self.db = db
         self.notifier = notifier or NullNotifier()
         self.clock = clock
-        self._late_mark: float | None = None
+        self._late_mark: tuple[float | None, Any] | None = None
         #: update policies per device group (``_update_policies``); set by ``create_app``
         self.update_policies: UpdatePolicies | None = None
 
@@ -118,7 +118,7 @@ class RolloutEngine:
                         "or choose a disjoint selector",
                         other=other.id,
                     )
-            ctx = EnginePass(s, now)
+            ctx = self._pass(s, now)
             rel = ctx.release(release.id)
             if not rel.variants:
                 raise RolloutError(
@@ -199,7 +199,7 @@ class RolloutEngine:
         with self.db.write() as s:
             if not self.db.try_lock(s, LOCK):
                 return []
-            ctx = EnginePass(s, now)
+            ctx = self._pass(s, now)
             rollouts = list(
                 s.scalars(
                     select(Rollout)
@@ -208,7 +208,7 @@ class RolloutEngine:
                 )
             )
             transitions: list[dict[str, Any]] = []
-            late = self._late_admission_due(s, rollouts)
+            late = self._late_admission_due(s, rollouts, now)
             for r in rollouts:
                 before = (r.state, r.wave_index)
                 if r.state == "running":
@@ -230,12 +230,14 @@ class RolloutEngine:
         self._send(ctx.nudges)
         return transitions
 
-    def _late_admission_due(self, s: Session, rollouts: list[Rollout]) -> bool:
-        """Completed rollouts admit devices enrolled since; only look when someone enrolled."""
+    def _late_admission_due(self, s: Session, rollouts: list[Rollout], now: float) -> bool:
+        """Completed rollouts admit devices enrolled since, or whose group's pin or deferral ended; only
+        look when someone enrolled or the update policies' epoch moved."""
         if not any(r.state == "completed" for r in rollouts):
             return False
-        mark = s.scalar(select(func.max(Device.enrolled_at)))
-        if mark is None or mark == self._late_mark:
+        epoch = self.update_policies.epoch(now) if self.update_policies is not None else None
+        mark = (s.scalar(select(func.max(Device.enrolled_at))), epoch)
+        if mark == self._late_mark or mark == (None, None):
             return False
         self._late_mark = mark
         return True
@@ -292,7 +294,15 @@ class RolloutEngine:
             if ref_source == "control"
             else None
         )
-        eligible = len(admitted) + sum(1 for d in selected if d.id not in rows)
+        # devices whose update policy pins another version or defers sit the rollout out (not admitted)
+        outside = [d for d in selected if d.id not in rows or rows[d.id].status == "parked"]
+        sitting_out = 0
+        for d in outside:
+            hold = ctx.parked(d, version) if ctx.parked is not None and not r.force else None
+            if hold is not None:
+                held[hold.kind] = held.get(hold.kind, 0) + 1
+                sitting_out += 1
+        eligible = len(admitted) + len(outside) - sitting_out
         min_dev = min(g.min_devices, max(1, eligible))
         enough_devices = len(reporting) >= min_dev
         enough_requests = new.requests >= g.min_requests
@@ -367,6 +377,16 @@ class RolloutEngine:
             ),
             "latency_looks": looks,
         }
+
+    def _pass(self, s: Session, now: float) -> EnginePass:
+        """One engine pass; devices whose update policy pins another version or defers sit it out."""
+        ctx = EnginePass(s, now)
+        policies = self.update_policies
+        if policies is not None:
+            ctx.parked = lambda d, version: policies.parked(
+                lambda: selector_attrs(d), version=version, now=now
+            )
+        return ctx
 
     def _held(
         self, ctx: EnginePass, r: Rollout, wave: list[tuple[Device, Any]], version: str, skip: set[str]
@@ -547,7 +567,7 @@ class RolloutEngine:
                     hint="see its state with: edgefleet rollout show " + r.id,
                     state=r.state,
                 )
-            ctx = EnginePass(s, now)
+            ctx = self._pass(s, now)
             details = {"reason": reason} if reason else {}
             if action == "pause":
                 r.paused_at = now

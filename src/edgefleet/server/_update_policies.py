@@ -229,6 +229,7 @@ class UpdatePolicies:
         # most of a hold's cost, and a device's attributes rarely change; emptied when policies reload
         self._groups: dict[str, tuple[Any, _Compiled | None]] = {}
         self._sig: tuple[Any, ...] | None = None  # what the compiled policies were made from
+        self._generation = 0  # counts the changes of the policies this process has seen
 
     # --- writes (operators) ---------------------------------------------------------------------
 
@@ -296,6 +297,7 @@ class UpdatePolicies:
         with self._lock:
             if sig != self._sig or self._compiled is None:
                 self._compiled, self._sig, self._groups = [_compile(r) for r in rows], sig, {}
+                self._generation += 1
             self._loaded_at = time.monotonic()
             return self._compiled
 
@@ -328,6 +330,24 @@ class UpdatePolicies:
                     groups.clear()
                 groups[device[0]] = (device[1], policy)
         return None if policy is None else policy.hold(now=now, version=version, resources=resources)
+
+    def epoch(self, now: float) -> tuple[int, int]:
+        """Moves when the policies change or a deferral ends: devices that sat out rollouts may join."""
+        policies = self.compiled()
+        ended = sum(1 for p in policies if p.defer_until is not None and p.defer_until <= now)
+        return self._generation, ended
+
+    def parked(
+        self,
+        attrs: Mapping[str, str | None] | Callable[[], Mapping[str, str | None]],
+        *,
+        version: str,
+        now: float,
+    ) -> Hold | None:
+        """The hold of a device whose group is pinned to another version or deferred (not a passing state
+        such as a closed window): rollouts do not admit it."""
+        hold = self.hold(attrs, version=version, resources=None, now=now)
+        return hold if hold is not None and hold.kind in ("pinned", "deferred") else None
 
 
 def _as_dict(r: UpdatePolicyRow) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,9 @@ class EnginePass:
     _devices: list[Device] | None = None
     _releases: dict[int, ReleaseVariants] = field(default_factory=dict)
     _by_target: dict[str, int] | None = None
+    #: why a device sits out a release (its update policy pins another version or defers; None: it may
+    #: join); set by the engine, never for a forced rollout
+    parked: Callable[[Device, str], Any] | None = None
 
     @property
     def devices(self) -> list[Device]:
@@ -142,6 +146,14 @@ def install_failed(d: Device, rd: RolloutDevice, version: str, sha256: str | Non
     return fv in (version, "*")
 
 
+def _assigned_later(ctx: EnginePass, d: Device, r: Rollout) -> bool:
+    """Was the device assigned by a rollout created after ``r`` (joining ``r`` late would go back)?"""
+    if d.assigned_rollout_id is None or d.assigned_rollout_id == r.id:
+        return False
+    other = ctx.s.get(Rollout, d.assigned_rollout_id)
+    return other is not None and other.created_at > r.created_at
+
+
 def rollout_rows(s: Session, r: Rollout) -> dict[str, RolloutDevice]:
     """The rollout's member rows by device id."""
     return {
@@ -152,7 +164,8 @@ def rollout_rows(s: Session, r: Rollout) -> dict[str, RolloutDevice]:
 def admit(ctx: EnginePass, r: Rollout, *, opened: bool = False) -> None:
     """Admit devices into the current wave until it holds its share (``opened``: the wave just opened).
 
-    Matching devices no variant fits are recorded as ``does_not_fit`` (with the reason) and never admitted.
+    Matching devices no variant fits are recorded as ``does_not_fit`` (with the reason) and never admitted;
+    those whose update policy pins another version or defers are recorded as ``parked`` until it no longer does.
     """
     rel = ctx.release(r.release_id)
     rows = rollout_rows(ctx.s, r)
@@ -160,9 +173,9 @@ def admit(ctx: EnginePass, r: Rollout, *, opened: bool = False) -> None:
     candidates: list[tuple[Device, FitResult, RolloutDevice | None]] = []
     for d in ctx.devices:
         rd = rows.get(d.id)
-        if rd is not None and rd.status != "does_not_fit":
+        if rd is not None and rd.status not in ("does_not_fit", "parked"):
             continue
-        if not sel.matches(selector_attrs(d)):
+        if not sel.matches(selector_attrs(d)) or _parked(ctx, r, d, rd, rows):
             continue
         fit = choose_variant(rel.variants, device_hw(d))
         if not fit.fits:
@@ -170,8 +183,8 @@ def admit(ctx: EnginePass, r: Rollout, *, opened: bool = False) -> None:
                 rd = RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
                 ctx.s.add(rd)
                 rows[d.id] = rd
-            elif rd.reason != fit.reason:
-                rd.reason = fit.reason
+            elif rd.status != "does_not_fit" or rd.reason != fit.reason:
+                rd.status, rd.reason = "does_not_fit", fit.reason
             continue
         candidates.append((d, fit, rd))
     admitted = sum(1 for rd in rows.values() if rd.status == "admitted")
@@ -225,19 +238,48 @@ def _admit_device(
     ctx.nudges.append(d.id)
 
 
+def _parked(
+    ctx: EnginePass, r: Rollout, d: Device, rd: RolloutDevice | None, rows: dict[str, RolloutDevice]
+) -> bool:
+    """Does the device sit this rollout out (its update policy)? Recorded as a ``parked`` member row."""
+    if ctx.parked is None or r.force:
+        return False
+    hold = ctx.parked(d, ctx.release(r.release_id).row.version)
+    if hold is None:
+        return False
+    if rd is None:
+        rd = RolloutDevice(rollout_id=r.id, device_id=d.id, status="parked", reason=hold.message)
+        ctx.s.add(rd)
+        rows[d.id] = rd
+    elif rd.status != "parked" or rd.reason != hold.message:
+        rd.status, rd.reason = "parked", hold.message
+    return True
+
+
 def admit_late(ctx: EnginePass, r: Rollout) -> None:
-    """A completed rollout admits the matching devices enrolled since it completed."""
+    """A completed rollout admits the matching devices enrolled since it completed, and those that sat it
+    out (``parked``) once their update policy lets them, unless a later rollout assigned them since."""
     rel = ctx.release(r.release_id)
     rows = rollout_rows(ctx.s, r)
     sel = Selector.parse(r.selector)
     for d in ctx.devices:
-        if d.id in rows or d.assigned_variant_id is not None or not sel.matches(selector_attrs(d)):
+        rd = rows.get(d.id)
+        if not sel.matches(selector_attrs(d)):
+            continue
+        if rd is None and d.assigned_variant_id is not None:
+            continue
+        if rd is not None and (rd.status != "parked" or _assigned_later(ctx, d, r)):
+            continue
+        if _parked(ctx, r, d, rd, rows):
             continue
         fit = choose_variant(rel.variants, device_hw(d))
         if not fit.fits:
-            ctx.s.add(
-                RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
-            )
+            if rd is None:
+                ctx.s.add(
+                    RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
+                )
+            else:
+                rd.status, rd.reason = "does_not_fit", fit.reason
             continue
-        _admit_device(ctx, r, rel, d, fit, None)
+        _admit_device(ctx, r, rel, d, fit, rd)
         audit(ctx.s, "rollout.device_admitted", actor=ENGINE, now=ctx.now, rollout_id=r.id, device_id=d.id)
