@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -162,6 +164,18 @@ def test_a_broken_scenario_is_a_clear_error(tmp_path):
         load_scenario(bad)
     with pytest.raises(ConfigError, match="no scenario"):
         load_scenario("no-such-scenario")
+    drift = Path(str(resources.files("edgefleet.sim") / "scenarios" / "drift-in-one-region.yaml")).read_text()
+    for broken, why in (
+        (drift.replace("telemetry_every_s: 1.0", "telemetry_every_s: 0"), "telemetry_every_s"),
+        (drift.replace("kind: drift, region: eu", "kind: drift, region: mars"), "mars"),
+        (drift.replace("kind: drift,", "kind: drift, device_class: tpu,"), "device class 'tpu'"),
+        (drift.replace("kind: drift,", "kind: meteor,"), "faults.0.kind"),
+        (drift.replace("drift_alert_regions: [eu]", "drift_alert_regions: [moon]"), "moon"),
+    ):
+        wrong = tmp_path / "drift.yaml"
+        wrong.write_text(broken)
+        with pytest.raises(ConfigError, match=why):
+            load_scenario(wrong)
     out = subprocess.run(
         [sys.executable, "-m", "edgefleet.cli", "sim", str(bad)], capture_output=True, text=True
     )
