@@ -8,6 +8,8 @@ extra query). This measures, on one SQLite database in this process:
 * ``hold``: ``_policy_hold`` for the same devices as if a rollout assigned them a release, with 0 policies,
   with ``--policies`` non-matching ones plus one matching (closed window: the answer is built), and with a
   forced rollout (skips the policies);
+* ``engine_parked``: the rollout engine's check, once per pass, of a selected device not yet admitted
+  (is its group pinned or deferred?), with the same policies;
 
 as CPU time per call (process time, so other work on a shared machine is not counted), the median of
 ``--reps`` interleaved repetitions.
@@ -80,6 +82,27 @@ def main() -> None:
             svc._policy_hold(dev, row, beats[i % len(devs)], assignment, now)
         return (time.process_time() - t) / args.beats
 
+    from sqlalchemy import select
+
+    from edgefleet.server._models import Device
+    from edgefleet.server._waves import selector_attrs
+
+    with ctx.db.read() as s:
+        rows_dev = list(s.scalars(select(Device)))
+        s.expunge_all()
+
+    def parked_loop() -> float:
+        """The engine's check per selected, not admitted device and pass (as ``RolloutEngine._pass``)."""
+        now = time.time()
+        t = time.process_time()
+        for i in range(args.beats):
+            d = rows_dev[i % len(rows_dev)]
+            sig = (d.name, d.device_class, d.arch, repr(d.tags), d.active_name, d.active_version)
+            policies.parked(
+                lambda d=d: selector_attrs(d), version="2.0.0", now=now, device=(("engine", d.id), sig)
+            )
+        return (time.process_time() - t) / args.beats
+
     def set_policies(n: int) -> None:
         for p in policies.list():
             policies.delete(p["name"], actor="bench")
@@ -92,7 +115,13 @@ def main() -> None:
             body = {"selector": "site=s0", "policy": {"windows": [win], "download_only_unmetered": True}}
             policies.put("match", UpdatePolicyIn.model_validate(body), actor="bench")
 
-    results: dict[str, list[float]] = {"beat": [], "hold_none": [], "hold_policies": [], "hold_forced": []}
+    results: dict[str, list[float]] = {
+        "beat": [],
+        "hold_none": [],
+        "hold_policies": [],
+        "hold_forced": [],
+        "engine_parked_policies": [],
+    }
     for _ in range(args.reps):
         set_policies(0)
         results["beat"].append(beat_loop())
@@ -100,6 +129,7 @@ def main() -> None:
         set_policies(args.policies)
         results["hold_policies"].append(hold_loop())
         results["hold_forced"].append(hold_loop("ro-forced"))
+        results["engine_parked_policies"].append(parked_loop())
     held = sum(
         svc._policy_hold(dev, rows[dev], hb, assignment, time.time()) is not None
         for (dev, _), hb in zip(devs, beats, strict=True)

@@ -383,9 +383,18 @@ class RolloutEngine:
         ctx = EnginePass(s, now)
         policies = self.update_policies
         if policies is not None:
-            ctx.parked = lambda d, version: policies.parked(
-                lambda: selector_attrs(d), version=version, now=now
-            )
+            seen: dict[tuple[str, str], Any] = {}  # admission and evaluation ask about the same devices
+
+            def parked(d: Device, version: str) -> Any:
+                key = (d.id, version)
+                if key not in seen:
+                    sig = (d.name, d.device_class, d.arch, repr(d.tags), d.active_name, d.active_version)
+                    seen[key] = policies.parked(
+                        lambda: selector_attrs(d), version=version, now=now, device=(("engine", d.id), sig)
+                    )
+                return seen[key]
+
+            ctx.parked = parked
         return ctx
 
     def _held(

@@ -225,9 +225,10 @@ class UpdatePolicies:
         self._compiled: list[_Compiled] | None = None
         self._loaded_at = 0.0
         self._lock = threading.Lock()
-        # device id -> (its selector attributes' signature, its group's policy): matching selectors is
-        # most of a hold's cost, and a device's attributes rarely change; emptied when policies reload
-        self._groups: dict[str, tuple[Any, _Compiled | None]] = {}
+        # device id (heartbeats) or ("engine", id) -> (its selector attributes' signature, its group's
+        # policy): matching selectors is most of a hold's cost, and a device's attributes rarely change;
+        # emptied when the policies change
+        self._groups: dict[Any, tuple[Any, _Compiled | None]] = {}
         self._sig: tuple[Any, ...] | None = None  # what the compiled policies were made from
         self._generation = 0  # counts the changes of the policies this process has seen
 
@@ -308,7 +309,7 @@ class UpdatePolicies:
         version: str,
         resources: Mapping[str, Any] | None,
         now: float,
-        device: tuple[str, Any] | None = None,
+        device: tuple[Any, Any] | None = None,
     ) -> Hold | None:
         """Why the device with selector attributes ``attrs`` must not take ``version`` now (None: it may).
 
@@ -326,7 +327,7 @@ class UpdatePolicies:
             a = attrs() if callable(attrs) else attrs
             policy = next((p for p in policies if p.selector.matches(a)), None)
             if device is not None:
-                if len(groups) > 200_000:
+                if len(groups) > 500_000:
                     groups.clear()
                 groups[device[0]] = (device[1], policy)
         return None if policy is None else policy.hold(now=now, version=version, resources=resources)
@@ -343,10 +344,11 @@ class UpdatePolicies:
         *,
         version: str,
         now: float,
+        device: tuple[Any, Any] | None = None,
     ) -> Hold | None:
         """The hold of a device whose group is pinned to another version or deferred (not a passing state
         such as a closed window): rollouts do not admit it."""
-        hold = self.hold(attrs, version=version, resources=None, now=now)
+        hold = self.hold(attrs, version=version, resources=None, now=now, device=device)
         return hold if hold is not None and hold.kind in ("pinned", "deferred") else None
 
 
