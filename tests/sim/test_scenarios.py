@@ -132,7 +132,7 @@ def test_clock_skew_and_devices_offline_mid_update_change_nothing(work):
             "faults": [
                 Fault(kind="clock_skew", at_s=0, region="eu", skew_s=3600),
                 Fault(kind="clock_skew", at_s=0, region="us", skew_s=-120),
-                Fault(kind="offline_mid_update", at_s=0, for_s=6, region="us", offline_s=2.0),
+                Fault(kind="offline_mid_update", at_s=0, region="us", offline_s=2.0),
             ],
         }
     )
