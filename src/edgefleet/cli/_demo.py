@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from edgefleet.cli._common import console, err_console, print_json
+from edgefleet.errors import ConfigError
 
 __all__ = ["register"]
 
@@ -26,6 +27,13 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of training, traffic and the bad release."),
         json_out: bool = typer.Option(
             False, "--json", help="Print the final summary as JSON (narration to stderr)."
+        ),
+        story: str = typer.Option(
+            "rollout",
+            "--story",
+            help="rollout: three releases through gated waves, the bad one halted. loop: one region's inputs "
+            "shift; samples come back, a scripted reviewer labels them, retraining makes the next release "
+            "and its gated rollout restores accuracy.",
         ),
         insecure_http: bool = typer.Option(
             False,
@@ -78,8 +86,10 @@ def register(app: typer.Typer) -> None:
                 )
             out.print("[bold]server, agents and traffic keep running; Ctrl-C stops them[/]")
 
+        if story not in ("rollout", "loop"):
+            raise ConfigError(f"--story {story!r} is not a story of the demo", hint="use rollout or loop")
         cfg = DemoConfig(
-            dir=dir, devices=devices, keep_running=keep_running, seed=seed, tls=not insecure_http
+            dir=dir, devices=devices, keep_running=keep_running, seed=seed, tls=not insecure_http, story=story
         )
         try:
             summary = run_demo(cfg, narrator=narrator, on_ready=ready)

@@ -56,10 +56,33 @@ def _read_request(source: str) -> dict[str, Any]:
     return req
 
 
-def _rollout(selector: str | None, waves: str | None, soak: str | None, policy: str) -> dict[str, Any]:
-    from edgefleet.cli._common import parse_duration
+def _numbers(pairs: dict[str, str], what: str) -> dict[str, float]:
+    try:
+        return {k: float(v) for k, v in pairs.items()}
+    except ValueError:
+        raise InputError(
+            f"--{what} values are numbers: {pairs}", hint=f"e.g. --{what} min_labelled=20"
+        ) from None
+
+
+_INT_GATES = ("min_devices", "min_requests", "min_control_requests", "min_labelled")
+
+
+def _rollout(
+    selector: str | None,
+    waves: str | None,
+    soak: str | None,
+    policy: str,
+    gate: list[str] | None = None,
+    device_gate: list[str] | None = None,
+) -> dict[str, Any]:
+    from edgefleet.cli._common import parse_duration, parse_pairs
 
     out: dict[str, Any] = {"policy": policy}
+    gates = _numbers(parse_pairs(gate or [], "gate"), "gate")
+    out.update({"gates": {k: int(v) if k in _INT_GATES else v for k, v in gates.items()}} if gates else {})
+    device = _numbers(parse_pairs(device_gate or [], "device-gate"), "device-gate")
+    out.update({"device_gates": device} if device else {})
     if selector:
         out["selector"] = selector
     if waves:
@@ -95,6 +118,12 @@ def retrain_run(
     classes: str = typer.Option(None, "--classes", help="Class names in index order (labels -> indices)."),
     min_gain: float = typer.Option(0.0, "--min-gain", help="Accuracy points the new model must gain."),
     selector: str = typer.Option(None, "--selector", help="Rollout selector (default: all devices)."),
+    gate: list[str] = typer.Option(
+        None, "--gate", help="A gate of the proposed rollout, e.g. min_labelled=20 (live accuracy)."
+    ),
+    device_gate: list[str] = typer.Option(
+        None, "--device-gate", help="A device-side watch-window gate, e.g. min_confidence_ratio=0."
+    ),
     waves: str = typer.Option(None, "--waves", help="Rollout waves, e.g. 10,50,100."),
     soak: str = typer.Option(None, "--soak", help="Soak time per wave, e.g. 10m."),
     auto_rollout: bool = typer.Option(
@@ -152,7 +181,7 @@ def retrain_run(
             base_data=base_data,
             trainer=Trainer(None if trainer_command else trainer, command=trainer_command),
             min_gain=min_gain,
-            rollout=_rollout(selector, waves, soak, "auto"),
+            rollout=_rollout(selector, waves, soak, "auto", gate, device_gate),
             auto_rollout=auto_rollout,
             request_id=(req or {}).get("id"),
             mlflow_uri=mlflow_uri,

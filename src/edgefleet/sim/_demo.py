@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 class _Demo(Reporting):
     """The story: build the releases, start the fleet, roll out three releases; reports via Reporting."""
 
+    agent_env: dict[str, str] = {}  # a story's extra agent settings
+
     def __init__(self, cfg: DemoConfig, narrator: Narrator) -> None:
         self.cfg = cfg
         self.n = narrator
@@ -240,6 +242,7 @@ class _Demo(Reporting):
             "EDGEFLEET_AGENT_HISTORY_EVENTS": "500",
             "EDGEFLEET_AGENT_BACKOFF_MAX_S": "5",
             "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "10",
+            **self.agent_env,
         }
         for dev in self.devices:
             argv = [
@@ -441,7 +444,12 @@ def run_demo(
         RolloutError: a rollout did not reach its expected end in time.
     """
     cfg = (config or DemoConfig()).model_copy(update=overrides)
-    demo = _Demo(cfg, narrator or Narrator())
+    if cfg.story == "loop":
+        from edgefleet.sim._demo_loop import LoopDemo
+
+        demo: _Demo = LoopDemo(cfg, narrator or Narrator())
+    else:
+        demo = _Demo(cfg, narrator or Narrator())
     try:
         summary = demo.run()
         cmds = demo.explore(cfg.keep_running)

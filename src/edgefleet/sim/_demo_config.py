@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,14 @@ class DemoConfig(BaseSettings):
     seed: int = Field(0, description="seed of training, traffic and the bad release's label shuffle")
     keep_running: bool = Field(False, description="keep server, agents and traffic up until Ctrl-C")
     name: str = Field("digits", description="model name of the releases")
+    story: Literal["rollout", "loop"] = Field(
+        "rollout",
+        description="rollout: three releases through gated waves, the bad one halted; loop: one region's "
+        "inputs shift, samples come back, get labelled and retrain the next release",
+    )
+    loop_min_labels: int = Field(
+        90, ge=10, description="loop story: labelled samples from the shifted region before retraining"
+    )
 
     poll_interval_s: float = Field(1.0, gt=0, description="device heartbeat interval the server advises")
     engine_tick_s: float = Field(0.5, gt=0, description="seconds between rollout engine passes")

@@ -22,8 +22,17 @@ class ReleaseBuilder:
     the optimizer's table lands in ``summary["optimize"]``.
     """
 
-    def __init__(self, cfg: DemoConfig, narrator: Narrator, dir: Path, summary: dict[str, Any]) -> None:  # noqa: A002
+    def __init__(
+        self,
+        cfg: DemoConfig,
+        narrator: Narrator,
+        dir: Path,  # noqa: A002
+        summary: dict[str, Any],
+        *,
+        versions: tuple[str, ...] = (GOOD, NEW, BAD),
+    ) -> None:
         self.cfg = cfg
+        self.versions = versions
         self.n = narrator
         self.dir = dir
         self.summary = summary
@@ -45,7 +54,8 @@ class ReleaseBuilder:
         from edgefleet.examples import DigitsSplit, digits, train_digits_mlp
 
         s = self.cfg.seed
-        self.n.step("Training three releases of a digits classifier (scikit-learn MLP -> ONNX)")
+        count = {1: "one release", 2: "two releases", 3: "three releases"}[len(self.versions)]
+        self.n.step(f"Training {count} of a digits classifier (scikit-learn MLP -> ONNX)")
         data = digits(seed=0)
         shuffled = DigitsSplit(
             data.x_train, np.random.default_rng(s).permutation(data.y_train), data.x_test, data.y_test
@@ -56,7 +66,7 @@ class ReleaseBuilder:
             (BAD, s + 2, shuffled, "trained on shuffled labels (a broken data pipeline)"),
         ]
         models = {}
-        for version, seed, split, what in plan:
+        for version, seed, split, what in (p for p in plan if p[0] in self.versions):
             path = self.dir / "models" / f"digits-{version}.onnx"
             acc = train_digits_mlp(path, seed=seed, max_iter=200, data=split)
             models[version] = path
@@ -149,7 +159,7 @@ class ReleaseBuilder:
         from edgefleet.protocol import LatencyStats, Lineage, Metrics
         from edgefleet.registry import KeyStore, Repository, init_keys
 
-        self.n.step("Creating keys and a TUF repository; bundling and publishing the three releases")
+        self.n.step("Creating keys and a TUF repository; bundling and publishing the releases")
         keys = self.dir / "keys"
         staging = init_keys(keys / ".all", root_keys=3, root_threshold=2)
         repo_dir = self.dir / "repository"

@@ -32,6 +32,11 @@ class Traffic:
         self.rate = rate
         self.seed = seed
         self.stats = {name: _DeviceStats() for name in ports}
+        # per device: a change applied to every input before it is sent (a region's shifted data)
+        self.transform: dict[str, Any] = {}
+        # the true label of each sampled answer (the local API names its request id): a scripted reviewer's
+        # ground truth
+        self.truth: dict[str, int] = {}
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgefleet-demo-traffic", daemon=True)
@@ -74,7 +79,9 @@ class Traffic:
             t0 = time.monotonic()
             i = int(rng.integers(len(self.x)))
             try:
-                r = await client.post(url, json={"inputs": [self.x[i].tolist()]})
+                fn = self.transform.get(name)
+                x = self.x[i] if fn is None else fn(self.x[i])
+                r = await client.post(url, json={"inputs": [x.tolist()]})
             except httpx.HTTPError as e:  # the agent is starting or swapping its API: not a model error
                 with self.lock:
                     st.last_error = type(e).__name__
@@ -95,12 +102,20 @@ class Traffic:
                     st.recent.append((correct, conf))
                     st.last_version = version
                     st.last_error = None
+                    if body.get("request_id"):
+                        self.truth[body["request_id"]] = int(self.y[i])
                 elif r.status_code == 404:  # no model active yet
                     st.last_error = "no model yet"
                 else:
                     st.errors += 1
                     st.last_error = f"HTTP {r.status_code}"
             await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
+
+    def set_transform(self, names: list[str], fn: Any) -> None:
+        """From now on, inputs sent to the ``names`` devices go through ``fn`` (None: as they are)."""
+        with self.lock:
+            for n in names:
+                self.transform[n] = fn
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self.lock:
