@@ -108,7 +108,16 @@ def test_a_device_moved_out_of_the_group_or_a_changed_policy_takes_effect_at_the
 
 
 def test_a_pinned_group_sits_rollouts_out_and_joins_when_unpinned(harness):
-    h = harness
+    _pinned_sits_out(harness)
+
+
+def test_a_pinned_group_sits_rollouts_out_on_postgres(tmp_path, published, pg_url):
+    client, clock = make_harness(tmp_path, db_url=pg_url, repo_dir=published / "repo")
+    with client:
+        _pinned_sits_out(Harness(client, clock))
+
+
+def _pinned_sits_out(h: Harness) -> None:
     at(h, 1, 0)
     pinned = fleet_on_v1(h, 2, tags={"site": "berlin"})
     h.register("2.0.0")
@@ -128,9 +137,11 @@ def test_a_pinned_group_sits_rollouts_out_and_joins_when_unpinned(harness):
     shown = h.show(r["id"])
     assert shown["state"] == "completed", shown["evaluation"]
     assert all(beat(h, d)["assignment"]["version"] == "1.0.0" for d in pinned)
+    assert h.show(r["id"])["members"]["parked"] == 2
     h.c.delete("/v1/update-policies/stay", headers=h.admin).raise_for_status()
     h.tick(1)  # the completed rollout admits the devices whose pin ended
     assert all(beat(h, d)["assignment"]["version"] == "2.0.0" for d in pinned)
+    assert h.show(r["id"])["members"] == {"admitted": 4}
 
 
 def _complete(h: Harness, r: dict, devs: list[dict], version: str) -> None:

@@ -177,6 +177,7 @@ def admit(ctx: EnginePass, r: Rollout, *, opened: bool = False) -> None:
             continue
         if not sel.matches(selector_attrs(d)) or _parked(ctx, r, d, rd, rows):
             continue
+        rd = rows.get(d.id)
         fit = choose_variant(rel.variants, device_hw(d))
         if not fit.fits:
             if rd is None:
@@ -246,6 +247,9 @@ def _parked(
         return False
     hold = ctx.parked(d, ctx.release(r.release_id).row.version)
     if hold is None:
+        if rd is not None and rd.status == "parked":  # its pin or deferral ended: a candidate again
+            ctx.s.delete(rd)
+            del rows[d.id]
         return False
     if rd is None:
         rd = RolloutDevice(rollout_id=r.id, device_id=d.id, status="parked", reason=hold.message)
@@ -272,6 +276,7 @@ def admit_late(ctx: EnginePass, r: Rollout) -> None:
             continue
         if _parked(ctx, r, d, rd, rows):
             continue
+        rd = rows.get(d.id)
         fit = choose_variant(rel.variants, device_hw(d))
         if not fit.fits:
             if rd is None:
