@@ -1,12 +1,13 @@
-"""Control-plane benchmark: heartbeat throughput, containment of a bad release, time to 100%.
+"""Control-plane benchmark: enrollment and heartbeat throughput, containment of a bad release, time to 100%.
 
     .venv/bin/python benchmarks/server_bench.py            # full run (a few minutes)
     .venv/bin/python benchmarks/server_bench.py --quick    # smaller sizes
 
-1. Heartbeats/s with p50/p99 latency on SQLite and PostgreSQL, with 1 and 2 server processes
-   (real ``uvicorn`` subprocesses), driven by the load generator (``edgefleet.sim._loadgen``) in
-   another process; also the server CPU time per heartbeat, which does not depend on how busy the
-   shared machine is.
+1. On PostgreSQL: devices enrolled per second (one-time tokens made beforehand; real ``POST /v1/enroll``),
+   then heartbeats/s with p50/p99 latency and server CPU per heartbeat of four configurations — 1 or 2
+   server processes on one port, one statement per heartbeat or coalesced (the default) — interleaved
+   over ``--reps`` rounds, driven by the load generator (``edgefleet.sim._loadgen``) in its own process.
+   ``--soak N``: N enrolled devices at ``--interval`` for ``--soak-minutes`` against 2 processes.
 2. Containment: N simulated devices on 1.0.0, a bad 2.0.0 (error rate and confidence collapse) rolled
    out with the default waves: how many devices ever ran it, and the time from the gate failing to
    every device back on 1.0.0, by polling alone and with MQTT nudges.
@@ -19,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -37,6 +41,7 @@ from rich.table import Table
 
 from edgefleet.server import ServerConfig, start_server_process
 from edgefleet.sim import Fleet, ReleaseBehavior, Scenario
+from edgefleet.sim._loadgen import run_enroll_load
 
 console = Console()
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -78,10 +83,6 @@ def admin_token(base: Path) -> str:
     return (base / "s0" / "admin-token").read_text().strip()
 
 
-def cpu_seconds(procs: list) -> float:
-    return sum(sum(psutil.Process(p.process.pid).cpu_times()[:2]) for p in procs)
-
-
 def build_repo(base: Path) -> Path:
     """A TUF repository with digits 1.0.0, 1.1.0 and 2.0.0 (real bundles of a real small model)."""
     from edgefleet.bundle import create_bundle
@@ -108,69 +109,185 @@ def build_repo(base: Path) -> Path:
 
 # --- 1. throughput -----------------------------------------------------------------------------
 
+# (label, server processes on one port, heartbeat_batch_max); 0 = one statement per heartbeat in the
+# thread pool (the path before coalescing), 256 = the default (coalesced)
+CONFIGS = [
+    ("1 process, one write per heartbeat", 1, 0),
+    ("1 process, coalesced (default)", 1, 256),
+    ("2 processes, one write per heartbeat", 2, 0),
+    ("2 processes, coalesced (default)", 2, 256),
+]
 
-def throughput(db: str, devices: int, duration: float, concurrency: int, work: Path) -> list[dict]:
-    schema = PgSchema() if db == "postgresql" else None
-    rows = []
+
+def enrollment_tokens(db_url: str, n: int) -> list[str]:
+    """``n`` one-time enrollment tokens, made directly in the database in one transaction (what the
+    operator's token API writes; the benchmark measures the devices' enrollment, not the operator's)."""
+    from edgefleet.server._auth import create_enrollment_token
+    from edgefleet.server._db import Database
+
+    db = Database(db_url)
     try:
-        base = work / f"tp-{db}"
-        procs = start(1, base, schema.url if schema else None)
-        try:
-            fleet = Fleet(procs[0].url, Scenario(), size=devices, admin_token=admin_token(base))
-            t0 = time.monotonic()
-            asyncio.run(fleet.enroll())
-            console.print(f"  {db}: enrolled {devices} devices in {time.monotonic() - t0:.1f}s")
-            creds = [[d.device_id, d.token] for d in fleet.devices]
-        finally:
-            for p in procs:
-                p.stop()
-        for n in (1, 2):
-            procs = start(n, base, schema.url if schema else None)
-            try:
-                spec = base / f"load-{n}.json"
-                spec.write_text(
-                    json.dumps(
-                        {
-                            "urls": [p.url for p in procs],
-                            "devices": creds,
-                            "concurrency": concurrency,
-                            "duration_s": duration,
-                            "warmup_s": 3,
-                        }
-                    )
-                )
-                c0 = cpu_seconds(procs)
-                t0 = time.monotonic()
-                r = subprocess.run(
-                    [sys.executable, "-m", "edgefleet.sim._loadgen", str(spec)],
-                    capture_output=True,
-                    text=True,
-                    timeout=duration + 120,
-                )
-                wall = time.monotonic() - t0
-                c1 = cpu_seconds(procs)
-                res = json.loads(r.stdout)
-                # CPU spent over the whole run (warm-up included), per heartbeat sent in it
-                sent = res["requests"] * wall / duration
-                res.update(
-                    db=db,
-                    processes=n,
-                    devices=devices,
-                    concurrency=concurrency,
-                    server_cpu_us_per_heartbeat=round((c1 - c0) / max(sent, 1) * 1e6, 1),
-                )
-                rows.append(res)
-                console.print(
-                    f"  {db} x{n}: {res['per_s']:.0f}/s  p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms"
-                    f"  errors {res['errors']}  server CPU {res['server_cpu_us_per_heartbeat']} us/hb"
-                )
-            finally:
-                for p in procs:
-                    p.stop()
+        with db.write() as s:
+            now = time.time()
+            return [
+                create_enrollment_token(s, tags={}, ttl_s=7200, created_by="bench", now=now)[1]
+                for _ in range(n)
+            ]
     finally:
-        if schema:
-            schema.drop()
+        db.dispose()
+
+
+def cpu_seconds(procs: list) -> float:
+    """CPU time of the server processes and their workers."""
+    total = 0.0
+    for p in procs:
+        proc = psutil.Process(p.process.pid)
+        for q in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += sum(q.cpu_times()[:2])
+    return total
+
+
+def loadgen(spec: dict, path: Path, timeout: float) -> dict:
+    path.write_text(json.dumps(spec))
+    r = subprocess.run(
+        [sys.executable, "-m", "edgefleet.sim._loadgen", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-2000:])
+    return json.loads(r.stdout)
+
+
+def throughput(devices: int, duration: float, reps: int, concurrency: int, work: Path) -> dict:
+    """Enrollment rate, then heartbeats/s of each configuration, interleaved over ``reps`` rounds."""
+    schema = PgSchema()
+    servers: dict[str, Any] = {}
+    try:
+        for i, (label, workers, batch) in enumerate(CONFIGS):
+            cfg = ServerConfig(
+                data_dir=work / f"tp{i}",
+                db_url=schema.url,
+                keys_dir=work / "nokeys",
+                heartbeat_batch_max=batch,
+            )
+            servers[label] = start_server_process(
+                cfg, workers=workers, timeout=300, log_file=work / f"tp{i}.log"
+            )
+        tokens = enrollment_tokens(schema.url, devices)
+        enroll = {}
+        creds: list = []
+        half = len(tokens) // 2
+        for label, toks in ((CONFIGS[1][0], tokens[:half]), (CONFIGS[3][0], tokens[half:])):
+            r = asyncio.run(run_enroll_load(servers[label].url, toks, concurrency=concurrency))
+            creds += r.devices
+            enroll[label] = {
+                "devices": len(r.devices),
+                "errors": r.errors,
+                "seconds": r.seconds,
+                "per_s": r.per_s,
+            }
+            console.print(
+                f"  enrolled {len(r.devices)} devices at {r.per_s:.0f}/s ({label}), errors {r.errors}"
+            )
+        runs: dict[str, list[dict]] = {label: [] for label, _, _ in CONFIGS}
+        for rep in range(reps):
+            order = CONFIGS[rep % len(CONFIGS) :] + CONFIGS[: rep % len(CONFIGS)]  # rotate: no fixed slot
+            for label, _, _ in order:
+                procs = [servers[label]]
+                c0, t0 = cpu_seconds(procs), time.monotonic()
+                spec = {
+                    "urls": [servers[label].url],
+                    "devices": creds,
+                    "concurrency": concurrency,
+                    "duration_s": duration,
+                    "warmup_s": 1,
+                }
+                res = loadgen(spec, work / "load.json", duration + 120)
+                wall = time.monotonic() - t0
+                sent = res["requests"] * wall / duration
+                res["server_cpu_us_per_heartbeat"] = round((cpu_seconds(procs) - c0) / max(sent, 1) * 1e6, 1)
+                res["loadavg_1m"] = os.getloadavg()[0]
+                runs[label].append(res)
+                console.print(
+                    f"  rep {rep + 1} {label}: {res['per_s']:.0f}/s p99 {res['p99_ms']} ms errors {res['errors']}"
+                )
+        return {
+            "devices": len(creds),
+            "concurrency": concurrency,
+            "duration_s": duration,
+            "enroll": enroll,
+            "runs": runs,
+        }
+    finally:
+        for h in servers.values():
+            h.stop()
+        schema.drop()
+
+
+def summarize(tp: dict) -> list[dict]:
+    """Per configuration: medians and spreads, and the paired ratio to the first configuration."""
+    base = tp["runs"][CONFIGS[0][0]]
+    rows = []
+    for label, workers, batch in CONFIGS:
+        rs = tp["runs"][label]
+        ratios = [r["per_s"] / b["per_s"] for r, b in zip(rs, base, strict=True) if b["per_s"]]
+        rows.append(
+            {
+                "config": label,
+                "processes": workers,
+                "heartbeat_batch_max": batch,
+                "per_s_median": round(statistics.median(r["per_s"] for r in rs), 1),
+                "per_s_min": round(min(r["per_s"] for r in rs), 1),
+                "per_s_max": round(max(r["per_s"] for r in rs), 1),
+                "p50_ms_median": statistics.median(r["p50_ms"] for r in rs),
+                "p99_ms_median": statistics.median(r["p99_ms"] for r in rs),
+                "p99_ms_max": max(r["p99_ms"] for r in rs),
+                "errors": sum(r["errors"] for r in rs),
+                "cpu_us_per_hb_median": statistics.median(r["server_cpu_us_per_heartbeat"] for r in rs),
+                "ratio_median": round(statistics.median(ratios), 2),
+                "ratio_min": round(min(ratios), 2),
+                "ratio_max": round(max(ratios), 2),
+            }
+        )
     return rows
+
+
+def soak(devices: int, minutes: float, interval: float, connections: int, work: Path) -> dict:
+    """``devices`` enrolled devices (real tokens, real HTTP, real PostgreSQL writes) each sending a
+    heartbeat every ``interval`` seconds for ``minutes``, against 2 server processes on one port."""
+    schema = PgSchema()
+    try:
+        cfg = ServerConfig(data_dir=work / "soak", db_url=schema.url, keys_dir=work / "nokeys")
+        h = start_server_process(cfg, workers=2, timeout=300, log_file=work / "soak.log")
+        try:
+            tokens = enrollment_tokens(schema.url, devices)
+            e = asyncio.run(run_enroll_load(h.url, tokens, concurrency=64))
+            console.print(f"  enrolled {len(e.devices)} devices at {e.per_s:.0f}/s, errors {e.errors}")
+            spec = {
+                "mode": "paced",
+                "urls": [h.url],
+                "devices": e.devices,
+                "interval_s": interval,
+                "duration_s": minutes * 60,
+                "concurrency": connections,
+            }
+            res = loadgen(spec, work / "soak.json", minutes * 60 + 300)
+        finally:
+            h.stop()
+    finally:
+        schema.drop()
+    res.update(
+        devices=len(e.devices),
+        enroll_errors=e.errors,
+        enroll_per_s=e.per_s,
+        interval_s=interval,
+        minutes=minutes,
+        expected=int(len(e.devices) * minutes * 60 / interval),
+    )
+    return res
 
 
 # --- 2 and 3. rollouts with a simulated fleet --------------------------------------------------
@@ -322,6 +439,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a quick look)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: throughput,containment,good")
+    ap.add_argument(
+        "--reps", type=int, default=5, help="interleaved repetitions of each throughput configuration"
+    )
+    ap.add_argument("--soak", type=int, default=0, metavar="DEVICES", help="also run DEVICES at --interval")
+    ap.add_argument("--soak-minutes", type=float, default=10.0)
+    ap.add_argument(
+        "--interval", type=float, default=60.0, help="soak: seconds between a device's heartbeats"
+    )
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = ap.parse_args()
     q = args.quick
     skip = set(args.skip.split(",")) - {""}
@@ -338,10 +464,13 @@ def main() -> None:
     }
     console.print(f"[bold]edgefleet server benchmark[/] ({os.cpu_count()} cores, load average {load[0]:.1f})")
     if "throughput" not in skip:
-        console.print("heartbeat throughput")
-        out["throughput"] = []
-        for db in ("sqlite", "postgresql"):
-            out["throughput"] += throughput(db, 300 if q else 1000, 5 if q else 10, 32, work)
+        console.print("enrollment and heartbeat throughput on PostgreSQL (configurations interleaved)")
+        tp = throughput(300 if q else 2000, 3 if q else 5, args.reps, 64, work)
+        out["throughput"] = {**tp, "summary": summarize(tp)}
+    if args.soak:
+        console.print(f"soak: {args.soak} devices every {args.interval:g}s for {args.soak_minutes:g} minutes")
+        out["soak"] = soak(args.soak, args.soak_minutes, args.interval, 64, work)
+        console.print(f"  {out['soak']}")
     repo = None
     if {"containment", "good"} - skip:
         console.print("building a repository with real bundles")
@@ -359,10 +488,10 @@ def main() -> None:
         out["good_release"] = good_release(repo, size, poll, 5.0 if q else 10.0, work)
         console.print(f"  {out['good_release']}")
     out["loadavg_at_end"] = os.getloadavg()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
     report(out)
-    console.print(f"wrote {RESULTS}")
+    console.print(f"wrote {args.out}")
 
 
 def _cpu_name() -> str:
@@ -377,32 +506,43 @@ def _cpu_name() -> str:
 
 
 def report(out: dict) -> None:
-    if out.get("throughput"):
-        t = Table(title="heartbeats (load generator in its own process, 32 connections)")
+    tp = out.get("throughput")
+    if tp:
+        t = Table(
+            title=f"heartbeats/s on PostgreSQL, {tp['devices']} devices, {tp['concurrency']} connections, "
+            f"load generator in its own process; medians of {len(next(iter(tp['runs'].values())))} interleaved runs"
+        )
         for c in (
-            "database",
-            "processes",
-            "heartbeats/s",
+            "configuration",
+            "heartbeats/s (min-max)",
             "p50 ms",
-            "p99 ms",
+            "p99 ms (max)",
             "errors",
-            "server CPU us/hb",
-            "vs SQLite x1",
+            "CPU us/hb",
+            "vs first row (min-max)",
         ):
             t.add_column(c, justify="right")
-        ref = out["throughput"][0]["per_s"] or 1
-        for r in out["throughput"]:
+        for r in tp["summary"]:
             t.add_row(
-                r["db"],
-                str(r["processes"]),
-                f"{r['per_s']:.0f}",
-                f"{r['p50_ms']}",
-                f"{r['p99_ms']}",
+                r["config"],
+                f"{r['per_s_median']:.0f} ({r['per_s_min']:.0f}-{r['per_s_max']:.0f})",
+                f"{r['p50_ms_median']:.1f}",
+                f"{r['p99_ms_median']:.1f} ({r['p99_ms_max']:.1f})",
                 str(r["errors"]),
-                f"{r['server_cpu_us_per_heartbeat']:.0f}",
-                f"{r['per_s'] / ref:.2f}",
+                f"{r['cpu_us_per_hb_median']:.0f}",
+                f"{r['ratio_median']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})",
             )
         console.print(t)
+        for label, e in tp["enroll"].items():
+            console.print(
+                f"enrollment through {label}: {e['per_s']:.0f} devices/s ({e['devices']}, errors {e['errors']})"
+            )
+    sk = out.get("soak")
+    if sk:
+        console.print(
+            f"soak: {sk['devices']} devices every {sk['interval_s']:g}s for {sk['minutes']:g} min: {sk['ok']} of "
+            f"{sk['expected']} heartbeats answered 200, errors {sk['errors']}, p50 {sk['p50_ms']} ms, p99 {sk['p99_ms']} ms"
+        )
     for c in out.get("containment", []):
         console.print(
             f"containment ({c['nudges']}): {c['ever_ran_bad']} of {c['devices']} devices ever ran the bad release "

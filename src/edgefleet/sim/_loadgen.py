@@ -16,7 +16,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["EnrollResult", "LoadResult", "heartbeat_body", "run_enroll_load", "run_heartbeat_load"]
+__all__ = [
+    "EnrollResult",
+    "LoadResult",
+    "heartbeat_body",
+    "run_enroll_load",
+    "run_heartbeat_load",
+    "run_paced_heartbeats",
+]
 
 
 @dataclass
@@ -74,32 +81,27 @@ def _request(host: str, port: int, device_id: str, token: str, body: bytes) -> b
     return head.encode() + body
 
 
-async def _worker(
-    url: str,
-    requests: list[bytes],
-    stop_at: float,
-    measure_from: float,
-    latencies: list[float],
-    status: dict[str, int],
-) -> None:
-    u = urlparse(url)
-    host, port = u.hostname or "127.0.0.1", u.port or 80
-    reader = writer = None
-    i = 0
-    while time.monotonic() < stop_at:
-        if writer is None:
+class _Conn:
+    """One keep-alive connection that sends a request and reads its fixed-length response."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def exchange(self, req: bytes, status: dict[str, int]) -> str | None:
+        """The response's status code, or None after an I/O error (counted in ``status``)."""
+        if self.writer is None:
             try:
-                reader, writer = await asyncio.open_connection(host, port)
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
             except OSError:
                 status["connect_error"] = status.get("connect_error", 0) + 1
                 await asyncio.sleep(0.05)
-                continue
-        req = requests[i % len(requests)]
-        i += 1
-        t0 = time.monotonic()
+                return None
+        assert self.reader is not None
         try:
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
+            self.writer.write(req)
+            head = await self.reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             code = lines[0].split(" ", 2)[1]
             length = 0
@@ -112,22 +114,41 @@ async def _worker(
                 elif k == "connection" and v.strip().lower() == "close":
                     close = True
             if length:
-                await reader.readexactly(length)
+                await self.reader.readexactly(length)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
             status["io_error"] = status.get("io_error", 0) + 1
-            if writer is not None:
-                writer.close()
-            reader = writer = None
-            continue
-        t1 = time.monotonic()
-        if t0 >= measure_from:
-            latencies.append(t1 - t0)
-            status[code] = status.get(code, 0) + 1
+            self.close()
+            return None
         if close:
-            writer.close()
-            reader = writer = None
-    if writer is not None:
-        writer.close()
+            self.close()
+        return code
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def _worker(
+    url: str,
+    requests: list[bytes],
+    stop_at: float,
+    measure_from: float,
+    latencies: list[float],
+    status: dict[str, int],
+) -> None:
+    u = urlparse(url)
+    conn = _Conn(u.hostname or "127.0.0.1", u.port or 80)
+    i = 0
+    while time.monotonic() < stop_at:
+        req = requests[i % len(requests)]
+        i += 1
+        t0 = time.monotonic()
+        code = await conn.exchange(req, status)
+        if code is not None and t0 >= measure_from:
+            latencies.append(time.monotonic() - t0)
+            status[code] = status.get(code, 0) + 1
+    conn.close()
 
 
 async def run_heartbeat_load(
@@ -163,6 +184,10 @@ async def run_heartbeat_load(
         ]
         workers.append(_worker(url, reqs, stop_at, measure_from, latencies, status))
     await asyncio.gather(*workers)
+    return _result(status, latencies, duration_s)
+
+
+def _result(status: dict[str, int], latencies: list[float], duration_s: float) -> LoadResult:
     ok = status.get("200", 0)
     total = sum(v for k, v in status.items() if k.isdigit())
     lat = sorted(latencies)
@@ -178,6 +203,50 @@ async def run_heartbeat_load(
         p99_ms=round(q[98] * 1000, 3) if q else None,
         mean_ms=round(statistics.fmean(lat) * 1000, 3) if lat else None,
     )
+
+
+async def run_paced_heartbeats(
+    urls: list[str],
+    devices: list[tuple[str, str]],
+    *,
+    interval_s: float = 60.0,
+    duration_s: float = 600.0,
+    connections: int = 64,
+) -> LoadResult:
+    """Open loop: every device sends a heartbeat every ``interval_s`` (devices spread evenly over the
+    interval, as a fleet's jitter spreads them), for ``duration_s``; ``connections`` keep-alive
+    connections carry them. A heartbeat that cannot leave on time leaves late and its wait counts in
+    its latency (no coordinated omission)."""
+    start = time.monotonic() + 1.0
+    n = len(devices)
+    latencies: list[float] = []
+    status: dict[str, int] = {}
+
+    async def worker(w: int) -> None:
+        url = urls[w % len(urls)]
+        u = urlparse(url)
+        host, port = u.hostname or "127.0.0.1", u.port or 80
+        conn = _Conn(host, port)
+        mine = [(i, d, t) for i, (d, t) in enumerate(devices) if i % connections == w]
+        reqs = {d: _request(host, port, d, t, heartbeat_body(d)) for _, d, t in mine}
+        k = 0
+        while True:
+            for i, d, _ in mine:
+                due = start + k * interval_s + interval_s * i / n
+                if due >= start + duration_s:
+                    conn.close()
+                    return
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                code = await conn.exchange(reqs[d], status)
+                if code is not None:
+                    latencies.append(time.monotonic() - due)
+                    status[code] = status.get(code, 0) + 1
+            k += 1
+
+    await asyncio.gather(*(worker(w) for w in range(min(connections, n))))
+    return _result(status, latencies, duration_s)
 
 
 @dataclass
@@ -238,15 +307,24 @@ def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     with open(args[0]) as f:
         spec = json.load(f)
-    res = asyncio.run(
-        run_heartbeat_load(
+    devices = [tuple(x) for x in spec["devices"]]
+    if spec.get("mode") == "paced":
+        load = run_paced_heartbeats(
             spec["urls"],
-            [tuple(x) for x in spec["devices"]],
+            devices,
+            interval_s=spec["interval_s"],
+            duration_s=spec["duration_s"],
+            connections=spec.get("concurrency", 64),
+        )
+    else:
+        load = run_heartbeat_load(
+            spec["urls"],
+            devices,
             concurrency=spec.get("concurrency", 32),
             duration_s=spec.get("duration_s", 10.0),
             warmup_s=spec.get("warmup_s", 2.0),
         )
-    )
+    res = asyncio.run(load)
     sys.stdout.write(json.dumps(res.to_dict()) + "\n")
 
 
