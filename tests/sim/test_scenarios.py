@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.errors import ConfigError
-from edgefleet.sim._scenario import Expect, Fault, load_scenario, shipped_scenarios
+from edgefleet.sim._scenario import load_scenario, shipped_scenarios
 from edgefleet.sim._simreport import check, peak_over_mean, write_report
 from edgefleet.sim._simrun import run_scenario
 
@@ -41,6 +41,8 @@ def test_shipped_scenarios_are_all_there_and_valid():
         "thundering-herd",
         "scale-10k",
         "drift-in-one-region",
+        "crash-loop",
+        "skewed-and-flaky-devices",
     } <= set(names)
     for n in names:
         assert load_scenario(n).expect.rollout_state in ("completed", "rolled_back")
@@ -105,15 +107,7 @@ def test_drift_in_one_region_alerts_for_that_region_only(work, tmp_path):
 def test_a_release_that_crash_loops_on_one_class_is_rolled_back(work):
     """The candidate crashes on start on the pi4 class: those devices restart, roll themselves back (the
     agent's crash-loop rule), report it, and the install-failure gate rolls the rollout back."""
-    sc = load_scenario("good-rollout").model_copy(
-        update={
-            "devices": 30,
-            "faults": [Fault(kind="crash_loop", at_s=0, device_class="pi4")],
-            "expect": Expect(rollout_state="rolled_back", all_on="baseline"),
-        }
-    )
-    result = run_scenario(sc, work=work)
-    failures = check(sc, result)
+    sc, result, failures = _run("crash-loop", work)
     assert not failures, failures
     crash = next(f for f in result["faults"] if f["kind"] == "crash_loop")
     assert crash["crashed"] >= 1 and crash["rolled_themselves_back"] == crash["crashed"]
@@ -125,19 +119,7 @@ def test_a_release_that_crash_loops_on_one_class_is_rolled_back(work):
 def test_clock_skew_and_devices_offline_mid_update_change_nothing(work):
     """One region's clocks run an hour ahead, the other's two minutes behind, and devices that start a
     download vanish for two seconds: the good rollout completes, every device ends on it exactly once."""
-    sc = load_scenario("good-rollout").model_copy(
-        update={
-            "devices": 30,
-            "telemetry_every_s": 1.0,
-            "faults": [
-                Fault(kind="clock_skew", at_s=0, region="eu", skew_s=3600),
-                Fault(kind="clock_skew", at_s=0, region="us", skew_s=-120),
-                Fault(kind="offline_mid_update", at_s=0, region="us", offline_s=2.0),
-            ],
-        }
-    )
-    result = run_scenario(sc, work=work)
-    failures = check(sc, result)
+    sc, result, failures = _run("skewed-and-flaky-devices", work)
     assert not failures, failures
     eu, us = (f for f in result["faults"] if f["kind"] == "clock_skew")
     assert eu["errors"] == 0 and eu["heartbeats_answered"] > 0 and eu["ended_on_final"] == eu["devices"]
