@@ -11,6 +11,8 @@ from edgefleet.sim._scenario import SimScenario
 
 __all__ = ["check", "heartbeat_quantiles", "peak_over_mean", "write_report"]
 
+_LASTING = ("crash_loop", "clock_skew", "offline_mid_update", "drift")  # for_s 0: until the end of the run
+
 
 def _quantile(buckets: dict[float, float], q: float) -> float | None:
     """Histogram quantile (Prometheus' linear interpolation) of cumulative ``le -> count`` buckets."""
@@ -173,7 +175,10 @@ def _plots(sc: SimScenario, d: dict[str, Any], versions_png: Path, server_png: P
         if ev["action"] in ("rollout.wave_opened", "rollout.rolled_back", "rollout.completed") and "t" in ev:
             ax.axvline(ev["t"], color="grey", lw=0.5)
     for f in d["faults"]:
-        ax.axvspan(f["at_s"], f["at_s"] + f.get("for_s", 0.1), color="red", alpha=0.15)
+        end = (
+            f["at_s"] + f["for_s"] if f.get("for_s") else (t[-1] if t and f.get("kind") in _LASTING else None)
+        )
+        ax.axvspan(f["at_s"], end if end and end > f["at_s"] else f["at_s"] + 0.1, color="red", alpha=0.15)
     ax.set(
         xlabel="seconds since the rollout began", ylabel="devices", title=f"{sc.name}: devices per version"
     )
