@@ -104,7 +104,7 @@ def test_drift_in_one_region_alerts_for_that_region_only(work, tmp_path):
     assert "input drift" in paths[1].read_text()
 
 
-def test_a_release_that_crash_loops_on_one_class_is_rolled_back(work):
+def test_a_release_that_crash_loops_on_one_class_is_rolled_back(work, tmp_path):
     """The candidate crashes on start on the pi4 class: those devices restart, roll themselves back (the
     agent's crash-loop rule), report it, and the install-failure gate rolls the rollout back."""
     sc, result, failures = _run("crash-loop", work)
@@ -114,6 +114,8 @@ def test_a_release_that_crash_loops_on_one_class_is_rolled_back(work):
     assert crash["restarts"] == 3 * crash["crashed"]  # the assignment's crash_loop_failures
     assert "install_failure_rate" in result["rollout"]["failed_gates"]
     assert "rolled themselves back" in crash["did"]
+    paths = write_report(sc, result, failures, tmp_path)  # a fault lasting to the end is drawn to the end
+    assert crash["did"] in paths[1].read_text()
 
 
 def test_clock_skew_and_devices_offline_mid_update_change_nothing(work):
