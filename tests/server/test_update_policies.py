@@ -321,3 +321,14 @@ def test_windows_crossing_midnight_and_several_windows():
     assert held is not None and "next opens 2026-12-07T22:30+01:00" in held.message
     held = c.hold(now=t(1, 30), version="2", resources={})
     assert "next opens 2026-12-07T12:00+01:00" in held.message
+
+
+def test_a_stored_policy_that_no_longer_validates_is_skipped_not_an_error(caplog):
+    from edgefleet.server._update_policies import UpdatePolicyRow, _compile_all
+
+    rows = [
+        UpdatePolicyRow(name="gone", selector="*", priority=1, policy={"timezone": "Atlantis/Capital"}),
+        UpdatePolicyRow(name="ok", selector="*", priority=0, policy={"windows": ["01:00-02:00"]}),
+    ]
+    assert [c.name for c in _compile_all(rows)] == ["ok"]
+    assert "update policy gone is not valid any more" in caplog.text

@@ -21,6 +21,7 @@ reloaded on every write here and at most ``ttl_s`` after a write by another serv
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import Float, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from edgefleet.errors import NotFoundError
+from edgefleet.errors import EdgefleetError, NotFoundError
 from edgefleet.server._audit import audit
 from edgefleet.server._db import Database
 from edgefleet.server._models import Base, JSONType
@@ -48,6 +49,8 @@ __all__ = [
     "UpdatePolicies",
     "parse_window",
 ]
+
+log = logging.getLogger(__name__)
 
 _WINDOW_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,63}$"
@@ -200,6 +203,18 @@ class _Compiled:
         return best.isoformat(timespec="minutes") if best else "-"
 
 
+def _compile_all(rows: list[UpdatePolicyRow]) -> list[_Compiled]:
+    """Compile the stored policies; one that no longer validates (say its time zone left the tz database)
+    is skipped and logged, never an error on the heartbeat path."""
+    out = []
+    for r in rows:
+        try:
+            out.append(_compile(r))
+        except (ValueError, EdgefleetError) as e:
+            log.error("update policy %s is not valid any more and is ignored: %s", r.name, e)
+    return out
+
+
 def _compile(row: UpdatePolicyRow) -> _Compiled:
     p = UpdatePolicy.model_validate(row.policy)
     return _Compiled(
@@ -297,7 +312,7 @@ class UpdatePolicies:
         sig = tuple((r.name, r.selector, r.priority, json.dumps(r.policy, sort_keys=True)) for r in rows)
         with self._lock:
             if sig != self._sig or self._compiled is None:
-                self._compiled, self._sig, self._groups = [_compile(r) for r in rows], sig, {}
+                self._compiled, self._sig, self._groups = _compile_all(rows), sig, {}
                 self._generation += 1
             self._loaded_at = time.monotonic()
             return self._compiled
