@@ -12,20 +12,39 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
+def readme_command() -> list[str]:
+    """The loop story's command as README.md shows it."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    m = re.search(r"`(edgefleet demo --story loop)`", text)
+    assert m, "README.md no longer shows `edgefleet demo --story loop`"
+    return m.group(1).split()[1:]
+
+
 @pytest.fixture(scope="module")
 def loop_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, subprocess.CompletedProcess]:
     d = tmp_path_factory.mktemp("loop") / "state"
     p = subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli", "demo", "--story", "loop", "--dir", str(d), "--devices", "4"]
-        + ["--json"],
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            *readme_command(),
+            "--dir",
+            str(d),
+            "--devices",
+            "4",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=560,
