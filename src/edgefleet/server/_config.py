@@ -31,6 +31,18 @@ class ServerConfig(BaseSettings):
         None, description="online keys (snapshot, timestamp); default data_dir/keys"
     )
     blob_dir: Path | None = Field(None, description="content-addressed blob store; default data_dir/blobs")
+    blob_url: str | None = Field(
+        None,
+        description="s3://bucket/prefix: keep blobs in an S3-compatible bucket instead of blob_dir (needs the "
+        "s3 extra; credentials from the AWS_* environment variables or boto3's other sources)",
+    )
+    blob_s3_endpoint_url: str | None = Field(
+        None, description="endpoint of the S3-compatible service (MinIO, Ceph...); default AWS"
+    )
+    blob_s3_region: str | None = Field(None, description="region of the bucket; default boto3's")
+    blob_max_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="largest blob the S3 store reads back (bounded reads)"
+    )
     repository_url: str | None = Field(
         None, description="repository base URL sent to devices; default this server's /repository/"
     )
