@@ -34,7 +34,7 @@ from edgefleet.protocol import (
 )
 from edgefleet.server._audit import AuditLog
 from edgefleet.server._auth import OPERATOR_PREFIX, Operator, Role
-from edgefleet.server._blobs import BlobStore, FileBlobStore
+from edgefleet.server._blobs import BlobStore, make_blob_store
 from edgefleet.server._config import ServerConfig
 from edgefleet.server._db import Database
 from edgefleet.server._devices import DeviceRegistry
@@ -158,7 +158,7 @@ def create_app(
         cfg.mqtt_url, prefix=cfg.mqtt_topic_prefix, max_queue=cfg.mqtt_max_queue
     )
     repo = RepositoryService(cfg.repo_path, cfg.keys_path, refresh_margin_s=cfg.timestamp_refresh_margin_s)
-    blobs = FileBlobStore(cfg.blob_path)
+    blobs = make_blob_store(cfg)
     identity = ServerIdentity(cfg)
     devices = DeviceService(
         db, cfg, blobs, clock=clock, root_json=lambda: repo.root_json_path, identity=identity
