@@ -40,7 +40,7 @@ from edgefleet.server._db import Database
 from edgefleet.server._devices import DeviceRegistry
 from edgefleet.server._director import DeviceService
 from edgefleet.server._fleet_api import install_fleet
-from edgefleet.server._heartbeat import heartbeat_endpoint, json_response
+from edgefleet.server._heartbeat import enroll_endpoint, heartbeat_endpoint, json_response
 from edgefleet.server._http import (
     ERRORS,
     Bearer,
@@ -243,9 +243,13 @@ def _device_routes(app: FastAPI, ctx: ServerContext) -> None:
         summary="Exchange a one-time enrollment token for a device id and token",
     )
     def enroll(req: EnrollRequest, request: Request) -> EnrollResponse:
+        # Documents the endpoint; requests are served by the fast path below (same checks, same answers).
         out = ctx.devices.enroll(req, repository_url=str(request.base_url) + "repository/")
         ctx.metrics.enrollments.inc()
         return out
+
+    fast_enroll = enroll_endpoint(ctx, ctx.metrics.enrollments.inc)
+    app.router.routes.insert(0, Route("/v1/enroll", fast_enroll, methods=["POST"]))
 
     @app.post(
         "/v1/devices/{device_id}/heartbeat",

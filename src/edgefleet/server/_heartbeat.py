@@ -17,11 +17,12 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError as PydanticValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from edgefleet.errors import AuthError, ValidationError
-from edgefleet.protocol import Heartbeat
+from edgefleet.protocol import EnrollRequest, Heartbeat
 from edgefleet.server._auth import DEVICE_PREFIX, hash_token
 from edgefleet.server._db import Database
 from edgefleet.server._device_health import DeviceHealth
@@ -287,6 +288,25 @@ def heartbeat_endpoint(ctx: Any, on_beat: Callable[[], None]) -> Callable[[Reque
             out = await ctx.devices.aheartbeat(device_id, cred, hb)
         on_beat()
         return json_response(out)
+
+    return endpoint
+
+
+def enroll_endpoint(ctx: Any, on_enroll: Callable[[], None]) -> Callable[[Request], Any]:
+    """``POST /v1/enroll`` as a plain Starlette endpoint: the body parsed straight into ``EnrollRequest``,
+    the service's transaction in the thread pool, the answer serialized once. Same checks and bodies as
+    the documented route; FastAPI's per-request machinery cost more CPU than the enrollment itself."""
+
+    async def endpoint(request: Request) -> Response:
+        body = await request.body()
+        try:
+            req = EnrollRequest.model_validate_json(body)
+        except PydanticValidationError as e:
+            raise validation_error(e.errors(include_url=False), "body") from None
+        base = str(request.base_url) + "repository/"
+        out = await run_in_threadpool(ctx.devices.enroll, req, repository_url=base)
+        on_enroll()
+        return Response(out.model_dump_json(), media_type="application/json")
 
     return endpoint
 
