@@ -67,6 +67,11 @@ ACCESS = {
     ("GET", "/v1/update-policies/{name}"): "viewer",
     ("PUT", "/v1/update-policies/{name}"): "deployer",
     ("DELETE", "/v1/update-policies/{name}"): "deployer",
+    ("POST", "/v1/fl/jobs"): "deployer",
+    ("GET", "/v1/fl/jobs"): "viewer",
+    ("GET", "/v1/fl/jobs/{job_id}"): "viewer",
+    ("POST", "/v1/fl/jobs/{job_id}/progress"): "deployer",
+    ("POST", "/v1/fl/jobs/{job_id}/stop"): "deployer",
     ("GET", "/v1/accuracy"): "viewer",
 }
 ROLES = ["viewer", "deployer", "admin"]

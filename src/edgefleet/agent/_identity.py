@@ -155,7 +155,7 @@ class DeviceIdentity:
             log.warning("director answer refused (%d so far): %s", st.directives_refused, e)
             journal.event("directive_refused", reason=str(e)[:300])
             journal.save()
-            return resp.model_copy(update={"assignment": None, "commands": []})
+            return resp.model_copy(update={"assignment": None, "commands": [], "federated": None})
         commands = list(d.commands)
         if commands and st.director_commands_seq is not None and d.seq <= st.director_commands_seq:
             log.warning("director answer #%d repeats commands already run: ignored", d.seq)
@@ -164,4 +164,6 @@ class DeviceIdentity:
         if commands:
             st.director_commands_seq = d.seq  # saved before they run: a replay never repeats them
         journal.save()
-        return resp.model_copy(update={"assignment": d.assignment, "commands": commands})
+        return resp.model_copy(
+            update={"assignment": d.assignment, "commands": commands, "federated": d.federated}
+        )

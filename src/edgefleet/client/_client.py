@@ -420,6 +420,45 @@ class Client:
     def delete_update_policy(self, name: str) -> Json:
         return self.request("DELETE", f"/v1/update-policies/{name}")
 
+    def fl_jobs(self) -> list[Json]:
+        """Federated jobs, newest first (rounds, accuracy, ε so far)."""
+        return self.request("GET", "/v1/fl/jobs")
+
+    def fl_job(self, job_id: str) -> Json:
+        return self.request("GET", f"/v1/fl/jobs/{job_id}")
+
+    def create_fl_job(
+        self, job_id: str, superlink: str, *, duration_s: float, selector: str = "*", spec: Json | None = None
+    ) -> Json:
+        """Register a federated job: the selected devices are told to join ``superlink`` (host:port)."""
+        return self.request(
+            "POST",
+            "/v1/fl/jobs",
+            json={
+                "job_id": job_id,
+                "superlink": superlink,
+                "selector": selector,
+                "duration_s": duration_s,
+                "spec": spec or {},
+            },
+        )
+
+    def fl_job_progress(self, job_id: str, rounds: list[Json]) -> Json:
+        return self.request("POST", f"/v1/fl/jobs/{job_id}/progress", json={"rounds": rounds})
+
+    def stop_fl_job(
+        self,
+        job_id: str,
+        *,
+        state: str = "stopped",
+        reason: str | None = None,
+        rounds: list[Json] | None = None,
+    ) -> Json:
+        """End a federated job (``finished``/``failed`` from ``fl start``; ``stopped`` by an operator)."""
+        return self.request(
+            "POST", f"/v1/fl/jobs/{job_id}/stop", json={"state": state, "reason": reason, "rounds": rounds}
+        )
+
     def accuracy(self, *, release: str | None = None, by: str = "release") -> list[Json]:
         """Live accuracy from labelled samples per release (``by``: also device_class, region)."""
         params: Json = {"by": by}

@@ -183,6 +183,15 @@ class SignedDirective(_Msg):
     key_id: str = Field(max_length=128, description="sha256 of the raw public key, hex")
 
 
+class FederatedJob(_Msg):
+    """A federated job the device is asked to take part in (issue 14): it starts a Flower SuperNode for
+    ``superlink`` while its state allows, and leaves when the job is no longer named or ``until`` passed."""
+
+    job_id: str = Field(max_length=64)
+    superlink: str = Field(max_length=256, description="host:port of the job's Flower SuperLink")
+    until: float = Field(description="UNIX seconds: the device leaves the job then")
+
+
 class HeartbeatResponse(_Msg):
     assignment: Assignment | None = None
     poll_interval_s: float = 60.0
@@ -197,6 +206,9 @@ class HeartbeatResponse(_Msg):
         None,
         max_length=1024,
         description="why the device gets no new assignment now (its group's update policy holds it)",
+    )
+    federated: FederatedJob | None = Field(
+        None, description="a federated job this device is selected for (also in the signed directive)"
     )
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from edgefleet.errors import VerificationError
-from edgefleet.protocol._device import Assignment, SignedDirective
+from edgefleet.protocol._device import Assignment, FederatedJob, SignedDirective
 
 __all__ = [
     "Directive",
@@ -42,6 +42,7 @@ class Directive(BaseModel):
     expires_at: datetime
     assignment: Assignment | None = None
     commands: list[str] = Field(default_factory=list)
+    federated: FederatedJob | None = None
 
 
 def new_director_key() -> tuple[bytes, bytes]:

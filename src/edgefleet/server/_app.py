@@ -39,6 +39,7 @@ from edgefleet.server._config import ServerConfig
 from edgefleet.server._db import Database
 from edgefleet.server._devices import DeviceRegistry
 from edgefleet.server._director import DeviceService
+from edgefleet.server._fl_jobs import install_fl_jobs
 from edgefleet.server._fleet_api import install_fleet
 from edgefleet.server._heartbeat import enroll_endpoint, heartbeat_endpoint, json_response
 from edgefleet.server._http import (
@@ -211,6 +212,7 @@ def create_app(
     install_retrain(app, ctx)  # retraining jobs, their rollout proposals, release lineage (issue 13)
     install_samples(app, ctx)  # samples, feedback, sample policies, live accuracy (issue 13)
     install_update_policies(app, ctx)  # maintenance windows, pins, deferral per device group (issue 15)
+    install_fl_jobs(app, ctx)  # federated jobs, named to their devices in heartbeat answers (issue 14)
     app.add_middleware(BodyLimit, default=cfg.max_body_bytes, telemetry=cfg.max_telemetry_bytes)
     install_observability(app, ctx.metrics.request_duration, tracer_provider)  # outermost: times all
     return app

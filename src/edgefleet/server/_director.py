@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -54,6 +54,7 @@ from edgefleet.server._heartbeat import HeartbeatWriter, failure_of
 from edgefleet.server._heartbeat_batch import HeartbeatBatcher
 from edgefleet.server._identity import ServerIdentity, device_of_cert
 from edgefleet.server._models import (
+    AuditEntry,
     Device,
     EnrollmentToken,
     Release,
@@ -112,6 +113,8 @@ class DeviceService:
         #: update policies per device group (``_update_policies``); set by ``create_app``
         self.update_policies: UpdatePolicies | None = None
         self._force_cache: dict[str, bool] = {}
+        #: running federated jobs (``_fl_jobs``); set by ``create_app``
+        self.fl_jobs: Any = None
 
     # --- enrollment ----------------------------------------------------------------------------
 
@@ -122,9 +125,13 @@ class DeviceService:
             claimed = _check_tags(dict(hw.tags))
         except ValueError as e:
             raise ValidationError(f"hardware.tags: {e}", hint="fix the tags the device reports") from e
+        # Core statements, not ORM objects: the ORM's unit of work cost more CPU than the whole transaction
+        t = EnrollmentToken.__table__
         with self.db.write() as s:
-            tok = s.scalars(
-                select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(req.token))
+            tok = s.execute(
+                select(t.c.id, t.c.tags, t.c.revoked, t.c.used_at, t.c.used_by, t.c.expires_at).where(
+                    t.c.token_hash == hash_token(req.token)
+                )
             ).one_or_none()
             if tok is None:
                 raise AuthError(
@@ -152,8 +159,8 @@ class DeviceService:
             device_id = "dev-" + secrets.token_hex(8)
             cert = self.identity.sign_csr(req.csr, device_id) if req.csr else None
             res = s.execute(
-                update(EnrollmentToken)
-                .where(EnrollmentToken.id == tok.id, EnrollmentToken.used_at.is_(None))
+                update(t)
+                .where(t.c.id == tok.id, t.c.used_at.is_(None))
                 .values(used_at=now, used_by=device_id)
             )
             if res.rowcount != 1:  # another request used it between our read and this write
@@ -162,8 +169,9 @@ class DeviceService:
                     hint="create one enrollment token per device",
                 )
             token = new_token(DEVICE_PREFIX)
-            s.add(
-                Device(
+            tags = {**claimed, **tok.tags}
+            s.execute(
+                insert(D).values(
                     id=device_id,
                     name=req.name,
                     token_hash=hash_token(token),
@@ -174,21 +182,21 @@ class DeviceService:
                     device_class=hw.device_class,
                     arch=hw.arch,
                     hardware=hw.model_dump(mode="json", exclude={"tags"}),
-                    tags={**claimed, **tok.tags},
+                    tags=tags,
                     state="enrolled",
                     director_seq=0,
                     cert_expires=cert[2] if cert else None,
                     **DeviceHealth.ZERO,
                 )
             )
-            audit(
-                s,
-                "device.enrolled",
-                actor=f"enrollment-token:{tok.id}",
-                now=now,
-                device_id=device_id,
-                device_class=hw.device_class,
-                tags={**claimed, **tok.tags},
+            s.execute(
+                insert(AuditEntry.__table__).values(
+                    at=now,
+                    actor=f"enrollment-token:{tok.id}",
+                    action="device.enrolled",
+                    device_id=device_id,
+                    details={"device_class": hw.device_class, "tags": tags},
+                )
             )
         return EnrollResponse(
             device_id=device_id,
@@ -307,7 +315,7 @@ class DeviceService:
             raise self._diagnose(device_id, cred)
         assignment = self._assignment_of(row)
         wait = self._policy_hold(device_id, row, hb, assignment, now) if assignment else None
-        return self._answer(device_id, row, done, now, None if wait else assignment, wait)
+        return self._answer(device_id, row, done, now, None if wait else assignment, wait, hb)
 
     async def aheartbeat(self, device_id: str, cred: DeviceCredential, hb: Heartbeat) -> dict[str, Any]:
         """``heartbeat`` for the event loop: on PostgreSQL the write joins the next coalesced batch
@@ -325,13 +333,15 @@ class DeviceService:
             assignment = self._assign_cache[(variant_id, rollout_id)]
         else:
             assignment = await run_in_threadpool(self.assignment, variant_id, rollout_id)
+        if self.fl_jobs is not None and self.fl_jobs.stale():  # the running jobs' list, reloaded off the loop
+            await run_in_threadpool(self.fl_jobs.reload)
         wait = None
         if assignment is not None and rollout_id is not None and self.update_policies is not None:
             if self.update_policies.fresh() and rollout_id in self._force_cache:  # no database read
                 wait = self._policy_hold(device_id, row, hb, assignment, now)
             else:
                 wait = await run_in_threadpool(self._policy_hold, device_id, row, hb, assignment, now)
-        return self._answer(device_id, row, done, now, None if wait else assignment, wait)
+        return self._answer(device_id, row, done, now, None if wait else assignment, wait, hb)
 
     def _assignment_of(self, row: Any) -> dict[str, Any] | None:
         return self.assignment(row[0], row[1]) if row[0] is not None else None
@@ -390,18 +400,22 @@ class DeviceService:
         now: float,
         assignment: dict[str, Any] | None,
         wait: str | None = None,
+        hb: Heartbeat | None = None,
     ) -> dict[str, Any]:
         command, seq = row[2], row[4]
         commands = [command] if command is not None and not done else []
+        fl = self.fl_jobs.for_device(device_id, row, hb, now) if self.fl_jobs is not None and hb else None
         out = {
             "assignment": assignment,
             "poll_interval_s": self._poll_interval(),
             "commands": commands,
             "server_time": datetime.fromtimestamp(now, UTC).isoformat(),
-            "signed": self.identity.sign(device_id, int(seq), now, assignment, commands),
+            "signed": self.identity.sign(device_id, int(seq), now, assignment, commands, fl),
         }
         if wait is not None:
             out["wait_reason"] = wait
+        if fl is not None:
+            out["federated"] = fl
         return out
 
     def close(self) -> None:

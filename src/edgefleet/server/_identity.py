@@ -98,7 +98,13 @@ class ServerIdentity:
         return issued.cert_pem.decode(), ca.cert_pem.decode(), cert_expires(issued.cert_pem).timestamp()
 
     def sign(
-        self, device_id: str, seq: int, now: float, assignment: dict[str, Any] | None, commands: list[str]
+        self,
+        device_id: str,
+        seq: int,
+        now: float,
+        assignment: dict[str, Any] | None,
+        commands: list[str],
+        federated: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The signed directive of one heartbeat answer (as JSON data)."""
         ttl = max(MIN_DIRECTIVE_TTL_S, 3 * self.cfg.poll_interval_s)
@@ -110,6 +116,7 @@ class ServerIdentity:
             expires_at=issued + timedelta(seconds=ttl),
             assignment=Assignment.model_validate(assignment) if assignment is not None else None,
             commands=commands,
+            federated=federated,
         )
         return sign_directive(self.director_private, d).model_dump(mode="json")
 

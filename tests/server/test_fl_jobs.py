@@ -1,0 +1,93 @@
+"""Federated jobs on the control plane (issue 14 item 1): an operator registers a job; the director names it,
+signed, in the heartbeat answers of the devices its selector picks, and stops naming it when it ends."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from servertools import Harness, make_harness
+
+
+@pytest.fixture
+def h(tmp_path):
+    client, clock = make_harness(tmp_path)
+    with client:
+        yield Harness(client, clock)
+
+
+def _job(**kw):
+    return {
+        "job_id": "digits-fl",
+        "superlink": "127.0.0.1:9092",
+        "selector": "region=eu",
+        "duration_s": 600,
+    } | kw
+
+
+def test_a_registered_job_is_named_to_selected_devices_only_and_signed(h):
+    eu = h.enroll(tags={"region": "eu"})
+    us = h.enroll(tags={"region": "us"})
+    assert "federated" not in h.beat(eu)  # no job: nothing in the answer
+    deployer = h.token("deployer")
+    r = h.c.post("/v1/fl/jobs", json=_job(spec={"rounds": 3}), headers=deployer)
+    assert r.status_code == 201, r.text
+    assert r.json()["state"] == "running" and r.json()["until"] == pytest.approx(h.clock() + 600)
+    answer = h.beat(eu)
+    assert answer["federated"] == {
+        "job_id": "digits-fl",
+        "superlink": "127.0.0.1:9092",
+        "until": h.clock() + 600,
+    }
+    signed = json.loads(answer["signed"]["payload"])
+    assert signed["federated"] == answer["federated"]  # the agent acts on the signed copy only
+    assert "federated" not in h.beat(us)
+    assert json.loads(h.beat(us)["signed"]["payload"])["federated"] is None
+
+
+def test_rounds_are_reported_and_a_stopped_or_expired_job_is_no_longer_named(h):
+    eu = h.enroll(tags={"region": "eu"})
+    deployer, viewer = h.token("deployer"), h.token("viewer")
+    assert h.c.post("/v1/fl/jobs", json=_job(), headers=deployer).status_code == 201
+    again = h.c.post("/v1/fl/jobs", json=_job(), headers=deployer)
+    assert again.status_code == 409 and "is running" in again.json()["message"]
+    rounds = [{"round": 1, "selected": 3, "answered": 3, "late": 0, "dropped": 0, "accuracy": 0.8,
+               "epsilon": None, "device": "must-not-be-kept"}]  # fmt: skip
+    r = h.c.post("/v1/fl/jobs/digits-fl/progress", json={"rounds": rounds}, headers=deployer)
+    assert r.status_code == 200, r.text
+    shown = h.c.get("/v1/fl/jobs/digits-fl", headers=viewer).json()
+    assert shown["rounds_done"] == 1 and shown["accuracy"] == 0.8 and "device" not in shown["rounds"][0]
+    assert [j["job_id"] for j in h.c.get("/v1/fl/jobs", headers=viewer).json()] == ["digits-fl"]
+    assert h.c.post("/v1/fl/jobs/digits-fl/stop", headers=viewer).status_code == 403
+    r = h.c.post("/v1/fl/jobs/digits-fl/stop", json={"state": "finished"}, headers=deployer)
+    assert r.status_code == 200 and r.json()["state"] == "finished"
+    assert "federated" not in h.beat(eu)
+    refused = h.c.post("/v1/fl/jobs/digits-fl/progress", json={"rounds": []}, headers=deployer)
+    assert refused.status_code == 409  # fl start stops its SuperLink when it sees this
+    # a new job with the same id after the old one ended; its time runs out without an end report
+    assert h.c.post("/v1/fl/jobs", json=_job(duration_s=30), headers=deployer).status_code == 201
+    assert h.beat(eu)["federated"]["job_id"] == "digits-fl"
+    h.clock.advance(31)
+    h.ctx.devices.fl_jobs.invalidate()
+    assert "federated" not in h.beat(eu)
+    assert h.c.get("/v1/fl/jobs/digits-fl", headers=viewer).json()["state"] == "expired"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (_job(superlink="no-port"), 422, "superlink"),
+        (_job(selector="region"), 400, "selector term"),
+        (_job(duration_s=0), 422, "duration_s"),
+        (_job(job_id="Bad Id"), 422, "job_id"),
+    ],
+)
+def test_bad_jobs_are_clear_errors(h, body, status, words):
+    r = h.c.post("/v1/fl/jobs", json=body, headers=h.admin)
+    assert r.status_code == status and words in r.text
+    assert h.c.get("/v1/fl/jobs", headers=h.admin).json() == []
+
+
+def test_unknown_job_is_not_found(h):
+    assert h.c.get("/v1/fl/jobs/nope", headers=h.admin).status_code == 404
+    assert h.c.post("/v1/fl/jobs/nope/stop", headers=h.admin).status_code == 404
