@@ -1,7 +1,9 @@
 """Retraining jobs as the control plane sees them, their rollout proposals, and release lineage.
 
 A retraining job runs where the publisher's targets key is (``edgefleet retrain run``); it reports each
-step here, and every step lands in the audit log (``retrain.job.<step>``). Its record (parent, snapshot,
+step here, and every step lands in the audit log (``retrain.job.<step>``); the proposal, its approval and
+a rejection are steps of the record too (``rollout_proposed``, ``rollout_started``, ``rollout_rejected``),
+so the dashboard's Retraining page shows the whole job from the record alone. Its record (parent, snapshot,
 steps, proposal) is one JSON row in ``server_state`` (key ``retrain.job.<id>``): jobs are few and written
 by one job each. When the new release is registered the job proposes a rollout: it waits for an
 operator's ``approve`` (the default), or starts at once where the job's policy says ``auto``.
@@ -173,6 +175,16 @@ class RetrainJobs:
             spec = self._rollout_spec(rec["name"], rec["version"], {**rec["rollout"], **body.rollout})
             rec["rollout"] = spec.model_dump(mode="json", exclude={"name", "version"})
             rec["status"] = "proposed"
+            rec["steps"] = [
+                *rec["steps"],
+                {
+                    "step": "rollout_proposed",
+                    "at": now,
+                    "selector": spec.selector,
+                    "waves": spec.waves,
+                    "auto": body.start,
+                },
+            ]
             row.value, row.updated_at = rec, now
             audit(
                 s,
@@ -210,7 +222,7 @@ class RetrainJobs:
             rec["status"], rec["rollout_id"] = "completed", rollout["id"]
             rec["steps"] = [
                 *rec["steps"],
-                {"step": "rollout_started", "at": now, "rollout_id": rollout["id"]},
+                {"step": "rollout_started", "at": now, "rollout_id": rollout["id"], "by": actor},
             ]
             row.value, row.updated_at = rec, now
             audit(
@@ -236,6 +248,7 @@ class RetrainJobs:
                     hint="only a proposed rollout can be rejected",
                 )
             rec["status"] = "rejected"
+            rec["steps"] = [*rec["steps"], {"step": "rollout_rejected", "at": now, "by": actor}]
             row.value, row.updated_at = rec, now
             audit(
                 s,

@@ -7,7 +7,7 @@
   const HEALTH_COLORS = { healthy: "#1a8f5a", degraded: "#c77c0a", failing: "#c8323b", unknown: "#9aa5b1",
     offline: "#56606c", revoked: "#2b2f36", online: "#1a8f5a", stale: "#c77c0a" };
   const SVGNS = "http://www.w3.org/2000/svg";
-  const state = { token: null, range: 3600, page: "overview", timer: null, seq: 0 };
+  const state = { token: null, range: 3600, page: "overview", timer: null, seq: 0, accRegion: "" };
 
   // --- DOM helpers (text is always set as textContent: nothing from the API is parsed as HTML) -----
   function h(tag, attrs, ...children) {
@@ -268,6 +268,98 @@
     ev.preventDefault();
   }
 
+  // --- live accuracy (issue 13): per release, per class, calibration; one region or all ---------------
+  async function accuracyCard() {
+    const [all, byRegion] = await Promise.all([api("/v1/accuracy?by=release"), api("/v1/accuracy?by=release,region")]);
+    const regions = [...new Set(byRegion.map((a) => a.region || "–"))].sort();
+    if (state.accRegion && !regions.includes(state.accRegion)) state.accRegion = "";
+    const rows = state.accRegion ? byRegion.filter((a) => (a.region || "–") === state.accRegion) : all;
+    const select = h("select", { id: "acc-region", "aria-label": "region of the live accuracy", onchange: (ev) => {
+      state.accRegion = ev.target.value; render(); } },
+      h("option", { value: "" }, "all regions"), regions.map((r) => h("option", { value: r }, r)));
+    select.value = state.accRegion;
+    const ci = (c) => (c ? `${pct(c[0])} – ${pct(c[1])}` : "–");
+    const where = state.accRegion || "all";
+    return card("Live accuracy from labelled samples (Wilson 95% interval, expected calibration error)",
+      h("div", { class: "toolbar" }, h("label", {}, "Region ", select),
+        h("span", { class: "muted" }, `${regions.length} region${regions.length === 1 ? "" : "s"} with labels`)),
+      rows.length ? h("div", {},
+        table(["release", "region", "labelled", "accuracy", "95% CI", "ECE"],
+          rows.map((a) => [a.release, where, fmt(a.labelled), pct(a.accuracy), ci(a.accuracy_ci),
+            a.ece === null ? "–" : fmt(a.ece, 3)]), { num: [2, 3, 5], cls: "accuracy" }),
+        rows.map((a) => h("details", { class: "classes", "data-release": a.release, open: rows.length <= 3 },
+          h("summary", {}, `${a.release} · ${where}: precision and recall per class`),
+          table(["class", "support", "predicted", "precision", "95% CI", "recall", "95% CI"],
+            Object.entries(a.classes).map(([c, v]) => [c, fmt(v.support), fmt(v.predicted), pct(v.precision),
+              ci(v.precision_ci), pct(v.recall), ci(v.recall_ci)]),
+            { num: [1, 2, 3, 5], cls: "classes" }))))
+        : empty(state.accRegion ? `no labelled samples from ${state.accRegion}` : "no labelled samples yet"));
+  }
+
+  // --- retraining jobs (issue 13): each step with its time and figures, the proposal, its rollout ------
+  const kb = (n) => (n === null || n === undefined ? "–" : n >= 1048576 ? (n / 1048576).toFixed(2) + " MB"
+    : (n / 1024).toFixed(1) + " KB");
+  function hms(t) { return t ? new Date(t * 1000).toTimeString().slice(0, 8) : "–"; }
+  function since(a, b) {
+    const d = Math.max(0, b - a);
+    return d < 120 ? d.toFixed(d < 10 ? 1 : 0) + " s" : d < 7200 ? (d / 60).toFixed(1) + " min" : (d / 3600).toFixed(1) + " h";
+  }
+  function stepFigures(st) {
+    switch (st.step) {
+      case "started":
+        return `from ${st.parent || "?"}, snapshot ${String(st.snapshot_sha256 || "?").slice(0, 12)}, ` +
+          `labels ${Object.entries(st.labels || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "–"}`;
+      case "trained": {
+        const b = st.parent_holdout_accuracy, a = st.new_holdout_accuracy;
+        const gain = (b !== null && b !== undefined && a !== null && a !== undefined)
+          ? ` (${a >= b ? "+" : ""}${(100 * (a - b)).toFixed(1)} pts)` : "";
+        return `held-out accuracy ${pct(b)} → ${pct(a)}${gain} on ${fmt(st.holdout_rows)} rows; ` +
+          `${fmt(st.train_rows)} training rows (${fmt(st.sample_rows)} from samples)`;
+      }
+      case "optimized":
+        return (st.runs || []).map((r) => `${r.variant}: ${r.chosen}, accuracy ${pct(r.accuracy)}, ${kb(r.size_bytes)}`).join("; ");
+      case "published":
+        return `${st.version || ""} · ${(st.targets || []).length} bundles, ` +
+          kb((st.targets || []).reduce((n, t) => n + (t.bytes || 0), 0));
+      case "registered":
+        return `${st.release || ""} · variants ${(st.variants || []).join(", ") || "–"}`;
+      case "rollout_proposed":
+        return `waves ${(st.waves || []).join(", ")} % · ${st.selector && st.selector !== "*" ? st.selector : "all devices"}` +
+          (st.auto ? " · starting (policy auto)" : " · waiting for an operator's approval");
+      case "rollout_started":
+        return h("span", {}, "rollout ", h("a", { href: "#rollouts", class: "rollout-link" }, st.rollout_id),
+          ` started by ${st.by || "?"}`);
+      case "rollout_rejected":
+        return `rejected by ${st.by || "?"}`;
+      case "failed":
+        return h("span", { class: "error" }, `${st.error || "failed"}${st.hint ? " — " + st.hint : ""}`);
+      default:
+        return Object.entries(st).filter(([k]) => k !== "step" && k !== "at")
+          .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+    }
+  }
+  function jobCard(j) {
+    const decide = (action) => async () => {
+      try { await apiJson(`/v1/retrain/jobs/${encodeURIComponent(j.id)}/${action}`, "POST", {}); render(); }
+      catch (e) { alert(`${e.message}${e.hint ? "\n" + e.hint : ""}`); }
+    };
+    const snap = j.snapshot || {};
+    const steps = [{ step: "created", at: j.created_at, by: j.created_by }, ...(j.steps || [])];
+    return h("div", { class: "card job", "data-job": j.id },
+      h("h2", {}, `${j.name} ${j.parent_version} → ${j.version} `, pill(j.status),
+        h("span", { class: "muted" }, `  job ${j.id} · ${j.trainer} · created ${ago(j.created_at)} by ${j.created_by}`)),
+      h("div", { class: "muted" }, (snap.sha256 ? `snapshot ${snap.sha256.slice(0, 16)} · ${fmt(snap.rows)} labelled rows`
+        : "no snapshot recorded") + (j.request_id ? ` · from retraining request ${j.request_id}` : "")),
+      table(["step", "at", "after", "figures"], steps.map((st) => [
+        st.step === "failed" ? pill("failed", "failed") : st.step.replace(/_/g, " "), hms(st.at),
+        since(j.created_at, st.at), st.step === "created" ? `by ${st.by}` : stepFigures(st)]),
+        { cls: "steps", nowrap: [0, 1, 2] }),
+      j.status === "proposed" ? h("div", { class: "actions" }, "Rollout waiting for approval: ",
+        h("button", { type: "button", class: "approve", onclick: decide("approve") }, "Approve and start"), " ",
+        h("button", { type: "button", class: "reject", onclick: decide("reject") }, "Reject")) : null,
+      j.rollout_id ? h("div", {}, "Rollout: ", h("a", { href: "#rollouts", class: "rollout-link" }, j.rollout_id)) : null);
+  }
+
   // --- pages ----------------------------------------------------------------------------------------
   const pages = {
     async overview() {
@@ -404,8 +496,8 @@
     },
 
     async review() {
-      const [items, stats, acc] = await Promise.all([api("/v1/samples?labelled=false&limit=60"),
-        api("/v1/samples/stats"), api("/v1/accuracy?by=release,region")]);
+      const [items, stats, accCard] = await Promise.all([api("/v1/samples?labelled=false&limit=60"),
+        api("/v1/samples/stats"), accuracyCard()]);
       items.sort((a, b) => (a.confidence === null ? 2 : a.confidence) - (b.confidence === null ? 2 : b.confidence));
       rv.items = items;
       if (!items.some((x) => x.request_id === rv.focus)) rv.focus = items.length ? items[0].request_id : null;
@@ -427,18 +519,13 @@
           h("span", { class: "actions" }, h("button", { type: "button", onclick: () => applyLabel([x.request_id], x.predicted) },
             "Model is right")));
       }));
-      const accRows = acc.map((a) => [a.release, a.region || "–", fmt(a.labelled), pct(a.accuracy),
-        `${pct(a.accuracy_ci[0])} – ${pct(a.accuracy_ci[1])}`, a.ece === null ? "–" : fmt(a.ece, 3),
-        Object.entries(a.classes).map(([c, v]) => `${c}: P ${pct(v.precision)} R ${pct(v.recall)}`).join("; ")]);
       setTimeout(markFocus, 0);
       return [
         h("h1", {}, "Review queue"),
         h("p", { class: "muted" }, `${fmt(stats.samples)} samples from devices, ${fmt(stats.labelled)} labelled, ` +
           `${fmt(stats.low_confidence)} kept for low confidence. Keys: j/k move, Enter = the model is right, ` +
           "l = type a label (Enter applies it), x = select (labels apply to the selection), u = undo."),
-        card("Live accuracy from labelled samples (Wilson 95% interval, calibration error)", acc.length
-          ? table(["release", "region", "labelled", "accuracy", "95% CI", "ECE", "per class"], accRows, { num: [2, 3, 5], cls: "accuracy" })
-          : empty("no labelled samples yet")),
+        accCard,
         card(`Unlabelled samples (${items.length})`,
           h("div", { class: "toolbar" },
             h("input", { id: "review-label", type: "text", placeholder: "label", "aria-label": "label", autocomplete: "off" }),
@@ -447,6 +534,19 @@
             h("button", { type: "button", id: "review-undo", onclick: undoLabel }, "Undo"),
             h("span", { id: "review-status", class: "muted", "aria-live": "polite" })),
           items.length ? list : empty("nothing to review: devices sample when a sample policy enables it")),
+      ];
+    },
+
+    async retrain() {
+      const [jobs, accCard] = await Promise.all([api("/v1/retrain/jobs?limit=50"), accuracyCard()]);
+      return [
+        h("h1", {}, "Retraining jobs"),
+        h("p", { class: "muted" }, "Each job as edgefleet retrain run reports it: trained (held-out accuracy of the " +
+          "parent and the new model), optimized, published, registered, its rollout proposed, approved or rejected. " +
+          "Every step is also in the audit log (retrain.job.*)."),
+        jobs.length ? h("div", { class: "stack" }, jobs.map(jobCard))
+          : card(null, empty("no retraining jobs yet: edgefleet retrain run --server ... reports one here")),
+        accCard,
       ];
     },
 
