@@ -26,6 +26,7 @@ from edgefleet.agent._config import AgentConfig
 from edgefleet.agent._control import LocalControl
 from edgefleet.agent._director import DirectorClient
 from edgefleet.agent._enroll import Credentials
+from edgefleet.agent._federated import FederatedParticipation
 from edgefleet.agent._fetcher import HttpxFetcher
 from edgefleet.agent._identity import DeviceIdentity
 from edgefleet.agent._journal import Journal
@@ -60,7 +61,7 @@ def backoff_delay(failures: int, initial: float, maximum: float, rng: random.Ran
     return cap / 2 + r.uniform(0, cap / 2)
 
 
-class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl, DevicePower):
+class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl, DevicePower, FederatedParticipation):
     """The device daemon over one state directory.
 
     Args:
@@ -148,6 +149,7 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl, DevicePower):
         self._telemetry_sent_t = time.monotonic()  # first telemetry upload one interval after start
         self._hardware_sent = False  # the first heartbeat of a run carries the hardware profile
         self._power_start()  # device state source and power/thermal policy (agent/_power.py)
+        self._fl_init()  # federated jobs the control plane names (agent/_federated.py)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -183,6 +185,8 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl, DevicePower):
 
     def close(self) -> None:
         self.stop_event.set()
+        with contextlib.suppress(Exception):
+            self._fl_close()  # a running SuperNode stops with the agent
         self._release_looks()
         if self._mqtt is not None:
             with contextlib.suppress(Exception):
@@ -253,6 +257,7 @@ class Agent(UpdateSteps, WatchWindow, Uplink, LocalControl, DevicePower):
             self._continue_pending()
         if self.journal.state.watch is not None:
             self.check_watch()
+        self._fl_tick(resp)  # join, stay in or leave a federated job the answer names (agent/_federated.py)
         self._upload_events()
         self._process_requests()
         if resp is None:

@@ -123,3 +123,17 @@ class AgentConfig(BaseSettings):
         False,
         description="the uplink is metered: samples wait for an unmetered link unless the policy allows",
     )
+
+    # Federated learning (edgefleet.federated): jobs the control plane names in heartbeat answers.
+    fl_data_dir: Path | None = Field(
+        None,
+        description="the device's training data for federated jobs: a folder of .npz files with x and y "
+        "arrays that the application fills (None: the device never joins a job)",
+    )
+    fl_min_battery_percent: float = Field(
+        50.0, ge=0, le=100, description="on battery, train only above this level"
+    )
+    fl_max_cpu_pressure: float = Field(
+        20.0, ge=0, le=100, description="train only while CPU pressure (PSI some avg10, %) is below this"
+    )
+    fl_allow_metered: bool = Field(False, description="train on a metered link too")

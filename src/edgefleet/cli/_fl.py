@@ -153,8 +153,31 @@ def start(
         int | None, typer.Option("--metrics-port", help="Serve the job's Prometheus metrics on this port.")
     ] = None,
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Register the job with this control plane: the devices --selector picks are told to join "
+            "through their heartbeat, and the job's rounds and end are reported there.",
+        ),
+    ] = None,
+    selector: str = typer.Option("*", "--selector", help="With --server: the devices that take part."),
+    advertise: Annotated[
+        str | None,
+        typer.Option("--advertise", help="With --server: the SuperLink host:port devices connect to."),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="Operator token (deployer).")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", envvar="EDGEFLEET_TOKEN_FILE", help="File with the token.")
+    ] = None,
+    ca: Annotated[
+        Path | None, typer.Option("--ca", envvar="EDGEFLEET_CA_FILE", help="The control plane's CA cert.")
+    ] = None,
 ) -> None:
-    """Start a federated job: its Flower SuperLink runs here until the job ends; devices join it."""
+    """Start a federated job: its Flower SuperLink runs here until the job ends; devices join it (with
+    --server, the control plane tells the selected devices' agents to join)."""
     from edgefleet.federated import Coordinator, JobSpec, SoftmaxHead, export_model, head_of_model
 
     if (base_model is None) == (base_head is None):
@@ -199,7 +222,28 @@ def start(
         host=host,
         port=port or None,
     )
+    api = reporter = None
+    if server is not None:
+        from edgefleet.client import Client
+        from edgefleet.server._selector import Selector
+
+        Selector.parse(selector)  # a bad selector is an error before any process starts
+        api = Client(server, token=token, token_file=token_file, ca_file=ca)
     coordinator.start()
+    if api is not None:
+        try:
+            api.create_fl_job(
+                job_id,
+                advertise or coordinator.address,
+                duration_s=parse_duration(timeout, positive=True),
+                selector=selector,
+                spec=spec.model_dump(mode="json"),
+            )
+        except BaseException:
+            coordinator.stop()
+            api.close()
+            raise
+        reporter = _ControlPlaneReport(api, job_id, coordinator)
     if metrics_port is not None:
         from prometheus_client import CollectorRegistry, start_http_server
 
@@ -214,14 +258,87 @@ def start(
             console.print(f"  edgefleet fl join {coordinator.address} --data-dir DIR")
             _show_progress(coordinator.job_dir, watch=True, until=coordinator.alive)
         coordinator.wait(parse_duration(timeout, positive=True))
+    except BaseException as e:
+        if reporter is not None:
+            reporter.end(e)
+        if reporter is not None and reporter.stopped_there:
+            raise InputError(
+                f"federated job {job_id} was stopped on the control plane",
+                hint=f"see `GET /v1/fl/jobs/{job_id}`",
+            ) from None
+        raise
     finally:
         coordinator.stop()
+        if api is not None:
+            if reporter is not None:
+                reporter.end(None)
+            api.close()
     result = _summary(coordinator.job_dir)
     if out is not None and base_model is not None:
         result["export"] = export_model(coordinator.job_dir, base_model, out)
         if not json_out:
             console.print(f"federated model written to {out}")
     emit(result, json_out)
+
+
+class _ControlPlaneReport:
+    """Posts a registered job's rounds to the control plane as they close (a thread), and its end. An
+    operator's stop there (the progress post is refused) stops the job's SuperLink here."""
+
+    def __init__(self, api: Any, job_id: str, coordinator: Any) -> None:
+        import threading
+
+        self.api, self.job_id, self.coordinator = api, job_id, coordinator
+        self.stopped_there = False
+        self._ended = False
+        self._posted = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fl-report", daemon=True)
+        self._thread.start()
+
+    def _rounds(self) -> list[dict[str, Any]]:
+        from edgefleet.federated import read_progress
+
+        return [e for e in read_progress(self.coordinator.job_dir) if e.get("event") == "round"]
+
+    def _run(self) -> None:
+        from edgefleet.errors import ConflictError, EdgefleetError
+
+        while not self._stop.wait(1.0):
+            rounds = self._rounds()
+            if len(rounds) == self._posted:
+                continue
+            try:
+                self.api.fl_job_progress(self.job_id, rounds)
+                self._posted = len(rounds)
+            except ConflictError:  # stopped (or ended) on the control plane: the job stops here too
+                self.stopped_there = True
+                self.coordinator.stop()
+                return
+            except EdgefleetError as e:  # the control plane is away: the job goes on, reported later
+                console.print(f"[yellow]could not report progress: {e.message}[/]")
+
+    def end(self, error: BaseException | None) -> None:
+        """Mark the job finished (``error`` None), failed or stopped there (once; best effort)."""
+        from edgefleet.errors import EdgefleetError
+
+        if self._ended:
+            return
+        self._ended = True
+        self._stop.set()
+        self._thread.join(5)
+        if self.stopped_there:
+            return
+        if error is None:
+            state, reason = "finished", None
+        elif isinstance(error, KeyboardInterrupt | SystemExit):
+            state, reason = "stopped", "fl start was interrupted"
+        else:
+            state, reason = "failed", str(error)[:1000]
+        try:
+            self.api.stop_fl_job(self.job_id, state=state, reason=reason, rounds=self._rounds())
+        except EdgefleetError as e:
+            console.print(f"[yellow]could not report the job's end to the control plane: {e.message}[/]")
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -1,0 +1,142 @@
+"""Issue 14 item 2 end to end on loopback: a real control plane, real agents (Agent objects running their loop
+in threads) and `edgefleet fl start --server --selector` in its own process. The job registers with the
+server; the selected agents learn of it from their signed heartbeat answers and start Flower SuperNodes on
+their own non-IID digits data (AgentConfig.fl_data_dir); the job improves on the base head; at its end the
+server stops naming it and the agents leave. An agent whose device state forbids training (a scripted battery
+trace at 20 % on battery, a stand-in for a phone's battery) declines and says why; an agent outside the
+selector is never asked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from edgefleet.agent import Agent, AgentConfig, enroll
+from edgefleet.client import Client
+from edgefleet.federated._data import digits_federation
+from edgefleet.server import ServerConfig, start_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
+
+
+def _wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def _events(agent: Agent, kind: str) -> list[dict]:
+    return [e for e in list(agent.journal.state.history) if e["event"] == kind]
+
+
+def test_agents_join_the_job_the_control_plane_names_and_leave_when_it_ends(tmp_path, published):
+    folders, base, (x_eval, y_eval), _ = digits_federation(4, tmp_path / "data", seed=1)
+    np.savez(tmp_path / "base.npz", W=base.W, b=base.b)
+    np.savez(tmp_path / "eval.npz", x=x_eval, y=y_eval)
+    empty_sys = tmp_path / "sys"  # a device tree with nothing in it: no battery, no pressure, link unknown
+    empty_sys.mkdir()
+    low = tmp_path / "low-battery.yaml"
+    low.write_text(yaml.safe_dump([{"t": 0, "battery_percent": 20, "power_source": "battery"}]))
+    cfg = ServerConfig(
+        data_dir=tmp_path / "server",
+        repo_dir=published / "repo",
+        keys_dir=tmp_path / "nokeys",
+        engine_tick_s=0.1,
+        poll_interval_s=0.5,
+    )
+    with start_server(cfg) as srv, Client(srv.url, token=srv.admin_token) as api:
+        agents: list[Agent] = []
+        for i, (region, state) in enumerate(
+            [("eu", f"sysfs:{empty_sys}")] * 3 + [("eu", f"scripted:{low}"), ("us", f"sysfs:{empty_sys}")]
+        ):
+            conf = AgentConfig(
+                state_dir=tmp_path / f"agent{i}",
+                request_timeout_s=10,
+                device_state=state,
+                fl_data_dir=folders[min(i, 3)],
+            )
+            token = api.create_enrollment_token(tags={"region": region})["token"]
+            enroll(
+                conf,
+                token=token,
+                root_json=published / "repo" / "metadata" / "1.root.json",
+                server_url=srv.url,
+            )
+            agents.append(Agent(conf))
+        threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+        for t in threads:
+            t.start()
+        job_dir = tmp_path / "job"
+        try:
+            start = subprocess.run(
+                [sys.executable, "-m", "edgefleet.cli", "fl", "start", str(job_dir), "--job-id", "digits-eu",
+                 "--base-head", str(tmp_path / "base.npz"), "--eval-data", str(tmp_path / "eval.npz"),
+                 "--rounds", "3", "--clients-per-round", "3", "--min-clients", "3", "--local-epochs", "2",
+                 "--learning-rate", "0.5", "--deadline", "2m", "--timeout", "6m", "--json",
+                 "--server", srv.url, "--token", srv.admin_token, "--selector", "region=eu"],
+                capture_output=True, text=True, timeout=420,
+            )  # fmt: skip
+            assert start.returncode == 0, start.stderr[-3000:]
+            result = json.loads(start.stdout)
+            rounds = [e for e in result["events"] if e["event"] == "round"]
+            assert [r["answered"] for r in rounds] == [3, 3, 3] and all(r["aggregated"] for r in rounds)
+            base_accuracy = base.accuracy(x_eval, y_eval)
+            final = result["events"][-1]
+            assert final["event"] == "finished" and final["participants"] == 3
+            assert final["accuracy"] > base_accuracy + 0.05, (base_accuracy, final["accuracy"])
+
+            job = api.fl_job("digits-eu")  # what the control plane recorded: rounds and the end
+            assert job["state"] == "finished" and job["selector"] == "region=eu"
+            assert [r["answered"] for r in job["rounds"]] == [3, 3, 3]
+            assert job["accuracy"] == pytest.approx(final["accuracy"])
+            assert job["spec"]["rounds"] == 3
+
+            # the job ended: the answers no longer name it and every agent that joined leaves, saying why
+            joined = agents[:3]
+            for a in joined:
+                _wait_for(lambda a=a: _events(a, "fl_left"), 60, "an agent left the ended job")
+                (j,) = _events(a, "fl_joined")
+                assert j["job"] == "digits-eu" and j["samples"] > 0
+                assert _events(a, "fl_left")[0]["reason"] == "the control plane no longer names the job"
+                assert a.fl_node is None
+            # the device on battery at 20 % was named but declined; the one outside the selector never heard
+            (declined,) = _events(agents[3], "fl_declined")
+            assert "on battery at 20%" in declined["reason"] and not _events(agents[3], "fl_joined")
+            assert not _events(agents[4], "fl_declined") and not _events(agents[4], "fl_joined")
+            assert api.device(agents[3].creds.device_id)["resources"]["battery_percent"] == 20
+        finally:
+            for a in agents:
+                a.stop_event.set()
+            for t in threads:
+                t.join(60)
+    import psutil
+
+    left = [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline"])
+        if any(str(tmp_path) in part for part in (p.info["cmdline"] or []))
+    ]
+    assert not left, left
+
+
+def test_fl_start_refuses_a_bad_selector_before_starting_anything(tmp_path):
+    np.savez(tmp_path / "base.npz", W=np.zeros((4, 2), np.float32), b=np.zeros(2, np.float32))
+    done = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "fl", "start", str(tmp_path / "job"), "--job-id", "x",
+         "--base-head", str(tmp_path / "base.npz"), "--server", "http://127.0.0.1:9", "--selector", "region"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "selector term" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "job").exists()
