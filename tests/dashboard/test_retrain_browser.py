@@ -16,7 +16,7 @@ from servertools import Clock, Harness
 
 pytestmark = pytest.mark.browser
 
-JOB, FAILED = "a1b2c3d4e5f60718", "0f1e2d3c4b5a6978"
+JOB, FAILED, REJECT = "a1b2c3d4e5f60718", "0f1e2d3c4b5a6978", "1122334455667788"
 # (region, version, predicted, label, confidence)
 LABELLED = [
     ("eu", "1.0.0", "3", "3", 0.9),
@@ -136,6 +136,10 @@ def live(tmp_path_factory, digits_mlp, digits_mlp_v2, digits_split):
                 c.retrain_job_step(JOB, step, details)
             assert c.propose_retrain_rollout(JOB, {"waves": [50, 100], "soak_s": 0})["status"] == "proposed"
             c.create_retrain_job(
+                REJECT, name="digits", parent_version="1.0.0", version="1.0.2", trainer="head"
+            )
+            c.propose_retrain_rollout(REJECT, {"selector": "region=eu"})
+            c.create_retrain_job(
                 FAILED, name="digits", parent_version="1.0.0", version="1.0.1", trainer="head"
             )
             c.retrain_job_step(FAILED, "started", {"parent": "digits 1.0.0"})
@@ -218,6 +222,19 @@ def test_retraining_page_shows_steps_approves_and_links_the_rollout(browser, liv
         "retrain.job.failed",
         "retrain.rollout_proposed",
     } <= actions
+    # reject another proposal from the page: nothing starts, the rejection is a step of the job and audited
+    page.locator(f".job[data-job='{REJECT}'] button.reject").click()
+    _until(
+        lambda: live.c.get(f"/v1/retrain/jobs/{REJECT}", headers=live.admin).json()["status"] == "rejected",
+        "the rejection",
+    )
+    _until_js(page, f"!document.querySelector(\".job[data-job='{REJECT}'] button.reject\")")
+    rows = _rows(page, f".job[data-job='{REJECT}'] table.steps tbody")
+    assert "region=eu" in rows[-2][3] and rows[-1][0] == "rollout rejected"
+    assert rows[-1][3].startswith("rejected by operator:deployer")
+    assert len(live.c.get("/v1/rollouts", headers=live.admin).json()) == 1
+    rej = live.c.get("/v1/audit", params={"action": "retrain.rollout_rejected"}, headers=live.admin).json()
+    assert [a["details"]["job_id"] for a in rej] == [REJECT]
     page.locator(f".job[data-job='{JOB}'] a.rollout-link").first.click()
     page.wait_for_selector("body[data-loaded='rollouts']", timeout=30_000)
     assert rollout_id in page.locator("#view").inner_text()
