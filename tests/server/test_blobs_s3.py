@@ -186,3 +186,70 @@ def test_an_unreachable_store_is_a_clear_503_and_nothing_is_stored(s3, tmp_path)
         assert (
             h.c.get("/v1/samples", headers=h.admin).json() == []
         )  # the row was not written without its bytes
+
+
+def _cli_server(tmp_path, port: int, *extra: str, env: dict) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "edgefleet.cli", "server", "run", "--data", str(tmp_path / "srv"),
+        "--keys", str(tmp_path / "no-keys"), "--port", str(port), *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+
+
+def test_the_cli_server_keeps_samples_in_the_bucket(s3, tmp_path):
+    """``edgefleet server run --blob-url s3://... --blob-endpoint URL``: what an operator types."""
+    import httpx
+    from servertools import hardware
+
+    client, bucket, url = s3
+    env = os.environ | {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env["AWS_DEFAULT_REGION"] = "us-east-1"
+    # a bucket that does not exist: a clear error, no traceback, no server
+    bad = _cli_server(
+        tmp_path, _free_port(), "--blob-url", "s3://no-such-bucket/x", "--blob-endpoint", url, env=env
+    )
+    out, err = bad.communicate(timeout=120)
+    assert bad.returncode != 0 and "no-such-bucket" in err and "not usable" in err, (out, err)
+    assert "Traceback" not in err
+    port = _free_port()
+    proc = _cli_server(
+        tmp_path,
+        port,
+        "--blob-url",
+        f"s3://{bucket}/cli",
+        env=env | {"EDGEFLEET_SERVER_BLOB_S3_ENDPOINT_URL": url},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.3)
+        admin = {"Authorization": f"Bearer {(tmp_path / 'srv' / 'admin-token').read_text().strip()}"}
+        with httpx.Client(base_url=base, timeout=30) as c:
+            tok = c.post("/v1/enrollment-tokens", json={"tags": {}}, headers=admin).json()["token"]
+            dev = c.post("/v1/enroll", json={"token": tok, "hardware": hardware()}).json()
+            img = png(4, 4)
+            r = c.post(
+                f"/v1/devices/{dev['device_id']}/samples",
+                json={
+                    "samples": [
+                        sample("req-cli-0001", privacy="raw", input_b64=base64.b64encode(img).decode())
+                    ]
+                },
+                headers={"Authorization": f"Bearer {dev['device_token']}"},
+            )
+            assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+            sha = hashlib.sha256(img).hexdigest()
+            assert keys(client, bucket) == [f"cli/{sha[:2]}/{sha[2:]}"]
+            assert c.get("/v1/samples/req-cli-0001/input", headers=admin).content == img
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"blobs: s3://{bucket}/cli at {url}" in out

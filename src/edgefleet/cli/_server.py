@@ -106,6 +106,19 @@ def server_run(
         envvar="EDGEFLEET_SERVER_DEVICE_AUTH",
         help="either (client certificate or device token), mtls, or token.",
     ),
+    blob_url: str | None = typer.Option(
+        None,
+        "--blob-url",
+        envvar="EDGEFLEET_SERVER_BLOB_URL",
+        help="s3://bucket/prefix: keep samples and other blobs in an S3-compatible bucket (the s3 extra; "
+        "credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); default files in DATA/blobs.",
+    ),
+    blob_endpoint: str | None = typer.Option(
+        None,
+        "--blob-endpoint",
+        envvar="EDGEFLEET_SERVER_BLOB_S3_ENDPOINT_URL",
+        help="Endpoint of the S3-compatible service of --blob-url (MinIO, Ceph...); default AWS.",
+    ),
     insecure_http: bool = typer.Option(
         False, "--insecure-http", help="Allow clear text off loopback (a TLS-terminating proxy in front)."
     ),
@@ -137,6 +150,8 @@ def server_run(
         tls_key=tls_key,
         ca_dir=ca,
         device_auth=device_auth,
+        blob_url=blob_url,
+        blob_s3_endpoint_url=blob_endpoint,
     )
     if cfg.tls_cert is not None or cfg.tls_key is not None:
         server_context(cfg.tls_cert, cfg.tls_key)  # both given, readable and a pair, before anything starts
@@ -146,6 +161,10 @@ def server_run(
     scheme = "https" if tls else "http"
     console.print(f"edgefleet control plane on {scheme}://{host}:{port} (OpenAPI at /docs)")
     console.print(f"database: {app.state.ctx.db.dialect}; admin token file: {cfg.admin_token_path}")
+    if cfg.blob_url:
+        console.print(
+            f"blobs: {cfg.blob_url}" + (f" at {cfg.blob_s3_endpoint_url}" if cfg.blob_s3_endpoint_url else "")
+        )
     if tls:
         console.print(
             f"device CA: {tls['ssl_ca_certs']} (devices enroll with --ca <the CA of the server certificate>); "
