@@ -255,6 +255,42 @@ def summarize(tp: dict) -> list[dict]:
     return rows
 
 
+def enrollment(devices: int, work: Path) -> list[dict]:
+    """Enrollment alone: ``devices`` one-time tokens enrolled over real HTTP (64 concurrent) against 1 and
+    then 2 server processes on PostgreSQL, with the servers' CPU per enrollment."""
+    schema = PgSchema()
+    rows = []
+    try:
+        for workers in (1, 2):
+            cfg = ServerConfig(
+                data_dir=work / f"enroll{workers}", db_url=schema.url, keys_dir=work / "nokeys"
+            )
+            h = start_server_process(
+                cfg, workers=workers, timeout=300, log_file=work / f"enroll{workers}.log"
+            )
+            try:
+                tokens = enrollment_tokens(schema.url, devices)
+                c0 = cpu_seconds([h])
+                r = asyncio.run(run_enroll_load(h.url, tokens, concurrency=64))
+                cpu_ms = (cpu_seconds([h]) - c0) / max(len(r.devices), 1) * 1e3
+                rows.append(
+                    {
+                        "processes": workers,
+                        "devices": len(r.devices),
+                        "errors": r.errors,
+                        "per_s": round(r.per_s, 1),
+                        "server_cpu_ms_per_enrollment": round(cpu_ms, 2),
+                        "loadavg_1m": os.getloadavg()[0],
+                    }
+                )
+                console.print(f"  {rows[-1]}")
+            finally:
+                h.stop()
+    finally:
+        schema.drop()
+    return rows
+
+
 def soak(devices: int, minutes: float, interval: float, connections: int, work: Path) -> dict:
     """``devices`` enrolled devices (real tokens, real HTTP, real PostgreSQL writes) each sending a
     heartbeat every ``interval`` seconds for ``minutes``, against 2 server processes on one port."""
@@ -442,6 +478,13 @@ def main() -> None:
     ap.add_argument(
         "--reps", type=int, default=5, help="interleaved repetitions of each throughput configuration"
     )
+    ap.add_argument(
+        "--enroll",
+        type=int,
+        default=0,
+        metavar="DEVICES",
+        help="also enroll DEVICES against 1 and 2 processes",
+    )
     ap.add_argument("--soak", type=int, default=0, metavar="DEVICES", help="also run DEVICES at --interval")
     ap.add_argument("--soak-minutes", type=float, default=10.0)
     ap.add_argument(
@@ -467,6 +510,9 @@ def main() -> None:
         console.print("enrollment and heartbeat throughput on PostgreSQL (configurations interleaved)")
         tp = throughput(300 if q else 2000, 3 if q else 5, args.reps, 64, work)
         out["throughput"] = {**tp, "summary": summarize(tp)}
+    if args.enroll:
+        console.print(f"enrollment: {args.enroll} devices against 1 and 2 processes")
+        out["enrollment"] = enrollment(args.enroll, work)
     if args.soak:
         console.print(f"soak: {args.soak} devices every {args.interval:g}s for {args.soak_minutes:g} minutes")
         out["soak"] = soak(args.soak, args.soak_minutes, args.interval, 64, work)
