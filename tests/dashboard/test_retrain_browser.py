@@ -12,6 +12,7 @@ import time
 
 import pytest
 from fleettools import LiveClient, shared_repo
+from pagewait import until, until_js
 from servertools import Clock, Harness
 
 pytestmark = pytest.mark.browser
@@ -27,20 +28,6 @@ LABELLED = [
     ("us", "1.0.0", "8", "8", 0.9),
     ("us", "1.1.0", "3", "3", 0.95),
 ]
-
-
-def _until(pred, what, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _until_js(page, expression, timeout=30.0):
-    """Poll a JS expression from here (page.wait_for_function would need eval, which the CSP forbids)."""
-    _until(lambda: page.evaluate(expression), expression, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -197,14 +184,14 @@ def test_retraining_page_shows_steps_approves_and_links_the_rollout(browser, liv
 
     # approve from the page: a real rollout starts, and the job links to it
     job.locator("button.approve").click()
-    _until(
+    until(
         lambda: live.c.get(f"/v1/retrain/jobs/{JOB}", headers=live.admin).json()["status"] == "completed",
         "approval",
     )
     rollout_id = live.c.get(f"/v1/retrain/jobs/{JOB}", headers=live.admin).json()["rollout_id"]
     rollouts = live.c.get("/v1/rollouts", headers=live.admin).json()
     assert [(r["id"], r["version"]) for r in rollouts] == [(rollout_id, "1.1.0")]
-    _until_js(
+    until_js(
         page,
         f"document.querySelector(\".job[data-job='{JOB}'] a.rollout-link\")?.innerText === '{rollout_id}'",
     )
@@ -224,11 +211,11 @@ def test_retraining_page_shows_steps_approves_and_links_the_rollout(browser, liv
     } <= actions
     # reject another proposal from the page: nothing starts, the rejection is a step of the job and audited
     page.locator(f".job[data-job='{REJECT}'] button.reject").click()
-    _until(
+    until(
         lambda: live.c.get(f"/v1/retrain/jobs/{REJECT}", headers=live.admin).json()["status"] == "rejected",
         "the rejection",
     )
-    _until_js(page, f"!document.querySelector(\".job[data-job='{REJECT}'] button.reject\")")
+    until_js(page, f"!document.querySelector(\".job[data-job='{REJECT}'] button.reject\")")
     rows = _rows(page, f".job[data-job='{REJECT}'] table.steps tbody")
     assert "region=eu" in rows[-2][3] and rows[-1][0] == "rollout rejected"
     assert rows[-1][3].startswith("rejected by operator:deployer")
@@ -263,7 +250,7 @@ def test_accuracy_card_per_release_class_and_region(browser, live):
     assert page.locator("#acc-region option").all_inner_texts() == ["all regions", "eu", "us"]
     # one region: eu's 1.0.0 is 2 of 4, its ECE (0.1 + 0.8 + 0.3 + 0.6) / 4
     page.select_option("#acc-region", "eu")
-    _until_js(page, "document.querySelector('table.accuracy tbody td:nth-child(2)')?.innerText === 'eu'")
+    until_js(page, "document.querySelector('table.accuracy tbody td:nth-child(2)')?.innerText === 'eu'")
     rows = {r[0]: r for r in _rows(page, "table.accuracy tbody")}
     assert list(rows) == ["digits@1.0.0"]  # eu has no labels on 1.1.0
     assert rows["digits@1.0.0"][1:4] == ["eu", "4", "50.0%"] and rows["digits@1.0.0"][5] == "0.45"

@@ -14,6 +14,7 @@ import zlib
 import numpy as np
 import pytest
 from fleettools import LiveClient
+from pagewait import until, until_js
 from servertools import Clock, Harness
 
 pytestmark = pytest.mark.browser
@@ -91,20 +92,6 @@ def _label(h, rid):
     return h.c.get(f"/v1/samples/{rid}", headers=h.admin).json()["label"]
 
 
-def _until(pred, what, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _until_js(page, expression, timeout=30.0):
-    """Poll a JS expression from here (page.wait_for_function would need eval, which the CSP forbids)."""
-    _until(lambda: page.evaluate(expression), expression, timeout)
-
-
 def test_review_queue_shows_inputs_and_labels_by_keyboard_with_undo_and_batch(browser, live, tmp_path):
     ctx = browser.new_context(viewport={"width": 1366, "height": 900})
     page = ctx.new_page()
@@ -117,7 +104,7 @@ def test_review_queue_shows_inputs_and_labels_by_keyboard_with_undo_and_batch(br
     assert page.locator(".sample").evaluate_all("els => els.map(e => e.dataset.id)") == [
         "req-img-0001", "req-img-0002", "req-wav-0001", "req-tab-0001", "req-hash-001",
     ]  # fmt: skip
-    _until_js(
+    until_js(
         page,
         "[...document.querySelectorAll('.sample img')].length === 2 && "
         "[...document.querySelectorAll('.sample img')].every(i => i.complete && i.naturalWidth === 8)",
@@ -132,14 +119,14 @@ def test_review_queue_shows_inputs_and_labels_by_keyboard_with_undo_and_batch(br
 
     # Enter: the model is right for the focused sample
     page.keyboard.press("Enter")
-    _until(lambda: _label(live, "req-img-0001") == "3", "the keyboard label")
-    _until_js(page, "!document.querySelector(\".sample[data-id='req-img-0001']\")")
+    until(lambda: _label(live, "req-img-0001") == "3", "the keyboard label")
+    until_js(page, "!document.querySelector(\".sample[data-id='req-img-0001']\")")
     # u: undo puts it back in the queue, unlabelled
     page.keyboard.press("u")
-    _until(lambda: _label(live, "req-img-0001") is None, "the undo")
+    until(lambda: _label(live, "req-img-0001") is None, "the undo")
     page.wait_for_selector(".sample[data-id='req-img-0001']", timeout=30_000)
     # batch: select two with x, type a label, Enter
-    _until_js(page, "document.querySelector('.sample.focused')?.dataset.id === 'req-img-0001'")
+    until_js(page, "document.querySelector('.sample.focused')?.dataset.id === 'req-img-0001'")
     page.keyboard.press("x")
     page.keyboard.press("j")
     page.keyboard.press("x")
@@ -147,12 +134,12 @@ def test_review_queue_shows_inputs_and_labels_by_keyboard_with_undo_and_batch(br
     page.keyboard.press("l")
     page.keyboard.type("9")
     page.keyboard.press("Enter")
-    _until(
+    until(
         lambda: _label(live, "req-img-0001") == "9" and _label(live, "req-img-0002") == "9", "the batch label"
     )
-    _until_js(page, "document.querySelectorAll('.sample').length === 3")
+    until_js(page, "document.querySelectorAll('.sample').length === 3")
     # the labels reached the live accuracy card (both wrong: the model said 3 and 8)
-    _until_js(page, "document.querySelector('table.accuracy')?.innerText.includes('digits@1.0.0')")
+    until_js(page, "document.querySelector('table.accuracy')?.innerText.includes('digits@1.0.0')")
     rows = [r.split("\t") for r in page.locator("table.accuracy").inner_text().splitlines()]
     row = next(r for r in rows if r[0] == "digits@1.0.0")
     assert row[2:4] == ["2", "0.00%"], rows  # two labelled, none right
