@@ -110,3 +110,54 @@ def test_bad_policy_file_is_a_config_error(world, tmp_path):
     bad.write_text("rules: [{name: x, when: {battery_below: 300}, actions: {}}]\n")
     with pytest.raises(ConfigError, match="battery_below"):
         Agent(world.config(device_policy=str(bad)))
+
+
+def test_a_rule_widens_the_runtime_batching_delay_and_lets_go(world, tmp_path):
+    """``batch_delay_ms``: the host's runtime batches longer while the rule is on, for a model swapped in
+    meanwhile too, and goes back to its configured delay when the rule lets go."""
+    from edgefleet.runtime._batcher import Batcher
+
+    trace = tmp_path / "trace.yaml"
+    trace.write_text(
+        yaml.safe_dump(
+            [
+                {"t": 0, "battery_percent": 90, "power_source": "battery"},
+                {"t": 100, "battery_percent": 20},
+                {"t": 200, "battery_percent": 22, "power_source": "ac"},
+            ]
+        )
+    )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        yaml.safe_dump(
+            {
+                "min_dwell_s": 0,
+                "rules": [
+                    {
+                        "name": "saver",
+                        "when": {"battery_below": 30, "power_source": "battery"},
+                        "actions": {"batch_delay_ms": 40},
+                    }
+                ],
+            }
+        )
+    )
+    agent = world.agent(device_state=f"scripted:{trace}", device_policy=str(policy))
+    clock = FakeClock()
+    agent.power.source.clock = clock
+    world.install(agent, "1.0.0")
+
+    def delays() -> list[float]:
+        rt = agent.host.runtime
+        return [p.max_delay_ms for p in rt._walk(rt.pipeline) if isinstance(p, Batcher)]
+
+    default = delays()
+    assert default and all(d < 40 for d in default)
+    clock.t = 100
+    agent.run_once()
+    assert agent.power.decision.batch_delay_ms == 40 and delays() == [40.0] * len(default)
+    world.install(agent, "1.3.0")  # a new model swapped in while the rule is on keeps the wider delay
+    assert delays() == [40.0] * len(default)
+    clock.t = 200
+    agent.run_once()
+    assert agent.power.decision.active == [] and delays() == default

@@ -3,8 +3,9 @@
 Each pass of the loop reads the device state (``AgentConfig.device_state``: sysfs, or a scripted trace
 standing in for a battery and a thermal zone), evaluates the policy (``AgentConfig.device_policy``, else
 ``device_policy.yaml`` in the active bundle), logs every switch in the journal (so heartbeats carry it),
-serves the smaller kept variant of the same model while a rule asks for it, and defers downloads. The
-host's serving path obeys the governor's gate (rate limit, duty cycle, paused escalation).
+serves the smaller kept variant of the same model while a rule asks for it, widens the runtime's batching
+delay, and defers downloads. The host's serving path obeys the governor's gate (rate limit, duty cycle,
+paused escalation).
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ class DevicePower(AgentCore):
         if switches:
             self._save_quietly()
         self._power_variant()
+        self._power_batch_delay()
+
+    def _power_batch_delay(self) -> None:
+        """Widen the runtime's batching delay while a rule asks (``batch_delay_ms``), back when none does."""
+        rt = getattr(self.host, "runtime", None)
+        want = self.power.decision.batch_delay_ms
+        if rt is None or not hasattr(rt, "set_batch_delay") or rt.batch_delay_ms == want:
+            return
+        rt.set_batch_delay(want)
+        log.info(
+            "batching delay %s", f"{want:g} ms (power policy)" if want is not None else "back to default"
+        )
 
     def _power_variant(self) -> None:
         st = self.journal.state

@@ -205,6 +205,18 @@ class Batcher:
             )
             self._watchdog.start()
 
+    def set_max_delay(self, ms: float | None) -> None:
+        """Wait up to ``ms`` to fill a batch from now on (None: the configured ``max_delay_ms``); the
+        device's power policy widens it to trade latency for fewer, fuller model calls."""
+        delay = (self.config.max_delay_ms if ms is None else ms) / 1000.0
+        with self._lock:
+            self._delay = delay
+            self._quiet_s = max(4 * delay, 0.005)
+
+    @property
+    def max_delay_ms(self) -> float:
+        return self._delay * 1000.0
+
     def _spawn(self) -> None:
         self._workers = [t for t in self._workers if t.is_alive()]
         wid = next(self._ids)

@@ -83,6 +83,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._swap_lock = threading.Lock()
         self._served: _Served | None = None
+        self._batch_delay_ms: float | None = None  # set_batch_delay's override (the device's power policy)
         self._closed = False
         self.outbox = outbox
         self.cache = AnswerCache(self.config.cache) if self.config.cache.enabled else None
@@ -232,9 +233,12 @@ class Runtime:
             fb = cfg.fallback
             if cfg.batcher.enabled:  # the batcher's watchdog enforces the model timeout
                 timeout_s = fb.timeout_ms / 1000 if fb.timeout_ms else None
-                primary: Predictor = Batcher(
+                primary: Predictor
+                primary = batcher = Batcher(
                     engine, cfg.batcher, metrics=self._m, timeout_s=timeout_s, max_stuck=fb.max_stuck_calls
                 )
+                if self._batch_delay_ms is not None:  # a swapped-in model keeps the policy's delay
+                    batcher.set_max_delay(self._batch_delay_ms)
             else:
                 primary = self._guard(engine)
             tiers: list[Predictor] = [primary]
@@ -558,6 +562,21 @@ class Runtime:
             "cache_entries": len(self.cache) if self.cache is not None else None,
             **({"trigger": self.trigger.stats()} if self.trigger is not None else {}),
         }
+
+    @property
+    def batch_delay_ms(self) -> float | None:
+        """The batching delay set by ``set_batch_delay`` (None: the configured one)."""
+        return self._batch_delay_ms
+
+    def set_batch_delay(self, ms: float | None) -> int:
+        """Batch for up to ``ms`` from now on, for this and every model swapped in later (None: back to
+        ``BatcherConfig.max_delay_ms``); returns how many batchers changed (0 with the batcher off)."""
+        self._batch_delay_ms = ms
+        served = self._served
+        batchers = [p for p in self._walk(served.pipeline if served else None) if isinstance(p, Batcher)]
+        for b in batchers:
+            b.set_max_delay(ms)
+        return len(batchers)
 
     def _walk(self, p: Any) -> list[Any]:
         seen, todo = [], [p]
