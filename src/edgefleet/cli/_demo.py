@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
             "--story",
             help="rollout: three releases through gated waves, the bad one halted. loop: one region's inputs "
             "shift; samples come back, a scripted reviewer labels them, retraining makes the next release "
-            "and its gated rollout restores accuracy.",
+            "and its gated rollout restores accuracy. federated: the devices train the model on data that "
+            "never leaves them (Flower); the federated model goes out through gated waves.",
         ),
         insecure_http: bool = typer.Option(
             False,
@@ -86,8 +87,10 @@ def register(app: typer.Typer) -> None:
                 )
             out.print("[bold]server, agents and traffic keep running; Ctrl-C stops them[/]")
 
-        if story not in ("rollout", "loop"):
-            raise ConfigError(f"--story {story!r} is not a story of the demo", hint="use rollout or loop")
+        if story not in ("rollout", "loop", "federated"):
+            raise ConfigError(
+                f"--story {story!r} is not a story of the demo", hint="use rollout, loop or federated"
+            )
         cfg = DemoConfig(
             dir=dir, devices=devices, keep_running=keep_running, seed=seed, tls=not insecure_http, story=story
         )

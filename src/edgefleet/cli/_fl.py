@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgefleet.cli._common import console, emit, parse_duration
+from edgefleet.cli._common import console, emit, err_console, parse_duration
 from edgefleet.errors import InputError
 
 fl_app = typer.Typer(help="Federated learning across the fleet, on Flower.", no_args_is_help=True)
@@ -316,7 +316,7 @@ class _ControlPlaneReport:
                 self.coordinator.stop()
                 return
             except EdgefleetError as e:  # the control plane is away: the job goes on, reported later
-                console.print(f"[yellow]could not report progress: {e.message}[/]")
+                err_console.print(f"[yellow]could not report progress: {e.message}[/]")
 
     def end(self, error: BaseException | None) -> None:
         """Mark the job finished (``error`` None), failed or stopped there (once; best effort)."""
@@ -338,7 +338,7 @@ class _ControlPlaneReport:
         try:
             self.api.stop_fl_job(self.job_id, state=state, reason=reason, rounds=self._rounds())
         except EdgefleetError as e:
-            console.print(f"[yellow]could not report the job's end to the control plane: {e.message}[/]")
+            err_console.print(f"[yellow]could not report the job's end to the control plane: {e.message}[/]")
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -412,6 +412,17 @@ def export(
         Path | None,
         typer.Option("--preprocess", help="The base release's preprocessing contract (JSON/YAML)."),
     ] = None,
+    golden_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--golden-data",
+            help="With --bundle: .npz whose x holds raw inputs (before --preprocess) for the golden set "
+            "and drift reference (default: the job's held-out set, which is in the model's input space).",
+        ),
+    ] = None,
+    device_classes: Annotated[
+        str | None, typer.Option("--device-classes", help="With --bundle: e.g. gateway,sensor (a tag).")
+    ] = None,
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Write the job's final head into the base model (lineage in OUT.lineage.json: no device ids); with
@@ -434,6 +445,8 @@ def export(
                 version=version,
                 parent_version=parent_version,
                 preprocess=steps,
+                golden_inputs=_load_xy(golden_data)[0] if golden_data else None,
+                device_classes=device_classes,
             )
         )
     emit(result, json_out, lambda r: console.print(f"wrote {r['model']}: {r['lineage']}"))

@@ -58,10 +58,14 @@ def bundle_model(
     variant: str = "fp32",
     parent_version: str | None = None,
     preprocess: list[dict[str, Any]] | None = None,
+    golden_inputs: Any = None,
+    device_classes: str | None = None,
 ) -> Path:
     """A bundle of the federated ``model`` (from ``export_model``) whose lineage tags carry the job's lineage;
-    the golden and reference inputs are the server's held-out raw inputs. Publish, register and roll it out
-    like any bundle (``registry publish``, ``release register``, ``rollout``)."""
+    the golden and reference inputs are the server's held-out inputs, or ``golden_inputs`` (the release's
+    raw inputs, before ``preprocess``: the held-out set is in the model's input space). ``device_classes``
+    (e.g. ``gateway,sensor``) is recorded like the demo's releases record theirs. Publish, register and roll
+    it out like any bundle (``registry publish``, ``release register``, ``rollout``)."""
     import numpy as np
 
     from edgefleet.bundle import create_bundle
@@ -74,9 +78,14 @@ def bundle_model(
             f"job {lineage['federated_job']} has no held-out inputs for the bundle's golden set",
             hint="start the job with --eval-data",
         )
-    with np.load(eval_path, allow_pickle=False) as npz:
-        x = npz["x"]
+    if golden_inputs is not None:
+        x = np.asarray(golden_inputs)
+    else:
+        with np.load(eval_path, allow_pickle=False) as npz:
+            x = npz["x"]
     tags = {k: str(v) for k, v in lineage.items() if v is not None}
+    if device_classes:
+        tags["device_classes"] = device_classes
     return create_bundle(
         model,
         out,

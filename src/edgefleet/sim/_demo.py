@@ -258,7 +258,9 @@ class _Demo(Reporting):
                 str(dev.port),
                 "--no-progress",
             ]
-            self.sup.spawn(dev.name, argv, self.dir / "logs" / f"{dev.name}.log", env)
+            self.sup.spawn(
+                dev.name, argv, self.dir / "logs" / f"{dev.name}.log", {**env, **self._device_env(dev)}
+            )
         ids = {d.device_id for d in self.devices}
         self._wait(
             lambda: ids <= {d["id"] for d in self._fleet() if d["state"] not in ("enrolled", None)},
@@ -277,6 +279,10 @@ class _Demo(Reporting):
             }
             for d in self.devices
         ]
+
+    def _device_env(self, dev: DemoDevice) -> dict[str, str]:
+        """A story's settings for one agent (its training data, its device state)."""
+        return {}
 
     def _start_traffic(self, data: Any) -> None:
         self.n.step(
@@ -448,6 +454,10 @@ def run_demo(
         from edgefleet.sim._demo_loop import LoopDemo
 
         demo: _Demo = LoopDemo(cfg, narrator or Narrator())
+    elif cfg.story == "federated":
+        from edgefleet.sim._demo_federated import FederatedDemo
+
+        demo = FederatedDemo(cfg, narrator or Narrator())
     else:
         demo = _Demo(cfg, narrator or Narrator())
     try:
