@@ -360,6 +360,40 @@
       j.rollout_id ? h("div", {}, "Rollout: ", h("a", { href: "#rollouts", class: "rollout-link" }, j.rollout_id)) : null);
   }
 
+  // --- federated jobs (issue 14): rounds, participation, accuracy per round, ε ------------------------
+  function flJobCard(j) {
+    const stop = async () => {
+      try { await apiJson(`/v1/fl/jobs/${encodeURIComponent(j.job_id)}/stop`, "POST", { state: "stopped" }); render(); }
+      catch (e) { alert(`${e.message}${e.hint ? "\n" + e.hint : ""}`); }
+    };
+    const rounds = j.rounds || [];
+    const spec = j.spec || {};
+    const first = rounds.length ? rounds[0] : null;
+    const answered = rounds.reduce((n, r) => n + (r.answered || 0), 0);
+    const selected = rounds.reduce((n, r) => n + (r.selected || 0), 0);
+    return h("div", { class: "card fljob", "data-fljob": j.job_id },
+      h("h2", {}, `${j.job_id} `, pill(j.state),
+        h("span", { class: "muted" }, `  devices ${j.selector} · SuperLink ${j.superlink} · started ${ago(j.created_at)} by ${j.created_by}`)),
+      h("div", { class: "muted" }, `${rounds.length}/${spec.rounds || "?"} rounds · ${spec.strategy || "fedavg"}, ` +
+        `${spec.clients_per_round || "?"} devices per round (at least ${spec.min_clients || "?"}) · ` +
+        `participation ${selected ? pct(answered / selected) : "–"} of the devices asked` +
+        (j.epsilon !== null && j.epsilon !== undefined ? ` · ε ${fmt(j.epsilon, 3)}` : "") +
+        (j.reason ? ` · ${j.reason}` : "")),
+      rounds.length ? table(["round", "selected", "answered", "late", "dropped", "up", "down", "s", "accuracy", "ε"],
+        rounds.map((r) => [String(r.round), fmt(r.selected), fmt(r.answered), fmt(r.late), fmt(r.dropped),
+          kb(r.bytes_up), kb(r.bytes_down), fmt(r.seconds, 3), pct(r.accuracy),
+          r.epsilon === null || r.epsilon === undefined ? "–" : fmt(r.epsilon, 3)]),
+        { cls: "rounds", num: [1, 2, 3, 4, 5, 6, 7, 8, 9] }) : empty("no round closed yet"),
+      rounds.some((r) => typeof r.accuracy === "number")
+        ? barChart(rounds.filter((r) => typeof r.accuracy === "number")
+          .map((r) => [`round ${r.round}`, Math.round(1000 * r.accuracy) / 10]), { label: "accuracy per round (%)" })
+        : null,
+      first && typeof first.accuracy === "number" ? h("div", { class: "muted" },
+        `held-out accuracy after round 1: ${pct(first.accuracy)}; now ${pct(j.accuracy)}`) : null,
+      j.state === "running" ? h("div", { class: "actions" },
+        h("button", { type: "button", class: "stop-fl", onclick: stop }, "Stop the job")) : null);
+  }
+
   // --- pages ----------------------------------------------------------------------------------------
   const pages = {
     async overview() {
@@ -547,6 +581,19 @@
         jobs.length ? h("div", { class: "stack" }, jobs.map(jobCard))
           : card(null, empty("no retraining jobs yet: edgefleet retrain run --server ... reports one here")),
         accCard,
+      ];
+    },
+
+    async federated() {
+      const jobs = await api("/v1/fl/jobs");
+      return [
+        h("h1", {}, "Federated jobs"),
+        h("p", { class: "muted" }, "Jobs registered by edgefleet fl start --server: the devices the selector picks " +
+          "are named the job in their heartbeat answers and join while their state allows (training data stays " +
+          "on them; only weights come back). Rounds as the job reports them: accuracy on the server's held-out " +
+          "set, ε when differential privacy is on. Starts and ends are in the audit log (fl_job.*)."),
+        jobs.length ? h("div", { class: "stack" }, jobs.map(flJobCard))
+          : card(null, empty("no federated jobs yet: edgefleet fl start --server ... registers one here")),
       ];
     },
 
