@@ -91,3 +91,38 @@ def test_bad_jobs_are_clear_errors(h, body, status, words):
 def test_unknown_job_is_not_found(h):
     assert h.c.get("/v1/fl/jobs/nope", headers=h.admin).status_code == 404
     assert h.c.post("/v1/fl/jobs/nope/stop", headers=h.admin).status_code == 404
+
+
+def test_operators_list_show_and_stop_jobs_from_the_cli(tmp_path):
+    """`edgefleet fl jobs | job | stop` against a real server over HTTP."""
+    from typer.testing import CliRunner
+
+    from edgefleet.cli import app
+    from edgefleet.client import Client
+    from edgefleet.errors import NotFoundError
+    from edgefleet.server import ServerConfig, start_server
+
+    cfg = ServerConfig(data_dir=tmp_path / "server", keys_dir=tmp_path / "nokeys", engine_enabled=False)
+    with start_server(cfg) as srv, Client(srv.url, token=srv.admin_token) as api:
+        env = {"EDGEFLEET_SERVER_URL": srv.url, "EDGEFLEET_TOKEN": srv.admin_token, "COLUMNS": "200"}
+
+        def cli(*args):
+            return CliRunner().invoke(app, ["fl", *args], env=env)
+
+        assert "no federated jobs" in cli("jobs").output
+        api.create_fl_job(
+            "digits-eu", "127.0.0.1:9092", duration_s=600, selector="region=eu", spec={"rounds": 3}
+        )
+        api.fl_job_progress("digits-eu", [{"round": 1, "selected": 2, "answered": 2, "late": 0, "dropped": 0,
+                                          "bytes_up": 100, "bytes_down": 200, "seconds": 1.0, "accuracy": 0.5}])  # fmt: skip
+        r = cli("jobs")
+        assert r.exit_code == 0 and "digits-eu" in r.output and "1/3" in r.output and "50.0%" in r.output
+        r = cli("job", "digits-eu", "--json")
+        assert r.exit_code == 0 and json.loads(r.output)["rounds"][0]["answered"] == 2
+        r = cli("stop", "digits-eu", "--reason", "wrong data", "--json")
+        assert r.exit_code == 0, r.output
+        assert (
+            json.loads(r.output)["state"] == "stopped" and api.fl_job("digits-eu")["reason"] == "wrong data"
+        )
+        r = cli("stop", "nope")
+        assert isinstance(r.exception, NotFoundError) and "no federated job 'nope'" in r.exception.message

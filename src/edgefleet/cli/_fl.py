@@ -450,3 +450,62 @@ def export(
             )
         )
     emit(result, json_out, lambda r: console.print(f"wrote {r['model']}: {r['lineage']}"))
+
+
+# --- jobs on the control plane (registered by `fl start --server`) --------------------------------
+
+
+def _show_jobs(jobs: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from edgefleet.cli._common import ago
+
+    table = Table(title="federated jobs")
+    for col in ("job", "state", "devices", "SuperLink", "rounds", "accuracy", "ε", "started"):
+        table.add_column(col)
+    for j in jobs:
+        spec = j.get("spec") or {}
+        acc, eps = j.get("accuracy"), j.get("epsilon")
+        table.add_row(
+            j["job_id"],
+            j["state"],
+            j["selector"],
+            j["superlink"],
+            f"{j['rounds_done']}/{spec.get('rounds', '?')}",
+            "-" if acc is None else f"{acc:.1%}",
+            "-" if eps is None else f"{eps:.2f}",
+            ago(j.get("created_at")),
+        )
+    console.print(table if jobs else "no federated jobs (edgefleet fl start --server ... registers one)")
+
+
+def _show_job(job: dict[str, Any]) -> None:
+    _show_jobs([job])
+    if job.get("rounds"):
+        console.print(_round_table([{"event": "round", **r} for r in job["rounds"]]))
+
+
+def _register_operator_commands() -> None:
+    from edgefleet.cli._common import operator_command
+
+    @operator_command(fl_app, "jobs", show=_show_jobs)
+    def jobs(api: Any) -> list[dict[str, Any]]:
+        """Federated jobs the control plane knows (newest first): state, devices, rounds, accuracy, ε."""
+        return api.fl_jobs()
+
+    @operator_command(fl_app, "job", show=_show_job)
+    def job(api: Any, job_id: str = typer.Argument(..., help="The job's id.")) -> dict[str, Any]:
+        """One federated job on the control plane, with its rounds."""
+        return api.fl_job(job_id)
+
+    @operator_command(fl_app, "stop", show=_show_job)
+    def stop(
+        api: Any,
+        job_id: str = typer.Argument(..., help="The job's id."),
+        reason: str | None = typer.Option(None, "--reason", help="Why (kept with the job and audited)."),
+    ) -> dict[str, Any]:
+        """Stop a federated job: its devices are no longer asked to join, and its `fl start` ends it."""
+        return api.stop_fl_job(job_id, state="stopped", reason=reason)
+
+
+_register_operator_commands()
