@@ -161,3 +161,55 @@ def test_a_rule_widens_the_runtime_batching_delay_and_lets_go(world, tmp_path):
     clock.t = 200
     agent.run_once()
     assert agent.power.decision.active == [] and delays() == default
+
+
+def test_the_policy_the_server_pushes_to_the_group_is_in_force_over_the_bundles(
+    world, tmp_path, device_files
+):
+    """No policy file configured: the agent takes its group's policy from the real control plane with its
+    telemetry, obeys it at the trace's low-battery point, and goes back to the bundle's when it is removed."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from edgefleet.agent._director import DirectorClient
+    from edgefleet.server import ServerConfig, create_app
+
+    trace, policy = device_files
+    app = create_app(
+        ServerConfig(data_dir=tmp_path / "server", keys_dir=tmp_path / "no-keys", engine_enabled=False)
+    )
+    tc = TestClient(app)
+    admin = {"Authorization": "Bearer " + app.state.ctx.config.admin_token_path.read_text().strip()}
+    tok = tc.post("/v1/enrollment-tokens", json={"tags": {"site": "field"}}, headers=admin).json()["token"]
+    hw = {"arch": "x86_64", "cores": 2, "ram_mb": 4096, "disk_free_mb": 10_000, "device_class": "cpu"}
+    dev = tc.post("/v1/enroll", json={"token": tok, "hardware": hw}).json()
+    doc = yaml.safe_load(policy.read_text())
+    r = tc.put("/v1/device-policies/field", json={"selector": "site=field", "policy": doc}, headers=admin)
+    assert r.status_code == 200, r.text
+
+    agent = world.agent(device_state=f"scripted:{trace}", telemetry_interval_s=3600)
+    clock = FakeClock()
+    agent.power.source.clock = clock
+    world.install(agent, "1.0.0")
+    world.install(agent, "1.3.0")
+    agent.director.close()
+    agent.director = DirectorClient("http://testserver", token=dev["device_token"], transport=tc._transport)
+    agent.creds = dataclasses.replace(
+        agent.creds, device_id=dev["device_id"], device_token=dev["device_token"]
+    )
+
+    agent._telemetry_sent_t = 0.0  # the telemetry is due: the group's policy comes with it
+    agent._upload_events()
+    clock.t = 100  # battery 20 % on battery
+    agent._power_tick()
+    assert agent.power.decision.active == ["low-battery"] and agent.power.policy_origin == "group:field"
+    assert world.sha("1.0.0") in str(agent.host.loaded)  # the group's rule switched to the smaller variant
+
+    assert tc.delete("/v1/device-policies/field", headers=admin).status_code == 200
+    agent._telemetry_sent_t = 0.0
+    agent._upload_events()
+    agent._power_tick()
+    assert agent.power.decision.active == [] and agent.power.policy_origin != "group:field"
+    sources = [e.get("source") for e in agent.journal.state.history if e["event"] == "power_policy_source"]
+    assert sources == ["group:field", "none"]

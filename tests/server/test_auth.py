@@ -73,6 +73,11 @@ ACCESS = {
     ("POST", "/v1/fl/jobs/{job_id}/progress"): "deployer",
     ("POST", "/v1/fl/jobs/{job_id}/stop"): "deployer",
     ("GET", "/v1/accuracy"): "viewer",
+    # device power policies per group (issue 15, server/_device_policies.py)
+    ("GET", "/v1/device-policies"): "viewer",
+    ("PUT", "/v1/device-policies/{name}"): "deployer",
+    ("DELETE", "/v1/device-policies/{name}"): "deployer",
+    ("GET", "/v1/devices/{device_id}/device-policy"): "device",
 }
 ROLES = ["viewer", "deployer", "admin"]
 DOC_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}

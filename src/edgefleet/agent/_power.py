@@ -42,6 +42,8 @@ class DevicePower(AgentCore):
         self._power_policy_sha = None
         self._power_small = None
         self._power_deferred = None
+        self._power_group: tuple[Any, str] | None = None  # (policy, source) the server pushes to the group
+        self._power_group_etag: str | None = None
         if self.config.device_policy is not None:
             self.power.set_policy(Policy.from_yaml(self.config.device_policy), str(self.config.device_policy))
         from edgefleet.power._energy import EnergyMeter
@@ -59,11 +61,44 @@ class DevicePower(AgentCore):
         except Exception:  # noqa: BLE001 - a figure must never stop a heartbeat
             return {}
 
+    def _power_refresh_group(self) -> None:
+        """Read the policy the server pushes to this device's group (with the telemetry; best effort:
+        offline keeps the last one). It is in force over the bundle's; a configured file wins over both."""
+        from edgefleet.agent._director import ServerUnreachable
+        from edgefleet.power import Policy
+
+        try:
+            got = self.director.get(f"/v1/devices/{self.creds.device_id}/device-policy")
+        except (ServerUnreachable, EdgefleetError) as e:
+            log.info("device policy not refreshed: %s", e)
+            return
+        etag = got.get("etag")
+        if etag == self._power_group_etag:
+            return
+        policy = None
+        if got.get("policy") is not None:
+            try:
+                policy = Policy.from_data(got["policy"], origin=f"the server's {got.get('source')}")
+            except EdgefleetError as e:
+                self._error(f"device policy from the server ignored: {e.message}")
+                return
+        self._power_group_etag = etag
+        self._power_group = (policy, str(got.get("source"))) if policy is not None else None
+        self._power_policy_sha = "-"  # re-decide what is in force at the next pass
+        self.journal.event("power_policy_source", source=str(got.get("source")))
+
     def _power_bundle_policy(self) -> None:
-        """Take ``device_policy.yaml`` of the active bundle when no policy file is configured."""
+        """Take the group's policy the server pushed, else ``device_policy.yaml`` of the active bundle, when
+        no policy file is configured."""
         from edgefleet.power import POLICY_FILE, Policy
 
         if self.config.device_policy is not None:
+            return
+        group = self._power_group
+        if group is not None:
+            if self._power_policy_sha != group[1]:
+                self._power_policy_sha = group[1]
+                self.power.set_policy(group[0], group[1])
             return
         cur = self.store.current()
         sha = cur.sha256 if cur else None

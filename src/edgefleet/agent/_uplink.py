@@ -281,6 +281,8 @@ class Uplink(AgentCore):
             self._outbox.ack([i.id for i in items])
         if due:
             self._telemetry_sent_t = time.monotonic()
+            if hasattr(self, "_power_refresh_group") and self.config.device_policy is None:
+                self._power_refresh_group()  # agent/_power.py: the group's device policy
             sampling = getattr(self, "sampling", None)
             if sampling is not None:
                 # the client and identity the agent holds now (enrollment or a test may replace them)

@@ -15,10 +15,15 @@ devices_app = typer.Typer(help="The fleet: devices, their state, enrollment toke
 dtokens_app = typer.Typer(
     help="Enrollment tokens (one-time, expiring, scoped to tags).", no_args_is_help=True
 )
+dpolicy_app = typer.Typer(
+    help="Power/thermal policies pushed per device group (over the bundle's device_policy.yaml).",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
     devices_app.add_typer(dtokens_app, name="tokens")
+    devices_app.add_typer(dpolicy_app, name="power-policy")
     app.add_typer(devices_app, name="devices")
 
 
@@ -132,3 +137,43 @@ def dtokens_revoke(api: Client, token_id: str = typer.Argument(...)) -> None:
     """Revoke an unused enrollment token."""
     api.revoke_enrollment_token(token_id)
     console.print(f"revoked {token_id}")
+
+
+def _show_policies(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    t = Table("name", "selector", "priority", "rules", "updated")
+    for r in rows:
+        rules = ", ".join(x.get("name", "?") for x in r["policy"].get("rules", []))
+        t.add_row(r["name"], r["selector"], str(r["priority"]), rules or "-", ago(r["updated_at"]))
+    console.print(t)
+
+
+@operator_command(dpolicy_app, "set", show=lambda r: console.print(f"device policy {r['name']} set"))
+def dpolicy_set(
+    api: Client,
+    name: str = typer.Argument(..., help="Group name, e.g. eu-sensors."),
+    policy: Path = typer.Argument(..., help="The policy YAML (the format of a bundle's device_policy.yaml)."),
+    selector: str = typer.Option("*", "--selector", "-s", help="Devices, e.g. 'class=sensor region=eu'."),
+    priority: int = typer.Option(0, "--priority", help="The highest matching priority wins."),
+) -> dict[str, Any]:
+    """Push a power/thermal policy to the devices SELECTOR matches; they take it with their next telemetry."""
+    from edgefleet.power import Policy
+
+    doc = Policy.from_yaml(policy)  # a clear error for a missing, oversized or invalid file, here
+    return api.set_device_policy(
+        name, doc.model_dump(mode="json", exclude_none=True), selector=selector, priority=priority
+    )
+
+
+@operator_command(dpolicy_app, "list", show=_show_policies)
+def dpolicy_list(api: Client) -> list[dict[str, Any]]:
+    """Device policies per group, highest priority first."""
+    return api.device_policies()
+
+
+@operator_command(dpolicy_app, "delete", json_option=False)
+def dpolicy_delete(api: Client, name: str = typer.Argument(...)) -> None:
+    """Remove a group's device policy (its devices go back to their bundle's)."""
+    api.delete_device_policy(name)
+    console.print(f"deleted device policy {name}")

@@ -398,6 +398,21 @@ class Client:
             json={"selector": selector, "priority": priority, "policy": policy},
         )
 
+    def device_policies(self) -> list[Json]:
+        """Power/thermal policies per device group, highest priority first."""
+        return self.request("GET", "/v1/device-policies")
+
+    def set_device_policy(self, name: str, policy: Json, *, selector: str = "*", priority: int = 0) -> Json:
+        """Push a ``power.Policy`` document to the devices ``selector`` matches (no new release needed)."""
+        return self.request(
+            "PUT",
+            f"/v1/device-policies/{name}",
+            json={"selector": selector, "priority": priority, "policy": policy},
+        )
+
+    def delete_device_policy(self, name: str) -> Json:
+        return self.request("DELETE", f"/v1/device-policies/{name}")
+
     def delete_sample_policy(self, name: str) -> Json:
         return self.request("DELETE", f"/v1/sample-policies/{name}")
 

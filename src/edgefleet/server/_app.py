@@ -37,6 +37,7 @@ from edgefleet.server._auth import OPERATOR_PREFIX, Operator, Role
 from edgefleet.server._blobs import BlobStore, make_blob_store
 from edgefleet.server._config import ServerConfig
 from edgefleet.server._db import Database
+from edgefleet.server._device_policies import install_device_policies
 from edgefleet.server._devices import DeviceRegistry
 from edgefleet.server._director import DeviceService
 from edgefleet.server._fl_jobs import install_fl_jobs
@@ -212,6 +213,7 @@ def create_app(
     install_retrain(app, ctx)  # retraining jobs, their rollout proposals, release lineage (issue 13)
     install_samples(app, ctx)  # samples, feedback, sample policies, live accuracy (issue 13)
     install_update_policies(app, ctx)  # maintenance windows, pins, deferral per device group (issue 15)
+    install_device_policies(app, ctx)  # power/thermal policies pushed per device group (issue 15)
     install_fl_jobs(app, ctx)  # federated jobs, named to their devices in heartbeat answers (issue 14)
     app.add_middleware(BodyLimit, default=cfg.max_body_bytes, telemetry=cfg.max_telemetry_bytes)
     install_observability(app, ctx.metrics.request_duration, tracer_provider)  # outermost: times all
