@@ -25,7 +25,7 @@ def table_commands() -> list[list[str]]:
             first, *alternatives = [p.strip() for p in words.split(" / ")]
             head = [w for w in first.split() if re.fullmatch(r"[a-z][a-z-]*", w)]
             out.append(head)
-            out += [[head[0], alt] for alt in alternatives]
+            out += [[*head[:-1], alt] for alt in alternatives]  # "a b / c": a b, a c
     return out
 
 
