@@ -140,3 +140,63 @@ def test_fl_start_refuses_a_bad_selector_before_starting_anything(tmp_path):
     assert done.returncode != 0 and "selector term" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "job").exists()
+
+
+def test_an_agent_leaves_the_job_when_its_battery_runs_low_and_stops_its_supernode(tmp_path, published):
+    """A real server and agent; the job's SuperLink is an address nobody listens on (the SuperNode keeps
+    retrying, as Flower's does). The scripted power trace (a stand-in for a battery) goes from mains to 20 %
+    on battery: the agent leaves, says why, and its SuperNode process is gone."""
+    import psutil
+
+    folders, _, _, _ = digits_federation(1, tmp_path / "data")
+    trace = tmp_path / "trace.yaml"
+    trace.write_text(
+        yaml.safe_dump(
+            [
+                {"t": 0, "battery_percent": 100, "power_source": "ac"},
+                {"t": 20, "battery_percent": 20, "power_source": "battery"},
+            ]
+        )
+    )
+    cfg = ServerConfig(
+        data_dir=tmp_path / "server",
+        repo_dir=published / "repo",
+        keys_dir=tmp_path / "nokeys",
+        engine_tick_s=0.1,
+        poll_interval_s=0.5,
+    )
+    with start_server(cfg) as srv, Client(srv.url, token=srv.admin_token) as api:
+        conf = AgentConfig(
+            state_dir=tmp_path / "agent", request_timeout_s=10, device_state=f"scripted:{trace}",
+            fl_data_dir=folders[0],
+        )  # fmt: skip
+        token = api.create_enrollment_token(tags={"region": "eu"})["token"]
+        enroll(
+            conf, token=token, root_json=published / "repo" / "metadata" / "1.root.json", server_url=srv.url
+        )
+        agent = Agent(conf)
+        from edgefleet.federated._process import free_port
+
+        api.create_fl_job("far", f"127.0.0.1:{free_port()}", duration_s=600, selector="region=eu")
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        try:
+            (joined,) = _wait_for(lambda: _events(agent, "fl_joined"), 60, "the agent joined")
+            assert joined["job"] == "far" and joined["samples"] > 0
+            node_pid = agent.fl_node._proc.pid
+            assert psutil.pid_exists(node_pid)
+            (left,) = _wait_for(lambda: _events(agent, "fl_left"), 90, "the agent left on a low battery")
+            assert left["reason"] == "on battery at 20% (< 50%)"
+            assert agent.fl_node is None
+            _wait_for(lambda: not psutil.pid_exists(node_pid) or psutil.Process(node_pid).status() == "zombie", 30,
+                      "the SuperNode stopped")  # fmt: skip
+            # still named, still on a low battery: declined once, not re-joined every pass
+            (declined,) = _wait_for(lambda: _events(agent, "fl_declined"), 30, "declined while named")
+            assert declined["reason"] == left["reason"]
+            beats = {agent._last_beat}  # four more heartbeats (loop passes): nothing new in the journal
+            _wait_for(lambda: beats.add(agent._last_beat) or len(beats) > 4, 60, "four more passes")
+            assert len(_events(agent, "fl_declined")) == 1 and len(_events(agent, "fl_joined")) == 1
+            assert agent.fl_status() == {"job": "far", "joined": False, "declined": left["reason"]}
+        finally:
+            agent.stop_event.set()
+            thread.join(60)
