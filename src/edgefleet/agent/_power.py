@@ -131,6 +131,7 @@ class DevicePower(AgentCore):
                 power_source=st.get("power_source"),
                 temp_c=st.get("temp_c"),
                 headroom_c=st.get("headroom_c"),
+                **({"trace_t": st["trace_t"]} if st.get("trace_t") is not None else {}),
             )
         if switches:
             self._save_quietly()

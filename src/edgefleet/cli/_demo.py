@@ -34,7 +34,9 @@ def register(app: typer.Typer) -> None:
             help="rollout: three releases through gated waves, the bad one halted. loop: one region's inputs "
             "shift; samples come back, a scripted reviewer labels them, retraining makes the next release "
             "and its gated rollout restores accuracy. federated: the devices train the model on data that "
-            "never leaves them (Flower); the federated model goes out through gated waves.",
+            "never leaves them (Flower); the federated model goes out through gated waves. power: a scripted "
+            "battery-and-heat trace (a stand-in) drives each device's power policy: smaller model, lower rate, "
+            "deferred download, switches back after the hysteresis.",
         ),
         insecure_http: bool = typer.Option(
             False,
@@ -87,9 +89,9 @@ def register(app: typer.Typer) -> None:
                 )
             out.print("[bold]server, agents and traffic keep running; Ctrl-C stops them[/]")
 
-        if story not in ("rollout", "loop", "federated"):
+        if story not in ("rollout", "loop", "federated", "power"):
             raise ConfigError(
-                f"--story {story!r} is not a story of the demo", hint="use rollout, loop or federated"
+                f"--story {story!r} is not a story of the demo", hint="use rollout, loop, federated or power"
             )
         cfg = DemoConfig(
             dir=dir, devices=devices, keep_running=keep_running, seed=seed, tls=not insecure_http, story=story

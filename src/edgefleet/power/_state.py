@@ -58,6 +58,7 @@ class DeviceState:
     cpu_pressure: float | None = None  # PSI some avg10, percent
     energy_uj: int | None = None  # sum of the RAPL package counters
     source: str = "sysfs"
+    trace_t: float | None = None  # a scripted source only: seconds into its trace
 
     @property
     def headroom_c(self) -> float | None:
@@ -218,7 +219,7 @@ class ScriptedSource:
             values.update({k: v for k, v in r.model_dump(exclude={"t"}).items() if v is not None})
         if "hour" not in values:
             values["hour"] = _local_hour()
-        return DeviceState(**values, source="scripted")
+        return DeviceState(**values, source="scripted", trace_t=round(t, 3))
 
     @classmethod
     def from_file(cls, path: str | Path, **kw: Any) -> ScriptedSource:

@@ -454,6 +454,10 @@ def run_demo(
         from edgefleet.sim._demo_loop import LoopDemo
 
         demo: _Demo = LoopDemo(cfg, narrator or Narrator())
+    elif cfg.story == "power":
+        from edgefleet.sim._demo_power import PowerDemo
+
+        demo = PowerDemo(cfg, narrator or Narrator())
     elif cfg.story == "federated":
         from edgefleet.sim._demo_federated import FederatedDemo
 

@@ -32,11 +32,13 @@ class DemoConfig(BaseSettings):
     seed: int = Field(0, description="seed of training, traffic and the bad release's label shuffle")
     keep_running: bool = Field(False, description="keep server, agents and traffic up until Ctrl-C")
     name: str = Field("digits", description="model name of the releases")
-    story: Literal["rollout", "loop", "federated"] = Field(
+    story: Literal["rollout", "loop", "federated", "power"] = Field(
         "rollout",
         description="rollout: three releases through gated waves, the bad one halted; loop: one region's "
         "inputs shift, samples come back, get labelled and retrain the next release; federated: the devices "
-        "train the model on their own data (Flower) and the federated release goes out through gated waves",
+        "train the model on their own data (Flower) and the federated release goes out through gated waves; "
+        "power: a scripted battery-and-heat trace drives each device's power policy (smaller model, lower "
+        "rate, deferred download)",
     )
     fl_rounds: int = Field(5, ge=1, le=100, description="federated story: rounds of the job")
     loop_min_labels: int = Field(

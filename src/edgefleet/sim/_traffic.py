@@ -16,6 +16,7 @@ __all__ = ["Traffic"]
 class _DeviceStats:
     requests: int = 0
     errors: int = 0
+    rate_limited: int = 0  # HTTP 429: the device's power policy limits its rate (``edgefleet.power``)
     by_version: dict[str, list[float]] = field(default_factory=dict)  # version -> [n, correct, conf_sum]
     recent: deque = field(default_factory=lambda: deque(maxlen=40))  # (correct, confidence)
     last_version: str | None = None
@@ -106,6 +107,8 @@ class Traffic:
                         self.truth[body["request_id"]] = int(self.y[i])
                 elif r.status_code == 404:  # no model active yet
                     st.last_error = "no model yet"
+                elif r.status_code == 429:  # refused by the device's power policy: not a model error
+                    st.rate_limited += 1
                 else:
                     st.errors += 1
                     st.last_error = f"HTTP {r.status_code}"
@@ -125,6 +128,7 @@ class Traffic:
                 out[name] = {
                     "requests": st.requests,
                     "errors": st.errors,
+                    "rate_limited": st.rate_limited,
                     "accuracy": (sum(c for c, _ in rec) / len(rec)) if rec else None,
                     "confidence": (sum(c for _, c in rec) / len(rec)) if rec else None,
                     "last_version": st.last_version,
