@@ -200,3 +200,43 @@ def test_an_agent_leaves_the_job_when_its_battery_runs_low_and_stops_its_superno
         finally:
             agent.stop_event.set()
             thread.join(60)
+
+
+def test_an_operator_stops_a_running_job_and_fl_start_ends_it(tmp_path):
+    """`fl start --server` runs a job no device joins; an operator stops it on the control plane
+    (`edgefleet fl stop`'s call); `fl start` sees it within seconds, stops its SuperLink and says so."""
+    import psutil
+
+    from edgefleet.federated._process import free_port
+
+    folders, base, (x_eval, y_eval), _ = digits_federation(1, tmp_path / "data")
+    np.savez(tmp_path / "base.npz", W=base.W, b=base.b)
+    cfg = ServerConfig(data_dir=tmp_path / "server", keys_dir=tmp_path / "nokeys", engine_enabled=False)
+    with start_server(cfg) as srv, Client(srv.url, token=srv.admin_token) as api:
+        port = free_port()
+        start = subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.cli", "fl", "start", str(tmp_path / "job"), "--job-id", "idle",
+             "--base-head", str(tmp_path / "base.npz"), "--rounds", "2", "--clients-per-round", "3",
+             "--deadline", "10m", "--port", str(port), "--json", "--server", srv.url, "--token", srv.admin_token,
+             "--selector", "region=nowhere"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            _wait_for(
+                lambda: api.fl_jobs() and api.fl_jobs()[0]["state"] == "running", 120, "the job registered"
+            )
+            assert api.fl_job("idle")["superlink"] == f"127.0.0.1:{port}"
+            api.stop_fl_job("idle", reason="no devices in that region")
+            _, stderr = start.communicate(timeout=90)
+        finally:
+            start.kill()
+        assert start.returncode != 0 and "was stopped on the control plane" in stderr, stderr[-2000:]
+        assert "Traceback" not in stderr
+        job = api.fl_job("idle")
+        assert job["state"] == "stopped" and job["reason"] == "no devices in that region"
+    left = [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline"])
+        if f"127.0.0.1:{port}" in " ".join(p.info["cmdline"] or []) or str(tmp_path / "job") in " ".join(p.info["cmdline"] or [])
+    ]  # fmt: skip
+    assert not left, left

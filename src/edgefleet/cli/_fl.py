@@ -281,6 +281,9 @@ def start(
     emit(result, json_out)
 
 
+CHECK_STOP_S = 5.0  # fl start --server: longest time before an operator's stop on the control plane is seen
+
+
 class _ControlPlaneReport:
     """Posts a registered job's rounds to the control plane as they close (a thread), and its end. An
     operator's stop there (the progress post is refused) stops the job's SuperLink here."""
@@ -304,18 +307,21 @@ class _ControlPlaneReport:
     def _run(self) -> None:
         from edgefleet.errors import ConflictError, EdgefleetError
 
+        last = 0.0
         while not self._stop.wait(1.0):
             rounds = self._rounds()
-            if len(rounds) == self._posted:
+            # a new round, or every few seconds anyway: an operator's stop is seen within that
+            if len(rounds) == self._posted and time.monotonic() - last < CHECK_STOP_S:
                 continue
             try:
                 self.api.fl_job_progress(self.job_id, rounds)
-                self._posted = len(rounds)
+                self._posted, last = len(rounds), time.monotonic()
             except ConflictError:  # stopped (or ended) on the control plane: the job stops here too
                 self.stopped_there = True
                 self.coordinator.stop()
                 return
             except EdgefleetError as e:  # the control plane is away: the job goes on, reported later
+                last = time.monotonic()
                 err_console.print(f"[yellow]could not report progress: {e.message}[/]")
 
     def end(self, error: BaseException | None) -> None:

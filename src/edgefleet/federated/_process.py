@@ -64,20 +64,44 @@ class ManagedProcess:
         return self._proc.poll() is None
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """SIGTERM to the whole session, SIGKILL after ``grace_s`` (Flower's SuperLink can take a while)."""
+        """SIGTERM to the whole session, SIGKILL after ``grace_s`` (Flower's SuperLink can take a while).
+        Descendants that left the session (Flower's SuperExec starts ``flwr-serverapp`` in its own) are
+        stopped too."""
+        family = self._descendants()
         if self._proc.poll() is not None:
             self._kill_group(signal.SIGKILL)
+            self._kill_all(family)
             return
         self._kill_group(signal.SIGTERM)
+        for p in family:
+            with contextlib.suppress(Exception):
+                p.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(grace_s)
         self._kill_group(signal.SIGKILL)
+        self._kill_all(family)
         self._proc.wait()
 
     def kill(self) -> None:
-        """Abrupt end, like a device losing power: SIGKILL to the session."""
+        """Abrupt end, like a device losing power: SIGKILL to the session and its descendants."""
+        family = self._descendants()
         self._kill_group(signal.SIGKILL)
+        self._kill_all(family)
         self._proc.wait()
+
+    def _descendants(self) -> list:
+        try:
+            import psutil
+
+            return psutil.Process(self._proc.pid).children(recursive=True)
+        except Exception:  # noqa: BLE001 - gone already, or psutil missing: the session kill still runs
+            return []
+
+    @staticmethod
+    def _kill_all(family: list) -> None:
+        for p in family:
+            with contextlib.suppress(Exception):
+                p.kill()
 
     def _kill_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
