@@ -16,6 +16,15 @@ def h(tmp_path):
         yield Harness(client, clock)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hdb(request, tmp_path):
+    """The harness on SQLite, and on PostgreSQL (JSONB rounds and tags)."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    client, clock = make_harness(tmp_path, db_url=url)
+    with client:
+        yield Harness(client, clock)
+
+
 def _job(**kw):
     return {
         "job_id": "digits-fl",
@@ -25,7 +34,8 @@ def _job(**kw):
     } | kw
 
 
-def test_a_registered_job_is_named_to_selected_devices_only_and_signed(h):
+def test_a_registered_job_is_named_to_selected_devices_only_and_signed(hdb):
+    h = hdb
     eu = h.enroll(tags={"region": "eu"})
     us = h.enroll(tags={"region": "us"})
     assert "federated" not in h.beat(eu)  # no job: nothing in the answer
@@ -45,7 +55,8 @@ def test_a_registered_job_is_named_to_selected_devices_only_and_signed(h):
     assert json.loads(h.beat(us)["signed"]["payload"])["federated"] is None
 
 
-def test_rounds_are_reported_and_a_stopped_or_expired_job_is_no_longer_named(h):
+def test_rounds_are_reported_and_a_stopped_or_expired_job_is_no_longer_named(hdb):
+    h = hdb
     eu = h.enroll(tags={"region": "eu"})
     deployer, viewer = h.token("deployer"), h.token("viewer")
     assert h.c.post("/v1/fl/jobs", json=_job(), headers=deployer).status_code == 201
