@@ -207,6 +207,7 @@ def test_switches_follow_the_trace_points_hysteresis_and_dwell(power_run):
 
 def test_dashboard_device_table_shows_rules_and_switch_counts(power_run):
     s, _, seen = power_run
+    print("dashboard power cells seen:", json.dumps(seen, indent=1))  # quoted in docs/benchmarks.md
     for dev in s["power"]["devices"]:
         cells = [c.split(";")[0].strip() for c in seen.get(dev["name"], [])]
         # the rules as they came on and went off, with the switch count, in the order they happened
