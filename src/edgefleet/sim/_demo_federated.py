@@ -343,6 +343,7 @@ class FederatedDemo(_Demo):
         server = f"--server {self.url}" if keep_running else "--server URL (after edgefleet server run)"
         return [
             f"edgefleet fl status {d / 'fl-job'}",
+            f"edgefleet fl job {JOB} {server} {conn}",
             f"edgefleet rollout list {server} {conn}",
             f"edgefleet agent status --state {self.devices[0].state_dir}" if self.devices else "",
             f"less {d / 'logs' / 'fl-start.log'}",
