@@ -41,8 +41,15 @@ def flower_command(name: str) -> str:
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment of Flower's processes: a private ``FLWR_HOME``, and this Python's scripts first on
+    ``PATH`` (the SuperLink and SuperNode start ``flower-superexec`` and ``flwr-*`` by name, so an edgefleet
+    run from a virtual environment that is not activated must still find them)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "FLWR_HOME": str(flwr_home), "PYTHONUNBUFFERED": "1"}
+    scripts = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if scripts not in path.split(os.pathsep):
+        path = scripts + (os.pathsep + path if path else "")
+    return {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "PYTHONUNBUFFERED": "1"}
 
 
 class ManagedProcess:
