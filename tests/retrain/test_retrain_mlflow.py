@@ -31,7 +31,9 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def uri(tmp_path) -> str:
+def uri(tmp_path, monkeypatch) -> str:
+    # with a SQLite store MLflow keeps artifacts in ./mlruns of the working directory: the test's own
+    monkeypatch.chdir(tmp_path)
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
