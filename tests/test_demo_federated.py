@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from readmetext import readme_command
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
@@ -24,8 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 def fed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     d = tmp_path_factory.mktemp("federated") / "state"
     p = subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli", "demo", "--story", "federated", "--dir", str(d),
-         "--devices", "4", "--json"],
+        [sys.executable, "-m", "edgefleet.cli", *readme_command("edgefleet demo --story federated"),
+         "--dir", str(d), "--devices", "4", "--json"],
         capture_output=True, text=True, timeout=560, env={**os.environ, "COLUMNS": "160"}, check=False,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-4000:]

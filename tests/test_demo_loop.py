@@ -12,22 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from readmetext import readme_command
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def readme_command() -> list[str]:
-    """The loop story's command as README.md shows it."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    m = re.search(r"`(edgefleet demo --story loop)`", text)
-    assert m, "README.md no longer shows `edgefleet demo --story loop`"
-    return m.group(1).split()[1:]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from readmetext import readme_command
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,7 +67,14 @@ def power_run(tmp_path_factory: pytest.TempPathFactory):
     err = open(base / "narration.txt", "w")  # noqa: SIM115 - closed below
     out = open(base / "summary-stdout.txt", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.cli", "demo", "--story", "power", "--devices", "3"]
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            *readme_command("edgefleet demo --story power"),
+            "--devices",
+            "3",
+        ]
         + ["--dir", str(d), "--keep-running", "--json"],
         stdout=out,
         stderr=err,
