@@ -381,6 +381,15 @@ class _Demo(Reporting):
         self._follow(r["id"], BAD, done)
         self._record(r["id"], BAD, t0, restored_at=restored.get("at"))
 
+    def _operator_args(self, keep_running: bool) -> tuple[str, str]:
+        """``(--server ..., --token-file ... [--ca ...])`` for the explore commands a story prints."""
+        d = self.dir
+        conn = f"--token-file {d / 'server' / 'admin-token'}" + (
+            f" --ca {self.ca_file}" if self.ca_file else ""
+        )
+        server = f"--server {self.url}" if keep_running else "--server URL (after edgefleet server run)"
+        return server, conn
+
     def _all_on(self, fleet: list[dict[str, Any]], version: str, *, idle: bool = False) -> bool:
         ids = {d.device_id for d in self.devices}
         mine = [d for d in fleet if d["id"] in ids]

@@ -337,10 +337,7 @@ class FederatedDemo(_Demo):
 
     def explore(self, keep_running: bool) -> list[str]:
         d = self.dir
-        conn = f"--token-file {d / 'server' / 'admin-token'}" + (
-            f" --ca {self.ca_file}" if self.ca_file else ""
-        )
-        server = f"--server {self.url}" if keep_running else "--server URL (after edgefleet server run)"
+        server, conn = self._operator_args(keep_running)
         return [
             f"edgefleet fl status {d / 'fl-job'}",
             f"edgefleet fl job {JOB} {server} {conn}",

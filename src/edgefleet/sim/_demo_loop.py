@@ -386,10 +386,7 @@ class LoopDemo(_Demo):
 
     def explore(self, keep_running: bool) -> list[str]:
         d = self.dir
-        conn = f"--token-file {d / 'server' / 'admin-token'}" + (
-            f" --ca {self.ca_file}" if self.ca_file else ""
-        )
-        server = f"--server {self.url}" if keep_running else "--server URL (after edgefleet server run)"
+        server, conn = self._operator_args(keep_running)
         return [
             f"edgefleet samples list {server} {conn}",
             f"edgefleet samples accuracy {server} {conn}",
