@@ -30,7 +30,7 @@ def loop_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, subprocess
             sys.executable,
             "-m",
             "edgefleet.cli",
-            *readme_command(),
+            *readme_command("edgefleet demo --story loop"),
             "--dir",
             str(d),
             "--devices",
