@@ -28,7 +28,7 @@ from edgefleet.server._auth import Operator, Role
 from edgefleet.server._db import Database
 from edgefleet.server._http import DEVICE_ID_RE, ERRORS, AuthenticatedDevice, operator
 from edgefleet.server._models import Base, Device, JSONType
-from edgefleet.server._selector import Selector, device_attrs
+from edgefleet.server._selector import Selector, group_of
 
 __all__ = ["DevicePolicies", "DevicePolicyRow", "install_device_policies"]
 
@@ -118,19 +118,8 @@ class DevicePolicies:
             dev = s.get(Device, device_id)
             if dev is None:
                 raise NotFoundError(f"no device {device_id!r}", hint="enroll the device first")
-            attrs = device_attrs(
-                device_id=dev.id,
-                name=dev.name,
-                device_class=dev.device_class,
-                arch=dev.arch,
-                tags=dev.tags,
-                active_version=dev.active_version,
-                active_name=dev.active_name,
-            )
-            rows = s.scalars(
-                select(DevicePolicyRow).order_by(DevicePolicyRow.priority.desc(), DevicePolicyRow.name)
-            )
-            row = next((r for r in rows if Selector.parse(r.selector).matches(attrs)), None)
+            q = select(DevicePolicyRow).order_by(DevicePolicyRow.priority.desc(), DevicePolicyRow.name)
+            row = group_of(dev, s.scalars(q))
             body: dict[str, Any] = (
                 {"source": f"group:{row.name}", "policy": row.policy}
                 if row

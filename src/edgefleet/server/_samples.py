@@ -35,7 +35,7 @@ from edgefleet.server._blobs import BlobStore
 from edgefleet.server._db import Database
 from edgefleet.server._models import Device, TelemetryBatchRow, TelemetryWindowRow
 from edgefleet.server._sample_models import SamplePolicyRow, SampleRow
-from edgefleet.server._selector import Selector, device_attrs
+from edgefleet.server._selector import Selector, group_of
 
 __all__ = [
     "REQUEST_ID_PATTERN",
@@ -419,22 +419,13 @@ class SampleStore:
             dev = s.get(Device, device_id)
             if dev is None:
                 raise NotFoundError(f"no device {device_id!r}", hint="enroll the device first")
-            attrs = device_attrs(
-                device_id=dev.id,
-                name=dev.name,
-                device_class=dev.device_class,
-                arch=dev.arch,
-                tags=dev.tags,
-                active_version=dev.active_version,
-                active_name=dev.active_name,
-            )
             q = select(SamplePolicyRow).order_by(SamplePolicyRow.priority.desc(), SamplePolicyRow.name)
-            for row in s.scalars(q):
-                if Selector.parse(row.selector).matches(attrs):
-                    body = {"source": f"group:{row.name}", "policy": row.policy}
-                    break
-            else:
-                body = {"source": "none", "policy": None}
+            row = group_of(dev, s.scalars(q))
+            body = (
+                {"source": f"group:{row.name}", "policy": row.policy}
+                if row
+                else {"source": "none", "policy": None}
+            )
         body["etag"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
         return body
 

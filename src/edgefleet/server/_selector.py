@@ -9,7 +9,7 @@ Built-in keys: ``class`` (device class), ``arch``, ``id``, ``name``, ``version``
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -108,6 +108,21 @@ def device_attrs(
         }
     )
     return attrs
+
+
+def group_of(dev: Any, groups: Iterable[Any]) -> Any | None:
+    """The first of ``groups`` (rows with a ``selector``, in priority order) whose selector matches the
+    device row ``dev``; None when none does (sample, device-policy groups)."""
+    attrs = device_attrs(
+        device_id=dev.id,
+        name=dev.name,
+        device_class=dev.device_class,
+        arch=dev.arch,
+        tags=dev.tags,
+        active_version=dev.active_version,
+        active_name=dev.active_name,
+    )
+    return next((g for g in groups if Selector.parse(g.selector).matches(attrs)), None)
 
 
 def _literal_prefix(p: str) -> tuple[str, bool]:
