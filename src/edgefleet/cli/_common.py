@@ -187,6 +187,26 @@ def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+def parse_numbers(items: list[str] | None, what: str) -> dict[str, float]:
+    """``key=number`` items (of the option ``--what``) as a dict of floats; a clear error otherwise."""
+    pairs = parse_pairs(items, what)
+    try:
+        return {k: float(v) for k, v in pairs.items()}
+    except ValueError:
+        bad = next(f"{k}={v}" for k, v in pairs.items() if not _is_number(v))
+        raise InputError(
+            f"--{what} {bad!r}: the value is not a number", hint=f"e.g. --{what} min_requests=100"
+        ) from None
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
 def ago(t: float | None) -> str:
     """How long ago a UNIX time was, in the unit that reads best."""
     import time

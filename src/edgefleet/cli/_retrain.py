@@ -56,15 +56,6 @@ def _read_request(source: str) -> dict[str, Any]:
     return req
 
 
-def _numbers(pairs: dict[str, str], what: str) -> dict[str, float]:
-    try:
-        return {k: float(v) for k, v in pairs.items()}
-    except ValueError:
-        raise InputError(
-            f"--{what} values are numbers: {pairs}", hint=f"e.g. --{what} min_labelled=20"
-        ) from None
-
-
 _INT_GATES = ("min_devices", "min_requests", "min_control_requests", "min_labelled")
 
 
@@ -76,12 +67,12 @@ def _rollout(
     gate: list[str] | None = None,
     device_gate: list[str] | None = None,
 ) -> dict[str, Any]:
-    from edgefleet.cli._common import parse_duration, parse_pairs
+    from edgefleet.cli._common import parse_duration, parse_numbers
 
     out: dict[str, Any] = {"policy": policy}
-    gates = _numbers(parse_pairs(gate or [], "gate"), "gate")
+    gates = parse_numbers(gate, "gate")
     out.update({"gates": {k: int(v) if k in _INT_GATES else v for k, v in gates.items()}} if gates else {})
-    device = _numbers(parse_pairs(device_gate or [], "device-gate"), "device-gate")
+    device = parse_numbers(device_gate, "device-gate")
     out.update({"device_gates": device} if device else {})
     if selector:
         out["selector"] = selector

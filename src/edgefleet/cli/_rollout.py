@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from edgefleet.cli._common import console, operator_command, parse_duration, parse_pairs
+from edgefleet.cli._common import console, operator_command, parse_duration, parse_numbers
 from edgefleet.client import Client
 from edgefleet.errors import InputError
 
@@ -62,7 +62,7 @@ def rollout_create(
             f"--waves {waves!r} is not a list of numbers", hint="e.g. --waves 1,5,25,100"
         ) from None
     soaks = [parse_duration(x) for x in soak.split(",")]
-    gates: dict[str, Any] = {k: float(v) for k, v in parse_pairs(gate, "gate").items()}
+    gates: dict[str, Any] = dict(parse_numbers(gate, "gate"))
     if min_devices is not None:
         gates["min_devices"] = min_devices
     if min_requests is not None:
