@@ -255,40 +255,109 @@ def summarize(tp: dict) -> list[dict]:
     return rows
 
 
-def enrollment(devices: int, work: Path) -> list[dict]:
-    """Enrollment alone: ``devices`` one-time tokens enrolled over real HTTP (64 concurrent) against 1 and
-    then 2 server processes on PostgreSQL, with the servers' CPU per enrollment."""
+ENROLL_LUA = """
+-- one POST /v1/enroll per one-time token, each token once (tokens spread over wrk's threads)
+local toks = {}
+for line in io.lines("%s") do toks[#toks + 1] = line end
+local counter, i = 0, 0
+function setup(thread) thread:set("first", counter); counter = counter + 1 end
+function init(args) step = %d end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local hw = '"hardware":{"arch":"x86_64","cores":4,"ram_mb":2048,"disk_free_mb":10000,"device_class":"cpu"}'
+request = function()
+  i = i + 1
+  local tok = toks[((i - 1) * step + first) %% #toks + 1]
+  return wrk.format(nil, nil, nil, '{"token":"' .. tok .. '",' .. hw .. '}')
+end
+"""
+ENROLL_GENERATORS = ("wrk", "httpx")
+
+
+def _enroll_wrk(url: str, tokens: list[str], seconds: int, work: Path) -> dict:
+    """``wrk`` (2 threads, 64 connections) posting each token once for ``seconds``; a reused token would
+    answer 401 and count as an error."""
+    import re
+
+    toks = work / "enroll-tokens.txt"
+    toks.write_text("\n".join(tokens) + "\n")
+    script = work / "enroll.lua"
+    script.write_text(ENROLL_LUA % (toks, 2))
+    out = subprocess.run(
+        ["wrk", "-t2", "-c64", f"-d{seconds}s", "-s", str(script), url + "/v1/enroll"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    done = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, socket.groups())) if socket else 0)
+    if done > len(tokens):
+        raise RuntimeError(f"wrk sent {done} requests for {len(tokens)} tokens: give it more tokens")
+    return {
+        "devices": done - errors,
+        "errors": errors,
+        "per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+    }
+
+
+def enrollment(devices: int, reps: int, work: Path) -> dict:
+    """Enrollment alone, real ``POST /v1/enroll`` with one-time tokens (64 connections) against 1 and 2
+    server processes on PostgreSQL, with two load generators interleaved over ``reps`` rounds: ``wrk``
+    (C, each token once) and the Python load generator (``httpx`` async in one process, ``devices`` per
+    run), which costs the shared 2 cores about as much CPU per request as the server does. Server CPU per
+    enrollment is measured for both."""
     schema = PgSchema()
-    rows = []
+    runs: dict[str, list[dict]] = {}
+    servers = {}
     try:
         for workers in (1, 2):
             cfg = ServerConfig(
                 data_dir=work / f"enroll{workers}", db_url=schema.url, keys_dir=work / "nokeys"
             )
-            h = start_server_process(
+            servers[workers] = start_server_process(
                 cfg, workers=workers, timeout=300, log_file=work / f"enroll{workers}.log"
             )
-            try:
-                tokens = enrollment_tokens(schema.url, devices)
-                c0 = cpu_seconds([h])
-                r = asyncio.run(run_enroll_load(h.url, tokens, concurrency=64))
-                cpu_ms = (cpu_seconds([h]) - c0) / max(len(r.devices), 1) * 1e3
-                rows.append(
-                    {
-                        "processes": workers,
-                        "devices": len(r.devices),
-                        "errors": r.errors,
-                        "per_s": round(r.per_s, 1),
-                        "server_cpu_ms_per_enrollment": round(cpu_ms, 2),
-                        "loadavg_1m": os.getloadavg()[0],
-                    }
-                )
-                console.print(f"  {rows[-1]}")
-            finally:
-                h.stop()
+        have_wrk = subprocess.run(["which", "wrk"], capture_output=True).returncode == 0
+        if not have_wrk:
+            console.print("[yellow]wrk not found (apt-get install -y wrk): only the httpx generator runs[/]")
+        for rep in range(reps):
+            for workers, h in servers.items():
+                for gen in ENROLL_GENERATORS:
+                    if gen == "wrk" and not have_wrk:
+                        continue
+                    label = f"{workers} process{'es' if workers > 1 else ''}, {gen}"
+                    # wrk runs 4 s; 1,500 tokens a second is far above what 2 cores enroll
+                    tokens = enrollment_tokens(schema.url, 6000 if gen == "wrk" else devices)
+                    c0 = cpu_seconds([h])
+                    if gen == "wrk":
+                        r = _enroll_wrk(h.url, tokens, 4, work)
+                    else:
+                        e = asyncio.run(run_enroll_load(h.url, tokens, concurrency=64))
+                        r = {"devices": len(e.devices), "errors": e.errors, "per_s": e.per_s}
+                    cpu_ms = (cpu_seconds([h]) - c0) / max(r["devices"], 1) * 1e3
+                    row = {**r, "server_cpu_ms_per_enrollment": round(cpu_ms, 2),
+                           "loadavg_1m": os.getloadavg()[0]}  # fmt: skip
+                    runs.setdefault(label, []).append(row)
+                    console.print(f"  round {rep + 1} {label}: {row}")
     finally:
+        for h in servers.values():
+            h.stop()
         schema.drop()
-    return rows
+    summary = [
+        {
+            "config": label,
+            "per_s_median": round(statistics.median(r["per_s"] for r in rs), 1),
+            "per_s_min": round(min(r["per_s"] for r in rs), 1),
+            "per_s_max": round(max(r["per_s"] for r in rs), 1),
+            "errors": sum(r["errors"] for r in rs),
+            "devices": sum(r["devices"] for r in rs),
+            "server_cpu_ms_median": statistics.median(r["server_cpu_ms_per_enrollment"] for r in rs),
+        }
+        for label, rs in runs.items()
+    ]
+    return {"runs": runs, "summary": summary}
 
 
 def soak(devices: int, minutes: float, interval: float, connections: int, work: Path) -> dict:
@@ -483,7 +552,7 @@ def main() -> None:
         type=int,
         default=0,
         metavar="DEVICES",
-        help="also enroll DEVICES against 1 and 2 processes",
+        help="also measure enrollment against 1 and 2 processes: wrk for 4 s and DEVICES through httpx, per round",
     )
     ap.add_argument("--soak", type=int, default=0, metavar="DEVICES", help="also run DEVICES at --interval")
     ap.add_argument("--soak-minutes", type=float, default=10.0)
@@ -511,8 +580,8 @@ def main() -> None:
         tp = throughput(300 if q else 2000, 3 if q else 5, args.reps, 64, work)
         out["throughput"] = {**tp, "summary": summarize(tp)}
     if args.enroll:
-        console.print(f"enrollment: {args.enroll} devices against 1 and 2 processes")
-        out["enrollment"] = enrollment(args.enroll, work)
+        console.print(f"enrollment against 1 and 2 processes, wrk and httpx interleaved ({args.reps} rounds)")
+        out["enrollment"] = enrollment(args.enroll, args.reps, work)
     if args.soak:
         console.print(f"soak: {args.soak} devices every {args.interval:g}s for {args.soak_minutes:g} minutes")
         out["soak"] = soak(args.soak, args.soak_minutes, args.interval, 64, work)
@@ -583,6 +652,16 @@ def report(out: dict) -> None:
             console.print(
                 f"enrollment through {label}: {e['per_s']:.0f} devices/s ({e['devices']}, errors {e['errors']})"
             )
+    en = out.get("enrollment")
+    if en:
+        t = Table(title="enrollment on PostgreSQL (real POST /v1/enroll, one-time tokens, 64 connections)")
+        for col in ("configuration, load generator", "devices/s median (min-max)", "errors",
+                    "server CPU ms / enrollment"):  # fmt: skip
+            t.add_column(col)
+        for r in en["summary"]:
+            t.add_row(r["config"], f"{r['per_s_median']:.0f} ({r['per_s_min']:.0f}-{r['per_s_max']:.0f})",
+                      str(r["errors"]), f"{r['server_cpu_ms_median']:.2f}")  # fmt: skip
+        console.print(t)
     sk = out.get("soak")
     if sk:
         console.print(
