@@ -234,6 +234,7 @@ def bench_overhead(
                     fn()
                     if c or run == 1:
                         samples[k].append(perf() - t0)
+        split = inside_outside({"defaults": full, "tuned": fast}, feed, run, min(n * run, 1500))
         fast.close()
         full.close()
         bare = np.asarray(samples["bare InferenceSession.run"], dtype=np.float64)
@@ -259,9 +260,75 @@ def bench_overhead(
                     # overhead least disturbed by a shared machine's slow drifts
                     "paired_overhead_us": round(float(np.median(arr - bare)) / 1000, 2),
                     "samples": len(v),
+                    **split.get(k, {}),
                 }
             )
     return rows
+
+
+def _engine_of(rt: Runtime):
+    """The OrtEngine a Runtime serves with (walks its pipeline's wrappers)."""
+    from edgefleet.runtime._engines import OrtEngine
+
+    seen: set[int] = set()
+
+    def walk(o, depth=0):
+        if id(o) in seen or depth > 8:
+            return None
+        seen.add(id(o))
+        if isinstance(o, OrtEngine):
+            return o
+        for v in getattr(o, "__dict__", {}).values():
+            if (r := walk(v, depth + 1)) is not None:
+                return r
+        return None
+
+    return walk(rt)
+
+
+def inside_outside(runtimes: dict[str, Runtime], feed: dict, run: int, calls: int) -> dict[str, dict]:
+    """Per runtime: the median time inside the ORT call (timed in the engine) and around it (the rest of
+    ``predict``), from ``calls`` extra calls in the same rotation; keyed like the variants above."""
+    inner: dict[str, list[int]] = {k: [] for k in runtimes}
+    outer: dict[str, list[int]] = {k: [] for k in runtimes}
+    perf = time.perf_counter_ns
+    engines = {}
+    for k, rt in runtimes.items():
+        eng = _engine_of(rt)
+        if eng is None:
+            return {}
+        real = eng._call
+
+        def timed(*a, _real=real, _k=k):
+            t = perf()
+            r = _real(*a)
+            inner[_k].append(perf() - t)
+            return r
+
+        engines[k] = (eng, real)
+        eng._call = timed
+    try:
+        for _ in range(max(1, calls // run)):
+            for k, rt in runtimes.items():
+                for c in range(run):
+                    t0 = perf()
+                    rt.predict(feed)
+                    if c or run == 1:
+                        outer[k].append(perf() - t0)
+                    elif inner[k]:
+                        inner[k].pop()
+    finally:
+        for eng, real in engines.values():
+            eng._call = real
+    out = {}
+    for k in runtimes:
+        o, i = np.asarray(outer[k], dtype=np.float64), np.asarray(inner[k][-len(outer[k]) :], dtype=np.float64)
+        label = "Runtime.predict (defaults)" if k == "defaults" else "Runtime.predict (tuned: checks, batcher, timeout off)"
+        out[label] = {
+            "inside_ort_us": round(float(np.median(i)) / 1000, 2),
+            "around_ort_us": round(float(np.median(o - i)) / 1000, 2),
+        }
+    return out
 
 
 # --- 2. batching --------------------------------------------------------------------------------------
@@ -773,6 +840,8 @@ def main() -> None:
                     "ratio_p50_vs_bare",
                     "ratio_spread",
                     "paired_overhead_us",
+                    "inside_ort_us",
+                    "around_ort_us",
                 ],
             )
         if "batching" in sections:
