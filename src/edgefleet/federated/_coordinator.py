@@ -25,6 +25,7 @@ from edgefleet.federated._process import (
     free_port,
     wait_for_port,
 )
+from edgefleet.federated._security import FlowerTLS, register_node_key
 from edgefleet.federated._spec import (
     EVAL_DATA,
     FEATURE_MODEL,
@@ -112,7 +113,9 @@ def job_state(events: list[dict[str, Any]]) -> str:
 
 class Coordinator:
     """One job's SuperLink and run. ``start()`` returns once the run is submitted; devices join
-    ``address`` with their SuperNodes. With ``feature_model`` (see ``head_of_model``) the head trains on
+    ``address`` with their SuperNodes. With ``tls`` the SuperLink serves HTTPS with that certificate and
+    authenticates SuperNodes: only keys given to ``register_node`` may join (Flower needs TLS for it);
+    without, it runs ``--insecure`` (clear text, any SuperNode). With ``feature_model`` (see ``head_of_model``) the head trains on
     that model's features of the devices' raw inputs, and ``eval_data`` holds raw inputs too."""
 
     def __init__(
@@ -125,6 +128,7 @@ class Coordinator:
         feature_model: bytes | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
+        tls: FlowerTLS | None = None,
     ) -> None:
         self.job_dir = Path(job_dir).resolve()
         self.spec = spec
@@ -133,12 +137,29 @@ class Coordinator:
         self.feature_model = feature_model
         self.host = host
         self.port = port or free_port()
+        self.tls = tls
         self.run_id: str | None = None
         self._superlink: ManagedProcess | None = None
+        self._env: dict[str, str] | None = None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def control_address(self) -> str:
+        """Where this host reaches the SuperLink (loopback when it listens on every address)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{host}:{self.port}"
+
+    def register_node(self, public_key: str, *, name: str) -> int:
+        """Let the SuperNode holding ``public_key`` (OpenSSH line) join this job; its Flower node id."""
+        if self.tls is None or self._env is None:
+            raise ConfigError(
+                "SuperNode authentication needs the SuperLink to run TLS",
+                hint="start the job with a certificate (--tls-ca-dir or --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile)",
+            )
+        return register_node_key(public_key, self._env, self.job_dir / "node-keys", name=name)
 
     def start(self) -> None:
         self.job_dir.mkdir(parents=True, exist_ok=True)
@@ -149,16 +170,25 @@ class Coordinator:
         if self.feature_model is not None:
             (self.job_dir / FEATURE_MODEL).write_bytes(self.feature_model)
         app_dir = write_flower_app(self.job_dir / "app", self.spec, self.job_dir)
-        env = flower_env(self.job_dir / "flwr-home")
+        env = self._env = flower_env(self.job_dir / "flwr-home")
+        # flwr run / flwr supernode register reach the SuperLink's Control API on loopback
+        trust = (
+            f"root-certificates = {json.dumps(str(self.tls.ca_certfile))}\n"
+            if self.tls is not None
+            else "insecure = true\n"
+        )
         (self.job_dir / "flwr-home" / "config.toml").write_text(
             f'[superlink]\ndefault = "edgefleet"\n\n[superlink.edgefleet]\n'
-            f'address = "{self.address}"\ninsecure = true\n',
+            f'address = "{self.control_address}"\n{trust}',
             encoding="utf-8",
+        )
+        security = (
+            [*self.tls.superlink_args(), "--enable-supernode-auth"] if self.tls is not None else ["--insecure"]
         )
         self._superlink = ManagedProcess(
             [
                 flower_command("flower-superlink"),
-                "--insecure",
+                *security,
                 "--host",
                 self.host,
                 "--port",
@@ -169,7 +199,9 @@ class Coordinator:
             log_path=self.job_dir / "superlink.log",
         )
         try:
-            wait_for_port(self.host, self.port, timeout_s=START_TIMEOUT_S, proc=self._superlink)
+            wait_for_port(
+                self.control_address.rsplit(":", 1)[0], self.port, timeout_s=START_TIMEOUT_S, proc=self._superlink
+            )
             self.run_id = self._submit(app_dir, env)
         except BaseException:
             self.stop()

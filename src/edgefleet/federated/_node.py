@@ -40,7 +40,12 @@ class TrainingPolicy:
 
 
 class SuperNode:
-    """One Flower SuperNode process for one job on one device."""
+    """One Flower SuperNode process for one job on one device.
+
+    ``insecure``: clear text (``--insecure``), for a SuperLink that runs without TLS (the default when
+    neither ``root_certificates`` nor ``auth_key`` is given; the agent and ``fl join`` say which). Otherwise TLS, the
+    SuperLink's certificate checked against ``root_certificates`` (the CA; the system's store when None),
+    and ``auth_key`` (an OpenSSH EC private key whose public half the job registered) signs its requests."""
 
     def __init__(
         self,
@@ -49,8 +54,18 @@ class SuperNode:
         work_dir: Path,
         *,
         train_delay_s: float = 0.0,
+        root_certificates: Path | None = None,
+        auth_key: Path | None = None,
+        insecure: bool | None = None,
     ) -> None:
+        if insecure is None:  # library default: clear text only when given no TLS material at all
+            insecure = root_certificates is None and auth_key is None
+        if insecure and (root_certificates is not None or auth_key is not None):
+            raise ValueError("a clear-text SuperNode takes no CA and no node key")
         self.superlink = superlink
+        self.root_certificates = root_certificates
+        self.auth_key = auth_key
+        self.insecure = insecure
         self.data_dir = Path(data_dir).resolve()
         self.work_dir = Path(work_dir)
         self.train_delay_s = train_delay_s
@@ -61,10 +76,15 @@ class SuperNode:
         node_config = f"data-dir={_toml_string(str(self.data_dir))}"
         if self.train_delay_s:
             node_config += f" train-delay-s={float(self.train_delay_s)}"
+        security = ["--insecure"] if self.insecure else []
+        if self.root_certificates is not None:
+            security += ["--root-certificates", str(Path(self.root_certificates).resolve())]
+        if self.auth_key is not None:
+            security += ["--auth-supernode-private-key", str(Path(self.auth_key).resolve())]
         self._proc = ManagedProcess(
             [
                 flower_command("flower-supernode"),
-                "--insecure",
+                *security,
                 "--superlink",
                 self.superlink,
                 "--port",
@@ -79,6 +99,12 @@ class SuperNode:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.alive()
 
+    def failure(self) -> str | None:
+        """Why the SuperNode exited, in one line from Flower's log (TLS refused, node key not registered)."""
+        if self._proc is None or self._proc.alive():
+            return None
+        return supernode_failure(self._proc.log_tail(4000))
+
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.stop()
@@ -91,3 +117,20 @@ class SuperNode:
 
 def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def supernode_failure(log: str) -> str:
+    """One line saying why a SuperNode's connection failed, from its log (Flower's exit-code message)."""
+    if "CERTIFICATE_VERIFY_FAILED" in log or "handshake" in log.lower():
+        return (
+            "TLS refused: the SuperLink's certificate is not signed by the CA this SuperNode trusts "
+            "(--root-certificates), or it runs without TLS"
+        )
+    if "Failed to activate SuperNode" in log or "2004" in log:
+        return "the SuperLink refused this SuperNode: its node key is not registered for the job"
+    if "WRONG_VERSION_NUMBER" in log or "record layer" in log:
+        return "TLS failed: the SuperLink does not speak TLS (started --insecure?)"
+    for line in reversed(log.splitlines()):
+        if line.strip() and "INFO" not in line:
+            return line.strip()[-300:]
+    return "the SuperNode exited"
