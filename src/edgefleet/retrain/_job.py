@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet._fs import atomic_write
-from edgefleet.errors import EdgefleetError, InputError, NotFoundError, OptimizeError
+from edgefleet.errors import EdgefleetError, InputError, OptimizeError
 from edgefleet.retrain._snapshot import DataSnapshot, load_snapshot
 from edgefleet.retrain._trainer import Trainer, write_training_folder
 
@@ -133,20 +133,13 @@ class RetrainJob:
 
     def _run(self) -> dict[str, Any]:
         from edgefleet.registry import KeyStore, Repository
-        from edgefleet.registry._published import next_patch, semver_key
+        from edgefleet.registry._published import next_patch
+        from edgefleet.registry._successor import ParentRelease
 
         sp = self.spec
         repo = Repository(sp.repo, KeyStore(sp.keys))
-        published = repo.list_versions(sp.name)
-        if not published:
-            raise NotFoundError(f"{sp.name} is not published in {sp.repo}", hint="publish a first release")
-        parent = sp.parent_version or max((b.version for b in published), key=semver_key)
-        variants = [repo.show(b.name, b.version, b.variant) for b in published if b.version == parent]
-        if not variants:
-            raise NotFoundError(
-                f"{sp.name} {parent} is not published in {sp.repo}",
-                hint=f"published: {', '.join(sorted({b.version for b in published}, key=semver_key))}",
-            )
+        parent_release = ParentRelease.find(repo, sp.name, sp.parent_version)
+        parent = parent_release.version
         version = sp.version or next_patch(parent)
         snap = load_snapshot(sp.snapshot)
         if sp.mlflow_uri:
@@ -175,12 +168,11 @@ class RetrainJob:
             trainer=sp.trainer.describe(),
             request_id=sp.request_id,
         )
-        with _open_float_variant(repo, variants) as (bundle, manifest):
-            model, figures = self._train(bundle, manifest, snap)
+        with parent_release.open_float() as bundle:
+            manifest = bundle.manifest
+            model, _ = self._train(bundle, manifest, snap)
             preprocess = [s.model_dump(mode="json") for s in manifest.preprocess]
-            archives = self._optimize_and_bundle(
-                repo, variants, model, snap, version, parent, preprocess, figures
-            )
+            archives = self._optimize_and_bundle(parent_release, model, snap, version, preprocess)
         self._publish(repo, archives, version)
         return self.record
 
@@ -275,108 +267,43 @@ class RetrainJob:
     # --- optimize, bundle, publish -------------------------------------------------------------
 
     def _optimize_and_bundle(
-        self,
-        repo: Any,
-        variants: list[Any],
-        model: Path,
-        snap: DataSnapshot,
-        version: str,
-        parent: str,
-        preprocess: list[dict[str, Any]],
-        figures: dict[str, Any],
+        self, parent: Any, model: Path, snap: DataSnapshot, version: str, preprocess: list[dict[str, Any]]
     ) -> list[Path]:
-        from edgefleet.bundle import create_bundle
-        from edgefleet.optimize import optimize
-        from edgefleet.protocol import LatencyStats, Lineage, Metrics
+        """Optimize with each parent variant's budget and bundle (``registry._successor``, shared with the
+        federated export)."""
+        from edgefleet.registry._successor import optimize_and_bundle
 
         sp = self.spec
+        tags = {
+            "data_snapshot": snap.sha256,
+            "labels_used": str(len(snap)),
+            "label_counts": json.dumps(snap.labels, separators=(",", ":"))[:500],
+            "retrain_job": self.id,
+            "trainer": sp.trainer.describe(),
+            "trained": f"retrained from {parent.version} on {len(snap)} labelled samples",
+        }
+        if sp.request_id:
+            tags["retrain_request"] = sp.request_id
+        if self.tracker is not None and self.tracker.run_id:
+            tags["mlflow_run_id"] = self.tracker.run_id
         d = sp.work_dir / "data"
-        archives = []
-        runs = []
-        for b in variants:
-            m = b.manifest
-            opt = dict(m.lineage.optimization or {})
-            variant_name = str(opt.get("variant") or "fp32")
-            tried = ["fp32"] if variant_name == "fp32" else ["fp32", variant_name]  # the baseline first
-            out_dir = sp.work_dir / "optimize" / b.variant
-            rep = optimize(
-                model,
-                calib=d / "calib.npz",
-                eval=d / "eval.npz",
-                max_drop=float(opt.get("max_drop", 1.0)),
-                objective=str(opt.get("objective", "size")),
-                variants=tried,
-                out_dir=out_dir,
-                keep_variants=True,
-                overwrite=True,
-                settings=sp.optimize_settings,
-            )
-            chosen = rep.variant(rep.chosen)
-            if self.tracker is not None:
-                self.tracker.optimize_run(b.variant, rep, out_dir)
-            lat = chosen.bench.latency if chosen.bench else None
-            metrics = Metrics(
-                accuracy=chosen.quality.accuracy if chosen.quality else None,
-                latency={rep.profile.name: LatencyStats.model_validate(lat, from_attributes=True)}
-                if lat
-                else {},
-                size_bytes=chosen.size_bytes,
-            )
-            tags = dict(m.lineage.tags or {})
-            tags.update(
-                parent_release=f"{sp.name}@{parent}",
-                data_snapshot=snap.sha256,
-                labels_used=str(len(snap)),
-                label_counts=json.dumps(snap.labels, separators=(",", ":"))[:500],
-                retrain_job=self.id,
-                trainer=sp.trainer.describe(),
-                trained=f"retrained from {parent} on {len(snap)} labelled samples",
-            )
-            if sp.request_id:
-                tags["retrain_request"] = sp.request_id
-            if self.tracker is not None and self.tracker.run_id:
-                tags["mlflow_run_id"] = self.tracker.run_id
-            lineage = Lineage(
-                parent_version=parent,
-                dataset_sha256=snap.sha256,
-                optimization={
-                    "variant": chosen.name,
-                    "objective": rep.objective,
-                    "max_drop": rep.budget.max_drop,
-                    "metric": rep.metric,
-                    "profile": rep.profile.name,
-                    "report": str(out_dir / "report.json"),
-                },
-                source_commit=m.lineage.source_commit,
-                tags=tags,
-            )
-            archive = create_bundle(
-                out_dir / chosen.file,
-                sp.work_dir / "bundles" / f"{sp.name}-{version}-{b.variant}.tar",
-                name=sp.name,
-                version=version,
-                variant=b.variant,
-                inputs_raw=snap.x[:16],
-                reference_raw=snap.x,
-                preprocess=preprocess,
-                postprocess=m.postprocess,
-                metrics=metrics,
-                lineage=lineage,
-                budgets=m.budgets,
-                runtime=m.runtime,
-            )
-            archives.append(archive)
-            runs.append(
-                {
-                    "variant": b.variant,
-                    "chosen": chosen.name,
-                    "accuracy": chosen.quality.score if chosen.quality else None,
-                    "size_bytes": chosen.size_bytes,
-                    "report": str(out_dir / "report.json"),
-                }
-            )
-        self._step("optimized", runs=runs)
-        return archives
+        runs = optimize_and_bundle(
+            parent,
+            model,
+            version=version,
+            work_dir=sp.work_dir,
+            calib=d / "calib.npz",
+            eval=d / "eval.npz",
+            inputs_raw=snap.x[:16],
+            reference_raw=snap.x,
+            preprocess=preprocess,
+            tags=tags,
+            dataset_sha256=snap.sha256,
+            settings=sp.optimize_settings,
+            on_report=self.tracker.optimize_run if self.tracker is not None else None,
+        )
+        self._step("optimized", runs=[{k: v for k, v in r.items() if k != "archive"} for r in runs])
+        return [Path(r["archive"]) for r in runs]
 
     def _publish(self, repo: Any, archives: list[Path], version: str) -> None:
         sp = self.spec
@@ -406,31 +333,6 @@ class RetrainJob:
             if self.on_step:
                 self.on_step("rollout_proposed", out)
         atomic_write(sp.work_dir / "job.json", json.dumps(self.record, indent=1, default=str).encode())
-
-
-class _FloatVariant:
-    """Opens the parent's float build (``fp32`` when published, else its first variant) as a Bundle."""
-
-    def __init__(self, repo: Any, variants: list[Any]) -> None:
-        self.repo, self.variants = repo, variants
-        self.bundle: Any = None
-
-    def __enter__(self) -> tuple[Any, Any]:
-        from edgefleet.bundle import Bundle
-
-        def is_float(b: Any) -> bool:
-            return (b.manifest.lineage.optimization or {}).get("variant") == "fp32" if b.manifest else False
-
-        pick = next((b for b in self.variants if is_float(b)), self.variants[0])
-        self.bundle = Bundle.open(self.repo.target_file(pick.target_path))
-        return self.bundle, self.bundle.manifest
-
-    def __exit__(self, *exc: object) -> None:
-        self.bundle.close()
-
-
-def _open_float_variant(repo: Any, variants: list[Any]) -> _FloatVariant:
-    return _FloatVariant(repo, variants)
 
 
 def _accuracy(
