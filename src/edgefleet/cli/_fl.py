@@ -3,7 +3,8 @@
 ``start`` runs a job's SuperLink on this (the control-plane) host and waits for it with live progress;
 ``join`` is the device side: a SuperNode for the job, started only if the device's state allows;
 ``status`` reads a job folder's progress (``--watch`` follows it); ``export`` writes the final head back
-into the base model with the job's lineage.
+into the base model with the job's lineage and, with ``--repo``, makes it a signed release of the base
+optimized with the base's budget.
 """
 
 from __future__ import annotations
@@ -405,25 +406,54 @@ def export(
     job_dir: Annotated[Path, typer.Argument(help="The finished job's folder.")],
     base_model: Annotated[Path, typer.Option("--base-model", help="The ONNX model the job started from.")],
     out: Annotated[Path, typer.Option("--out", help="Where to write the federated model.")],
+    repo: Annotated[
+        Path | None,
+        typer.Option(
+            "--repo",
+            help="The TUF repository the base release is published in: the model is optimized for each of "
+            "its variants with that variant's budget, bundled and signed into it (needs --keys, --name, "
+            "--version).",
+        ),
+    ] = None,
+    keys: Annotated[
+        Path | None, typer.Option("--keys", help="With --repo: the publisher's key folder (targets key).")
+    ] = None,
+    work: Annotated[
+        Path | None,
+        typer.Option(
+            "--work", help="With --repo: folder for optimizer runs and bundles (default JOB/release)."
+        ),
+    ] = None,
     bundle: Annotated[
         Path | None,
-        typer.Option("--bundle", help="Also build a bundle archive here (needs --name, --version)."),
+        typer.Option(
+            "--bundle",
+            help="A base that is not a published release: one fp32 bundle archive here, no optimizer "
+            "(needs --name, --version).",
+        ),
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="The bundle's model name.")] = None,
-    version: Annotated[str | None, typer.Option("--version", help="The bundle's version.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="The release's model name.")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="The new release's version.")] = None,
     parent_version: Annotated[
-        str | None, typer.Option("--parent-version", help="The base release's version (lineage).")
+        str | None,
+        typer.Option(
+            "--parent-version", help="The base release's version (with --repo: default the newest)."
+        ),
     ] = None,
     preprocess: Annotated[
         Path | None,
-        typer.Option("--preprocess", help="The base release's preprocessing contract (JSON/YAML)."),
+        typer.Option(
+            "--preprocess",
+            help="With --bundle: the base release's preprocessing contract (JSON/YAML); --repo reads it "
+            "from the base release.",
+        ),
     ] = None,
     golden_data: Annotated[
         Path | None,
         typer.Option(
             "--golden-data",
-            help="With --bundle: .npz whose x holds raw inputs (before --preprocess) for the golden set "
-            "and drift reference (default: the job's held-out set, which is in the model's input space).",
+            help=".npz whose x holds raw inputs (before preprocessing) for the golden set and drift "
+            "reference (default: the job's held-out set, which is in the model's input space).",
         ),
     ] = None,
     device_classes: Annotated[
@@ -432,14 +462,42 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Write the job's final head into the base model (lineage in OUT.lineage.json: no device ids); with
-    --bundle, a bundle ready for `registry publish`, `release register` and a gated rollout."""
+    --repo, a release of the base optimized with its budget and signed (then `release register` and a
+    gated `rollout`); with --bundle, one fp32 bundle of an unpublished base."""
     from edgefleet.cli._common import load_preprocess
-    from edgefleet.federated import bundle_model, export_model
+    from edgefleet.federated import bundle_model, export_model, release_from_job
 
-    if bundle is not None and not (name and version):
-        raise InputError("--bundle needs --name and --version", hint="e.g. --name digits --version 1.1.0")
+    if repo is not None and bundle is not None:
+        raise InputError(
+            "give --repo or --bundle, not both", hint="--repo when the base is a published release"
+        )
+    if (repo is not None or bundle is not None) and not (name and version):
+        raise InputError(
+            f"{'--repo' if repo is not None else '--bundle'} needs --name and --version",
+            hint="e.g. --name digits --version 1.1.0",
+        )
+    if repo is not None and keys is None:
+        raise InputError("--repo needs --keys", hint="the publisher's key folder (the targets key signs)")
+    if repo is not None and (preprocess or device_classes):
+        raise InputError(
+            "--preprocess and --device-classes come from the base release with --repo", hint="leave them out"
+        )
     result = export_model(job_dir, base_model, out)
-    if bundle is not None:
+    golden = _load_xy(golden_data)[0] if golden_data else None
+    if repo is not None:
+        assert name and version and keys
+        result["release"] = release_from_job(
+            job_dir,
+            out,
+            repo_dir=repo,
+            keys_dir=keys,
+            name=name,
+            version=version,
+            parent_version=parent_version,
+            golden_inputs=golden,
+            work_dir=work,
+        )
+    elif bundle is not None:
         assert name and version
         steps = load_preprocess(preprocess) if preprocess else None
         result["bundle"] = str(
@@ -451,11 +509,38 @@ def export(
                 version=version,
                 parent_version=parent_version,
                 preprocess=steps,
-                golden_inputs=_load_xy(golden_data)[0] if golden_data else None,
+                golden_inputs=golden,
                 device_classes=device_classes,
             )
         )
-    emit(result, json_out, lambda r: console.print(f"wrote {r['model']}: {r['lineage']}"))
+    emit(result, json_out, _show_export)
+
+
+def _show_export(r: dict[str, Any]) -> None:
+    console.print(f"wrote {r['model']}: {r['lineage']}")
+    rel = r.get("release")
+    if rel is None:
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"{rel['name']} {rel['version']} from {rel['parent_version']}: the optimizer's choice per variant"
+    )
+    for col in ("variant", "chosen", "accuracy", "KB", "why the others lost", "published"):
+        table.add_column(col)
+    for v in rel["variants"]:
+        lost = "; ".join(
+            f"{c['variant']}: {c['why']}" for c in v["candidates"] if c["variant"] != v["chosen"]
+        )
+        table.add_row(
+            v["variant"],
+            v["chosen"],
+            "-" if v["accuracy"] is None else f"{v['accuracy']:.2f}",
+            f"{(v['size_bytes'] or 0) / 1024:.1f}",
+            lost or "-",
+            v.get("target", "-"),
+        )
+    console.print(table)
 
 
 # --- jobs on the control plane (registered by `fl start --server`) --------------------------------

@@ -8,7 +8,7 @@ SuperNode on a device while the job wants it and the device's state allows (``Su
 
 from edgefleet.federated._coordinator import Coordinator, JobFailed, load_final_head, read_progress
 from edgefleet.federated._data import label_skewed_split, load_dataset
-from edgefleet.federated._export import bundle_model, export_model, job_lineage
+from edgefleet.federated._export import bundle_model, export_model, job_lineage, release_from_job
 from edgefleet.federated._head import SoftmaxHead
 from edgefleet.federated._metrics import JobCollector
 from edgefleet.federated._model_head import head_of_model, write_head
@@ -32,5 +32,6 @@ __all__ = [
     "load_dataset",
     "load_final_head",
     "read_progress",
+    "release_from_job",
     "write_head",
 ]

@@ -2,6 +2,13 @@
 
 The lineage names the job, its rounds, strategy, ε and δ when DP was on, and how many devices took part —
 never which: Flower's node ids stay inside the ServerApp.
+
+``release_from_job`` makes the federated model a release of the base: for each variant the base release
+published, the model goes through the optimizer with that variant's budget (the code the retraining job
+uses, ``registry._successor``), is bundled with the base's contracts and the job's lineage, and is signed
+into the repository; registering it and the gated rollout are the usual ``release register`` / ``rollout``.
+``bundle_model`` is the path for a base model that is not a published release: one fp32 bundle, no
+optimizer (there is no base budget to apply).
 """
 
 from __future__ import annotations
@@ -98,3 +105,110 @@ def bundle_model(
         metrics=Metrics(accuracy=lineage["accuracy_final"]),
         lineage=Lineage(parent_version=parent_version, tags=tags),
     )
+
+
+_CALIB_ROWS = 128
+
+
+def _job_tags(lineage: dict[str, Any]) -> dict[str, str]:
+    tags = {k: str(v) for k, v in lineage.items() if v is not None}
+    eps = f", epsilon {lineage['epsilon']:.2f}" if lineage.get("epsilon") is not None else ""
+    tags["trained"] = (
+        f"federated job {lineage['federated_job']}: {lineage['rounds']} rounds of {lineage['strategy']}, "
+        f"{lineage['participants']} devices{eps}"
+    )[:200]
+    return tags
+
+
+def release_from_job(
+    job_dir: Path,
+    model: Path,
+    *,
+    repo_dir: Path,
+    keys_dir: Path,
+    name: str,
+    version: str,
+    parent_version: str | None = None,
+    golden_inputs: Any = None,
+    work_dir: Path | None = None,
+    settings: Any = None,
+    publish: bool = True,
+) -> dict[str, Any]:
+    """The federated ``model`` (from ``export_model``) as release ``name`` ``version`` of the base release
+    (``parent_version``, default the newest published) in ``repo_dir``: optimized per base variant with
+    that variant's budget, bundled with the job's lineage, and (``publish``) signed into the repository
+    with the publisher's targets key in ``keys_dir``.
+
+    The optimizer scores on the job's held-out set (model inputs) and calibrates on ``golden_inputs`` (raw,
+    through the base's preprocessing contract) or the held-out set; the bundles' golden set and drift
+    reference are ``golden_inputs``, which a base with a preprocessing contract needs (the held-out set
+    is in the model's input space).
+
+    Returns ``{"name", "version", "parent_version", "lineage", "variants": [{variant, chosen, accuracy,
+    size_bytes, candidates, archive, target, bytes}]}``.
+    """
+    import numpy as np
+
+    from edgefleet.registry import KeyStore, Repository
+    from edgefleet.registry._successor import ParentRelease, optimize_and_bundle
+
+    lineage = job_lineage(job_dir)
+    eval_path = Path(job_dir) / EVAL_DATA
+    if not eval_path.exists():
+        raise InputError(
+            f"job {lineage['federated_job']} has no held-out set to score the optimizer's variants on",
+            hint="start the job with --eval-data",
+        )
+    with np.load(eval_path, allow_pickle=False) as npz:
+        x, y = npz["x"], npz["y"]
+    repo = Repository(repo_dir, KeyStore(keys_dir))
+    parent = ParentRelease.find(repo, name, parent_version)
+    work = Path(work_dir) if work_dir is not None else Path(job_dir) / "release"
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    with parent.open_float() as base:
+        manifest = base.manifest
+        preprocess = [s.model_dump(mode="json") for s in manifest.preprocess]
+        if preprocess and golden_inputs is None:
+            raise InputError(
+                f"{name} {parent.version} has a preprocessing contract: the release needs raw golden inputs",
+                hint="pass --golden-data (an .npz whose x holds raw inputs)",
+            )
+        if len(manifest.inputs) != 1:
+            raise InputError(
+                f"{name} {parent.version} has {len(manifest.inputs)} inputs; a federated head trains on one"
+            )
+        input_name = manifest.inputs[0].name
+        raw = np.asarray(golden_inputs) if golden_inputs is not None else x
+        calib = (
+            base.model_inputs(raw[:_CALIB_ROWS])
+            if golden_inputs is not None
+            else {input_name: x[:_CALIB_ROWS]}
+        )
+        np.savez(data / "calib.npz", **calib)
+        np.savez(data / "eval.npz", **{input_name: x, "labels": y})
+    runs = optimize_and_bundle(
+        parent,
+        model,
+        version=version,
+        work_dir=work,
+        calib=data / "calib.npz",
+        eval=data / "eval.npz",
+        inputs_raw=raw[:16],
+        reference_raw=raw,
+        preprocess=preprocess,
+        tags=_job_tags(lineage),
+        settings=settings,
+    )
+    if publish:
+        for r in runs:
+            pub = repo.publish(r["archive"])
+            r.update(target=pub.target_path, bytes=pub.length, sha256=pub.sha256)
+    return {
+        "name": name,
+        "version": version,
+        "parent_version": parent.version,
+        "lineage": lineage,
+        "published": publish,
+        "variants": runs,
+    }
