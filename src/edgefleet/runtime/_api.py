@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -202,7 +203,14 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
 
     def _from_json(body: bytes) -> tuple[Any, dict[str, Any]]:
         try:
-            doc = json.loads(body)
+            # orjson first (several times faster); what it refuses (NaN/Infinity tokens, integers past
+            # 64 bits) goes through the standard parser so such bodies get the same answers as before
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            doc = None
+        try:
+            if doc is None:
+                doc = json.loads(body)
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise InputError(
                 f"request body is not valid JSON: {e}", hint="send a JSON object (see /docs)"
@@ -331,7 +339,7 @@ def create_app(runtime: Runtime, config: ApiConfig | None = None) -> Any:
                 hint="send application/json, application/octet-stream or application/x-npz",
             )
         result = await runtime.apredict(inputs, limiter=limiter, **opts)
-        return JSONResponse(result.to_dict())
+        return Response(orjson.dumps(result.to_dict()), media_type="application/json")
 
     @app.get("/v1/model", dependencies=guarded, summary="The served model's manifest and state")
     async def model() -> Any:
