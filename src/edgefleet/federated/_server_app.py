@@ -5,6 +5,13 @@ drives its Strategy round by round so each round closes at the job's deadline an
 selected, answered, late, dropped, payload bytes down and up, the global head's accuracy on the server's
 held-out set, and ε when privacy is on. Reports go to the job folder's ``progress.jsonl``; the final head to
 ``final_head.npz``.
+
+With ``update_compression`` each reply holds an encoded delta (``_compress.py``): it is decoded against
+the global head's shapes before the strategy sees it, and a reply that does not decode is left out of the
+round with its reason (``rejected``, ``rejected_reasons``); uncompressed replies get the same shape and
+finiteness check. ``bytes_up`` counts the arrays a device really sent (the encoded ones), ``bytes_up_wire``
+and ``bytes_down_wire`` the serialized records (Flower's protobuf, array headers included). A job with
+``secagg`` runs Flower's SecAgg+ workflow instead (``_secagg.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import (
     Grid,
     NeighboringRelation,
@@ -26,6 +33,7 @@ from flwr.serverapp import (
     strategy,
 )
 
+from edgefleet.federated._compress import ENCODED, PLAIN, UpdateRejected, check_plain, decode
 from edgefleet.federated._head import SoftmaxHead
 from edgefleet.federated._model_head import FeatureExtractor
 from edgefleet.federated._spec import (
@@ -96,7 +104,33 @@ def _payload_bytes(record: ArrayRecord) -> int:
 
 
 def _reply_arrays(reply: Message) -> list[np.ndarray]:
-    return next(iter(reply.content.array_records.values())).to_numpy_ndarrays()
+    return reply.content[PLAIN].to_numpy_ndarrays()
+
+
+def _wire_bytes(message: Message) -> int:
+    from flwr.common.serde import recorddict_to_proto
+
+    return int(recorddict_to_proto(message.content).ByteSize())
+
+
+def accept_reply(content: RecordDict, codec: str, global_arrays: list[np.ndarray]) -> int:
+    """Check (and, with ``codec``, decode in place to the new head) one reply's content; returns the bytes
+    of the arrays the device sent. ``UpdateRejected`` says why a reply cannot be used."""
+    records = content.array_records
+    shapes = [a.shape for a in global_arrays]
+    if codec == "none":
+        if set(records) != {PLAIN}:
+            raise UpdateRejected(f"reply holds array records {sorted(records)}; want [{PLAIN!r}]")
+        arrays = records[PLAIN].to_numpy_ndarrays()
+        check_plain(arrays, shapes)
+        return sum(a.nbytes for a in arrays)
+    if set(records) != {ENCODED}:
+        raise UpdateRejected(f"reply holds array records {sorted(records)}; want [{ENCODED!r}] ({codec})")
+    encoded = {name: array.numpy() for name, array in records[ENCODED].items()}
+    delta = decode(codec, encoded, shapes)
+    del content[ENCODED]
+    content[PLAIN] = ArrayRecord([(g + d).astype(np.float32) for g, d in zip(global_arrays, delta, strict=True)])
+    return sum(a.nbytes for a in encoded.values())
 
 
 def _load_eval(job_dir: Path, feature_model: bytes | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -118,7 +152,7 @@ class _Progress:
             f.write(json.dumps({"t": time.time(), **event}) + "\n")
 
 
-def run_rounds(grid: Grid, job_dir: Path) -> None:
+def run_rounds(grid: Grid, job_dir: Path, context: Context | None = None) -> None:
     """Every round of the job in ``job_dir``; the final head lands in ``final_head.npz``."""
     spec = JobSpec.load(job_dir)
     progress = _Progress(job_dir / PROGRESS_FILE)
@@ -127,22 +161,30 @@ def run_rounds(grid: Grid, job_dir: Path) -> None:
     feature_path = job_dir / FEATURE_MODEL
     feature_model = feature_path.read_bytes() if feature_path.exists() else None
     evaluation = _load_eval(job_dir, feature_model)
-    fl_strategy = build_strategy(spec)
-    arrays = ArrayRecord(head.arrays())
     base_accuracy = head.accuracy(*evaluation) if evaluation else None
     progress.write({"event": "started", "rounds": spec.rounds, "accuracy": base_accuracy})
-    participants: set[int] = set()  # Flower node ids, counted only: no id leaves this function
-    for rnd in range(1, spec.rounds + 1):
-        arrays = _one_round(
-            grid, spec, fl_strategy, rnd, arrays, evaluation, progress, feature_model, participants
+    if spec.secagg is not None:
+        from edgefleet.federated._secagg import run_secagg_rounds
+
+        final, n_participants = run_secagg_rounds(
+            grid, context, job_dir, spec, head, feature_model, evaluation, progress
         )
-    final = SoftmaxHead.from_arrays(arrays.to_numpy_ndarrays())
+    else:
+        fl_strategy = build_strategy(spec)
+        arrays = ArrayRecord(head.arrays())
+        participants: set[int] = set()  # Flower node ids, counted only: no id leaves this function
+        for rnd in range(1, spec.rounds + 1):
+            arrays = _one_round(
+                grid, spec, fl_strategy, rnd, arrays, evaluation, progress, feature_model, participants
+            )
+        final = SoftmaxHead.from_arrays(arrays.to_numpy_ndarrays())
+        n_participants = len(participants)
     np.savez(job_dir / FINAL_HEAD, W=final.W, b=final.b)
     progress.write(
         {
             "event": "finished",
             "accuracy": final.accuracy(*evaluation) if evaluation else None,
-            "participants": len(participants),
+            "participants": n_participants,
         }
     )
 
@@ -163,6 +205,7 @@ def _one_round(
             "local-epochs": spec.local_epochs,
             "learning-rate": spec.learning_rate,
             "equal-weights": spec.privacy is not None,
+            "update-compression": spec.update_compression,
         }
     )
     if feature_model is not None:  # every round: a device may join in any round
@@ -173,10 +216,21 @@ def _one_round(
     progress.write({"event": "round_started", "round": rnd, "selected": len(selected)})
     started = time.monotonic()
     replies = list(grid.send_and_receive(messages, timeout=spec.round_deadline_s))
-    ok = [r for r in replies if not r.has_error()]
+    answered = [r for r in replies if not r.has_error()]
     failed = {r.metadata.src_node_id for r in replies if r.has_error()}
     missing = selected - {r.metadata.src_node_id for r in replies}
     connected = set(grid.get_node_ids())
+    global_arrays = arrays.to_numpy_ndarrays()
+    ok: list[Message] = []
+    rejected: list[str] = []
+    bytes_up = bytes_up_wire = 0
+    for r in answered:
+        bytes_up_wire += _wire_bytes(r)
+        try:
+            bytes_up += accept_reply(r.content, spec.update_compression, global_arrays)
+            ok.append(r)
+        except UpdateRejected as e:
+            rejected.append(str(e))
     report: dict[str, Any] = {
         "event": "round",
         "round": rnd,
@@ -185,10 +239,15 @@ def _one_round(
         # no answer by the deadline while still connected: a straggler; gone or failed: dropped
         "late": len(missing & connected),
         "dropped": len(missing - connected) + len(failed),
+        "rejected": len(rejected),
         "bytes_down": (_payload_bytes(arrays) + len(feature_model or b"")) * len(messages),
-        "bytes_up": sum(sum(a.nbytes for a in _reply_arrays(r)) for r in ok),
+        "bytes_up": bytes_up,
+        "bytes_down_wire": sum(_wire_bytes(m) for m in messages),
+        "bytes_up_wire": bytes_up_wire,
         "aggregated": False,
     }
+    if rejected:
+        report["rejected_reasons"] = sorted(set(rejected))[:5]
     if len(ok) >= spec.min_clients:
         plain_mean = [np.mean(layer, axis=0) for layer in zip(*(_reply_arrays(r) for r in ok), strict=True)]
         new_arrays, _ = fl_strategy.aggregate_train(rnd, ok)
@@ -229,7 +288,7 @@ def _privacy_report(
 def main(grid: Grid, context: Context) -> None:
     job_dir = Path(str(context.run_config["job-dir"]))
     try:
-        run_rounds(grid, job_dir)
+        run_rounds(grid, job_dir, context)
     except Exception as e:  # the coordinator reads the failure from the progress file
         _Progress(job_dir / PROGRESS_FILE).write({"event": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
