@@ -144,6 +144,35 @@ def start(
     ] = None,
     dp_clip: float = typer.Option(1.0, "--dp-clip", help="DP: clients clip their update to this L2 norm."),
     dp_delta: float = typer.Option(1e-5, "--dp-delta", help="DP: the δ ε is reported at."),
+    secagg: bool = typer.Option(
+        False,
+        "--secagg",
+        help="Flower's SecAgg+: the server sees only the sum of the devices' masked updates. Dropout "
+        "tolerance: a round still unmasks while every sampled device keeps at least --secagg-threshold live "
+        "share holders (itself included): with the default shares (every sampled device) up to "
+        "sampled - threshold devices may drop after sharing their keys; more halt the round (the head is "
+        "kept). Each of its four exchanges waits at most --deadline. Not with --dp-noise or "
+        "--update-compression; needs --clients-per-round >= 3.",
+    ),
+    secagg_shares: Annotated[
+        int | None,
+        typer.Option("--secagg-shares", help="SecAgg+: share holders per device (default: every sampled device)."),
+    ] = None,
+    secagg_threshold: Annotated[
+        int | None,
+        typer.Option(
+            "--secagg-threshold",
+            help="SecAgg+: shares needed to rebuild a device's mask secret (default: 60 % of the shares, at "
+            "least 2); below --secagg-shares. Higher: more privacy, fewer dropouts tolerated.",
+        ),
+    ] = None,
+    update_compression: str = typer.Option(
+        "none",
+        "--update-compression",
+        help="What devices send: none (the new head), int8 (their delta, per-tensor int8 with a scale: "
+        "~1/4 of the bytes) or topk:FRACTION (the largest FRACTION of the delta's entries with their "
+        "indices); error feedback keeps what was left out for the next round. Not with --dp-noise.",
+    ),
     host: str = typer.Option("127.0.0.1", help="Address the SuperLink listens on (devices connect to it)."),
     port: int = typer.Option(0, help="SuperLink port (0: a free one)."),
     out: Annotated[
@@ -183,6 +212,8 @@ def start(
 
     if (base_model is None) == (base_head is None):
         raise InputError("give exactly one of --base-model and --base-head")
+    if not secagg and (secagg_shares is not None or secagg_threshold is not None):
+        raise InputError("--secagg-shares and --secagg-threshold need --secagg", hint="add --secagg")
     privacy = (
         None
         if dp_noise is None
@@ -200,6 +231,8 @@ def start(
             "strategy": strategy,
             "proximal_mu": proximal_mu,
             "privacy": privacy,
+            "secagg": {"shares": secagg_shares, "threshold": secagg_threshold} if secagg else None,
+            "update_compression": update_compression,
         }
     )
     feature_model = None
