@@ -30,6 +30,17 @@ def register(app: typer.Typer) -> None:
         ),
         db: str | None = typer.Option(None, "--db", help="Server database URL (default SQLite in --out)."),
         seed: int = typer.Option(0, "--seed"),
+        workers: int | None = typer.Option(
+            None,
+            "--workers",
+            min=1,
+            max=256,
+            help="Processes the devices run in (default: the scenario's, else one per 2,500 devices up to "
+            "the core count; 1 keeps them in this process).",
+        ),
+        server_process: bool = typer.Option(
+            False, "--server-process", help="Run the control plane as its own uvicorn process (scale runs)."
+        ),
         list_: bool = typer.Option(False, "--list", help="List the shipped scenarios and exit."),
         json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
     ) -> None:
@@ -60,7 +71,15 @@ def register(app: typer.Typer) -> None:
         sc = sc.model_copy(update=update)
         live = _Live(sc.name) if err_console.is_terminal and not json_out else None
         try:
-            result = run_scenario(sc, work=out.resolve() / "work", database_url=db, seed=seed, on_sample=live)
+            result = run_scenario(
+                sc,
+                work=out.resolve() / "work",
+                database_url=db,
+                seed=seed,
+                on_sample=live,
+                workers=workers,
+                server_process=server_process,
+            )
         finally:
             if live is not None:
                 live.stop()
@@ -99,7 +118,7 @@ class _Live:
         t = Table(title=f"edgefleet sim {self.name}  t={s['t']:.1f}s")
         for col in ("rollout", "wave", *s["versions"], "heartbeats", "errors", "faults"):
             t.add_column(col)
-        faults = ", ".join(f"{f['kind']}@{f['region']}" for f in run.faults) or "-"
+        faults = ", ".join(f"{f['kind']}@{f['region']}" for f in getattr(run, "live_faults", [])) or "-"
         t.add_row(
             str(s["state"]),
             str(s["wave"]),

@@ -34,6 +34,7 @@ class ProxyStats:
     reset: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    stalled: int = 0  # chunks on open connections held back by the loss fault (a retransmission)
     by_fault: dict[str, int] = field(default_factory=dict)
 
     def count(self, why: str) -> None:
@@ -62,6 +63,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._server: asyncio.base_events.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task] = set()
         self.port = 0
 
     @property
@@ -78,6 +80,8 @@ class FaultProxy:
             self._server.close()
             for w in list(self._open):
                 _reset(w)
+            if self._handlers:  # let them end on the resets (cancelling one makes asyncio log an error)
+                await asyncio.wait(list(self._handlers), timeout=5)
             await self._server.wait_closed()
 
     def partition(self, on: bool = True) -> None:
@@ -89,6 +93,10 @@ class FaultProxy:
                 _reset(w)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         self.stats.connections += 1
         st = self.state
         if st.partitioned or (st.loss and self._rng.random() < st.loss):

@@ -25,6 +25,7 @@ import httpx
 
 from edgefleet.client import Client
 from edgefleet.errors import ServerError
+from edgefleet.sim._http import HttpPool, PoolError
 
 __all__ = ["ReleaseBehavior", "Scenario", "SimDevice", "Fleet"]
 
@@ -121,6 +122,8 @@ class Fleet:
         max_connections: HTTP connections shared by all devices.
         route: which of ``server_url``'s addresses a device talks to (default: spread by index), e.g.
             its region's fault-injecting proxy.
+        indices: simulate only these devices of a ``size``-device fleet (one worker's share: classes are
+            drawn over the whole fleet, names and seeds follow the global index).
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class Fleet:
         max_connections: int = 64,
         timeout_s: float = 30.0,
         route: Callable[[SimDevice], int] | None = None,
+        indices: list[int] | range | None = None,
     ) -> None:
         urls = [server_url] if isinstance(server_url, str) else list(server_url)
         self.urls = [u.rstrip("/") for u in urls]
@@ -148,7 +152,7 @@ class Fleet:
         self.route = route or (lambda d: d.index % len(self.urls))
         classes = list(scenario.device_classes.items())
         self.devices: list[SimDevice] = []
-        for i in range(size):
+        for i in indices if indices is not None else range(size):
             cls = self._pick_class(classes, i, size)
             self.devices.append(SimDevice(index=i, device_class=cls))
         self.by_id: dict[str, SimDevice] = {}
@@ -278,11 +282,15 @@ class Fleet:
             d.nudge = asyncio.Event()
         mqtt = self._start_mqtt() if self.mqtt_url else None
         met = until is None
-        clients = [self._client(u) for u in self.urls]
+        # The hot path's client: a lean keep-alive pool per address (httpx's pool costs O(queued) per
+        # request, which at thousands of devices was the simulator's whole CPU; see sim/_http.py).
+        clients = [
+            HttpPool(u, max_connections=self.max_connections, timeout_s=self.timeout_s) for u in self.urls
+        ]
         try:
             async with contextlib.AsyncExitStack() as stack:
                 for c in clients:
-                    await stack.enter_async_context(c)
+                    stack.push_async_callback(c.aclose)
                 tasks = [
                     asyncio.create_task(self._device_loop(clients[self.route(d)], d)) for d in self.devices
                 ]
@@ -302,7 +310,7 @@ class Fleet:
                 mqtt.disconnect()
         return met
 
-    async def _device_loop(self, c: httpx.AsyncClient, d: SimDevice) -> None:
+    async def _device_loop(self, c: HttpPool, d: SimDevice) -> None:
         rng = random.Random(self.rng.random())
         await asyncio.sleep(
             rng.uniform(0, min(d.poll_interval, self.scenario.poll_interval_s or d.poll_interval))
@@ -366,20 +374,21 @@ class Fleet:
             }
         )
 
-    async def _upload(self, c: httpx.AsyncClient, d: SimDevice) -> None:
+    async def _upload(self, c: HttpPool, d: SimDevice) -> None:
         assert self.windows_for is not None
         windows = self.windows_for(d, self.now(d), self.telemetry_every_s)
         if not windows:
             return
         body = {"batch_id": uuid.uuid4().hex, "device_id": d.device_id, "windows": windows}
         try:
-            r = await c.post(
+            status, _ = await c.request(
+                "POST",
                 f"/v1/devices/{d.device_id}/telemetry",
-                content=json.dumps(body),
-                headers={"Authorization": f"Bearer {d.token}", "Content-Type": "application/json"},
+                json.dumps(body).encode(),
+                {"Authorization": f"Bearer {d.token}", "Content-Type": "application/json"},
             )
-            code = str(r.status_code)
-        except httpx.HTTPError:
+            code = str(status)
+        except PoolError:
             code = "io_error"  # lost: this simulator keeps no outbox
         self.telemetry_counts[code] = self.telemetry_counts.get(code, 0) + 1
         if code == "200":
@@ -418,30 +427,31 @@ class Fleet:
             "events": events,
         }
 
-    async def _beat(self, c: httpx.AsyncClient, d: SimDevice, rng: random.Random) -> None:
+    async def _beat(self, c: HttpPool, d: SimDevice, rng: random.Random) -> None:
         body = self.heartbeat_body(d, rng)
         try:
-            r = await c.post(
+            status, data = await c.request(
+                "POST",
                 f"/v1/devices/{d.device_id}/heartbeat",
-                content=json.dumps(body),
-                headers={"Authorization": f"Bearer {d.token}", "Content-Type": "application/json"},
+                json.dumps(body, separators=(",", ":")).encode(),
+                {"Authorization": f"Bearer {d.token}", "Content-Type": "application/json"},
             )
-        except httpx.HTTPError as e:
+        except PoolError as e:
             d.errors += 1
             self.http_errors += 1
             self.status_counts["io_error"] = self.status_counts.get("io_error", 0) + 1
             d.events = body["events"] + d.events  # not delivered: send again next time
             log.debug("heartbeat of %s failed: %s", d.device_id, e)
             return
-        self.status_counts[str(r.status_code)] = self.status_counts.get(str(r.status_code), 0) + 1
-        if r.status_code != 200:
+        self.status_counts[str(status)] = self.status_counts.get(str(status), 0) + 1
+        if status != 200:
             d.errors += 1
             self.http_errors += 1
             d.events = body["events"] + d.events
             return
         d.beats += 1
         self.heartbeats += 1
-        resp = r.json()
+        resp = json.loads(data)
         d.poll_interval = resp.get("poll_interval_s", d.poll_interval)
         for cmd in resp.get("commands", []):
             self._command(d, cmd)

@@ -102,6 +102,7 @@ class SimScenario(_M):
     gates: dict[str, float] = Field(default_factory=dict)
     faults: list[Fault] = Field(default_factory=list)
     timeout_s: float = Field(120.0, gt=0)
+    workers: int | None = Field(None, ge=1, le=256)  # device processes (default: by fleet size and cores)
     telemetry_every_s: float = Field(0.0, ge=0)  # >0: every device uploads a telemetry window this often
     telemetry_rows: int = Field(120, ge=1, le=10_000)  # input rows (real inferences) per window
     expect: Expect = Field(default_factory=Expect)

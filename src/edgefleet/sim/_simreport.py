@@ -126,6 +126,24 @@ def _markdown(sc: SimScenario, d: dict[str, Any]) -> str:
         f"- at the end: {', '.join(f'{n} on {v}' for v, n in d['final_versions'].items())}",
         f"- answers the devices saw: {', '.join(f'{k}: {v}' for k, v in sorted(d['status_counts'].items()))}",
     ]
+    st = d.get("setup") or {}
+    if st:
+        lines.append(
+            f"- setup: server on {st['database']} ({st['server']}), devices in {st['device_workers']} worker "
+            f"process(es) ({', '.join(str(w['devices']) + (' in netns ' + w['netns'] if w['netns'] else '') for w in d.get('workers') or [])}); "
+            f"{st['protocol']}; downloads: {st['downloads']}"
+        )
+    if d.get("partitions_via"):
+        lines.append(
+            f"- partitions via **{d['partitions_via']}**"
+            + (f" ({d['partitions_note']})" if d.get("partitions_note") else "")
+        )
+    cpu = [s.get("server_cpu_s") for s in d["samples"] if s.get("server_cpu_s") is not None]
+    if len(cpu) >= 2 and d["samples"][-1]["t"] > 0:
+        lines.append(
+            f"- server CPU: {cpu[-1] - cpu[0]:.1f} s over the {d['samples'][-1]['t']:.0f} s run "
+            f"({(cpu[-1] - cpu[0]) / d['samples'][-1]['t']:.0%} of one core)"
+        )
     lines += [f"- **failed**: {f}" for f in d["failures"]]
     lines += ["", "## Rollout events", "", "| action | details |", "| --- | --- |"]
     for ev in r["events"]:
