@@ -138,6 +138,9 @@ def start(
     learning_rate: float = typer.Option(0.1, help="Devices' learning rate."),
     deadline: str = typer.Option("30s", help="Round deadline: the round closes with whoever answered."),
     strategy: str = typer.Option("fedavg", help="fedavg, fedprox or fedadam (Flower's)."),
+    trainer: str = typer.Option(
+        "numpy", help="numpy, or torch: devices that have torch fine-tune the head with it (numpy where not)."
+    ),
     proximal_mu: float = typer.Option(0.1, help="FedProx's proximal term."),
     dp_noise: Annotated[
         float | None, typer.Option("--dp-noise", help="DP noise multiplier (enables central DP).")
@@ -229,6 +232,7 @@ def start(
             "learning_rate": learning_rate,
             "round_deadline_s": parse_duration(deadline, positive=True),
             "strategy": strategy,
+            "trainer": trainer,
             "proximal_mu": proximal_mu,
             "privacy": privacy,
             "secagg": {"shares": secagg_shares, "threshold": secagg_threshold} if secagg else None,

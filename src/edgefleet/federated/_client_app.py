@@ -11,6 +11,10 @@ state and added to its next delta (error feedback). Under SecAgg+ the server spe
 protocol: ``app`` passes those messages through Flower's ``secaggplus_mod``, which masks the reply (here the
 delta from the global head, bounded, so the mod's clipping range holds) before it leaves the device.
 
+With ``trainer: torch`` in the round's config a device that can import torch fine-tunes the head with torch
+(``_torch_head.py``: the same loss and batches); one that cannot trains it in numpy; the ``trainer-torch``
+metric says which ran.
+
 ``train-delay-s`` in the node config is a stand-in for a slow device (a phone on a weak CPU or link): the
 reply is held back that long. Tests and benchmarks use it to make stragglers; real devices leave it unset.
 """
@@ -36,6 +40,7 @@ from edgefleet.federated._data import load_dataset
 from edgefleet.federated._head import SoftmaxHead
 from edgefleet.federated._model_head import FeatureExtractor
 from edgefleet.federated._spec import WEIGHT_KEY
+from edgefleet.federated._torch_head import torch_available, train_torch
 
 SECAGG_MAX_WEIGHT = 10_000  # SecAgg+ weights a device by its sample count, capped here (Flower's max_weight)
 
@@ -47,14 +52,14 @@ def train(msg: Message, context: Context) -> Message:
     x, y = load_dataset(Path(str(context.node_config["data-dir"])))
     if "feature-model" in config:  # raw inputs -> the base model's frozen penultimate features
         x = FeatureExtractor(bytes(config["feature-model"]))(x)
-    trained = head.train(
-        x,
-        y,
-        epochs=int(config["local-epochs"]),
-        lr=float(config["learning-rate"]),
-        prox_mu=float(config.get("proximal-mu", 0.0)),
-        seed=int(config["server-round"]),
-    )
+    settings = {
+        "epochs": int(config["local-epochs"]),
+        "lr": float(config["learning-rate"]),
+        "prox_mu": float(config.get("proximal-mu", 0.0)),
+        "seed": int(config["server-round"]),
+    }
+    use_torch = str(config.get("trainer", "numpy")) == "torch" and torch_available()
+    trained = train_torch(head, x, y, **settings) if use_torch else head.train(x, y, **settings)
     delay = float(context.node_config.get("train-delay-s", 0.0))
     if delay > 0:
         time.sleep(delay)
@@ -63,6 +68,7 @@ def train(msg: Message, context: Context) -> Message:
             WEIGHT_KEY: 1 if config.get("equal-weights") else len(y),
             "samples": len(y),
             "train-loss": trained.loss(x, y),
+            "trainer-torch": int(use_torch),
         }
     )
     codec = str(config.get("update-compression", "none"))

@@ -206,6 +206,7 @@ def _one_round(
             "learning-rate": spec.learning_rate,
             "equal-weights": spec.privacy is not None,
             "update-compression": spec.update_compression,
+            "trainer": spec.trainer,
         }
     )
     if feature_model is not None:  # every round: a device may join in any round
@@ -245,6 +246,10 @@ def _one_round(
         "bytes_down_wire": sum(_wire_bytes(m) for m in messages),
         "bytes_up_wire": bytes_up_wire,
         "aggregated": False,
+        # answers trained by torch (a device without torch trains the head in numpy: the same update)
+        "torch_clients": sum(
+            int(r.content["metrics"].get("trainer-torch", 0)) for r in ok if "metrics" in r.content
+        ),
     }
     if rejected:
         report["rejected_reasons"] = sorted(set(rejected))[:5]

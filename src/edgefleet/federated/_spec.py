@@ -71,6 +71,8 @@ class JobSpec(BaseModel):
     # what a device sends: its new head (none), or its delta from the global head as per-tensor int8 with a
     # scale (int8) or the largest FRACTION of entries with their indices (topk:FRACTION), error feedback kept
     update_compression: str = "none"
+    # how devices train the head: numpy everywhere, or torch where a device has it (numpy where not)
+    trainer: Literal["numpy", "torch"] = "numpy"
 
     @field_validator("update_compression")
     @classmethod
