@@ -49,10 +49,14 @@ def test_secagg_aggregate_matches_fedavg_and_survives_a_dropout_after_key_sharin
     for folder in folders[:3]:
         x, y = load_dataset(folder)
         trained = base.train(x, y, epochs=1, lr=0.5, seed=1)
-        deltas.append([t.astype(np.float64) - g for t, g in zip(trained.arrays(), base.arrays(), strict=True)])
+        deltas.append(
+            [t.astype(np.float64) - g for t, g in zip(trained.arrays(), base.arrays(), strict=True)]
+        )
         weights.append(len(y))
     w = np.array(weights, np.float64) / sum(weights)
-    expected = [g + sum(wi * d[k] for wi, d in zip(w, deltas, strict=True)) for k, g in enumerate(base.arrays())]
+    expected = [
+        g + sum(wi * d[k] for wi, d in zip(w, deltas, strict=True)) for k, g in enumerate(base.arrays())
+    ]
     final = load_final_head(coordinator.job_dir)
     # SecAgg+ quantizes each weighted delta to steps of 2 * clip / 2**22 (stochastic rounding): the mean is
     # off by at most n steps over the summed weight ratios

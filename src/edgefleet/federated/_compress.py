@@ -53,7 +53,9 @@ def encode(codec: str, delta: list[np.ndarray]) -> tuple[dict[str, np.ndarray], 
     if kind == "int8":
         scales = np.array([float(np.abs(d).max()) / 127 if d.size else 0.0 for d in delta], np.float32)
         qs = [
-            np.zeros(d.size, np.int8) if s == 0 else np.clip(np.rint(d.ravel() / s), -127, 127).astype(np.int8)
+            np.zeros(d.size, np.int8)
+            if s == 0
+            else np.clip(np.rint(d.ravel() / s), -127, 127).astype(np.int8)
             for d, s in zip(delta, scales, strict=True)
         ]
         q = np.concatenate(qs) if qs else np.zeros(0, np.int8)

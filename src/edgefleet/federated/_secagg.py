@@ -118,11 +118,16 @@ class _CountingGrid:
         if stage == Stage.COLLECT_MASKED_VECTORS:
             info["bytes_down"] = sum(
                 sum(a.numpy().nbytes for a in m.content.array_records["fitins.parameters"].values())
-                + sum(len(v) for v in m.content.config_records["fitins.config"].values() if isinstance(v, bytes))
+                + sum(
+                    len(v) for v in m.content.config_records["fitins.config"].values() if isinstance(v, bytes)
+                )
                 for m in messages
             )
             info["bytes_up"] = sum(
-                sum(bytes_to_ndarray(b).nbytes for b in r.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS])
+                sum(
+                    bytes_to_ndarray(b).nbytes
+                    for b in r.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+                )
                 for r in ok
             )
         self.stages[stage] = info
@@ -168,7 +173,9 @@ class _SecAggRound:
         def on_stage(stage: str, info: dict[str, Any]) -> None:
             if stage == Stage.SETUP:
                 self.progress.write({"event": "round_started", "round": rnd, "selected": len(info["sent"])})
-            self.progress.write({"event": "secagg_stage", "round": rnd, "stage": stage, "ok": len(info["ok"])})
+            self.progress.write(
+                {"event": "secagg_stage", "round": rnd, "stage": stage, "ok": len(info["ok"])}
+            )
 
         counting = _CountingGrid(grid, on_stage)
         self.workflow(counting, context)
@@ -201,7 +208,9 @@ class _SecAggRound:
     def _finish(self, report: dict[str, Any], context: Context, started: float) -> None:
         report["seconds"] = round(time.monotonic() - started, 3)
         arrays = context.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
-        report["accuracy"] = SoftmaxHead.from_arrays(arrays).accuracy(*self.evaluation) if self.evaluation else None
+        report["accuracy"] = (
+            SoftmaxHead.from_arrays(arrays).accuracy(*self.evaluation) if self.evaluation else None
+        )
         self.progress.write(report)
 
 
@@ -248,5 +257,7 @@ def run_secagg_rounds(
     legacy_context = LegacyContext(context, config=ServerConfig(num_rounds=spec.rounds), strategy=strategy)
     round_ = _SecAggRound(spec, strategy, progress, evaluation, participants)
     DefaultWorkflow(fit_workflow=round_)(grid, legacy_context)
-    final = SoftmaxHead.from_arrays(legacy_context.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays())
+    final = SoftmaxHead.from_arrays(
+        legacy_context.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+    )
     return final, len(participants)

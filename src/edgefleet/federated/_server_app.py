@@ -129,7 +129,9 @@ def accept_reply(content: RecordDict, codec: str, global_arrays: list[np.ndarray
     encoded = {name: array.numpy() for name, array in records[ENCODED].items()}
     delta = decode(codec, encoded, shapes)
     del content[ENCODED]
-    content[PLAIN] = ArrayRecord([(g + d).astype(np.float32) for g, d in zip(global_arrays, delta, strict=True)])
+    content[PLAIN] = ArrayRecord(
+        [(g + d).astype(np.float32) for g, d in zip(global_arrays, delta, strict=True)]
+    )
     return sum(a.nbytes for a in encoded.values())
 
 

@@ -94,9 +94,8 @@ class JobSpec(BaseModel):
             raise ValueError(
                 f"min_clients ({self.min_clients}) exceeds clients_per_round ({self.clients_per_round})"
             )
-        if self.update_compression != "none":
-            if self.privacy is not None:
-                raise ValueError("update_compression cannot be combined with DP (clients clip plain weights)")
+        if self.update_compression != "none" and self.privacy is not None:
+            raise ValueError("update_compression cannot be combined with DP (clients clip plain weights)")
         if self.secagg is not None:
             if self.privacy is not None:
                 raise ValueError("secagg cannot be combined with DP here (the DP path uses the Message API)")
