@@ -4,7 +4,8 @@ leaves them, and the federated release goes out through gated waves.
 The demo runs as a subprocess (4 devices, TLS on as by default); the test reads its JSON summary and checks
 each link against the records left in its state folder: the job in the control plane's database and audit
 log, the agents' journals (three joined and left, the one on a 30 % battery declined), the job's rounds, the
-published bundle's lineage (no device ids) and the rollout that reached every device.
+published release (each base variant optimized with the base's budget; lineage without device ids) and the
+rollout that reached every device.
 """
 
 from __future__ import annotations
@@ -76,13 +77,32 @@ def test_each_link_of_the_federated_story_is_on_record(fed_run):
         ]
     assert state == "finished" and selector == "*" and len(json.loads(rounds)) == 5
     assert actions == ["fl_job.start", "fl_job.finished"]
-    # the bundle: lineage of the job, no device ids anywhere in its manifest
-    with Bundle.open(d / "bundles" / "digits-1.1.0-fp32.tar") as bundle:
-        m = bundle.manifest
-        assert (m.version, m.lineage.parent_version) == ("1.1.0", "1.0.0")
-        assert m.lineage.tags["federated_job"] == "digits-fleet" and m.lineage.tags["participants"] == "3"
-        text = m.model_dump_json()
-    assert not any(dev["id"] in text for dev in s["devices"])
+    # the release: each of v1.0.0's variants optimized with v1.0.0's budget; the bundle ships the optimizer's
+    # choice, says why the others lost, carries the job's lineage and no device id anywhere in its manifest
+    from edgefleet.registry import KeyStore, Repository
+
+    repo = Repository(d / "repository", KeyStore(d / "keys" / "publisher"))
+    base = {b.variant: b for b in repo.list_versions("digits") if b.version == "1.0.0"}
+    new = {b.variant: b for b in repo.list_versions("digits") if b.version == "1.1.0"}
+    assert set(new) == set(base) and len(new) == 2, (set(new), set(base))
+    for variant, pub in new.items():
+        report = json.loads((d / "fl-release" / "optimize" / variant / "report.json").read_text())
+        parent_opt = repo.show("digits", "1.0.0", variant).manifest.lineage.optimization
+        assert report["budget"]["max_drop"] == parent_opt["max_drop"]
+        assert report["objective"] == parent_opt["objective"]
+        with Bundle.open(repo.target_file(pub.target_path)) as bundle:
+            m = bundle.manifest
+            assert (m.version, m.lineage.parent_version) == ("1.1.0", "1.0.0")
+            opt = m.lineage.optimization
+            assert opt["variant"] == report["chosen"] and opt["parent_variant"] == parent_opt["variant"]
+            assert {c["variant"] for c in opt["candidates"]} == {"fp32", parent_opt["variant"]}
+            assert all(c["why"] for c in opt["candidates"])
+            tags = m.lineage.tags
+            assert tags["federated_job"] == "digits-fleet" and tags["participants"] == "3"
+            assert tags["rounds"] == "5" and "epsilon" not in tags  # no DP in the story
+            assert s["federated_release"]["variants"][variant]["chosen"] == opt["variant"]
+            text = m.model_dump_json()
+        assert not any(dev["id"] in text for dev in s["devices"])
     # the gated rollout reached every device, each wave judged against the control group or baseline
     ro = next(r for r in s["rollouts"] if r["version"] == "1.1.0")
     assert ro["state"] == "completed" and [w["result"] for w in ro["wave_results"]] == ["passed"] * 3

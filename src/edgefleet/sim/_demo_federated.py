@@ -8,9 +8,11 @@ control-plane host and the job is registered with the control plane, which names
 signed heartbeat answers. Each agent whose device state allows training (a scripted power trace per device,
 a stand-in for batteries this machine lacks; one device sits on a 30 % battery and declines) starts a Flower
 SuperNode; rounds train the model's final layer on the devices' frozen features; only head weights come back.
-Then ``edgefleet fl export --bundle`` writes the federated head into the model with the job's lineage,
-``edgefleet publish`` signs it into the TUF repository, the release is registered and rolled out through the
-gated waves to every device; the answers' accuracy before and after is measured on the traffic.
+Then ``edgefleet fl export --repo`` writes the federated head into the model, runs it through the optimizer
+with v1.0.0's budget for each of its variants (gateway: fp32; sensor: the smallest within 1 point), bundles
+each with the job's lineage and signs them into the TUF repository; the release is registered and rolled
+out through the gated waves to every device; the answers' accuracy before and after is measured on the
+traffic.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import yaml
 
 from edgefleet.errors import ServerError
 from edgefleet.sim._demo import _completed, _Demo
-from edgefleet.sim._demo_config import CLASSES, GOOD, SCALE, DemoDevice
+from edgefleet.sim._demo_config import GOOD, SCALE, DemoDevice
 from edgefleet.sim._releases import ReleaseBuilder
 
 __all__ = ["FederatedDemo"]
@@ -60,6 +62,11 @@ class _SmallBase(ReleaseBuilder):
             self.dir / "data" / "eval.npz", input=(data.x_test / 16.0).astype(np.float32), labels=data.y_test
         )
         return {GOOD: path}, data
+
+
+def _max_drop(variant: dict[str, Any]) -> float:
+    report = json.loads(Path(variant["report"]).read_text())
+    return float(report["budget"]["max_drop"])
 
 
 class FederatedDemo(_Demo):
@@ -225,55 +232,70 @@ class FederatedDemo(_Demo):
     def _publish_federated(self) -> None:
         d = self.dir
         self.n.step(
-            f"edgefleet fl export --bundle writes the federated head into v{GOOD}'s model with the job's "
-            f"lineage (no device ids); edgefleet publish signs v{FEDERATED} into the TUF repository"
+            f"edgefleet fl export --repo writes the federated head into v{GOOD}'s model, optimizes it with "
+            f"v{GOOD}'s budget for each of its variants, bundles them with the job's lineage (no device ids) "
+            f"and signs v{FEDERATED} into the TUF repository"
         )
-        model = d / "models" / f"digits-{FEDERATED}.onnx"
-        bundle = d / "bundles" / f"{self.cfg.name}-{FEDERATED}-fp32.tar"
-        cli = [sys.executable, "-m", "edgefleet.cli"]
-        steps = [
-            cli + ["fl", "export", str(d / "fl-job"), "--base-model", str(d / "models" / f"digits-{GOOD}.onnx"),
-                   "--out", str(model), "--bundle", str(bundle), "--name", self.cfg.name,
-                   "--version", FEDERATED, "--parent-version", GOOD, "--preprocess", str(d / "data" / "scale.json"),
-                   "--golden-data", str(d / "data" / "golden.npz"), "--device-classes", ",".join(CLASSES),
-                   "--json"],
-            cli + ["publish", str(bundle), "--repo", str(d / "repository"), "--keys", str(d / "keys" / "publisher"),
-                   "--json"],
+        argv = [
+            sys.executable, "-m", "edgefleet.cli", "fl", "export", str(d / "fl-job"),
+            "--base-model", str(d / "models" / f"digits-{GOOD}.onnx"), "--out", str(d / "models" / f"digits-{FEDERATED}.onnx"),
+            "--repo", str(d / "repository"), "--keys", str(d / "keys" / "publisher"), "--name", self.cfg.name,
+            "--version", FEDERATED, "--parent-version", GOOD, "--golden-data", str(d / "data" / "golden.npz"),
+            "--work", str(d / "fl-release"), "--json",
         ]  # fmt: skip
-        outs = []
+        env = {  # short measurements (two variants at most per class): the story's time stays about the same
+            **self.sup.env,
+            "EDGEFLEET_OPTIMIZE_RUNS": str(max(3, self.cfg.optimize_runs // 4)),
+            "EDGEFLEET_OPTIMIZE_WARMUP_RUNS": "1",
+            "EDGEFLEET_OPTIMIZE_MEASURE_MEMORY": "false",
+            "EDGEFLEET_OPTIMIZE_THROUGHPUT_BATCHES": "[1]",
+            "EDGEFLEET_OPTIMIZE_THROUGHPUT_RUNS": "2",
+            "EDGEFLEET_OPTIMIZE_INTERLEAVE_RUNS": "3",
+        }
         with open(d / "logs" / "fl-export.log", "w") as log:
-            for argv in steps:
-                r = subprocess.run(
-                    argv,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    text=True,
-                    env=self.sup.env,
-                    timeout=300,
-                    check=False,
-                )
-                if r.returncode != 0:
-                    raise ServerError(
-                        f"{' '.join(argv[3:5])} failed (exit {r.returncode})",
-                        hint=f"see {d / 'logs' / 'fl-export.log'}",
-                    )
-                outs.append(json.loads(r.stdout))
-        exported, published = outs
+            r = subprocess.run(
+                argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env, timeout=300, check=False
+            )
+        if r.returncode != 0:
+            raise ServerError(
+                f"edgefleet fl export failed (exit {r.returncode})",
+                hint=f"see {d / 'logs' / 'fl-export.log'}",
+            )
+        exported = json.loads(r.stdout)
+        release = exported["release"]
+        self.n.table(
+            f"v{FEDERATED}: the optimizer's choice per v{GOOD} variant, with v{GOOD}'s budget (objective size)",
+            ["variant", "max drop", "chosen", "accuracy", "KB", "why the others lost"],
+            [
+                [v["variant"], f"{_max_drop(v):g}", v["chosen"],
+                 "-" if v["accuracy"] is None else f"{v['accuracy']:.2f}", f"{(v['size_bytes'] or 0) / 1024:.1f}",
+                 "; ".join(f"{c['variant']}: {c['why']}" for c in v["candidates"] if c["variant"] != v["chosen"]) or "-"]
+                for v in release["variants"]
+            ],
+        )  # fmt: skip
         assert self.api is not None
-        self.api.register_release(self.cfg.name, FEDERATED, device_classes={"fp32": list(CLASSES)})
+        rel = self.api.register_release(self.cfg.name, FEDERATED)
         self.releases[FEDERATED] = {
             "version": FEDERATED,
             "trained": f"federated job {JOB}",
             "lineage": exported["lineage"],
-            "target": published.get("target_path"),
-            "bytes": published.get("length"),
+            "variants": {
+                v["variant"]: {
+                    "chosen": v["chosen"],
+                    "candidates": v["candidates"],
+                    "target": v["target"],
+                    "bytes": v["bytes"],
+                }
+                for v in release["variants"]
+            },
         }
+        self.summary["federated_release"] = self.releases[FEDERATED]
         lin = exported["lineage"]
+        classes = ", ".join(f"{v['variant']}->{'/'.join(v['device_classes'])}" for v in rel["variants"])
         self.n.note(
             f"v{FEDERATED}: lineage job {lin['federated_job']}, {lin['rounds']} rounds, {lin['participants']} "
             f"devices, accuracy {lin['accuracy_base']:.1%} -> {lin['accuracy_final']:.1%}; published "
-            f"{published.get('target_path')} ({(published.get('length') or 0) / 1024:.0f} KiB) and registered "
-            f"for {', '.join(CLASSES)}"
+            f"{', '.join(v['target'] for v in release['variants'])} and registered ({classes})"
         )
 
     def _rollout_federated(self) -> None:
