@@ -59,7 +59,7 @@ def test_cli_job_over_five_devices_improves_the_base_model_and_writes_it_back(tm
     (tmp_path / "sys").mkdir()
     join = subprocess.Popen(
         cli + ["join", f"127.0.0.1:{port}", "--data-dir", str(folders[0]), "--work-dir", str(tmp_path / "n0"),
-               "--state-source", f"sysfs:{tmp_path / 'sys'}", "--duration", "5m"],
+               "--state-source", f"sysfs:{tmp_path / 'sys'}", "--duration", "5m", "--insecure"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     nodes = [SuperNode(f"127.0.0.1:{port}", f, tmp_path / f"n{i + 1}") for i, f in enumerate(folders[1:])]

@@ -137,3 +137,54 @@ def test_operators_list_show_and_stop_jobs_from_the_cli(tmp_path):
         )
         r = cli("stop", "nope")
         assert isinstance(r.exception, NotFoundError) and "no federated job 'nope'" in r.exception.message
+
+
+def test_selected_devices_send_node_keys_that_fl_start_registers(hdb, tmp_path):
+    """Flower's SuperNode authentication: a selected device sends its per-job node public key with its own
+    credential; the deployer reads the keys and marks those its SuperLink accepts; the device sees that."""
+    from edgefleet.federated._security import node_key
+
+    h = hdb
+    eu, us, other = (
+        h.enroll(tags={"region": "eu"}),
+        h.enroll(tags={"region": "us"}),
+        h.enroll(tags={"region": "eu"}),
+    )
+    deployer = h.token("deployer")
+    assert h.c.post("/v1/fl/jobs", json=_job(), headers=deployer).status_code == 201
+    key = node_key(tmp_path / "node.key")
+
+    def post(dev, public, job="digits-fl", headers=None):
+        return h.c.post(
+            f"/v1/devices/{dev['device_id']}/fl/{job}/node-key",
+            json={"public_key": public},
+            headers=headers or dev["headers"],
+        )
+
+    r = post(eu, key)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"job_id": "digits-fl", "registered": False}
+    # not selected, not a key, not this device's credential, no such job: refused, nothing stored
+    r = post(us, key)
+    assert r.status_code == 409 and "does not select this device" in r.json()["message"]
+    bad = post(other, "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC")
+    assert bad.status_code == 400 and "OpenSSH" in bad.json()["message"], bad.text
+    assert post(other, key, headers=eu["headers"]).status_code == 403
+    assert post(eu, key, job="nope").status_code == 404
+    assert h.c.get("/v1/fl/jobs/digits-fl/node-keys", headers=eu["headers"]).status_code in (401, 403)
+
+    keys = h.c.get("/v1/fl/jobs/digits-fl/node-keys", headers=deployer).json()
+    assert keys == [{"device_id": eu["device_id"], "public_key": key, "registered": False}]
+    marked = h.c.post(
+        "/v1/fl/jobs/digits-fl/node-keys/registered",
+        json={"keys": [{"device_id": eu["device_id"], "public_key": key}]},
+        headers=deployer,
+    )
+    assert marked.json()["registered"] == 1
+    assert post(eu, key).json()["registered"] is True
+    # a new key (the device lost its state) must be registered again; a new run of the job forgets the keys
+    assert post(eu, node_key(tmp_path / "again.key")).json()["registered"] is False
+    h.c.post("/v1/fl/jobs/digits-fl/stop", json={"state": "finished"}, headers=deployer)
+    assert post(eu, key).status_code == 409
+    assert h.c.post("/v1/fl/jobs", json=_job(), headers=deployer).status_code == 201
+    assert h.c.get("/v1/fl/jobs/digits-fl/node-keys", headers=deployer).json() == []

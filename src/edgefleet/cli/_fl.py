@@ -159,7 +159,9 @@ def start(
     ),
     secagg_shares: Annotated[
         int | None,
-        typer.Option("--secagg-shares", help="SecAgg+: share holders per device (default: every sampled device)."),
+        typer.Option(
+            "--secagg-shares", help="SecAgg+: share holders per device (default: every sampled device)."
+        ),
     ] = None,
     secagg_threshold: Annotated[
         int | None,
@@ -208,10 +210,43 @@ def start(
     ca: Annotated[
         Path | None, typer.Option("--ca", envvar="EDGEFLEET_CA_FILE", help="The control plane's CA cert.")
     ] = None,
+    tls_ca_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca-dir",
+            help="edgefleet's CA folder (`certs init`, the one devices pinned): the SuperLink gets a certificate "
+            "for its host names from it and serves TLS; SuperNodes must then be registered (node keys). "
+            "Passphrase: EDGEFLEET_CA_PASSPHRASE.",
+        ),
+    ] = None,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option("--ssl-certfile", help="Or the SuperLink's own TLS certificate (PEM)...")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option("--ssl-keyfile", help="...its key...")] = None,
+    ssl_ca_certfile: Annotated[
+        Path | None,
+        typer.Option("--ssl-ca-certfile", help="...and the CA that issued it (devices trust it)."),
+    ] = None,
+    node_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--node-key",
+            help="With TLS: a device's SuperNode public key (OpenSSH, from `fl keygen`) to accept; repeat. "
+            "Agents send theirs through the control plane (--server).",
+        ),
+    ] = None,
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="Run the SuperLink in clear text without SuperNode authentication on a non-loopback address "
+        "(a clear-text --server http:// implies it).",
+    ),
 ) -> None:
     """Start a federated job: its Flower SuperLink runs here until the job ends; devices join it (with
-    --server, the control plane tells the selected devices' agents to join)."""
+    --server, the control plane tells the selected devices' agents to join). With TLS (--tls-ca-dir or
+    --ssl-*; required when --server is https) only registered SuperNodes may join."""
     from edgefleet.federated import Coordinator, JobSpec, SoftmaxHead, export_model, head_of_model
+    from edgefleet.federated._security import CLEAR_TEXT_WARNING, NodeKeyRegistrar, check_node_public_key
 
     if (base_model is None) == (base_head is None):
         raise InputError("give exactly one of --base-model and --base-head")
@@ -251,6 +286,16 @@ def start(
                 head = SoftmaxHead.from_arrays([npz["W"], npz["b"]])
         except (OSError, KeyError, ValueError) as e:
             raise InputError(f"cannot read the head {base_head}: {e}", hint="an .npz with W and b") from e
+    tls = _superlink_tls(
+        job_dir, host, advertise, server, tls_ca_dir, (ssl_certfile, ssl_keyfile, ssl_ca_certfile), insecure
+    )
+    manual_keys = [(p, check_node_public_key(_read_text(p), str(p))) for p in node_key or []]
+    if manual_keys and tls is None:
+        raise InputError(
+            "--node-key needs TLS", hint="give --tls-ca-dir or --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile"
+        )
+    if tls is None:
+        err_console.print(f"[yellow]warning: {CLEAR_TEXT_WARNING}[/]")
     coordinator = Coordinator(
         job_dir,
         spec,
@@ -259,8 +304,9 @@ def start(
         feature_model=feature_model,
         host=host,
         port=port or None,
+        tls=tls,
     )
-    api = reporter = None
+    api = reporter = registrar = None
     if server is not None:
         from edgefleet.client import Client
         from edgefleet.server._selector import Selector
@@ -268,6 +314,12 @@ def start(
         Selector.parse(selector)  # a bad selector is an error before any process starts
         api = Client(server, token=token, token_file=token_file, ca_file=ca)
     coordinator.start()
+    try:
+        for path, public in manual_keys:
+            coordinator.register_node(public, name=path.stem)
+    except BaseException:
+        coordinator.stop()
+        raise
     if api is not None:
         try:
             api.create_fl_job(
@@ -282,6 +334,8 @@ def start(
             api.close()
             raise
         reporter = _ControlPlaneReport(api, job_id, coordinator)
+        if tls is not None:
+            registrar = NodeKeyRegistrar(api, job_id, coordinator)
     if metrics_port is not None:
         from prometheus_client import CollectorRegistry, start_http_server
 
@@ -292,8 +346,12 @@ def start(
         start_http_server(metrics_port, addr=host, registry=registry)
     try:
         if not json_out:
-            console.print(f"SuperLink for job [bold]{job_id}[/] at {coordinator.address}; devices join with")
-            console.print(f"  edgefleet fl join {coordinator.address} --data-dir DIR")
+            console.print(
+                f"SuperLink for job [bold]{job_id}[/] at {coordinator.address} "
+                f"({'TLS, registered SuperNodes only' if tls else 'clear text'}); devices join with"
+            )
+            trust = f"--root-certificates {tls.ca_certfile} --node-key KEY" if tls else "--insecure"
+            console.print(f"  edgefleet fl join {advertise or coordinator.address} --data-dir DIR {trust}")
             _show_progress(coordinator.job_dir, watch=True, until=coordinator.alive)
         coordinator.wait(parse_duration(timeout, positive=True))
     except BaseException as e:
@@ -306,6 +364,8 @@ def start(
             ) from None
         raise
     finally:
+        if registrar is not None:
+            registrar.stop()
         coordinator.stop()
         if api is not None:
             if reporter is not None:
@@ -320,6 +380,68 @@ def start(
 
 
 CHECK_STOP_S = 5.0  # fl start --server: longest time before an operator's stop on the control plane is seen
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii")[:4096]
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(
+            f"cannot read {path}: {e}", hint="give the .pub file `edgefleet fl keygen` wrote"
+        ) from e
+
+
+def _superlink_tls(
+    job_dir: Path,
+    host: str,
+    advertise: str | None,
+    server: str | None,
+    ca_dir: Path | None,
+    ssl: tuple[Path | None, Path | None, Path | None],
+    insecure: bool,
+) -> Any:
+    """The SuperLink's TLS (a ``FlowerTLS``), or None for clear text where that is allowed: the control plane
+    is clear text (``--server http://``), the SuperLink listens on loopback only, or ``--insecure``."""
+    import os
+
+    from edgefleet.federated._security import FlowerTLS, issue_superlink_cert, superlink_hosts
+    from edgefleet.tls import is_loopback
+
+    given = [p for p in ssl if p is not None]
+    if given and ca_dir is not None:
+        raise InputError("give --tls-ca-dir or --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile, not both")
+    if given and len(given) != 3:
+        raise InputError(
+            "--ssl-certfile, --ssl-keyfile and --ssl-ca-certfile go together",
+            hint="the certificate, its key and the CA that issued it",
+        )
+    if (given or ca_dir is not None) and insecure:
+        raise InputError(
+            "--insecure and a TLS certificate contradict each other", hint="leave --insecure out"
+        )
+    if given:
+        cert, key, ca = given
+        return FlowerTLS.from_files(cert, key, ca)
+    if ca_dir is not None:
+        passphrase = os.environ.get("EDGEFLEET_CA_PASSPHRASE")
+        return issue_superlink_cert(
+            ca_dir,
+            superlink_hosts(host, advertise),
+            Path(job_dir) / "tls",
+            passphrase=passphrase.encode() if passphrase else None,
+        )
+    if server is not None and server.lower().startswith("https://"):
+        raise InputError(
+            "the control plane runs TLS, so the job's SuperLink must too",
+            hint="give --tls-ca-dir DIR (the CA folder its devices pinned: `edgefleet certs init`), or "
+            "--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile",
+        )
+    if not (insecure or server is not None or is_loopback(host)):
+        raise InputError(
+            f"the SuperLink would listen on {host} in clear text",
+            hint="give --tls-ca-dir DIR (or --ssl-*), or --insecure to accept clear text",
+        )
+    return None
 
 
 class _ControlPlaneReport:
@@ -400,22 +522,72 @@ def join(
     min_battery: float = typer.Option(50.0, help="On battery, train only above this level (%)."),
     allow_metered: bool = typer.Option(False, help="Train on a metered link too."),
     duration: str = typer.Option("1h", help="Leave the job after this long."),
+    root_certificates: Annotated[
+        Path | None,
+        typer.Option(
+            "--root-certificates",
+            help="The CA that issued the SuperLink's certificate (the control plane's ca.crt); default: the "
+            "system's store.",
+        ),
+    ] = None,
+    node_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--node-key",
+            help="This device's SuperNode key (`fl keygen`; its .pub goes to the operator's `fl start --node-key`).",
+        ),
+    ] = None,
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Clear text, no SuperNode authentication (a SuperLink started without TLS)."
+    ),
 ) -> None:
     """Join a federated job from this device while its state allows (idle, power or battery, unmetered)."""
     from edgefleet.federated import SuperNode, TrainingPolicy, load_dataset
+    from edgefleet.federated._security import CLEAR_TEXT_WARNING
+    from edgefleet.federated._security import node_key as read_node_key
     from edgefleet.power import open_state_source
 
     load_dataset(data_dir)  # a bad folder is an error now, not a failed round later
+    if insecure and (root_certificates or node_key):
+        raise InputError("--insecure takes no --root-certificates or --node-key", hint="leave --insecure out")
+    if not insecure and node_key is None:
+        raise InputError(
+            "a SuperLink with TLS accepts registered SuperNodes only: give --node-key",
+            hint="`edgefleet fl keygen node.key`, give node.key.pub to the operator (`fl start --node-key`); "
+            "--insecure for a clear-text SuperLink",
+        )
+    for what, path in (("--root-certificates", root_certificates), ("--node-key", node_key)):
+        if path is not None and not path.is_file():
+            raise InputError(f"{what} {path} does not exist", hint="check the path")
+    if node_key is not None:
+        read_node_key(node_key)  # an unreadable key is an error now
+    if insecure:
+        err_console.print(f"[yellow]warning: {CLEAR_TEXT_WARNING}[/]")
     source = open_state_source(state_source)
     policy = TrainingPolicy(min_battery_percent=min_battery, allow_metered=allow_metered)
-    node = SuperNode(superlink, data_dir, work_dir)
+    node = SuperNode(
+        superlink,
+        data_dir,
+        work_dir,
+        root_certificates=root_certificates,
+        auth_key=node_key,
+        insecure=insecure,
+    )
     end = time.monotonic() + parse_duration(duration, positive=True)
+    retry_at = 0.0
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the SuperNode (own session) is stopped too
     try:
         while time.monotonic() < end:
             ok, why = policy.allows(source.read())
-            if ok and not node.alive():
+            failure = node.failure()
+            if failure is not None and retry_at == 0.0:
+                err_console.print(
+                    f"[red]the SuperNode could not join {superlink}: {failure}[/] (retrying in 30 s)"
+                )
+                retry_at = time.monotonic() + 30.0
+            if ok and not node.alive() and time.monotonic() >= retry_at:
                 console.print(f"joining {superlink}")
+                retry_at = 0.0
                 node.start()
             elif not ok and node.alive():
                 console.print(f"leaving the job: {why}")
@@ -423,6 +595,22 @@ def join(
             time.sleep(2.0)
     finally:
         node.stop()
+
+
+@fl_app.command("keygen")
+def keygen(
+    out: Annotated[
+        Path, typer.Argument(help="Write the private key here (0600) and its public key to OUT.pub.")
+    ],
+) -> None:
+    """A SuperNode key for `fl join --node-key` (ECDSA P-256, OpenSSH); the operator accepts OUT.pub with
+    `fl start --node-key`. An existing key is kept."""
+    from edgefleet.federated._security import node_key as make_node_key
+
+    public = make_node_key(out)
+    pub = out.with_name(out.name + ".pub")
+    pub.write_text(public + "\n", encoding="ascii")
+    console.print(f"node key {out}; give {pub} to the operator:\n{public}", highlight=False)
 
 
 @fl_app.command("status")

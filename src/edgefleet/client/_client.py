@@ -458,6 +458,14 @@ class Client:
             },
         )
 
+    def fl_node_keys(self, job_id: str) -> list[Json]:
+        """The SuperNode public keys the job's selected devices sent ({device_id, public_key, registered})."""
+        return self.request("GET", f"/v1/fl/jobs/{job_id}/node-keys")
+
+    def fl_node_keys_registered(self, job_id: str, keys: list[Json]) -> Json:
+        """Tell the devices holding ``keys`` ({device_id, public_key}) that the SuperLink accepts them now."""
+        return self.request("POST", f"/v1/fl/jobs/{job_id}/node-keys/registered", json={"keys": keys})
+
     def fl_job_progress(self, job_id: str, rounds: list[Json]) -> Json:
         return self.request("POST", f"/v1/fl/jobs/{job_id}/progress", json={"rounds": rounds})
 

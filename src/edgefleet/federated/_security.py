@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgefleet._fs import atomic_write
-from edgefleet.errors import ConfigError, InputError
+from edgefleet.errors import ConfigError, EdgefleetError, InputError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLEAR_TEXT_WARNING",
     "FlowerTLS",
+    "NodeKeyRegistrar",
     "NodeKeyRejected",
     "check_node_public_key",
     "issue_superlink_cert",
@@ -49,7 +54,11 @@ class FlowerTLS:
 
     @classmethod
     def from_files(cls, certfile: Path, keyfile: Path, ca_certfile: Path) -> FlowerTLS:
-        for what, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile), ("--ssl-ca-certfile", ca_certfile)):
+        for what, path in (
+            ("--ssl-certfile", certfile),
+            ("--ssl-keyfile", keyfile),
+            ("--ssl-ca-certfile", ca_certfile),
+        ):
             if not Path(path).is_file():
                 raise InputError(f"{what} {path} does not exist", hint="give the PEM file's path")
         return cls(Path(certfile).resolve(), Path(keyfile).resolve(), Path(ca_certfile).resolve())
@@ -111,13 +120,17 @@ def node_key(path: Path) -> str:
         try:
             key = s.load_ssh_private_key(path.read_bytes(), None)
         except (ValueError, TypeError) as e:
-            raise ConfigError(f"{path} is not an OpenSSH private key: {e}", hint="remove it to make a new one") from e
+            raise ConfigError(
+                f"{path} is not an OpenSSH private key: {e}", hint="remove it to make a new one"
+            ) from e
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{path} is not an EC key", hint="make one with `edgefleet fl keygen`")
     else:
         key = ec.generate_private_key(ec.SECP256R1())
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, key.private_bytes(s.Encoding.PEM, s.PrivateFormat.OpenSSH, s.NoEncryption()), mode=0o600)
+        atomic_write(
+            path, key.private_bytes(s.Encoding.PEM, s.PrivateFormat.OpenSSH, s.NoEncryption()), mode=0o600
+        )
     return key.public_key().public_bytes(s.Encoding.OpenSSH, s.PublicFormat.OpenSSH).decode("ascii")
 
 
@@ -128,13 +141,24 @@ def check_node_public_key(text: str, where: str = "node public key") -> str:
 
     line = text.strip()
     if not line or len(line) > MAX_PUBLIC_KEY or "\n" in line:
-        raise InputError(f"{where} is not one OpenSSH public key line", hint="e.g. 'ecdsa-sha2-nistp256 AAAA...'")
+        raise InputError(
+            f"{where} is not one OpenSSH public key line", hint="e.g. 'ecdsa-sha2-nistp256 AAAA...'"
+        )
     try:
         key = s.load_ssh_public_key(line.encode("ascii"))
     except (ValueError, UnicodeEncodeError) as e:
-        raise InputError(f"{where} is not an OpenSSH public key: {e}", hint="make one with `edgefleet fl keygen`") from e
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
-        raise InputError(f"{where} is not an ECDSA key on a NIST curve", hint="Flower's SuperNode keys are EC P-256/384/521")
+        raise InputError(
+            f"{where} is not an OpenSSH public key: {e}", hint="make one with `edgefleet fl keygen`"
+        ) from e
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in (
+        "secp256r1",
+        "secp384r1",
+        "secp521r1",
+    ):
+        raise InputError(
+            f"{where} is not an ECDSA key on a NIST curve",
+            hint="Flower's SuperNode keys are EC P-256/384/521",
+        )
     return " ".join(line.split()[:2])
 
 
@@ -155,7 +179,16 @@ def register_node_key(public_key: str, flwr_env: dict[str, str], work_dir: Path,
     key_file.write_text(line + "\n", encoding="ascii")
     try:
         done = subprocess.run(
-            [flower_command("flwr"), "supernode", "register", str(key_file), "--name", name[:64], "--format", "json"],
+            [
+                flower_command("flwr"),
+                "supernode",
+                "register",
+                str(key_file),
+                "--name",
+                name[:64],
+                "--format",
+                "json",
+            ],
             env=flwr_env,
             capture_output=True,
             text=True,
@@ -179,3 +212,64 @@ def clear_text_allowed(host: str) -> bool:
     from edgefleet.tls import is_loopback
 
     return is_loopback(host)
+
+
+class NodeKeyRegistrar:
+    """``fl start --server`` with TLS: registers the node keys the job's selected devices sent to the control
+    plane with the job's SuperLink (Flower's ``flwr supernode register``), then tells the control plane, so
+    each device starts its SuperNode once its key is accepted. Polls every ``interval_s`` in a thread."""
+
+    def __init__(self, api: Any, job_id: str, coordinator: Any, *, interval_s: float = 1.0) -> None:
+        import threading
+
+        self.api, self.job_id, self.coordinator, self.interval_s = api, job_id, coordinator, interval_s
+        self.registered: dict[str, str] = {}  # device id -> the key registered for it
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fl-node-keys", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.step()
+            except EdgefleetError as e:  # the control plane is away: try again
+                self._note(f"could not read the job's node keys: {e.message}")
+
+    def step(self) -> int:
+        """One pass: register the keys not registered yet; how many were."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = [
+            k
+            for k in self.api.fl_node_keys(self.job_id)
+            if not k.get("registered") and self.registered.get(k["device_id"]) != k["public_key"]
+        ]
+        if not todo:
+            return 0
+
+        def one(k: dict[str, Any]) -> dict[str, str] | None:
+            try:
+                self.coordinator.register_node(k["public_key"], name=k["device_id"])
+            except EdgefleetError as e:
+                if "already" not in e.message.lower():  # a key Flower holds already is registered
+                    self._note(f"device {k['device_id']}: {e.message}")
+                    return None
+            return {"device_id": k["device_id"], "public_key": k["public_key"]}
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            done = [d for d in pool.map(one, todo) if d is not None]
+        if done:
+            self.api.fl_node_keys_registered(self.job_id, done)
+            for d in done:
+                self.registered[d["device_id"]] = d["public_key"]
+        return len(done)
+
+    def _note(self, message: str) -> None:
+        if message not in self.errors[-5:]:
+            self.errors.append(message)
+            log.warning("%s", message)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

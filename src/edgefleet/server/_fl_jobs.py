@@ -7,7 +7,12 @@ SuperNode while its device state allows. ``fl start`` posts the rounds as they c
 finished (or failed) at its end; an operator can stop it. Routes (viewer reads, deployer writes, audited):
 
 * ``POST /v1/fl/jobs`` (an ``FlJobIn``), ``GET /v1/fl/jobs``, ``GET /v1/fl/jobs/{id}``;
-* ``POST /v1/fl/jobs/{id}/progress`` (the rounds so far), ``POST /v1/fl/jobs/{id}/stop`` (an ``FlJobEnd``).
+* ``POST /v1/fl/jobs/{id}/progress`` (the rounds so far), ``POST /v1/fl/jobs/{id}/stop`` (an ``FlJobEnd``);
+* SuperNode keys (Flower's SuperNode authentication, when the job's SuperLink runs TLS): a selected device
+  posts its per-job node public key (``POST /v1/devices/{device}/fl/{id}/node-key``, the device's own
+  credential); ``fl start`` reads the keys (``GET /v1/fl/jobs/{id}/node-keys``), registers them with its
+  SuperLink and says so (``POST /v1/fl/jobs/{id}/node-keys/registered``); the device starts its SuperNode
+  once its key is registered.
 
 The heartbeat path reads only an in-memory list of the running jobs, reloaded on every write here and at most
 ``ttl_s`` after a write by another server process; with no running job it costs one attribute check.
@@ -24,15 +29,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Float, String, select
+from sqlalchemy import Boolean, Float, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from edgefleet.errors import ConflictError, InputError, NotFoundError
 from edgefleet.server._audit import audit
 from edgefleet.server._auth import Operator, Role
 from edgefleet.server._db import Database
-from edgefleet.server._http import ERRORS, operator
-from edgefleet.server._models import Base, JSONType
+from edgefleet.server._http import DEVICE_ID_RE, ERRORS, AuthenticatedDevice, operator
+from edgefleet.server._models import Base, Device, JSONType
 from edgefleet.server._selector import Selector, device_attrs
 
 __all__ = ["FlJobEnd", "FlJobIn", "FlJobRow", "FlJobs", "install_fl_jobs"]
@@ -58,6 +63,35 @@ class FlJobRow(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+
+
+class FlNodeKeyRow(Base):
+    """A selected device's per-job SuperNode public key (OpenSSH line), and whether ``fl start`` registered it
+    with the job's SuperLink."""
+
+    __tablename__ = "fl_node_keys"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(1024))
+    registered: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class FlNodeKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: str = Field(
+        min_length=20, max_length=1024, description="OpenSSH public key line, ECDSA on a NIST curve"
+    )
+
+
+class FlNodeKeysRegistered(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[dict[str, str]] = Field(
+        max_length=10_000, description="[{device_id, public_key}] the SuperLink now accepts"
+    )
 
 
 class FlJobIn(BaseModel):
@@ -168,6 +202,9 @@ class FlJobs:
             if old is not None:
                 s.delete(old)
                 s.flush()
+            from sqlalchemy import delete
+
+            s.execute(delete(FlNodeKeyRow).where(FlNodeKeyRow.job_id == body.job_id))  # keys of a past run
             row = FlJobRow(
                 id=body.job_id,
                 superlink=body.superlink,
@@ -220,6 +257,67 @@ class FlJobs:
             out = _as_dict(row)
         self.invalidate()
         return out
+
+    # --- SuperNode keys ------------------------------------------------------------------------------
+
+    def post_node_key(self, job_id: str, device_id: str, body: FlNodeKeyIn) -> dict[str, Any]:
+        """A device's node key for a running job that selects it; a new key replaces the old (unregistered)."""
+        from edgefleet.federated._security import check_node_public_key
+
+        public_key = check_node_public_key(body.public_key, "public_key")
+        now = self.clock()
+        with self.db.write() as s:
+            row = self._running(s, job_id)
+            if row.until <= now:
+                raise ConflictError(f"federated job {job_id!r} is over", hint="wait for the next job")
+            dev = s.get(Device, device_id)
+            if dev is None or not Selector.parse(row.selector).matches(
+                device_attrs(
+                    device_id=device_id, name=dev.name, device_class=dev.device_class, arch=dev.arch,
+                    tags=dev.tags or {}, active_version=dev.active_version, active_name=dev.active_name,
+                )
+            ):  # fmt: skip
+                raise ConflictError(
+                    f"federated job {job_id!r} does not select this device",
+                    hint="join the job you are named in",
+                )
+            key = s.get(FlNodeKeyRow, (job_id, device_id))
+            if key is None:
+                key = FlNodeKeyRow(
+                    job_id=job_id,
+                    device_id=device_id,
+                    public_key=public_key,
+                    registered=False,
+                    created_at=now,
+                )
+                s.add(key)
+            elif key.public_key != public_key:
+                key.public_key, key.registered, key.created_at = public_key, False, now
+            return {"job_id": job_id, "registered": bool(key.registered)}
+
+    def node_keys(self, job_id: str) -> list[dict[str, Any]]:
+        with self.db.read() as s:
+            if s.get(FlJobRow, job_id) is None:
+                raise NotFoundError(f"no federated job {job_id!r}", hint="list them: GET /v1/fl/jobs")
+            rows = s.scalars(
+                select(FlNodeKeyRow).where(FlNodeKeyRow.job_id == job_id).order_by(FlNodeKeyRow.created_at)
+            ).all()
+            return [
+                {"device_id": r.device_id, "public_key": r.public_key, "registered": bool(r.registered)}
+                for r in rows
+            ]
+
+    def node_keys_registered(self, job_id: str, body: FlNodeKeysRegistered, *, actor: str) -> dict[str, Any]:
+        """Mark keys registered (only where the device still holds that key)."""
+        marked = 0
+        with self.db.write() as s:
+            self._running(s, job_id)
+            for item in body.keys:
+                key = s.get(FlNodeKeyRow, (job_id, str(item.get("device_id", ""))[:64]))
+                if key is not None and key.public_key == item.get("public_key") and not key.registered:
+                    key.registered = True
+                    marked += 1
+        return {"job_id": job_id, "registered": marked}
 
     def _running(self, s: Any, job_id: str) -> FlJobRow:
         row = s.get(FlJobRow, job_id)
@@ -281,6 +379,7 @@ class FlJobs:
 Viewer = Annotated[Operator, Depends(operator(Role.viewer))]
 Deployer = Annotated[Operator, Depends(operator(Role.deployer))]
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN)]
+DeviceId = Annotated[str, Path(min_length=1, max_length=64, pattern=DEVICE_ID_RE.pattern)]
 T = ["federated jobs"]
 
 
@@ -309,5 +408,27 @@ def install_fl_jobs(app: FastAPI, ctx: Any) -> FlJobs:
     @app.post("/v1/fl/jobs/{job_id}/stop", tags=T, responses=ERRORS, summary="End a federated job")
     def stop_job(job_id: JobId, me: Deployer, body: FlJobEnd | None = None) -> dict[str, Any]:
         return jobs.stop(job_id, body or FlJobEnd(), actor=me.actor)
+
+    @app.get(
+        "/v1/fl/jobs/{job_id}/node-keys", tags=T, responses=ERRORS, summary="SuperNode keys devices sent"
+    )
+    def node_keys(job_id: JobId, _: Deployer) -> list[dict[str, Any]]:
+        return jobs.node_keys(job_id)
+
+    @app.post(
+        "/v1/fl/jobs/{job_id}/node-keys/registered", tags=T, responses=ERRORS,
+        summary="SuperNode keys the job's SuperLink accepts now",
+    )  # fmt: skip
+    def node_keys_registered(job_id: JobId, body: FlNodeKeysRegistered, me: Deployer) -> dict[str, Any]:
+        return jobs.node_keys_registered(job_id, body, actor=me.actor)
+
+    @app.post(
+        "/v1/devices/{device_id}/fl/{job_id}/node-key", tags=T, responses=ERRORS,
+        summary="A selected device's per-job SuperNode public key",
+    )  # fmt: skip
+    def post_node_key(
+        device_id: DeviceId, job_id: JobId, body: FlNodeKeyIn, cred: AuthenticatedDevice
+    ) -> dict[str, Any]:
+        return jobs.post_node_key(job_id, device_id, body)
 
     return jobs
