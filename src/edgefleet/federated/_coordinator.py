@@ -183,7 +183,9 @@ class Coordinator:
             encoding="utf-8",
         )
         security = (
-            [*self.tls.superlink_args(), "--enable-supernode-auth"] if self.tls is not None else ["--insecure"]
+            [*self.tls.superlink_args(), "--enable-supernode-auth"]
+            if self.tls is not None
+            else ["--insecure"]
         )
         self._superlink = ManagedProcess(
             [
@@ -200,7 +202,10 @@ class Coordinator:
         )
         try:
             wait_for_port(
-                self.control_address.rsplit(":", 1)[0], self.port, timeout_s=START_TIMEOUT_S, proc=self._superlink
+                self.control_address.rsplit(":", 1)[0],
+                self.port,
+                timeout_s=START_TIMEOUT_S,
+                proc=self._superlink,
             )
             self.run_id = self._submit(app_dir, env)
         except BaseException:
