@@ -1,9 +1,14 @@
 """A fault-injecting TCP proxy on loopback (toxiproxy's job, in-process): latency, loss, partitions, resets.
 
 Each region of a simulated fleet reaches the server through its own proxy, so a fault applies to one
-region only. The kernel here has no netem, so loss is modelled at the connection level: a lost connection
-is reset (RST) before it is forwarded, which a device sees like a dropped link and retries on its next
-poll. A partition resets every connection (and the ones open when it starts) until it is healed.
+region only. The kernel here has no netem, so loss is modelled above TCP, as a lossy link looks to the
+applications on it: a new connection whose handshake is lost is reset (RST) before it is forwarded; on a
+connection already open, each chunk of bytes is lost with the same probability and then held back for a
+retransmission timeout that doubles on each further loss (0.2 s, 0.4 s, 0.8 s, as TCP's does), and a
+chunk lost more than ``MAX_RETRANSMITS`` times in a row resets the connection both ways (TCP giving up,
+sooner than a real stack's ~15 tries). Open keep-alive connections therefore stall and sometimes break
+under loss, not only new ones. A partition resets every connection (and the ones open when it starts)
+until it is healed.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from typing import Any
 
 __all__ = ["FaultProxy", "FaultState"]
 
+RTO_S = 0.2  # first retransmission timeout of a lost chunk on an open connection
+MAX_RETRANSMITS = 3  # a chunk lost this many times more is given up on: the connection is reset
+
 
 @dataclass
 class FaultState:
     """What the proxy does to traffic right now."""
 
     latency_s: float = 0.0
-    loss: float = 0.0  # share of new connections reset before they are forwarded
+    loss: float = 0.0  # share of new connections reset, and of chunks on open ones lost (stalled, reset)
     partitioned: bool = False
 
 
@@ -115,7 +123,9 @@ class FaultProxy:
             return
         self._open.update((writer, up_w))
         try:
-            await asyncio.gather(self._pipe(reader, up_w, up=True), self._pipe(up_r, writer, up=False))
+            await asyncio.gather(
+                self._pipe(reader, up_w, writer, up=True), self._pipe(up_r, writer, up_w, up=False)
+            )
         finally:
             self._open.discard(writer)
             self._open.discard(up_w)
@@ -123,11 +133,22 @@ class FaultProxy:
                 with contextlib.suppress(Exception):
                     w.close()
 
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, *, up: bool) -> None:
+    async def _pipe(
+        self, r: asyncio.StreamReader, w: asyncio.StreamWriter, other: asyncio.StreamWriter, *, up: bool
+    ) -> None:
         try:
             while data := await r.read(65536):
                 if self.state.latency_s:
                     await asyncio.sleep(self.state.latency_s)
+                lost = 0
+                while self.state.loss and self._rng.random() < self.state.loss:
+                    lost += 1  # this chunk is lost: held back until it is "retransmitted"
+                    if lost > MAX_RETRANSMITS:
+                        self.stats.count("loss")
+                        _reset(other)  # both ways: the peer sees the reset too
+                        raise ConnectionResetError("loss: retransmissions exhausted")
+                    self.stats.stalled += 1
+                    await asyncio.sleep(RTO_S * 2 ** (lost - 1))
                 if self.state.partitioned:
                     raise ConnectionResetError("partitioned")
                 if up:
