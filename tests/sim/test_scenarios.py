@@ -26,9 +26,9 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("simwork")  # the trained releases are shared by the scenarios
 
 
-def _run(name: str, work, **update):
+def _run(name: str, work, partitions: str = "auto", **update):
     sc = load_scenario(name).model_copy(update=update)
-    result = run_scenario(sc, work=work)
+    result = run_scenario(sc, work=work, partitions=partitions)
     return sc, result, check(sc, result)
 
 
@@ -60,11 +60,17 @@ def test_bad_release_on_one_class_is_contained(work, tmp_path):
 
 
 def test_regional_outage_heals_and_the_rollout_completes(work):
-    sc, result, failures = _run("regional-outage", work)
+    # the proxy's partition (tests/net runs it with a network namespace where that is permitted)
+    sc, result, failures = _run("regional-outage", work, partitions="proxy")
     assert not failures, failures
+    assert result["partitions_via"] == "fault-injecting proxy"
     part = next(f for f in result["faults"] if f["kind"] == "partition")
     assert part["region"] == "eu" and result["proxies"]["eu"]["by_fault"].get("partition", 0) > 0
     assert result["status_counts"].get("io_error", 0) > 0  # the devices really lost the link
+    # the loss fault hit the keep-alive connections already open, not only new ones
+    loss = next(f for f in result["faults"] if f["kind"] == "loss")
+    assert loss["chunks_stalled"] > 0, loss
+    assert result["without_version"] == 0 and result["rollout"]["members_total"] == sc.devices
     # nothing double-counted: every device ends on exactly one version, the whole fleet on the candidate
     assert sum(result["final_versions"].values()) == sc.devices
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,12 @@ def register(app: typer.Typer) -> None:
             help="Processes the devices run in (default: the scenario's, else one per 2,500 devices up to "
             "the core count; 1 keeps them in this process).",
         ),
+        partitions: str = typer.Option(
+            "auto",
+            "--partitions",
+            help="auto: a partitioned region runs in a network namespace and its link goes down where ip netns "
+            "works (root, iproute2), else the fault-injecting proxy cuts it; netns or proxy to insist.",
+        ),
         server_process: bool = typer.Option(
             False, "--server-process", help="Run the control plane as its own uvicorn process (scale runs)."
         ),
@@ -63,6 +70,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(
                 "no scenario given", hint=f"one of {', '.join(shipped_scenarios())}, or a YAML file"
             )
+        if partitions not in ("auto", "netns", "proxy"):
+            raise ConfigError(
+                f"--partitions {partitions!r} is not one of auto, netns, proxy", hint="--partitions auto"
+            )
         sc = load_scenario(scenario)
         update: dict[str, Any] = {}
         for key, value in (("devices", devices), ("poll_interval_s", poll_interval), ("soak_s", soak)):
@@ -70,6 +81,7 @@ def register(app: typer.Typer) -> None:
                 update[key] = value
         sc = sc.model_copy(update=update)
         live = _Live(sc.name) if err_console.is_terminal and not json_out else None
+        signal.signal(signal.SIGTERM, _interrupt)  # kill PID: clean up (namespaces, workers) as on Ctrl-C
         try:
             result = run_scenario(
                 sc,
@@ -79,6 +91,7 @@ def register(app: typer.Typer) -> None:
                 on_sample=live,
                 workers=workers,
                 server_process=server_process,
+                partitions=partitions,
             )
         finally:
             if live is not None:
@@ -100,6 +113,10 @@ def register(app: typer.Typer) -> None:
             console.print(f"report: {paths[1]}")
         if failures:
             raise typer.Exit(1)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 class _Live:

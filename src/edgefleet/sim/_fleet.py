@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
-from edgefleet.client import Client
 from edgefleet.errors import ServerError
 from edgefleet.sim._http import HttpPool, PoolError
 
@@ -189,45 +186,46 @@ class Fleet:
 
     # --- setup ---------------------------------------------------------------------------------
 
-    def _client(self, url: str | None = None) -> httpx.AsyncClient:
-        limits = httpx.Limits(
-            max_connections=self.max_connections, max_keepalive_connections=self.max_connections
-        )
-        return httpx.AsyncClient(base_url=url or self.url, timeout=self.timeout_s, limits=limits)
-
     async def enroll(
         self,
         *,
         tags_for: Callable[[SimDevice], dict[str, str]] | None = None,
         hardware_for: Callable[[SimDevice], dict[str, Any]] | None = None,
     ) -> None:
-        """Create one enrollment token per device (as the operator, through ``edgefleet.client``) and
-        enroll every device."""
+        """Create one enrollment token per device (as the operator: ``POST /v1/enrollment-tokens``, what
+        ``edgefleet.client.Client.create_enrollment_token`` sends) and enroll every device with its own."""
         sem = asyncio.Semaphore(self.max_connections)
-        with Client(self.url, token=self.admin_token, timeout=self.timeout_s) as operator:
-            async with self._client() as c:
+        pool = HttpPool(self.url, max_connections=self.max_connections, timeout_s=self.timeout_s)
+        admin = {"Authorization": f"Bearer {self.admin_token}", "Content-Type": "application/json"}
 
-                async def one(d: SimDevice) -> None:
-                    tags = {**self.scenario.tags, **(tags_for(d) if tags_for else {})}
-                    async with sem:
-                        for attempt in range(3):  # a keep-alive connection closed under us: a fresh token
-                            try:
-                                tok = await asyncio.to_thread(operator.create_enrollment_token, tags=tags)
-                                hw = hardware_for(d) if hardware_for else {}
-                                await self._enroll_one(c, d, tok["token"], tags, hw)
-                                return
-                            except (httpx.TransportError, ServerError) as e:
-                                # plain ServerError: unreachable or unavailable for now, worth another try
-                                retry = not isinstance(e, ServerError) or type(e) is ServerError
-                                if attempt == 2 or not retry:
-                                    raise
-                                await asyncio.sleep(0.2)
+        async def one(d: SimDevice) -> None:
+            tags = {**self.scenario.tags, **(tags_for(d) if tags_for else {})}
+            async with sem:
+                for attempt in range(3):  # a connection reset under us, or a 5xx: a fresh token
+                    try:
+                        tok = _json(
+                            await pool.request(
+                                "POST", "/v1/enrollment-tokens", json.dumps({"tags": tags}).encode(), admin
+                            ),
+                            "enrollment token",
+                        )
+                        hw = hardware_for(d) if hardware_for else {}
+                        await self._enroll_one(pool, d, tok["token"], tags, hw)
+                        return
+                    except (PoolError, ServerError) as e:
+                        retry = isinstance(e, PoolError) or e.details.get("status", 500) >= 500
+                        if attempt == 2 or not retry:
+                            raise
+                        await asyncio.sleep(0.2 * (attempt + 1))
 
-                await asyncio.gather(*(one(d) for d in self.devices))
+        try:
+            await asyncio.gather(*(one(d) for d in self.devices))
+        finally:
+            await pool.aclose()
         self.by_id = {d.device_id: d for d in self.devices}
 
     async def _enroll_one(
-        self, c: httpx.AsyncClient, d: SimDevice, token: str, tags: dict[str, str], profile: dict[str, Any]
+        self, c: HttpPool, d: SimDevice, token: str, tags: dict[str, str], profile: dict[str, Any]
     ) -> None:
         hw = {
             "arch": "x86_64",
@@ -240,19 +238,23 @@ class Fleet:
             "tags": tags,
             **profile,
         }
-        r = await c.post("/v1/enroll", json={"token": token, "name": f"sim-{d.index}", "hardware": hw})
-        _check(r, "enroll")
-        body = r.json()
-        d.device_id, d.token = body["device_id"], body["device_token"]
-        d.poll_interval = body["poll_interval_s"]
+        ctype = {"Content-Type": "application/json"}
+        body = {"token": token, "name": f"sim-{d.index}", "hardware": hw}
+        got = _json(await c.request("POST", "/v1/enroll", json.dumps(body).encode(), ctype), "enroll")
+        d.device_id, d.token = got["device_id"], got["device_token"]
+        d.poll_interval = got["poll_interval_s"]
         # Like an agent, report once right away: until its first heartbeat a device is "pending" and
         # is never admitted to a rollout.
-        r = await c.post(
-            f"/v1/devices/{d.device_id}/heartbeat",
-            json={"device_id": d.device_id, "state": "enrolled"},
-            headers={"Authorization": f"Bearer {d.token}"},
+        beat = json.dumps({"device_id": d.device_id, "state": "enrolled"}).encode()
+        _json(
+            await c.request(
+                "POST",
+                f"/v1/devices/{d.device_id}/heartbeat",
+                beat,
+                {**ctype, "Authorization": f"Bearer {d.token}"},
+            ),
+            "heartbeat",
         )
-        _check(r, "heartbeat")
 
     def preinstall(self, active: dict[str, Any] | Callable[[SimDevice], dict[str, Any] | None]) -> None:
         """Start devices on a release (an ``ActiveModel`` dict, or a function of the device)."""
@@ -588,8 +590,11 @@ class Fleet:
         return set(self.ever_ran.get(version, set()))
 
 
-def _check(r: httpx.Response, what: str) -> None:
-    if r.status_code >= 400:
+def _json(answer: tuple[int, bytes], what: str) -> Any:
+    status, body = answer
+    if status >= 400:
+        text = body[:300].decode("utf-8", "replace")
         raise ServerError(
-            f"{what} failed with HTTP {r.status_code}: {r.text[:300]}", hint="check the server log"
+            f"{what} failed with HTTP {status}: {text}", hint="check the server log", status=status
         )
+    return json.loads(body)

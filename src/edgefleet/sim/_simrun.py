@@ -523,7 +523,7 @@ class _ProcShare:
         import multiprocessing as mp
         import threading
 
-        self.worker, self.netns = kwargs["worker"], netns
+        self.worker, self.netns, self.devices = kwargs["worker"], netns, len(kwargs["indices"])
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         kw = {**kwargs, "sc": kwargs["sc"].model_dump(mode="json")}
@@ -755,15 +755,20 @@ class _Run:
             await asyncio.sleep(f.for_s)
             entry["heartbeats_after"] = self._heartbeats()  # answered by the replica
         else:  # partition of the region in the namespace: its link really goes down
+            inside = next(s for s in self.shares if s.netns)
             on_before = {v: self._count_on(v) for v in versions}
             await asyncio.to_thread(self.netns.partition)
+            beats = (inside.snap or {}).get("heartbeats", 0)
             try:
                 await asyncio.sleep(f.for_s)
+                answered = (inside.snap or {}).get("heartbeats", 0) - beats
             finally:
                 await asyncio.to_thread(self.netns.heal)
             entry.update(
                 for_s=f.for_s,
                 via=f"ip netns: veth link {self.netns.host_if} down (namespace {self.netns.name})",
+                devices=len(inside.side.indices) if isinstance(inside, _LocalShare) else inside.devices,
+                heartbeats_answered_while_cut=answered,
                 devices_on_before=on_before,
                 devices_on_after={v: self._count_on(v) for v in versions},
             )
@@ -937,6 +942,7 @@ def run_scenario(
     on_sample: Callable[[dict[str, Any], Any], None] | None = None,
     server_process: bool = False,
     workers: int | None = None,
+    partitions: str = "auto",
 ) -> dict[str, Any]:
     """Run ``sc`` against a control plane started here (SQLite in ``work``, or ``database_url``).
 
@@ -944,7 +950,10 @@ def run_scenario(
     between runs (training is skipped when it exists). ``server_process`` runs the server as its own
     ``uvicorn`` process (else a thread of this one, sharing its interpreter with the devices).
     ``workers``: processes the devices are spread over (default: the scenario's ``workers``, else
-    :func:`default_workers`); 1 keeps them in this process's event loop.
+    :func:`default_workers`); 1 keeps them in this process's event loop. ``partitions``: ``auto`` puts a
+    partitioned region's devices in a network namespace joined by a veth pair, and its partition sets the
+    link down, where ``ip netns`` works here (root, iproute2), else the fault-injecting proxy cuts it;
+    ``netns`` insists on the namespace, ``proxy`` on the proxy.
     """
     from edgefleet.server import ServerConfig, start_server, start_server_process
 
@@ -969,7 +978,20 @@ def run_scenario(
         n = workers or sc.workers or default_workers(sc.devices)
         start = start_server_process if server_process else start_server
         db = str(cfg.database_url or "").split(":", 1)[0].split("+", 1)[0] or "sqlite"
-        with start(cfg) as srv:
+        region, note = _netns_plan(sc, partitions)
+        with contextlib.ExitStack() as stack:
+            host = None
+            if region is not None:
+                from edgefleet.sim._netns import PREFIX, netns_host, remove_stale
+
+                remove_stale()
+                host = stack.enter_context(netns_host(PREFIX))
+                note = (
+                    f"region {region}'s devices ran in network namespace {host.name} ({host.addr}), joined to the "
+                    f"server ({host.peer_addr}) by a veth pair; its partition set {host.host_if} down"
+                )
+            # With a namespace the server listens on the veth's host side, which this side reaches too.
+            srv = stack.enter_context(start(cfg, host=host.peer_addr) if host else start(cfg))
             run = _Run(
                 sc,
                 srv.url,
@@ -979,12 +1001,39 @@ def run_scenario(
                 repo_dir=repo,
                 work=work,
                 workers=n,
+                netns=host,
+                netns_region=region,
+                partition_note=note,
             )
             run.setup = _setup(db, "uvicorn process" if server_process else "thread of this process", n)
             return asyncio.run(run.go())
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def _netns_plan(sc: SimScenario, partitions: str) -> tuple[str | None, str]:
+    """The region to put in a network namespace (None: none), and why not when there is none."""
+    from edgefleet.errors import ConfigError
+    from edgefleet.sim._netns import why_no_netns
+
+    parts = [f.region for f in sc.faults if f.kind == "partition"]
+    if partitions == "proxy" or not parts:
+        return None, "--partitions proxy" if parts else ""
+    net = [f for f in sc.faults if f.kind in ("partition", "latency", "loss")]
+    # a region whose network faults are all its own partitions (latency and loss stay the proxy's: no netem)
+    fit = [
+        r for r in dict.fromkeys(parts)
+        if r is not None and all(f.kind == "partition" and f.region == r for f in net if f.region in (None, r))
+    ]  # fmt: skip
+    why = why_no_netns()
+    if not fit:
+        why = "no region whose only network faults are its partitions (latency and loss need the proxy)"
+    if why is None:
+        return fit[0], ""
+    if partitions == "netns":
+        raise ConfigError(f"cannot partition with a network namespace: {why}", hint="use --partitions auto")
+    return None, f"no network namespace: {why}"
 
 
 def _setup(db: str, server: str, workers: int) -> dict[str, Any]:
