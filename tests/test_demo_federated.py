@@ -62,7 +62,10 @@ def test_each_link_of_the_federated_story_is_on_record(fed_run):
         history = json.loads((Path(dev["state_dir"]) / "journal.json").read_text())["history"]
         kinds = [e["event"] for e in history if e.get("job") == "digits-fleet"]
         if dev["name"] in joined:
-            assert kinds[:1] == ["fl_joined"] and "fl_left" in kinds, kinds
+            # Flower over TLS: each sent its per-job SuperNode key first and joined once fl start registered it
+            assert kinds[:1] == ["fl_key_sent"] and "fl_left" in kinds, kinds
+            assert [k for k in kinds if k != "fl_key_sent"][:1] == ["fl_joined"], kinds
+            assert next(e for e in history if e["event"] == "fl_joined")["tls"] is True
         else:
             assert kinds == ["fl_declined"], kinds
     # the control plane's records: the job (registered by fl start --server, its rounds, its end) and audit
@@ -76,6 +79,8 @@ def test_each_link_of_the_federated_story_is_on_record(fed_run):
             for r in c.execute(sa.text("SELECT action FROM audit WHERE action LIKE 'fl_job.%' ORDER BY id"))
         ]
     assert state == "finished" and selector == "*" and len(json.loads(rounds)) == 5
+    superlink = (d / "fl-job" / "superlink.log").read_text()
+    assert "Uvicorn running on https://" in superlink and superlink.count("[Fleet.ActivateNode] Activated") >= 3
     assert actions == ["fl_job.start", "fl_job.finished"]
     # the release: each of v1.0.0's variants optimized with v1.0.0's budget; the bundle ships the optimizer's
     # choice, says why the others lost, carries the job's lineage and no device id anywhere in its manifest

@@ -156,6 +156,14 @@ class FederatedDemo(_Demo):
             f"{self.cfg.fl_rounds} rounds of FedAvg, {training} devices per round (at least {minimum} by the "
             f"60 s deadline), the model's final layer trained on each device's frozen features"
         )
+        self.n.note(
+            "Flower over TLS: the SuperLink's certificate comes from the control plane's CA (the agents pinned it "
+            "at enrollment); each agent sends a per-job SuperNode key over its mutual-TLS channel and fl start "
+            "registers it, so only the selected devices' SuperNodes are let in"
+            if self.cfg.tls
+            else "Flower in clear text (--insecure), like this demo's clear-text control plane: no SuperNode "
+            "authentication"
+        )
         argv = [
             sys.executable, "-m", "edgefleet.cli", "fl", "start", str(d / "fl-job"), "--job-id", JOB,
             "--base-model", str(d / "models" / f"digits-{GOOD}.onnx"), "--eval-data", str(d / "data" / "fl-eval.npz"),
@@ -163,6 +171,8 @@ class FederatedDemo(_Demo):
             "--min-clients", str(minimum), "--local-epochs", "2", "--learning-rate", "0.5", "--deadline", "60s",
             "--timeout", f"{self.cfg.phase_timeout_s * 2:g}s", "--selector", "*", "--json", *self._conn(),
         ]  # fmt: skip
+        if self.cfg.tls:  # the SuperLink's certificate from the control plane's CA, the one the agents pinned
+            argv += ["--tls-ca-dir", str(d / "tls")]
         t0 = time.time()
         with open(d / "logs" / "fl-start.log", "w") as log:
             r = subprocess.run(
