@@ -182,6 +182,17 @@ def test_fl_export_release_options_are_checked_without_a_traceback(tmp_path, cap
              "--device-classes", "gateway"],
             "come from the base release",
         ),
+        (["--server", "https://127.0.0.1:1"], "--server needs --repo"),
+        (
+            ["--repo", str(tmp_path), "--keys", str(tmp_path), "--name", "d", "--version", "1.1.0",
+             "--server", "https://127.0.0.1:1", "--policy", "later"],
+            "unknown rollout policy",
+        ),
+        (
+            ["--repo", str(tmp_path), "--keys", str(tmp_path), "--name", "d", "--version", "1.1.0",
+             "--server", "https://127.0.0.1:1", "--waves", "10,lots"],
+            "cannot read waves",
+        ),
     ):  # fmt: skip
         code, _, err = _cli(capsys, base + extra)
         assert code == 1 and message in err and "Traceback" not in err, err

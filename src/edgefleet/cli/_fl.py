@@ -684,11 +684,44 @@ def export(
     device_classes: Annotated[
         str | None, typer.Option("--device-classes", help="With --bundle: e.g. gateway,sensor (a tag).")
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="With --repo: register the release on this control plane and start its gated rollout "
+            "(policy approval by default: each next wave waits for `edgefleet rollout approve`).",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="Operator token (deployer).")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", envvar="EDGEFLEET_TOKEN_FILE", help="File with the token.")
+    ] = None,
+    ca: Annotated[
+        Path | None, typer.Option("--ca", envvar="EDGEFLEET_CA_FILE", help="The control plane's CA cert.")
+    ] = None,
+    selector: Annotated[
+        str | None, typer.Option("--selector", help="With --server: rollout selector.")
+    ] = None,
+    waves: Annotated[str | None, typer.Option("--waves", help="With --server: e.g. 10,50,100.")] = None,
+    soak: Annotated[
+        str | None, typer.Option("--soak", help="With --server: soak per wave, e.g. 10m.")
+    ] = None,
+    policy: str = typer.Option(
+        "approval", "--policy", help="With --server: approval (an operator approves each next wave) or auto."
+    ),
+    gate: Annotated[
+        list[str] | None, typer.Option("--gate", help="With --server: a rollout gate, e.g. min_devices=2.")
+    ] = None,
+    device_gate: Annotated[
+        list[str] | None, typer.Option("--device-gate", help="With --server: a device-side gate, k=v.")
+    ] = None,
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Write the job's final head into the base model (lineage in OUT.lineage.json: no device ids); with
-    --repo, a release of the base optimized with its budget and signed (then `release register` and a
-    gated `rollout`); with --bundle, one fp32 bundle of an unpublished base."""
+    --repo, a release of the base optimized with its budget and signed; with --server too, registered and
+    rolled out through gated waves; with --bundle, one fp32 bundle of an unpublished base."""
     from edgefleet.cli._common import load_preprocess
     from edgefleet.federated import bundle_model, export_model, release_from_job
 
@@ -707,6 +740,15 @@ def export(
         raise InputError(
             "--preprocess and --device-classes come from the base release with --repo", hint="leave them out"
         )
+    if server is not None and repo is None:
+        raise InputError("--server needs --repo", hint="the release is registered from the repository")
+    if policy not in ("approval", "auto"):
+        raise InputError(f"unknown rollout policy {policy!r}", hint="approval or auto")
+    rollout = None
+    if server is not None:
+        from edgefleet.cli._retrain import _rollout
+
+        rollout = _rollout(selector, waves, soak, policy, gate, device_gate)  # bad values: before any work
     result = export_model(job_dir, base_model, out)
     golden = _load_xy(golden_data)[0] if golden_data else None
     if repo is not None:
@@ -722,6 +764,15 @@ def export(
             golden_inputs=golden,
             work_dir=work,
         )
+        if server is not None:
+            from edgefleet.client import Client
+
+            assert rollout is not None
+            with Client(server, token=token, token_file=token_file, ca_file=ca) as api:
+                rel = api.register_release(name, version)
+                result["registered"] = {v["variant"]: v["device_classes"] for v in rel["variants"]}
+                r = api.create_rollout(name, version, **rollout)
+                result["rollout"] = {"id": r["id"], "policy": r["policy"], "waves": r["waves"]}
     elif bundle is not None:
         assert name and version
         steps = load_preprocess(preprocess) if preprocess else None
@@ -766,6 +817,12 @@ def _show_export(r: dict[str, Any]) -> None:
             v.get("target", "-"),
         )
     console.print(table)
+    if r.get("rollout"):
+        ro = r["rollout"]
+        console.print(
+            f"registered; rollout {ro['id']} started (policy {ro['policy']}, waves "
+            f"{', '.join(f'{w:g}%' for w in ro['waves'])}): edgefleet rollout show {ro['id']}"
+        )
 
 
 # --- jobs on the control plane (registered by `fl start --server`) --------------------------------

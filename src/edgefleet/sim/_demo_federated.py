@@ -243,8 +243,8 @@ class FederatedDemo(_Demo):
         d = self.dir
         self.n.step(
             f"edgefleet fl export --repo writes the federated head into v{GOOD}'s model, optimizes it with "
-            f"v{GOOD}'s budget for each of its variants, bundles them with the job's lineage (no device ids) "
-            f"and signs v{FEDERATED} into the TUF repository"
+            f"v{GOOD}'s budget for each of its variants, bundles them with the job's lineage (no device ids), "
+            f"signs v{FEDERATED} into the TUF repository, registers it and starts its gated rollout"
         )
         argv = [
             sys.executable, "-m", "edgefleet.cli", "fl", "export", str(d / "fl-job"),
@@ -252,6 +252,12 @@ class FederatedDemo(_Demo):
             "--repo", str(d / "repository"), "--keys", str(d / "keys" / "publisher"), "--name", self.cfg.name,
             "--version", FEDERATED, "--parent-version", GOOD, "--golden-data", str(d / "data" / "golden.npz"),
             "--work", str(d / "fl-release"), "--json",
+            # registered and rolled out through the gated waves by fl export itself (policy auto here:
+            # the story has no operator to approve each wave; approval is fl export's default)
+            *self._conn(), "--selector", "*", "--waves", ",".join(f"{w:g}" for w in self.cfg.waves),
+            "--soak", f"{self.cfg.soak_s:g}s", "--policy", "auto",
+            *[a for k, v in self._gates().items() for a in ("--gate", f"{k}={v:g}")],
+            *[a for k, v in self._device_gates().items() for a in ("--device-gate", f"{k}={v:g}")],
         ]  # fmt: skip
         env = {  # short measurements (two variants at most per class): the story's time stays about the same
             **self.sup.env,
@@ -283,8 +289,7 @@ class FederatedDemo(_Demo):
                 for v in release["variants"]
             ],
         )  # fmt: skip
-        assert self.api is not None
-        rel = self.api.register_release(self.cfg.name, FEDERATED)
+        self._fed_rollout = exported["rollout"]["id"]
         self.releases[FEDERATED] = {
             "version": FEDERATED,
             "trained": f"federated job {JOB}",
@@ -301,24 +306,25 @@ class FederatedDemo(_Demo):
         }
         self.summary["federated_release"] = self.releases[FEDERATED]
         lin = exported["lineage"]
-        classes = ", ".join(f"{v['variant']}->{'/'.join(v['device_classes'])}" for v in rel["variants"])
+        classes = ", ".join(f"{k}->{'/'.join(v)}" for k, v in exported["registered"].items())
         self.n.note(
             f"v{FEDERATED}: lineage job {lin['federated_job']}, {lin['rounds']} rounds, {lin['participants']} "
             f"devices, accuracy {lin['accuracy_base']:.1%} -> {lin['accuracy_final']:.1%}; published "
-            f"{', '.join(v['target'] for v in release['variants'])} and registered ({classes})"
+            f"{', '.join(v['target'] for v in release['variants'])}, registered ({classes}); rollout "
+            f"{self._fed_rollout} started"
         )
 
     def _rollout_federated(self) -> None:
         self.n.step(
-            f"Rolling v{FEDERATED} out through gated waves; the ML gates compare each wave with the control "
-            f"group on v{GOOD}"
+            f"Following v{FEDERATED}'s rollout through the gated waves; the ML gates compare each wave with the "
+            f"control group on v{GOOD}"
         )
-        r = self._create(FEDERATED, self.cfg.waves, self.cfg.soak_s, self._gates())
+        rollout_id = self._fed_rollout  # started by fl export --server
         t0 = time.time()
         self._follow(
-            r["id"], FEDERATED, lambda ro, f: _completed(ro) and self._all_on(f, FEDERATED, idle=True)
+            rollout_id, FEDERATED, lambda ro, f: _completed(ro) and self._all_on(f, FEDERATED, idle=True)
         )
-        self._record(r["id"], FEDERATED, t0)
+        self._record(rollout_id, FEDERATED, t0)
         self.summary["all_on_federated_at"] = time.time()
 
     # --- measuring -------------------------------------------------------------------------------
