@@ -26,9 +26,9 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("simwork")  # the trained releases are shared by the scenarios
 
 
-def _run(name: str, work, partitions: str = "auto", **update):
+def _run(name: str, work, partitions: str = "auto", workers: int | None = None, **update):
     sc = load_scenario(name).model_copy(update=update)
-    result = run_scenario(sc, work=work, partitions=partitions)
+    result = run_scenario(sc, work=work, partitions=partitions, workers=workers)
     return sc, result, check(sc, result)
 
 
@@ -84,16 +84,24 @@ def test_thundering_herd_with_spread_nudges(work):
 def test_good_rollout_and_scale_scenario_at_small_size(work):
     _, result, failures = _run("good-rollout", work, devices=30)
     assert not failures, failures
+    # two worker processes (what a large fleet gets); the latency goal is the benchmark's, not asserted here
+    expect = load_scenario("scale-10k").expect.model_copy(update={"max_p99_ms": None})
     sc, result, failures = _run(
         "scale-10k",
         work,
+        workers=2,
         devices=30,
         poll_interval_s=0.5,
         soak_s=1.0,
         gates={"min_devices": 2, "min_requests": 100},
+        expect=expect,
     )
     assert not failures, failures
     assert result["final_versions"][sc.candidate.version] == 30
+    assert [w["devices"] for w in result["workers"]] == [15, 15] and all(
+        w["process"] for w in result["workers"]
+    )
+    assert result["heartbeats"] > 0 and result["overall"]["server_requests"] > 0
 
 
 def test_drift_in_one_region_alerts_for_that_region_only(work, tmp_path):

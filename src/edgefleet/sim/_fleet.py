@@ -159,6 +159,7 @@ class Fleet:
         self.heartbeats = 0
         self.http_errors = 0
         self.status_counts: dict[str, int] = {}
+        self.error_kinds: dict[str, int] = {}  # io_error by cause (TimeoutError, ConnectionResetError, ...)
         # Optional behaviours (fault injection in ``edgefleet sim``), all off by default:
         # windows_for(device, end, length_s) -> telemetry windows to upload every telemetry_every_s;
         # crash_loop(device, version) -> the build crash-loops on start on this device;
@@ -442,6 +443,8 @@ class Fleet:
             d.errors += 1
             self.http_errors += 1
             self.status_counts["io_error"] = self.status_counts.get("io_error", 0) + 1
+            kind = type(e.__cause__ or e).__name__
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
             d.events = body["events"] + d.events  # not delivered: send again next time
             log.debug("heartbeat of %s failed: %s", d.device_id, e)
             return

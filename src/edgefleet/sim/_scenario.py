@@ -84,6 +84,8 @@ class Expect(_M):
     max_bad_share: float | None = Field(None, ge=0, le=1)  # devices that ever ran the candidate / fleet
     max_server_errors: int = 0  # 5xx answers the devices saw
     max_peak_over_mean: float | None = Field(None, gt=0)  # herd: peak request rate over the mean
+    max_p99_ms: float | None = Field(None, gt=0)  # server's heartbeat p99 over the run (its /metrics)
+    max_io_errors: int | None = Field(None, ge=0)  # connection errors the devices saw (resets, timeouts)
     drift_alert_regions: list[str] | None = None  # exactly the regions with an open drift alert at the end
 
 

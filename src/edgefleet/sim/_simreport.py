@@ -9,7 +9,7 @@ from typing import Any
 from edgefleet._fs import atomic_write
 from edgefleet.sim._scenario import SimScenario
 
-__all__ = ["check", "heartbeat_quantiles", "peak_over_mean", "write_report"]
+__all__ = ["check", "heartbeat_quantiles", "overall", "peak_over_mean", "write_report"]
 
 _LASTING = ("crash_loop", "clock_skew", "offline_mid_update", "drift")  # for_s 0: until the end of the run
 
@@ -49,6 +49,28 @@ def heartbeat_quantiles(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def overall(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The server's heartbeat route over the whole run (first to last sample): heartbeats/s seen by the
+    devices, and p50/p99 from the histogram's growth over the run (not a median of intervals)."""
+    ok = [s for s in samples if s.get("buckets")]
+    if len(ok) < 2 or ok[-1]["t"] <= ok[0]["t"]:
+        return None
+    a, b = ok[0], ok[-1]
+    delta = {le: n - a["buckets"].get(le, 0.0) for le, n in b["buckets"].items()}
+    p50, p99 = _quantile(delta, 0.5), _quantile(delta, 0.99)
+    seconds = b["t"] - a["t"]
+    cpu = [s.get("server_cpu_s") for s in (a, b)]
+    return {
+        "seconds": round(seconds, 1),
+        "heartbeats": b["heartbeats"] - a["heartbeats"],
+        "heartbeats_per_s": round((b["heartbeats"] - a["heartbeats"]) / seconds, 1),
+        "server_requests": int(max(delta.values(), default=0)),
+        "p50_ms": None if p50 is None else round(p50 * 1000, 2),
+        "p99_ms": None if p99 is None else round(p99 * 1000, 2),
+        "server_cpu_share": None if None in cpu else round((cpu[1] - cpu[0]) / seconds, 3),
+    }
+
+
 def peak_over_mean(result: dict[str, Any]) -> float | None:
     """Heartbeat rate's peak (one sampling interval) over its mean, from the first herd fault to the end."""
     herd = next((f for f in result["faults"] if f["kind"] == "herd"), None)
@@ -85,6 +107,16 @@ def check(sc: SimScenario, result: dict[str, Any]) -> list[str]:
     )
     if errors5xx > e.max_server_errors:
         fails.append(f"devices saw {errors5xx} server errors (5xx), expected at most {e.max_server_errors}")
+    if e.max_p99_ms is not None:
+        o = result.get("overall") or overall(result["samples"])
+        if o is None or o["p99_ms"] is None or o["p99_ms"] > e.max_p99_ms:
+            fails.append(
+                f"server heartbeat p99 {o and o['p99_ms']} ms over the run, expected under {e.max_p99_ms:g} ms"
+            )
+    if e.max_io_errors is not None:
+        io = sum(n for k, n in result["status_counts"].items() if not k.isdigit())
+        if io > e.max_io_errors:
+            fails.append(f"devices saw {io} connection errors, expected at most {e.max_io_errors}")
     if e.max_peak_over_mean is not None:
         pm = peak_over_mean(result)
         if pm is None or pm > e.max_peak_over_mean:
@@ -103,6 +135,7 @@ def write_report(sc: SimScenario, result: dict[str, Any], failures: list[str], o
     out.mkdir(parents=True, exist_ok=True)
     series = heartbeat_quantiles(result["samples"])
     doc = {**result, "passed": not failures, "failures": failures, "server_series": series}
+    doc["overall"] = result.get("overall") or overall(result["samples"])
     doc["samples"] = [{k: v for k, v in s.items() if k != "buckets"} for s in result["samples"]]
     paths = [out / "report.json", out / "report.md", out / "versions.png", out / "server.png"]
     atomic_write(paths[0], json.dumps(doc, indent=2, default=str).encode())
@@ -124,7 +157,12 @@ def _markdown(sc: SimScenario, d: dict[str, Any]) -> str:
         f"- devices that ever ran {sc.candidate.version}: {d['ever_ran_candidate']} "
         f"({d['ever_ran_candidate_share']:.1%})",
         f"- at the end: {', '.join(f'{n} on {v}' for v, n in d['final_versions'].items())}",
-        f"- answers the devices saw: {', '.join(f'{k}: {v}' for k, v in sorted(d['status_counts'].items()))}",
+        f"- answers the devices saw: {', '.join(f'{k}: {v}' for k, v in sorted(d['status_counts'].items()))}"
+        + (
+            f" (connection errors: {', '.join(f'{k} {v}' for k, v in sorted(d['error_kinds'].items()))})"
+            if d.get("error_kinds")
+            else ""
+        ),
     ]
     st = d.get("setup") or {}
     if st:
@@ -169,9 +207,14 @@ def _markdown(sc: SimScenario, d: dict[str, Any]) -> str:
         lines += [f"- {a['rule']}: {a['message']}" for a in d.get("alerts") or []] or ["- none"]
     ok = [s for s in d["server_series"] if s["p99_ms"] is not None]
     if ok:
+        o = d.get("overall") or {}
         lines += [
             "",
             "## Server (heartbeat route, from its /metrics)",
+            "",
+            f"over the run ({o.get('seconds')} s after the rollout began): {o.get('heartbeats')} heartbeats answered, "
+            f"{o.get('heartbeats_per_s')}/s; p50 {o.get('p50_ms')} ms, **p99 {o.get('p99_ms')} ms**; server CPU "
+            f"{o.get('server_cpu_share')} of a core.",
             "",
             f"peak {max(s['rps'] for s in ok)} requests/s; worst interval p50 {max(s['p50_ms'] for s in ok)} ms, "
             f"p99 {max(s['p99_ms'] for s in ok)} ms. Plots: versions.png, server.png.",

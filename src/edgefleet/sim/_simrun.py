@@ -29,6 +29,7 @@ from edgefleet.client import Client
 from edgefleet.sim._faults import FaultProxy
 from edgefleet.sim._fleet import Fleet, ReleaseBehavior, Scenario
 from edgefleet.sim._scenario import Behavior, Fault, SimScenario
+from edgefleet.sim._simreport import overall
 from edgefleet.sim._windows import WindowMaker, seed_of
 
 __all__ = ["build_repository", "run_scenario"]
@@ -239,6 +240,7 @@ class _Side:
             "faults": self.faults,
             "proxies": {p.name: vars(p.stats) for p in self.proxies},
             "status_counts": dict(f.status_counts),
+            "error_kinds": dict(f.error_kinds),
             "heartbeats": f.heartbeats,
             "ever_ran_candidate": len(f.ran(self.sc.candidate.version)),
             "final_versions": {
@@ -915,6 +917,7 @@ class _Run:
             "final_versions": total.get("final_versions", {}),
             "without_version": total.get("without_version", 0),
             "status_counts": total.get("status_counts", {}),
+            "error_kinds": total.get("error_kinds", {}),
             "heartbeats": total.get("heartbeats", 0),
             "telemetry": {
                 "every_s": sc.telemetry_every_s,
@@ -930,6 +933,7 @@ class _Run:
             "samples": self.samples,
             "seconds": round(time.monotonic() - self.t0, 2),
             "setup": self.setup,
+            "overall": overall(self.samples),
         }
 
 
@@ -991,7 +995,8 @@ def run_scenario(
                     f"server ({host.peer_addr}) by a veth pair; its partition set {host.host_if} down"
                 )
             # With a namespace the server listens on the veth's host side, which this side reaches too.
-            srv = stack.enter_context(start(cfg, host=host.peer_addr) if host else start(cfg))
+            # a loaded machine can take a while to migrate a fresh PostgreSQL schema: wait up to 3 minutes
+            srv = stack.enter_context(start(cfg, host=host.peer_addr if host else "127.0.0.1", timeout=180))
             run = _Run(
                 sc,
                 srv.url,
