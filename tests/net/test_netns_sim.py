@@ -22,12 +22,18 @@ def _namespaces() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
 
 
-def test_regional_outage_cuts_a_namespace_link_and_the_rollout_completes(tmp_path):
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """A report folder whose work/ keeps the trained releases for both tests (the CLI's --out)."""
+    return tmp_path_factory.mktemp("netns-sim")
+
+
+def test_regional_outage_cuts_a_namespace_link_and_the_rollout_completes(out):
     why = why_no_netns()
     if why:
         pytest.skip(why)
     sc = load_scenario("regional-outage")
-    result = run_scenario(sc, work=tmp_path, partitions="netns")
+    result = run_scenario(sc, work=out / "work", partitions="netns")
     assert not check(sc, result), check(sc, result)
     assert result["partitions_via"] == "ip netns"
     eu = [w for w in result["workers"] if w["netns"]]
@@ -47,14 +53,14 @@ def test_regional_outage_cuts_a_namespace_link_and_the_rollout_completes(tmp_pat
     assert f"efsim{os.getpid()}x" not in _namespaces()  # cleaned up
 
 
-def test_the_namespace_is_removed_when_the_run_is_interrupted(tmp_path):
+def test_the_namespace_is_removed_when_the_run_is_interrupted(out):
     why = why_no_netns()
     if why:
         pytest.skip(why)
     # a run stopped with SIGINT mid-way (the CLI turns SIGTERM into the same) leaves no namespace behind
     code = (
         "import sys; from edgefleet.cli import main; sys.argv = ['edgefleet', 'sim', 'regional-outage', "
-        f"'--out', {str(tmp_path / 'out')!r}, '--partitions', 'netns', '--json']; main()"
+        f"'--out', {str(out)!r}, '--partitions', 'netns', '--json']; main()"
     )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

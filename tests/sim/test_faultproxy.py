@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from edgefleet.sim import _faults
 from edgefleet.sim._faults import MAX_RETRANSMITS, FaultProxy
 
 
@@ -31,7 +32,9 @@ async def _exchange(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) ->
     return back, False
 
 
-def test_loss_stalls_and_breaks_connections_that_were_already_open():
+def test_loss_stalls_and_breaks_connections_that_were_already_open(monkeypatch):
+    monkeypatch.setattr(_faults, "RTO_S", 0.02)  # retransmission timeouts 10x shorter: a quick test
+
     async def main() -> None:
         echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
         port = echo.sockets[0].getsockname()[1]
