@@ -790,9 +790,10 @@ class _Run:
         ]
 
     async def _sample(self, api: Client, mc: httpx.AsyncClient) -> None:
+        every = max(0.5, self.sc.poll_interval_s / 30)  # 0.5 s for scaled-down time, 2 s at a 60 s heartbeat
         while True:
             await self._sample_once(api, mc)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(every)
 
     async def _sample_once(self, api: Client, mc: httpx.AsyncClient) -> None:
         with contextlib.suppress(Exception):
@@ -973,7 +974,9 @@ def run_scenario(
             data_dir=server_dir,
             repo_dir=repo,
             keys_dir=server_dir / "nokeys",
-            engine_tick_s=0.2,
+            # fast ticks for scaled-down time; the server's own 1 s at a real heartbeat interval (each tick
+            # admits devices and evaluates every live rollout's gates in a write transaction)
+            engine_tick_s=min(1.0, max(0.2, sc.poll_interval_s / 10)),
             poll_interval_s=sc.poll_interval_s,
             db_url=database_url,
         )
