@@ -22,6 +22,7 @@ from edgefleet.federated._process import (
     ManagedProcess,
     flower_command,
     flower_env,
+    flwr_json,
     free_port,
     wait_for_port,
 )
@@ -214,22 +215,12 @@ class Coordinator:
 
     def _submit(self, app_dir: Path, env: dict[str, str]) -> str:
         try:
-            done = subprocess.run(
-                [flower_command("flwr"), "run", str(app_dir), "--format", "json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=START_TIMEOUT_S,
-            )
+            answer, output = flwr_json(["run", str(app_dir)], env=env, timeout=START_TIMEOUT_S)
         except subprocess.TimeoutExpired as e:
             raise ConfigError("flwr run did not return within two minutes") from e
-        try:
-            answer = json.loads(done.stdout[done.stdout.index("{") :])
-        except ValueError:
-            answer = {}
         if not answer.get("success"):
             raise ConfigError(
-                f"Flower refused the job's run: {answer.get('error-message') or done.stderr[-600:]}",
+                f"Flower refused the job's run: {answer.get('error-message') or output[-600:]}",
                 hint=f"see {self.job_dir / 'superlink.log'}",
             )
         return str(answer["run-id"])

@@ -40,6 +40,26 @@ def flower_command(name: str) -> str:
     return found
 
 
+def flwr_json(args: list[str], *, env: dict[str, str], timeout: float) -> tuple[dict, str]:
+    """Run ``flwr ARGS --format json``; (its JSON answer, or {} when it printed none; its output for
+    an error message). ``subprocess.TimeoutExpired`` past ``timeout`` seconds."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [flower_command("flwr"), *args, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    try:
+        answer = json.loads(done.stdout[done.stdout.index("{") :])
+    except ValueError:
+        answer = {}
+    return (answer if isinstance(answer, dict) else {}), done.stdout + done.stderr
+
+
 def flower_env(flwr_home: Path) -> dict[str, str]:
     """The environment of Flower's processes: a private ``FLWR_HOME``, and this Python's scripts first on
     ``PATH`` (the SuperLink and SuperNode start ``flower-superexec`` and ``flwr-*`` by name, so an edgefleet

@@ -12,7 +12,6 @@ channel; ``fl start`` registers the keys of the devices the job selected.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import subprocess
 from dataclasses import dataclass
@@ -169,7 +168,7 @@ class NodeKeyRejected(ConfigError):
 def register_node_key(public_key: str, flwr_env: dict[str, str], work_dir: Path, *, name: str) -> int:
     """Register one SuperNode public key with the job's SuperLink through Flower's CLI (``flwr supernode
     register``, the SuperLink connection in ``flwr_env``'s FLWR_HOME); its Flower node id."""
-    from edgefleet.federated._process import flower_command
+    from edgefleet.federated._process import flwr_json
 
     line = check_node_public_key(public_key)
     import hashlib
@@ -178,31 +177,16 @@ def register_node_key(public_key: str, flwr_env: dict[str, str], work_dir: Path,
     work_dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(line + "\n", encoding="ascii")
     try:
-        done = subprocess.run(
-            [
-                flower_command("flwr"),
-                "supernode",
-                "register",
-                str(key_file),
-                "--name",
-                name[:64],
-                "--format",
-                "json",
-            ],
+        answer, output = flwr_json(
+            ["supernode", "register", str(key_file), "--name", name[:64]],
             env=flwr_env,
-            capture_output=True,
-            text=True,
             timeout=REGISTER_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired as e:
         raise NodeKeyRejected("flwr supernode register did not return within two minutes") from e
-    try:
-        answer = json.loads(done.stdout[done.stdout.index("{") :])
-    except ValueError:
-        answer = {}
     if not answer.get("success"):
         raise NodeKeyRejected(
-            f"Flower refused the node key of {name}: {answer.get('error-message') or (done.stdout + done.stderr)[-400:]}",
+            f"Flower refused the node key of {name}: {answer.get('error-message') or output[-400:]}",
             hint="see the SuperLink's log",
         )
     return int(answer["node-id"])
