@@ -327,7 +327,9 @@ def test_model_5x_slower_than_budget_is_refused(world):
             t0 = time.perf_counter()
             r.run(x)
             ts.append((time.perf_counter() - t0) * 1000)
-    budget = float(np.median(ts)) / 5
+    # the fastest call is the model's cost with the least interference: the agent's own measurement, on
+    # a busy or a quiet machine, can only be slower, so a fifth of it is always over budget
+    budget = min(ts) / 5
     world.standin.assign(world.target("1.3.0"), gates=GateThresholds(latency_budget_ms=budget))
     _run(a, 2)
     _unchanged_and_reported(world, a, "over its budget")
