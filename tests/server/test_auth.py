@@ -72,6 +72,10 @@ ACCESS = {
     ("GET", "/v1/fl/jobs/{job_id}"): "viewer",
     ("POST", "/v1/fl/jobs/{job_id}/progress"): "deployer",
     ("POST", "/v1/fl/jobs/{job_id}/stop"): "deployer",
+    # Flower node keys (issue 14: a device sends its per-job key; the job's fl start registers them)
+    ("POST", "/v1/devices/{device_id}/fl/{job_id}/node-key"): "device",
+    ("GET", "/v1/fl/jobs/{job_id}/node-keys"): "deployer",
+    ("POST", "/v1/fl/jobs/{job_id}/node-keys/registered"): "deployer",
     ("GET", "/v1/accuracy"): "viewer",
     # device power policies per group (issue 15, server/_device_policies.py)
     ("GET", "/v1/device-policies"): "viewer",

@@ -289,3 +289,30 @@ def test_the_background_loop_evaluates_alerts(
                 break
             time.sleep(0.2)
         assert f"silent:{dev['device_id']}" in keys
+
+
+def test_metrics_name_filter_skips_the_fleet_read_and_bad_filters_are_refused(small, monkeypatch):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edgefleet.server._fleet_metrics import FleetCollector
+
+    f, c = small, small.h.c
+    viewer = f.h.token("viewer")
+    reads = []
+    real = FleetCollector._read
+    monkeypatch.setattr(FleetCollector, "_read", lambda self: reads.append(1) or real(self))
+
+    def names(params=None):
+        r = c.get("/metrics", params=params, headers=viewer)
+        assert r.status_code == 200, r.text
+        return {fam.name for fam in text_string_to_metric_families(r.text)}
+
+    asked = {"name[]": ["process_cpu_seconds_total", "edgefleet_http_request_duration_seconds_bucket"]}
+    got = names(asked)
+    assert reads == [] and not any(n.startswith("edgefleet_fleet_") for n in got)
+    assert {"process_cpu_seconds", "edgefleet_http_request_duration_seconds"} <= got
+    # a fleet family asked for by name is read and served; everything unfiltered still has it
+    assert "edgefleet_fleet_devices" in names({"name[]": ["edgefleet_fleet_devices"]}) and len(reads) == 1
+    assert "edgefleet_fleet_devices" in names() and len(reads) == 2
+    r = c.get("/metrics", params={"name[]": ["x"] * 65}, headers=viewer)
+    assert r.status_code == 422 and "at most 64" in r.json()["message"], r.text

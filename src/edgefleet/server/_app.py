@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.routing import Route
 
-from edgefleet.errors import ConflictError
+from edgefleet.errors import ConflictError, ValidationError
 from edgefleet.protocol import (
     EnrollRequest,
     EnrollResponse,
@@ -109,7 +109,9 @@ class _Metrics:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter
 
-        self.registry = CollectorRegistry()
+        # auto_describe: the process collector (which has no describe) is indexed by its names at
+        # registration, so a scrape filtered with name[] finds it; every other collector describes itself
+        self.registry = CollectorRegistry(auto_describe=True)
         self.heartbeats = Counter("edgefleet_heartbeats", "heartbeats accepted", registry=self.registry)
         self.enrollments = Counter("edgefleet_enrollments", "devices enrolled", registry=self.registry)
         self.telemetry = Counter(
@@ -389,10 +391,28 @@ def _operator_routes(app: FastAPI, ctx: ServerContext) -> None:
         }
 
     @app.get("/metrics", tags=T, responses=ERRORS, summary="Prometheus metrics")
-    def metrics(_: Viewer) -> Response:
+    def metrics(
+        _: Viewer,
+        names: Annotated[
+            list[str] | None,
+            Query(
+                alias="name[]",
+                description="only these metric names (Prometheus' own filter); the fleet figures, "
+                "which read the database, are read only when one of theirs is asked for",
+            ),
+        ] = None,
+    ) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = ctx.metrics.registry
+        if names:
+            if len(names) > 64 or any(len(n) > 200 for n in names):
+                raise ValidationError(
+                    "name[] takes at most 64 metric names of at most 200 characters",
+                    hint="ask for fewer names, or none for every metric",
+                )
+            registry = registry.restricted_registry(names)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/whoami", tags=T, responses=ERRORS)
     def whoami(me: Viewer) -> dict[str, Any]:
