@@ -80,7 +80,9 @@ def test_each_link_of_the_federated_story_is_on_record(fed_run):
         ]
     assert state == "finished" and selector == "*" and len(json.loads(rounds)) == 5
     superlink = (d / "fl-job" / "superlink.log").read_text()
-    assert "Uvicorn running on https://" in superlink and superlink.count("[Fleet.ActivateNode] Activated") >= 3
+    assert (
+        "Uvicorn running on https://" in superlink and superlink.count("[Fleet.ActivateNode] Activated") >= 3
+    )
     assert actions == ["fl_job.start", "fl_job.finished"]
     # the release: each of v1.0.0's variants optimized with v1.0.0's budget; the bundle ships the optimizer's
     # choice, says why the others lost, carries the job's lineage and no device id anywhere in its manifest
