@@ -119,6 +119,7 @@ SURFACE = {
         "load_dataset",
         "load_final_head",
         "read_progress",
+        "release_from_job",
         "write_head",
     ],
     "edgefleet.optimize": [
