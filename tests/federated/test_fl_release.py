@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clirun import run_cli
 from edgefleet.federated import JobSpec, PrivacySettings, head_of_model
 
 SCALE = [{"op": "scale", "factor": 1 / 16}]
@@ -86,15 +87,7 @@ def _finished_job(job_dir: Path, model: Path, data) -> None:
 
 
 def _cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    from edgefleet.cli import main
-
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(capsys, argv)
 
 
 @pytest.mark.slow

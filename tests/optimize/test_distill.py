@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from clirun import run_cli
 from edgefleet.optimize._recipe import Candidate, pareto_front
 
 torch = pytest.importorskip("torch")
@@ -55,16 +56,7 @@ def test_distillation_beats_labels_alone_with_the_same_budget(digits_split, digi
 
 def _cli(capsys, *args):
     """``edgefleet distill ...`` in this process (stderr is not a terminal, as in a log or CI)."""
-    from edgefleet.cli import main
-
-    capsys.readouterr()
-    try:
-        main(["distill", *map(str, args)])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, ["distill", *args])
 
 
 @pytest.fixture

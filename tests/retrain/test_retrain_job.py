@@ -13,7 +13,7 @@ import json
 import httpx
 import pytest
 
-from edgefleet.cli import main
+from clirun import run_cli
 from edgefleet.retrain import load_snapshot
 from edgefleet.server import ServerConfig
 from edgefleet.server._runner import start_server
@@ -39,13 +39,7 @@ def _cli(capsys, monkeypatch, argv: list[str], stdin: str | None = None) -> tupl
 
     if stdin is not None:
         monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(capsys, argv)
 
 
 def test_drift_request_to_proposed_release_then_approved_rollout_and_lineage(

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from edgefleet.cli import main
+from clirun import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +21,7 @@ mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(capsys, argv)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from fleettools import LiveClient
 from servertools import Clock, Harness, make_harness
 from test_samples_store import png, sample, upload
 
-from edgefleet.cli import main
+from clirun import run_cli
 
 
 @pytest.fixture
@@ -128,13 +128,7 @@ def test_batch_labels_undo_and_audit(h):
 
 
 def _cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(capsys, list(args))
 
 
 def test_samples_commands_against_a_real_server(tmp_path, capsys):

@@ -8,17 +8,11 @@ import pytest
 from fleettools import LiveClient, build_fleet, shared_repo
 from servertools import Clock, Harness
 
-from edgefleet.cli import main
+from clirun import run_cli
 
 
 def _cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(capsys, list(args))
 
 
 @pytest.fixture
