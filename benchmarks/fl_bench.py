@@ -52,9 +52,11 @@ ACCURACY_CONFIGS = [
 GOAL_POINTS = 2.0  # within this many points of centralized training (converged)
 
 
-def run_job(
+def run_federation(
     root: Path, name: str, spec: JobSpec, n_devices: int, stragglers: int = 0, seed: int = 0
-) -> dict[str, Any]:
+) -> tuple[list[dict[str, Any]], float]:
+    """One job with real Flower processes on ``n_devices`` non-IID digits splits (the first ``stragglers``
+    devices answer after three deadlines): the job's events and its wall time in seconds."""
     folders, base, held_out, _ = digits_federation(n_devices, root / name / "data", seed=seed)
     coordinator = Coordinator(root / name / "job", spec, base, eval_data=held_out)
     nodes = [
@@ -77,10 +79,17 @@ def run_job(
             with contextlib.suppress(Exception):
                 node.stop()
         coordinator.stop()
+    return events, time.monotonic() - started
+
+
+def run_job(
+    root: Path, name: str, spec: JobSpec, n_devices: int, stragglers: int = 0, seed: int = 0
+) -> dict[str, Any]:
+    events, wall_s = run_federation(root, name, spec, n_devices, stragglers, seed)
     rounds = [e for e in events if e["event"] == "round"]
     return {
         "name": name,
-        "wall_s": round(time.monotonic() - started, 1),
+        "wall_s": round(wall_s, 1),
         "accuracy_base": events[0]["accuracy"],
         "accuracy_per_round": [r["accuracy"] for r in rounds],
         "round_s": [r["seconds"] for r in rounds],

@@ -19,47 +19,32 @@ SuperNodes connect), so round time is the mean of rounds 2.. of a run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from edgefleet.federated import Coordinator, JobSpec, SuperNode
-from edgefleet.federated._data import digits_federation
+from edgefleet.federated import JobSpec
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fl_bench import run_federation  # noqa: E402 - the same job runner as the accuracy benchmark
 
 RESULTS = Path(__file__).parent / "results" / "fl_update_bench.json"
 CODECS = ["none", "int8", "topk:0.1"]
 
 
 def run_job(root: Path, spec: JobSpec, n_devices: int, seed: int) -> dict[str, Any]:
-    folders, base, held_out, _ = digits_federation(n_devices, root / spec.job_id / "data", seed=seed)
-    coordinator = Coordinator(root / spec.job_id / "job", spec, base, eval_data=held_out)
-    nodes = [
-        SuperNode(coordinator.address, f, root / spec.job_id / f"node{i}") for i, f in enumerate(folders)
-    ]
-    started = time.monotonic()
-    try:
-        coordinator.start()
-        for node in nodes:
-            node.start()
-        events = coordinator.wait(timeout_s=1800)
-    finally:
-        for node in nodes:
-            with contextlib.suppress(Exception):
-                node.stop()
-        coordinator.stop()
+    events, wall_s = run_federation(root, spec.job_id, spec, n_devices, seed=seed)
     rounds = [e for e in events if e["event"] == "round"]
     per = lambda key: [r[key] / max(r["answered"], 1) for r in rounds]  # noqa: E731
     return {
         "job": spec.job_id,
         "seed": seed,
-        "wall_s": round(time.monotonic() - started, 1),
+        "wall_s": round(wall_s, 1),
         "accuracy_base": events[0]["accuracy"],
         "accuracy_final": rounds[-1]["accuracy"],
         "accuracy_per_round": [r["accuracy"] for r in rounds],
