@@ -41,6 +41,7 @@ class FederatedParticipation(AgentCore):
     _fl_named: Any  # the job the last answer named (kept while the server is unreachable)
     _fl_declined: tuple[str, str] | None  # (job id, reason) last journalled as declined
     _fl_retry_at: float  # after a SuperNode was refused: monotonic time before which it is not restarted
+    _fl_samples: tuple[str, int] | None  # (job id, samples) of the data checked for that job
 
     def _fl_init(self) -> None:
         self.fl_node = None
@@ -48,6 +49,7 @@ class FederatedParticipation(AgentCore):
         self._fl_named = None
         self._fl_declined = None
         self._fl_retry_at = 0.0
+        self._fl_samples = None
 
     def _fl_tick(self, resp: Any) -> None:
         """Join, stay in or leave the named federated job (one pass of the loop)."""
@@ -105,7 +107,10 @@ class FederatedParticipation(AgentCore):
         assert self.config.fl_data_dir is not None
         work = self.state_dir / "federated" / job.job_id
         try:
-            x, _ = load_dataset(self.config.fl_data_dir)  # a bad folder is a clear reason, not failed rounds
+            # a bad folder is a clear reason, not failed rounds; read once per job, not on every pass
+            # while the node key waits for its registration
+            if self._fl_samples is None or self._fl_samples[0] != job.job_id:
+                self._fl_samples = (job.job_id, len(load_dataset(self.config.fl_data_dir)[0]))
             if self.creds.server_url.startswith("https://"):
                 key = work / "node.key"
                 got = self.director.post(
@@ -140,7 +145,11 @@ class FederatedParticipation(AgentCore):
             return
         self.fl_node, self._fl_job, self._fl_declined = node, job, None
         self.journal.event(
-            "fl_joined", job=job.job_id, superlink=job.superlink, samples=len(x), tls=not node.insecure
+            "fl_joined",
+            job=job.job_id,
+            superlink=job.superlink,
+            samples=self._fl_samples[1],
+            tls=not node.insecure,
         )
         self._save_quietly()
 
