@@ -8,10 +8,10 @@ import pytest
 
 from edgefleet.errors import InputError, IntegrityError, NotFoundError
 from edgefleet.server._blobs import FileBlobStore
-from edgefleet.server._fit import VariantSpec, choose_variant
+from edgefleet.server._fit import FitResult, VariantSpec, choose_variant
 from edgefleet.server._heartbeat import failure_of
 from edgefleet.server._selector import Selector, device_attrs
-from edgefleet.server._waves import member_hash, wave_size
+from edgefleet.server._waves import admission_order, member_hash, wave_size
 
 
 def attrs(cls="pi4", **tags):
@@ -127,6 +127,29 @@ def test_member_hash_is_stable_and_spreads():
     assert order[:10] != sorted(ids, key=lambda d: member_hash("ro-b", d))[:10]  # per rollout
     first = {int(d.split("-")[1]) for d in order[:100]}
     assert min(first) < 100 and max(first) > 900  # not the enrollment order
+
+
+def test_admission_order_puts_one_device_of_every_hardware_class_first():
+    """A release wrong on one class only must meet its gates in the first wave: whatever the hashes say,
+    the first candidates cover every (variant, class) stratum not yet admitted; the rest keep hash order."""
+    from types import SimpleNamespace
+
+    cpu, pi4 = VariantSpec(1, "cpu", ("cpu", "jetson"), "onnx"), VariantSpec(2, "pi4", ("pi4",), "onnx")
+    classes = {"jetson": cpu, "cpu": cpu, "pi4": pi4}
+    devs = [(f"dev-{i}", cls) for i in range(60) for cls in [("jetson", "cpu", "pi4")[i % 3]]]
+    cands = [(SimpleNamespace(id=i, device_class=c), FitResult(classes[c], "fits"), None) for i, c in devs]
+    for rid in ("ro-a", "ro-b", "ro-c", "ro-d"):
+        order = admission_order(rid, cands, covered=set())
+        assert {d.device_class for d, _, _ in order[:3]} == {"jetson", "cpu", "pi4"}, rid
+        by_hash = sorted(cands, key=lambda c: member_hash(rid, c[0].id))
+        assert [c[0].id for c in order[3:]] == [c[0].id for c in by_hash if c not in order[:3]]
+        assert sorted(c[0].id for c in order) == sorted(i for i, _ in devs)  # nobody lost or doubled
+    # strata already admitted in an earlier wave do not jump the queue again
+    order = admission_order("ro-a", cands, covered={(1, "jetson"), (1, "cpu")})
+    assert order[0][0].device_class == "pi4"
+    assert [c[0].id for c in order[1:]] == [
+        c[0].id for c in sorted(cands, key=lambda c: member_hash("ro-a", c[0].id)) if c is not order[0]
+    ]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Wave membership: stable admission order, wave sizes, admission, and what one engine pass reads once.
+"""Wave membership: admission order (stratified by hardware, stable by hash), wave sizes, admission, and
+what one engine pass reads once.
 
 Owned by the rollout engine (``_rollouts.RolloutEngine``), which admits devices with these and holds the
 ``rollouts`` lock while it does.
@@ -23,6 +24,7 @@ from edgefleet.server._selector import Selector, device_attrs
 
 __all__ = [
     "ENGINE",
+    "admission_order",
     "admit",
     "admit_late",
     "EnginePass",
@@ -194,8 +196,13 @@ def admit(ctx: EnginePass, r: Rollout, *, opened: bool = False) -> None:
     need = target - admitted
     if need <= 0 and not opened:
         return
-    candidates.sort(key=lambda c: member_hash(r.id, c[0].id))
-    chosen = candidates[: max(need, 0)]
+    by_id = ctx.by_id()
+    covered = {
+        (rd.variant_id, by_id[k].device_class)
+        for k, rd in rows.items()
+        if rd.status == "admitted" and k in by_id
+    }
+    chosen = admission_order(r.id, candidates, covered)[: max(need, 0)]
     for d, fit, rd in chosen:
         _admit_device(ctx, r, rel, d, fit, rd)
     audit(
@@ -211,6 +218,31 @@ def admit(ctx: EnginePass, r: Rollout, *, opened: bool = False) -> None:
         eligible=admitted + len(candidates),
         devices=[d.id for d, _, _ in chosen][:200],
     )
+
+
+def admission_order(
+    rollout_id: str,
+    candidates: list[tuple[Device, FitResult, RolloutDevice | None]],
+    covered: set[tuple[int | None, str | None]],
+) -> list[tuple[Device, FitResult, RolloutDevice | None]]:
+    """Candidates in the order a wave admits them: stratified by hardware, then stable by hash.
+
+    A release that is wrong on one hardware class only must meet its gates in the first wave, not in the
+    wave after the others passed: the first candidate (by ``member_hash``) of each stratum (variant, device
+    class) that no admitted member covers yet comes first, strata taken in the order of those first
+    candidates' hashes; the others follow in hash order. A wave smaller than the number of strata covers
+    as many as it holds; the next wave covers the next ones.
+    """
+    ordered = sorted(candidates, key=lambda c: member_hash(rollout_id, c[0].id))
+    first: list[tuple[Device, FitResult, RolloutDevice | None]] = []
+    seen = set(covered)
+    for c in ordered:
+        stratum = (c[1].variant.id if c[1].variant is not None else None, c[0].device_class)
+        if stratum not in seen:
+            seen.add(stratum)
+            first.append(c)
+    picked = {id(c) for c in first}
+    return first + [c for c in ordered if id(c) not in picked]
 
 
 def _admit_device(
