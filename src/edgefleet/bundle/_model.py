@@ -77,6 +77,11 @@ class ModelRunner:
         path: the model file.
         fmt: ``onnx`` or ``tflite`` (default: from the suffix).
         deterministic: ask onnxruntime for deterministic kernels (golden sets must reproduce exactly).
+        threads: ONNX Runtime's intra-op threads (default 1, as the serving engine's default). With ORT's
+            own default (a pool of one thread per core that spins between calls) two sessions timed side
+            by side disturbed each other: the watch window's paired looks of two same-speed models read
+            ratios of 0.55-1.9 on a quiet 2-core machine, 1.00-1.01 with one thread each
+            (docs/design-notes.md).
     """
 
     def __init__(
@@ -86,8 +91,10 @@ class ModelRunner:
         *,
         deterministic: bool = True,
         model_bytes: bytes | None = None,
+        threads: int = 1,
     ) -> None:
         self.path = Path(path)
+        self.threads = max(1, int(threads))
         self.format = fmt or model_format(self.path)
         self._bytes = model_bytes  # the model in memory (decrypted); ``path`` only names it
         if model_bytes is None and not self.path.is_file():
@@ -105,6 +112,8 @@ class ModelRunner:
         so = ort.SessionOptions()
         so.use_deterministic_compute = deterministic
         so.log_severity_level = 3
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
         try:
             src = self._bytes if self._bytes is not None else str(self.path)
             self._sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
@@ -136,9 +145,9 @@ class ModelRunner:
             ) from e
         try:
             self._interp = (
-                Interpreter(model_content=self._bytes)
+                Interpreter(model_content=self._bytes, num_threads=self.threads)
                 if self._bytes is not None
-                else Interpreter(model_path=str(self.path))
+                else Interpreter(model_path=str(self.path), num_threads=self.threads)
             )
             self._interp.allocate_tensors()
         except Exception as e:  # ValueError / RuntimeError from the C++ side
