@@ -8,7 +8,7 @@ import pytest
 
 from edgefleet.errors import InputError, IntegrityError, NotFoundError
 from edgefleet.server._blobs import FileBlobStore
-from edgefleet.server._fit import FitResult, VariantSpec, choose_variant
+from edgefleet.server._fit import FIT_FIELDS, FitResult, VariantSpec, choose_variant, fit_key
 from edgefleet.server._heartbeat import failure_of
 from edgefleet.server._selector import Selector, device_attrs
 from edgefleet.server._waves import admission_order, member_hash, wave_size
@@ -108,6 +108,31 @@ def test_variant_named_like_the_class_is_preferred_when_it_fits():
 def test_does_not_fit_says_why(device, needle):
     fit = choose_variant([CPU, PI], device)
     assert not fit.fits and needle in fit.reason
+
+
+def test_fit_key_holds_everything_the_fit_reads():
+    """The engine caches fits by ``fit_key``: a device description reduced to the key's fields must fit
+    the same way as the full one, and descriptions that fit differently must have different keys."""
+    noise = {"hostname": "x", "cpu_model": "Cortex-A72", "disk_gb": 32, "tags": ["a"]}
+    devices = [
+        hw(),
+        hw(isa=("avx512f",)),
+        hw("pi4", ram=1024, isa=("neon",)),
+        hw("pi4", isa=("neon",)),
+        hw("pi4", ort="2.1.0", isa=("neon",)),
+        hw("pi4", ort="banana", isa=("neon",)),
+        hw("pi4", isa=("neon",), providers=("CoreMLExecutionProvider",)),
+        hw("jetson"),
+    ]
+    fits = [choose_variant([CPU, CPU_FP32, PI], {**d, **noise}) for d in devices]
+    for d, fit in zip(devices, fits, strict=True):
+        reduced = dict(zip(FIT_FIELDS, fit_key(d), strict=True))
+        again = choose_variant(
+            [CPU, CPU_FP32, PI], {k: list(v) if isinstance(v, tuple) else v for k, v in reduced.items()}
+        )
+        assert again == fit
+        assert fit_key({**d, **noise}) == fit_key(d)
+    assert len({fit_key(d) for d in devices}) == len({(f.variant and f.variant.id, f.reason) for f in fits})
 
 
 def test_wave_sizes():

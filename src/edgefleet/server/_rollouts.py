@@ -23,7 +23,7 @@ from edgefleet.server._accuracy import accuracy_gate, labelled_counts
 from edgefleet.server._aggregate import Aggregate
 from edgefleet.server._audit import audit
 from edgefleet.server._db import Database
-from edgefleet.server._fit import FitResult, choose_variant
+from edgefleet.server._fit import FitResult
 from edgefleet.server._gates import (
     GateResult,
     failure_reason,
@@ -45,7 +45,6 @@ from edgefleet.server._waves import (
     EnginePass,
     admit,
     admit_late,
-    device_hw,
     install_failed,
     rollout_rows,
     selector_attrs,
@@ -132,7 +131,7 @@ class RolloutEngine:
                     hint="check it with: edgefleet devices list --selector '...'",
                     selector=sel.text,
                 )
-            fits = {d.id: choose_variant(rel.variants, device_hw(d)) for d in selected}
+            fits = {d.id: ctx.fit(rel.row.id, d) for d in selected}
             if not any(f.fits for f in fits.values()):
                 reasons = _group_reasons(fits)
                 raise RolloutError(

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.server._audit import audit
-from edgefleet.server._fit import FitResult, VariantSpec, choose_variant
+from edgefleet.server._fit import FitResult, VariantSpec, choose_variant, fit_key
 from edgefleet.server._models import Device, Release, ReleaseVariant, Rollout, RolloutDevice
 from edgefleet.server._schemas import RolloutGates
 from edgefleet.server._selector import Selector, device_attrs
@@ -73,6 +73,7 @@ class EnginePass:
     _devices: list[Device] | None = None
     _releases: dict[int, ReleaseVariants] = field(default_factory=dict)
     _by_target: dict[str, int] | None = None
+    _fits: dict[tuple[Any, ...], FitResult] = field(default_factory=dict)
     #: why a device sits out a release (its update policy pins another version or defers; None: it may
     #: join); set by the engine, never for a forced rollout
     parked: Callable[[Device, str], Any] | None = None
@@ -101,6 +102,16 @@ class EnginePass:
             specs = [VariantSpec(v.id, v.variant, tuple(v.device_classes), v.runtime) for v in rows]
             self._releases[release_id] = ReleaseVariants(row, specs, {v.id: v for v in rows})
         return self._releases[release_id]
+
+    def fit(self, release_id: int, d: Device) -> FitResult:
+        """``choose_variant`` for the device, once per release and distinct hardware in this pass (a fleet
+        has few distinct hardware descriptions; every pass asks about every candidate device)."""
+        hw = device_hw(d)
+        key = (release_id, fit_key(hw))
+        got = self._fits.get(key)
+        if got is None:
+            got = self._fits[key] = choose_variant(self.release(release_id).variants, hw)
+        return got
 
     def variant_for_target(self, target_path: str | None) -> int | None:
         if not target_path:
@@ -180,7 +191,7 @@ def admit(ctx: EnginePass, r: Rollout, *, opened: bool = False) -> None:
         if not sel.matches(selector_attrs(d)) or _parked(ctx, r, d, rd, rows):
             continue
         rd = rows.get(d.id)
-        fit = choose_variant(rel.variants, device_hw(d))
+        fit = ctx.fit(r.release_id, d)
         if not fit.fits:
             if rd is None:
                 rd = RolloutDevice(rollout_id=r.id, device_id=d.id, status="does_not_fit", reason=fit.reason)
@@ -309,7 +320,7 @@ def admit_late(ctx: EnginePass, r: Rollout) -> None:
         if _parked(ctx, r, d, rd, rows):
             continue
         rd = rows.get(d.id)
-        fit = choose_variant(rel.variants, device_hw(d))
+        fit = ctx.fit(r.release_id, d)
         if not fit.fits:
             if rd is None:
                 ctx.s.add(
