@@ -48,6 +48,7 @@ from edgefleet.server._waves import (
     install_failed,
     rollout_rows,
     selector_attrs,
+    write_assignments,
 )
 
 __all__ = [
@@ -182,6 +183,7 @@ class RolloutEngine:
             )
             admit(ctx, r, opened=True)
             r.evaluation = self.evaluate(ctx, r)
+            write_assignments(ctx)
             out = describe_rollout(s, r)
         self._send(ctx.nudges)
         return out
@@ -226,6 +228,7 @@ class RolloutEngine:
                 if (r.state, r.wave_index) != before:
                     r.updated_at = now
                     transitions.append({"rollout": r.id, "from": before, "to": (r.state, r.wave_index)})
+            write_assignments(ctx)
         self._send(ctx.nudges)
         return transitions
 
@@ -602,6 +605,7 @@ class RolloutEngine:
             elif action == "rollback":
                 r.reason = reason or f"manual rollback by {actor}"
                 self._rollback(ctx, r, actor=actor, reason=r.reason)
+            write_assignments(ctx)
             out = describe_rollout(s, r)
         self._send(ctx.nudges)
         return out

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from edgefleet.server._audit import audit
 from edgefleet.server._fit import FitResult, VariantSpec, choose_variant, fit_key
@@ -35,10 +36,12 @@ __all__ = [
     "rollout_rows",
     "selector_attrs",
     "wave_size",
+    "write_assignments",
 ]
 
 #: Who the audit log names for what the rollout engine does by itself.
 ENGINE = "engine"
+_ASSIGN_CHUNK = 2000  # device ids per UPDATE (SQLite allows 32,766 bound values)
 
 
 def member_hash(rollout_id: str, device_id: str) -> int:
@@ -74,6 +77,8 @@ class EnginePass:
     _releases: dict[int, ReleaseVariants] = field(default_factory=dict)
     _by_target: dict[str, int] | None = None
     _fits: dict[tuple[Any, ...], FitResult] = field(default_factory=dict)
+    #: devices admitted in this pass, by (variant id, rollout id): ``write_assignments`` writes them
+    assign: dict[tuple[int, str], list[Device]] = field(default_factory=dict)
     #: why a device sits out a release (its update policy pins another version or defers; None: it may
     #: join); set by the engine, never for a forced rollout
     parked: Callable[[Device, str], Any] | None = None
@@ -275,11 +280,44 @@ def _admit_device(
     rd.reason = fit.reason
     rd.prev_version = d.active_version
     rd.prev_variant_id = ctx.variant_for_target(d.active_target)
-    d.assigned_variant_id = fit.variant.id
-    d.assigned_rollout_id = r.id
-    d.command = None
-    d.command_version = None
+    for key, value in _assigned(fit.variant.id, r.id):
+        set_committed_value(d, key, value)  # what the pass reads; written by write_assignments
+    ctx.assign.setdefault((fit.variant.id, r.id), []).append(d)
     ctx.nudges.append(d.id)
+
+
+def _assigned(variant_id: int, rollout_id: str) -> tuple[tuple[str, Any], ...]:
+    return (
+        ("assigned_variant_id", variant_id),
+        ("assigned_rollout_id", rollout_id),
+        ("command", None),
+        ("command_version", None),
+    )
+
+
+def write_assignments(ctx: EnginePass) -> None:
+    """Write the pass's admissions to the devices' rows, last thing before the pass commits: one UPDATE
+    per (variant, rollout) and chunk of ids.
+
+    The ORM wrote one UPDATE per device (an executemany) as soon as a wave opened: 0.6 s for a 2,500-device
+    wave, and the rows stayed locked through the gates' evaluation, stalling the devices' coalesced
+    heartbeat writes (whole batches wait on one locked row). A device the same pass moved on since (a
+    rollback) keeps what the ORM holds for it.
+    """
+    for (variant_id, rollout_id), devices in ctx.assign.items():
+        ids = sorted(
+            d.id
+            for d in devices
+            if (d.assigned_variant_id, d.assigned_rollout_id) == (variant_id, rollout_id)
+        )
+        for i in range(0, len(ids), _ASSIGN_CHUNK):
+            ctx.s.execute(
+                update(Device)
+                .where(Device.id.in_(ids[i : i + _ASSIGN_CHUNK]))
+                .values(dict(_assigned(variant_id, rollout_id)))
+                .execution_options(synchronize_session=False)
+            )
+    ctx.assign.clear()
 
 
 def _parked(
