@@ -1,0 +1,174 @@
+"""The rollout engine's cost to the heartbeats, one source tree against another, interleaved (issue 17).
+
+Each repetition runs fleet_bench's capacity step (a ``--devices`` fleet on a ``--poll`` s heartbeat through
+the ``scale-10k`` scenario's rollout: soak 5 s, gates of 3 devices and 100 requests; the server in its own
+``uvicorn`` process on PostgreSQL in a fresh schema) once with each tree's ``src`` first on PYTHONPATH, in
+alternating order. While it runs, PostgreSQL's ``pg_stat_activity`` is sampled every 0.1 s: how often a
+server connection waited on a row lock (``Lock``), and the longest transaction seen.
+
+    git worktree add /tmp/before <commit>
+    .venv/bin/python benchmarks/engine_ab.py --trees /tmp/before/src,src --reps 3
+
+Writes benchmarks/results/engine_ab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "engine_ab.json"
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def one_run(devices: int, poll: float, seconds: float) -> dict:
+    """One capacity step in this process (PYTHONPATH chose the tree), with PostgreSQL sampled meanwhile."""
+    import sqlalchemy as sa
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from edgefleet.sim._scenario import load_scenario
+    from edgefleet.sim._simrun import run_scenario
+    from fleet_bench import _scale_row, _schema
+
+    sc = load_scenario("scale-10k").model_copy(
+        update={
+            "devices": devices,
+            "poll_interval_s": poll,
+            "soak_s": 5.0,
+            "gates": {"min_devices": 3, "min_requests": 100},
+            "timeout_s": seconds,
+        }
+    )
+    stop = threading.Event()
+    seen = {"samples": 0, "lock_waits": 0, "longest_xact_s": 0.0}
+
+    def sample() -> None:
+        eng = sa.create_engine(PG, poolclass=sa.pool.NullPool)
+        q = sa.text(
+            "select wait_event_type, extract(epoch from now() - xact_start) from pg_stat_activity "
+            "where datname = 'test' and pid <> pg_backend_pid() and backend_type = 'client backend'"
+        )
+        with eng.connect() as c:
+            while not stop.wait(0.1):
+                rows = c.execute(q).fetchall()
+                c.rollback()
+                seen["samples"] += 1
+                seen["lock_waits"] += sum(1 for wt, _ in rows if wt == "Lock")
+                seen["longest_xact_s"] = max([seen["longest_xact_s"], *(float(x) for _, x in rows if x)])
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    with _schema(PG) as db:
+        r = run_scenario(sc, work=Path(tempfile.mkdtemp()), database_url=db, server_process=True)
+    stop.set()
+    t.join()
+    row = _scale_row(r, sc, devices, poll)
+    o = row["overall"]
+    return {
+        "heartbeats_per_s": o.get("heartbeats_per_s"),
+        "p50_ms": o.get("p50_ms"),
+        "p99_ms": o.get("p99_ms"),
+        "worst_interval_p99_ms": row["heartbeat_p99_ms_worst_interval"],
+        "server_cpu_share": o.get("server_cpu_share"),
+        "server_errors_5xx": row["server_errors_5xx"],
+        "io_errors": row["io_errors"],
+        "rollout_state": row["rollout_state"],
+        "seconds_to_100pct": row["seconds_to_100pct"],
+        "pg_lock_waits": seen["lock_waits"],
+        "pg_longest_xact_s": round(seen["longest_xact_s"], 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trees", required=True, help="two src directories, comma-separated: before,after")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--devices", type=int, default=5000)
+    ap.add_argument("--poll", type=float, default=15.0)
+    ap.add_argument("--seconds", type=float, default=150.0)
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one run, JSON out
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one_run(args.devices, args.poll, args.seconds)))
+        return
+    trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
+    if len(trees) != 2 or not all(Path(t, "edgefleet").is_dir() for t in trees):
+        sys.exit("--trees needs two src directories that hold the edgefleet package")
+    runs: dict[str, list[dict]] = {t: [] for t in trees}
+    for rep in range(args.reps):
+        for tree in trees if rep % 2 == 0 else trees[::-1]:
+            env = dict(os.environ, PYTHONPATH=tree)
+            cmd = [sys.executable, __file__, "--trees", args.trees, "--one"]
+            cmd += ["--devices", str(args.devices), "--poll", str(args.poll), "--seconds", str(args.seconds)]
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.seconds + 600)
+            line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"a run under {tree} failed:\n{p.stderr[-2000:]}")
+            runs[tree].append(json.loads(line[7:]) | {"rep": rep, "load": os.getloadavg()[0]})
+            print(tree, runs[tree][-1], flush=True)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = [
+        "p50_ms",
+        "p99_ms",
+        "worst_interval_p99_ms",
+        "server_errors_5xx",
+        "pg_lock_waits",
+        "pg_longest_xact_s",
+    ]
+    table = Table(
+        title=f"{args.devices} devices, {args.poll} s heartbeat: median (min-max) of {args.reps} runs"
+    )
+    table.add_column("tree")
+    for k in ["heartbeats_per_s", *keys, "seconds_to_100pct"]:
+        table.add_column(k)
+    summary = {}
+    for tree, rs in runs.items():
+        cells = {}
+        for k in ["heartbeats_per_s", *keys, "seconds_to_100pct"]:
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            cells[k] = (
+                {"median": statistics.median(vals), "min": min(vals), "max": max(vals)} if vals else None
+            )
+        summary[tree] = cells
+        table.add_row(
+            tree,
+            *(f"{c['median']:g} ({c['min']:g}-{c['max']:g})" if c else "-" for c in cells.values()),
+        )
+    ratios = [
+        b["p99_ms"] / a["p99_ms"]
+        for a, b in zip(runs[trees[0]], runs[trees[1]], strict=True)
+        if a.get("p99_ms") and b.get("p99_ms")
+    ]
+    Console(width=200).print(table)
+    print("p99 after/before per repetition:", [round(x, 2) for x in ratios])
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(
+        json.dumps(
+            {
+                "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {"cpus": os.cpu_count()},
+                "args": vars(args),
+                "runs": runs,
+                "summary": summary,
+                "p99_ratio_after_over_before": ratios,
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
