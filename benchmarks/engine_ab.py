@@ -35,19 +35,10 @@ def one_run(devices: int, poll: float, seconds: float) -> dict:
     import sqlalchemy as sa
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from edgefleet.sim._scenario import load_scenario
     from edgefleet.sim._simrun import run_scenario
-    from fleet_bench import _scale_row, _schema
+    from fleet_bench import _scale_row, _schema, capacity_scenario
 
-    sc = load_scenario("scale-10k").model_copy(
-        update={
-            "devices": devices,
-            "poll_interval_s": poll,
-            "soak_s": 5.0,
-            "gates": {"min_devices": 3, "min_requests": 100},
-            "timeout_s": seconds,
-        }
-    )
+    sc = capacity_scenario(devices, poll, seconds)
     stop = threading.Event()
     seen = {"samples": 0, "lock_waits": 0, "longest_xact_s": 0.0}
 

@@ -80,6 +80,19 @@ def _schema(url: str | None) -> Iterator[str | None]:
         eng.dispose()
 
 
+def capacity_scenario(devices: int, poll: float, seconds: float):
+    """The capacity step: ``scale-10k`` with ``devices`` on a ``poll`` s heartbeat, short soak, small gates."""
+    return load_scenario("scale-10k").model_copy(
+        update={
+            "devices": devices,
+            "poll_interval_s": poll,
+            "soak_s": 5.0,
+            "gates": {"min_devices": 3, "min_requests": 100},
+            "timeout_s": seconds,
+        }
+    )
+
+
 def _scale_row(r: dict, sc, devices: int, poll: float) -> dict:
     o = r.get("overall") or overall(r["samples"]) or {}
     series = [s for s in heartbeat_quantiles(r["samples"]) if s["p99_ms"] is not None]
@@ -139,15 +152,7 @@ def main() -> None:
         for equiv in (int(x) for x in args.capacity.split(",") if x):
             d = args.capacity_devices
             p = round(d * 60 / equiv, 3)
-            sc = load_scenario("scale-10k").model_copy(
-                update={
-                    "devices": d,
-                    "poll_interval_s": p,
-                    "soak_s": 5.0,
-                    "gates": {"min_devices": 3, "min_requests": 100},
-                    "timeout_s": args.capacity_seconds,
-                }
-            )
+            sc = capacity_scenario(d, p, args.capacity_seconds)
             with _schema(args.db) as db:
                 r = run_scenario(sc, work=work, database_url=db, server_process=True, workers=args.workers)
             step = _scale_row(r, sc, d, p)
