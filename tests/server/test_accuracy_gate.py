@@ -5,7 +5,7 @@ release is rolled back; one that is as good passes; too few labels waits)."""
 from __future__ import annotations
 
 import pytest
-from servertools import FAST, GOOD, fleet_on_v1, install
+from servertools import FAST, GOOD, active_of, fleet_on_v1, install
 from test_samples_store import sample, upload
 
 from edgefleet.server._accuracy import (
@@ -13,6 +13,7 @@ from edgefleet.server._accuracy import (
     accuracy_gate,
     expected_calibration_error,
     newcombe,
+    stratified_difference,
     wilson,
 )
 
@@ -61,6 +62,40 @@ def test_gate_floor_without_control_and_off():
     assert accuracy_gate((200, 120), None, min_labelled=0, margin=0.05).status == "skipped"
 
 
+def test_one_stratum_is_newcombe_and_strata_are_weighted_as_the_wave():
+    _, _, lo, hi, w = stratified_difference({"eu": (70, 56)}, {"eu": (80, 48), "us": (5, 5)})
+    assert (lo, hi) == pytest.approx(newcombe(56, 70, 48, 80)) and w == {"eu": 1.0}
+    p_new, p_ctl, *_, w = stratified_difference(
+        {"eu": (30, 15), "us": (10, 9)}, {"eu": (50, 5), "us": (50, 45)}
+    )
+    assert w == pytest.approx({"eu": 0.75, "us": 0.25})
+    assert p_new == pytest.approx(0.75 * 0.5 + 0.25 * 0.9) and p_ctl == pytest.approx(0.75 * 0.1 + 0.25 * 0.9)
+    with pytest.raises(ValueError):
+        stratified_difference({"eu": (10, 5)}, {"us": (10, 5)})
+
+
+def test_gate_compares_region_by_region_not_the_mix_of_regions():
+    # The retrained release's wave sits mostly where the inputs moved (eu) and the control mostly where
+    # they did not (us): pooled, 61.7 % vs 82.5 % reads as a clear loss; region by region the new release
+    # is far better in eu and as good in us.
+    new = {"eu": (100, 55), "us": (20, 19)}
+    control = {"eu": (20, 4), "us": (100, 95)}
+    pooled = accuracy_gate((120, 74), (120, 99), min_labelled=15, margin=0.05)
+    assert pooled.status == "fail"
+    g = accuracy_gate(new, control, min_labelled=15, margin=0.05)
+    assert g.status == "pass", g.detail
+    assert g.value == pytest.approx(74 / 120) and g.reference == pytest.approx((100 * 0.2 + 20 * 0.95) / 120)
+    assert "eu 0.550 vs 0.200" in g.detail and "us 0.950 vs 0.950" in g.detail
+    # and a release worse in both regions still fails, whatever the mix
+    bad = accuracy_gate(
+        {"eu": (100, 30), "us": (20, 12)}, {"eu": (100, 60), "us": (100, 95)}, min_labelled=15, margin=0.05
+    )
+    assert bad.status == "fail", bad.detail
+    # a region with no control anywhere is left out of the comparison and said so
+    g = accuracy_gate({"eu": (100, 55), "apac": (30, 3)}, control, min_labelled=15, margin=0.05)
+    assert g.status == "pass" and "apac 0.100 (30, no control there: not compared)" in g.detail
+
+
 def _labelled(h, dev, version, n, right, tag):
     """``n`` labelled samples of ``dev`` on ``version``, ``right`` of them answered correctly."""
     samples = [
@@ -103,3 +138,36 @@ def test_a_release_worse_on_labelled_samples_is_rolled_back(harness):
     }
     assert acc["digits@2.0.0"]["accuracy"] == pytest.approx(0.6) and acc["digits@2.0.0"]["region"] == "eu"
     assert acc["digits@1.0.0"]["labelled"] == 20 * len(control)
+
+
+def test_a_wave_with_no_control_in_its_region_is_compared_with_its_own_answers_before_the_switch(harness):
+    # eu's inputs moved: v1 answers 20 % there, the retrained 2.0.0 answers 60 %; us is fine on v1.
+    # 2.0.0 goes to eu in one wave, so no device is left on v1 where the wave runs: the gate compares eu
+    # with the wave's own v1 answers before the switch and passes, where a pooled comparison with the rest
+    # of the fleet (60 % vs 95 %) would roll the better release back.
+    h = harness
+    eu = [h.enroll(tags={"region": "eu"}) for _ in range(2)]
+    us = [h.enroll(tags={"region": "us"}) for _ in range(2)]
+    h.register("1.0.0")
+    r1 = h.rollout("1.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
+    for d in eu + us:
+        d["v1"] = active_of(h.beat(d)["assignment"])
+        h.beat(d, active=d["v1"], health=GOOD)
+    h.tick(1)
+    assert h.show(r1["id"])["state"] == "completed"
+    for d in eu:
+        _labelled(h, d, "1.0.0", 20, 4, "old")
+    for d in us:
+        _labelled(h, d, "1.0.0", 20, 19, "ctl")
+    h.register("2.0.0")
+    gates = {**FAST, "min_labelled": 20, "max_accuracy_drop": 0.05}
+    r = h.rollout("2.0.0", waves=[100], soak_s=0, gates=gates, selector="region=eu")
+    wave = install(h, eu, GOOD)
+    assert len(wave) == 2
+    for d in wave:
+        _labelled(h, d, "2.0.0", 20, 12, "new")
+    h.tick(1)
+    shown = h.show(r["id"])
+    gate = {g["name"]: g for g in shown["evaluation"]["gates"]}["live_accuracy"]
+    assert gate["status"] == "pass", gate
+    assert gate["reference"] == pytest.approx(0.2) and "before the switch" in gate["detail"]

@@ -6,17 +6,27 @@ region, and the rollout gate.
   built from the two Wilson intervals).
 * :func:`expected_calibration_error` — ECE over equal-width confidence bins: the mean gap between the
   confidence a model states and the accuracy it gets, weighted by bin size.
+* :func:`stratified_difference` — the interval of a difference of accuracies standardized over strata
+  (regions): MOVER (Zou & Donner 2008) over the per-stratum Wilson intervals; with one stratum it is
+  Newcombe's interval.
 * :func:`accuracy_gate` — the rollout gate, in ``_gates``' style: it waits until the wave has
   ``min_labelled`` labelled samples; against a control group it is a non-inferiority test (the new release
   passes when the lower end of the 95 % interval of ``acc_new - acc_control`` is above ``-margin``, fails
   when the upper end is below it, and waits in between); without a control group it compares the Wilson
   interval with ``min_accuracy`` the same way.
+
+  The comparison is made **region by region**: a wave and a control group seldom hold the regions in the
+  same shares, and when one region's inputs have moved (the reason a retrained release exists) a pooled
+  comparison measures where the devices are, not the release. The control's accuracy is standardized to
+  the wave's regions (each region weighted by the wave's labelled samples there); a region of the wave
+  where no control device has labels is compared with the previous releases' labelled answers of the
+  wave's own devices there, before they switched (:func:`gate_counts`), and is said so in the detail.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,8 +42,10 @@ __all__ = [
     "accuracy_gate",
     "accuracy_report",
     "expected_calibration_error",
+    "gate_counts",
     "labelled_counts",
     "newcombe",
+    "stratified_difference",
     "wilson",
 ]
 
@@ -58,6 +70,40 @@ def newcombe(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float,
     l2, u2 = wilson(k2, n2, z)
     d = p1 - p2
     return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+Counts = tuple[int, int]  # (labelled, correct)
+Strata = Mapping[str | None, Counts]  # per region (None: samples without a region)
+
+
+def stratified_difference(
+    new: Strata, control: Strata, z: float = Z95
+) -> tuple[float, float, float, float, dict[str | None, float]]:
+    """Interval of the wave-standardized difference ``sum_i w_i (p_new_i - p_control_i)`` over the strata
+    both sides have labels in, ``w_i`` the wave's share of labelled samples in stratum ``i``.
+
+    Built by MOVER (Zou & Donner 2008, "Construction of confidence limits about effect measures: a
+    general approach", Stat Med 27:1693) from each proportion's Wilson interval; with one stratum it is
+    exactly :func:`newcombe`. Returns ``(acc_new, acc_control, low, high, weights)``, the accuracies being
+    the standardized ones; raises ``ValueError`` when no stratum has labels on both sides.
+    """
+    common = [r for r, (n, _) in new.items() if n > 0 and control.get(r, (0, 0))[0] > 0]
+    if not common:
+        raise ValueError("no stratum has labelled samples on both sides")
+    total = sum(new[r][0] for r in common)
+    weights = {r: new[r][0] / total for r in common}
+    p_new = p_ctl = lo_sq = hi_sq = 0.0
+    for r in common:
+        (n1, k1), (n2, k2), w = new[r], control[r], weights[r]
+        p1, p2 = k1 / n1, k2 / n2
+        l1, u1 = wilson(k1, n1, z)
+        l2, u2 = wilson(k2, n2, z)
+        p_new += w * p1
+        p_ctl += w * p2
+        lo_sq += w * w * ((p1 - l1) ** 2 + (u2 - p2) ** 2)
+        hi_sq += w * w * ((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    d = p_new - p_ctl
+    return p_new, p_ctl, d - math.sqrt(lo_sq), d + math.sqrt(hi_sq), weights
 
 
 def expected_calibration_error(
@@ -141,51 +187,101 @@ def accuracy_report(
 
 def labelled_counts(
     s: Any, device_ids: Sequence[str], *, release: str | None = None, not_release: str | None = None
-) -> tuple[int, int]:
-    """``(labelled, correct)`` of the samples of ``device_ids`` (of ``release``, or not of ``not_release``)."""
+) -> dict[str | None, Counts]:
+    """``{region: (labelled, correct)}`` of the samples of ``device_ids`` (of ``release``, or not of
+    ``not_release``)."""
     if not device_ids:
-        return 0, 0
-    q = select(SampleRow.predicted, SampleRow.label).where(
+        return {}
+    q = select(SampleRow.region, SampleRow.predicted, SampleRow.label).where(
         SampleRow.label.is_not(None), SampleRow.device_id.in_(list(device_ids))
     )
     if release is not None:
         q = q.where(SampleRow.release == release)
     if not_release is not None:
         q = q.where(SampleRow.release != not_release)
-    rows = s.execute(q).all()
-    return len(rows), sum(1 for p, y in rows if p == y)
+    out: dict[str | None, list[int]] = {}
+    for region, p, y in s.execute(q).all():
+        c = out.setdefault(region, [0, 0])
+        c[0] += 1
+        c[1] += p == y
+    return {r: (n, k) for r, (n, k) in out.items()}
+
+
+def gate_counts(
+    s: Any, wave_ids: Sequence[str], control_ids: Sequence[str], release: str
+) -> tuple[dict[str | None, Counts], dict[str | None, Counts], set[str | None]]:
+    """The live-accuracy gate's inputs: the wave's labelled counts on ``release`` per region, the control's
+    on other releases per region, and the regions whose control comes from the wave's own devices before
+    they switched (no control device has labels there)."""
+    new = labelled_counts(s, wave_ids, release=release)
+    control = dict(labelled_counts(s, control_ids, not_release=release))
+    missing = [r for r, (n, _) in new.items() if n > 0 and control.get(r, (0, 0))[0] == 0]
+    historical: set[str | None] = set()
+    if missing:
+        before = labelled_counts(s, wave_ids, not_release=release)
+        for r in missing:
+            if before.get(r, (0, 0))[0] > 0:
+                control[r] = before[r]
+                historical.add(r)
+    return new, control, historical
+
+
+def _strata(x: Counts | Strata | None) -> dict[str | None, Counts]:
+    if x is None:
+        return {}
+    if isinstance(x, tuple):
+        return {None: x}
+    return dict(x)
+
+
+def _name(region: str | None) -> str:
+    return region if region is not None else "(no region)"
 
 
 def accuracy_gate(
-    new: tuple[int, int],
-    control: tuple[int, int] | None,
+    new: Counts | Strata,
+    control: Counts | Strata | None,
     *,
     min_labelled: int,
     margin: float,
     min_accuracy: float | None = None,
+    historical: Collection[str | None] = (),
 ) -> GateResult:
     """The live-accuracy gate of a wave (see the module docstring); ``min_labelled`` 0 turns it off.
 
     Args:
-        new: ``(labelled, correct)`` of the wave's samples on the new release.
+        new: ``(labelled, correct)`` of the wave's samples on the new release, or those per region.
         control: the same of the control group (still on the previous release), or None.
         margin: the non-inferiority margin: how much lower the new accuracy may be.
-        min_accuracy: the absolute floor used when the control group has fewer than ``min_labelled``.
+        min_accuracy: the absolute floor used when the control group has fewer than ``min_labelled``
+            labels in the wave's regions.
+        historical: regions whose control counts are the wave's own devices' before they switched.
     """
     name = "live_accuracy"
     if min_labelled <= 0:
         return GateResult(name, "skipped", detail="min_labelled is 0 (gate off)")
-    n, k = new
+    by_new, by_ctl = _strata(new), _strata(control)
+    n = sum(c[0] for c in by_new.values())
+    k = sum(c[1] for c in by_new.values())
     if n < min_labelled:
         return GateResult(
             name, "wait", k / n if n else None, detail=f"{n}/{min_labelled} labelled samples on the wave"
         )
     acc = k / n
-    if control is not None and control[0] >= min_labelled:
-        cn, ck = control
-        lo, hi = newcombe(k, n, ck, cn)
-        ref = ck / cn
+    compared = [r for r, c in by_new.items() if c[0] > 0 and by_ctl.get(r, (0, 0))[0] > 0]
+    if sum(by_ctl[r][0] for r in compared) >= min_labelled:
+        p_new, ref, lo, hi, weights = stratified_difference(by_new, by_ctl)
         detail = f"accuracy {acc:.3f} vs control {ref:.3f}, difference in [{lo:+.3f}, {hi:+.3f}] (95 %)"
+        if len(by_new) > 1 or any(r is not None for r in by_new):
+            parts = []
+            for r in sorted(by_new, key=lambda r: (r is None, r or "")):
+                (n1, k1), c2 = by_new[r], by_ctl.get(r)
+                if r in weights and c2 is not None:
+                    src = ", before the switch" if r in historical else ""
+                    parts.append(f"{_name(r)} {k1 / n1:.3f} vs {c2[1] / c2[0]:.3f} ({n1} / {c2[0]}{src})")
+                else:
+                    parts.append(f"{_name(r)} {k1 / n1:.3f} ({n1}, no control there: not compared)")
+            detail += f"; region by region, the control weighted as the wave: {'; '.join(parts)}"
         status = "pass" if lo > -margin else "fail" if hi < -margin else "wait"
         return GateResult(name, status, acc, ref - margin, ref, detail)
     if min_accuracy is None:

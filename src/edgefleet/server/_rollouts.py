@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from edgefleet.errors import ConflictError, NotFoundError, RolloutError
 from edgefleet.protocol import GateThresholds
-from edgefleet.server._accuracy import accuracy_gate, labelled_counts
+from edgefleet.server._accuracy import accuracy_gate, gate_counts
 from edgefleet.server._aggregate import Aggregate
 from edgefleet.server._audit import audit
 from edgefleet.server._db import Database
@@ -320,14 +320,20 @@ class RolloutEngine:
             *health_gates(new, ref, g, judged=enough_devices and enough_requests, same_minutes=same_minutes),
         ]
         if g.min_labelled:  # live accuracy from labelled samples (issue 13)
-            key = f"{rel.row.name}@{version}"
+            new_counts, control_counts, historical = gate_counts(
+                ctx.s,
+                [d.id for d in installed],
+                [d.id for d in control_devices],
+                f"{rel.row.name}@{version}",
+            )
             gates.append(
                 accuracy_gate(
-                    labelled_counts(ctx.s, [d.id for d in installed], release=key),
-                    labelled_counts(ctx.s, [d.id for d in control_devices], not_release=key),
+                    new_counts,
+                    control_counts,
                     min_labelled=g.min_labelled,
                     margin=g.max_accuracy_drop,
                     min_accuracy=g.min_accuracy,
+                    historical=historical,
                 )
             )
         looks = self._latency_looks(ctx, r, g, gates)

@@ -315,7 +315,7 @@ class LoopDemo(_Demo):
             raise ServerError(f"retraining job {job['id']} has no rollout", hint="see logs/retrain.log")
         self.n.step(
             f"Rolling v{RETRAINED} out through gated waves; the live accuracy gate compares each wave's "
-            "labelled answers with the control group's while the reviewer keeps labelling"
+            "labelled answers with the control group's, region by region, while the reviewer keeps labelling"
         )
         self.n.note(
             f"v{GOOD} is wrong but confident on the shifted inputs, so agreement with it (shadow runs) and "
