@@ -322,8 +322,15 @@ def inside_outside(runtimes: dict[str, Runtime], feed: dict, run: int, calls: in
             eng._call = real
     out = {}
     for k in runtimes:
-        o, i = np.asarray(outer[k], dtype=np.float64), np.asarray(inner[k][-len(outer[k]) :], dtype=np.float64)
-        label = "Runtime.predict (defaults)" if k == "defaults" else "Runtime.predict (tuned: checks, batcher, timeout off)"
+        o, i = (
+            np.asarray(outer[k], dtype=np.float64),
+            np.asarray(inner[k][-len(outer[k]) :], dtype=np.float64),
+        )
+        label = (
+            "Runtime.predict (defaults)"
+            if k == "defaults"
+            else "Runtime.predict (tuned: checks, batcher, timeout off)"
+        )
         out[label] = {
             "inside_ort_us": round(float(np.median(i)) / 1000, 2),
             "around_ort_us": round(float(np.median(o - i)) / 1000, 2),

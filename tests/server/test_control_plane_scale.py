@@ -105,3 +105,24 @@ def test_two_server_processes_share_one_port_and_one_of_them_leads(tmp_path, pg_
     finally:
         h.stop()
     assert h.process.returncode == 0, (tmp_path / "server.log").read_text()
+
+
+@pytest.mark.slow
+def test_with_a_jobs_process_the_request_process_never_leads(tmp_path):
+    """``--jobs-process``: the periodic jobs run in a process that serves nothing; the request process
+    answers but never takes the leader lease, which the jobs process holds until the server stops (the
+    jobs' own work is the sim's ``test_a_rollout_runs_from_the_jobs_process``)."""
+    cfg = ServerConfig(data_dir=tmp_path / "s", keys_dir=tmp_path / "nokeys")
+    h = start_server_process(cfg, jobs_process=True, timeout=180, log_file=tmp_path / "server.log")
+    probe = Database(str(cfg.database_url))
+    try:
+        assert _until(lambda: not probe.leader.held()), "nobody took the leader lease"
+        for _ in range(5):
+            r = httpx.get(h.url + "/healthz", headers={"Connection": "close"}, timeout=10)
+            assert r.status_code == 200 and r.json()["leader"] is False, r.text
+        assert not probe.leader.held()  # still the jobs process's
+    finally:
+        h.stop()
+    assert h.process.returncode == 0, (tmp_path / "server.log").read_text()
+    assert _until(probe.leader.held)  # the jobs process let it go
+    probe.dispose()

@@ -104,6 +104,16 @@ def test_good_rollout_and_scale_scenario_at_small_size(work):
     assert result["heartbeats"] > 0 and result["overall"]["server_requests"] > 0
 
 
+def test_a_rollout_runs_from_the_jobs_process(work):
+    # the server as `edgefleet server run --jobs-process` runs it: the rollout engine's ticks in a process
+    # of their own, the devices' requests served by another
+    sc = load_scenario("good-rollout").model_copy(update={"devices": 20})
+    result = run_scenario(sc, work=work, server_process=True, server_jobs_process=True, workers=1)
+    assert not check(sc, result), check(sc, result)
+    assert result["setup"]["server"] == "uvicorn process and a jobs process"
+    assert result["final_versions"][sc.candidate.version] == 20
+
+
 def test_drift_in_one_region_alerts_for_that_region_only(work, tmp_path):
     sc, result, failures = _run("drift-in-one-region", work)
     assert not failures, failures

@@ -129,6 +129,13 @@ def server_run(
         max=64,
         help="Server processes sharing the port (SO_REUSEPORT); one of them runs the periodic jobs.",
     ),
+    jobs_process: bool = typer.Option(
+        False,
+        "--jobs-process",
+        help="Run the periodic jobs (rollout engine, timestamp refresh, alerts, retention) in a process of "
+        "their own that serves no requests: a large fleet's rollout ticks then do not hold the request "
+        "threads' interpreter lock (see docs/benchmarks.md).",
+    ),
 ) -> None:
     """Run the control plane (migrates the database first; refuses one from a newer edgefleet)."""
     import uvicorn
@@ -170,12 +177,13 @@ def server_run(
             f"device CA: {tls['ssl_ca_certs']} (devices enroll with --ca <the CA of the server certificate>); "
             f"device auth: {cfg.device_auth}"
         )
-    if workers > 1:
+    if workers > 1 or jobs_process:
         from edgefleet.server._runner import serve_workers
 
-        console.print(f"{workers} server processes on port {port}")
+        jobs = " and one for the periodic jobs" if jobs_process else ""
+        console.print(f"{workers} server process{'es' if workers > 1 else ''} on port {port}{jobs}")
         app.state.ctx.db.dispose()  # migrated, keys and CA made: the workers start from there
-        raise typer.Exit(serve_workers(cfg, host=host, port=port, workers=workers))
+        raise typer.Exit(serve_workers(cfg, host=host, port=port, workers=workers, jobs_process=jobs_process))
     uvicorn.run(
         app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=30, **tls
     )

@@ -167,10 +167,12 @@ def start_server_process(
     log_file: Path | None = None,
     extra_env: dict[str, str] | None = None,
     workers: int = 1,
+    jobs_process: bool = False,
 ) -> ServerHandle:
     """Run the control plane as a real ``uvicorn`` subprocess configured through EDGEFLEET_SERVER_*.
 
-    ``workers`` > 1: that many server processes share the port (``serve_workers``).
+    ``workers`` > 1: that many server processes share the port (``serve_workers``); ``jobs_process``:
+    the periodic jobs run in a process of their own (``serve_workers``).
     """
     port = port or free_port(host)
     env = dict(os.environ)
@@ -180,8 +182,9 @@ def start_server_process(
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    if workers > 1:
+    if workers > 1 or jobs_process:
         cmd = [sys.executable, "-m", "edgefleet.server._runner", host, str(port), str(workers)]
+        cmd += ["jobs-process"] if jobs_process else []
     else:
         cmd = [
             sys.executable,
@@ -218,22 +221,30 @@ def start_server_process(
 # --- several processes on one port -----------------------------------------------------------------
 
 
-def serve_workers(config: ServerConfig, *, host: str, port: int, workers: int) -> int:
+def serve_workers(
+    config: ServerConfig, *, host: str, port: int, workers: int, jobs_process: bool = False
+) -> int:
     """Serve with ``workers`` processes on one port until SIGTERM/SIGINT; the exit code to return.
 
     Each process binds the port with ``SO_REUSEPORT`` (the kernel spreads new connections across them)
     and runs the whole app; the periodic jobs run in whichever holds the database's leader lease.
-    The database should be migrated first (``create_app`` in this process does it). When one process
-    dies, the others are stopped: a supervisor (systemd, Kubernetes) restarts the whole server.
+    ``jobs_process``: the periodic jobs (rollout engine ticks, timestamp refresh, alerts and retention) run
+    in one more process that serves no requests, and the request processes run none, so a tick's Python
+    never holds a request thread's GIL. The database should be migrated first (``create_app`` in this
+    process does it). When one process dies, the others are stopped: a supervisor (systemd, Kubernetes)
+    restarts the whole server.
     """
     import multiprocessing
     import signal
 
     mp = multiprocessing.get_context("spawn")
+    serving = config.model_copy(update={"engine_enabled": False}) if jobs_process else config
     procs = [
-        mp.Process(target=_worker, args=(config, host, port, os.getpid()), name=f"edgefleet-server-{i}")
+        mp.Process(target=_worker, args=(serving, host, port, os.getpid()), name=f"edgefleet-server-{i}")
         for i in range(workers)
     ]
+    if jobs_process:
+        procs.append(mp.Process(target=_jobs_worker, args=(config, os.getpid()), name="edgefleet-jobs"))
     for p in procs:
         p.start()
     stopping = threading.Event()
@@ -258,19 +269,24 @@ def serve_workers(config: ServerConfig, *, host: str, port: int, workers: int) -
     return code
 
 
-def _worker(config: ServerConfig, host: str, port: int, parent: int) -> None:
+def _stop_when_orphaned(parent: int) -> None:
+    """SIGTERM this process when the supervisor ``parent`` was killed without stopping it."""
     import signal
 
-    import uvicorn
-
-    from edgefleet.server._app import create_app
-
-    def orphaned() -> None:  # the supervisor was killed without stopping us: stop too
+    def orphaned() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=orphaned, name="edgefleet-orphan-watch", daemon=True).start()
+
+
+def _worker(config: ServerConfig, host: str, port: int, parent: int) -> None:
+    import uvicorn
+
+    from edgefleet.server._app import create_app
+
+    _stop_when_orphaned(parent)
     logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
     app = create_app(config)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -290,14 +306,39 @@ def _worker(config: ServerConfig, host: str, port: int, parent: int) -> None:
     server.run(sockets=[sock])
 
 
+def _jobs_worker(config: ServerConfig, parent: int) -> None:
+    """The process of ``serve_workers(jobs_process=True)`` that runs the app's periodic jobs and serves
+    nothing: the app's lifespan (which starts them, under the leader lease) until SIGTERM/SIGINT."""
+    import asyncio
+    import signal
+
+    from edgefleet.server._app import create_app
+
+    _stop_when_orphaned(parent)
+    logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
+    app = create_app(config)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with app.router.lifespan_context(app):
+            await stop.wait()
+
+    asyncio.run(run())
+
+
 def _main(argv: list[str]) -> int:
-    """``python -m edgefleet.server._runner HOST PORT WORKERS``, settings from EDGEFLEET_SERVER_*."""
+    """``python -m edgefleet.server._runner HOST PORT WORKERS [jobs-process]``, settings from
+    EDGEFLEET_SERVER_*."""
     from edgefleet.server._app import create_app
 
     logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
     cfg = ServerConfig()
     create_app(cfg).state.ctx.db.dispose()  # migrate once, before the workers start
-    return serve_workers(cfg, host=argv[0], port=int(argv[1]), workers=int(argv[2]))
+    jobs = argv[3:4] == ["jobs-process"]
+    return serve_workers(cfg, host=argv[0], port=int(argv[1]), workers=int(argv[2]), jobs_process=jobs)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import tempfile
@@ -955,6 +956,7 @@ def run_scenario(
     seed: int = 0,
     on_sample: Callable[[dict[str, Any], Any], None] | None = None,
     server_process: bool = False,
+    server_jobs_process: bool = False,
     workers: int | None = None,
     partitions: str = "auto",
 ) -> dict[str, Any]:
@@ -962,7 +964,9 @@ def run_scenario(
 
     Returns the result (see :func:`edgefleet.sim._simreport.check`); ``work`` keeps the repository
     between runs (training is skipped when it exists). ``server_process`` runs the server as its own
-    ``uvicorn`` process (else a thread of this one, sharing its interpreter with the devices).
+    ``uvicorn`` process (else a thread of this one, sharing its interpreter with the devices);
+    ``server_jobs_process`` with it runs the server's periodic jobs in a process of their own
+    (``edgefleet server run --jobs-process``).
     ``workers``: processes the devices are spread over (default: the scenario's ``workers``, else
     :func:`default_workers`); 1 keeps them in this process's event loop. ``partitions``: ``auto`` puts a
     partitioned region's devices in a network namespace joined by a veth pair, and its partition sets the
@@ -992,7 +996,11 @@ def run_scenario(
         if any(f.kind == "kill_server" for f in sc.faults):
             return _with_replicas(sc, cfg, seed=seed, on_sample=on_sample, repo=repo, work=work)
         n = workers or sc.workers or default_workers(sc.devices)
-        start = start_server_process if server_process else start_server
+        start = (
+            functools.partial(start_server_process, jobs_process=server_jobs_process)
+            if server_process
+            else start_server
+        )
         db = str(cfg.database_url or "").split(":", 1)[0].split("+", 1)[0] or "sqlite"
         region, note = _netns_plan(sc, partitions)
         with contextlib.ExitStack() as stack:
@@ -1022,7 +1030,9 @@ def run_scenario(
                 netns_region=region,
                 partition_note=note,
             )
-            run.setup = _setup(db, "uvicorn process" if server_process else "thread of this process", n)
+            where = "uvicorn process" if server_process else "thread of this process"
+            where += " and a jobs process" if server_process and server_jobs_process else ""
+            run.setup = _setup(db, where, n)
             return asyncio.run(run.go())
     finally:
         if tmp is not None:
