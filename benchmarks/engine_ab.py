@@ -9,7 +9,13 @@ server connection waited on a row lock (``Lock``), and the longest transaction s
     git worktree add /tmp/before <commit>
     .venv/bin/python benchmarks/engine_ab.py --trees /tmp/before/src,src --reps 3
 
-Writes benchmarks/results/engine_ab.json.
+``--jobs-process`` compares two configurations of this tree instead: the server as it runs by default
+(the jobs in a thread of the request process) and with ``--jobs-process`` (the jobs in a process of
+their own).
+
+    .venv/bin/python benchmarks/engine_ab.py --jobs-process --reps 3
+
+Writes benchmarks/results/engine_ab.json (engine_ab_jobs_process.json with ``--jobs-process``).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ OUT = ROOT / "benchmarks" / "results" / "engine_ab.json"
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def one_run(devices: int, poll: float, seconds: float) -> dict:
+def one_run(devices: int, poll: float, seconds: float, jobs_process: bool = False) -> dict:
     """One capacity step in this process (PYTHONPATH chose the tree), with PostgreSQL sampled meanwhile."""
     import sqlalchemy as sa
 
@@ -59,7 +65,13 @@ def one_run(devices: int, poll: float, seconds: float) -> dict:
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     with _schema(PG) as db:
-        r = run_scenario(sc, work=Path(tempfile.mkdtemp()), database_url=db, server_process=True)
+        r = run_scenario(
+            sc,
+            work=Path(tempfile.mkdtemp()),
+            database_url=db,
+            server_process=True,
+            server_jobs_process=jobs_process,
+        )
     stop.set()
     t.join()
     row = _scale_row(r, sc, devices, poll)
@@ -81,31 +93,43 @@ def one_run(devices: int, poll: float, seconds: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trees", required=True, help="two src directories, comma-separated: before,after")
+    ap.add_argument("--trees", help="two src directories, comma-separated: before,after")
+    ap.add_argument(
+        "--jobs-process", action="store_true", help="compare this tree's default with --jobs-process"
+    )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--devices", type=int, default=5000)
     ap.add_argument("--poll", type=float, default=15.0)
     ap.add_argument("--seconds", type=float, default=150.0)
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one run, JSON out
+    ap.add_argument("--one-jobs-process", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one_run(args.devices, args.poll, args.seconds)))
+        print("RESULT " + json.dumps(one_run(args.devices, args.poll, args.seconds, args.one_jobs_process)))
         return
-    trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
-    if len(trees) != 2 or not all(Path(t, "edgefleet").is_dir() for t in trees):
-        sys.exit("--trees needs two src directories that hold the edgefleet package")
-    runs: dict[str, list[dict]] = {t: [] for t in trees}
+    # the two arms: (label, src tree, jobs process)
+    if args.jobs_process:
+        src = str(ROOT / "src")
+        arms = [("default", src, False), ("--jobs-process", src, True)]
+        out = OUT.with_name("engine_ab_jobs_process.json")
+    else:
+        trees = [str(Path(t).resolve()) for t in (args.trees or "").split(",") if t]
+        if len(trees) != 2 or not all(Path(t, "edgefleet").is_dir() for t in trees):
+            sys.exit("--trees needs two src directories that hold the edgefleet package (or --jobs-process)")
+        arms = [(t, t, False) for t in trees]
+        out = OUT
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in arms}
     for rep in range(args.reps):
-        for tree in trees if rep % 2 == 0 else trees[::-1]:
+        for label, tree, jobs in arms if rep % 2 == 0 else arms[::-1]:
             env = dict(os.environ, PYTHONPATH=tree)
-            cmd = [sys.executable, __file__, "--trees", args.trees, "--one"]
+            cmd = [sys.executable, __file__, "--one", *(["--one-jobs-process"] if jobs else [])]
             cmd += ["--devices", str(args.devices), "--poll", str(args.poll), "--seconds", str(args.seconds)]
             p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.seconds + 600)
             line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
-                sys.exit(f"a run under {tree} failed:\n{p.stderr[-2000:]}")
-            runs[tree].append(json.loads(line[7:]) | {"rep": rep, "load": os.getloadavg()[0]})
-            print(tree, runs[tree][-1], flush=True)
+                sys.exit(f"a run of {label} failed:\n{p.stderr[-2000:]}")
+            runs[label].append(json.loads(line[7:]) | {"rep": rep, "load": os.getloadavg()[0]})
+            print(label, runs[label][-1], flush=True)
 
     from rich.console import Console
     from rich.table import Table
@@ -121,31 +145,31 @@ def main() -> None:
     table = Table(
         title=f"{args.devices} devices, {args.poll} s heartbeat: median (min-max) of {args.reps} runs"
     )
-    table.add_column("tree")
+    table.add_column("arm")
     for k in ["heartbeats_per_s", *keys, "seconds_to_100pct"]:
         table.add_column(k)
     summary = {}
-    for tree, rs in runs.items():
+    for label, rs in runs.items():
         cells = {}
         for k in ["heartbeats_per_s", *keys, "seconds_to_100pct"]:
             vals = [r[k] for r in rs if r.get(k) is not None]
             cells[k] = (
                 {"median": statistics.median(vals), "min": min(vals), "max": max(vals)} if vals else None
             )
-        summary[tree] = cells
+        summary[label] = cells
         table.add_row(
-            tree,
+            label,
             *(f"{c['median']:g} ({c['min']:g}-{c['max']:g})" if c else "-" for c in cells.values()),
         )
     ratios = [
         b["p99_ms"] / a["p99_ms"]
-        for a, b in zip(runs[trees[0]], runs[trees[1]], strict=True)
+        for a, b in zip(runs[arms[0][0]], runs[arms[1][0]], strict=True)
         if a.get("p99_ms") and b.get("p99_ms")
     ]
     Console(width=200).print(table)
-    print("p99 after/before per repetition:", [round(x, 2) for x in ratios])
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(
+    print(f"p99 {arms[1][0]} / {arms[0][0]} per repetition:", [round(x, 2) for x in ratios])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps(
             {
                 "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -153,12 +177,13 @@ def main() -> None:
                 "args": vars(args),
                 "runs": runs,
                 "summary": summary,
-                "p99_ratio_after_over_before": ratios,
+                "arms": [label for label, _, _ in arms],
+                "p99_ratio_second_over_first": ratios,
             },
             indent=1,
         )
     )
-    print(f"wrote {OUT}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

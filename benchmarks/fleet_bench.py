@@ -129,7 +129,15 @@ def main() -> None:
     ap.add_argument("--capacity-devices", type=int, default=2000)
     ap.add_argument("--capacity-seconds", type=float, default=90.0)
     ap.add_argument("--only", default="", help="rows to run: scale,capacity,bad,herd,outage")
+    ap.add_argument(
+        "--jobs-process",
+        action="store_true",
+        help="scale and capacity rows with the server's periodic jobs in a process of their own "
+        "(server run --jobs-process); writes fleet_jobs_process.json",
+    )
     args = ap.parse_args()
+    out = OUT.with_name(OUT.stem + "_jobs_process.json") if args.jobs_process else OUT
+    served = {"server_process": True, "server_jobs_process": args.jobs_process, "workers": args.workers}
     only = set(filter(None, args.only.split(","))) or {"scale", "capacity", "bad", "herd", "outage"}
     n_scale = args.devices or (500 if args.quick else 10_000)
     poll = args.poll or (10.0 if args.quick else 60.0)
@@ -143,7 +151,7 @@ def main() -> None:
     if "scale" in only:
         sc = load_scenario("scale-10k").model_copy(update={"devices": n_scale, "poll_interval_s": poll})
         with _schema(args.db) as db:
-            r = run_scenario(sc, work=work, database_url=db, server_process=True, workers=args.workers)
+            r = run_scenario(sc, work=work, database_url=db, **served)
         rows["scale"] = _scale_row(r, sc, n_scale, poll)
         console.print(rows["scale"])
 
@@ -154,7 +162,7 @@ def main() -> None:
             p = round(d * 60 / equiv, 3)
             sc = capacity_scenario(d, p, args.capacity_seconds)
             with _schema(args.db) as db:
-                r = run_scenario(sc, work=work, database_url=db, server_process=True, workers=args.workers)
+                r = run_scenario(sc, work=work, database_url=db, **served)
             step = _scale_row(r, sc, d, p)
             steps.append(step)
             console.print({k: step[k] for k in ("fleet_equivalent_at_60s", "overall", "io_errors")})
@@ -221,8 +229,8 @@ def main() -> None:
     for k, v in rows.items():
         t.add_row(k, json.dumps(v, default=str)[:600])
     console.print(t)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps(
             {
                 "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -232,13 +240,14 @@ def main() -> None:
                     "load1": os.getloadavg()[0],
                     "load_at_start": load["start"],
                 },
+                "server": "request process and jobs process" if args.jobs_process else "one process",
                 "rows": rows,
             },
             indent=2,
             default=str,
         )
     )
-    print(f"wrote {OUT}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

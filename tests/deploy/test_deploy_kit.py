@@ -192,11 +192,20 @@ def test_compose_file_matches_the_compose_spec_and_provisions_the_kit():
             src = v.split(":")[0]
             if src.startswith("."):
                 assert (DEPLOY / src).exists(), v
-    assert (
+    dockerfile = (
         DEPLOY
         / compose["services"]["server"]["build"]["context"]
         / compose["services"]["server"]["build"]["dockerfile"]
-    ).is_file()
+    )
+    assert dockerfile.is_file()
+    # the image's ENTRYPOINT with the compose file's command is an invocation the CLI accepts
+    entry = next(x for x in dockerfile.read_text().splitlines() if x.startswith("ENTRYPOINT"))
+    argv = [*json.loads(entry.split(None, 1)[1]), *compose["services"]["server"]["command"]]
+    assert argv[:3] == ["edgefleet", "server", "run"]
+    out = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", *argv[1:], "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_compose_schema_check_refuses_a_broken_file(tmp_path):

@@ -4,6 +4,9 @@ processes on one port with one leader running the periodic jobs; the leader leas
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -109,20 +112,44 @@ def test_two_server_processes_share_one_port_and_one_of_them_leads(tmp_path, pg_
 
 @pytest.mark.slow
 def test_with_a_jobs_process_the_request_process_never_leads(tmp_path):
-    """``--jobs-process``: the periodic jobs run in a process that serves nothing; the request process
-    answers but never takes the leader lease, which the jobs process holds until the server stops (the
-    jobs' own work is the sim's ``test_a_rollout_runs_from_the_jobs_process``)."""
-    cfg = ServerConfig(data_dir=tmp_path / "s", keys_dir=tmp_path / "nokeys")
-    h = start_server_process(cfg, jobs_process=True, timeout=180, log_file=tmp_path / "server.log")
-    probe = Database(str(cfg.database_url))
+    """``edgefleet server run --jobs-process``: the periodic jobs run in a process that serves nothing; the
+    request process answers but never takes the leader lease, which the jobs process holds until the server
+    stops (the jobs' own work: the sim's ``test_a_rollout_runs_from_the_jobs_process``)."""
+    from edgefleet.server import free_port
+
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "edgefleet.cli", "server", "run", "--data", str(tmp_path / "s"),
+        "--keys", str(tmp_path / "nokeys"), "--port", str(port), "--jobs-process",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    probe = Database(f"sqlite:///{tmp_path / 's' / 'edgefleet.sqlite'}")
+    url = f"http://127.0.0.1:{port}/healthz"
+
+    def up() -> bool:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def taken_by_another() -> bool:  # without keeping it: a free lease is let go at once
+        if probe.leader.held():
+            probe.leader.release()
+            return False
+        return True
+
     try:
-        assert _until(lambda: not probe.leader.held()), "nobody took the leader lease"
+        assert _until(up, 180), "the server did not start"
+        assert _until(taken_by_another), "nobody took the leader lease"
         for _ in range(5):
-            r = httpx.get(h.url + "/healthz", headers={"Connection": "close"}, timeout=10)
+            r = httpx.get(url, headers={"Connection": "close"}, timeout=10)
             assert r.status_code == 200 and r.json()["leader"] is False, r.text
-        assert not probe.leader.held()  # still the jobs process's
+        assert taken_by_another()  # still the jobs process's
     finally:
-        h.stop()
-    assert h.process.returncode == 0, (tmp_path / "server.log").read_text()
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    assert "1 server process on port" in out and "one for the periodic jobs" in out, out
     assert _until(probe.leader.held)  # the jobs process let it go
     probe.dispose()

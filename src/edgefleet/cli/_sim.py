@@ -48,6 +48,12 @@ def register(app: typer.Typer) -> None:
         server_process: bool = typer.Option(
             False, "--server-process", help="Run the control plane as its own uvicorn process (scale runs)."
         ),
+        server_jobs_process: bool = typer.Option(
+            False,
+            "--server-jobs-process",
+            help="Run the control plane as `server run --jobs-process` does: its own process serving the "
+            "devices, its periodic jobs (the rollout engine) in another (implies --server-process).",
+        ),
         list_: bool = typer.Option(False, "--list", help="List the shipped scenarios and exit."),
         json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
     ) -> None:
@@ -90,7 +96,8 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 on_sample=live,
                 workers=workers,
-                server_process=server_process,
+                server_process=server_process or server_jobs_process,
+                server_jobs_process=server_jobs_process,
                 partitions=partitions,
             )
         finally:
