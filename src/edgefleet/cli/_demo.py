@@ -54,9 +54,11 @@ def register(app: typer.Typer) -> None:
         from edgefleet.sim._demo_config import DemoConfig
         from edgefleet.sim._narrator import RichNarrator
 
-        # SIGTERM and SIGHUP end the demo like Ctrl-C does: every process it started is stopped.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        signal.signal(signal.SIGHUP, signal.default_int_handler)
+        # SIGTERM and SIGHUP end the demo like Ctrl-C does: every process it started is stopped. Ctrl-C's
+        # own handler is set too: a shell starts background jobs with SIGINT ignored, and Python then
+        # leaves it ignored (a demo started with `&` and interrupted with kill -INT ran to its end).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.default_int_handler)
         out = err_console if json_out else console
         narrator = RichNarrator(out)
 
