@@ -51,12 +51,15 @@ def test_serve_a_bundle_on_a_unix_socket_with_a_token(digits_bundle, digits_spli
         with httpx.Client(
             transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://rt", timeout=10
         ) as c:
-            for _ in range(100):  # the socket exists a moment before uvicorn accepts
+            deadline = time.monotonic() + 60  # the socket exists a moment before uvicorn accepts
+            while True:
                 try:
                     if c.get("/healthz").status_code == 200:
                         break
                 except httpx.TransportError:
-                    time.sleep(0.05)
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, "serve never answered /healthz"
+                time.sleep(0.05)
             x = {"inputs": digits_split.x_test[:2].tolist()}
             assert c.post("/v1/predict", json=x).status_code == 401
             r = c.post("/v1/predict", json=x, headers={"Authorization": "Bearer tok-123"})
