@@ -30,7 +30,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 
 from edgefleet.server._db import Database
 from edgefleet.server._gates import GateResult
@@ -76,6 +76,11 @@ Counts = tuple[int, int]  # (labelled, correct)
 Strata = Mapping[str | None, Counts]  # per region (None: samples without a region)
 
 
+def _compared(new: Strata, control: Strata) -> list[str | None]:
+    """The strata both sides have labelled samples in."""
+    return [r for r, (n, _) in new.items() if n > 0 and control.get(r, (0, 0))[0] > 0]
+
+
 def stratified_difference(
     new: Strata, control: Strata, z: float = Z95
 ) -> tuple[float, float, float, float, dict[str | None, float]]:
@@ -87,7 +92,7 @@ def stratified_difference(
     exactly :func:`newcombe`. Returns ``(acc_new, acc_control, low, high, weights)``, the accuracies being
     the standardized ones; raises ``ValueError`` when no stratum has labels on both sides.
     """
-    common = [r for r, (n, _) in new.items() if n > 0 and control.get(r, (0, 0))[0] > 0]
+    common = _compared(new, control)
     if not common:
         raise ValueError("no stratum has labelled samples on both sides")
     total = sum(new[r][0] for r in common)
@@ -192,19 +197,17 @@ def labelled_counts(
     ``not_release``)."""
     if not device_ids:
         return {}
-    q = select(SampleRow.region, SampleRow.predicted, SampleRow.label).where(
-        SampleRow.label.is_not(None), SampleRow.device_id.in_(list(device_ids))
+    correct = func.sum(case((SampleRow.predicted == SampleRow.label, 1), else_=0))
+    q = (
+        select(SampleRow.region, func.count(), correct)
+        .where(SampleRow.label.is_not(None), SampleRow.device_id.in_(list(device_ids)))
+        .group_by(SampleRow.region)
     )
     if release is not None:
         q = q.where(SampleRow.release == release)
     if not_release is not None:
         q = q.where(SampleRow.release != not_release)
-    out: dict[str | None, list[int]] = {}
-    for region, p, y in s.execute(q).all():
-        c = out.setdefault(region, [0, 0])
-        c[0] += 1
-        c[1] += p == y
-    return {r: (n, k) for r, (n, k) in out.items()}
+    return {region: (int(n), int(k or 0)) for region, n, k in s.execute(q).all()}
 
 
 def gate_counts(
@@ -215,7 +218,8 @@ def gate_counts(
     they switched (no control device has labels there)."""
     new = labelled_counts(s, wave_ids, release=release)
     control = dict(labelled_counts(s, control_ids, not_release=release))
-    missing = [r for r, (n, _) in new.items() if n > 0 and control.get(r, (0, 0))[0] == 0]
+    compared = set(_compared(new, control))
+    missing = [r for r in new if r not in compared]
     historical: set[str | None] = set()
     if missing:
         before = labelled_counts(s, wave_ids, not_release=release)
@@ -268,9 +272,8 @@ def accuracy_gate(
             name, "wait", k / n if n else None, detail=f"{n}/{min_labelled} labelled samples on the wave"
         )
     acc = k / n
-    compared = [r for r, c in by_new.items() if c[0] > 0 and by_ctl.get(r, (0, 0))[0] > 0]
-    if sum(by_ctl[r][0] for r in compared) >= min_labelled:
-        p_new, ref, lo, hi, weights = stratified_difference(by_new, by_ctl)
+    if sum(by_ctl[r][0] for r in _compared(by_new, by_ctl)) >= min_labelled:
+        _, ref, lo, hi, weights = stratified_difference(by_new, by_ctl)
         detail = f"accuracy {acc:.3f} vs control {ref:.3f}, difference in [{lo:+.3f}, {hi:+.3f}] (95 %)"
         if len(by_new) > 1 or any(r is not None for r in by_new):
             parts = []
