@@ -9,13 +9,13 @@ server connection waited on a row lock (``Lock``), and the longest transaction s
     git worktree add /tmp/before <commit>
     .venv/bin/python benchmarks/engine_ab.py --trees /tmp/before/src,src --reps 3
 
-``--jobs-process`` compares two configurations of this tree instead: the server as it runs by default
-(the jobs in a thread of the request process) and with ``--jobs-process`` (the jobs in a process of
-their own).
+``--jobs-in-process`` compares two configurations of this tree instead: the server as ``server run``
+runs by default (the periodic jobs in a process of their own) and with ``--jobs-in-process`` (the jobs in
+a thread of the request process).
 
-    .venv/bin/python benchmarks/engine_ab.py --jobs-process --reps 3
+    .venv/bin/python benchmarks/engine_ab.py --jobs-in-process --reps 3
 
-Writes benchmarks/results/engine_ab.json (engine_ab_jobs_process.json with ``--jobs-process``).
+Writes benchmarks/results/engine_ab.json (engine_ab_jobs_process.json with ``--jobs-in-process``).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trees", help="two src directories, comma-separated: before,after")
     ap.add_argument(
-        "--jobs-process", action="store_true", help="compare this tree's default with --jobs-process"
+        "--jobs-in-process", action="store_true", help="compare this tree's default with --jobs-in-process"
     )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--devices", type=int, default=5000)
@@ -108,14 +108,16 @@ def main() -> None:
         print("RESULT " + json.dumps(one_run(args.devices, args.poll, args.seconds, args.one_jobs_process)))
         return
     # the two arms: (label, src tree, jobs process)
-    if args.jobs_process:
+    if args.jobs_in_process:
         src = str(ROOT / "src")
-        arms = [("default", src, False), ("--jobs-process", src, True)]
+        arms = [("default (jobs process)", src, True), ("--jobs-in-process", src, False)]
         out = OUT.with_name("engine_ab_jobs_process.json")
     else:
         trees = [str(Path(t).resolve()) for t in (args.trees or "").split(",") if t]
         if len(trees) != 2 or not all(Path(t, "edgefleet").is_dir() for t in trees):
-            sys.exit("--trees needs two src directories that hold the edgefleet package (or --jobs-process)")
+            sys.exit(
+                "--trees needs two src directories that hold the edgefleet package (or --jobs-in-process)"
+            )
         arms = [(t, t, False) for t in trees]
         out = OUT
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in arms}

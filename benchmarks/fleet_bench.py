@@ -130,18 +130,43 @@ def main() -> None:
     ap.add_argument("--capacity-seconds", type=float, default=90.0)
     ap.add_argument("--only", default="", help="rows to run: scale,capacity,bad,herd,outage")
     ap.add_argument(
-        "--jobs-process",
+        "--jobs-in-process",
         action="store_true",
-        help="scale and capacity rows with the server's periodic jobs in a process of their own "
-        "(server run --jobs-process); writes fleet_jobs_process.json",
+        help="the server as `server run --jobs-in-process`: its periodic jobs in a thread of the request "
+        "process (default: in a process of their own, as `server run`); writes fleet_jobs_in_process.json",
     )
+    ap.add_argument(
+        "--rows-devices",
+        type=int,
+        default=None,
+        help="fleet size of the bad, herd and outage rows; given, they run like the scale row (the server "
+        "in its own processes on --db) on a --rows-poll heartbeat (default: 100 devices, the server in a "
+        "thread on SQLite, the scenarios' own heartbeat)",
+    )
+    ap.add_argument("--rows-poll", type=float, default=30.0, help="heartbeat of --rows-devices rows (s)")
     args = ap.parse_args()
-    out = OUT.with_name(OUT.stem + "_jobs_process.json") if args.jobs_process else OUT
-    served = {"server_process": True, "server_jobs_process": args.jobs_process, "workers": args.workers}
+    out = OUT.with_name(OUT.stem + "_jobs_in_process.json") if args.jobs_in_process else OUT
+    served = {
+        "server_process": True,
+        "server_jobs_process": not args.jobs_in_process,
+        "workers": args.workers,
+    }
     only = set(filter(None, args.only.split(","))) or {"scale", "capacity", "bad", "herd", "outage"}
     n_scale = args.devices or (500 if args.quick else 10_000)
     poll = args.poll or (10.0 if args.quick else 60.0)
-    n = 60 if args.quick else 100
+    n = args.rows_devices or (60 if args.quick else 100)
+    # the bad/herd/outage rows: small and in-thread by default, or like the scale row with --rows-devices
+    big = args.rows_devices is not None
+    at_size = {"poll_interval_s": args.rows_poll} if big else {}
+
+    @contextlib.contextmanager
+    def rows_server() -> Iterator[dict]:
+        if not big:
+            yield {}
+            return
+        with _schema(args.db) as db:
+            yield {"database_url": db, **served}
+
     reps = 2 if args.quick else 3
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     rows: dict[str, object] = {}
@@ -172,10 +197,15 @@ def main() -> None:
         rows["capacity"] = {"steps": steps, "largest_fleet_at_p99_under_200ms": max(held, default=None)}
 
     if "bad" in only:
-        sc = load_scenario("bad-release-contained").model_copy(update={"devices": n})
-        r = run_scenario(sc, work=work)
+        sc = load_scenario("bad-release-contained").model_copy(update={"devices": n, **at_size})
+        if big:  # the scenario's 30 s soak is 60 of its polls; keep it that many polls at this heartbeat
+            sc = sc.model_copy(update={"soak_s": 60 * args.rows_poll, "timeout_s": 200 * args.rows_poll})
+        with rows_server() as where:
+            r = run_scenario(sc, work=work, **where)
         rows["bad_release"] = {
             "devices": n,
+            "poll_interval_s": sc.poll_interval_s,
+            "setup": r.get("setup"),
             "passed": not check(sc, r),
             "first_wave": r["rollout"]["first_wave"],
             "gate_min_devices": sc.gates["min_devices"],
@@ -187,27 +217,45 @@ def main() -> None:
 
     if "herd" in only:
         herd = load_scenario("thundering-herd")
-        ratios: dict[str, list[float]] = {"all at once (spread 0 s)": [], "spread over 1 poll (1 s)": []}
+        ratios: dict[str, list[float]] = {"all at once (spread 0 s)": [], "spread over 1 poll": []}
         for i in range(reps):
             for label, spread in (
                 ("all at once (spread 0 s)", 0.0),
-                ("spread over 1 poll (1 s)", herd.poll_interval_s),
+                ("spread over 1 poll", herd.poll_interval_s),
             ):
                 sc = herd.model_copy(
                     update={"devices": n, "faults": [Fault(kind="herd", at_s=2, spread_s=spread)]}
                 )
-                pm = peak_over_mean(run_scenario(sc, work=work, seed=i))
+                if big:  # nudged once the fleet is in its stride: two polls in, spread over one poll
+                    poll = args.rows_poll
+                    sc = sc.model_copy(
+                        update={
+                            "poll_interval_s": poll,
+                            "soak_s": poll,
+                            "timeout_s": 12 * poll,
+                            "faults": [Fault(kind="herd", at_s=2 * poll, spread_s=poll if spread else 0.0)],
+                        }
+                    )
+                with rows_server() as where:
+                    r = run_scenario(sc, work=work, seed=i, **where)
+                pm = peak_over_mean(r)
                 if pm is not None:
                     ratios[label].append(pm)
+                    print(label, pm, r.get("setup"), flush=True)
         rows["herd"] = {
             k: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
             for k, v in ratios.items()
             if v
-        } | {"devices": n, "repetitions": reps}
+        } | {
+            "devices": n,
+            "repetitions": reps,
+            "poll_interval_s": args.rows_poll if big else herd.poll_interval_s,
+        }
 
     if "outage" in only:
         sc = load_scenario("regional-outage").model_copy(update={"devices": n})
-        r = run_scenario(sc, work=work)  # partitions: a network namespace where permitted, else the proxy
+        with rows_server() as where:  # partitions: a network namespace where permitted, else the proxy
+            r = run_scenario(sc, work=work, **where)
         rows["regional_outage"] = {
             "devices": n,
             "passed": not check(sc, r),
@@ -240,7 +288,9 @@ def main() -> None:
                     "load1": os.getloadavg()[0],
                     "load_at_start": load["start"],
                 },
-                "server": "request process and jobs process" if args.jobs_process else "one process",
+                "server": "one process (--jobs-in-process)"
+                if args.jobs_in_process
+                else "request and jobs process",
                 "rows": rows,
             },
             indent=2,

@@ -6,8 +6,10 @@ tests add what the scenario is about, read from the run itself.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -105,7 +107,7 @@ def test_good_rollout_and_scale_scenario_at_small_size(work):
 
 
 def test_a_rollout_runs_from_the_jobs_process(work, tmp_path):
-    """``edgefleet sim good-rollout --server-jobs-process``: the server as ``server run --jobs-process`` runs
+    """``edgefleet sim good-rollout --server-process``: the server as ``server run`` runs by default runs
     it, the rollout engine's ticks in a process of their own and the devices' requests served by another."""
     import json
 
@@ -114,7 +116,7 @@ def test_a_rollout_runs_from_the_jobs_process(work, tmp_path):
     (out / "work").symlink_to(work)  # the releases the other scenarios trained
     cmd = [sys.executable, "-m", "edgefleet.cli", "sim", "good-rollout", "--devices", "20", "--workers", "1"]
     p = subprocess.run(
-        [*cmd, "--server-jobs-process", "--out", str(out), "--json"],
+        [*cmd, "--server-process", "--out", str(out), "--json"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -208,6 +210,25 @@ def test_server_killed_mid_rollout_and_the_replica_takes_over(work, pg_schema_ur
     assert not failures, failures
     kill = next(f for f in result["faults"] if f["kind"] == "kill_server")
     assert kill["killed_pid"] and kill["heartbeats_after"] > kill["heartbeats_before"]
+    assert result["setup"]["server"].startswith("two servers, each a uvicorn process and a jobs process")
+
+    def left_of_the_killed_server() -> list[int]:  # its request and jobs processes died with it
+        left = []
+        for entry in Path("/proc").iterdir():
+            try:
+                alive = (
+                    entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+                )
+                if alive and os.getpgid(int(entry.name)) == kill["killed_pid"]:
+                    left.append(int(entry.name))
+            except OSError:
+                pass
+        return left
+
+    deadline = time.monotonic() + 60
+    while left_of_the_killed_server() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left_of_the_killed_server()
 
 
 def test_a_kill_scenario_without_postgresql_is_refused(work):

@@ -130,11 +130,13 @@ def server_run(
         help="Server processes sharing the port (SO_REUSEPORT); one of them runs the periodic jobs.",
     ),
     jobs_process: bool = typer.Option(
-        False,
-        "--jobs-process",
-        help="Run the periodic jobs (rollout engine, timestamp refresh, alerts, retention) in a process of "
-        "their own that serves no requests: a large fleet's rollout ticks then do not hold the request "
-        "threads' interpreter lock (see docs/benchmarks.md).",
+        True,
+        "--jobs-process/--jobs-in-process",
+        help="Where the periodic jobs (rollout engine, timestamp refresh, alerts, retention) run: by default "
+        "in a process of their own that serves no requests, so a large fleet's rollout ticks do not hold "
+        "the request threads' interpreter lock (docs/benchmarks.md: heartbeat p99 83 ms against 4.8 s "
+        "during a 5,000-device rollout); --jobs-in-process runs them in a thread of a request process "
+        "(one process fewer).",
     ),
 ) -> None:
     """Run the control plane (migrates the database first; refuses one from a newer edgefleet)."""
@@ -180,7 +182,7 @@ def server_run(
     if workers > 1 or jobs_process:
         from edgefleet.server._runner import serve_workers
 
-        jobs = " and one for the periodic jobs" if jobs_process else ""
+        jobs = " and one for the periodic jobs" if jobs_process else " (the periodic jobs in one of them)"
         console.print(f"{workers} server process{'es' if workers > 1 else ''} on port {port}{jobs}")
         app.state.ctx.db.dispose()  # migrated, keys and CA made: the workers start from there
         raise typer.Exit(serve_workers(cfg, host=host, port=port, workers=workers, jobs_process=jobs_process))

@@ -46,13 +46,16 @@ def register(app: typer.Typer) -> None:
             "works (root, iproute2), else the fault-injecting proxy cuts it; netns or proxy to insist.",
         ),
         server_process: bool = typer.Option(
-            False, "--server-process", help="Run the control plane as its own uvicorn process (scale runs)."
-        ),
-        server_jobs_process: bool = typer.Option(
             False,
-            "--server-jobs-process",
-            help="Run the control plane as `server run --jobs-process` does: its own process serving the "
-            "devices, its periodic jobs (the rollout engine) in another (implies --server-process).",
+            "--server-process",
+            help="Run the control plane in processes of its own as `server run` does (scale runs): one "
+            "serving the devices, its periodic jobs (the rollout engine) in another.",
+        ),
+        server_jobs_in_process: bool = typer.Option(
+            False,
+            "--server-jobs-in-process",
+            help="With it, as `server run --jobs-in-process`: the periodic jobs in a thread of the process "
+            "serving the devices (implies --server-process).",
         ),
         list_: bool = typer.Option(False, "--list", help="List the shipped scenarios and exit."),
         json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
@@ -96,8 +99,8 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 on_sample=live,
                 workers=workers,
-                server_process=server_process or server_jobs_process,
-                server_jobs_process=server_jobs_process,
+                server_process=server_process or server_jobs_in_process,
+                server_jobs_process=not server_jobs_in_process,
                 partitions=partitions,
             )
         finally:

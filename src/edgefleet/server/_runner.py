@@ -72,6 +72,23 @@ class ServerHandle:
                 self.process.kill()
                 self.process.wait(5)
 
+    def kill(self) -> int:
+        """SIGKILL the server's processes (the supervisor and its workers, one process group): a crash, no
+        shutdown. Returns the pid that was the server."""
+        import signal
+
+        if self.process is None:
+            raise ServerError("kill() needs a server started as a process", hint="use start_server_process")
+        try:
+            if os.getpgid(self.process.pid) == self.process.pid:  # a supervisor and its workers
+                os.killpg(self.process.pid, signal.SIGKILL)
+            else:
+                self.process.kill()
+        except ProcessLookupError:
+            pass
+        self.process.wait(15)
+        return self.process.pid
+
     def __enter__(self) -> ServerHandle:
         return self
 
@@ -167,12 +184,15 @@ def start_server_process(
     log_file: Path | None = None,
     extra_env: dict[str, str] | None = None,
     workers: int = 1,
-    jobs_process: bool = False,
+    jobs_process: bool = True,
 ) -> ServerHandle:
-    """Run the control plane as a real ``uvicorn`` subprocess configured through EDGEFLEET_SERVER_*.
+    """Run the control plane as ``edgefleet server run`` does, in subprocesses configured through
+    EDGEFLEET_SERVER_*: ``workers`` request processes sharing the port and, with ``jobs_process`` (the
+    default, as for ``server run``), one more for the periodic jobs (``serve_workers``); with
+    ``jobs_process=False`` and one worker, one plain ``uvicorn`` process running both.
 
-    ``workers`` > 1: that many server processes share the port (``serve_workers``); ``jobs_process``:
-    the periodic jobs run in a process of their own (``serve_workers``).
+    A supervisor and its workers form a process group of their own (``ServerHandle.kill`` ends them all
+    at once) and stop when the program that started them is gone.
     """
     port = port or free_port(host)
     env = dict(os.environ)
@@ -182,7 +202,8 @@ def start_server_process(
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    if workers > 1 or jobs_process:
+    supervised = workers > 1 or jobs_process
+    if supervised:
         cmd = [sys.executable, "-m", "edgefleet.server._runner", host, str(port), str(workers)]
         cmd += ["jobs-process"] if jobs_process else []
     else:
@@ -207,6 +228,9 @@ def start_server_process(
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
+        # the supervisor and its workers in a group of their own, for kill(); it stops them when its
+        # starter is gone (_main), as a terminal's ^C would have
+        start_new_session=supervised,
     )
     url = f"http://{host}:{port}"
     try:
@@ -232,7 +256,7 @@ def serve_workers(
     in one more process that serves no requests, and the request processes run none, so a tick's Python
     never holds a request thread's GIL. The database should be migrated first (``create_app`` in this
     process does it). When one process dies, the others are stopped: a supervisor (systemd, Kubernetes)
-    restarts the whole server.
+    restarts the whole server. ``edgefleet server run`` serves this way with ``jobs_process`` by default.
     """
     import multiprocessing
     import signal
@@ -335,6 +359,9 @@ def _main(argv: list[str]) -> int:
     from edgefleet.server._app import create_app
 
     logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
+    # started by start_server_process in a session of its own: stop (and stop the workers) when the
+    # program that started it is gone, as a terminal's ^C would have done
+    _stop_when_orphaned(os.getppid())
     cfg = ServerConfig()
     create_app(cfg).state.ctx.db.dispose()  # migrate once, before the workers start
     jobs = argv[3:4] == ["jobs-process"]

@@ -956,7 +956,7 @@ def run_scenario(
     seed: int = 0,
     on_sample: Callable[[dict[str, Any], Any], None] | None = None,
     server_process: bool = False,
-    server_jobs_process: bool = False,
+    server_jobs_process: bool = True,
     workers: int | None = None,
     partitions: str = "auto",
 ) -> dict[str, Any]:
@@ -964,9 +964,9 @@ def run_scenario(
 
     Returns the result (see :func:`edgefleet.sim._simreport.check`); ``work`` keeps the repository
     between runs (training is skipped when it exists). ``server_process`` runs the server as its own
-    ``uvicorn`` process (else a thread of this one, sharing its interpreter with the devices);
-    ``server_jobs_process`` with it runs the server's periodic jobs in a process of their own
-    (``edgefleet server run --jobs-process``).
+    ``uvicorn`` process as ``edgefleet server run`` does (else a thread of this one, sharing its
+    interpreter with the devices): by default with its periodic jobs in a process of their own,
+    with ``server_jobs_process=False`` in a thread of the request process (``--jobs-in-process``).
     ``workers``: processes the devices are spread over (default: the scenario's ``workers``, else
     :func:`default_workers`); 1 keeps them in this process's event loop. ``partitions``: ``auto`` puts a
     partitioned region's devices in a network namespace joined by a veth pair, and its partition sets the
@@ -1030,8 +1030,9 @@ def run_scenario(
                 netns_region=region,
                 partition_note=note,
             )
-            where = "uvicorn process" if server_process else "thread of this process"
-            where += " and a jobs process" if server_process and server_jobs_process else ""
+            where = "thread of this process"
+            if server_process:
+                where = "uvicorn process and a jobs process" if server_jobs_process else "uvicorn process"
             run.setup = _setup(db, where, n)
             return asyncio.run(run.go())
     finally:
@@ -1098,8 +1099,7 @@ def _with_replicas(
     with start_server_process(cfg) as primary, start_server_process(cfg) as replica:
 
         def kill() -> int:
-            primary.process.kill()  # SIGKILL: no shutdown, connections reset mid-request
-            return primary.process.pid
+            return primary.kill()  # SIGKILL to all its processes: no shutdown, connections reset mid-request
 
         run = _Run(
             sc,
@@ -1112,5 +1112,7 @@ def _with_replicas(
             repo_dir=repo,
             work=work,
         )
-        run.setup = _setup("postgresql", "two uvicorn processes (the first killed)", 1)
+        run.setup = _setup(
+            "postgresql", "two servers, each a uvicorn process and a jobs process (the first killed)", 1
+        )
         return asyncio.run(run.go())
