@@ -2,11 +2,13 @@
 
 compose.yaml against the compose-spec JSON schema, the Dockerfiles with hadolint, the alert rules with
 promtool, and every metric the alerts and the Grafana dashboard query against what a real server's
-``/metrics`` serves. No image is built and no container runs here (no engine on this machine).
+``/metrics`` serves. No image is built and no container runs here (CI has no container engine);
+``deploy/container_check.sh`` builds and runs both images where one runs (deploy/README.md).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shutil
@@ -235,3 +237,44 @@ def test_hadolint_refuses_a_root_image_with_unpinned_apt(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM debian\nRUN apt-get install curl\n")
     assert subprocess.run([str(BIN / "hadolint"), str(bad)], capture_output=True).returncode != 0
+
+
+def _context_admits(rules: list[str], path: str) -> bool:
+    """Whether a build context filtered by .dockerignore ``rules`` holds ``path`` (last match wins)."""
+    admitted = True
+    for rule in rules:
+        keep = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        if any(fnmatch.fnmatch("/".join(parts[: i + 1]), pattern) for i in range(len(parts))):
+            admitted = keep
+    return admitted
+
+
+def test_the_build_context_holds_what_the_dockerfiles_copy_and_no_local_state():
+    """.dockerignore: every COPY source of both Dockerfiles is in the context; a local venv, the tests and
+    state folders are not (a context with .venv is gigabytes sent to the engine on every build)."""
+    rules = [
+        ln.strip()
+        for ln in (DEPLOY.parent / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    copied = set()
+    for name in ("server", "agent"):
+        for ln in (DEPLOY / f"{name}.Dockerfile").read_text().splitlines():
+            if ln.startswith("COPY ") and "--from=" not in ln:
+                copied.update(ln.split()[1:-1])
+    assert copied == {"pyproject.toml", "README.md", "src"}
+    for path in (*copied, "src/edgefleet/__init__.py"):
+        assert _context_admits(rules, path), path
+    for path in (".venv/bin/python", "tests/conftest.py", ".git/config", "srv/admin-token", "keys/root.json"):
+        assert not _context_admits(rules, path), path
+    assert not _context_admits(rules, "src/edgefleet/__pycache__/x.pyc")
+    assert _context_admits([], ".venv/bin/python")  # without the file, everything goes
+
+
+def test_the_container_check_script_parses():
+    script = DEPLOY / "container_check.sh"
+    assert script.stat().st_mode & 0o111, "not executable"
+    out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
