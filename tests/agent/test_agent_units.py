@@ -112,6 +112,63 @@ def test_mqtt_nudge_makes_the_agent_poll_now(world, mqtt_url):
         t.join(timeout=20)
 
 
+def test_a_nudge_s_spread_is_read_defensively():
+    """``within_s``: poll at a uniform moment within it (capped); anything else a nudge may carry —
+    nothing, garbage, a list, a string, NaN, infinity, a negative or oversized message — is "poll now"."""
+    import random
+
+    from edgefleet.agent._nudge import MAX_SPREAD_S, nudge_delay
+    from edgefleet.server._notify import nudge_payload
+
+    rng = random.Random(7)
+    delays = [nudge_delay(nudge_payload(10.0), rng) for _ in range(500)]
+    assert all(0.0 <= d <= 10.0 for d in delays)
+    assert min(delays) < 1.0 and max(delays) > 9.0  # spread over the whole window, not bunched
+    assert nudge_delay(nudge_payload(0.0), rng) == 0.0
+    assert nudge_delay(b'{"poll": true, "within_s": 1e9}', rng) <= MAX_SPREAD_S
+    for bad in (
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'{"within_s": "soon"}',
+        b'{"within_s": NaN}',
+        b'{"within_s": Infinity}',
+        b'{"within_s": -5}',
+        b'{"within_s": null}',
+        b'{"within_s": 5, "pad": "' + b"x" * 2000 + b'"}',
+    ):
+        assert nudge_delay(bad, rng) == 0.0, bad
+
+
+def test_a_spread_nudge_makes_the_agent_poll_within_its_spread(world, mqtt_url):
+    import paho.mqtt.client as mqtt
+
+    a = world.agent(start=False, mqtt_url=mqtt_url)
+    world.standin.poll_interval_s = 60.0
+    t = threading.Thread(target=a.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(world.standin.heartbeats) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # let the subscription settle
+        n = len(world.standin.heartbeats)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        c.connect("127.0.0.1", 1883)
+        c.loop_start()
+        c.publish(
+            f"edgefleet/devices/{a.creds.device_id}/nudge", json.dumps({"poll": True, "within_s": 2}), qos=1
+        ).wait_for_publish()
+        deadline = time.monotonic() + 30
+        while len(world.standin.heartbeats) == n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c.loop_stop()
+        assert len(world.standin.heartbeats) > n, "no poll within the nudge's spread (interval is 60 s)"
+    finally:
+        a.stop_event.set()
+        t.join(timeout=20)
+
+
 def test_cli_rollback_asks_the_running_agent(world, tmp_path):
     a = world.agent()
     world.install(a, "1.0.0")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from edgefleet.server import ServerConfig, free_port, start_server
-from edgefleet.server._notify import MqttNotifier
+from edgefleet.server._notify import MqttNotifier, spread_for
 from edgefleet.sim import Fleet, Scenario
 
 pytestmark = pytest.mark.mqtt
@@ -56,6 +56,56 @@ def test_notifier_publishes_device_and_group_nudges_with_qos1(mqtt_url):
         f"{prefix}/groups/region/eu-west/nudge",
     ]
     assert all(json.loads(m[1]) == {"poll": True} and m[2] == 1 for m in msgs)
+
+
+def test_a_nudge_of_many_devices_asks_them_to_spread_their_polls(mqtt_url):
+    """n devices nudged at once are asked to poll within n / rate seconds (at most their poll interval);
+    a group nudge, its size unknown, within the poll interval; one device, now."""
+    prefix = f"edgefleet-test-{time.monotonic_ns()}"
+    sub, got = _subscriber(mqtt_url, f"{prefix}/#")
+    n = MqttNotifier(mqtt_url, prefix=prefix, rate_per_s=10.0, max_spread_s=60.0)
+    try:
+        assert n.wait_connected(5)
+        assert n.nudge([f"dev-{i}" for i in range(50)]) == 50
+        assert n.nudge(["dev-alone"]) == 1
+        assert n.nudge_group("region", "eu-west")
+        msgs = [got.get(timeout=5) for _ in range(52)]
+    finally:
+        n.close()
+        sub.loop_stop()
+        sub.disconnect()
+    body = {topic.split("/")[-2]: json.loads(payload) for topic, payload, _ in msgs}
+    assert all(body[f"dev-{i}"] == {"poll": True, "within_s": 5.0} for i in range(50))
+    assert body["dev-alone"] == {"poll": True}
+    assert body["eu-west"] == {"poll": True, "within_s": 60.0}
+    assert spread_for(100_000, 10.0, 60.0) == 60.0 and spread_for(50, 0.0, 60.0) == 0.0
+
+
+def test_a_wave_s_nudges_carry_the_server_s_spread(tmp_path, published, mqtt_url):
+    """The server's notifier takes ``nudge_rate_per_s`` and the poll interval from its settings."""
+    cfg = ServerConfig(
+        data_dir=tmp_path / "s",
+        repo_dir=published / "repo",
+        keys_dir=tmp_path / "nokeys",
+        mqtt_url=mqtt_url,
+        mqtt_topic_prefix=f"edgefleet-test-{time.monotonic_ns()}",
+        nudge_rate_per_s=2.0,
+        poll_interval_s=30.0,
+    )
+    with start_server(cfg) as srv:
+        notifier = srv.app.state.ctx.notifier
+        assert notifier.wait_connected(5)
+        sub, got = _subscriber(mqtt_url, f"{cfg.mqtt_topic_prefix}/#")
+        try:
+            assert notifier.nudge(["a", "b", "c"]) == 3
+            assert notifier.nudge([f"d{i}" for i in range(100)]) == 100
+            msgs = [got.get(timeout=5) for _ in range(103)]
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+    within = {topic.split("/")[-2]: json.loads(payload).get("within_s") for topic, payload, _ in msgs}
+    assert {within[x] for x in "abc"} == {1.5}  # 3 devices at 2/s
+    assert {within[f"d{i}"] for i in range(100)} == {30.0}  # 50 s, capped at the poll interval
 
 
 def test_admitted_devices_are_nudged_when_a_wave_opens(tmp_path, published, mqtt_url):

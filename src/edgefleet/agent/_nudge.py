@@ -1,19 +1,45 @@
-"""MQTT nudges: a message on ``edgefleet/devices/<id>/nudge`` makes the agent poll now.
+"""MQTT nudges: a message on ``edgefleet/devices/<id>/nudge`` makes the agent poll now, or at a random
+moment within the ``within_s`` seconds the message asks for (the server spreads a wave's nudges that way,
+``edgefleet.server._notify.nudge_payload``; :func:`nudge_delay` is the one rule, the simulator's too).
 
-Nothing the device trusts travels over MQTT: a nudge carries no assignment, only "poll now".
+Nothing the device trusts travels over MQTT: a nudge carries no assignment, only "poll (soon)". A
+malformed, oversized or out-of-range message is read as "poll now"; the spread is capped, and the agent
+still polls on its own interval, so a message can make a device poll sooner, never later.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import random
 import threading
 import uuid
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["nudge_topic", "start_nudge_listener"]
+__all__ = ["nudge_delay", "nudge_topic", "start_nudge_listener"]
 
 log = logging.getLogger(__name__)
+
+MAX_SPREAD_S = 3600.0  # the longest spread a nudge may ask for
+MAX_PAYLOAD = 1024  # bytes of a nudge that are read at all
+
+
+def nudge_delay(payload: bytes, rng: random.Random) -> float:
+    """Seconds to wait before polling on a nudge whose message is ``payload``: uniform within its
+    ``within_s`` (capped at MAX_SPREAD_S); 0 for "poll now" and for anything that is not a well-formed
+    nudge."""
+    if not payload or len(payload) > MAX_PAYLOAD:
+        return 0.0
+    try:
+        body = json.loads(payload)
+        within = float(body.get("within_s", 0.0)) if isinstance(body, dict) else 0.0
+    except (ValueError, TypeError):
+        return 0.0
+    if not math.isfinite(within) or within <= 0:
+        return 0.0
+    return rng.uniform(0.0, min(within, MAX_SPREAD_S))
 
 
 def nudge_topic(device_id: str) -> str:
@@ -42,9 +68,21 @@ def start_nudge_listener(url: str, device_id: str, event: threading.Event) -> An
             c.subscribe(topic, qos=1)
             log.info("listening for nudges on %s", topic)
 
+    rng = random.Random()
+    pending: list[threading.Timer] = []  # at most one spread nudge waits; more while it waits add nothing
+
     def on_message(_c: Any, _userdata: Any, msg: Any) -> None:
-        log.info("nudge received on %s", msg.topic)
-        event.set()
+        delay = nudge_delay(msg.payload, rng)
+        log.info("nudge received on %s (poll in %.1f s)", msg.topic, delay)
+        if delay <= 0:
+            event.set()
+            return
+        if pending and pending[0].is_alive():
+            return  # the one already waiting fires within the same kind of spread
+        timer = threading.Timer(delay, event.set)
+        timer.daemon = True
+        pending[:] = [timer]
+        timer.start()
 
     client.on_connect = on_connect
     client.on_message = on_message

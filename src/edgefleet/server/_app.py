@@ -159,7 +159,11 @@ def create_app(
     tokens = TokenService(db, cfg, clock=clock)
     tokens.bootstrap_admin()
     notifier = notifier or make_notifier(
-        cfg.mqtt_url, prefix=cfg.mqtt_topic_prefix, max_queue=cfg.mqtt_max_queue
+        cfg.mqtt_url,
+        prefix=cfg.mqtt_topic_prefix,
+        max_queue=cfg.mqtt_max_queue,
+        rate_per_s=cfg.nudge_rate_per_s,
+        max_spread_s=cfg.poll_interval_s,
     )
     repo = RepositoryService(cfg.repo_path, cfg.keys_path, refresh_margin_s=cfg.timestamp_refresh_margin_s)
     blobs = make_blob_store(cfg)

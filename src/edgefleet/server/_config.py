@@ -99,6 +99,12 @@ class ServerConfig(BaseSettings):
     mqtt_url: str | None = Field(None, description="mqtt://host:port of a broker for nudges; none = polling")
     mqtt_topic_prefix: str = Field("edgefleet", description="first level of every nudge topic")
     mqtt_max_queue: int = Field(10_000, gt=0, description="nudges queued while the broker is unreachable")
+    nudge_rate_per_s: float = Field(
+        100.0,
+        ge=0,
+        description="nudged devices are asked to poll within n / this many seconds (at most poll_interval_s) "
+        "at a random moment, so a wave's n nudges do not come back as one burst; 0: all at once",
+    )
 
     db_pool_size: int = Field(10, gt=0, description="connections per server process (PostgreSQL)")
     db_connect_timeout_s: float = Field(5.0, gt=0, description="PostgreSQL connect timeout")

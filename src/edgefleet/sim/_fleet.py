@@ -555,8 +555,11 @@ class Fleet:
         import paho.mqtt.client as mqtt
 
         u = urlparse(self.mqtt_url)
+        from edgefleet.agent._nudge import nudge_delay
+
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         loop = self._loop
+        rng = random.Random(0)
         ready = threading.Event()
 
         def on_connect(cl, userdata, flags, rc, props=None):  # noqa: ANN001
@@ -570,7 +573,8 @@ class Fleet:
             d = self.by_id.get(parts[2]) if len(parts) >= 4 else None
             if d is not None and d.nudge is not None:
                 self.nudges += 1
-                loop.call_soon_threadsafe(d.nudge.set)
+                # poll now, or within the spread the server asked for: the agent's own rule
+                loop.call_soon_threadsafe(loop.call_later, nudge_delay(msg.payload, rng), d.nudge.set)
 
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe

@@ -400,10 +400,14 @@ class _Side:
         entry["at_s"] = round(time.monotonic() - self.t0, 2)
         self.started.append(f"{f.kind}@{f.region or 'all'}")
         if f.kind == "herd":
+            # as a broadcast nudge asking to poll within spread_s reaches the devices (the agent's rule)
+            from edgefleet.agent._nudge import nudge_delay
+            from edgefleet.server._notify import nudge_payload
+
             rng = random.Random(self.seed + self.worker)
             for d in self.fleet.devices:
                 if d.nudge is not None:
-                    loop.call_later(rng.uniform(0, f.spread_s), d.nudge.set)
+                    loop.call_later(nudge_delay(nudge_payload(f.spread_s), rng), d.nudge.set)
             entry["nudged"] = len(self.fleet.devices)
             entry["spread_s"] = f.spread_s
             self.faults.append(entry)
