@@ -83,7 +83,8 @@ def test_agent_without_credentials_says_how_to_enroll(tmp_path):
     assert "agent enroll" in e.value.hint
 
 
-def test_mqtt_nudge_makes_the_agent_poll_now(world, mqtt_url):
+def _polls_after_a_nudge(world, mqtt_url, message: dict) -> bool:
+    """Whether an agent polling every 60 s polls again after an MQTT nudge carrying ``message``."""
     import paho.mqtt.client as mqtt
 
     a = world.agent(start=False, mqtt_url=mqtt_url)
@@ -100,16 +101,20 @@ def test_mqtt_nudge_makes_the_agent_poll_now(world, mqtt_url):
         c.connect("127.0.0.1", 1883)
         c.loop_start()
         c.publish(
-            f"edgefleet/devices/{a.creds.device_id}/nudge", json.dumps({"poll": True}), qos=1
+            f"edgefleet/devices/{a.creds.device_id}/nudge", json.dumps(message), qos=1
         ).wait_for_publish()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while len(world.standin.heartbeats) == n and time.monotonic() < deadline:
             time.sleep(0.05)
         c.loop_stop()
-        assert len(world.standin.heartbeats) > n, "no poll after the nudge (interval is 60 s)"
+        return len(world.standin.heartbeats) > n
     finally:
         a.stop_event.set()
         t.join(timeout=20)
+
+
+def test_mqtt_nudge_makes_the_agent_poll_now(world, mqtt_url):
+    assert _polls_after_a_nudge(world, mqtt_url, {"poll": True}), "no poll after the nudge (interval is 60 s)"
 
 
 def test_a_nudge_s_spread_is_read_defensively():
@@ -141,32 +146,8 @@ def test_a_nudge_s_spread_is_read_defensively():
 
 
 def test_a_spread_nudge_makes_the_agent_poll_within_its_spread(world, mqtt_url):
-    import paho.mqtt.client as mqtt
-
-    a = world.agent(start=False, mqtt_url=mqtt_url)
-    world.standin.poll_interval_s = 60.0
-    t = threading.Thread(target=a.run, daemon=True)
-    t.start()
-    try:
-        deadline = time.monotonic() + 30
-        while len(world.standin.heartbeats) < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.0)  # let the subscription settle
-        n = len(world.standin.heartbeats)
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        c.connect("127.0.0.1", 1883)
-        c.loop_start()
-        c.publish(
-            f"edgefleet/devices/{a.creds.device_id}/nudge", json.dumps({"poll": True, "within_s": 2}), qos=1
-        ).wait_for_publish()
-        deadline = time.monotonic() + 30
-        while len(world.standin.heartbeats) == n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        c.loop_stop()
-        assert len(world.standin.heartbeats) > n, "no poll within the nudge's spread (interval is 60 s)"
-    finally:
-        a.stop_event.set()
-        t.join(timeout=20)
+    polled = _polls_after_a_nudge(world, mqtt_url, {"poll": True, "within_s": 2})
+    assert polled, "no poll within the nudge's spread (interval is 60 s)"
 
 
 def test_cli_rollback_asks_the_running_agent(world, tmp_path):
