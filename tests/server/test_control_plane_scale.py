@@ -110,6 +110,57 @@ def test_two_server_processes_share_one_port_and_one_of_them_leads(tmp_path, pg_
     assert h.process.returncode == 0, (tmp_path / "server.log").read_text()
 
 
+@pytest.mark.postgres
+def test_a_batch_the_database_aborts_as_a_deadlock_victim_is_written_again(tmp_path, pg_url):
+    """A batch is one implicit transaction that locks its devices' rows in arrival order; another
+    transaction (a rollout tick's admission) holding one of them and then asking for another the batch
+    holds is a deadlock, and PostgreSQL aborts the batch (its side detects first: the other waits 10 s
+    before looking). The batch is written again and every device answered, none with an error."""
+    import threading
+
+    import sqlalchemy as sa
+
+    client, clock = make_harness(tmp_path, db_url=pg_url)
+    with client:
+        h = Harness(client, clock)
+        x, y = h.enroll(), h.enroll()
+        writer = h.ctx.devices._beats
+        batcher = HeartbeatBatcher(writer)
+
+        def beat(d: dict, state: str):
+            hb = Heartbeat.model_validate({"device_id": d["device_id"], "state": state, "health": {}})
+            return writer.prepare(d["device_id"], d["device_token"], hb, clock())
+
+        eng = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+        other = eng.connect()
+        other.execute(sa.text("SET deadlock_timeout = '10s'"))
+        other.execute(sa.text("UPDATE devices SET command = NULL WHERE id = :i"), {"i": x["device_id"]})
+        out: list = []
+        # y's row first, then x's, which the other transaction holds: the batch waits
+        batch = [(beat(y, "y-batch"), None, None), (beat(x, "x-batch"), None, None)]
+        writing = threading.Thread(target=lambda: out.extend(batcher._outcomes(batch)))
+        writing.start()
+        holder = other.execute(sa.text("select pg_backend_pid()")).scalar()
+        waits = sa.text(  # a backend blocked by the other transaction: the batch, nobody else's
+            "select count(*) from pg_stat_activity where :holder = any(pg_blocking_pids(pid))"
+        ).bindparams(holder=holder)
+        with eng.connect() as probe:
+            assert _until(lambda: probe.execute(waits).scalar() > 0 or probe.rollback()), (
+                "the batch never waited"
+            )
+        # now ask for y's row, which the batch holds: a deadlock, and the batch is its victim
+        other.execute(sa.text("UPDATE devices SET command = NULL WHERE id = :i"), {"i": y["device_id"]})
+        other.commit()
+        other.close()
+        writing.join(60)
+        eng.dispose()
+        assert not writing.is_alive()
+        assert batcher.retried >= 1
+        assert [err for _, err in out] == [None, None], out
+        for d, state in ((x, "x-batch"), (y, "y-batch")):
+            assert client.get(f"/v1/devices/{d['device_id']}", headers=h.admin).json()["state"] == state
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("flag", [None, "--jobs-in-process"])
 def test_by_default_the_request_process_never_leads(tmp_path, flag):

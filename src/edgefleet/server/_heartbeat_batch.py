@@ -10,7 +10,8 @@ previous batch's round trip.
 Semantics are the single statement's: every heartbeat is still its own ``UPDATE ... RETURNING`` of its
 own row, so each device's answer is its own state after its own report. A batch whose pipeline fails
 (one bad row aborts the rest) is retried one statement at a time, so one device's failure is never
-another's. A device is answered only after its write returned, so a server crash loses only unanswered
+another's; a batch the database rolled back as a deadlock victim (it locks its rows in arrival order, a
+rollout tick in its own) is written again whole. A device is answered only after its write returned, so a server crash loses only unanswered
 heartbeats (the devices send them again); a database crash loses at most the last fraction of a second
 of commits (``synchronous_commit=off`` on this connection, as before).
 """
@@ -30,6 +31,8 @@ __all__ = ["HeartbeatBatcher"]
 
 log = logging.getLogger(__name__)
 
+DEADLOCK_RETRIES = 3  # times a batch the database rolled back (deadlock victim) is written again
+
 _Item = tuple[PreparedBeat, asyncio.AbstractEventLoop, asyncio.Future]
 
 
@@ -44,6 +47,7 @@ class HeartbeatBatcher:
         self.max_batch = max_batch
         self.batches = 0  # batches written (for tests and the benchmark's report)
         self.largest = 0
+        self.retried = 0  # batches written again after the database rolled them back (deadlock)
         self._pending: list[_Item] = []
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -88,12 +92,21 @@ class HeartbeatBatcher:
 
     def _outcomes(self, batch: list[_Item]) -> list[tuple[Any, BaseException | None]]:
         beats = [b for b, _, _ in batch]
-        try:
-            return [(r, None) for r in self.db.hot(lambda cur: self._write(cur, beats))]
-        except Exception as e:
-            if len(beats) == 1 or is_db_unavailable(e):
-                return [(None, e)] * len(beats)
-            log.warning("a batch of %d heartbeats failed (%s); writing them one by one", len(beats), e)
+        for attempt in range(1 + DEADLOCK_RETRIES):
+            try:
+                return [(r, None) for r in self.db.hot(lambda cur: self._write(cur, beats))]
+            except Exception as e:
+                if _rolled_back_by_the_database(e) and attempt < DEADLOCK_RETRIES:
+                    # a batch is one implicit transaction, locking its devices' rows in arrival order;
+                    # a rollout tick updating some of them in another order can deadlock with it, and
+                    # PostgreSQL then aborts one side: written again, nothing of it was kept
+                    self.retried += 1
+                    log.info("a batch of %d heartbeats was rolled back (%s); writing it again", len(beats), e)
+                    continue
+                if len(beats) == 1 or is_db_unavailable(e):
+                    return [(None, e)] * len(beats)
+                log.warning("a batch of %d heartbeats failed (%s); writing them one by one", len(beats), e)
+                break
         out: list[tuple[Any, BaseException | None]] = []
         for b in beats:
             try:
@@ -115,6 +128,11 @@ class HeartbeatBatcher:
                 rows[i] = found[0] if found else None
                 cur.nextset()
         return [(rows[i], self.writer.finish(cur, b, rows[i])) for i, b in enumerate(beats)]
+
+
+def _rolled_back_by_the_database(e: BaseException) -> bool:
+    """A deadlock victim or a serialization failure: the transaction was undone and may simply run again."""
+    return getattr(getattr(e, "orig", None), "sqlstate", None) in ("40P01", "40001")
 
 
 def _settle(batch: list[_Item], outcomes: list[tuple[Any, BaseException | None]]) -> None:
