@@ -94,7 +94,9 @@ def test_one_leader_at_a_time_and_another_takes_over(tmp_path, request, backend)
 @pytest.mark.slow
 def test_two_server_processes_share_one_port_and_one_of_them_leads(tmp_path, pg_url):
     cfg = ServerConfig(data_dir=tmp_path / "s", db_url=pg_url, keys_dir=tmp_path / "nokeys")
-    h = start_server_process(cfg, workers=2, timeout=180, log_file=tmp_path / "server.log")
+    h = start_server_process(
+        cfg, workers=2, jobs_process=False, timeout=180, log_file=tmp_path / "server.log"
+    )
     try:
         seen: dict[bool, int] = {}
 
