@@ -9,7 +9,7 @@ repetitions (the default configuration first, the tuned one second).
 2. Batching: 32 concurrent client threads, batch-1 requests in a closed loop, through the default
    Runtime vs the same with the batcher off (and references), in alternating rounds: throughput,
    p50/p99, and the per-round speedup's spread.
-3. HTTP: ``edgefleet serve`` (defaults, and ``--no-batching``) vs a minimal hand-rolled FastAPI +
+3. HTTP: ``edgefleet serve`` (defaults, then ``--no-batching`` and ``--workers 2``) vs a minimal hand-rolled FastAPI +
    ONNX Runtime endpoint, each in its own process, loaded by ``wrk`` (Debian) on loopback with 32
    connections, for the digits bundle and the 17 MB MLP; the default server also through the Open
    Inference Protocol's ``POST /v2/models/{name}/infer``. Per-round ratios give the spreads.
@@ -562,6 +562,8 @@ def bench_http(
     servers = {
         "edgefleet serve (defaults)": lambda port: [*serve, str(port)],
         "edgefleet serve --no-batching": lambda port: [*serve, str(port), "--no-batching"],
+        # tuned: two processes share the port (each its own model copy and batcher)
+        "edgefleet serve --workers 2": lambda port: [*serve, str(port), "--workers", "2"],
         "hand-rolled FastAPI + ORT": lambda port: [
             sys.executable,
             "-m",

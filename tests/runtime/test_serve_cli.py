@@ -111,3 +111,83 @@ def test_environment_is_not_required(monkeypatch):
     from edgefleet.runtime import RuntimeConfig
 
     assert RuntimeConfig().api.host == "127.0.0.1"
+
+
+def _serve_workers(source, *extra):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli", "serve", str(source), "--port", "0", "--workers", "2", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stderr.readline()  # "serving NAME on URL ...": printed once the model loaded, port chosen
+    assert " on http://127.0.0.1:" in line, line + proc.stderr.read()
+    url = line.split(" on ")[1].split()[0]
+    return proc, url
+
+
+def _listeners(proc, port):
+    import psutil
+
+    out = []
+    for child in psutil.Process(proc.pid).children():
+        try:
+            conns = child.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns):
+            out.append(child)
+    return out
+
+
+def test_workers_share_one_port_and_stop_together(digits_bundle, digits_split):
+    import psutil
+
+    proc, url = _serve_workers(digits_bundle)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        deadline = time.monotonic() + 90
+        while len(_listeners(proc, port)) < 2:  # each worker loads its model, then listens
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "two workers never listened on the port"
+            time.sleep(0.1)
+        workers = _listeners(proc, port)
+        x = {"inputs": digits_split.x_test[:1].tolist()}
+        want = None
+        for _ in range(20):  # a new connection each: the kernel spreads them over the workers
+            r = httpx.post(f"{url}/v1/predict", json=x, timeout=10)
+            assert r.status_code == 200
+            got = r.json()["predictions"][0]["class"]
+            assert want is None or got == want  # every copy of the model gives the same answer
+            want = got
+        # one worker dies: the supervisor stops the other and exits non-zero (systemd restarts it whole)
+        workers[0].kill()
+        proc.wait(30)
+        assert proc.returncode == 1
+        assert not workers[1].is_running() or workers[1].status() == psutil.STATUS_ZOMBIE
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_workers_stop_cleanly_on_sigterm(digits_bundle):
+    proc, url = _serve_workers(digits_bundle)
+    port = int(url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 90
+    while len(_listeners(proc, port)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    workers = _listeners(proc, port)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    assert proc.returncode == 0
+    assert not any(w.is_running() and w.status() != "zombie" for w in workers)
+
+
+def test_workers_with_a_unix_socket_is_a_clear_error(digits_bundle, tmp_path, capsys):
+    from edgefleet.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", str(digits_bundle), "--uds", str(tmp_path / "s.sock"), "--workers", "2"])
+    assert e.value.code == 1
+    assert "--workers serves a TCP port" in capsys.readouterr().err

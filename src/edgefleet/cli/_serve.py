@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -92,13 +93,22 @@ def serve(
     insecure_http: bool = typer.Option(
         False, "--insecure-http", help="Allow plain HTTP off loopback (only behind a TLS-terminating proxy)."
     ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        max=64,
+        help="Processes sharing the TCP port (SO_REUSEPORT), each with its own copy of the model and its own "
+        "batcher: more requests per second where cores allow, at that much more memory; /metrics counts "
+        "the process that answers the scrape.",
+    ),
 ) -> None:
     """Serve a model: POST /v1/predict, GET /v1/model, /healthz, /metrics, and the Open Inference
     Protocol (KServe v2: /v2/health/live and ready, /v2/models/NAME, its /ready and /infer); OpenAPI
     at /docs."""
     import logging
 
-    from edgefleet.runtime import ApiServer, Runtime, RuntimeConfig
+    from edgefleet.runtime import RuntimeConfig
 
     cfg = RuntimeConfig()
     api = cfg.api.model_copy(
@@ -161,32 +171,36 @@ def serve(
         updates["power_watts"] = fig[0]
     cfg = cfg.model_copy(update=updates)
 
-    box = None
-    if outbox is not None:
-        from edgefleet.telemetry import Outbox
+    from edgefleet.runtime._server import ServeJob, serve_workers
 
-        box = Outbox(outbox)
-    rt = Runtime.from_bundle(source, cfg, backup=backup, large=large, cloud_url=cloud_url, outbox=box)
-    try:
-        server = ApiServer(
-            rt, api, log_level="info" if logging.getLogger().level <= logging.INFO else "warning"
+    job = ServeJob(
+        source,
+        cfg,
+        backup=backup,
+        large=large,
+        cloud_url=cloud_url,
+        outbox=outbox,
+        log_level="info" if logging.getLogger().level <= logging.INFO else "warning",
+    )
+    os.environ.pop("EDGEFLEET_API_TOKEN", None)
+    if workers > 1:
+        code = serve_workers(job, workers, ready=lambda rt, url: _announce(rt, url, api, host, uds, workers))
+        raise typer.Exit(code)
+    job.serve(ready=lambda rt, server: _announce(rt, server.url, api, host, uds))
+
+
+def _announce(rt: Any, where: str, api: Any, host: str, uds: Path | None, workers: int = 1) -> None:
+    m = rt.manifest
+    err_console.print(f"serving [bold]{m.key}[/] on {where} (OpenAPI at /docs)", highlight=False)
+    if workers > 1:
+        err_console.print(f"{workers} processes share the port, each with its own copy of the model")
+    if rt.trigger is not None:
+        err_console.print(
+            f"trigger: {rt.trigger.gate!r} on input {rt.trigger.watched(m)!r}; gated inputs answer "
+            "triggered=false (counts in GET /v1/model and /metrics)",
+            highlight=False,
         )
-        m = rt.manifest
-        where = server.url
-        err_console.print(f"serving [bold]{m.key}[/] on {where} (OpenAPI at /docs)", highlight=False)
-        if rt.trigger is not None:
-            err_console.print(
-                f"trigger: {rt.trigger.gate!r} on input {rt.trigger.watched(m)!r}; gated inputs answer "
-                "triggered=false (counts in GET /v1/model and /metrics)",
-                highlight=False,
-            )
-        if api.token is None and not uds and host not in ("127.0.0.1", "::1", "localhost"):
-            err_console.print(
-                "[yellow]warning:[/] no token and not on loopback: anyone on the network can call it"
-            )
-        os.environ.pop("EDGEFLEET_API_TOKEN", None)
-        server.run()
-    finally:
-        rt.close()
-        if box is not None:
-            box.close()
+    if api.token is None and not uds and host not in ("127.0.0.1", "::1", "localhost"):
+        err_console.print(
+            "[yellow]warning:[/] no token and not on loopback: anyone on the network can call it"
+        )

@@ -327,56 +327,28 @@ class Batcher:
         class notes); None, without waiting, when it has to queue. ``cheap_only``: only for a model
         whose calls cost less than a hand-off (an event loop may run those itself).
         """
-        if not self._inline or not (
-            deadline is None or (self.timeout_s is not None and deadline - time.monotonic() > self.timeout_s)
-        ):
+        if not self._inline:
             return None
+        now = time.monotonic()
+        if deadline is not None and (self.timeout_s is None or deadline - now <= self.timeout_s):
+            return None
+        rows = batch_rows(batch)
         solo = self._solo_cpu_s
-        cheap = solo < _CHEAP_CALL_S and (solo * batch_rows(batch) < _CHEAP_CALL_S)
+        cheap = solo < _CHEAP_CALL_S and solo * rows < _CHEAP_CALL_S
         with self._lock:
-            alone = (
-                not self._heap
-                and not self._closed
-                and not self._stuck
-                and (
+            if (
+                self._heap
+                or self._closed
+                or self._stuck
+                or not (
                     # a model call cheaper than a hand-off: batching cannot pay, run it here
                     cheap
                     # nothing running, and no request queued a moment ago (more would follow)
-                    or (
-                        not cheap_only
-                        and not self._busy
-                        and time.monotonic() - self._queued_at > self._quiet_s
-                    )
+                    or (not cheap_only and not self._busy and now - self._queued_at > self._quiet_s)
                 )
-            )
-            if not alone:
+            ):
                 return None
             self._busy += 1
-        try:
-            return self._call_inline(batch, priority, deadline)
-        finally:
-            with self._lock:
-                self._busy -= 1
-
-    def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
-        deadline = opts.get("deadline")
-        if self._inline:
-            out = self.try_inline(batch, opts.get("priority", Priority.NORMAL), deadline)
-            if out is not None:
-                return out
-        ticket = self.submit(batch, **opts)
-        if ticket.wait(None if deadline is None else deadline - time.monotonic()):
-            return ticket.result()
-        self.cancel(ticket)
-        if ticket.wait(0):
-            return ticket.result()  # finished in the instant between the timeout and the cancel
-        raise DeadlineExceededError(
-            "request deadline passed while it waited for the model",
-            hint="send a longer deadline, or lower the load on this device",
-        )
-
-    def _call_inline(self, batch: dict[str, np.ndarray], priority: int, deadline: float | None) -> Prediction:
-        rows = batch_rows(batch)
         if self._metrics:
             self._metrics.batch(rows)
         cpu0 = None
@@ -385,7 +357,6 @@ class Batcher:
             # every 16th one-row call: this thread's CPU time for it (waits for the GIL do not count)
             if self._inline_calls % 16 == 1:
                 cpu0 = time.thread_time()
-        t0 = time.monotonic()
         try:
             if self._inline_watchdog is not None:
                 out = self._inline_watchdog.call(batch, {"priority": priority, "deadline": deadline})
@@ -397,11 +368,35 @@ class Batcher:
                 except Exception as e:
                     raise InferenceError(f"model call failed: {e}", hint="see the log") from e
         finally:
-            self._batch_s = 0.8 * self._batch_s + 0.2 * (time.monotonic() - t0)
+            took = time.monotonic() - now
             if cpu0 is not None:
                 # the least seen: contention (cache misses, context switches) only ever adds to it
                 self._solo_cpu_s = min(self._solo_cpu_s, time.thread_time() - cpu0)
+            with self._lock:
+                self._busy -= 1
+                self._batch_s = 0.8 * self._batch_s + 0.2 * took
         return as_prediction(out, self._tier, rows)
+
+    def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
+        deadline = opts.get("deadline")
+        if self._inline:
+            out = self.try_inline(batch, opts.get("priority", Priority.NORMAL), deadline)
+            if out is not None:
+                return out
+        return self.queued(batch, opts.get("priority", Priority.NORMAL), deadline)
+
+    def queued(self, batch: dict[str, np.ndarray], priority: int, deadline: float | None) -> Prediction:
+        """Queue ``batch`` for a worker and wait for its answer (``predict`` when it cannot run inline)."""
+        ticket = self.submit(batch, priority=priority, deadline=deadline)
+        if ticket.wait(None if deadline is None else deadline - time.monotonic()):
+            return ticket.result()
+        self.cancel(ticket)
+        if ticket.wait(0):
+            return ticket.result()  # finished in the instant between the timeout and the cancel
+        raise DeadlineExceededError(
+            "request deadline passed while it waited for the model",
+            hint="send a longer deadline, or lower the load on this device",
+        )
 
     def cancel(self, ticket: Ticket) -> None:
         """Give up on ``ticket``: skipped if still queued, its answer discarded if running."""
@@ -534,7 +529,7 @@ class Batcher:
         cpu0 = None
         if rows == 1 and self._inline:
             self._inline_calls += 1
-            if self._inline_calls % 16 == 1:  # sampled as in _call_inline: what one row costs alone
+            if self._inline_calls % 16 == 1:  # sampled as in try_inline: what one row costs alone
                 cpu0 = time.thread_time()
         t0 = time.monotonic()
         try:

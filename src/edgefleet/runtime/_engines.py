@@ -230,7 +230,12 @@ class OrtEngine:
 
     def predict(self, batch: dict[str, np.ndarray], **opts: Any) -> Prediction:
         """Answer ``batch``; ``run_options`` (from :meth:`run_options`) lets a watchdog stop the call."""
-        deadline = opts.get("deadline")
+        return self.answer(batch, opts.get("run_options"), opts.get("deadline"))
+
+    def answer(
+        self, batch: dict[str, np.ndarray], options: Any = None, deadline: float | None = None
+    ) -> Prediction:
+        """:meth:`predict` without keyword arguments: the call a watchdog makes on the hot path."""
         if deadline is not None:
             check_deadline(deadline)
         if batch.keys() != self._input_set:
@@ -240,7 +245,24 @@ class OrtEngine:
                 + (f"; missing {missing}" if missing else ""),
                 hint="send exactly the inputs listed by GET /v1/model",
             )
-        return _answer(self._run, batch, self._fixed, self._meta, self._tier, opts.get("run_options"))
+        if self._fixed is not None:
+            return _answer(self._run, batch, self._fixed, self._meta, self._tier, options)
+        run = self._call
+        if run is None:
+            raise InferenceError(f"model {self._meta.name} is closed", hint="it was swapped out; retry")
+        names = self._output_names
+        try:  # _answer inlined for the common case (a dynamic batch dimension): one call less per request
+            out = Prediction.__new__(Prediction)
+            dict.update(out, zip(names, run(names, batch, options), strict=True))
+        except Exception as e:
+            raise InferenceError(
+                f"model {self._meta.name} {self._meta.version} failed: {e}",
+                hint="check the input shapes and dtypes against GET /v1/model",
+                tier=self._tier,
+            ) from e
+        out.tiers = (self._tier,) * batch_rows(out or batch)
+        out.events = ()
+        return out
 
     def close(self) -> None:
         # ORT frees the session when the last reference goes; drop ours.

@@ -97,6 +97,9 @@ class RuntimeMetrics:
         self.registry = registry or CollectorRegistry()
         r, ns = self.registry, namespace
         self._req = _RequestCollector(ns)
+        # the hot path's calls go straight to the collector (instance attributes shadow the methods below)
+        self.answered = self._req.answered  # type: ignore[method-assign]
+        self.batch = self._req.batch  # type: ignore[method-assign]
         r.register(self._req)
         self.queue_depth = Gauge(f"{ns}_queue_depth", "Requests waiting in the batcher", registry=r)
         self.inflight = Gauge(f"{ns}_inflight", "Requests being answered", registry=r)

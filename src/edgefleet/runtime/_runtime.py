@@ -402,12 +402,19 @@ class Runtime:
             if trig is not None and (gated := trig.check(served, tensors, t0)) is not None:
                 res = gated
             else:
-                out = as_prediction(
-                    served.pipeline.predict(
-                        tensors, priority=priority, deadline=abs_deadline, escalate=escalate
-                    ),
-                    served.tier,
-                )
+                batcher = served.batcher
+                # a bare batcher (the default pipeline) may answer on this thread: ask it directly
+                if batcher is not None:
+                    out = batcher.try_inline(tensors, priority, abs_deadline)
+                    if out is None:
+                        out = batcher.queued(tensors, priority, abs_deadline)
+                else:
+                    out = as_prediction(
+                        served.pipeline.predict(
+                            tensors, priority=priority, deadline=abs_deadline, escalate=escalate
+                        ),
+                        served.tier,
+                    )
                 res = served.finish(out, t0)
                 if trig is not None:
                     trig.answered(res)

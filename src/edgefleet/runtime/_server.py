@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,10 @@ from edgefleet.errors import (
     ConfigError,
 )
 from edgefleet.runtime._api import create_app
-from edgefleet.runtime._config import ApiConfig
+from edgefleet.runtime._config import ApiConfig, RuntimeConfig
 from edgefleet.runtime._runtime import Runtime
 
-__all__ = ["ApiServer", "tls_options"]
+__all__ = ["ApiServer", "ServeJob", "serve_workers", "tls_options"]
 
 log = logging.getLogger("edgefleet.runtime._api")
 
@@ -49,7 +50,12 @@ class ApiServer:
     """
 
     def __init__(
-        self, runtime: Runtime, config: ApiConfig | None = None, *, log_level: str = "warning"
+        self,
+        runtime: Runtime,
+        config: ApiConfig | None = None,
+        *,
+        log_level: str = "warning",
+        reuse_port: bool = False,
     ) -> None:
         import uvicorn
 
@@ -77,6 +83,8 @@ class ApiServer:
             family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:  # one of several processes serving this port (serve_workers)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 sock.bind((cfg.host, cfg.port))
             except OSError as e:
@@ -148,3 +156,117 @@ class ApiServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class ServeJob:
+    """What ``edgefleet serve`` serves: the model and its companions, the settings (``config.api``: where
+    to listen). Picklable, so that worker processes can build the same runtime."""
+
+    source: Path
+    config: RuntimeConfig
+    backup: Path | None = None
+    large: Path | None = None
+    cloud_url: str | None = None
+    outbox: Path | None = None
+    log_level: str = "warning"
+
+    def runtime(self) -> tuple[Runtime, Any]:
+        """The runtime and its outbox (None without one): the caller closes both."""
+        box = None
+        if self.outbox is not None:
+            from edgefleet.telemetry import Outbox
+
+            box = Outbox(self.outbox)
+        try:
+            rt = Runtime.from_bundle(
+                self.source,
+                self.config,
+                backup=self.backup,
+                large=self.large,
+                cloud_url=self.cloud_url,
+                outbox=box,
+            )
+        except BaseException:
+            if box is not None:
+                box.close()
+            raise
+        return rt, box
+
+    def serve(self, *, reuse_port: bool = False, ready: Any = None) -> None:
+        """Serve in the foreground until SIGTERM/SIGINT; ``ready(runtime, server)`` once it is listening."""
+        rt, box = self.runtime()
+        try:
+            server = ApiServer(rt, self.config.api, log_level=self.log_level, reuse_port=reuse_port)
+            if ready is not None:
+                ready(rt, server)
+            server.run()
+        finally:
+            rt.close()
+            if box is not None:
+                box.close()
+
+
+def serve_workers(job: ServeJob, workers: int, *, ready: Any = None) -> int:
+    """Serve ``job`` from ``workers`` processes sharing one TCP port (``SO_REUSEPORT``: the kernel
+    spreads new connections across them), until SIGTERM/SIGINT; the exit code to return.
+
+    Each process loads its own copy of the model and runs its own batcher, so memory grows with
+    ``workers`` and a batch only gathers requests that reached the same process; ``/metrics`` and
+    ``GET /v1/model`` count the requests of the process that answers them. With ``port`` 0 a free port
+    is chosen here and held (bound, not listening) while the workers serve it. The model is loaded once
+    here first, so that one that cannot load is one clear error; ``ready(runtime, url)`` is then called
+    with it before it is closed and the workers start.
+    """
+    import multiprocessing
+
+    from edgefleet._processes import supervise
+
+    api = job.config.api
+    if api.uds:
+        raise ConfigError(
+            "--workers serves a TCP port; a Unix socket is served by one process",
+            hint="drop --uds, or --workers",
+        )
+    tls_options(api)  # a bad certificate is one clear error here, not one per worker
+    family = socket.AF_INET6 if ":" in api.host else socket.AF_INET
+    hold = socket.socket(family, socket.SOCK_STREAM)
+    hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        hold.bind((api.host, api.port))
+    except OSError as e:
+        hold.close()
+        raise ConfigError(
+            f"cannot listen on {api.host}:{api.port}: {e.strerror}", hint="choose another --port"
+        ) from e
+    try:
+        port = hold.getsockname()[1]
+        rt, box = job.runtime()
+        try:
+            if ready is not None:
+                host = api.host if ":" not in api.host else f"[{api.host}]"
+                ready(rt, f"{'https' if api.tls_cert else 'http'}://{host}:{port}")
+        finally:
+            rt.close()
+            if box is not None:
+                box.close()
+        job = replace(
+            job, config=job.config.model_copy(update={"api": api.model_copy(update={"port": port})})
+        )
+        mp = multiprocessing.get_context("spawn")
+        procs = [
+            mp.Process(target=_serve_worker, args=(job, os.getpid()), name=f"edgefleet-serve-{i}")
+            for i in range(workers)
+        ]
+        return supervise(procs, what="serve")
+    finally:
+        hold.close()
+
+
+def _serve_worker(job: ServeJob, parent: int) -> None:
+    from edgefleet._processes import stop_when_orphaned
+
+    stop_when_orphaned(parent)
+    logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
+    job.serve(reuse_port=True)

@@ -45,6 +45,7 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.terminated = 0  # calls stopped by the watchdog
+        self._answer = getattr(inner, "answer", None)  # OrtEngine.answer: predict without keywords
 
     def _ensure_thread(self) -> None:
         with self._start_lock:
@@ -64,7 +65,11 @@ class Watchdog:
                     self.terminated += 1
 
     def call(self, batch: dict[str, Any], opts: dict[str, Any]) -> Any:
-        """``inner.predict(batch, **opts)`` on this thread; ModelTimeoutError if the watchdog stopped it."""
+        """``inner.predict(batch, **opts)`` on this thread; ModelTimeoutError if the watchdog stopped it.
+
+        A predictor with ``answer(batch, run_options, deadline)`` (an OrtEngine: the other options do not
+        concern it) is called that way, without building keyword arguments.
+        """
         if self._thread is None:
             self._ensure_thread()
         options = getattr(self._local, "options", None)
@@ -73,7 +78,11 @@ class Watchdog:
         token = next(self._ids)
         self._calls[token] = (time.monotonic() + self.timeout_s, options)
         try:
-            out = self.inner.predict(batch, run_options=options, **opts)
+            answer = self._answer
+            if answer is not None:
+                out = answer(batch, options, opts.get("deadline"))
+            else:
+                out = self.inner.predict(batch, run_options=options, **opts)
         except BaseException as e:
             if self._calls.pop(token, None) is None:  # the watchdog stopped it: that is a timeout
                 self._local.options = None  # its terminate flag is set; the next call takes a fresh one

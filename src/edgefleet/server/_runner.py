@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from edgefleet._processes import stop_when_orphaned
 from edgefleet.errors import ServerError
 from edgefleet.server._config import ServerConfig
 
@@ -259,7 +260,8 @@ def serve_workers(
     restarts the whole server. ``edgefleet server run`` serves this way with ``jobs_process`` by default.
     """
     import multiprocessing
-    import signal
+
+    from edgefleet._processes import supervise
 
     mp = multiprocessing.get_context("spawn")
     serving = config.model_copy(update={"engine_enabled": False}) if jobs_process else config
@@ -269,40 +271,7 @@ def serve_workers(
     ]
     if jobs_process:
         procs.append(mp.Process(target=_jobs_worker, args=(config, os.getpid()), name="edgefleet-jobs"))
-    for p in procs:
-        p.start()
-    stopping = threading.Event()
-
-    def stop(*_: Any) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while not stopping.is_set() and all(p.is_alive() for p in procs):
-        stopping.wait(0.5)
-    code = 0 if stopping.is_set() else 1
-    if code:
-        log.error("a server process exited (code %s); stopping the others", [p.exitcode for p in procs])
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    for p in procs:
-        p.join(15)
-        if p.is_alive():
-            p.kill()
-    return code
-
-
-def _stop_when_orphaned(parent: int) -> None:
-    """SIGTERM this process when the supervisor ``parent`` was killed without stopping it."""
-    import signal
-
-    def orphaned() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=orphaned, name="edgefleet-orphan-watch", daemon=True).start()
+    return supervise(procs, what="server")
 
 
 def _worker(config: ServerConfig, host: str, port: int, parent: int) -> None:
@@ -310,7 +279,7 @@ def _worker(config: ServerConfig, host: str, port: int, parent: int) -> None:
 
     from edgefleet.server._app import create_app
 
-    _stop_when_orphaned(parent)
+    stop_when_orphaned(parent)
     logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
     app = create_app(config)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -338,7 +307,7 @@ def _jobs_worker(config: ServerConfig, parent: int) -> None:
 
     from edgefleet.server._app import create_app
 
-    _stop_when_orphaned(parent)
+    stop_when_orphaned(parent)
     logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
     app = create_app(config)
 
@@ -361,7 +330,7 @@ def _main(argv: list[str]) -> int:
     logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
     # started by start_server_process in a session of its own: stop (and stop the workers) when the
     # program that started it is gone, as a terminal's ^C would have done
-    _stop_when_orphaned(os.getppid())
+    stop_when_orphaned(os.getppid())
     cfg = ServerConfig()
     create_app(cfg).state.ctx.db.dispose()  # migrate once, before the workers start
     jobs = argv[3:4] == ["jobs-process"]
