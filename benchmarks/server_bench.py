@@ -172,6 +172,9 @@ def throughput(devices: int, duration: float, reps: int, concurrency: int, work:
                 db_url=schema.url,
                 keys_dir=work / "nokeys",
                 heartbeat_batch_max=batch,
+                # all four configurations stay up (ten processes with the jobs processes): 6 connections
+                # each, at most 12 with overflow, so that they fit PostgreSQL's default max_connections (100)
+                db_pool_size=6,
             )
             servers[label] = start_server_process(
                 cfg, workers=workers, timeout=300, log_file=work / f"tp{i}.log"

@@ -10,6 +10,7 @@ import numpy as np
 
 from edgefleet.runtime import BatcherConfig, OrtEngine
 from edgefleet.runtime._batcher import Batcher
+from edgefleet.runtime._predictor import batch_rows
 
 
 class _CostlyEngine:
@@ -87,4 +88,40 @@ def test_lone_requests_stay_inline_and_a_running_call_queues_the_next(digits_mlp
         eng.hold.set()
         for t in threads:
             t.join(30)
+        b.close()
+
+
+def test_a_cheap_model_runs_inline_even_when_load_arrives_all_at_once(digits_mlp, x_test):
+    """The batcher times a one-row call on zeros when it starts: a model cheaper than a hand-off then runs
+    on its callers' threads from the first request, with no quiet moment needed to learn its cost (eight
+    callers starting together used to queue and batch behind the first call)."""
+    eng = OrtEngine(digits_mlp)
+    calls: list[tuple[int, str]] = []  # rows of each model call and the thread that made it
+    real = eng.answer
+
+    def answer(batch, options=None, deadline=None):
+        calls.append((batch_rows(batch), threading.current_thread().name))
+        return real(batch, options, deadline)
+
+    eng.answer = answer  # the inline watchdog and OrtEngine.predict (the batch workers) both call it
+    b = Batcher(eng, BatcherConfig(max_delay_ms=20), timeout_s=5.0)
+    try:
+        calls.clear()  # the batcher's own timing calls, on zeros
+        barrier = threading.Barrier(8)
+        answers: list[int] = []
+
+        def client() -> None:
+            barrier.wait()
+            for j in range(30):
+                answers.append(int(b.predict({"input": x_test[j : j + 1]})["label"][0]))
+
+        threads = [threading.Thread(target=client, name=f"client-{i}") for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(answers) == 240
+        assert len(calls) == 240 and {rows for rows, _ in calls} == {1}
+        assert all(name.startswith("client-") for _, name in calls)  # no call went through a batch worker
+    finally:
         b.close()
