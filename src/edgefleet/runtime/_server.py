@@ -42,6 +42,22 @@ def tls_options(cfg: ApiConfig) -> dict[str, Any]:
     return opts
 
 
+def _bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not yet listening); ConfigError when the address is taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {e.strerror}", hint="choose another --port"
+        ) from e
+    return sock
+
+
 class ApiServer:
     """Runs the API with uvicorn on a TCP port or a Unix socket, in the foreground or a thread.
 
@@ -80,18 +96,8 @@ class ApiServer:
             from edgefleet.tls import check_listen
 
             check_listen(cfg.host, tls=bool(cfg.tls_cert), insecure_http=cfg.insecure_http, what="the API")
-            family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:  # one of several processes serving this port (serve_workers)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                sock.bind((cfg.host, cfg.port))
-            except OSError as e:
-                sock.close()
-                raise ConfigError(
-                    f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}", hint="choose another --port"
-                ) from e
+            # reuse_port: one of several processes serving this port (serve_workers)
+            sock = _bind_tcp(cfg.host, cfg.port, reuse_port=reuse_port)
             host, port = sock.getsockname()[:2]
             self.port = port
             scheme = "https" if cfg.tls_cert else "http"
@@ -229,17 +235,7 @@ def serve_workers(job: ServeJob, workers: int, *, ready: Any = None) -> int:
             hint="drop --uds, or --workers",
         )
     tls_options(api)  # a bad certificate is one clear error here, not one per worker
-    family = socket.AF_INET6 if ":" in api.host else socket.AF_INET
-    hold = socket.socket(family, socket.SOCK_STREAM)
-    hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        hold.bind((api.host, api.port))
-    except OSError as e:
-        hold.close()
-        raise ConfigError(
-            f"cannot listen on {api.host}:{api.port}: {e.strerror}", hint="choose another --port"
-        ) from e
+    hold = _bind_tcp(api.host, api.port, reuse_port=True)
     try:
         port = hold.getsockname()[1]
         rt, box = job.runtime()
