@@ -115,7 +115,18 @@ def test_environment_is_not_required(monkeypatch):
 
 def _serve_workers(source, *extra):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.cli", "serve", str(source), "--port", "0", "--workers", "2", *extra],
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            "serve",
+            str(source),
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
