@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def _solo_cpu(inner: Any) -> float:
-    """CPU time of a one-row call on zeros, the least of three, for an engine that answers directly
+    """CPU time of a one-row call on zeros, the least of five, for an engine that answers directly
     (an OrtEngine's ``answer``); infinity when it cannot be measured that way.
 
     Known from the start, a model cheaper than a hand-off runs on its callers' threads even when load
@@ -55,11 +55,12 @@ def _solo_cpu(inner: Any) -> float:
     try:
         feed = {s.name: _zeros(s, 1) for s in inner.metadata.inputs}
         best = float("inf")
-        for _ in range(3):
+        for _ in range(5):
             t0 = time.thread_time()
             answer(feed)
             best = min(best, time.thread_time() - t0)
-            if best >= _CHEAP_CALL_S:  # not cheap: one call says enough
+            # a first call runs cold (5x a warm one was seen): only a call far above the line ends it early
+            if best >= 100 * _CHEAP_CALL_S:
                 break
         return best
     except Exception:  # zeros the model refuses: learn the cost from real calls instead
