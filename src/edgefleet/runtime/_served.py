@@ -200,9 +200,14 @@ class _Served:
 
     def finish(self, out: Prediction, t0: float) -> Result:
         m = self.manifest
-        # positional: outputs, tiers, events, model, version, variant, latency_ms (keywords cost ~0.2 µs)
         res = Result(
-            out, out.tiers, out.events, m.name, m.version, m.variant, (time.perf_counter() - t0) * 1000
+            outputs=out,
+            tiers=out.tiers,
+            events=out.events,
+            model=m.name,
+            version=m.version,
+            variant=m.variant,
+            latency_ms=(time.perf_counter() - t0) * 1000,
         )
         if self.post is not None and self.score is not None and self.score in out:
             scores = np.asarray(out[self.score], dtype=np.float32)
