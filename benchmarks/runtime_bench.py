@@ -479,6 +479,8 @@ def bench_batching(
         rts: dict[str, Any] = {
             "off": Runtime.from_bundle(path, RuntimeConfig(batcher=BatcherConfig(enabled=False))),
             "on": Runtime.from_bundle(path, RuntimeConfig()),  # the default configuration
+            # the default before batch workers followed the cores: one thread runs every batch
+            "on, 1 batch worker": Runtime.from_bundle(path, RuntimeConfig(batcher=BatcherConfig(workers=1))),
             "off, no timeout": Runtime.from_bundle(path, fast),
             "off, no timeout, 1 client": Runtime.from_bundle(path, fast),
             "bare ORT session": BareSession(path),
@@ -491,15 +493,17 @@ def bench_batching(
             for _ in range(rounds):
                 for key, rt in rts.items():
                     runs[key].append(closed_loop(rt, x, threads[key], seconds))
-            text = rts["on"].metrics.exposition().decode()
-            count = float(re.search(r"batch_size_count (\S+)", text).group(1))
-            total = float(re.search(r"batch_size_sum (\S+)", text).group(1))
+            mean_batch = {}
+            for key in ("on", "on, 1 batch worker"):
+                text = rts[key].metrics.exposition().decode()
+                count = float(re.search(r"batch_size_count (\S+)", text).group(1))
+                total = float(re.search(r"batch_size_sum (\S+)", text).group(1))
+                mean_batch[key] = round(total / max(count, 1), 1)
         finally:
             for rt in rts.values():
                 rt.close()
         for key in rts:
             rs = runs[key]
-            on = key == "on"
             # round i of every variant ran back to back: the per-round ratio is the paired figure
             ratios = [r["req_per_s"] / o["req_per_s"] for r, o in zip(rs, runs["off"], strict=True)]
             row = {
@@ -518,8 +522,8 @@ def bench_batching(
                 "speedup_spread": f"{min(ratios):.2f}-{max(ratios):.2f}",
                 "p99_ms_each_round": [r["p99_ms"] for r in rs],
             }
-            if on:
-                row["mean_batch"] = round(total / max(count, 1), 1)
+            if key in mean_batch:
+                row["mean_batch"] = mean_batch[key]
             rows.append(row)
     return rows
 

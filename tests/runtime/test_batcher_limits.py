@@ -329,3 +329,34 @@ def test_a_lone_request_pays_no_batching_delay(engine, doubles, x_test):
             assert time.monotonic() - t0 < 1.5  # far under the 3 s a batch may stay open
     finally:
         b.close()
+
+
+@pytest.mark.parametrize(
+    ("cores", "threads_per_call", "expected"),
+    [(1, 1, 1), (2, 1, 2), (4, 1, 4), (16, 1, 4), (4, 2, 2), (2, 4, 1), (8, 0, 1)],
+)
+def test_batch_workers_by_default_follow_the_usable_cores(monkeypatch, cores, threads_per_call, expected):
+    from edgefleet.runtime import _batcher
+
+    monkeypatch.setattr(_batcher.os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
+    assert _batcher.auto_workers(threads_per_call) == expected
+
+
+def test_the_default_batcher_runs_two_batches_at_once_on_two_cores(monkeypatch, engine, doubles, x_test):
+    """Batched calls are compute-bound: with one worker a second core stays idle while callers wait."""
+    from edgefleet.runtime import _batcher
+
+    monkeypatch.setattr(_batcher.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    gate = doubles.Gate(OrtEngine(engine))
+    b = Batcher(gate, BatcherConfig(max_batch_size=1, max_delay_ms=0))  # workers left at its default
+    try:
+        assert b.workers == 2
+        tickets = [b.submit({"input": x_test[i : i + 1]}) for i in range(3)]
+        deadline = time.monotonic() + 30
+        while gate.entries < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.entries == 2, "a second batch did not start while the first was running"
+    finally:
+        gate.release()
+    assert [t.result(10)["label"].shape for t in tickets] == [(1,)] * 3
+    b.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -32,13 +33,29 @@ from edgefleet.runtime._predictor import (
 )
 from edgefleet.runtime._watchdog import Watchdog, is_terminable
 
-__all__ = ["Batcher", "Ticket"]
+__all__ = ["Batcher", "Ticket", "auto_workers"]
 
 # A model call cheaper than this (CPU per row, run alone) costs less than handing a request to a
 # worker and waking its caller: such models are run on their callers' threads even under load.
 _CHEAP_CALL_S = 50e-6
 
 log = logging.getLogger(__name__)
+
+
+def auto_workers(threads_per_call: int = 1, most: int = 4) -> int:
+    """Batch workers for ``workers=0``: one per usable core over the threads one model call uses.
+
+    A batched call is compute-bound: with one worker, a model on one intra-op thread leaves every
+    other core idle while 32 callers wait (Triton runs several instances of a CPU model for the same
+    reason). ``threads_per_call`` 0 is ONNX Runtime's default, every core: then one worker.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    if threads_per_call <= 0:
+        return 1
+    return max(1, min(most, cores // threads_per_call))
 
 
 def _solo_cpu(inner: Any) -> float:
@@ -185,9 +202,11 @@ class Batcher:
         adaptive_delay: bool = True,
         timeout_s: float | None = None,
         max_stuck: int = 4,
+        threads_per_call: int = 1,
     ) -> None:
         self.inner = inner
         self.config = config or BatcherConfig()
+        self.workers = self.config.workers or auto_workers(threads_per_call)
         self._metrics = metrics
         self._adaptive = adaptive_delay
         fixed = inner.metadata.max_batch_size
@@ -223,8 +242,8 @@ class Batcher:
         self._stuck: set[int] = set()
         self._ids = itertools.count()
         self._workers: list[threading.Thread] = []
-        self._active = self.config.workers  # workers not stuck in a model call
-        for _ in range(self.config.workers):
+        self._active = self.workers  # workers not stuck in a model call
+        for _ in range(self.workers):
             self._spawn()
         self._watchdog: threading.Thread | None = None
         self._stop = threading.Event()
@@ -433,7 +452,7 @@ class Batcher:
             ticket.cancelled = True
 
     def _retry_after(self) -> float:
-        batches_ahead = len(self._heap) / max(1, self._max_rows) / max(1, self.config.workers)
+        batches_ahead = len(self._heap) / max(1, self._max_rows) / self.workers
         return round(min(30.0, max(0.05, batches_ahead * max(self._batch_s, self._delay))), 3)
 
     # --- workers ----------------------------------------------------------------------------------
@@ -535,7 +554,7 @@ class Batcher:
             if wid not in self._stuck:
                 return False
             self._stuck.discard(wid)
-            if self._active >= self.config.workers:
+            if self._active >= self.workers:
                 return True
             self._active += 1
             return False

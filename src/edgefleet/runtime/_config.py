@@ -56,7 +56,12 @@ class BatcherConfig(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="most rows in one model call")
     max_delay_ms: float = Field(2.0, ge=0, description="longest wait for more rows after the first")
     max_queue: int = Field(1024, ge=1, description="most waiting requests; beyond it: overloaded")
-    workers: int = Field(1, ge=1, description="threads running batches (model calls in parallel)")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="threads running batches in parallel (0: one per usable core over the engine's threads, at most 4)",
+    )
     fixed_batch: Literal["pad", "split"] = Field(
         "pad", description="models with a fixed batch dimension: pad with zeros or run one by one"
     )

@@ -235,7 +235,12 @@ class Runtime:
                 timeout_s = fb.timeout_ms / 1000 if fb.timeout_ms else None
                 primary: Predictor
                 primary = batcher = Batcher(
-                    engine, cfg.batcher, metrics=self._m, timeout_s=timeout_s, max_stuck=fb.max_stuck_calls
+                    engine,
+                    cfg.batcher,
+                    metrics=self._m,
+                    timeout_s=timeout_s,
+                    max_stuck=fb.max_stuck_calls,
+                    threads_per_call=cfg.engine.intra_op_threads,
                 )
                 if self._batch_delay_ms is not None:  # a swapped-in model keeps the policy's delay
                     batcher.set_max_delay(self._batch_delay_ms)
