@@ -342,13 +342,13 @@ def test_batch_workers_by_default_follow_the_usable_cores(monkeypatch, cores, th
     assert _batcher.auto_workers(threads_per_call) == expected
 
 
-def test_the_default_batcher_runs_two_batches_at_once_on_two_cores(monkeypatch, engine, doubles, x_test):
+def test_workers_0_runs_two_batches_at_once_on_two_cores(monkeypatch, engine, doubles, x_test):
     """Batched calls are compute-bound: with one worker a second core stays idle while callers wait."""
     from edgefleet.runtime import _batcher
 
     monkeypatch.setattr(_batcher.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
     gate = doubles.Gate(OrtEngine(engine))
-    b = Batcher(gate, BatcherConfig(max_batch_size=1, max_delay_ms=0))  # workers left at its default
+    b = Batcher(gate, BatcherConfig(workers=0, max_batch_size=1, max_delay_ms=0))
     try:
         assert b.workers == 2
         tickets = [b.submit({"input": x_test[i : i + 1]}) for i in range(3)]

@@ -45,9 +45,10 @@ log = logging.getLogger(__name__)
 def auto_workers(threads_per_call: int = 1, most: int = 4) -> int:
     """Batch workers for ``workers=0``: one per usable core over the threads one model call uses.
 
-    A batched call is compute-bound: with one worker, a model on one intra-op thread leaves every
-    other core idle while 32 callers wait (Triton runs several instances of a CPU model for the same
-    reason). ``threads_per_call`` 0 is ONNX Runtime's default, every core: then one worker.
+    A batched call is compute-bound: with one worker, a model on one intra-op thread leaves the other
+    cores idle while callers queue (Triton runs several instances of a CPU model for the same reason).
+    It is not the default: smaller batches cost more CPU per request, which a battery pays for.
+    ``threads_per_call`` 0 is ONNX Runtime's default, every core: then one worker.
     """
     try:
         cores = len(os.sched_getaffinity(0))

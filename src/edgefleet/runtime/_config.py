@@ -57,7 +57,7 @@ class BatcherConfig(BaseSettings):
     max_delay_ms: float = Field(2.0, ge=0, description="longest wait for more rows after the first")
     max_queue: int = Field(1024, ge=1, description="most waiting requests; beyond it: overloaded")
     workers: int = Field(
-        0,
+        1,
         ge=0,
         le=64,
         description="threads running batches in parallel (0: one per usable core over the engine's threads, at most 4)",
