@@ -199,7 +199,7 @@ def test_the_policy_the_server_pushes_to_the_group_is_in_force_over_the_bundles(
         agent.creds, device_id=dev["device_id"], device_token=dev["device_token"]
     )
 
-    agent._telemetry_sent_t = 0.0  # the telemetry is due: the group's policy comes with it
+    agent._telemetry_sent_t = float("-inf")  # the telemetry is due: the group's policy comes with it
     agent._upload_events()
     clock.t = 100  # battery 20 % on battery
     agent._power_tick()
@@ -207,7 +207,7 @@ def test_the_policy_the_server_pushes_to_the_group_is_in_force_over_the_bundles(
     assert world.sha("1.0.0") in str(agent.host.loaded)  # the group's rule switched to the smaller variant
 
     assert tc.delete("/v1/device-policies/field", headers=admin).status_code == 200
-    agent._telemetry_sent_t = 0.0
+    agent._telemetry_sent_t = float("-inf")
     agent._upload_events()
     agent._power_tick()
     assert agent.power.decision.active == [] and agent.power.policy_origin != "group:field"

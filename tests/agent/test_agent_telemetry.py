@@ -158,7 +158,7 @@ def test_real_control_plane_stores_the_agents_windows(world, digits_split, tmp_p
     a.director.close()
     a.director = DirectorClient("http://testserver", token=dev["device_token"], transport=tc._transport)
     a.creds = dataclasses.replace(a.creds, device_id=dev["device_id"], device_token=dev["device_token"])
-    a._telemetry_sent_t = 0.0  # due now
+    a._telemetry_sent_t = float("-inf")  # due now
     a._upload_events()
     assert len(a._outbox.peek(kinds=["telemetry"])) == 0  # the server answered 2xx: acked
     r = tc.get(f"/v1/devices/{dev['device_id']}/telemetry", headers=admin)
