@@ -171,3 +171,63 @@ def test_a_wave_with_no_control_in_its_region_is_compared_with_its_own_answers_b
     gate = {g["name"]: g for g in shown["evaluation"]["gates"]}["live_accuracy"]
     assert gate["status"] == "pass", gate
     assert gate["reference"] == pytest.approx(0.2) and "before the switch" in gate["detail"]
+
+
+def test_a_fixed_control_too_few_to_decide_falls_back_to_the_floor():
+    # The loop demo's CI failure: the wave held both devices of the unshifted region, so its control is their
+    # 52 labels from before the switch, which never grow. 0.844 vs 0.885 straddles the 5-point margin and
+    # would still with a million wave labels: the gate judged waits forever unless the floor decides.
+    new, control = {"us": (295, 249)}, {"us": (52, 46)}
+    live = accuracy_gate(new, control, min_labelled=15, margin=0.05, min_accuracy=0.5)
+    assert live.status == "wait", live.detail  # a live control keeps growing: waiting can end
+    fixed = accuracy_gate(new, control, min_labelled=15, margin=0.05, min_accuracy=0.5, historical={"us"})
+    assert fixed.status == "pass" and fixed.threshold == 0.5, fixed.detail
+    assert "gets no more" in fixed.detail and "judged against the floor" in fixed.detail
+    # the floor still fails a wave below it, and without a floor the gate waits and says what to do
+    high = accuracy_gate(new, control, min_labelled=15, margin=0.05, min_accuracy=0.9, historical={"us"})
+    assert high.status == "fail", high.detail
+    none = accuracy_gate(new, control, min_labelled=15, margin=0.05, historical={"us"})
+    assert none.status == "wait" and "min_accuracy" in none.detail, none.detail
+    # a fixed control large enough to decide keeps the comparison: more wave labels will settle it
+    big = accuracy_gate(
+        {"us": (60, 53)},
+        {"us": (5000, 4425)},
+        min_labelled=15,
+        margin=0.05,
+        min_accuracy=0.5,
+        historical={"us"},
+    )
+    assert big.status == "wait" and "floor" not in big.detail, big.detail
+    # and a clear loss against a fixed control still fails on the comparison, not the floor
+    worse = accuracy_gate(
+        {"us": (295, 150)}, control, min_labelled=15, margin=0.05, min_accuracy=0.5, historical={"us"}
+    )
+    assert worse.status == "fail" and "floor" not in worse.detail, worse.detail
+
+
+def test_a_wave_of_a_whole_unshifted_region_is_not_held_forever_by_its_few_labels_before_the_switch(harness):
+    # Through the rollout engine: both us devices go to 2.0.0 in one wave; their 26 v1 labels each are the
+    # whole control there. 2.0.0 is a little below v1 (0.84 vs 0.88): too close to call against 52 labels,
+    # far above the floor, so the wave passes on the floor and says why.
+    h = harness
+    us = [h.enroll(tags={"region": "us"}) for _ in range(2)]
+    h.register("1.0.0")
+    r1 = h.rollout("1.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
+    for d in us:
+        d["v1"] = active_of(h.beat(d)["assignment"])
+        h.beat(d, active=d["v1"], health=GOOD)
+    h.tick(1)
+    assert h.show(r1["id"])["state"] == "completed"
+    for d in us:
+        _labelled(h, d, "1.0.0", 26, 23, "old")
+    h.register("2.0.0")
+    gates = {**FAST, "min_labelled": 20, "max_accuracy_drop": 0.05, "min_accuracy": 0.5}
+    r = h.rollout("2.0.0", waves=[100], soak_s=0, gates=gates)
+    wave = install(h, us, GOOD)
+    assert len(wave) == 2
+    for d in wave:
+        _labelled(h, d, "2.0.0", 150, 126, "new")
+    h.tick(1)
+    gate = {g["name"]: g for g in h.show(r["id"])["evaluation"]["gates"]}["live_accuracy"]
+    assert gate["status"] == "pass", gate
+    assert "before the switch" in gate["detail"] and "judged against the floor" in gate["detail"], gate

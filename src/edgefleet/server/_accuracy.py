@@ -21,6 +21,10 @@ region, and the rollout gate.
   the wave's regions (each region weighted by the wave's labelled samples there); a region of the wave
   where no control device has labels is compared with the previous releases' labelled answers of the
   wave's own devices there, before they switched (:func:`gate_counts`), and is said so in the detail.
+  Those labels are all that region's control will ever have: when the interval the comparison tends to
+  as the wave's labels keep coming still straddles ``-margin`` (the control's own few labels are too
+  uncertain to decide either way), waiting could last forever, so the wave is judged against
+  ``min_accuracy`` instead, and said so; without a floor the gate keeps waiting and says why.
 """
 
 from __future__ import annotations
@@ -286,12 +290,56 @@ def accuracy_gate(
                     parts.append(f"{_name(r)} {k1 / n1:.3f} ({n1}, no control there: not compared)")
             detail += f"; region by region, the control weighted as the wave: {'; '.join(parts)}"
         status = "pass" if lo > -margin else "fail" if hi < -margin else "wait"
+        if status == "wait" and historical:
+            lim_lo, lim_hi = _limit_interval(by_new, by_ctl, historical)
+            if lim_lo <= -margin <= lim_hi:
+                fixed = ", ".join(_name(r) for r in sorted(historical, key=lambda r: (r is None, r or "")))
+                detail += (
+                    f"; the control in {fixed} is the wave's own labels from before the switch and gets no "
+                    f"more: however many labels the wave gets, the difference stays about "
+                    f"[{lim_lo:+.3f}, {lim_hi:+.3f}], across the -{margin:.3f} margin"
+                )
+                if min_accuracy is None:
+                    return GateResult(
+                        name,
+                        "wait",
+                        acc,
+                        ref - margin,
+                        ref,
+                        detail + "; give the gate a floor (min_accuracy) or decide the wave by hand",
+                    )
+                status, floor_detail = _floor(k, n, min_accuracy)
+                return GateResult(
+                    name,
+                    status,
+                    acc,
+                    min_accuracy,
+                    ref,
+                    f"{detail}; judged against the floor: {floor_detail}",
+                )
         return GateResult(name, status, acc, ref - margin, ref, detail)
     if min_accuracy is None:
         return GateResult(
             name, "skipped", acc, detail="no control group with enough labels and no min_accuracy"
         )
-    lo, hi = wilson(k, n)
-    detail = f"accuracy {acc:.3f} in [{lo:.3f}, {hi:.3f}] (95 %) vs floor {min_accuracy:.3f}"
-    status = "pass" if lo >= min_accuracy else "fail" if hi < min_accuracy else "wait"
+    status, detail = _floor(k, n, min_accuracy)
     return GateResult(name, status, acc, min_accuracy, None, detail)
+
+
+def _floor(k: int, n: int, min_accuracy: float) -> tuple[str, str]:
+    """The floor test: the Wilson interval of ``k`` right in ``n`` against ``min_accuracy``."""
+    lo, hi = wilson(k, n)
+    status = "pass" if lo >= min_accuracy else "fail" if hi < min_accuracy else "wait"
+    return status, f"accuracy {k / n:.3f} in [{lo:.3f}, {hi:.3f}] (95 %) vs floor {min_accuracy:.3f}"
+
+
+_MANY = 10**6  # labels per label seen: the limit of an interval as a side's labels keep coming
+
+
+def _limit_interval(new: Strata, control: Strata, historical: Collection[str | None]) -> tuple[float, float]:
+    """The interval the comparison tends to as labels keep coming: the wave's and the live control's
+    counts grow (same accuracies), the historical regions' control counts stay as they are."""
+    grown_new = {r: (n * _MANY, k * _MANY) for r, (n, k) in new.items()}
+    grown_ctl = {r: c if r in historical else (c[0] * _MANY, c[1] * _MANY) for r, c in control.items()}
+    _, _, lo, hi, _ = stratified_difference(grown_new, grown_ctl)
+    return lo, hi

@@ -87,7 +87,11 @@ class RolloutGates(_In):
         description="non-inferiority margin: how much lower than control's live accuracy may be",
     )
     min_accuracy: float | None = Field(
-        None, ge=0, le=1, description="live accuracy floor when the control group has too few labels"
+        None,
+        ge=0,
+        le=1,
+        description="live accuracy floor when the control group has too few labels, or only labels "
+        "from before the switch that are too few to decide",
     )
 
 
