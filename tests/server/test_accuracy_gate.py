@@ -140,6 +140,17 @@ def test_a_release_worse_on_labelled_samples_is_rolled_back(harness):
     assert acc["digits@1.0.0"]["labelled"] == 20 * len(control)
 
 
+def _everyone_on_v1(h, devs):
+    """1.0.0 rolled out to ``devs`` in one wave, installed and healthy everywhere."""
+    h.register("1.0.0")
+    r1 = h.rollout("1.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
+    for d in devs:
+        d["v1"] = active_of(h.beat(d)["assignment"])
+        h.beat(d, active=d["v1"], health=GOOD)
+    h.tick(1)
+    assert h.show(r1["id"])["state"] == "completed"
+
+
 def test_a_wave_with_no_control_in_its_region_is_compared_with_its_own_answers_before_the_switch(harness):
     # eu's inputs moved: v1 answers 20 % there, the retrained 2.0.0 answers 60 %; us is fine on v1.
     # 2.0.0 goes to eu in one wave, so no device is left on v1 where the wave runs: the gate compares eu
@@ -148,13 +159,7 @@ def test_a_wave_with_no_control_in_its_region_is_compared_with_its_own_answers_b
     h = harness
     eu = [h.enroll(tags={"region": "eu"}) for _ in range(2)]
     us = [h.enroll(tags={"region": "us"}) for _ in range(2)]
-    h.register("1.0.0")
-    r1 = h.rollout("1.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
-    for d in eu + us:
-        d["v1"] = active_of(h.beat(d)["assignment"])
-        h.beat(d, active=d["v1"], health=GOOD)
-    h.tick(1)
-    assert h.show(r1["id"])["state"] == "completed"
+    _everyone_on_v1(h, eu + us)
     for d in eu:
         _labelled(h, d, "1.0.0", 20, 4, "old")
     for d in us:
@@ -211,13 +216,7 @@ def test_a_wave_of_a_whole_unshifted_region_is_not_held_forever_by_its_few_label
     # far above the floor, so the wave passes on the floor and says why.
     h = harness
     us = [h.enroll(tags={"region": "us"}) for _ in range(2)]
-    h.register("1.0.0")
-    r1 = h.rollout("1.0.0", waves=[100], soak_s=0, gates={"min_devices": 1, "min_requests": 0})
-    for d in us:
-        d["v1"] = active_of(h.beat(d)["assignment"])
-        h.beat(d, active=d["v1"], health=GOOD)
-    h.tick(1)
-    assert h.show(r1["id"])["state"] == "completed"
+    _everyone_on_v1(h, us)
     for d in us:
         _labelled(h, d, "1.0.0", 26, 23, "old")
     h.register("2.0.0")
