@@ -7,12 +7,8 @@ start of a release whose lineage keeps the MLflow run id.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,46 +24,17 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     return run_cli(capsys, argv)
 
 
-_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-
-
-@contextlib.contextmanager
-def _mlflow_store(tmp_path: Path) -> Iterator[str]:
-    """A SQLite MLflow store in ``tmp_path``; on the way out, no tracking or registry URI is left behind.
-
-    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also write these variables into ``os.environ``,
-    where every later ``edgefleet optimize`` of the test process found them and logged its run (artifacts
-    in the repository's ./mlruns)."""
-    before = {k: os.environ.get(k) for k in _MLFLOW_ENV}
-    try:
-        yield f"sqlite:///{tmp_path / 'mlflow.db'}"
-    finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture
-def uri(tmp_path, monkeypatch) -> Iterator[str]:
+def uri(tmp_path, monkeypatch) -> str:
     # with a SQLite store MLflow keeps artifacts in ./mlruns of the working directory: the test's own
     monkeypatch.chdir(tmp_path)
-    with _mlflow_store(tmp_path) as u:
-        yield u
-
-
-def test_the_store_leaves_no_tracking_uri_behind(tmp_path, monkeypatch):
-    for k in _MLFLOW_ENV:
-        monkeypatch.delenv(k, raising=False)
-    with _mlflow_store(tmp_path) as u:
-        mlflow.set_tracking_uri(u)
-        mlflow.set_registry_uri(u)
-        assert os.environ["MLFLOW_TRACKING_URI"] == u
-    assert not {k for k in _MLFLOW_ENV if k in os.environ}
-    assert mlflow.get_tracking_uri() != u
+    u = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # MLflow's own API reads these. Set here, they go with the test; mlflow.set_tracking_uri would write them
+    # into os.environ for good, and every later `edgefleet optimize` of this process (and the demos'
+    # subprocesses) logged its run to this deleted store, with artifacts in the repository's ./mlruns.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", u)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", u)
+    return u
 
 
 def test_optimize_run_logged_with_params_metrics_and_artifacts(
@@ -106,8 +73,6 @@ def test_import_registered_model_keeps_the_run_id_in_the_bundle_lineage(
 
     from edgefleet.bundle import Bundle
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlflow.set_experiment("training")

@@ -246,6 +246,11 @@ def _name(region: str | None) -> str:
     return region if region is not None else "(no region)"
 
 
+def _region_order(region: str | None) -> tuple[bool, str]:
+    """Regions by name, samples without a region last."""
+    return region is None, region or ""
+
+
 def accuracy_gate(
     new: Counts | Strata,
     control: Counts | Strata | None,
@@ -281,7 +286,7 @@ def accuracy_gate(
         detail = f"accuracy {acc:.3f} vs control {ref:.3f}, difference in [{lo:+.3f}, {hi:+.3f}] (95 %)"
         if len(by_new) > 1 or any(r is not None for r in by_new):
             parts = []
-            for r in sorted(by_new, key=lambda r: (r is None, r or "")):
+            for r in sorted(by_new, key=_region_order):
                 (n1, k1), c2 = by_new[r], by_ctl.get(r)
                 if r in weights and c2 is not None:
                     src = ", before the switch" if r in historical else ""
@@ -293,30 +298,18 @@ def accuracy_gate(
         if status == "wait" and historical:
             lim_lo, lim_hi = _limit_interval(by_new, by_ctl, historical)
             if lim_lo <= -margin <= lim_hi:
-                fixed = ", ".join(_name(r) for r in sorted(historical, key=lambda r: (r is None, r or "")))
+                fixed = ", ".join(_name(r) for r in sorted(historical, key=_region_order))
                 detail += (
                     f"; the control in {fixed} is the wave's own labels from before the switch and gets no "
                     f"more: however many labels the wave gets, the difference stays about "
                     f"[{lim_lo:+.3f}, {lim_hi:+.3f}], across the -{margin:.3f} margin"
                 )
                 if min_accuracy is None:
-                    return GateResult(
-                        name,
-                        "wait",
-                        acc,
-                        ref - margin,
-                        ref,
-                        detail + "; give the gate a floor (min_accuracy) or decide the wave by hand",
-                    )
-                status, floor_detail = _floor(k, n, min_accuracy)
-                return GateResult(
-                    name,
-                    status,
-                    acc,
-                    min_accuracy,
-                    ref,
-                    f"{detail}; judged against the floor: {floor_detail}",
-                )
+                    detail += "; give the gate a floor (min_accuracy) or decide the wave by hand"
+                else:
+                    status, floor_detail = _floor(k, n, min_accuracy)
+                    detail += f"; judged against the floor: {floor_detail}"
+                    return GateResult(name, status, acc, min_accuracy, ref, detail)
         return GateResult(name, status, acc, ref - margin, ref, detail)
     if min_accuracy is None:
         return GateResult(
